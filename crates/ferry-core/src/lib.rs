@@ -1,1 +1,31 @@
-pub fn x(){}
+//! Ferry's core: the data model every part shares, typed replication
+//! positions, the `Source` / `Sink` / `CheckpointStore` contracts and the
+//! error classes. No I/O and no database drivers live here.
+
+pub mod batch;
+pub mod change;
+pub mod check;
+pub mod checkpoint;
+pub mod codec;
+pub mod error;
+pub mod position;
+pub mod reader;
+pub mod schema;
+pub mod selection;
+pub mod sink;
+pub mod source;
+pub mod time;
+pub mod value;
+
+pub use batch::{RowOp, Step, TableOps};
+pub use change::{Change, SourceEvent, Transaction};
+pub use check::{CheckItem, CheckStatus};
+pub use checkpoint::{Checkpoint, CheckpointRecord, CopiedRange, KeyRange, TableProgress};
+pub use error::{Action, Error, ErrorClass, Result, policy};
+pub use position::{Lsn, MySqlPosition, PgPosition, Position, PositionError, SqlitePosition};
+pub use reader::TableReader;
+pub use schema::{Column, TableName, TableRef, TableSchema};
+pub use selection::Selection;
+pub use sink::{CheckpointStore, Sink, SinkInfo, SinkWriter};
+pub use source::{SnapshotChunk, SnapshotReader, SnapshotRequest, Source};
+pub use value::{ColumnType, Value};

@@ -1,0 +1,77 @@
+//! What the pipeline hands to a sink after hot-row merge.
+
+use crate::schema::TableRef;
+use crate::value::Value;
+
+/// The net effect on one row of the changes merged into a batch.
+#[derive(Debug, Clone, PartialEq)]
+pub enum RowOp {
+    /// Make the row exist with exactly these values (insert or replace).
+    /// May contain [`Value::Unchanged`] only when `exists` is known true; then
+    /// it is an update of the listed columns.
+    Upsert(Vec<Value>),
+    /// Update the columns that are not [`Value::Unchanged`] of an existing row.
+    Update(Vec<Value>),
+    /// Remove the row with this key (no error if it is absent).
+    Delete(Vec<Value>),
+}
+
+/// Row operations on one table, in an order that is safe to apply: all
+/// deletes may run before all upserts (merge guarantees each key appears
+/// once).
+#[derive(Debug, Clone)]
+pub struct TableOps {
+    pub table: TableRef,
+    pub deletes: Vec<Vec<Value>>,
+    pub upserts: Vec<Vec<Value>>,
+    pub updates: Vec<Vec<Value>>,
+}
+
+impl TableOps {
+    pub fn new(table: TableRef) -> Self {
+        TableOps {
+            table,
+            deletes: Vec::new(),
+            upserts: Vec::new(),
+            updates: Vec::new(),
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.deletes.len() + self.upserts.len() + self.updates.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// One step of a batch. Steps apply in order; inside a `Rows` step the
+/// order between tables and keys is free.
+#[derive(Debug, Clone)]
+pub enum Step {
+    Rows(Vec<TableOps>),
+    Truncate(Vec<TableRef>),
+    /// A table's structure changed: the sink alters its table to match.
+    Schema {
+        table: TableRef,
+        ddl: Option<String>,
+    },
+    /// A change that must apply alone, in order: an update that moves a row
+    /// to a new key while not every column is known.
+    MoveKey {
+        table: TableRef,
+        old_key: Vec<Value>,
+        row: Vec<Value>,
+    },
+}
+
+impl Step {
+    pub fn row_count(&self) -> usize {
+        match self {
+            Step::Rows(t) => t.iter().map(TableOps::len).sum(),
+            Step::MoveKey { .. } => 1,
+            _ => 0,
+        }
+    }
+}

@@ -1,0 +1,137 @@
+//! Changes and the source transactions that group them.
+
+use crate::position::Position;
+use crate::schema::{TableName, TableRef};
+use crate::value::Value;
+
+/// One row-level or structural change, as captured at the source.
+///
+/// Row images are full-width (aligned with `table.columns`); a column the
+/// source did not send is [`Value::Unchanged`].
+#[derive(Debug, Clone)]
+pub enum Change {
+    Insert {
+        table: TableRef,
+        row: Vec<Value>,
+    },
+    Update {
+        table: TableRef,
+        /// Before-image when the source has one. Required when the key
+        /// changed; its key columns identify the row to change.
+        before: Option<Vec<Value>>,
+        after: Vec<Value>,
+    },
+    Delete {
+        table: TableRef,
+        /// Before-image; at least the key columns are set.
+        before: Vec<Value>,
+    },
+    /// All rows of these tables removed.
+    Truncate {
+        tables: Vec<TableRef>,
+    },
+    /// The table's structure changed; changes after this one use `table`.
+    Schema {
+        table: TableRef,
+        ddl: Option<String>,
+    },
+}
+
+impl Change {
+    /// The table a row change touches (`None` for truncate).
+    pub fn table(&self) -> Option<&TableRef> {
+        match self {
+            Change::Insert { table, .. }
+            | Change::Update { table, .. }
+            | Change::Delete { table, .. }
+            | Change::Schema { table, .. } => Some(table),
+            Change::Truncate { .. } => None,
+        }
+    }
+
+    /// Names of every table this change touches.
+    pub fn table_names(&self) -> Vec<&TableName> {
+        match self {
+            Change::Truncate { tables } => tables.iter().map(|t| &t.name).collect(),
+            other => other.table().map(|t| vec![&t.name]).unwrap_or_default(),
+        }
+    }
+
+    /// Key of the row this change leaves behind (the new key for updates).
+    pub fn key(&self) -> Option<Vec<Value>> {
+        match self {
+            Change::Insert { table, row } => Some(table.key_of(row)),
+            Change::Update { table, after, .. } => Some(table.key_of(after)),
+            Change::Delete { table, before } => Some(table.key_of(before)),
+            _ => None,
+        }
+    }
+
+    /// Key the row had before this change, when it differs from [`Change::key`].
+    pub fn old_key(&self) -> Option<Vec<Value>> {
+        match self {
+            Change::Update {
+                table,
+                before: Some(before),
+                after,
+            } => {
+                let old = table.key_of(before);
+                (old != table.key_of(after)).then_some(old)
+            }
+            _ => None,
+        }
+    }
+
+    pub fn is_ddl(&self) -> bool {
+        matches!(self, Change::Schema { .. })
+    }
+
+    pub fn approx_size(&self) -> usize {
+        let row = |r: &[Value]| r.iter().map(Value::approx_size).sum::<usize>();
+        32 + match self {
+            Change::Insert { row: r, .. } => row(r),
+            Change::Update { before, after, .. } => row(after) + before.as_deref().map_or(0, row),
+            Change::Delete { before, .. } => row(before),
+            Change::Truncate { tables } => 8 * tables.len(),
+            Change::Schema { .. } => 256,
+        }
+    }
+}
+
+/// A committed source transaction, or a group of consecutive whole source
+/// transactions that the source cannot tell apart (see the SQLite source).
+///
+/// Applying it must be atomic on the target.
+#[derive(Debug, Clone)]
+pub struct Transaction {
+    /// Position to resume *after*: once this transaction is durable on the
+    /// target, the source never needs to send it again.
+    pub position: Position,
+    /// Commit time at the source, microseconds since the Unix epoch, if known.
+    pub commit_time_micros: Option<i64>,
+    pub changes: Vec<Change>,
+}
+
+impl Transaction {
+    pub fn approx_size(&self) -> usize {
+        64 + self.changes.iter().map(Change::approx_size).sum::<usize>()
+    }
+}
+
+/// What a source hands to the pipeline.
+#[derive(Debug, Clone)]
+pub enum SourceEvent {
+    /// A whole committed transaction.
+    Commit(Transaction),
+    /// The leading part of a transaction too large to hold in memory; more
+    /// `Partial` events and then one `Commit` (its tail, carrying the
+    /// position) follow, with nothing of any other transaction in between.
+    Partial(Vec<Change>),
+    /// The source is idle or wrote only outside the pipeline's tables: every
+    /// transaction up to `position` has been delivered. Lets the pipeline
+    /// advance the checkpoint and bounds the wait of consistent readers.
+    Heartbeat {
+        position: Position,
+        time_micros: Option<i64>,
+    },
+}

@@ -1,0 +1,318 @@
+//! What a pipeline has durably done, as stored in the target.
+//!
+//! The checkpoint lives in the target database, written by the sink in the
+//! same transaction as the data it covers (see [`crate::sink::SinkWriter::commit`]).
+//! It is a set of text records `(scope, value)`: sinks store them without
+//! interpreting them, and only this module and the owning source decode them.
+
+use std::collections::BTreeMap;
+
+use crate::error::Error;
+use crate::position::Position;
+use crate::value::Value;
+
+/// Scope of the global applied position.
+pub const APPLIED_SCOPE: &str = "applied";
+const TABLE_SCOPE_PREFIX: &str = "table:";
+
+/// A range of keys: `lower < key <= upper`, `None` meaning unbounded.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct KeyRange {
+    pub lower: Option<Vec<Value>>,
+    pub upper: Option<Vec<Value>>,
+}
+
+impl KeyRange {
+    pub fn all() -> Self {
+        KeyRange::default()
+    }
+
+    pub fn contains(&self, key: &[Value]) -> bool {
+        self.lower.as_deref().is_none_or(|l| key > l)
+            && self.upper.as_deref().is_none_or(|u| key <= u)
+    }
+}
+
+/// Rows of `range` were copied from a snapshot taken at `snapshot`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CopiedRange {
+    pub range: KeyRange,
+    pub snapshot: Position,
+}
+
+/// Snapshot progress of one source table.
+///
+/// A table may be copied in several snapshots (a restart cannot reopen the
+/// snapshot of the previous run), so each copied key range remembers the
+/// snapshot it came from: a change at position `p` to key `k` is already on
+/// the target iff some range holds `k` with `p <= snapshot`.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct TableProgress {
+    pub ranges: Vec<CopiedRange>,
+    /// Every row of the table is copied.
+    pub complete: bool,
+}
+
+impl TableProgress {
+    /// Records a copied range, merging it with the previous one when they
+    /// touch and share a snapshot (keeps the record small).
+    pub fn add(&mut self, range: KeyRange, snapshot: &Position) {
+        if let Some(last) = self.ranges.last_mut()
+            && last.snapshot == *snapshot
+            && last.range.upper.is_some()
+            && last.range.upper == range.lower
+        {
+            last.range.upper = range.upper;
+            return;
+        }
+        self.ranges.push(CopiedRange {
+            range,
+            snapshot: snapshot.clone(),
+        });
+    }
+
+    pub fn covers(&self, key: Option<&[Value]>, position: &Position) -> bool {
+        self.ranges.iter().any(|r| {
+            position <= &r.snapshot
+                && (r.range == KeyRange::all() || key.is_some_and(|k| r.range.contains(k)))
+        })
+    }
+
+    /// The newest snapshot any range came from.
+    pub fn newest_snapshot(&self) -> Option<&Position> {
+        self.ranges
+            .iter()
+            .map(|r| &r.snapshot)
+            .reduce(|a, b| if b > a { b } else { a })
+    }
+}
+
+/// A pipeline's durable state.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Checkpoint {
+    /// Every source transaction up to and including this position is applied.
+    pub applied: Option<Position>,
+    /// Snapshot state per source table (display name).
+    pub tables: BTreeMap<String, TableProgress>,
+}
+
+/// One stored checkpoint record.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CheckpointRecord {
+    pub scope: String,
+    pub value: String,
+}
+
+impl CheckpointRecord {
+    pub fn applied(position: &Position) -> Self {
+        CheckpointRecord {
+            scope: APPLIED_SCOPE.to_owned(),
+            value: position.to_envelope(),
+        }
+    }
+
+    /// A table's progress, stored as one length-prefixed value list:
+    /// state, then `(snapshot, lower, upper)` per range.
+    pub fn table(table: &str, progress: &TableProgress) -> Self {
+        let key = |k: &Option<Vec<Value>>| k.clone().map_or(Value::Null, Value::Array);
+        let state = if progress.complete {
+            "copied"
+        } else {
+            "copying"
+        };
+        let mut items = vec![Value::Text(state.to_owned())];
+        for r in &progress.ranges {
+            items.push(Value::Text(r.snapshot.to_envelope()));
+            items.push(key(&r.range.lower));
+            items.push(key(&r.range.upper));
+        }
+        CheckpointRecord {
+            scope: format!("{TABLE_SCOPE_PREFIX}{table}"),
+            value: crate::codec::encode_values(&items),
+        }
+    }
+}
+
+impl Checkpoint {
+    /// Rebuilds a checkpoint from stored records; unknown or malformed records
+    /// are an error, never silently ignored.
+    pub fn from_records(records: &[CheckpointRecord]) -> Result<Checkpoint, Error> {
+        let mut cp = Checkpoint::default();
+        for r in records {
+            let bad = |why: String| {
+                Error::fatal(format!("checkpoint record {:?} is unreadable: {why}", r.scope))
+                    .with_fix("the checkpoint table was edited or written by another version; reset the pipeline")
+            };
+            if r.scope == APPLIED_SCOPE {
+                cp.applied =
+                    Some(Position::from_envelope(&r.value).map_err(|e| bad(e.to_string()))?);
+            } else if let Some(table) = r.scope.strip_prefix(TABLE_SCOPE_PREFIX) {
+                let items = crate::codec::decode_values(&r.value)
+                    .ok_or_else(|| bad("not a value list".into()))?;
+                let complete = match items.first() {
+                    Some(Value::Text(s)) if s == "copied" => true,
+                    Some(Value::Text(s)) if s == "copying" => false,
+                    other => return Err(bad(format!("unknown state {other:?}"))),
+                };
+                let mut progress = TableProgress {
+                    ranges: Vec::new(),
+                    complete,
+                };
+                for chunk in items[1..].chunks(3) {
+                    let key = |v: &Value| match v {
+                        Value::Null => Ok(None),
+                        Value::Array(k) => Ok(Some(k.clone())),
+                        _ => Err(bad("bad key".into())),
+                    };
+                    let [Value::Text(pos), lower, upper] = chunk else {
+                        return Err(bad("bad range".into()));
+                    };
+                    progress.ranges.push(CopiedRange {
+                        snapshot: Position::from_envelope(pos).map_err(|e| bad(e.to_string()))?,
+                        range: KeyRange {
+                            lower: key(lower)?,
+                            upper: key(upper)?,
+                        },
+                    });
+                }
+                cp.tables.insert(table.to_owned(), progress);
+            } else {
+                return Err(bad("unknown scope".into()));
+            }
+        }
+        Ok(cp)
+    }
+
+    pub fn to_records(&self) -> Vec<CheckpointRecord> {
+        let mut out: Vec<CheckpointRecord> =
+            self.applied.iter().map(CheckpointRecord::applied).collect();
+        out.extend(
+            self.tables
+                .iter()
+                .map(|(t, p)| CheckpointRecord::table(t, p)),
+        );
+        out
+    }
+
+    /// Whether a change to `table` (key `key`) at `position` is already on
+    /// the target because a snapshot copy of the table included it.
+    pub fn covered_by_snapshot(
+        &self,
+        table: &str,
+        key: Option<&[Value]>,
+        position: &Position,
+    ) -> bool {
+        self.tables
+            .get(table)
+            .is_some_and(|p| p.covers(key, position))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::position::SqlitePosition;
+
+    fn pos(seq: i64) -> Position {
+        Position::Sqlite(SqlitePosition { seq })
+    }
+
+    #[test]
+    fn records_round_trip() {
+        let mut cp = Checkpoint {
+            applied: Some(pos(9)),
+            ..Default::default()
+        };
+        let mut a = TableProgress::default();
+        a.add(KeyRange::all(), &pos(3));
+        a.complete = true;
+        cp.tables.insert("a".into(), a);
+        let mut b = TableProgress::default();
+        b.add(
+            KeyRange {
+                lower: None,
+                upper: Some(vec![Value::Int(7), Value::Text("x;\ty".into())]),
+            },
+            &pos(4),
+        );
+        b.add(
+            KeyRange {
+                lower: Some(vec![Value::Int(9)]),
+                upper: None,
+            },
+            &pos(5),
+        );
+        cp.tables.insert("b".into(), b);
+        cp.tables.insert("c".into(), TableProgress::default());
+        assert_eq!(Checkpoint::from_records(&cp.to_records()).unwrap(), cp);
+    }
+
+    #[test]
+    fn unknown_records_are_errors() {
+        let r = CheckpointRecord {
+            scope: "weird".into(),
+            value: "1".into(),
+        };
+        assert!(Checkpoint::from_records(&[r]).is_err());
+        let r = CheckpointRecord {
+            scope: "table:t".into(),
+            value: crate::codec::encode_values(&[
+                Value::Text("copied".into()),
+                Value::Text("ferry.pos.v7 x".into()),
+                Value::Null,
+                Value::Null,
+            ]),
+        };
+        assert!(Checkpoint::from_records(&[r]).is_err());
+    }
+
+    #[test]
+    fn adjacent_ranges_merge() {
+        let mut p = TableProgress::default();
+        p.add(
+            KeyRange {
+                lower: None,
+                upper: Some(vec![Value::Int(10)]),
+            },
+            &pos(5),
+        );
+        p.add(
+            KeyRange {
+                lower: Some(vec![Value::Int(10)]),
+                upper: Some(vec![Value::Int(20)]),
+            },
+            &pos(5),
+        );
+        assert_eq!(p.ranges.len(), 1);
+        p.add(
+            KeyRange {
+                lower: Some(vec![Value::Int(20)]),
+                upper: None,
+            },
+            &pos(6),
+        );
+        assert_eq!(p.ranges.len(), 2);
+    }
+
+    #[test]
+    fn snapshot_coverage() {
+        let mut cp = Checkpoint::default();
+        let mut a = TableProgress::default();
+        a.add(KeyRange::all(), &pos(5));
+        cp.tables.insert("a".into(), a);
+        assert!(cp.covered_by_snapshot("a", None, &pos(5)));
+        assert!(!cp.covered_by_snapshot("a", None, &pos(6)));
+        let mut b = TableProgress::default();
+        b.add(
+            KeyRange {
+                lower: None,
+                upper: Some(vec![Value::Int(10)]),
+            },
+            &pos(5),
+        );
+        cp.tables.insert("b".into(), b);
+        assert!(cp.covered_by_snapshot("b", Some(&[Value::Int(10)]), &pos(4)));
+        assert!(!cp.covered_by_snapshot("b", Some(&[Value::Int(11)]), &pos(4)));
+        assert!(!cp.covered_by_snapshot("zz", Some(&[Value::Int(1)]), &pos(1)));
+    }
+}

@@ -1,0 +1,26 @@
+//! Reading table contents back, for `ferry verify`.
+
+use async_trait::async_trait;
+
+use crate::error::Result;
+use crate::schema::TableRef;
+use crate::value::Value;
+
+/// Reads rows of a table in key order. Implemented by sources (reading the
+/// source tables) and sinks (reading the target tables).
+///
+/// Order contract: rows come in ascending key order as [`Value`]'s `Ord`
+/// defines it (text by bytes: `COLLATE "C"` / `BINARY`), so two readers of
+/// equal tables return equal sequences.
+#[async_trait]
+pub trait TableReader: Send + Sync {
+    async fn count_rows(&self, table: &TableRef) -> Result<u64>;
+
+    /// Up to `limit` full rows with key greater than `after` (all keys when `None`).
+    async fn read_rows(
+        &self,
+        table: &TableRef,
+        after: Option<&[Value]>,
+        limit: usize,
+    ) -> Result<Vec<Vec<Value>>>;
+}

@@ -1,0 +1,93 @@
+//! Table structure as ferry sees it, shared by sources, the pipeline and sinks.
+
+use std::fmt;
+use std::sync::Arc;
+
+use crate::value::{ColumnType, Value};
+
+/// A table's name: an optional namespace (PostgreSQL schema, MySQL database)
+/// and the table name. SQLite tables have no namespace.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct TableName {
+    pub namespace: Option<String>,
+    pub name: String,
+}
+
+impl TableName {
+    pub fn new(namespace: Option<&str>, name: &str) -> Self {
+        TableName {
+            namespace: namespace.map(str::to_owned),
+            name: name.to_owned(),
+        }
+    }
+
+    pub fn bare(name: &str) -> Self {
+        TableName::new(None, name)
+    }
+
+    /// Parses `ns.name` or `name`.
+    pub fn parse(s: &str) -> Self {
+        match s.split_once('.') {
+            Some((ns, name)) => TableName::new(Some(ns), name),
+            None => TableName::bare(s),
+        }
+    }
+}
+
+impl fmt::Display for TableName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.namespace {
+            Some(ns) => write!(f, "{ns}.{}", self.name),
+            None => f.write_str(&self.name),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Column {
+    pub name: String,
+    pub ty: ColumnType,
+    pub nullable: bool,
+    /// The type as the source database spelled it (`varchar(20)`), for messages
+    /// and for same-kind structure copy.
+    pub source_type: String,
+}
+
+/// The structure of one table at one point of the stream.
+///
+/// Row images travel as `Vec<Value>` aligned with `columns`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TableSchema {
+    pub name: TableName,
+    pub columns: Vec<Column>,
+    /// Indexes into `columns` of the key that identifies a row (primary key,
+    /// or the replica identity). Never empty for a replicated table.
+    pub key: Vec<usize>,
+    /// Bumped by the source each time it reports a new structure for the table.
+    pub version: u32,
+}
+
+/// Shared handle on a table schema; cheap to clone into every change.
+pub type TableRef = Arc<TableSchema>;
+
+impl TableSchema {
+    pub fn column_index(&self, name: &str) -> Option<usize> {
+        self.columns.iter().position(|c| c.name == name)
+    }
+
+    /// The key values of a row image.
+    pub fn key_of(&self, row: &[Value]) -> Vec<Value> {
+        self.key.iter().map(|&i| row[i].clone()).collect()
+    }
+
+    pub fn key_names(&self) -> Vec<&str> {
+        self.key
+            .iter()
+            .map(|&i| self.columns[i].name.as_str())
+            .collect()
+    }
+
+    pub fn is_key_column(&self, index: usize) -> bool {
+        self.key.contains(&index)
+    }
+}

@@ -1,0 +1,79 @@
+//! The contract every sink connector implements.
+
+use async_trait::async_trait;
+
+use crate::batch::Step;
+use crate::check::CheckItem;
+use crate::checkpoint::{Checkpoint, CheckpointRecord};
+use crate::error::Result;
+use crate::schema::TableRef;
+use crate::value::Value;
+
+/// What the pipeline must know about a sink to drive it.
+#[derive(Debug, Clone)]
+pub struct SinkInfo {
+    /// Most writers that may hold open transactions at once. A database
+    /// with one writer at a time (SQLite) says 1.
+    pub max_writers: usize,
+}
+
+/// Reads the checkpoint a sink keeps.
+///
+/// Durability: a checkpoint is written only by [`SinkWriter::commit`], in
+/// the same target transaction as the data it covers, so after any crash
+/// `load` returns exactly what is on the target — never more, never less.
+#[async_trait]
+pub trait CheckpointStore: Send + Sync {
+    /// The pipeline's checkpoint; empty for a pipeline never run.
+    async fn load(&self) -> Result<Checkpoint>;
+
+    /// Forgets the pipeline's checkpoint (`ferry reset`).
+    async fn clear(&self) -> Result<()>;
+}
+
+/// A target database.
+#[async_trait]
+pub trait Sink: CheckpointStore {
+    fn info(&self) -> SinkInfo;
+
+    /// Pre-flight checks: reachable, writable, privileges.
+    async fn check(&self) -> Vec<CheckItem>;
+
+    /// Makes sure each table exists with a compatible structure, creating
+    /// missing ones (structure copy). Called once at start, before any writer.
+    async fn ensure_tables(&self, tables: &[TableRef]) -> Result<()>;
+
+    /// Opens a writer (its own connection). The pipeline opens at most
+    /// `info().max_writers` of them.
+    async fn writer(&self) -> Result<Box<dyn SinkWriter>>;
+}
+
+/// One connection to the target, applying one transaction at a time.
+///
+/// Every method but `begin` is called inside a transaction opened by
+/// `begin`; a transaction ends with `commit` or `rollback`. Nothing is
+/// visible to readers of the target before `commit` returns, and after it
+/// returns the data and the checkpoint records are durable together.
+#[async_trait]
+pub trait SinkWriter: Send {
+    async fn begin(&mut self) -> Result<()>;
+
+    /// Applies merged row operations and structure changes, in step order.
+    /// Upserts replace rows, updates change the listed columns of an
+    /// existing row, deletes of absent rows are not errors. A failing
+    /// statement's error names table, key, statement and database error.
+    async fn apply(&mut self, steps: &[Step]) -> Result<()>;
+
+    /// Snapshot load: inserts rows known not to be on the target.
+    async fn load(&mut self, table: &TableRef, rows: &[Vec<Value>]) -> Result<()>;
+
+    /// Removes every row of `table` (restarting a table's copy).
+    async fn clear_table(&mut self, table: &TableRef) -> Result<()>;
+
+    /// Writes `records` (upserting by scope) and commits, atomically with
+    /// everything applied since `begin`.
+    async fn commit(&mut self, records: &[CheckpointRecord]) -> Result<()>;
+
+    /// Abandons the open transaction (no-op if none).
+    async fn rollback(&mut self) -> Result<()>;
+}
