@@ -78,7 +78,13 @@ pub trait Source: Send {
     /// `None` means "from now": only for a pipeline with nothing to copy.
     /// If the source no longer holds `from` (log purged), a fatal error says
     /// so and how to recover.
-    async fn start_stream(&mut self, from: Option<&Position>) -> Result<()>;
+    ///
+    /// `boundaries` are snapshot positions of tables copied in different
+    /// snapshots (after a restart during the copy). A source that groups
+    /// several transactions into one (SQLite) must end a group at each of
+    /// them, so no delivered transaction straddles a boundary; a source that
+    /// delivers every transaction on its own can ignore them.
+    async fn start_stream(&mut self, from: Option<&Position>, boundaries: &[Position]) -> Result<()>;
 
     /// Waits for the next event. Transactions arrive whole (or as
     /// `Partial`s followed by their `Commit`), in source commit order, each

@@ -278,3 +278,37 @@ pub(crate) fn encode_userinfo(s: &str) -> String {
 pub(crate) fn io_error(what: &str, e: io::Error) -> StartError {
     StartError::new(format!("{what}: {e}"))
 }
+
+/// Runs a client command with `input` on its stdin; returns its stdout
+/// (trailing newlines removed), or an error quoting `input` and stderr.
+pub(crate) fn run_with_stdin(mut cmd: Command, input: &str) -> Result<String, String> {
+    cmd.stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut child = cmd.spawn().map_err(|e| format!("cannot run {cmd:?}: {e}"))?;
+    let mut stdin = child.stdin.take().expect("stdin is piped");
+    // Feed stdin from another thread so that a large output cannot block
+    // the client while we are still writing.
+    let out = std::thread::scope(|s| {
+        s.spawn(move || {
+            use std::io::Write;
+            let _ = stdin.write_all(input.as_bytes());
+        });
+        child.wait_with_output()
+    })
+    .map_err(|e| format!("waiting for {cmd:?}: {e}"))?;
+    if out.status.success() {
+        let mut text = String::from_utf8_lossy(&out.stdout).into_owned();
+        while text.ends_with('\n') {
+            text.pop();
+        }
+        Ok(text)
+    } else {
+        Err(format!(
+            "{} failed ({}) running {input:?}: {}",
+            cmd.get_program().to_string_lossy(),
+            out.status,
+            String::from_utf8_lossy(&out.stderr).trim_end()
+        ))
+    }
+}

@@ -5,8 +5,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
 use super::{
-    StartError, created_by_root, encode_userinfo, io_error, log_tail, run, send_signal, temp_dir,
-    with_port_retry, LOG_TAIL_LINES, START_TIMEOUT,
+    StartError, created_by_root, encode_userinfo, io_error, log_tail, run, run_with_stdin,
+    send_signal, temp_dir, with_port_retry, LOG_TAIL_LINES, START_TIMEOUT,
 };
 use crate::port::free_port;
 
@@ -406,33 +406,8 @@ fn psql_command(mut cmd: Command, sql: &str) -> Result<String, String> {
         .env_remove("PGPASSWORD")
         .env_remove("PGPASSFILE")
         .env_remove("PGSERVICE")
-        .env_remove("PGOPTIONS")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    let mut child = cmd.spawn().map_err(|e| format!("cannot run {cmd:?}: {e}"))?;
-    let mut stdin = child.stdin.take().expect("piped stdin");
-    // Feed stdin from another thread so a large output cannot deadlock us.
-    let out = std::thread::scope(|s| {
-        s.spawn(move || {
-            let _ = stdin.write_all(sql.as_bytes());
-        });
-        child.wait_with_output()
-    })
-    .map_err(|e| format!("waiting for psql: {e}"))?;
-    if out.status.success() {
-        let mut text = String::from_utf8_lossy(&out.stdout).into_owned();
-        while text.ends_with('\n') {
-            text.pop();
-        }
-        Ok(text)
-    } else {
-        Err(format!(
-            "psql failed ({}) running {sql:?}: {}",
-            out.status,
-            String::from_utf8_lossy(&out.stderr).trim_end()
-        ))
-    }
+        .env_remove("PGOPTIONS");
+    run_with_stdin(cmd, sql)
 }
 
 /// The `bin` directory of the PostgreSQL to use.
