@@ -124,9 +124,11 @@ pub enum SourceEvent {
     /// A whole committed transaction.
     Commit(Transaction),
     /// The leading part of a transaction too large to hold in memory; more
-    /// `Partial` events and then one `Commit` (its tail, carrying the
-    /// position) follow, with nothing of any other transaction in between.
-    Partial(Vec<Change>),
+    /// `Partial` events and then one `Commit` (its tail) follow, with nothing
+    /// of any other transaction in between. `position` is the position the
+    /// closing `Commit` will carry (PostgreSQL's `final_lsn`, the SQLite
+    /// group's last sequence number).
+    Partial { position: Position, changes: Vec<Change> },
     /// The source is idle or wrote only outside the pipeline's tables: every
     /// transaction up to `position` has been delivered. Lets the pipeline
     /// advance the checkpoint and bounds the wait of consistent readers.

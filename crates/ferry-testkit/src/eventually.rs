@@ -51,8 +51,8 @@ fn next_backoff(current: Duration) -> Duration {
 
 fn timeout_panic(what: &str, timeout: Duration, attempts: u32, last: &str) -> ! {
     panic!(
-        "eventually: timed out after {timeout:?} waiting for {what} \
-         ({attempts} attempts); last observed: {last}"
+        "eventually: timed out after {timeout:?} waiting for {what}; \
+         last observed: {last} ({attempts} attempts)"
     )
 }
 
