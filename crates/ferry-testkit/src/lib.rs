@@ -12,6 +12,8 @@
 //!
 //! The servers' binaries are installed by `scripts/install-test-deps.sh`.
 
+#![warn(missing_docs)]
+
 pub mod doubles;
 pub mod eventually;
 pub mod failpoint;

@@ -69,8 +69,10 @@ impl StartError {
             if mentions_address_in_use(&tail) {
                 self.address_in_use = true;
             }
-            self.message
-                .push_str(&format!("\n--- last lines of {} ---\n{tail}", log.display()));
+            self.message.push_str(&format!(
+                "\n--- last lines of {} ---\n{tail}",
+                log.display()
+            ));
         }
         self
     }
@@ -137,7 +139,16 @@ pub(crate) fn log_tail(path: &Path, lines: usize) -> String {
 pub(crate) fn find_binary(name: &str) -> Option<PathBuf> {
     let path = std::env::var_os("PATH").unwrap_or_default();
     std::env::split_paths(&path)
-        .chain(["/usr/sbin", "/usr/bin", "/sbin", "/usr/local/sbin", "/usr/local/bin"].map(PathBuf::from))
+        .chain(
+            [
+                "/usr/sbin",
+                "/usr/bin",
+                "/sbin",
+                "/usr/local/sbin",
+                "/usr/local/bin",
+            ]
+            .map(PathBuf::from),
+        )
         .map(|dir| dir.join(name))
         .find(|p| is_executable(p))
 }
@@ -262,7 +273,8 @@ pub(crate) fn output_file(path: &Path) -> Result<File, StartError> {
         .map_err(|e| StartError::new(format!("cannot create {}: {e}", path.display())))
 }
 
-/// Percent-encodes a URL userinfo component (RFC 3986 unreserved kept).
+/// Percent-encodes a URL userinfo or path component (keeps only RFC 3986
+/// unreserved characters).
 pub(crate) fn encode_userinfo(s: &str) -> String {
     let mut out = String::with_capacity(s.len());
     for b in s.bytes() {
@@ -285,7 +297,9 @@ pub(crate) fn run_with_stdin(mut cmd: Command, input: &str) -> Result<String, St
     cmd.stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
-    let mut child = cmd.spawn().map_err(|e| format!("cannot run {cmd:?}: {e}"))?;
+    let mut child = cmd
+        .spawn()
+        .map_err(|e| format!("cannot run {cmd:?}: {e}"))?;
     let mut stdin = child.stdin.take().expect("stdin is piped");
     // Feed stdin from another thread so that a large output cannot block
     // the client while we are still writing.

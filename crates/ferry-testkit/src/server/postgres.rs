@@ -5,8 +5,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
 use super::{
-    StartError, created_by_root, encode_userinfo, io_error, log_tail, run, run_with_stdin,
-    send_signal, temp_dir, with_port_retry, LOG_TAIL_LINES, START_TIMEOUT,
+    LOG_TAIL_LINES, START_TIMEOUT, StartError, created_by_root, encode_userinfo, io_error,
+    log_tail, run, run_with_stdin, send_signal, temp_dir, with_port_retry,
 };
 use crate::port::free_port;
 
@@ -21,6 +21,7 @@ pub struct PostgresBuilder {
     wal_level: String,
     password: Option<String>,
     conf: Vec<String>,
+    bin_dir: Option<PathBuf>,
 }
 
 impl Default for PostgresBuilder {
@@ -30,6 +31,7 @@ impl Default for PostgresBuilder {
             wal_level: "logical".to_string(),
             password: None,
             conf: Vec::new(),
+            bin_dir: None,
         }
     }
 }
@@ -65,16 +67,28 @@ impl PostgresBuilder {
         self
     }
 
+    /// The PostgreSQL `bin` directory to use (with `initdb`, `pg_ctl`,
+    /// `psql`). Default: `$FERRY_TESTKIT_PG_BIN`, else the newest
+    /// `/usr/lib/postgresql/*/bin`.
+    pub fn bin_dir(mut self, dir: impl Into<PathBuf>) -> Self {
+        self.bin_dir = Some(dir.into());
+        self
+    }
+
     /// Starts the server; panics with the reason and the log tail if it
     /// cannot.
     pub fn start(self) -> PostgresServer {
-        self.try_start().unwrap_or_else(|e| panic!("PostgresServer: {e}"))
+        self.try_start()
+            .unwrap_or_else(|e| panic!("PostgresServer: {e}"))
     }
 
     /// Starts the server, or says why it could not. Retries once with a new
     /// port if the chosen one was taken meanwhile.
     pub fn try_start(self) -> Result<PostgresServer, StartError> {
-        let bin_dir = pg_bin_dir()?;
+        let bin_dir = match &self.bin_dir {
+            Some(dir) => checked_bin_dir(dir.clone(), "bin_dir")?,
+            None => pg_bin_dir()?,
+        };
         with_port_retry(|| PostgresServer::init_and_start(&self, &bin_dir))
     }
 }
@@ -171,7 +185,14 @@ impl PostgresServer {
             self.pg_command("initdb")
                 .arg("-D")
                 .arg(self.data_dir())
-                .args(["-U", "postgres", "--auth=trust", "-E", "UTF8", "--locale=C.UTF-8"])
+                .args([
+                    "-U",
+                    "postgres",
+                    "--auth=trust",
+                    "-E",
+                    "UTF8",
+                    "--locale=C.UTF-8",
+                ])
                 .arg("--no-sync"),
             "initdb",
         )?;
@@ -254,13 +275,17 @@ impl PostgresServer {
         self.url_for("postgres")
     }
 
-    /// Like [`url`](Self::url) for database `db`.
+    /// Like [`url`](Self::url) for database `db` (percent-encoded).
     pub fn url_for(&self, db: &str) -> String {
         let user = match &self.config.password {
             Some(p) => format!("postgres:{}", encode_userinfo(p)),
             None => "postgres".to_string(),
         };
-        format!("postgres://{user}@127.0.0.1:{}/{db}", self.port)
+        format!(
+            "postgres://{user}@127.0.0.1:{}/{}",
+            self.port,
+            encode_userinfo(db)
+        )
     }
 
     /// The password given with [`PostgresBuilder::password`], if any.
@@ -328,7 +353,10 @@ impl PostgresServer {
 
     /// Creates a database and returns its URL.
     pub fn create_database(&self, name: &str) -> String {
-        self.psql(&format!("CREATE DATABASE \"{}\"", name.replace('"', "\"\"")));
+        self.psql(&format!(
+            "CREATE DATABASE \"{}\"",
+            name.replace('"', "\"\"")
+        ));
         self.url_for(name)
     }
 
@@ -402,30 +430,31 @@ impl Drop for PostgresServer {
 }
 
 fn psql_command(mut cmd: Command, sql: &str) -> Result<String, String> {
-    cmd.args(["-X", "-A", "-t", "-q", "-w", "-v", "ON_ERROR_STOP=1", "-f", "-"])
-        .env_remove("PGPASSWORD")
-        .env_remove("PGPASSFILE")
-        .env_remove("PGSERVICE")
-        .env_remove("PGOPTIONS");
+    cmd.args([
+        "-X",
+        "-A",
+        "-t",
+        "-q",
+        "-w",
+        "-v",
+        "ON_ERROR_STOP=1",
+        "-f",
+        "-",
+    ])
+    .env_remove("PGPASSWORD")
+    .env_remove("PGPASSFILE")
+    .env_remove("PGSERVICE")
+    .env_remove("PGOPTIONS");
     run_with_stdin(cmd, sql)
 }
 
 /// The `bin` directory of the PostgreSQL to use.
 fn pg_bin_dir() -> Result<PathBuf, StartError> {
     if let Some(dir) = std::env::var_os(PG_BIN_ENV) {
-        let dir = PathBuf::from(dir);
-        return if super::is_executable(&dir.join("initdb")) {
-            Ok(dir)
-        } else {
-            Err(StartError::new(format!(
-                "${PG_BIN_ENV} = {} has no initdb",
-                dir.display()
-            )))
-        };
+        return checked_bin_dir(PathBuf::from(dir), &format!("${PG_BIN_ENV}"));
     }
-    let version = |name: &str| -> Option<Vec<u32>> {
-        name.split('.').map(|p| p.parse().ok()).collect()
-    };
+    let version =
+        |name: &str| -> Option<Vec<u32>> { name.split('.').map(|p| p.parse().ok()).collect() };
     let newest = std::fs::read_dir("/usr/lib/postgresql")
         .into_iter()
         .flatten()
@@ -444,10 +473,23 @@ fn pg_bin_dir() -> Result<PathBuf, StartError> {
     })
 }
 
+/// `dir` if it holds `initdb`, else an error naming where it came from.
+fn checked_bin_dir(dir: PathBuf, source: &str) -> Result<PathBuf, StartError> {
+    if super::is_executable(&dir.join("initdb")) {
+        Ok(dir)
+    } else {
+        Err(StartError::new(format!(
+            "no initdb in {} (from {source}): point it at a PostgreSQL bin directory, \
+             or install the `postgresql` package with `scripts/install-test-deps.sh`",
+            dir.display()
+        )))
+    }
+}
+
 /// uid and gid of the `postgres` system user, from /etc/passwd.
 fn postgres_ids() -> Result<(u32, u32), StartError> {
-    let passwd = std::fs::read_to_string("/etc/passwd")
-        .map_err(|e| io_error("reading /etc/passwd", e))?;
+    let passwd =
+        std::fs::read_to_string("/etc/passwd").map_err(|e| io_error("reading /etc/passwd", e))?;
     passwd
         .lines()
         .find_map(|line| {
