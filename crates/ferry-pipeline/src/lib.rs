@@ -1,1 +1,19 @@
-pub fn x(){}
+//! Ferry's pipeline runtime: bounded queues, batching, hot-row merge,
+//! dependency scheduling, apply workers, ordered commits, acks and
+//! shutdown. Knows no database: it drives `ferry_core::{Source, Sink}`.
+
+pub mod merge;
+pub mod options;
+pub mod predicate;
+pub mod queue;
+pub mod runtime;
+pub mod schedule;
+mod snapshot;
+pub mod stats;
+pub mod transform;
+mod worker;
+
+pub use options::{Consistency, Options};
+pub use runtime::{Outcome, Pipeline};
+pub use stats::Stats;
+pub use transform::{Ops, TableRule, Transform, TransformSpec};

@@ -248,7 +248,7 @@ fn postgres_that_cannot_start_panics_with_its_log_tail() {
 }
 
 #[test]
-#[ignore = "manual: shows the panic message of a MariaDB that cannot start"]
-fn mariadb_that_cannot_start_panics_with_its_log_tail() {
-    MariaDbServer::builder().binlog_format("BOGUS").start();
+fn mariadb_that_cannot_start_reports_its_log_tail() {
+    let err = MariaDbServer::builder().binlog_format("BOGUS").try_start().err().expect("a bad binlog format must not start");
+    assert!(err.to_string().contains("--- last lines of"), "{err}");
 }
