@@ -128,7 +128,10 @@ pub enum SourceEvent {
     /// of any other transaction in between. `position` is the position the
     /// closing `Commit` will carry (PostgreSQL's `final_lsn`, the SQLite
     /// group's last sequence number).
-    Partial { position: Position, changes: Vec<Change> },
+    Partial {
+        position: Position,
+        changes: Vec<Change>,
+    },
     /// The source is idle or wrote only outside the pipeline's tables: every
     /// transaction up to `position` has been delivered. Lets the pipeline
     /// advance the checkpoint and bounds the wait of consistent readers.

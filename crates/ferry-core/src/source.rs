@@ -84,7 +84,11 @@ pub trait Source: Send {
     /// several transactions into one (SQLite) must end a group at each of
     /// them, so no delivered transaction straddles a boundary; a source that
     /// delivers every transaction on its own can ignore them.
-    async fn start_stream(&mut self, from: Option<&Position>, boundaries: &[Position]) -> Result<()>;
+    async fn start_stream(
+        &mut self,
+        from: Option<&Position>,
+        boundaries: &[Position],
+    ) -> Result<()>;
 
     /// Waits for the next event. Transactions arrive whole (or as
     /// `Partial`s followed by their `Commit`), in source commit order, each

@@ -245,6 +245,11 @@ pub fn display_key(key: &[Value]) -> String {
     format!("({})", parts.join(", "))
 }
 
+/// Renders the key of a full row of `table` for messages.
+pub fn display_key_of(table: &crate::schema::TableSchema, row: &[Value]) -> String {
+    display_key(&table.key_of(row))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -1,0 +1,49 @@
+//! Runtime options of a pipeline (already validated by the caller).
+
+use std::time::Duration;
+
+/// How the target may expose source transactions.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Consistency {
+    /// Every source transaction is applied atomically, target commits
+    /// become visible in source commit order, and a transaction executes
+    /// only after the earlier ones whose rows it writes.
+    Transactional,
+}
+
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// Pipeline name: names checkpoints and source objects.
+    pub pipeline: String,
+    /// Close a batch at this many changes...
+    pub batch_rows: usize,
+    /// ...or when its first change is this old, whichever comes first.
+    pub batch_time: Duration,
+    /// Apply workers (capped by what the sink allows).
+    pub workers: usize,
+    /// Source events buffered between the source and the appliers.
+    pub queue_events: usize,
+    /// Bytes buffered between the source and the appliers.
+    pub queue_bytes: usize,
+    pub consistency: Consistency,
+    /// Attempts for a transient apply error before the pipeline stops.
+    pub max_retries: u32,
+    /// While the source is idle, record its position on the target this often.
+    pub idle_checkpoint: Duration,
+}
+
+impl Options {
+    pub fn new(pipeline: impl Into<String>) -> Self {
+        Options {
+            pipeline: pipeline.into(),
+            batch_rows: 1000,
+            batch_time: Duration::from_millis(500),
+            workers: 4,
+            queue_events: 1024,
+            queue_bytes: 64 << 20,
+            consistency: Consistency::Transactional,
+            max_retries: 8,
+            idle_checkpoint: Duration::from_secs(5),
+        }
+    }
+}

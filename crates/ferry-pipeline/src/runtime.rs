@@ -1,0 +1,584 @@
+//! Wiring and running a pipeline: start-up, the snapshot phase, then the
+//! change stream (source task → bounded queue → dispatcher → apply workers
+//! → ordered commits → acks back to the source).
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use ferry_core::{
+    Change, Checkpoint, CheckpointRecord, Error, Position, Result, Sink, SnapshotRequest, Source,
+    SourceEvent, TableProgress, TableRef,
+};
+use tokio::sync::{mpsc, watch};
+
+use crate::merge::Merger;
+use crate::options::Options;
+use crate::queue;
+use crate::schedule::{InFlight, WriteSet};
+use crate::snapshot::{SnapshotEnd, SnapshotRun};
+use crate::stats::{Stats, now_micros};
+use crate::transform::Transform;
+use crate::worker::{Done, Job, StreamPart, Worker};
+
+/// How a run ended without error.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    /// Stopped on request after draining every worker; the checkpoint is
+    /// at one consistent position.
+    Stopped,
+}
+
+pub struct Pipeline {
+    pub source: Box<dyn Source>,
+    pub sink: Arc<dyn Sink>,
+    pub transform: Arc<Transform>,
+    pub options: Options,
+    pub stats: Arc<Stats>,
+    /// Becomes `true` to ask the pipeline to stop.
+    pub shutdown: watch::Receiver<bool>,
+}
+
+struct OpenGroup {
+    merger: Merger,
+    ws: WriteSet,
+    rows: usize,
+    txns: usize,
+    position: Option<Position>,
+    commit_time: Option<i64>,
+    opened: Instant,
+}
+
+impl OpenGroup {
+    fn new() -> Self {
+        OpenGroup {
+            merger: Merger::new(),
+            ws: WriteSet::default(),
+            rows: 0,
+            txns: 0,
+            position: None,
+            commit_time: None,
+            opened: Instant::now(),
+        }
+    }
+}
+
+impl Pipeline {
+    /// Runs until stopped (`Ok`) or an error the pipeline cannot handle
+    /// itself (`Err`: the caller decides whether to restart, by class).
+    pub async fn run(self) -> Result<Outcome> {
+        let Pipeline {
+            mut source,
+            sink,
+            transform,
+            options,
+            stats,
+            shutdown,
+        } = self;
+        stats.set_phase("starting");
+        let cp = sink.load().await?;
+        let tables = source.tables().await?;
+        if tables.is_empty() {
+            return Err(Error::fatal("no source table matches the pipeline's table selection")
+                .with_fix("check `tables.include` / `tables.exclude` in the pipeline file and the source database"));
+        }
+        let targets = tables
+            .iter()
+            .map(|t| transform.target_table(t))
+            .collect::<Result<Vec<_>>>()?;
+        sink.ensure_tables(&targets).await?;
+        source.prepare().await?;
+
+        let to_copy: Vec<&TableRef> = tables
+            .iter()
+            .filter(|t| {
+                cp.tables
+                    .get(&t.name.to_string())
+                    .is_none_or(|p| !p.complete)
+            })
+            .collect();
+        let mut progress = cp.tables.clone();
+        if !to_copy.is_empty() {
+            let requests = to_copy
+                .iter()
+                .map(|t| SnapshotRequest {
+                    table: (*t).clone(),
+                    skip: progress
+                        .get(&t.name.to_string())
+                        .map(|p| p.ranges.iter().map(|r| r.range.clone()).collect())
+                        .unwrap_or_default(),
+                })
+                .collect();
+            let reader = source.snapshot(requests).await?;
+            let writers = open_writers(sink.as_ref(), options.workers).await?;
+            let run = SnapshotRun {
+                writers,
+                transform: transform.clone(),
+                stats: stats.clone(),
+                progress,
+                shutdown: shutdown.clone(),
+            };
+            let copied: Vec<TableRef> = to_copy.into_iter().cloned().collect();
+            match run.run(reader, &copied).await? {
+                SnapshotEnd::Done(p) => progress = p,
+                SnapshotEnd::Stopped => return Ok(Outcome::Stopped),
+            }
+        }
+
+        // Stream from the applied position, or (first run) from the oldest
+        // snapshot; changes a snapshot already holds are skipped per range.
+        let snapshots: Vec<Position> = progress
+            .values()
+            .flat_map(|p| p.ranges.iter().map(|r| r.snapshot.clone()))
+            .collect();
+        let from = match &cp.applied {
+            Some(p) => Some(p.clone()),
+            None => snapshots
+                .iter()
+                .cloned()
+                .reduce(|a, b| if b < a { b } else { a }),
+        };
+        let mut boundaries: Vec<Position> = snapshots
+            .into_iter()
+            .filter(|s| from.as_ref().is_none_or(|f| s > f))
+            .collect();
+        boundaries.dedup();
+        source.start_stream(from.as_ref(), &boundaries).await?;
+        if let Some(f) = &from {
+            stats.set_applied(f.to_string(), None);
+            stats.set_received(f.to_string(), None);
+        }
+        let covered = Checkpoint {
+            applied: cp.applied.clone(),
+            tables: progress,
+        };
+        stream(
+            source, sink, transform, options, stats, shutdown, covered, from,
+        )
+        .await
+    }
+}
+
+async fn open_writers(
+    sink: &dyn Sink,
+    wanted: usize,
+) -> Result<Vec<Box<dyn ferry_core::SinkWriter>>> {
+    let n = wanted.clamp(1, sink.info().max_writers.max(1));
+    let mut writers = Vec::with_capacity(n);
+    for _ in 0..n {
+        writers.push(sink.writer().await?);
+    }
+    Ok(writers)
+}
+
+/// Pulls events from the source into the queue; applies acks between pulls.
+async fn source_task(
+    mut source: Box<dyn Source>,
+    queue: queue::Sender<SourceEvent>,
+    mut acks: watch::Receiver<Option<Position>>,
+    mut shutdown: watch::Receiver<bool>,
+) -> Result<()> {
+    loop {
+        if acks.has_changed().unwrap_or(false) {
+            let pos = acks.borrow_and_update().clone();
+            if let Some(p) = pos {
+                source.ack(&p).await?;
+            }
+        }
+        let event = tokio::select! {
+            biased;
+            _ = shutdown.wait_for(|s| *s) => return Ok(()),
+            e = source.next() => e?,
+        };
+        let size = match &event {
+            SourceEvent::Commit(tx) => tx.approx_size(),
+            SourceEvent::Partial { changes, .. } => changes.iter().map(Change::approx_size).sum(),
+            SourceEvent::Heartbeat { .. } => 64,
+        };
+        tokio::select! {
+            biased;
+            _ = shutdown.wait_for(|s| *s) => return Ok(()),
+            r = queue.send(event, size) => if r.is_err() { return Ok(()) },
+        }
+    }
+}
+
+struct Dispatcher {
+    transform: Arc<Transform>,
+    options: Options,
+    stats: Arc<Stats>,
+    covered: Checkpoint,
+    /// Newest snapshot position; past it no change needs the coverage check.
+    newest_snapshot: Option<Position>,
+    workers: Vec<mpsc::Sender<Job>>,
+    free: Vec<usize>,
+    in_flight: InFlight,
+    positions: BTreeMap<u64, (Position, Option<i64>)>,
+    next_seq: u64,
+    open: Option<OpenGroup>,
+    stream: Option<mpsc::Sender<StreamPart>>,
+    acks: watch::Sender<Option<Position>>,
+    last_checkpoint: Instant,
+    last_applied: Option<Position>,
+}
+
+impl Dispatcher {
+    /// Source changes → target changes, dropping what a snapshot already holds.
+    fn target_changes(&self, position: &Position, changes: Vec<Change>) -> Result<Vec<Change>> {
+        let check = self.newest_snapshot.as_ref().is_some_and(|s| position <= s);
+        let mut out = Vec::with_capacity(changes.len());
+        for c in changes {
+            if check {
+                let key = c.key();
+                let skip = c.table_names().iter().all(|t| {
+                    self.covered
+                        .covered_by_snapshot(&t.to_string(), key.as_deref(), position)
+                });
+                if skip {
+                    continue;
+                }
+            }
+            if let Some(t) = self.transform.change(c)? {
+                self.count(&t);
+                out.push(t);
+            }
+        }
+        Ok(out)
+    }
+
+    fn count(&self, c: &Change) {
+        let s = &self.stats;
+        match c {
+            Change::Insert { .. } => Stats::add(&s.inserts, 1),
+            Change::Update { .. } => Stats::add(&s.updates, 1),
+            Change::Delete { .. } => Stats::add(&s.deletes, 1),
+            Change::Truncate { .. } | Change::Schema { .. } => Stats::add(&s.ddl, 1),
+        }
+        for t in c.table_names() {
+            s.table(&t.to_string(), |t| t.changes_applied += 1);
+        }
+        Stats::add(&s.bytes_applied, c.approx_size() as u64);
+    }
+
+    fn add_to_group(
+        &mut self,
+        position: Position,
+        time: Option<i64>,
+        changes: Vec<Change>,
+    ) -> Result<()> {
+        let changes = self.target_changes(&position, changes)?;
+        let g = self.open.get_or_insert_with(OpenGroup::new);
+        g.rows += changes.len();
+        g.txns += 1;
+        for c in changes {
+            g.ws.add(&c);
+            g.merger.push(c);
+        }
+        g.position = Some(position);
+        g.commit_time = time.or(g.commit_time);
+        Ok(())
+    }
+
+    fn group_due(&self, g: &OpenGroup, queue_empty: bool) -> bool {
+        g.rows >= self.options.batch_rows
+            || g.opened.elapsed() >= self.options.batch_time
+            || queue_empty
+    }
+
+    async fn dispatch_open(&mut self) -> Result<()> {
+        let Some(g) = self.open.take() else {
+            return Ok(());
+        };
+        let Some(position) = g.position.clone() else {
+            return Ok(());
+        };
+        let worker = self.free.pop().expect("dispatch needs a free worker");
+        self.next_seq += 1;
+        let seq = self.next_seq;
+        let exec_after = self.in_flight.depends_on(&g.ws);
+        let summary = format!("{} txns, {} changes up to {}", g.txns, g.rows, position);
+        let steps = g.merger.finish();
+        let rows: usize = steps.iter().map(|s| s.row_count()).sum();
+        Stats::add(&self.stats.rows_applied, rows as u64);
+        Stats::add(&self.stats.txns_applied, g.txns as u64);
+        self.in_flight.push(seq, g.ws);
+        self.positions
+            .insert(seq, (position.clone(), g.commit_time));
+        let job = Job::Group {
+            seq,
+            exec_after,
+            steps,
+            records: vec![CheckpointRecord::applied(&position)],
+            summary,
+        };
+        self.workers[worker]
+            .send(job)
+            .await
+            .map_err(|_| Error::fatal("apply worker stopped unexpectedly"))?;
+        Ok(())
+    }
+
+    fn on_done(&mut self, done: Done) {
+        self.free.push(done.worker);
+        self.in_flight.committed(done.seq);
+        let mut newest = None;
+        while let Some((&seq, _)) = self.positions.first_key_value() {
+            if seq > done.seq {
+                break;
+            }
+            newest = self.positions.pop_first().map(|(_, p)| p);
+        }
+        if let Some((pos, time)) = newest {
+            self.stats.set_applied(pos.to_string(), time);
+            self.last_applied = Some(pos.clone());
+            self.last_checkpoint = Instant::now();
+            self.acks.send_replace(Some(pos));
+        }
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn stream(
+    source: Box<dyn Source>,
+    sink: Arc<dyn Sink>,
+    transform: Arc<Transform>,
+    options: Options,
+    stats: Arc<Stats>,
+    mut shutdown: watch::Receiver<bool>,
+    covered: Checkpoint,
+    from: Option<Position>,
+) -> Result<Outcome> {
+    stats.set_phase("streaming");
+    let (qtx, queue) = queue::bounded::<SourceEvent>(options.queue_events, options.queue_bytes);
+    let (ack_tx, ack_rx) = watch::channel(None);
+    let source_handle = tokio::spawn(source_task(source, qtx, ack_rx, shutdown.clone()));
+
+    let writers = open_writers(sink.as_ref(), options.workers).await?;
+    stats.set_workers(writers.len());
+    let committed = Arc::new(watch::channel(0u64).0);
+    let (done_tx, mut done_rx) = mpsc::unbounded_channel();
+    let mut senders = Vec::new();
+    for (id, writer) in writers.into_iter().enumerate() {
+        let (tx, rx) = mpsc::channel(1);
+        senders.push(tx);
+        let w = Worker {
+            id,
+            writer,
+            committed: committed.clone(),
+            stats: stats.clone(),
+            ordered_commit: true,
+            max_retries: options.max_retries,
+        };
+        tokio::spawn(w.run(rx, done_tx.clone()));
+    }
+    drop(done_tx);
+    let newest_snapshot = covered
+        .tables
+        .values()
+        .filter_map(TableProgress::newest_snapshot)
+        .cloned()
+        .reduce(|a, b| if b > a { b } else { a });
+    let n = senders.len();
+    let mut d = Dispatcher {
+        transform,
+        stats: stats.clone(),
+        covered,
+        newest_snapshot,
+        free: (0..n).rev().collect(),
+        workers: senders,
+        in_flight: InFlight::default(),
+        positions: BTreeMap::new(),
+        next_seq: 0,
+        open: None,
+        stream: None,
+        acks: ack_tx,
+        last_checkpoint: Instant::now(),
+        last_applied: from,
+        options,
+    };
+
+    let mut stopping = false;
+    let mut source_done = false;
+    let result: Result<()> = loop {
+        stats.queue_items.store(
+            queue.depth().items as u64,
+            std::sync::atomic::Ordering::Relaxed,
+        );
+        stats.queue_bytes.store(
+            queue.depth().bytes as u64,
+            std::sync::atomic::Ordering::Relaxed,
+        );
+        // Dispatch the open group when a worker is free and the group is
+        // full, old enough, or there is nothing more to add right now.
+        if d.stream.is_none() && !d.free.is_empty() {
+            let due = d
+                .open
+                .as_ref()
+                .is_some_and(|g| d.group_due(g, queue.is_empty() || stopping));
+            if due {
+                if let Err(e) = d.dispatch_open().await {
+                    break Err(e);
+                }
+                continue;
+            }
+        }
+        if stopping && d.open.is_none() && d.in_flight.is_empty() && d.stream.is_none() {
+            break Ok(());
+        }
+        let full = d
+            .open
+            .as_ref()
+            .is_some_and(|g| g.rows >= d.options.batch_rows);
+        let wait = match &d.open {
+            Some(g) if !d.free.is_empty() => {
+                d.options.batch_time.saturating_sub(g.opened.elapsed())
+            }
+            _ => Duration::from_millis(250),
+        };
+        let pull = !stopping && !source_done && !(full && d.stream.is_none());
+        tokio::select! {
+            biased;
+            done = done_rx.recv() => match done {
+                Some(Ok(done)) => d.on_done(done),
+                Some(Err(e)) => break Err(e),
+                None => break Err(Error::fatal("every apply worker stopped")),
+            },
+            _ = shutdown.wait_for(|s| *s), if !stopping => {
+                tracing::info!("stop requested: draining apply workers");
+                stats.set_phase("stopping");
+                stopping = true;
+                if d.stream.take().is_some() {
+                    // The large transaction in progress is rolled back and
+                    // re-read after restart.
+                }
+            },
+            ev = queue.recv_timeout(wait), if pull => match ev {
+                Err(()) => {}
+                Ok(None) => source_done = true,
+                Ok(Some(ev)) => if let Err(e) = handle_event(&mut d, ev, &mut done_rx).await { break Err(e) },
+            },
+            _ = tokio::time::sleep(wait), if !pull => {}
+        }
+    };
+    // Stop the source task and surface its error, if any.
+    drop(queue);
+    let source_result = source_handle
+        .await
+        .map_err(|e| Error::fatal(format!("source task panicked: {e}")))?;
+    result?;
+    source_result?;
+    if !stopping {
+        return Err(Error::transient("the source stream ended unexpectedly"));
+    }
+    Ok(Outcome::Stopped)
+}
+
+async fn wait_all_committed(
+    d: &mut Dispatcher,
+    done_rx: &mut mpsc::UnboundedReceiver<Result<Done>>,
+) -> Result<()> {
+    while !d.in_flight.is_empty() || d.free.len() < d.workers.len() {
+        match done_rx.recv().await {
+            Some(Ok(done)) => d.on_done(done),
+            Some(Err(e)) => return Err(e),
+            None => return Err(Error::fatal("every apply worker stopped")),
+        }
+    }
+    Ok(())
+}
+
+async fn handle_event(
+    d: &mut Dispatcher,
+    ev: SourceEvent,
+    done_rx: &mut mpsc::UnboundedReceiver<Result<Done>>,
+) -> Result<()> {
+    match ev {
+        SourceEvent::Commit(tx) => {
+            d.stats
+                .set_received(tx.position.to_string(), tx.commit_time_micros);
+            if let Some(parts) = d.stream.take() {
+                let changes = d.target_changes(&tx.position, tx.changes)?;
+                let steps = crate::merge::merge(changes);
+                let _ = parts.send(StreamPart::Steps(steps)).await;
+                let _ = parts
+                    .send(StreamPart::Commit(vec![CheckpointRecord::applied(
+                        &tx.position,
+                    )]))
+                    .await;
+                d.positions
+                    .insert(d.next_seq, (tx.position, tx.commit_time_micros));
+                Stats::add(&d.stats.txns_applied, 1);
+                return Ok(());
+            }
+            d.add_to_group(tx.position, tx.commit_time_micros, tx.changes)
+        }
+        SourceEvent::Partial { position, changes } => {
+            if d.stream.is_none() {
+                // A transaction too large for memory: everything before it
+                // commits first, then it streams alone into one target
+                // transaction.
+                if d.open.is_some() {
+                    while d.free.is_empty() {
+                        wait_one(d, done_rx).await?;
+                    }
+                    d.dispatch_open().await?;
+                }
+                wait_all_committed(d, done_rx).await?;
+                let (tx, rx) = mpsc::channel(2);
+                d.next_seq += 1;
+                let seq = d.next_seq;
+                d.in_flight.push(seq, WriteSet::default());
+                let worker = d.free.pop().expect("all workers free");
+                d.workers[worker]
+                    .send(Job::Stream { seq, parts: rx })
+                    .await
+                    .map_err(|_| Error::fatal("apply worker stopped unexpectedly"))?;
+                d.stream = Some(tx);
+            }
+            let changes = d.target_changes(&position, changes)?;
+            Stats::add(&d.stats.rows_applied, changes.len() as u64);
+            let steps = crate::merge::merge(changes);
+            if let Some(parts) = &d.stream {
+                let _ = parts.send(StreamPart::Steps(steps)).await;
+            }
+            Ok(())
+        }
+        SourceEvent::Heartbeat {
+            position,
+            time_micros,
+        } => {
+            d.stats
+                .set_received(position.to_string(), time_micros.or(Some(now_micros())));
+            let idle = d.open.is_none() && d.in_flight.is_empty() && d.stream.is_none();
+            let newer = d.last_applied.as_ref().is_none_or(|a| position > *a);
+            if idle
+                && newer
+                && d.last_checkpoint.elapsed() >= d.options.idle_checkpoint
+                && !d.free.is_empty()
+            {
+                // Record the idle source's position on the target so it can
+                // release its log, and a restart need not re-read it.
+                let mut g = OpenGroup::new();
+                g.position = Some(position);
+                g.commit_time = time_micros;
+                d.open = Some(g);
+                d.dispatch_open().await?;
+            }
+            Ok(())
+        }
+    }
+}
+
+async fn wait_one(
+    d: &mut Dispatcher,
+    done_rx: &mut mpsc::UnboundedReceiver<Result<Done>>,
+) -> Result<()> {
+    match done_rx.recv().await {
+        Some(Ok(done)) => {
+            d.on_done(done);
+            Ok(())
+        }
+        Some(Err(e)) => Err(e),
+        None => Err(Error::fatal("every apply worker stopped")),
+    }
+}

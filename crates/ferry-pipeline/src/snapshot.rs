@@ -1,0 +1,174 @@
+//! The snapshot phase: copies tables that are not (fully) on the target yet,
+//! one chunk per target transaction, each committed together with the
+//! table's progress record, so a restart resumes after the last chunk.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use ferry_core::{
+    CheckpointRecord, Error, Result, SinkWriter, SnapshotChunk, SnapshotReader, TableProgress,
+    TableRef,
+};
+use tokio::sync::{Mutex, mpsc, watch};
+
+use crate::stats::Stats;
+use crate::transform::Transform;
+
+pub(crate) struct SnapshotRun {
+    pub writers: Vec<Box<dyn SinkWriter>>,
+    pub transform: Arc<Transform>,
+    pub stats: Arc<Stats>,
+    /// Progress already on the target, by source table name.
+    pub progress: BTreeMap<String, TableProgress>,
+    pub shutdown: watch::Receiver<bool>,
+}
+
+/// Outcome of the snapshot phase.
+pub(crate) enum SnapshotEnd {
+    Done(BTreeMap<String, TableProgress>),
+    Stopped,
+}
+
+struct Shared {
+    progress: Mutex<BTreeMap<String, TableProgress>>,
+    transform: Arc<Transform>,
+    stats: Arc<Stats>,
+    snapshot: ferry_core::Position,
+}
+
+async fn write_chunk(w: &mut dyn SinkWriter, shared: &Shared, chunk: SnapshotChunk) -> Result<()> {
+    let source_name = chunk.table.name.to_string();
+    let target = shared.transform.target_table(&chunk.table)?;
+    let n = chunk.rows.len() as u64;
+    let rows = shared.transform.rows(&chunk.table, chunk.rows)?;
+    w.begin().await?;
+    if !rows.is_empty() {
+        w.load(&target, &rows).await?;
+    }
+    // Hold the progress lock across the commit so concurrent chunks of one
+    // table never record ranges that are not committed.
+    let mut all = shared.progress.lock().await;
+    let mut p = all.get(&source_name).cloned().unwrap_or_default();
+    p.add(chunk.range, &shared.snapshot);
+    p.complete = chunk.table_done;
+    w.commit(&[CheckpointRecord::table(&source_name, &p)])
+        .await?;
+    all.insert(source_name, p);
+    drop(all);
+    Stats::add(&shared.stats.snapshot_rows, n);
+    shared.stats.table(&target.name.to_string(), |t| {
+        t.snapshot_rows += n;
+        t.snapshot_done = chunk.table_done;
+    });
+    Ok(())
+}
+
+impl SnapshotRun {
+    pub async fn run(
+        self,
+        mut reader: Box<dyn SnapshotReader>,
+        tables: &[TableRef],
+    ) -> Result<SnapshotEnd> {
+        let SnapshotRun {
+            mut writers,
+            transform,
+            stats,
+            progress,
+            mut shutdown,
+        } = self;
+        // Tables with nothing recorded as copied: whatever their target
+        // table holds is from an abandoned run (or a reset), so start clean,
+        // before any chunk is written.
+        let w = writers
+            .first_mut()
+            .ok_or_else(|| Error::fatal("no snapshot writer"))?;
+        for t in tables {
+            if progress
+                .get(&t.name.to_string())
+                .is_none_or(|p| p.ranges.is_empty())
+            {
+                w.begin().await?;
+                w.clear_table(&transform.target_table(t)?).await?;
+                w.commit(&[]).await?;
+            }
+        }
+        for t in tables {
+            stats.table(&transform.target_table(t)?.name.to_string(), |s| {
+                s.snapshot_done = false
+            });
+        }
+        stats.set_phase("snapshot");
+        let shared = Arc::new(Shared {
+            progress: Mutex::new(progress),
+            transform,
+            stats: stats.clone(),
+            snapshot: reader.position().clone(),
+        });
+        tracing::info!(position = %shared.snapshot, tables = tables.len(), "snapshot started");
+
+        // Chunks fan out to the writers through one bounded channel; each
+        // writer takes the next chunk when it is free.
+        let (tx, rx) = mpsc::channel::<SnapshotChunk>(writers.len());
+        let rx = Arc::new(Mutex::new(rx));
+        let mut tasks = Vec::new();
+        for (i, mut w) in writers.into_iter().enumerate() {
+            let rx = rx.clone();
+            let shared = shared.clone();
+            tasks.push(tokio::spawn(async move {
+                loop {
+                    let chunk = rx.lock().await.recv().await;
+                    let Some(chunk) = chunk else {
+                        return Ok::<_, Error>(());
+                    };
+                    shared.stats.worker(
+                        i,
+                        format!("copying {} ({} rows)", chunk.table.name, chunk.rows.len()),
+                    );
+                    let r = write_chunk(w.as_mut(), &shared, chunk).await;
+                    shared.stats.worker(i, "idle");
+                    if let Err(e) = r {
+                        let _ = w.rollback().await;
+                        return Err(e);
+                    }
+                }
+            }));
+        }
+        let mut stopped = false;
+        let read = async {
+            loop {
+                tokio::select! {
+                    biased;
+                    _ = shutdown.wait_for(|s| *s) => { stopped = true; return Ok(()); }
+                    chunk = reader.next_chunk() => match chunk? {
+                        Some(c) => if tx.send(c).await.is_err() { return Ok(()) },
+                        None => return Ok(()),
+                    }
+                }
+            }
+        };
+        let read_result: Result<()> = read.await;
+        drop(tx);
+        let mut first_err = read_result.err();
+        for t in tasks {
+            match t.await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => first_err = first_err.or(Some(e)),
+                Err(join) => {
+                    first_err = first_err.or(Some(Error::fatal(format!(
+                        "snapshot writer panicked: {join}"
+                    ))))
+                }
+            }
+        }
+        if let Some(e) = first_err {
+            return Err(e);
+        }
+        if stopped {
+            tracing::info!("snapshot stopped; it resumes after the last copied chunk");
+            return Ok(SnapshotEnd::Stopped);
+        }
+        let progress = std::mem::take(&mut *shared.progress.lock().await);
+        tracing::info!(rows = Stats::get(&stats.snapshot_rows), "snapshot done");
+        Ok(SnapshotEnd::Done(progress))
+    }
+}

@@ -1,0 +1,143 @@
+//! `ferry verify` (first version): per table, row counts and a checksum of
+//! every row, compared between source and target in key order, with the
+//! first differing keys listed. Rows are read in chunks, so memory stays
+//! bounded; chunked in-database checksums with bisection come later.
+
+use std::collections::hash_map::DefaultHasher;
+use std::hash::{Hash, Hasher};
+
+use ferry_core::{Error, TableReader, TableRef, Value, display_key_of};
+use ferry_pipeline::Transform;
+
+const CHUNK: usize = 5_000;
+const SHOW: usize = 10;
+
+#[derive(Debug, Default)]
+pub struct TableVerdict {
+    pub source_rows: u64,
+    pub target_rows: u64,
+    pub source_checksum: u64,
+    pub target_checksum: u64,
+    pub missing: u64,
+    pub extra: u64,
+    pub different: u64,
+    pub examples: Vec<String>,
+}
+
+impl TableVerdict {
+    pub fn equal(&self) -> bool {
+        self.missing == 0 && self.extra == 0 && self.different == 0 && self.source_rows == self.target_rows
+    }
+}
+
+struct Cursor<'a> {
+    reader: &'a dyn TableReader,
+    table: &'a TableRef,
+    buf: std::vec::IntoIter<Vec<Value>>,
+    last: Option<Vec<Value>>,
+    done: bool,
+}
+
+impl<'a> Cursor<'a> {
+    fn new(reader: &'a dyn TableReader, table: &'a TableRef) -> Self {
+        Cursor { reader, table, buf: Vec::new().into_iter(), last: None, done: false }
+    }
+
+    async fn next_raw(&mut self) -> Result<Option<Vec<Value>>, Error> {
+        loop {
+            if let Some(row) = self.buf.next() {
+                self.last = Some(self.table.key_of(&row));
+                return Ok(Some(row));
+            }
+            if self.done {
+                return Ok(None);
+            }
+            let rows = self.reader.read_rows(self.table, self.last.as_deref(), CHUNK).await?;
+            self.done = rows.len() < CHUNK;
+            self.buf = rows.into_iter();
+        }
+    }
+}
+
+fn row_hash(row: &[Value]) -> u64 {
+    let mut h = DefaultHasher::new();
+    row.hash(&mut h);
+    h.finish()
+}
+
+/// Compares one source table with its target table.
+pub async fn verify_table(
+    source: &dyn TableReader,
+    target: &dyn TableReader,
+    source_table: &TableRef,
+    target_table: &TableRef,
+    transform: &Transform,
+) -> Result<TableVerdict, Error> {
+    let mut v = TableVerdict::default();
+    let mut s = Cursor::new(source, source_table);
+    let mut t = Cursor::new(target, target_table);
+    // Source rows pass through the pipeline's transform (filter, projection).
+    let mut next_source = async |s: &mut Cursor<'_>| -> Result<Option<Vec<Value>>, Error> {
+        while let Some(row) = s.next_raw().await? {
+            if let Some(r) = transform.rows(source_table, vec![row])?.pop() {
+                return Ok(Some(r));
+            }
+        }
+        Ok(None)
+    };
+    let mut a = next_source(&mut s).await?;
+    let mut b = t.next_raw().await?;
+    loop {
+        let ord = match (&a, &b) {
+            (None, None) => break,
+            (Some(_), None) => std::cmp::Ordering::Less,
+            (None, Some(_)) => std::cmp::Ordering::Greater,
+            (Some(x), Some(y)) => target_table.key_of(x).cmp(&target_table.key_of(y)),
+        };
+        match ord {
+            std::cmp::Ordering::Less => {
+                let row = a.take().expect("row");
+                v.source_rows += 1;
+                v.source_checksum ^= row_hash(&row);
+                v.missing += 1;
+                if v.examples.len() < SHOW {
+                    v.examples.push(format!("missing on target: key {}", display_key_of(target_table, &row)));
+                }
+                a = next_source(&mut s).await?;
+            }
+            std::cmp::Ordering::Greater => {
+                let row = b.take().expect("row");
+                v.target_rows += 1;
+                v.target_checksum ^= row_hash(&row);
+                v.extra += 1;
+                if v.examples.len() < SHOW {
+                    v.examples.push(format!("extra on target: key {}", display_key_of(target_table, &row)));
+                }
+                b = t.next_raw().await?;
+            }
+            std::cmp::Ordering::Equal => {
+                let (x, y) = (a.take().expect("row"), b.take().expect("row"));
+                v.source_rows += 1;
+                v.target_rows += 1;
+                v.source_checksum ^= row_hash(&x);
+                v.target_checksum ^= row_hash(&y);
+                if x != y {
+                    v.different += 1;
+                    if v.examples.len() < SHOW {
+                        let cols: Vec<String> = target_table
+                            .columns
+                            .iter()
+                            .zip(x.iter().zip(&y))
+                            .filter(|(_, (p, q))| p != q)
+                            .map(|(c, (p, q))| format!("{}: source {p} target {q}", c.name))
+                            .collect();
+                        v.examples.push(format!("differs at key {}: {}", display_key_of(target_table, &x), cols.join("; ")));
+                    }
+                }
+                a = next_source(&mut s).await?;
+                b = t.next_raw().await?;
+            }
+        }
+    }
+    Ok(v)
+}
