@@ -28,6 +28,10 @@ have mariadbd || missing+=(mariadb-server)
 have mariadb || missing+=(mariadb-client)
 have nats-server || missing+=(nats-server)
 have sqlite3 || missing+=(sqlite3)
+# Build dependencies: rusqlite links the system SQLite library.
+[[ -e /usr/include/sqlite3.h ]] || missing+=(libsqlite3-dev)
+have cc || missing+=(build-essential)
+have pkg-config || missing+=(pkg-config)
 
 # postgresql pulls in postgresql-client; do not list it twice.
 if [[ " ${missing[*]-} " == *" postgresql "* ]]; then

@@ -1,0 +1,138 @@
+//! Bad input gets a clear error naming the problem and the fix, a non-zero
+//! exit, and loses nothing.
+
+use crate::kit::{Dir, dump, ferry, text};
+
+fn run(pipeline: &std::path::Path) -> (i32, String) {
+    let o = ferry(&["run", pipeline.to_str().unwrap()]);
+    (o.status.code().unwrap_or(-1), text(&o))
+}
+
+fn with_accounts(d: &Dir) {
+    d.source().execute_batch("CREATE TABLE accounts (id INTEGER PRIMARY KEY, balance INTEGER); INSERT INTO accounts VALUES (1, 10);").unwrap();
+}
+
+#[test]
+fn missing_config_file() {
+    let o = ferry(&["run", "/nonexistent/pipeline.toml"]);
+    assert_eq!(o.status.code(), Some(2));
+    let t = text(&o);
+    assert!(t.contains("cannot read pipeline file /nonexistent/pipeline.toml") && t.contains("fix:"), "{t}");
+}
+
+#[test]
+fn unreadable_config_file() {
+    let d = Dir::new();
+    // A directory cannot be read as a file, even by root.
+    let o = ferry(&["check", d.dir.path().to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(text(&o).contains("cannot read pipeline file"), "{}", text(&o));
+}
+
+#[test]
+fn bad_toml_names_the_line() {
+    let d = Dir::new();
+    let p = d.path("p.toml");
+    std::fs::write(&p, "[source]\nurl = \"sqlite:a.db\n[target]\n").unwrap();
+    let o = ferry(&["run", p.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(2));
+    let t = text(&o);
+    assert!(t.contains("invalid pipeline file") && t.contains("line 2"), "{t}");
+}
+
+#[test]
+fn unknown_key_names_the_key_and_the_alternatives() {
+    let d = Dir::new();
+    let p = d.pipeline("[apply]\nbatch_size = 10\n");
+    let (code, t) = run(&p);
+    assert_eq!(code, 2);
+    assert!(t.contains("unknown field `batch_size`") && t.contains("batch_rows") && t.contains("line 8"), "{t}");
+}
+
+#[test]
+fn bad_url_lists_the_accepted_forms() {
+    let d = Dir::new();
+    let p = d.path("p.toml");
+    std::fs::write(&p, "[source]\nurl = \"sqlite3://x\"\n[target]\nurl = \"sqlite:b.db\"\n").unwrap();
+    let (code, t) = run(&p);
+    assert_eq!(code, 2);
+    assert!(t.contains("not a database URL") && t.contains("sqlite:PATH"), "{t}");
+}
+
+#[test]
+fn missing_source_database_is_not_created() {
+    let d = Dir::new();
+    let p = d.pipeline("");
+    let (code, t) = run(&p);
+    assert_eq!(code, 2);
+    assert!(t.contains("does not exist") && t.contains("fix:"), "{t}");
+    assert!(!d.path("source.db").exists(), "ferry must not create a source database");
+}
+
+#[test]
+fn target_not_writable() {
+    let d = Dir::new();
+    with_accounts(&d);
+    std::fs::write(d.path("file"), "not a directory").unwrap();
+    let p = d.path("p.toml");
+    std::fs::write(
+        &p,
+        format!("[source]\nurl = \"sqlite:{}\"\n[target]\nurl = \"sqlite:{}/target.db\"\n", d.path("source.db").display(), d.path("file").display()),
+    )
+    .unwrap();
+    let (code, t) = run(&p);
+    assert_eq!(code, 2);
+    assert!(t.contains("target.db") && t.contains("fix:"), "{t}");
+}
+
+#[test]
+fn source_locked_by_another_writer() {
+    let d = Dir::new();
+    with_accounts(&d);
+    let p = d.pipeline("[apply]\nmax_retries = 0\n");
+    let holder = d.source();
+    holder.execute_batch("BEGIN EXCLUSIVE; INSERT INTO accounts VALUES (2, 20);").unwrap();
+    let (code, t) = run(&p);
+    holder.execute_batch("ROLLBACK").unwrap();
+    assert_ne!(code, 0);
+    assert!(t.contains("locked") && t.contains("source.db"), "{t}");
+    // Nothing was lost: once the lock is gone the pipeline copies everything.
+    assert_eq!(dump(&d.path("source.db"), "accounts").unwrap().len(), 1);
+}
+
+#[test]
+fn table_without_key() {
+    let d = Dir::new();
+    d.source().execute_batch("CREATE TABLE logs (at TEXT, line TEXT); INSERT INTO logs VALUES ('now', 'x');").unwrap();
+    let (code, t) = run(&d.pipeline(""));
+    assert_eq!(code, 2);
+    assert!(t.contains("logs") && t.contains("PRIMARY KEY") && t.contains("exclude"), "{t}");
+}
+
+#[test]
+fn unsupported_column_type() {
+    let d = Dir::new();
+    d.source().execute_batch("CREATE TABLE places (id INTEGER PRIMARY KEY, shape GEOMETRY);").unwrap();
+    let (code, t) = run(&d.pipeline(""));
+    assert_eq!(code, 2);
+    assert!(t.contains("places") && t.contains("shape") && t.contains("GEOMETRY"), "{t}");
+}
+
+#[test]
+fn eventual_mode_says_it_is_not_built() {
+    let d = Dir::new();
+    let (code, t) = run(&d.pipeline("[apply]\nconsistency = \"eventual\"\n"));
+    assert_eq!(code, 2);
+    assert!(t.contains("not built yet"), "{t}");
+}
+
+#[test]
+fn postgres_target_is_refused_plainly_until_built() {
+    let d = Dir::new();
+    with_accounts(&d);
+    let p = d.path("p.toml");
+    std::fs::write(&p, format!("[source]\nurl = \"sqlite:{}\"\n[target]\nurl = \"mysql://root@127.0.0.1:1/x\"\n", d.path("source.db").display())).unwrap();
+    let (code, t) = run(&p);
+    assert_eq!(code, 2);
+    assert!(t.contains("not built yet"), "{t}");
+}

@@ -1,0 +1,96 @@
+//! Helpers for driving the real `ferry` binary.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+
+use rusqlite::Connection;
+
+pub const FERRY: &str = env!("CARGO_BIN_EXE_ferry");
+
+pub struct Dir {
+    pub dir: tempfile::TempDir,
+}
+
+impl Dir {
+    pub fn new() -> Self {
+        Dir { dir: tempfile::tempdir().expect("tempdir") }
+    }
+
+    pub fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    /// Writes a pipeline file replicating `source.db` to `target.db` plus `extra` TOML.
+    pub fn pipeline(&self, extra: &str) -> PathBuf {
+        let p = self.path("pipeline.toml");
+        let text = format!(
+            "name = \"test\"\n[source]\nurl = \"sqlite:{}\"\npoll_interval = \"5ms\"\n[target]\nurl = \"sqlite:{}\"\n{extra}",
+            self.path("source.db").display(),
+            self.path("target.db").display()
+        );
+        std::fs::write(&p, text).expect("write pipeline");
+        p
+    }
+
+    pub fn source(&self) -> Connection {
+        open(&self.path("source.db"))
+    }
+}
+
+pub fn open(path: &Path) -> Connection {
+    let c = Connection::open(path).expect("open sqlite");
+    c.busy_timeout(std::time::Duration::from_secs(10)).expect("busy timeout");
+    c.pragma_update(None, "journal_mode", "WAL").expect("wal");
+    c
+}
+
+pub fn ferry(args: &[&str]) -> Output {
+    Command::new(FERRY).args(args).env("FERRY_LOG", "warn").stdin(Stdio::null()).output().expect("run ferry")
+}
+
+pub fn spawn_run(pipeline: &Path, log: &Path) -> Child {
+    let log = std::fs::OpenOptions::new().create(true).append(true).open(log).expect("log file");
+    Command::new(FERRY)
+        .args(["run", pipeline.to_str().expect("utf8 path")])
+        .env("FERRY_LOG", "info")
+        .stdin(Stdio::null())
+        .stdout(log.try_clone().expect("log"))
+        .stderr(log)
+        .spawn()
+        .expect("spawn ferry run")
+}
+
+pub fn text(o: &Output) -> String {
+    format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr))
+}
+
+/// All rows of `table` ordered by its first column, as text, or `None` if
+/// the database or table does not exist yet.
+pub fn dump(path: &Path, table: &str) -> Option<Vec<String>> {
+    if !path.exists() {
+        return None;
+    }
+    let c = Connection::open_with_flags(path, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY).ok()?;
+    c.busy_timeout(std::time::Duration::from_secs(10)).ok()?;
+    let mut st = c.prepare(&format!("SELECT * FROM \"{table}\" ORDER BY 1")).ok()?;
+    let n = st.column_count();
+    let rows = st
+        .query_map([], |r| {
+            let mut parts = Vec::with_capacity(n);
+            for i in 0..n {
+                let v: rusqlite::types::Value = r.get(i)?;
+                parts.push(format!("{v:?}"));
+            }
+            Ok(parts.join("|"))
+        })
+        .ok()?
+        .collect::<Result<Vec<_>, _>>()
+        .ok()?;
+    Some(rows)
+}
+
+/// Sends SIGTERM and waits for the exit code.
+pub fn terminate(mut child: Child) -> std::process::ExitStatus {
+    let _ = Command::new("kill").args(["-TERM", &child.id().to_string()]).status();
+    child.wait().expect("wait ferry")
+}
