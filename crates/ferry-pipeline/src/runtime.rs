@@ -321,6 +321,9 @@ impl Dispatcher {
     fn on_done(&mut self, done: Done) {
         self.free.push(done.worker);
         self.in_flight.committed(done.seq);
+        if done.abandoned {
+            return;
+        }
         let mut newest = None;
         while let Some((&seq, _)) = self.positions.first_key_value() {
             if seq > done.seq {
@@ -351,13 +354,16 @@ async fn stream(
     stats.set_phase("streaming");
     let (qtx, queue) = queue::bounded::<SourceEvent>(options.queue_events, options.queue_bytes);
     let (ack_tx, ack_rx) = watch::channel(None);
-    let source_handle = tokio::spawn(source_task(source, qtx, ack_rx, shutdown.clone()));
+    // The source stops on request or when the dispatcher ends for any reason.
+    let (stop_source, source_stop) = watch::channel(false);
+    let source_handle = tokio::spawn(source_task(source, qtx, ack_rx, source_stop));
 
     let writers = open_writers(sink.as_ref(), options.workers).await?;
     stats.set_workers(writers.len());
     let committed = Arc::new(watch::channel(0u64).0);
     let (done_tx, mut done_rx) = mpsc::unbounded_channel();
     let mut senders = Vec::new();
+    let mut worker_handles = Vec::new();
     for (id, writer) in writers.into_iter().enumerate() {
         let (tx, rx) = mpsc::channel(1);
         senders.push(tx);
@@ -369,7 +375,7 @@ async fn stream(
             ordered_commit: true,
             max_retries: options.max_retries,
         };
-        tokio::spawn(w.run(rx, done_tx.clone()));
+        worker_handles.push(tokio::spawn(w.run(rx, done_tx.clone())));
     }
     drop(done_tx);
     let newest_snapshot = covered
@@ -414,7 +420,7 @@ async fn stream(
             let due = d
                 .open
                 .as_ref()
-                .is_some_and(|g| d.group_due(g, queue.is_empty() || stopping));
+                .is_some_and(|g| d.group_due(g, queue.is_empty() || stopping || source_done));
             if due {
                 if let Err(e) = d.dispatch_open().await {
                     break Err(e);
@@ -422,7 +428,10 @@ async fn stream(
                 continue;
             }
         }
-        if stopping && d.open.is_none() && d.in_flight.is_empty() && d.stream.is_none() {
+        if source_done && d.stream.take().is_some() {
+            // The source failed inside a large transaction: abandon it.
+        }
+        if (stopping || source_done) && d.open.is_none() && d.in_flight.is_empty() && d.stream.is_none() {
             break Ok(());
         }
         let full = d
@@ -460,8 +469,14 @@ async fn stream(
             _ = tokio::time::sleep(wait), if !pull => {}
         }
     };
-    // Stop the source task and surface its error, if any.
+    // Stop the source task and surface its error, if any. Workers still
+    // waiting (after an error elsewhere) are aborted: dropping their writer
+    // rolls back whatever they had open.
+    let _ = stop_source.send(true);
     drop(queue);
+    for h in &worker_handles {
+        h.abort();
+    }
     let source_result = source_handle
         .await
         .map_err(|e| Error::fatal(format!("source task panicked: {e}")))?;

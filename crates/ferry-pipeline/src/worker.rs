@@ -12,7 +12,7 @@
 
 use std::sync::Arc;
 
-use ferry_core::{Action, CheckpointRecord, Error, Result, SinkWriter, Step, policy};
+use ferry_core::{Action, CheckpointRecord, Result, SinkWriter, Step, policy};
 use tokio::sync::{mpsc, watch};
 
 use crate::stats::Stats;
@@ -40,6 +40,9 @@ pub(crate) enum StreamPart {
 pub(crate) struct Done {
     pub worker: usize,
     pub seq: u64,
+    /// A streamed transaction abandoned because the pipeline is stopping:
+    /// rolled back, nothing committed.
+    pub abandoned: bool,
 }
 
 pub(crate) struct Worker {
@@ -121,7 +124,8 @@ impl Worker {
         }
     }
 
-    async fn run_stream(&mut self, seq: u64, mut parts: mpsc::Receiver<StreamPart>) -> Result<()> {
+    /// `Ok(false)`: abandoned before its commit (the pipeline is stopping).
+    async fn run_stream(&mut self, seq: u64, mut parts: mpsc::Receiver<StreamPart>) -> Result<bool> {
         // Everything before this transaction has committed (the dispatcher
         // drains first), so no ordering wait is needed.
         self.stats
@@ -131,15 +135,15 @@ impl Worker {
             while let Some(part) = parts.recv().await {
                 match part {
                     StreamPart::Steps(steps) => self.writer.apply(&steps).await?,
-                    StreamPart::Commit(records) => return self.writer.commit(&records).await,
+                    StreamPart::Commit(records) => {
+                        return self.writer.commit(&records).await.map(|()| true);
+                    }
                 }
             }
-            Err(Error::transient(
-                "large transaction abandoned before its commit (pipeline stopping)",
-            ))
+            Ok(false)
         }
         .await;
-        if result.is_err() {
+        if !matches!(result, Ok(true)) {
             let _ = self.writer.rollback().await;
         }
         result
@@ -161,19 +165,23 @@ impl Worker {
                 } => (
                     seq,
                     self.run_group(seq, exec_after, steps, records, &summary)
-                        .await,
+                        .await
+                        .map(|()| true),
                 ),
                 Job::Stream { seq, parts } => (seq, self.run_stream(seq, parts).await),
             };
             self.stats.worker(self.id, "idle");
             match result {
-                Ok(()) => {
-                    self.committed.send_modify(|c| *c = (*c).max(seq));
-                    Stats::add(&self.stats.commits, 1);
+                Ok(committed) => {
+                    if committed {
+                        self.committed.send_modify(|c| *c = (*c).max(seq));
+                        Stats::add(&self.stats.commits, 1);
+                    }
                     if done
                         .send(Ok(Done {
                             worker: self.id,
                             seq,
+                            abandoned: !committed,
                         }))
                         .is_err()
                     {
