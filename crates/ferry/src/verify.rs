@@ -77,7 +77,7 @@ pub async fn verify_table(
     let mut s = Cursor::new(source, source_table);
     let mut t = Cursor::new(target, target_table);
     // Source rows pass through the pipeline's transform (filter, projection).
-    let mut next_source = async |s: &mut Cursor<'_>| -> Result<Option<Vec<Value>>, Error> {
+    let next_source = async |s: &mut Cursor<'_>| -> Result<Option<Vec<Value>>, Error> {
         while let Some(row) = s.next_raw().await? {
             if let Some(r) = transform.rows(source_table, vec![row])?.pop() {
                 return Ok(Some(r));
