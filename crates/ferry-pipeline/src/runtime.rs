@@ -228,6 +228,45 @@ impl Dispatcher {
         let check = self.newest_snapshot.as_ref().is_some_and(|s| position <= s);
         let mut out = Vec::with_capacity(changes.len());
         for c in changes {
+            // Near a snapshot boundary a key change is judged per key: the
+            // old key's range and the new key's range may come from
+            // different snapshots.
+            let parts = match c {
+                Change::Update {
+                    table,
+                    before: Some(before),
+                    after,
+                } if check
+                    && table.key_of(&before) != table.key_of(&after)
+                    && !after
+                        .iter()
+                        .any(|v| matches!(v, ferry_core::Value::Unchanged)) =>
+                {
+                    vec![
+                        Change::Delete {
+                            table: table.clone(),
+                            before,
+                        },
+                        Change::Insert { table, row: after },
+                    ]
+                }
+                other => vec![other],
+            };
+            for c in parts {
+                self.keep(check, position, c, &mut out)?;
+            }
+        }
+        Ok(out)
+    }
+
+    fn keep(
+        &self,
+        check: bool,
+        position: &Position,
+        c: Change,
+        out: &mut Vec<Change>,
+    ) -> Result<()> {
+        {
             if check {
                 let key = c.key();
                 let skip = c.table_names().iter().all(|t| {
@@ -235,7 +274,7 @@ impl Dispatcher {
                         .covered_by_snapshot(&t.to_string(), key.as_deref(), position)
                 });
                 if skip {
-                    continue;
+                    return Ok(());
                 }
             }
             if let Some(t) = self.transform.change(c)? {
@@ -243,7 +282,7 @@ impl Dispatcher {
                 out.push(t);
             }
         }
-        Ok(out)
+        Ok(())
     }
 
     fn count(&self, c: &Change) {
@@ -431,7 +470,11 @@ async fn stream(
         if source_done && d.stream.take().is_some() {
             // The source failed inside a large transaction: abandon it.
         }
-        if (stopping || source_done) && d.open.is_none() && d.in_flight.is_empty() && d.stream.is_none() {
+        if (stopping || source_done)
+            && d.open.is_none()
+            && d.in_flight.is_empty()
+            && d.stream.is_none()
+        {
             break Ok(());
         }
         let full = d
@@ -452,7 +495,10 @@ async fn stream(
                 Some(Err(e)) => break Err(e),
                 None => break Err(Error::fatal("every apply worker stopped")),
             },
-            _ = shutdown.wait_for(|s| *s), if !stopping => {
+            // Not `wait_for` directly: its `watch::Ref` would live in the
+            // select's output while other branches await, making `run()`'s
+            // future `!Send` (it could not be spawned).
+            _ = async { let _ = shutdown.wait_for(|s| *s).await; }, if !stopping => {
                 tracing::info!("stop requested: draining apply workers");
                 stats.set_phase("stopping");
                 stopping = true;
@@ -542,7 +588,7 @@ async fn handle_event(
                 let (tx, rx) = mpsc::channel(2);
                 d.next_seq += 1;
                 let seq = d.next_seq;
-                d.in_flight.push(seq, WriteSet::default());
+                d.in_flight.push(seq, WriteSet::everything());
                 let worker = d.free.pop().expect("all workers free");
                 d.workers[worker]
                     .send(Job::Stream { seq, parts: rx })

@@ -20,9 +20,19 @@ pub struct WriteSet {
     rows: HashSet<(u64, u64)>,
     row_tables: HashSet<u64>,
     tables: HashSet<u64>,
+    /// Unknown in advance (a streamed large transaction): overlaps everything.
+    all: bool,
 }
 
 impl WriteSet {
+    /// A write set that overlaps every other one.
+    pub fn everything() -> Self {
+        WriteSet {
+            all: true,
+            ..WriteSet::default()
+        }
+    }
+
     fn add_row(&mut self, table: &TableName, key: &[Value]) {
         let t = h(table);
         self.rows.insert((t, h(&key)));
@@ -51,6 +61,9 @@ impl WriteSet {
     }
 
     pub fn overlaps(&self, other: &WriteSet) -> bool {
+        if self.all || other.all {
+            return true;
+        }
         let (small, large) = if self.rows.len() <= other.rows.len() {
             (self, other)
         } else {
@@ -65,7 +78,7 @@ impl WriteSet {
     }
 
     pub fn is_empty(&self) -> bool {
-        self.rows.is_empty() && self.tables.is_empty()
+        self.rows.is_empty() && self.tables.is_empty() && !self.all
     }
 }
 
@@ -146,6 +159,13 @@ mod tests {
         assert_eq!(f.depends_on(&ws(&[ins("a", 3)])), 0);
         f.committed(1);
         assert_eq!(f.depends_on(&ws(&[ins("a", 2)])), 0);
+    }
+
+    #[test]
+    fn everything_overlaps_all() {
+        let mut f = InFlight::default();
+        f.push(4, WriteSet::everything());
+        assert_eq!(f.depends_on(&ws(&[ins("z", 1)])), 4);
     }
 
     #[test]

@@ -34,6 +34,14 @@ struct Shared {
     transform: Arc<Transform>,
     stats: Arc<Stats>,
     snapshot: ferry_core::Position,
+    /// Chunks handed to writers and not yet committed, per source table.
+    pending: std::sync::Mutex<std::collections::HashMap<String, Pending>>,
+}
+
+#[derive(Default)]
+struct Pending {
+    in_flight: usize,
+    final_seen: bool,
 }
 
 async fn write_chunk(w: &mut dyn SinkWriter, shared: &Shared, chunk: SnapshotChunk) -> Result<()> {
@@ -50,7 +58,17 @@ async fn write_chunk(w: &mut dyn SinkWriter, shared: &Shared, chunk: SnapshotChu
     let mut all = shared.progress.lock().await;
     let mut p = all.get(&source_name).cloned().unwrap_or_default();
     p.add(chunk.range, &shared.snapshot);
-    p.complete = chunk.table_done;
+    // Complete only once the final chunk *and* every other chunk of the
+    // table have committed: with several writers the final chunk may commit
+    // before an earlier one.
+    let complete = {
+        let mut pending = shared.pending.lock().expect("pending chunks");
+        let t = pending.entry(source_name.clone()).or_default();
+        t.in_flight -= 1;
+        t.final_seen |= chunk.table_done;
+        t.final_seen && t.in_flight == 0
+    };
+    p.complete = complete;
     w.commit(&[CheckpointRecord::table(&source_name, &p)])
         .await?;
     all.insert(source_name, p);
@@ -58,7 +76,7 @@ async fn write_chunk(w: &mut dyn SinkWriter, shared: &Shared, chunk: SnapshotChu
     Stats::add(&shared.stats.snapshot_rows, n);
     shared.stats.table(&target.name.to_string(), |t| {
         t.snapshot_rows += n;
-        t.snapshot_done = chunk.table_done;
+        t.snapshot_done = complete;
     });
     Ok(())
 }
@@ -103,6 +121,7 @@ impl SnapshotRun {
             transform,
             stats: stats.clone(),
             snapshot: reader.position().clone(),
+            pending: Default::default(),
         });
         tracing::info!(position = %shared.snapshot, tables = tables.len(), "snapshot started");
 
@@ -138,9 +157,13 @@ impl SnapshotRun {
             loop {
                 tokio::select! {
                     biased;
-                    _ = shutdown.wait_for(|s| *s) => { stopped = true; return Ok(()); }
+                    // Wrapped so no `watch::Ref` is held across an await (`run()` stays `Send`).
+                    _ = async { let _ = shutdown.wait_for(|s| *s).await; } => { stopped = true; return Ok(()); }
                     chunk = reader.next_chunk() => match chunk? {
-                        Some(c) => if tx.send(c).await.is_err() { return Ok(()) },
+                        Some(c) => {
+                            shared.pending.lock().expect("pending chunks").entry(c.table.name.to_string()).or_default().in_flight += 1;
+                            if tx.send(c).await.is_err() { return Ok(()) }
+                        }
                         None => return Ok(()),
                     }
                 }

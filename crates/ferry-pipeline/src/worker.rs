@@ -125,7 +125,11 @@ impl Worker {
     }
 
     /// `Ok(false)`: abandoned before its commit (the pipeline is stopping).
-    async fn run_stream(&mut self, seq: u64, mut parts: mpsc::Receiver<StreamPart>) -> Result<bool> {
+    async fn run_stream(
+        &mut self,
+        seq: u64,
+        mut parts: mpsc::Receiver<StreamPart>,
+    ) -> Result<bool> {
         // Everything before this transaction has committed (the dispatcher
         // drains first), so no ordering wait is needed.
         self.stats

@@ -70,7 +70,12 @@ fn yes() -> bool {
 
 impl Default for RawOps {
     fn default() -> Self {
-        RawOps { insert: true, update: true, delete: true, truncate: true }
+        RawOps {
+            insert: true,
+            update: true,
+            delete: true,
+            truncate: true,
+        }
     }
 }
 
@@ -114,8 +119,12 @@ impl std::fmt::Debug for Endpoint {
 
 /// Replaces the password of `scheme://user:password@host` with `***`.
 pub fn redact(url: &str) -> String {
-    let Some((scheme, rest)) = url.split_once("://") else { return url.to_owned() };
-    let Some((auth, host)) = rest.split_once('@') else { return url.to_owned() };
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_owned();
+    };
+    let Some((auth, host)) = rest.split_once('@') else {
+        return url.to_owned();
+    };
     match auth.split_once(':') {
         Some((user, _)) => format!("{scheme}://{user}:***@{host}"),
         None => url.to_owned(),
@@ -175,11 +184,16 @@ fn expand_env(path: &Path, field: &str, s: &str) -> Result<String, Error> {
     while let Some(start) = rest.find("${") {
         out.push_str(&rest[..start]);
         let after = &rest[start + 2..];
-        let end = after.find('}').ok_or_else(|| config_error(path, format!("`{field}` has an unclosed `${{`")))?;
+        let end = after
+            .find('}')
+            .ok_or_else(|| config_error(path, format!("`{field}` has an unclosed `${{`")))?;
         let var = &after[..end];
         let value = std::env::var(var).map_err(|_| {
-            config_error(path, format!("`{field}` uses environment variable {var}, which is not set"))
-                .with_fix(format!("export {var}=... before running ferry"))
+            config_error(
+                path,
+                format!("`{field}` uses environment variable {var}, which is not set"),
+            )
+            .with_fix(format!("export {var}=... before running ferry"))
         })?;
         out.push_str(&value);
         rest = &after[end + 1..];
@@ -188,19 +202,43 @@ fn expand_env(path: &Path, field: &str, s: &str) -> Result<String, Error> {
     Ok(out)
 }
 
-const SCHEMES: &str = "sqlite:PATH, postgres://USER@HOST:PORT/DB (or postgresql://), mysql://USER@HOST:PORT/DB";
+const SCHEMES: &str =
+    "sqlite:PATH, postgres://USER@HOST:PORT/DB (or postgresql://), mysql://USER@HOST:PORT/DB";
 
 fn endpoint(path: &Path, field: &str, raw: RawEndpoint) -> Result<Endpoint, Error> {
     let url = expand_env(path, field, &raw.url)?;
-    let known = ["sqlite:", "postgres://", "postgresql://", "mysql://", "mariadb://"];
+    let known = [
+        "sqlite:",
+        "postgres://",
+        "postgresql://",
+        "mysql://",
+        "mariadb://",
+    ];
     if !known.iter().any(|k| url.starts_with(k)) {
-        return Err(config_error(path, format!("`{field}.url` = {:?} is not a database URL ferry knows", redact(&url)))
-            .with_fix(format!("use one of: {SCHEMES}")));
+        return Err(config_error(
+            path,
+            format!(
+                "`{field}.url` = {:?} is not a database URL ferry knows",
+                redact(&url)
+            ),
+        )
+        .with_fix(format!("use one of: {SCHEMES}")));
+    }
+    if field == "target" && raw.poll_interval.is_some() {
+        return Err(config_error(
+            path,
+            "`target.poll_interval` has no effect: only a source is polled",
+        )
+        .with_fix("move `poll_interval` to the [source] section or remove it"));
     }
     let poll_interval = match raw.poll_interval {
         None => Duration::from_millis(20),
         Some(s) => parse_duration(&s).ok_or_else(|| {
-            config_error(path, format!("`{field}.poll_interval` = {s:?} is not a duration")).with_fix("write it like \"20ms\", \"1s\"")
+            config_error(
+                path,
+                format!("`{field}.poll_interval` = {s:?} is not a duration"),
+            )
+            .with_fix("write it like \"20ms\", \"1s\"")
         })?,
     };
     Ok(Endpoint { url, poll_interval })
@@ -218,19 +256,29 @@ impl PipelineConfig {
 
     pub fn parse(path: &Path, text: &str) -> Result<PipelineConfig, Error> {
         let raw: RawConfig = toml::from_str(text).map_err(|e| {
-            config_error(path, format!("invalid pipeline file: {e}"))
-                .with_fix("see the configuration reference in README.md (section \"Pipeline file\")")
+            config_error(path, format!("invalid pipeline file: {e}")).with_fix(
+                "see the configuration reference in README.md (section \"Pipeline file\")",
+            )
         })?;
         Self::validate(path, raw)
     }
 
     fn validate(path: &Path, raw: RawConfig) -> Result<PipelineConfig, Error> {
-        let name = raw
-            .name
-            .unwrap_or_else(|| path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_else(|| "pipeline".into()));
-        if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-') {
-            return Err(config_error(path, format!("pipeline name {name:?} must be letters, digits, '_' or '-'"))
-                .with_fix("set `name = \"my_pipeline\"`"));
+        let name = raw.name.unwrap_or_else(|| {
+            path.file_stem()
+                .map(|s| s.to_string_lossy().into_owned())
+                .unwrap_or_else(|| "pipeline".into())
+        });
+        if name.is_empty()
+            || !name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+        {
+            return Err(config_error(
+                path,
+                format!("pipeline name {name:?} must be letters, digits, '_' or '-'"),
+            )
+            .with_fix("set `name = \"my_pipeline\"`"));
         }
         let source = endpoint(path, "source", raw.source)?;
         let target = endpoint(path, "target", raw.target)?;
@@ -238,42 +286,70 @@ impl PipelineConfig {
         let mut transform = TransformSpec::default();
         for col in &raw.tables.exclude_columns {
             let Some((table, column)) = col.rsplit_once('.') else {
-                return Err(config_error(path, format!("`tables.exclude_columns` entry {col:?} must be \"table.column\"")).with_fix("e.g. \"users.password_hash\""));
+                return Err(config_error(
+                    path,
+                    format!("`tables.exclude_columns` entry {col:?} must be \"table.column\""),
+                )
+                .with_fix("e.g. \"users.password_hash\""));
             };
-            transform.tables.entry(table.to_owned()).or_default().exclude_columns.push(column.to_owned());
+            transform
+                .tables
+                .entry(table.to_owned())
+                .or_default()
+                .exclude_columns
+                .push(column.to_owned());
         }
         for (from, to) in raw.tables.rename {
             if to.is_empty() {
-                return Err(config_error(path, format!("`tables.rename.{from}` is empty")).with_fix("give the target table name"));
+                return Err(
+                    config_error(path, format!("`tables.rename.{from}` is empty"))
+                        .with_fix("give the target table name"),
+                );
             }
             transform.tables.entry(from).or_default().rename = Some(to);
         }
         for (table, expr) in raw.tables.filter {
             let parsed = Expr::parse(&expr).map_err(|why| {
-                config_error(path, format!("`tables.filter.{table}` = {expr:?} is not a valid filter: {why}"))
-                    .with_fix("write it like \"region = 'eu' AND amount > 10\"")
+                config_error(
+                    path,
+                    format!("`tables.filter.{table}` = {expr:?} is not a valid filter: {why}"),
+                )
+                .with_fix("write it like \"region = 'eu' AND amount > 10\"")
             })?;
             transform.tables.entry(table).or_default().filter = Some(parsed);
         }
         let o = raw.operations;
-        transform.ops = Ops { insert: o.insert, update: o.update, delete: o.delete, truncate: o.truncate };
+        transform.ops = Ops {
+            insert: o.insert,
+            update: o.update,
+            delete: o.delete,
+            truncate: o.truncate,
+        };
 
         let mut options = Options::new(&name);
         let a = raw.apply;
         if let Some(n) = a.batch_rows {
             if n == 0 {
-                return Err(config_error(path, "`apply.batch_rows` must be at least 1").with_fix("e.g. batch_rows = 1000"));
+                return Err(config_error(path, "`apply.batch_rows` must be at least 1")
+                    .with_fix("e.g. batch_rows = 1000"));
             }
             options.batch_rows = n;
         }
         if let Some(s) = a.batch_time {
             options.batch_time = parse_duration(&s).ok_or_else(|| {
-                config_error(path, format!("`apply.batch_time` = {s:?} is not a duration")).with_fix("write it like \"500ms\" or \"2s\"")
+                config_error(
+                    path,
+                    format!("`apply.batch_time` = {s:?} is not a duration"),
+                )
+                .with_fix("write it like \"500ms\" or \"2s\"")
             })?;
         }
         if let Some(n) = a.workers {
             if n == 0 || n > 64 {
-                return Err(config_error(path, format!("`apply.workers` = {n} is out of range")).with_fix("use 1 to 64"));
+                return Err(
+                    config_error(path, format!("`apply.workers` = {n} is out of range"))
+                        .with_fix("use 1 to 64"),
+                );
             }
             options.workers = n;
         }
@@ -284,8 +360,11 @@ impl PipelineConfig {
                     .with_fix("remove the line to use \"transactional\" (the default), which already groups transactions"));
             }
             Some(other) => {
-                return Err(config_error(path, format!("`apply.consistency` = {other:?} is not a consistency mode"))
-                    .with_fix("use \"transactional\""));
+                return Err(config_error(
+                    path,
+                    format!("`apply.consistency` = {other:?} is not a consistency mode"),
+                )
+                .with_fix("use \"transactional\""));
             }
         }
         if let Some(n) = a.queue_events {
@@ -293,7 +372,8 @@ impl PipelineConfig {
         }
         if let Some(s) = a.queue_bytes {
             options.queue_bytes = parse_size(&s).ok_or_else(|| {
-                config_error(path, format!("`apply.queue_bytes` = {s:?} is not a size")).with_fix("write it like \"64MiB\"")
+                config_error(path, format!("`apply.queue_bytes` = {s:?} is not a size"))
+                    .with_fix("write it like \"64MiB\"")
             })?;
         }
         if let Some(n) = a.max_retries {
@@ -305,7 +385,10 @@ impl PipelineConfig {
             name,
             source,
             target,
-            selection: Selection { include: raw.tables.include, exclude: raw.tables.exclude },
+            selection: Selection {
+                include: raw.tables.include,
+                exclude: raw.tables.exclude,
+            },
             transform,
             options,
             chunk_rows,
@@ -341,14 +424,18 @@ mod tests {
     fn unknown_key_names_the_line() {
         let e = parse(&format!("{MIN}[apply]\nbatch_size = 5\n")).unwrap_err();
         let r = e.report();
-        assert!(r.contains("line 6") && r.contains("batch_size") && r.contains("batch_rows"), "{r}");
+        assert!(
+            r.contains("line 6") && r.contains("batch_size") && r.contains("batch_rows"),
+            "{r}"
+        );
     }
 
     #[test]
     fn bad_values_say_the_fix() {
         let e = parse(&format!("{MIN}[apply]\nbatch_time = \"soon\"\n")).unwrap_err();
         assert!(e.report().contains("500ms"));
-        let e = parse("[source]\nurl = \"oracle://x\"\n[target]\nurl = \"sqlite:b\"\n").unwrap_err();
+        let e =
+            parse("[source]\nurl = \"oracle://x\"\n[target]\nurl = \"sqlite:b\"\n").unwrap_err();
         assert!(e.report().contains("sqlite:PATH"));
         let e = parse(&format!("{MIN}[tables.filter]\nt = \"a = \"\n")).unwrap_err();
         assert!(e.report().contains("not a valid filter"));
@@ -359,7 +446,10 @@ mod tests {
         // SAFETY-free: unique variable name, set before reading.
         let e = parse("[source]\nurl = \"postgres://u:${FERRY_TEST_UNSET_VAR}@h/db\"\n[target]\nurl = \"sqlite:b\"\n").unwrap_err();
         assert!(e.report().contains("FERRY_TEST_UNSET_VAR"));
-        assert_eq!(redact("postgres://u:secret@h:5/db"), "postgres://u:***@h:5/db");
+        assert_eq!(
+            redact("postgres://u:secret@h:5/db"),
+            "postgres://u:***@h:5/db"
+        );
     }
 
     #[test]

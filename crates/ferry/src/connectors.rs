@@ -8,8 +8,13 @@ use ferry_core::{Error, Result, Sink, Source, TableReader};
 use crate::config::{Endpoint, PipelineConfig};
 
 fn not_built(url: &str, what: &str) -> Error {
-    Error::fatal(format!("{} as a {what} is not built yet in this version of ferry", crate::config::redact(url)))
-        .with_fix("use a sqlite: URL (the embedded default); see README.md for what each connector supports")
+    Error::fatal(format!(
+        "{} as a {what} is not built yet in this version of ferry",
+        crate::config::redact(url)
+    ))
+    .with_fix(
+        "use a sqlite: URL (the embedded default); see README.md for what each connector supports",
+    )
 }
 
 fn sqlite_source(cfg: &PipelineConfig) -> Result<ferry_sqlite::SqliteSource> {

@@ -19,7 +19,11 @@ use ferry_pipeline::Transform;
 use crate::config::PipelineConfig;
 
 #[derive(Parser)]
-#[command(name = "ferry", version, about = "Moves data between databases and keeps the copies verifiably consistent.")]
+#[command(
+    name = "ferry",
+    version,
+    about = "Moves data between databases and keeps the copies verifiably consistent."
+)]
 struct Cli {
     /// Log level: error, warn, info, debug, trace.
     #[arg(long, global = true, default_value = "info", env = "FERRY_LOG")]
@@ -51,9 +55,15 @@ enum Command {
 
 fn init_logging(level: &str) -> Result<(), Error> {
     let level: tracing::Level = level.parse().map_err(|_| {
-        Error::fatal(format!("--log {level:?} is not a log level")).with_fix("use error, warn, info, debug or trace")
+        Error::fatal(format!("--log {level:?} is not a log level"))
+            .with_fix("use error, warn, info, debug or trace")
     })?;
-    tracing_subscriber::fmt().with_max_level(level).with_writer(std::io::stderr).with_target(false).init();
+    tracing_subscriber::fmt()
+        .with_max_level(level)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_target(false)
+        .init();
     Ok(())
 }
 
@@ -67,9 +77,16 @@ fn main() -> ExitCode {
     if let Err(e) = init_logging(&cli.log) {
         return fail(&e);
     }
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(r) => r,
-        Err(e) => return fail(&Error::fatal(format!("cannot start the async runtime: {e}"))),
+        Err(e) => {
+            return fail(&Error::fatal(format!(
+                "cannot start the async runtime: {e}"
+            )));
+        }
     };
     match runtime.block_on(dispatch(cli.command)) {
         Ok(code) => ExitCode::from(code),
@@ -79,7 +96,10 @@ fn main() -> ExitCode {
 
 async fn dispatch(command: Command) -> Result<u8, Error> {
     match command {
-        Command::Run { pipeline, metrics_addr } => {
+        Command::Run {
+            pipeline,
+            metrics_addr,
+        } => {
             let cfg = PipelineConfig::load(&pipeline)?;
             let code = run::run(cfg, metrics_addr).await?;
             Ok(code as u8)
@@ -90,13 +110,21 @@ async fn dispatch(command: Command) -> Result<u8, Error> {
         Command::Teardown { pipeline } => {
             let cfg = PipelineConfig::load(&pipeline)?;
             connectors::open_source(&cfg)?.teardown().await?;
-            println!("removed ferry's capture objects for pipeline {} from {}", cfg.name, cfg.source.display_url());
+            println!(
+                "removed ferry's capture objects for pipeline {} from {}",
+                cfg.name,
+                cfg.source.display_url()
+            );
             Ok(0)
         }
         Command::Reset { pipeline } => {
             let cfg = PipelineConfig::load(&pipeline)?;
             connectors::open_sink(&cfg)?.clear().await?;
-            println!("forgot the checkpoint of pipeline {} on {}; the next run copies every table again", cfg.name, cfg.target.display_url());
+            println!(
+                "forgot the checkpoint of pipeline {} on {}; the next run copies every table again",
+                cfg.name,
+                cfg.target.display_url()
+            );
             Ok(0)
         }
     }
@@ -105,15 +133,30 @@ async fn dispatch(command: Command) -> Result<u8, Error> {
 async fn status(cfg: &PipelineConfig) -> Result<u8, Error> {
     let sink = connectors::open_sink(cfg)?;
     let cp = sink.load().await?;
-    println!("pipeline {} ({} -> {})", cfg.name, cfg.source.display_url(), cfg.target.display_url());
+    println!(
+        "pipeline {} ({} -> {})",
+        cfg.name,
+        cfg.source.display_url(),
+        cfg.target.display_url()
+    );
     match &cp.applied {
         Some(p) => println!("  checkpoint: applied up to {p}"),
         None => println!("  checkpoint: no change applied yet"),
     }
     for (t, p) in &cp.tables {
-        println!("  table {t}: {}", if p.complete { "copied" } else { "copy in progress" });
+        println!(
+            "  table {t}: {}",
+            if p.complete {
+                "copied"
+            } else {
+                "copy in progress"
+            }
+        );
     }
-    match std::fs::read_to_string(cfg.status_path()).ok().and_then(|s| serde_json::from_str::<report::StatusReport>(&s).ok()) {
+    match std::fs::read_to_string(cfg.status_path())
+        .ok()
+        .and_then(|s| serde_json::from_str::<report::StatusReport>(&s).ok())
+    {
         Some(r) => {
             let age = (ferry_pipeline::stats::now_micros() - r.updated_micros) as f64 / 1e6;
             let live = age < 5.0;
@@ -137,7 +180,10 @@ async fn check(cfg: &PipelineConfig) -> Result<u8, Error> {
     for i in &items {
         println!("{i}");
     }
-    let failed = items.iter().filter(|i| i.status == CheckStatus::Fail).count();
+    let failed = items
+        .iter()
+        .filter(|i| i.status == CheckStatus::Fail)
+        .count();
     println!("{} checks, {} failed", items.len(), failed);
     Ok(if failed > 0 { 1 } else { 0 })
 }
@@ -150,7 +196,14 @@ async fn verify(cfg: &PipelineConfig) -> Result<u8, Error> {
     let mut all_equal = true;
     for table in source.tables().await? {
         let target = transform.target_table(&table)?;
-        let v = verify::verify_table(source_reader.as_ref(), target_reader.as_ref(), &table, &target, &transform).await?;
+        let v = verify::verify_table(
+            source_reader.as_ref(),
+            target_reader.as_ref(),
+            &table,
+            &target,
+            &transform,
+        )
+        .await?;
         let verdict = if v.equal() { "equal" } else { "DIFFERENT" };
         println!(
             "{:<24} {verdict:<9} source {} rows (checksum {:016x}), target {} rows (checksum {:016x})",
@@ -158,12 +211,22 @@ async fn verify(cfg: &PipelineConfig) -> Result<u8, Error> {
         );
         if !v.equal() {
             all_equal = false;
-            println!("    {} missing, {} extra, {} different", v.missing, v.extra, v.different);
+            println!(
+                "    {} missing, {} extra, {} different",
+                v.missing, v.extra, v.different
+            );
             for e in &v.examples {
                 println!("    {e}");
             }
         }
     }
-    println!("{}", if all_equal { "verify: source and target are equal" } else { "verify: source and target DIFFER" });
+    println!(
+        "{}",
+        if all_equal {
+            "verify: source and target are equal"
+        } else {
+            "verify: source and target DIFFER"
+        }
+    );
     Ok(if all_equal { 0 } else { 1 })
 }

@@ -62,11 +62,17 @@ impl RateTracker {
         let rows = g(&stats.rows_applied) + g(&stats.snapshot_rows);
         let bytes = g(&stats.bytes_applied);
         let tables = stats.tables();
-        let per_table: BTreeMap<String, u64> = tables.iter().map(|(k, t)| (k.clone(), t.changes_applied + t.snapshot_rows)).collect();
+        let per_table: BTreeMap<String, u64> = tables
+            .iter()
+            .map(|(k, t)| (k.clone(), t.changes_applied + t.snapshot_rows))
+            .collect();
         let (rps, bps, table_rates) = match &self.last {
             Some((t, r, b, pt)) if now > *t => {
                 let dt = now.duration_since(*t).as_secs_f64();
-                let rates = per_table.iter().map(|(k, v)| (k.clone(), (v - pt.get(k).copied().unwrap_or(0)) as f64 / dt)).collect();
+                let rates = per_table
+                    .iter()
+                    .map(|(k, v)| (k.clone(), (v - pt.get(k).copied().unwrap_or(0)) as f64 / dt))
+                    .collect();
                 ((rows - r) as f64 / dt, (bytes - b) as f64 / dt, rates)
             }
             _ => (0.0, 0.0, BTreeMap::new()),
@@ -97,19 +103,25 @@ impl RateTracker {
                 .into_iter()
                 .map(|(k, t)| {
                     let rate = table_rates.get(&k).copied().unwrap_or(0.0);
-                    (k, TableReport {
-                        snapshot_rows: t.snapshot_rows,
-                        snapshot_total: t.snapshot_total,
-                        snapshot_done: t.snapshot_done,
-                        changes_applied: t.changes_applied,
-                        changes_per_sec: rate,
-                    })
+                    (
+                        k,
+                        TableReport {
+                            snapshot_rows: t.snapshot_rows,
+                            snapshot_total: t.snapshot_total,
+                            snapshot_done: t.snapshot_done,
+                            changes_applied: t.changes_applied,
+                            changes_per_sec: rate,
+                        },
+                    )
                 })
                 .collect(),
             workers: stats
                 .workers()
                 .into_iter()
-                .map(|w| WorkerReport { doing: w.doing, for_secs: w.since.elapsed().as_secs_f64() })
+                .map(|w| WorkerReport {
+                    doing: w.doing,
+                    for_secs: w.since.elapsed().as_secs_f64(),
+                })
                 .collect(),
         }
     }
@@ -121,19 +133,84 @@ pub fn prometheus(r: &StatusReport) -> String {
     let mut metric = |name: &str, help: &str, kind: &str, value: f64| {
         out.push_str(&format!("# HELP ferry_{name} {help}\n# TYPE ferry_{name} {kind}\nferry_{name}{{pipeline=\"{}\"}} {value}\n", r.pipeline));
     };
-    metric("rows_per_second", "Rows written to the target per second (snapshot and changes).", "gauge", r.rows_per_sec);
-    metric("bytes_per_second", "Change bytes applied per second.", "gauge", r.bytes_per_sec);
-    metric("lag_seconds", "Age of the newest applied source commit, 0 when caught up.", "gauge", r.lag_secs);
-    metric("queue_events", "Source events waiting to be applied.", "gauge", r.queue_events as f64);
-    metric("queue_bytes", "Bytes waiting to be applied.", "gauge", r.queue_bytes as f64);
-    metric("snapshot_rows_total", "Rows copied by snapshots.", "counter", r.snapshot_rows as f64);
-    metric("changes_applied_total", "Row writes applied after merging.", "counter", r.rows_applied as f64);
-    metric("inserts_total", "Insert changes received.", "counter", r.inserts as f64);
-    metric("updates_total", "Update changes received.", "counter", r.updates as f64);
-    metric("deletes_total", "Delete changes received.", "counter", r.deletes as f64);
-    metric("ddl_total", "Structure changes and truncates received.", "counter", r.ddl as f64);
-    metric("commits_total", "Target transactions committed.", "counter", r.commits as f64);
-    metric("retries_total", "Transient apply errors retried.", "counter", r.retries as f64);
+    metric(
+        "rows_per_second",
+        "Rows written to the target per second (snapshot and changes).",
+        "gauge",
+        r.rows_per_sec,
+    );
+    metric(
+        "bytes_per_second",
+        "Change bytes applied per second.",
+        "gauge",
+        r.bytes_per_sec,
+    );
+    metric(
+        "lag_seconds",
+        "Age of the newest applied source commit, 0 when caught up.",
+        "gauge",
+        r.lag_secs,
+    );
+    metric(
+        "queue_events",
+        "Source events waiting to be applied.",
+        "gauge",
+        r.queue_events as f64,
+    );
+    metric(
+        "queue_bytes",
+        "Bytes waiting to be applied.",
+        "gauge",
+        r.queue_bytes as f64,
+    );
+    metric(
+        "snapshot_rows_total",
+        "Rows copied by snapshots.",
+        "counter",
+        r.snapshot_rows as f64,
+    );
+    metric(
+        "changes_applied_total",
+        "Row writes applied after merging.",
+        "counter",
+        r.rows_applied as f64,
+    );
+    metric(
+        "inserts_total",
+        "Insert changes received.",
+        "counter",
+        r.inserts as f64,
+    );
+    metric(
+        "updates_total",
+        "Update changes received.",
+        "counter",
+        r.updates as f64,
+    );
+    metric(
+        "deletes_total",
+        "Delete changes received.",
+        "counter",
+        r.deletes as f64,
+    );
+    metric(
+        "ddl_total",
+        "Structure changes and truncates received.",
+        "counter",
+        r.ddl as f64,
+    );
+    metric(
+        "commits_total",
+        "Target transactions committed.",
+        "counter",
+        r.commits as f64,
+    );
+    metric(
+        "retries_total",
+        "Transient apply errors retried.",
+        "counter",
+        r.retries as f64,
+    );
     for (t, s) in &r.tables {
         out.push_str(&format!(
             "ferry_table_rows_total{{pipeline=\"{}\",table=\"{t}\"}} {}\n",
@@ -147,10 +224,28 @@ pub fn prometheus(r: &StatusReport) -> String {
 /// Human-readable rendering for `ferry status`.
 pub fn render(r: &StatusReport, live: bool) -> String {
     let mut out = String::new();
-    out.push_str(&format!("pipeline {}: {}{}\n", r.pipeline, r.phase, if live { format!(" (pid {})", r.pid) } else { " (not running: last published status)".into() }));
-    out.push_str(&format!("  received:  {}\n  applied:   {}\n", r.received_position, r.applied_position));
-    out.push_str(&format!("  lag:       {:.3} s\n  rate:      {:.0} rows/s, {:.0} bytes/s\n", r.lag_secs, r.rows_per_sec, r.bytes_per_sec));
-    out.push_str(&format!("  queue:     {} events, {} bytes\n", r.queue_events, r.queue_bytes));
+    out.push_str(&format!(
+        "pipeline {}: {}{}\n",
+        r.pipeline,
+        r.phase,
+        if live {
+            format!(" (pid {})", r.pid)
+        } else {
+            " (not running: last published status)".into()
+        }
+    ));
+    out.push_str(&format!(
+        "  received:  {}\n  applied:   {}\n",
+        r.received_position, r.applied_position
+    ));
+    out.push_str(&format!(
+        "  lag:       {:.3} s\n  rate:      {:.0} rows/s, {:.0} bytes/s\n",
+        r.lag_secs, r.rows_per_sec, r.bytes_per_sec
+    ));
+    out.push_str(&format!(
+        "  queue:     {} events, {} bytes\n",
+        r.queue_events, r.queue_bytes
+    ));
     out.push_str(&format!(
         "  totals:    {} snapshot rows, {} inserts, {} updates, {} deletes, {} ddl, {} commits, {} retries\n",
         r.snapshot_rows, r.inserts, r.updates, r.deletes, r.ddl, r.commits, r.retries
@@ -163,14 +258,24 @@ pub fn render(r: &StatusReport, live: bool) -> String {
                 (false, Some(total)) => format!("copying {}/{} rows", s.snapshot_rows, total),
                 (false, None) => format!("copying {} rows", s.snapshot_rows),
             };
-            out.push_str(&format!("    {t}: {snap}; {} changes ({:.0}/s)\n", s.changes_applied, s.changes_per_sec));
+            out.push_str(&format!(
+                "    {t}: {snap}; {} changes ({:.0}/s)\n",
+                s.changes_applied, s.changes_per_sec
+            ));
         }
     }
     if !r.workers.is_empty() {
         out.push_str("  workers:\n");
         for (i, w) in r.workers.iter().enumerate() {
-            let stuck = if w.doing != "idle" && w.for_secs > 30.0 { "  <-- STUCK? running for a long time" } else { "" };
-            out.push_str(&format!("    #{i}: {} (for {:.1} s){stuck}\n", w.doing, w.for_secs));
+            let stuck = if w.doing != "idle" && w.for_secs > 30.0 {
+                "  <-- STUCK? running for a long time"
+            } else {
+                ""
+            };
+            out.push_str(&format!(
+                "    #{i}: {} (for {:.1} s){stuck}\n",
+                w.doing, w.for_secs
+            ));
         }
     }
     out

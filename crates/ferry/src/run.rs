@@ -19,17 +19,24 @@ use crate::report::{RateTracker, StatusReport, prometheus};
 fn install_signals(tx: watch::Sender<bool>) {
     tokio::spawn(async move {
         use tokio::signal::unix::{SignalKind, signal};
-        let (Ok(mut int), Ok(mut term)) = (signal(SignalKind::interrupt()), signal(SignalKind::terminate())) else {
+        let (Ok(mut int), Ok(mut term)) = (
+            signal(SignalKind::interrupt()),
+            signal(SignalKind::terminate()),
+        ) else {
             tracing::warn!("cannot install signal handlers; stop ferry with kill -9 only");
             return;
         };
         for n in 0.. {
             tokio::select! { _ = int.recv() => {}, _ = term.recv() => {} }
             if n == 0 {
-                eprintln!("ferry: stopping — draining apply workers to a consistent position (signal again to exit at once)");
+                eprintln!(
+                    "ferry: stopping — draining apply workers to a consistent position (signal again to exit at once)"
+                );
                 let _ = tx.send(true);
             } else {
-                eprintln!("ferry: exiting without draining; the next run resumes from the last checkpoint");
+                eprintln!(
+                    "ferry: exiting without draining; the next run resumes from the last checkpoint"
+                );
                 std::process::exit(130);
             }
         }
@@ -37,14 +44,26 @@ fn install_signals(tx: watch::Sender<bool>) {
 }
 
 /// Publishes status every second: status file, metrics snapshot, progress.
-fn spawn_reporter(cfg: &PipelineConfig, stats: Arc<Stats>, latest: Arc<Mutex<Option<StatusReport>>>) {
+fn spawn_reporter(
+    cfg: &PipelineConfig,
+    stats: Arc<Stats>,
+    latest: Arc<Mutex<Option<StatusReport>>>,
+) {
     let path = cfg.status_path();
     let name = cfg.name.clone();
     let tty = std::io::stderr().is_terminal();
     tokio::spawn(async move {
         let mut rates = RateTracker::default();
-        let multi = MultiProgress::with_draw_target(if tty { ProgressDrawTarget::stderr() } else { ProgressDrawTarget::hidden() });
-        let style = ProgressStyle::with_template("{prefix:>20} [{bar:30}] {pos}/{len} rows {per_sec} eta {eta}").expect("template").progress_chars("=> ");
+        let multi = MultiProgress::with_draw_target(if tty {
+            ProgressDrawTarget::stderr()
+        } else {
+            ProgressDrawTarget::hidden()
+        });
+        let style = ProgressStyle::with_template(
+            "{prefix:>20} [{bar:30}] {pos}/{len} rows {per_sec} eta {eta}",
+        )
+        .expect("template")
+        .progress_chars("=> ");
         let mut bars: std::collections::BTreeMap<String, ProgressBar> = Default::default();
         let mut tick = 0u64;
         loop {
@@ -77,7 +96,13 @@ fn spawn_reporter(cfg: &PipelineConfig, stats: Arc<Stats>, latest: Arc<Mutex<Opt
             if !tty && tick % 5 == 0 {
                 eprintln!(
                     "ferry: {} | {:.0} rows/s | applied {} | lag {:.2}s | queue {} | snapshot rows {} | changes {}",
-                    report.phase, report.rows_per_sec, report.applied_position, report.lag_secs, report.queue_events, report.snapshot_rows, report.rows_applied
+                    report.phase,
+                    report.rows_per_sec,
+                    report.applied_position,
+                    report.lag_secs,
+                    report.queue_events,
+                    report.snapshot_rows,
+                    report.rows_applied
                 );
             }
             *latest.lock().expect("status") = Some(report);
@@ -85,16 +110,27 @@ fn spawn_reporter(cfg: &PipelineConfig, stats: Arc<Stats>, latest: Arc<Mutex<Opt
     });
 }
 
-async fn serve_metrics(addr: SocketAddr, latest: Arc<Mutex<Option<StatusReport>>>) -> Result<(), Error> {
+async fn serve_metrics(
+    addr: SocketAddr,
+    latest: Arc<Mutex<Option<StatusReport>>>,
+) -> Result<(), Error> {
     use axum::{Router, routing::get};
     let listener = tokio::net::TcpListener::bind(addr).await.map_err(|e| {
-        Error::fatal(format!("cannot listen on --metrics-addr {addr}: {e}")).with_fix("choose a free address, e.g. 127.0.0.1:9187")
+        Error::fatal(format!("cannot listen on --metrics-addr {addr}: {e}"))
+            .with_fix("choose a free address, e.g. 127.0.0.1:9187")
     })?;
     let app = Router::new().route(
         "/metrics",
         get(move || {
             let latest = latest.clone();
-            async move { latest.lock().expect("status").as_ref().map(prometheus).unwrap_or_default() }
+            async move {
+                latest
+                    .lock()
+                    .expect("status")
+                    .as_ref()
+                    .map(prometheus)
+                    .unwrap_or_default()
+            }
         }),
     );
     tokio::spawn(async move {
@@ -107,9 +143,16 @@ async fn serve_metrics(addr: SocketAddr, latest: Arc<Mutex<Option<StatusReport>>
 
 /// Fills in snapshot totals for progress bars, off the start-up path.
 fn spawn_totals(cfg: &PipelineConfig, stats: Arc<Stats>, transform: Arc<Transform>) {
-    let (Ok(mut source), Ok(reader)) = (connectors::open_source(cfg), connectors::open_source_reader(cfg)) else { return };
+    let (Ok(mut source), Ok(reader)) = (
+        connectors::open_source(cfg),
+        connectors::open_source_reader(cfg),
+    ) else {
+        return;
+    };
     tokio::spawn(async move {
-        let Ok(tables) = source.tables().await else { return };
+        let Ok(tables) = source.tables().await else {
+            return;
+        };
         for t in tables {
             if let (Ok(n), Ok(target)) = (reader.count_rows(&t).await, transform.target_table(&t)) {
                 stats.table(&target.name.to_string(), |s| s.snapshot_total = Some(n));
@@ -134,6 +177,7 @@ pub async fn run(cfg: PipelineConfig, metrics_addr: Option<SocketAddr>) -> Resul
 
     let mut attempts = 0;
     loop {
+        let started = std::time::Instant::now();
         let result = async {
             let pipeline = Pipeline {
                 source: connectors::open_source(&cfg)?,
@@ -149,19 +193,35 @@ pub async fn run(cfg: PipelineConfig, metrics_addr: Option<SocketAddr>) -> Resul
         match result {
             Ok(Outcome::Stopped) => {
                 let applied = stats.applied().position;
-                eprintln!("ferry: stopped cleanly at {}", if applied.is_empty() { "the start".into() } else { applied });
+                eprintln!(
+                    "ferry: stopped cleanly at {}",
+                    if applied.is_empty() {
+                        "the start".into()
+                    } else {
+                        applied
+                    }
+                );
                 let _ = std::fs::remove_file(cfg.status_path());
                 return Ok(0);
             }
-            Err(e) if e.class() == ErrorClass::Transient && !*shutdown.borrow() => match policy(e.class(), attempts, cfg.options.max_retries) {
-                Action::Retry(wait) => {
-                    attempts += 1;
-                    eprintln!("ferry: transient error, restarting from the last checkpoint in {wait:?} (attempt {attempts}): {}", e.report());
-                    let mut sd = shutdown.clone();
-                    tokio::select! { _ = tokio::time::sleep(wait) => {}, _ = sd.wait_for(|s| *s) => return Ok(0) }
+            Err(e) if e.class() == ErrorClass::Transient && !*shutdown.borrow() => {
+                // A run that went well for a while starts the count afresh.
+                if started.elapsed() > Duration::from_secs(60) {
+                    attempts = 0;
                 }
-                Action::Halt => return Err(e),
-            },
+                match policy(e.class(), attempts, cfg.options.max_retries) {
+                    Action::Retry(wait) => {
+                        attempts += 1;
+                        eprintln!(
+                            "ferry: transient error, restarting from the last checkpoint in {wait:?} (attempt {attempts}): {}",
+                            e.report()
+                        );
+                        let mut sd = shutdown.clone();
+                        tokio::select! { _ = tokio::time::sleep(wait) => {}, _ = sd.wait_for(|s| *s) => return Ok(0) }
+                    }
+                    Action::Halt => return Err(e),
+                }
+            }
             Err(e) => return Err(e),
         }
     }

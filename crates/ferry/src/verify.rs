@@ -26,7 +26,10 @@ pub struct TableVerdict {
 
 impl TableVerdict {
     pub fn equal(&self) -> bool {
-        self.missing == 0 && self.extra == 0 && self.different == 0 && self.source_rows == self.target_rows
+        self.missing == 0
+            && self.extra == 0
+            && self.different == 0
+            && self.source_rows == self.target_rows
     }
 }
 
@@ -40,7 +43,13 @@ struct Cursor<'a> {
 
 impl<'a> Cursor<'a> {
     fn new(reader: &'a dyn TableReader, table: &'a TableRef) -> Self {
-        Cursor { reader, table, buf: Vec::new().into_iter(), last: None, done: false }
+        Cursor {
+            reader,
+            table,
+            buf: Vec::new().into_iter(),
+            last: None,
+            done: false,
+        }
     }
 
     async fn next_raw(&mut self) -> Result<Option<Vec<Value>>, Error> {
@@ -52,7 +61,10 @@ impl<'a> Cursor<'a> {
             if self.done {
                 return Ok(None);
             }
-            let rows = self.reader.read_rows(self.table, self.last.as_deref(), CHUNK).await?;
+            let rows = self
+                .reader
+                .read_rows(self.table, self.last.as_deref(), CHUNK)
+                .await?;
             self.done = rows.len() < CHUNK;
             self.buf = rows.into_iter();
         }
@@ -101,7 +113,10 @@ pub async fn verify_table(
                 v.source_checksum ^= row_hash(&row);
                 v.missing += 1;
                 if v.examples.len() < SHOW {
-                    v.examples.push(format!("missing on target: key {}", display_key_of(target_table, &row)));
+                    v.examples.push(format!(
+                        "missing on target: key {}",
+                        display_key_of(target_table, &row)
+                    ));
                 }
                 a = next_source(&mut s).await?;
             }
@@ -111,7 +126,10 @@ pub async fn verify_table(
                 v.target_checksum ^= row_hash(&row);
                 v.extra += 1;
                 if v.examples.len() < SHOW {
-                    v.examples.push(format!("extra on target: key {}", display_key_of(target_table, &row)));
+                    v.examples.push(format!(
+                        "extra on target: key {}",
+                        display_key_of(target_table, &row)
+                    ));
                 }
                 b = t.next_raw().await?;
             }
@@ -131,7 +149,11 @@ pub async fn verify_table(
                             .filter(|(_, (p, q))| p != q)
                             .map(|(c, (p, q))| format!("{}: source {p} target {q}", c.name))
                             .collect();
-                        v.examples.push(format!("differs at key {}: {}", display_key_of(target_table, &x), cols.join("; ")));
+                        v.examples.push(format!(
+                            "differs at key {}: {}",
+                            display_key_of(target_table, &x),
+                            cols.join("; ")
+                        ));
                     }
                 }
                 a = next_source(&mut s).await?;

@@ -17,7 +17,10 @@ fn missing_config_file() {
     let o = ferry(&["run", "/nonexistent/pipeline.toml"]);
     assert_eq!(o.status.code(), Some(2));
     let t = text(&o);
-    assert!(t.contains("cannot read pipeline file /nonexistent/pipeline.toml") && t.contains("fix:"), "{t}");
+    assert!(
+        t.contains("cannot read pipeline file /nonexistent/pipeline.toml") && t.contains("fix:"),
+        "{t}"
+    );
 }
 
 #[test]
@@ -26,7 +29,11 @@ fn unreadable_config_file() {
     // A directory cannot be read as a file, even by root.
     let o = ferry(&["check", d.dir.path().to_str().unwrap()]);
     assert_eq!(o.status.code(), Some(2));
-    assert!(text(&o).contains("cannot read pipeline file"), "{}", text(&o));
+    assert!(
+        text(&o).contains("cannot read pipeline file"),
+        "{}",
+        text(&o)
+    );
 }
 
 #[test]
@@ -37,7 +44,10 @@ fn bad_toml_names_the_line() {
     let o = ferry(&["run", p.to_str().unwrap()]);
     assert_eq!(o.status.code(), Some(2));
     let t = text(&o);
-    assert!(t.contains("invalid pipeline file") && t.contains("line 2"), "{t}");
+    assert!(
+        t.contains("invalid pipeline file") && t.contains("line 2"),
+        "{t}"
+    );
 }
 
 #[test]
@@ -46,17 +56,29 @@ fn unknown_key_names_the_key_and_the_alternatives() {
     let p = d.pipeline("[apply]\nbatch_size = 10\n");
     let (code, t) = run(&p);
     assert_eq!(code, 2);
-    assert!(t.contains("unknown field `batch_size`") && t.contains("batch_rows") && t.contains("line 8"), "{t}");
+    assert!(
+        t.contains("unknown field `batch_size`")
+            && t.contains("batch_rows")
+            && t.contains("line 8"),
+        "{t}"
+    );
 }
 
 #[test]
 fn bad_url_lists_the_accepted_forms() {
     let d = Dir::new();
     let p = d.path("p.toml");
-    std::fs::write(&p, "[source]\nurl = \"sqlite3://x\"\n[target]\nurl = \"sqlite:b.db\"\n").unwrap();
+    std::fs::write(
+        &p,
+        "[source]\nurl = \"sqlite3://x\"\n[target]\nurl = \"sqlite:b.db\"\n",
+    )
+    .unwrap();
     let (code, t) = run(&p);
     assert_eq!(code, 2);
-    assert!(t.contains("not a database URL") && t.contains("sqlite:PATH"), "{t}");
+    assert!(
+        t.contains("not a database URL") && t.contains("sqlite:PATH"),
+        "{t}"
+    );
 }
 
 #[test]
@@ -66,7 +88,10 @@ fn missing_source_database_is_not_created() {
     let (code, t) = run(&p);
     assert_eq!(code, 2);
     assert!(t.contains("does not exist") && t.contains("fix:"), "{t}");
-    assert!(!d.path("source.db").exists(), "ferry must not create a source database");
+    assert!(
+        !d.path("source.db").exists(),
+        "ferry must not create a source database"
+    );
 }
 
 #[test]
@@ -77,7 +102,11 @@ fn target_not_writable() {
     let p = d.path("p.toml");
     std::fs::write(
         &p,
-        format!("[source]\nurl = \"sqlite:{}\"\n[target]\nurl = \"sqlite:{}/target.db\"\n", d.path("source.db").display(), d.path("file").display()),
+        format!(
+            "[source]\nurl = \"sqlite:{}\"\n[target]\nurl = \"sqlite:{}/target.db\"\n",
+            d.path("source.db").display(),
+            d.path("file").display()
+        ),
     )
     .unwrap();
     let (code, t) = run(&p);
@@ -91,7 +120,9 @@ fn source_locked_by_another_writer() {
     with_accounts(&d);
     let p = d.pipeline("[apply]\nmax_retries = 0\n");
     let holder = d.source();
-    holder.execute_batch("BEGIN EXCLUSIVE; INSERT INTO accounts VALUES (2, 20);").unwrap();
+    holder
+        .execute_batch("BEGIN EXCLUSIVE; INSERT INTO accounts VALUES (2, 20);")
+        .unwrap();
     let (code, t) = run(&p);
     holder.execute_batch("ROLLBACK").unwrap();
     assert_ne!(code, 0);
@@ -103,19 +134,31 @@ fn source_locked_by_another_writer() {
 #[test]
 fn table_without_key() {
     let d = Dir::new();
-    d.source().execute_batch("CREATE TABLE logs (at TEXT, line TEXT); INSERT INTO logs VALUES ('now', 'x');").unwrap();
+    d.source()
+        .execute_batch(
+            "CREATE TABLE logs (at TEXT, line TEXT); INSERT INTO logs VALUES ('now', 'x');",
+        )
+        .unwrap();
     let (code, t) = run(&d.pipeline(""));
     assert_eq!(code, 2);
-    assert!(t.contains("logs") && t.contains("PRIMARY KEY") && t.contains("exclude"), "{t}");
+    assert!(
+        t.contains("logs") && t.contains("PRIMARY KEY") && t.contains("exclude"),
+        "{t}"
+    );
 }
 
 #[test]
 fn unsupported_column_type() {
     let d = Dir::new();
-    d.source().execute_batch("CREATE TABLE places (id INTEGER PRIMARY KEY, shape GEOMETRY);").unwrap();
+    d.source()
+        .execute_batch("CREATE TABLE places (id INTEGER PRIMARY KEY, shape GEOMETRY);")
+        .unwrap();
     let (code, t) = run(&d.pipeline(""));
     assert_eq!(code, 2);
-    assert!(t.contains("places") && t.contains("shape") && t.contains("GEOMETRY"), "{t}");
+    assert!(
+        t.contains("places") && t.contains("shape") && t.contains("GEOMETRY"),
+        "{t}"
+    );
 }
 
 #[test]
@@ -131,7 +174,14 @@ fn postgres_target_is_refused_plainly_until_built() {
     let d = Dir::new();
     with_accounts(&d);
     let p = d.path("p.toml");
-    std::fs::write(&p, format!("[source]\nurl = \"sqlite:{}\"\n[target]\nurl = \"mysql://root@127.0.0.1:1/x\"\n", d.path("source.db").display())).unwrap();
+    std::fs::write(
+        &p,
+        format!(
+            "[source]\nurl = \"sqlite:{}\"\n[target]\nurl = \"mysql://root@127.0.0.1:1/x\"\n",
+            d.path("source.db").display()
+        ),
+    )
+    .unwrap();
     let (code, t) = run(&p);
     assert_eq!(code, 2);
     assert!(t.contains("not built yet"), "{t}");

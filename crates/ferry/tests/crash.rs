@@ -25,7 +25,8 @@ fn setup(d: &Dir) {
     .unwrap();
     let tx = c.unchecked_transaction().unwrap();
     for id in 1..=ACCOUNTS {
-        tx.execute("INSERT INTO accounts VALUES (?1, ?2)", [id, START_BALANCE]).unwrap();
+        tx.execute("INSERT INTO accounts VALUES (?1, ?2)", [id, START_BALANCE])
+            .unwrap();
     }
     tx.commit().unwrap();
 }
@@ -38,23 +39,39 @@ fn writer(d: &Dir, stop: Arc<AtomicBool>, done: Arc<AtomicU64>) -> std::thread::
         let mut rng = rand::rng();
         let mut next_id = 1_000_000i64;
         while !stop.load(Ordering::Relaxed) {
-            let tx = c.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate).unwrap();
+            let tx = c
+                .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+                .unwrap();
             let legs = rng.random_range(1..=3);
             for _ in 0..legs {
                 let a = rng.random_range(1..=ACCOUNTS);
                 let b = rng.random_range(1..=ACCOUNTS);
                 let amount = rng.random_range(1..=50);
-                tx.execute("UPDATE accounts SET balance = balance - ?1 WHERE id = ?2", [amount, a]).unwrap();
-                tx.execute("UPDATE accounts SET balance = balance + ?1 WHERE id = ?2", [amount, b]).unwrap();
-                tx.execute("INSERT INTO transfers (from_id, to_id, amount) VALUES (?1, ?2, ?3)", [a, b, amount]).unwrap();
+                tx.execute(
+                    "UPDATE accounts SET balance = balance - ?1 WHERE id = ?2",
+                    [amount, a],
+                )
+                .unwrap();
+                tx.execute(
+                    "UPDATE accounts SET balance = balance + ?1 WHERE id = ?2",
+                    [amount, b],
+                )
+                .unwrap();
+                tx.execute(
+                    "INSERT INTO transfers (from_id, to_id, amount) VALUES (?1, ?2, ?3)",
+                    [a, b, amount],
+                )
+                .unwrap();
             }
             // Now and then move a whole account to a new key (delete + insert
             // in one transaction; also exercises key changes).
             if rng.random_ratio(1, 20) {
                 let a = rng.random_range(1..=ACCOUNTS);
                 next_id += 1;
-                tx.execute("UPDATE accounts SET id = ?1 WHERE id = ?2", [next_id, a]).unwrap();
-                tx.execute("UPDATE accounts SET id = ?1 WHERE id = ?2", [a, next_id]).unwrap();
+                tx.execute("UPDATE accounts SET id = ?1 WHERE id = ?2", [next_id, a])
+                    .unwrap();
+                tx.execute("UPDATE accounts SET id = ?1 WHERE id = ?2", [a, next_id])
+                    .unwrap();
             }
             tx.commit().unwrap();
             done.fetch_add(1, Ordering::Relaxed);
@@ -63,7 +80,12 @@ fn writer(d: &Dir, stop: Arc<AtomicBool>, done: Arc<AtomicU64>) -> std::thread::
 }
 
 /// Reads the target continuously; counts reads and invariant violations.
-fn reader(d: &Dir, stop: Arc<AtomicBool>, reads: Arc<AtomicU64>, bad: Arc<std::sync::Mutex<Vec<String>>>) -> std::thread::JoinHandle<()> {
+fn reader(
+    d: &Dir,
+    stop: Arc<AtomicBool>,
+    reads: Arc<AtomicU64>,
+    bad: Arc<std::sync::Mutex<Vec<String>>>,
+) -> std::thread::JoinHandle<()> {
     let path = d.path("target.db");
     std::thread::spawn(move || {
         while !stop.load(Ordering::Relaxed) {
@@ -71,17 +93,27 @@ fn reader(d: &Dir, stop: Arc<AtomicBool>, reads: Arc<AtomicU64>, bad: Arc<std::s
                 std::thread::yield_now();
                 continue;
             }
-            let Ok(c) = rusqlite::Connection::open_with_flags(&path, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY) else { continue };
+            let Ok(c) = rusqlite::Connection::open_with_flags(
+                &path,
+                rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
+            ) else {
+                continue;
+            };
             let _ = c.busy_timeout(Duration::from_secs(5));
             for _ in 0..50 {
-                let r: Result<(i64, i64), _> =
-                    c.query_row("SELECT count(*), COALESCE(sum(balance), 0) FROM accounts", [], |r| Ok((r.get(0)?, r.get(1)?)));
+                let r: Result<(i64, i64), _> = c.query_row(
+                    "SELECT count(*), COALESCE(sum(balance), 0) FROM accounts",
+                    [],
+                    |r| Ok((r.get(0)?, r.get(1)?)),
+                );
                 match r {
                     Ok((0, _)) => {}
                     Ok((n, sum)) => {
                         reads.fetch_add(1, Ordering::Relaxed);
                         if sum != TOTAL || n != ACCOUNTS {
-                            bad.lock().unwrap().push(format!("read {n} accounts with total {sum}"));
+                            bad.lock()
+                                .unwrap()
+                                .push(format!("read {n} accounts with total {sum}"));
                         }
                     }
                     Err(_) => break, // table not created yet, or db being created
@@ -109,7 +141,11 @@ fn kill_9_at_random_moments_loses_and_doubles_nothing() {
     for i in 0..kills {
         let mut child = spawn_run(&pipeline, &log);
         // Some kills land during start-up and the snapshot, most while streaming.
-        let ms = if i < 5 { rng.random_range(0..60) } else { rng.random_range(20..250) };
+        let ms = if i < 5 {
+            rng.random_range(0..60)
+        } else {
+            rng.random_range(20..250)
+        };
         std::thread::sleep(Duration::from_millis(ms)); // the random kill moment itself, not a wait for a condition
         child.kill().expect("kill -9");
         child.wait().expect("reap");
@@ -121,22 +157,48 @@ fn kill_9_at_random_moments_loses_and_doubles_nothing() {
     let child = spawn_run(&pipeline, &log);
     let src = d.path("source.db");
     let tgt = d.path("target.db");
-    eventually_blocking("target catches up with the source", Duration::from_secs(60), || {
-        let (a, b) = (dump(&src, "transfers")?, dump(&tgt, "transfers")?);
-        (a == b && dump(&src, "accounts") == dump(&tgt, "accounts")).then_some(())
-    });
+    eventually_blocking(
+        "target catches up with the source",
+        Duration::from_secs(60),
+        || {
+            let (a, b) = (dump(&src, "transfers")?, dump(&tgt, "transfers")?);
+            (a == b && dump(&src, "accounts") == dump(&tgt, "accounts")).then_some(())
+        },
+    );
     let status = terminate(child);
     r.join().unwrap();
-    assert!(status.success(), "clean stop must exit 0: {status:?}\n{}", std::fs::read_to_string(&log).unwrap_or_default());
+    assert!(
+        status.success(),
+        "clean stop must exit 0: {status:?}\n{}",
+        std::fs::read_to_string(&log).unwrap_or_default()
+    );
 
-    assert_eq!(dump(&src, "accounts"), dump(&tgt, "accounts"), "accounts differ");
-    assert_eq!(dump(&src, "transfers"), dump(&tgt, "transfers"), "transfers lost or doubled");
+    assert_eq!(
+        dump(&src, "accounts"),
+        dump(&tgt, "accounts"),
+        "accounts differ"
+    );
+    assert_eq!(
+        dump(&src, "transfers"),
+        dump(&tgt, "transfers"),
+        "transfers lost or doubled"
+    );
     let v = ferry(&["verify", pipeline.to_str().unwrap()]);
     assert!(v.status.success(), "verify: {}", text(&v));
     let bad = bad.lock().unwrap();
-    assert!(bad.is_empty(), "readers saw states the source never had: {:?}", &bad[..bad.len().min(10)]);
-    assert!(reads.load(Ordering::Relaxed) > 100, "the reader must actually have read the target");
-    assert!(done.load(Ordering::Relaxed) > 200, "the writer must have made transfers during the kills");
+    assert!(
+        bad.is_empty(),
+        "readers saw states the source never had: {:?}",
+        &bad[..bad.len().min(10)]
+    );
+    assert!(
+        reads.load(Ordering::Relaxed) > 100,
+        "the reader must actually have read the target"
+    );
+    assert!(
+        done.load(Ordering::Relaxed) > 200,
+        "the writer must have made transfers during the kills"
+    );
 }
 
 #[test]
@@ -144,12 +206,16 @@ fn kill_9_during_the_snapshot_resumes_without_duplicates() {
     let d = Dir::new();
     {
         let c = d.source();
-        c.execute_batch("CREATE TABLE items (id INTEGER PRIMARY KEY, name TEXT NOT NULL, price REAL);").unwrap();
+        c.execute_batch(
+            "CREATE TABLE items (id INTEGER PRIMARY KEY, name TEXT NOT NULL, price REAL);",
+        )
+        .unwrap();
         let tx = c.unchecked_transaction().unwrap();
         {
             let mut st = tx.prepare("INSERT INTO items VALUES (?1, ?2, ?3)").unwrap();
             for i in 0..200_000i64 {
-                st.execute(rusqlite::params![i, format!("item-{i}"), i as f64 / 7.0]).unwrap();
+                st.execute(rusqlite::params![i, format!("item-{i}"), i as f64 / 7.0])
+                    .unwrap();
             }
         }
         tx.commit().unwrap();
@@ -170,14 +236,21 @@ fn kill_9_during_the_snapshot_resumes_without_duplicates() {
         }
     }
     // A write after the kills must still arrive exactly once.
-    d.source().execute("UPDATE items SET name = 'changed' WHERE id = 7", []).unwrap();
+    d.source()
+        .execute("UPDATE items SET name = 'changed' WHERE id = 7", [])
+        .unwrap();
     let child = spawn_run(&pipeline, &log);
     let src = d.path("source.db");
-    eventually_blocking("snapshot completes and the change arrives", Duration::from_secs(120), || {
-        (dump(&src, "items")? == dump(&tgt, "items")?).then_some(())
-    });
+    eventually_blocking(
+        "snapshot completes and the change arrives",
+        Duration::from_secs(120),
+        || (dump(&src, "items")? == dump(&tgt, "items")?).then_some(()),
+    );
     assert!(terminate(child).success());
-    assert!(killed_mid_copy > 0, "at least one kill must land in the middle of the copy");
+    assert!(
+        killed_mid_copy > 0,
+        "at least one kill must land in the middle of the copy"
+    );
     let v = ferry(&["verify", pipeline.to_str().unwrap()]);
     assert!(v.status.success(), "verify: {}", text(&v));
 }

@@ -23,7 +23,9 @@ fn sqlite_to_sqlite_snapshot_changes_and_verify() {
     let log = d.path("ferry.log");
     let child = spawn_run(&p, &log);
     let (src, tgt) = (d.path("source.db"), d.path("target.db"));
-    eventually_blocking("snapshot arrives", Duration::from_secs(30), || (dump(&tgt, "users")?.len() == 2).then_some(()));
+    eventually_blocking("snapshot arrives", Duration::from_secs(30), || {
+        (dump(&tgt, "users")?.len() == 2).then_some(())
+    });
     d.source()
         .execute_batch(
             "BEGIN; INSERT INTO users VALUES (3, 'cy', 'c@x', 2.0, '2025-05-05', NULL, '0.10', 1);
@@ -32,22 +34,34 @@ fn sqlite_to_sqlite_snapshot_changes_and_verify() {
         )
         .unwrap();
     eventually_blocking("changes arrive", Duration::from_secs(30), || {
-        (dump(&src, "users")? == dump(&tgt, "users")? && dump(&src, "notes")? == dump(&tgt, "notes")?).then_some(())
+        (dump(&src, "users")? == dump(&tgt, "users")?
+            && dump(&src, "notes")? == dump(&tgt, "notes")?)
+        .then_some(())
     });
     let st = ferry(&["status", p.to_str().unwrap()]);
     assert!(st.status.success());
     let st = text(&st);
-    assert!(st.contains("applied up to") && st.contains("workers"), "{st}");
+    assert!(
+        st.contains("applied up to") && st.contains("workers"),
+        "{st}"
+    );
     assert!(terminate(child).success());
     let v = ferry(&["verify", p.to_str().unwrap()]);
     assert!(v.status.success(), "{}", text(&v));
     assert!(text(&v).contains("source and target are equal"));
 
     // A difference on the target is found and named, with exit code 1.
-    rusqlite::Connection::open(&tgt).unwrap().execute("UPDATE users SET name = 'eve' WHERE id = 3", []).unwrap();
+    rusqlite::Connection::open(&tgt)
+        .unwrap()
+        .execute("UPDATE users SET name = 'eve' WHERE id = 3", [])
+        .unwrap();
     let v = ferry(&["verify", p.to_str().unwrap()]);
     assert_eq!(v.status.code(), Some(1));
-    assert!(text(&v).contains("differs at key (3)") && text(&v).contains("name"), "{}", text(&v));
+    assert!(
+        text(&v).contains("differs at key (3)") && text(&v).contains("name"),
+        "{}",
+        text(&v)
+    );
 
     let c = ferry(&["check", p.to_str().unwrap()]);
     assert!(c.status.success(), "{}", text(&c));
@@ -55,7 +69,11 @@ fn sqlite_to_sqlite_snapshot_changes_and_verify() {
     assert!(t.status.success(), "{}", text(&t));
     let triggers: i64 = rusqlite::Connection::open(&src)
         .unwrap()
-        .query_row("SELECT count(*) FROM sqlite_schema WHERE type = 'trigger'", [], |r| r.get(0))
+        .query_row(
+            "SELECT count(*) FROM sqlite_schema WHERE type = 'trigger'",
+            [],
+            |r| r.get(0),
+        )
         .unwrap();
     assert_eq!(triggers, 0, "teardown removes the capture triggers");
 }
@@ -75,12 +93,21 @@ fn filters_renames_and_operation_filters() {
     );
     let child = spawn_run(&p, &d.path("ferry.log"));
     let tgt = d.path("target.db");
-    eventually_blocking("filtered snapshot", Duration::from_secs(30), || (dump(&tgt, "orders_eu")?.len() == 1).then_some(()));
+    eventually_blocking("filtered snapshot", Duration::from_secs(30), || {
+        (dump(&tgt, "orders_eu")?.len() == 1).then_some(())
+    });
     d.source().execute_batch("INSERT INTO orders VALUES (3, 'eu', 's3', 30), (4, 'us', 's4', 40); DELETE FROM orders WHERE id = 1;").unwrap();
     eventually_blocking("filtered changes", Duration::from_secs(30), || {
-        (dump(&tgt, "orders_eu")? == vec!["Integer(1)|Text(\"eu\")|Integer(10)".to_string(), "Integer(3)|Text(\"eu\")|Integer(30)".to_string()])
-            .then_some(())
+        (dump(&tgt, "orders_eu")?
+            == vec![
+                "Integer(1)|Text(\"eu\")|Integer(10)".to_string(),
+                "Integer(3)|Text(\"eu\")|Integer(30)".to_string(),
+            ])
+        .then_some(())
     });
     assert!(terminate(child).success());
-    assert!(dump(&tgt, "scratch").is_none(), "excluded tables are not created");
+    assert!(
+        dump(&tgt, "scratch").is_none(),
+        "excluded tables are not created"
+    );
 }

@@ -13,7 +13,9 @@ pub struct Dir {
 
 impl Dir {
     pub fn new() -> Self {
-        Dir { dir: tempfile::tempdir().expect("tempdir") }
+        Dir {
+            dir: tempfile::tempdir().expect("tempdir"),
+        }
     }
 
     pub fn path(&self, name: &str) -> PathBuf {
@@ -39,17 +41,27 @@ impl Dir {
 
 pub fn open(path: &Path) -> Connection {
     let c = Connection::open(path).expect("open sqlite");
-    c.busy_timeout(std::time::Duration::from_secs(10)).expect("busy timeout");
+    c.busy_timeout(std::time::Duration::from_secs(10))
+        .expect("busy timeout");
     c.pragma_update(None, "journal_mode", "WAL").expect("wal");
     c
 }
 
 pub fn ferry(args: &[&str]) -> Output {
-    Command::new(FERRY).args(args).env("FERRY_LOG", "warn").stdin(Stdio::null()).output().expect("run ferry")
+    Command::new(FERRY)
+        .args(args)
+        .env("FERRY_LOG", "warn")
+        .stdin(Stdio::null())
+        .output()
+        .expect("run ferry")
 }
 
 pub fn spawn_run(pipeline: &Path, log: &Path) -> Child {
-    let log = std::fs::OpenOptions::new().create(true).append(true).open(log).expect("log file");
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log)
+        .expect("log file");
     Command::new(FERRY)
         .args(["run", pipeline.to_str().expect("utf8 path")])
         .env("FERRY_LOG", "info")
@@ -61,7 +73,11 @@ pub fn spawn_run(pipeline: &Path, log: &Path) -> Child {
 }
 
 pub fn text(o: &Output) -> String {
-    format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr))
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
 }
 
 /// All rows of `table` ordered by its first column, as text, or `None` if
@@ -72,7 +88,9 @@ pub fn dump(path: &Path, table: &str) -> Option<Vec<String>> {
     }
     let c = Connection::open_with_flags(path, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY).ok()?;
     c.busy_timeout(std::time::Duration::from_secs(10)).ok()?;
-    let mut st = c.prepare(&format!("SELECT * FROM \"{table}\" ORDER BY 1")).ok()?;
+    let mut st = c
+        .prepare(&format!("SELECT * FROM \"{table}\" ORDER BY 1"))
+        .ok()?;
     let n = st.column_count();
     let rows = st
         .query_map([], |r| {
@@ -91,6 +109,8 @@ pub fn dump(path: &Path, table: &str) -> Option<Vec<String>> {
 
 /// Sends SIGTERM and waits for the exit code.
 pub fn terminate(mut child: Child) -> std::process::ExitStatus {
-    let _ = Command::new("kill").args(["-TERM", &child.id().to_string()]).status();
+    let _ = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status();
     child.wait().expect("wait ferry")
 }
