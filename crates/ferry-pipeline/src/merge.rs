@@ -351,7 +351,10 @@ mod tests {
         }
     }
 
-    fn rows_of(steps: &[Step]) -> (Vec<Vec<Value>>, Vec<Vec<Value>>, Vec<Vec<Value>>) {
+    type Rows = Vec<Vec<Value>>;
+
+    /// Deletes, upserts and updates of every `Rows` step.
+    fn rows_of(steps: &[Step]) -> (Rows, Rows, Rows) {
         let mut d = Vec::new();
         let mut u = Vec::new();
         let mut p = Vec::new();

@@ -487,7 +487,7 @@ async fn stream(
             }
             _ => Duration::from_millis(250),
         };
-        let pull = !stopping && !source_done && !(full && d.stream.is_none());
+        let pull = !(stopping || source_done || (full && d.stream.is_none()));
         tokio::select! {
             biased;
             done = done_rx.recv() => match done {
@@ -522,6 +522,9 @@ async fn stream(
     drop(queue);
     for h in &worker_handles {
         h.abort();
+    }
+    for h in worker_handles {
+        let _ = h.await;
     }
     let source_result = source_handle
         .await

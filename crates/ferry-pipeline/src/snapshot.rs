@@ -4,6 +4,7 @@
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use ferry_core::{
     CheckpointRecord, Error, Result, SinkWriter, SnapshotChunk, SnapshotReader, TableProgress,
@@ -36,6 +37,10 @@ struct Shared {
     snapshot: ferry_core::Position,
     /// Chunks handed to writers and not yet committed, per source table.
     pending: std::sync::Mutex<std::collections::HashMap<String, Pending>>,
+    /// A chunk failed. Set under the progress lock when a commit fails: the
+    /// in-memory progress may then differ from the target (an ambiguous
+    /// commit may have landed), so no later chunk may record progress.
+    failed: AtomicBool,
 }
 
 #[derive(Default)]
@@ -56,6 +61,11 @@ async fn write_chunk(w: &mut dyn SinkWriter, shared: &Shared, chunk: SnapshotChu
     // Hold the progress lock across the commit so concurrent chunks of one
     // table never record ranges that are not committed.
     let mut all = shared.progress.lock().await;
+    if shared.failed.load(Ordering::SeqCst) {
+        // The run ends with the first failure; this chunk is copied again.
+        drop(all);
+        return w.rollback().await;
+    }
     let mut p = all.get(&source_name).cloned().unwrap_or_default();
     p.add(chunk.range, &shared.snapshot);
     // Complete only once the final chunk *and* every other chunk of the
@@ -69,8 +79,10 @@ async fn write_chunk(w: &mut dyn SinkWriter, shared: &Shared, chunk: SnapshotChu
         t.final_seen && t.in_flight == 0
     };
     p.complete = complete;
-    w.commit(&[CheckpointRecord::table(&source_name, &p)])
-        .await?;
+    if let Err(e) = w.commit(&[CheckpointRecord::table(&source_name, &p)]).await {
+        shared.failed.store(true, Ordering::SeqCst);
+        return Err(e);
+    }
     all.insert(source_name, p);
     drop(all);
     Stats::add(&shared.stats.snapshot_rows, n);
@@ -122,6 +134,7 @@ impl SnapshotRun {
             stats: stats.clone(),
             snapshot: reader.position().clone(),
             pending: Default::default(),
+            failed: Default::default(),
         });
         tracing::info!(position = %shared.snapshot, tables = tables.len(), "snapshot started");
 
@@ -146,12 +159,21 @@ impl SnapshotRun {
                     let r = write_chunk(w.as_mut(), &shared, chunk).await;
                     shared.stats.worker(i, "idle");
                     if let Err(e) = r {
+                        shared.failed.store(true, Ordering::SeqCst);
                         let _ = w.rollback().await;
                         return Err(e);
+                    }
+                    if shared.failed.load(Ordering::SeqCst) {
+                        // Another writer failed: stop taking chunks (its
+                        // error is the run's).
+                        return Ok(());
                     }
                 }
             }));
         }
+        // Only the writers hold the receiver: once they have all stopped
+        // (after an error), sending fails instead of waiting forever.
+        drop(rx);
         let mut stopped = false;
         let read = async {
             loop {

@@ -249,6 +249,9 @@ fn postgres_that_cannot_start_panics_with_its_log_tail() {
 
 #[test]
 fn mariadb_that_cannot_start_reports_its_log_tail() {
-    let err = MariaDbServer::builder().binlog_format("BOGUS").try_start().err().expect("a bad binlog format must not start");
+    let err = MariaDbServer::builder()
+        .binlog_format("BOGUS")
+        .try_start()
+        .expect_err("a bad binlog format must not start");
     assert!(err.to_string().contains("--- last lines of"), "{err}");
 }

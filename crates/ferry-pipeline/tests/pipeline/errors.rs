@@ -60,6 +60,7 @@ async fn a_data_error_halts_with_the_error_and_keeps_the_checkpoint() {
         TransformSpec::default(),
         options(2),
     );
+    streaming(&run).await;
     let p1 = db.commit(vec![upd(&it, item(1, "b", 1))]);
     run.synced(&db, &sink, &["items"]).await;
 
@@ -159,6 +160,7 @@ async fn a_source_error_ends_the_run_with_that_error() {
         TransformSpec::default(),
         options(2),
     );
+    streaming(&run).await;
     db.commit(vec![ins(&it, item(2, "a", 2))]);
     run.synced(&db, &sink, &["items"]).await;
     db.fail_next_read(ErrorClass::Transient);

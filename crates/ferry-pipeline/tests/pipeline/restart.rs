@@ -26,6 +26,7 @@ async fn a_restart_loses_nothing_and_doubles_nothing() {
         TransformSpec::default(),
         options(3),
     );
+    streaming(&run).await;
     for i in 1..=15 {
         db.commit(vec![
             upd(&acc, vec![int(i), text("r1"), int(100 + i)]),

@@ -24,7 +24,7 @@ fn seeded() -> (MemoryDb, Vec<TableRef>) {
     let db = MemoryDb::new();
     let tables: Vec<TableRef> = TABLES.iter().map(|t| items(t)).collect();
     for t in &tables {
-        db.commit((1..=60).map(|i| ins(t, item(i, "s", i))).collect());
+        db.commit((1..=100).map(|i| ins(t, item(i, "s", i))).collect());
     }
     (db, tables)
 }
@@ -34,12 +34,12 @@ fn src(db: &MemoryDb, tables: &[TableRef]) -> ferry_testkit::doubles::MemorySour
 }
 
 /// Changes between the two runs: in copied and uncopied ranges, and keys
-/// moving between them.
+/// moving between them (a stopped first run copies at most 60 rows of t1).
 fn change_between_runs(db: &MemoryDb, tables: &[TableRef]) {
     let t1 = &tables[0];
     db.commit(vec![
         upd(t1, item(5, "between", 5)),
-        upd(t1, item(55, "between", 55)),
+        upd(t1, item(85, "between", 85)),
         del(t1, 6),
         ins(t1, item(1001, "new", 1)),
     ]);
@@ -50,7 +50,34 @@ fn change_between_runs(db: &MemoryDb, tables: &[TableRef]) {
         mv(t1, item(59, "s", 59), item(8, "moved", 59)),
     ]);
     for t in &tables[1..] {
-        db.commit(vec![upd(t, item(1, "between", 1)), del(t, 60)]);
+        db.commit(vec![upd(t, item(1, "between", 1)), del(t, 90)]);
+    }
+}
+
+/// The checkpoint says exactly what the target holds (checked before the
+/// source changes, so the source still equals the first snapshot): a
+/// complete table has every row, an incomplete one exactly the rows of its
+/// recorded ranges, a table without progress none.
+fn assert_checkpoint_matches_target(db: &MemoryDb, sink: &MemorySink) {
+    let cp = sink.checkpoint();
+    for t in TABLES {
+        let progress = cp.tables.get(t);
+        let expected: Vec<Vec<Value>> = match progress {
+            None => Vec::new(),
+            Some(p) if p.complete => db.rows(t),
+            Some(p) => db
+                .rows(t)
+                .into_iter()
+                .filter(|r| p.ranges.iter().any(|c| c.range.contains(&r[..1])))
+                .collect(),
+        };
+        let got = sink.rows(t);
+        assert!(
+            got == expected,
+            "{t}: the checkpoint ({progress:?}) does not match the target: {} rows, expected {}",
+            got.len(),
+            expected.len()
+        );
     }
 }
 
@@ -105,6 +132,7 @@ async fn a_snapshot_stopped_midway_resumes_without_duplicates_or_gaps() {
         "{cp:?}"
     );
     assert!(!cp.tables.get("t3").is_some_and(|p| p.complete), "{cp:?}");
+    assert_checkpoint_matches_target(&db, &sink);
 
     change_between_runs(&db, &tables);
     resume_and_check(&db, &tables, &sink).await;
@@ -125,7 +153,7 @@ async fn a_snapshot_failing_midway_resumes_without_duplicates_or_gaps() {
     );
     let err = failed(run.join().await);
     assert_eq!(err.class(), ErrorClass::Fatal, "{err:?}");
-    assert!(!sink.checkpoint().tables.values().all(|p| p.complete));
+    assert_checkpoint_matches_target(&db, &sink);
 
     change_between_runs(&db, &tables);
     resume_and_check(&db, &tables, &sink).await;
@@ -137,8 +165,10 @@ async fn an_ambiguous_snapshot_commit_resumes_without_duplicates() {
     let sink = MemorySink::with_max_writers(2);
     let faulty = Arc::new(FaultySink::new(sink.clone()));
     // Commits 1-3 clear the tables; commit 5 (a chunk of t1) lands but
-    // reports a failure, while the other writer has a chunk to commit.
+    // reports a failure while the other writer has a chunk to commit; a
+    // later failure ends the run before the copy could complete.
     faulty.fail_after_commit(5, ErrorClass::Transient);
+    faulty.fail(SinkOp::Commit, 7, ErrorClass::Fatal);
     let run = start(
         src(&db, &tables),
         faulty.clone(),
@@ -147,6 +177,7 @@ async fn an_ambiguous_snapshot_commit_resumes_without_duplicates() {
     );
     let err = failed(run.join().await);
     assert_eq!(err.class(), ErrorClass::Transient, "{err:?}");
+    assert_checkpoint_matches_target(&db, &sink);
 
     change_between_runs(&db, &tables);
     resume_and_check(&db, &tables, &sink).await;
@@ -270,4 +301,26 @@ async fn a_table_is_complete_only_once_every_chunk_is_committed() {
     db.commit(vec![upd(&it, item(1, "after", 1))]);
     run.synced(&db, &sink, &["items"]).await;
     assert_eq!(run.stop().await.unwrap(), Outcome::Stopped);
+}
+
+/// With one writer (a SQLite target), a failing chunk must end the run
+/// with its error while the source still has chunks to hand out.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_snapshot_failure_with_a_single_writer_ends_the_run() {
+    let (db, tables) = seeded();
+    let sink = MemorySink::with_max_writers(1);
+    let faulty = Arc::new(FaultySink::new(sink.clone()));
+    faulty.fail(SinkOp::Load, 2, ErrorClass::Transient);
+    let run = start(
+        src(&db, &tables),
+        faulty.clone(),
+        TransformSpec::default(),
+        options(4),
+    );
+    let err = failed(run.join().await);
+    assert_eq!(err.class(), ErrorClass::Transient, "{err:?}");
+    assert_checkpoint_matches_target(&db, &sink);
+
+    change_between_runs(&db, &tables);
+    resume_and_check(&db, &tables, &sink).await;
 }

@@ -4,8 +4,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use ferry_core::{
-    Change, Column, ColumnType, Error, Position, Result, Sink, TableName, TableRef, TableSchema,
-    Value,
+    Change, Checkpoint, Column, ColumnType, Error, Position, Result, Sink, TableName, TableRef,
+    TableSchema, Value,
 };
 use ferry_pipeline::{Options, Outcome, Pipeline, Stats, Transform, TransformSpec};
 use ferry_testkit::doubles::{MemoryDb, MemorySink, MemorySource};
@@ -217,8 +217,24 @@ impl Running {
     }
 }
 
-/// `Ok` when the tables are equal and the checkpoint is at the newest
-/// position; otherwise what differs.
+/// Where a restart would resume: the applied position, or before any
+/// stream commit, the oldest snapshot (once every table is copied).
+pub fn durable_position(cp: &Checkpoint) -> Option<Position> {
+    if cp.applied.is_some() {
+        return cp.applied.clone();
+    }
+    if cp.tables.is_empty() || !cp.tables.values().all(|p| p.complete) {
+        return None;
+    }
+    cp.tables
+        .values()
+        .filter_map(|p| p.newest_snapshot())
+        .min_by(|a, b| a.partial_cmp(b).expect("one kind of position"))
+        .cloned()
+}
+
+/// `Ok` when the tables are equal and the checkpoint covers the source's
+/// newest position; otherwise what differs.
 pub fn in_sync(db: &MemoryDb, sink: &MemorySink, tables: &[(&str, &str)]) -> Result<(), String> {
     let head = db.position();
     let differ: Vec<String> = tables
@@ -232,12 +248,12 @@ pub fn in_sync(db: &MemoryDb, sink: &MemorySink, tables: &[(&str, &str)]) -> Res
             )
         })
         .collect();
-    let applied = sink.checkpoint().applied;
-    if differ.is_empty() && applied.as_ref() == Some(&head) {
+    let durable = durable_position(&sink.checkpoint());
+    if differ.is_empty() && durable.as_ref() == Some(&head) {
         Ok(())
     } else {
         Err(format!(
-            "differing tables: {differ:?}; checkpoint at {applied:?}, source at {head}"
+            "differing tables: {differ:?}; checkpoint at {durable:?}, source at {head}"
         ))
     }
 }
