@@ -1,0 +1,249 @@
+//! Reading table structure from `pg_catalog`, for the source (what to
+//! replicate) and the sink (what the target looks like).
+
+use std::sync::Arc;
+
+use ferry_core::{Column, Error, Result, TableName, TableRef, TableSchema};
+use tokio_postgres::Client;
+
+use crate::error::pg_error;
+use crate::types::{Kind, PgType, TypeCache, column_type, ident};
+
+/// One column as the catalog describes it.
+#[derive(Debug, Clone)]
+pub(crate) struct PgColumn {
+    pub name: String,
+    pub type_oid: u32,
+    pub typmod: i32,
+    pub not_null: bool,
+    /// `format_type(atttypid, atttypmod)`.
+    pub type_name: String,
+    /// `None`: a type ferry does not carry.
+    pub kind: Option<Kind>,
+    pub generated: bool,
+}
+
+impl PgColumn {
+    pub fn pg_type(&self) -> Option<PgType> {
+        Some(PgType {
+            oid: self.type_oid,
+            kind: self.kind.clone()?,
+            name: self.type_name.clone(),
+        })
+    }
+}
+
+/// A unique index usable as a row key.
+#[derive(Debug, Clone)]
+pub(crate) struct PgKey {
+    pub columns: Vec<String>,
+    pub primary: bool,
+    pub replica_identity: bool,
+}
+
+#[derive(Debug, Clone)]
+pub(crate) struct PgTable {
+    pub oid: u32,
+    pub schema: String,
+    pub name: String,
+    /// `d` default (primary key), `i` index, `f` full, `n` nothing.
+    pub replident: String,
+    /// `COMMENT ON TABLE`, where ferry marks a table whose key it adds
+    /// after the snapshot load.
+    pub comment: Option<String>,
+    pub columns: Vec<PgColumn>,
+    pub keys: Vec<PgKey>,
+}
+
+impl PgTable {
+    pub fn qualified(&self) -> String {
+        format!("{}.{}", ident(&self.schema), ident(&self.name))
+    }
+
+    pub fn display(&self) -> String {
+        format!("{}.{}", self.schema, self.name)
+    }
+
+    pub fn column(&self, name: &str) -> Option<&PgColumn> {
+        self.columns.iter().find(|c| c.name == name)
+    }
+
+    pub fn primary_key(&self) -> Option<&PgKey> {
+        self.keys.iter().find(|k| k.primary)
+    }
+
+    /// The key changes are identified by: the replica identity (primary
+    /// key by default, or the chosen index). `FULL` uses the primary key.
+    pub fn replication_key(&self) -> Option<&PgKey> {
+        match self.replident.as_str() {
+            "i" => self.keys.iter().find(|k| k.replica_identity),
+            "d" | "f" => self.primary_key(),
+            _ => None,
+        }
+    }
+}
+
+/// Tables of the database that are not system tables: `(schema, name)`.
+pub(crate) async fn list_tables(client: &Client) -> Result<Vec<TableName>> {
+    let rows = client
+        .query(
+            "SELECT n.nspname::text, c.relname::text FROM pg_catalog.pg_class c \
+             JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace \
+             WHERE c.relkind IN ('r', 'p') AND NOT c.relispartition \
+               AND n.nspname NOT IN ('pg_catalog', 'information_schema') \
+               AND n.nspname NOT LIKE 'pg\\_toast%' AND n.nspname NOT LIKE 'pg\\_temp%' \
+             ORDER BY 1, 2",
+            &[],
+        )
+        .await
+        .map_err(|e| pg_error(e, "listing tables"))?;
+    Ok(rows
+        .iter()
+        .map(|r| TableName::new(Some(r.get::<_, String>(0).as_str()), r.get(1)))
+        .collect())
+}
+
+/// Describes `schema.name`, or `None` when there is no such table.
+pub(crate) async fn describe(
+    client: &Client,
+    types: &mut TypeCache,
+    schema: &str,
+    name: &str,
+) -> Result<Option<PgTable>> {
+    let what = format!("reading the structure of {schema}.{name}");
+    let Some(rel) = client
+        .query_opt(
+            "SELECT c.oid, c.relreplident::text, obj_description(c.oid, 'pg_class') \
+             FROM pg_catalog.pg_class c \
+             JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace \
+             WHERE n.nspname = $1 AND c.relname = $2 AND c.relkind IN ('r', 'p')",
+            &[&schema, &name],
+        )
+        .await
+        .map_err(|e| pg_error(e, &what))?
+    else {
+        return Ok(None);
+    };
+    let oid: u32 = rel.get(0);
+    let cols = client
+        .query(
+            "SELECT a.attname::text, a.atttypid, a.atttypmod, a.attnotnull, \
+                    format_type(a.atttypid, a.atttypmod), a.attgenerated::text \
+             FROM pg_catalog.pg_attribute a \
+             WHERE a.attrelid = $1 AND a.attnum > 0 AND NOT a.attisdropped ORDER BY a.attnum",
+            &[&oid],
+        )
+        .await
+        .map_err(|e| pg_error(e, &what))?;
+    let mut columns = Vec::with_capacity(cols.len());
+    for r in cols {
+        let type_oid: u32 = r.get(1);
+        let generated: String = r.get(5);
+        columns.push(PgColumn {
+            name: r.get(0),
+            type_oid,
+            typmod: r.get(2),
+            not_null: r.get(3),
+            type_name: r.get(4),
+            kind: types.kind(client, type_oid).await?,
+            generated: !generated.is_empty(),
+        });
+    }
+    let idx = client
+        .query(
+            "SELECT i.indisprimary, i.indisreplident, \
+                    ARRAY(SELECT a.attname::text FROM unnest(i.indkey::int2[]) WITH ORDINALITY k(n, o) \
+                          JOIN pg_catalog.pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.n \
+                          ORDER BY k.o) \
+             FROM pg_catalog.pg_index i \
+             WHERE i.indrelid = $1 AND i.indisunique AND i.indisvalid \
+               AND i.indpred IS NULL AND i.indexprs IS NULL \
+             ORDER BY i.indisprimary DESC, i.indexrelid",
+            &[&oid],
+        )
+        .await
+        .map_err(|e| pg_error(e, &what))?;
+    let keys = idx
+        .iter()
+        .map(|r| PgKey {
+            primary: r.get(0),
+            replica_identity: r.get(1),
+            columns: r.get(2),
+        })
+        .collect();
+    Ok(Some(PgTable {
+        oid,
+        schema: schema.to_owned(),
+        name: name.to_owned(),
+        replident: rel.get(1),
+        comment: rel.get(2),
+        columns,
+        keys,
+    }))
+}
+
+/// The ferry schema of a source table. Generated columns are left out
+/// (pgoutput does not send them; the target computes its own). A table
+/// without a usable key or with an unsupported column type is a fatal
+/// error naming table, column and fix.
+pub(crate) fn source_schema(t: &PgTable) -> Result<TableRef> {
+    let mut columns = Vec::new();
+    for c in t.columns.iter().filter(|c| !c.generated) {
+        let Some(kind) = &c.kind else {
+            return Err(Error::fatal(format!(
+                "column {}.{} has type {}, which ferry cannot replicate",
+                t.display(),
+                c.name,
+                c.type_name
+            ))
+            .with("table", t.display())
+            .with("column", c.name.clone())
+            .with_fix(
+                "exclude the table from the pipeline, or change the column to a supported type \
+                 (see docs/types.md; e.g. ALTER TABLE ... ALTER COLUMN ... TYPE text)",
+            ));
+        };
+        columns.push(Column {
+            name: c.name.clone(),
+            ty: column_type(kind, c.type_oid, c.typmod),
+            nullable: !c.not_null,
+            source_type: c.type_name.clone(),
+        });
+    }
+    let no_key = |why: &str| {
+        Error::fatal(format!("table {} cannot be replicated: {why}", t.display()))
+            .with("table", t.display())
+            .with_fix(format!(
+                "add a primary key (ALTER TABLE {q} ADD PRIMARY KEY (...)), or choose a unique \
+                 index on NOT NULL columns as replica identity (ALTER TABLE {q} REPLICA IDENTITY \
+                 USING INDEX ...), or exclude the table from the pipeline",
+                q = t.qualified()
+            ))
+    };
+    let key = match t.replident.as_str() {
+        "n" => {
+            return Err(no_key(
+                "its replica identity is NOTHING, so updates and deletes carry no key",
+            ));
+        }
+        _ => t
+            .replication_key()
+            .ok_or_else(|| no_key("it has no primary key and no replica identity index"))?,
+    };
+    let key = key
+        .columns
+        .iter()
+        .map(|k| {
+            columns
+                .iter()
+                .position(|c| &c.name == k)
+                .ok_or_else(|| no_key(&format!("key column {k} is a generated column")))
+        })
+        .collect::<Result<Vec<_>>>()?;
+    Ok(Arc::new(TableSchema {
+        name: TableName::new(Some(&t.schema), &t.name),
+        columns,
+        key,
+        version: 1,
+    }))
+}

@@ -1,0 +1,31 @@
+//! PostgreSQL connector for ferry.
+//!
+//! * [`PostgresSource`]: a consistent parallel snapshot inside a snapshot
+//!   exported by the replication slot, then change capture with `pgoutput`
+//!   over the streaming replication protocol.
+//! * [`PostgresSink`]: structure copy, snapshot load through binary `COPY`,
+//!   batched change apply, and the checkpoint in the same transaction.
+//!
+//! No driver type appears in the public API: configuration is plain data,
+//! errors are [`ferry_core::Error`]s.
+
+mod binary;
+mod catalog;
+mod check;
+mod connection;
+mod copy;
+mod error;
+mod numeric;
+mod pgoutput;
+mod position;
+mod reader;
+mod replication;
+mod sink;
+mod snapshot;
+mod source;
+mod stream;
+mod types;
+mod writer;
+
+pub use sink::{CHECKPOINT_TABLE, PostgresSink, PostgresSinkConfig};
+pub use source::{PostgresSource, PostgresSourceConfig};

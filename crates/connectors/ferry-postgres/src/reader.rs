@@ -1,0 +1,171 @@
+//! Reading a table in key order through binary `COPY (SELECT ...)`, shared
+//! by the source and the sink ([`ferry_core::TableReader`]) and by the
+//! snapshot. Key order follows ferry's `Value` order: text keys compare
+//! with `COLLATE "C"` (bytes), enums and addresses by their text.
+
+use ferry_core::{Error, KeyRange, Result, TableRef, Value};
+use futures_util::StreamExt;
+use tokio_postgres::Client;
+
+use crate::binary;
+use crate::catalog::PgTable;
+use crate::copy::CopyDecoder;
+use crate::error::pg_error;
+use crate::types::{Kind, ident};
+
+/// A column read from a table: its quoted name, kind and type name.
+#[derive(Debug, Clone)]
+pub(crate) struct ReadColumn {
+    pub quoted: String,
+    pub kind: Kind,
+    pub type_name: String,
+}
+
+/// The columns of `table` (ferry's order) as they are in `pg`.
+pub(crate) fn read_columns(pg: &PgTable, table: &TableRef) -> Result<Vec<ReadColumn>> {
+    table
+        .columns
+        .iter()
+        .map(|c| {
+            let pc = pg.column(&c.name).ok_or_else(|| {
+                Error::fatal(format!("table {} has no column {}", pg.display(), c.name))
+            })?;
+            let kind = pc.kind.clone().ok_or_else(|| {
+                Error::fatal(format!(
+                    "column {}.{} has unsupported type {}",
+                    pg.display(),
+                    c.name,
+                    pc.type_name
+                ))
+            })?;
+            Ok(ReadColumn {
+                quoted: ident(&c.name),
+                kind,
+                type_name: pc.type_name.clone(),
+            })
+        })
+        .collect()
+}
+
+/// The SQL expression a key column is compared and ordered by.
+pub(crate) fn key_expr(c: &ReadColumn) -> String {
+    match c.kind {
+        Kind::Text => format!("{} COLLATE \"C\"", c.quoted),
+        Kind::Enum | Kind::Inet | Kind::Cidr => format!("({}::text) COLLATE \"C\"", c.quoted),
+        _ => c.quoted.clone(),
+    }
+}
+
+fn key_literals(cols: &[&ReadColumn], key: &[Value]) -> Result<String> {
+    let parts = cols
+        .iter()
+        .zip(key)
+        .map(|(c, v)| {
+            let ty = match c.kind {
+                Kind::Enum | Kind::Inet | Kind::Cidr => "text",
+                _ => c.type_name.as_str(),
+            };
+            let lit = binary::literal(v, ty)?;
+            Ok(if c.kind == Kind::Text {
+                format!("{lit} COLLATE \"C\"")
+            } else {
+                lit
+            })
+        })
+        .collect::<Result<Vec<_>>>()?;
+    Ok(format!("ROW({})", parts.join(", ")))
+}
+
+/// `WHERE` conditions selecting `range` (`lower < key <= upper`).
+pub(crate) fn range_predicate(cols: &[&ReadColumn], range: &KeyRange) -> Result<Option<String>> {
+    let exprs: Vec<String> = cols.iter().map(|c| key_expr(c)).collect();
+    let key = format!("ROW({})", exprs.join(", "));
+    let mut conds = Vec::new();
+    if let Some(l) = &range.lower {
+        conds.push(format!("{key} > {}", key_literals(cols, l)?));
+    }
+    if let Some(u) = &range.upper {
+        conds.push(format!("{key} <= {}", key_literals(cols, u)?));
+    }
+    Ok((!conds.is_empty()).then(|| conds.join(" AND ")))
+}
+
+/// `ORDER BY` list for the key.
+pub(crate) fn order_by(cols: &[&ReadColumn]) -> String {
+    cols.iter()
+        .map(|c| key_expr(c))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// Runs `COPY (query) TO STDOUT (FORMAT binary)` and calls `on_row` for
+/// every decoded row, in order.
+pub(crate) async fn copy_out_rows(
+    client: &Client,
+    query: &str,
+    kinds: &[Kind],
+    mut on_row: impl FnMut(Vec<Value>) -> Result<()>,
+) -> Result<()> {
+    let sql = format!("COPY ({query}) TO STDOUT (FORMAT binary)");
+    let stream = client
+        .copy_out(sql.as_str())
+        .await
+        .map_err(|e| pg_error(e, "reading rows").with("statement", query.to_owned()))?;
+    futures_util::pin_mut!(stream);
+    let mut dec = CopyDecoder::new();
+    while let Some(data) = stream.next().await {
+        let data =
+            data.map_err(|e| pg_error(e, "reading rows").with("statement", query.to_owned()))?;
+        dec.push(&data);
+        while let Some(row) = dec.next_row(kinds)? {
+            on_row(row)?;
+        }
+    }
+    Ok(())
+}
+
+pub(crate) async fn count_rows(client: &Client, schema: &str, name: &str) -> Result<u64> {
+    let sql = format!("SELECT count(*) FROM {}.{}", ident(schema), ident(name));
+    let n: i64 = client
+        .query_one(sql.as_str(), &[])
+        .await
+        .map_err(|e| pg_error(e, &format!("counting rows of {schema}.{name}")))?
+        .get(0);
+    Ok(n as u64)
+}
+
+/// Up to `limit` rows with key greater than `after`, in key order.
+pub(crate) async fn read_rows(
+    client: &Client,
+    pg: &PgTable,
+    table: &TableRef,
+    after: Option<&[Value]>,
+    limit: usize,
+) -> Result<Vec<Vec<Value>>> {
+    let cols = read_columns(pg, table)?;
+    let key_cols: Vec<&ReadColumn> = table.key.iter().map(|&i| &cols[i]).collect();
+    let range = KeyRange {
+        lower: after.map(<[Value]>::to_vec),
+        upper: None,
+    };
+    let mut sql = format!(
+        "SELECT {} FROM {}",
+        cols.iter()
+            .map(|c| c.quoted.as_str())
+            .collect::<Vec<_>>()
+            .join(", "),
+        pg.qualified()
+    );
+    if let Some(p) = range_predicate(&key_cols, &range)? {
+        sql.push_str(&format!(" WHERE {p}"));
+    }
+    sql.push_str(&format!(" ORDER BY {} LIMIT {limit}", order_by(&key_cols)));
+    let kinds: Vec<Kind> = cols.iter().map(|c| c.kind.clone()).collect();
+    let mut rows = Vec::new();
+    copy_out_rows(client, &sql, &kinds, |r| {
+        rows.push(r);
+        Ok(())
+    })
+    .await?;
+    Ok(rows)
+}

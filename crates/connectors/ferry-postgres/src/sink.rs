@@ -1,0 +1,399 @@
+//! The PostgreSQL sink: structure copy, the checkpoint table, and the
+//! mapping of each ferry table onto its target table. Writers (the data
+//! path) are in [`crate::writer`].
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use async_trait::async_trait;
+use ferry_core::{
+    CheckItem, Checkpoint, CheckpointRecord, CheckpointStore, Error, Result, Sink, SinkInfo,
+    SinkWriter, TableName, TableReader, TableRef, Value,
+};
+use tokio_postgres::Client;
+use tokio_postgres::types::Type;
+
+use crate::catalog::{self, PgTable};
+use crate::connection::Endpoint;
+use crate::error::pg_error;
+use crate::types::{PgType, TypeCache, ddl_type, ident, writable};
+
+/// Comment on a table ferry created without its primary key: the key is
+/// added once the table's snapshot is loaded (loading into a table without
+/// index and building the index once is faster, FIELD-NOTES.md).
+pub(crate) const KEY_PENDING: &str = "ferry: primary key added after the snapshot load";
+
+/// The checkpoint table, in schema `public` of the target database.
+pub const CHECKPOINT_TABLE: &str = "public._ferry_checkpoint";
+
+/// How to reach the target.
+#[derive(Clone)]
+pub struct PostgresSinkConfig {
+    /// `postgres://user:password@host:port/database`.
+    pub url: String,
+    /// The pipeline's name: the key of its checkpoint records.
+    pub pipeline: String,
+}
+
+impl std::fmt::Debug for PostgresSinkConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // The URL may hold a password: never print it.
+        f.debug_struct("PostgresSinkConfig")
+            .field("pipeline", &self.pipeline)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A target table as a writer sees it: for each column of the ferry table
+/// (in its order), the target column and type.
+#[derive(Debug)]
+pub(crate) struct Target {
+    pub qualified: String,
+    pub display: String,
+    /// Quoted target column names, aligned with the ferry columns.
+    pub cols: Vec<String>,
+    pub types: Vec<PgType>,
+    pub params: Vec<Type>,
+    /// The ferry column names this mapping was built for.
+    pub source_cols: Vec<String>,
+    /// Indexes of the key columns.
+    pub key: Vec<usize>,
+    /// Created by ferry, primary key not built yet (see [`KEY_PENDING`]).
+    pub key_pending: bool,
+}
+
+impl Target {
+    pub fn matches(&self, table: &TableRef) -> bool {
+        self.source_cols.len() == table.columns.len()
+            && self
+                .source_cols
+                .iter()
+                .zip(&table.columns)
+                .all(|(a, b)| *a == b.name)
+            && self.key == table.key
+    }
+}
+
+/// State shared by the sink and its writers.
+pub(crate) struct Shared {
+    pub endpoint: Endpoint,
+    pub pipeline: String,
+    pub targets: Mutex<HashMap<TableName, Arc<Target>>>,
+}
+
+/// Where a ferry table lives on the target: its namespace, else `public`.
+pub(crate) fn target_name(name: &TableName) -> (String, String) {
+    (
+        name.namespace.clone().unwrap_or_else(|| "public".into()),
+        name.name.clone(),
+    )
+}
+
+fn param_type(t: &PgType) -> Type {
+    Type::from_oid(t.oid).unwrap_or_else(|| {
+        Type::new(
+            t.name.clone(),
+            t.oid,
+            tokio_postgres::types::Kind::Simple,
+            "public".into(),
+        )
+    })
+}
+
+/// Builds the mapping of `table` onto the existing target table `pg`,
+/// failing with a fix when the target cannot take the table's rows.
+pub(crate) fn map_target(table: &TableRef, pg: &PgTable) -> Result<Target> {
+    let display = pg.display();
+    let mut cols = Vec::new();
+    let mut types = Vec::new();
+    let mut missing = Vec::new();
+    for c in &table.columns {
+        let Some(tc) = pg.column(&c.name) else {
+            missing.push(c);
+            continue;
+        };
+        let Some(ty) = tc.pg_type() else {
+            return Err(Error::fatal(format!(
+                "target column {display}.{} has type {}, which ferry cannot write",
+                c.name, tc.type_name
+            ))
+            .with("table", display.clone())
+            .with("column", c.name.clone())
+            .with_fix("change the target column to a supported type (see docs/types.md)"));
+        };
+        if !writable(&c.ty, &ty.kind) {
+            return Err(Error::fatal(format!(
+                "target column {display}.{} has type {}, which cannot hold the source's {} ({:?})",
+                c.name, tc.type_name, c.source_type, c.ty
+            ))
+            .with("table", display.clone())
+            .with("column", c.name.clone())
+            .with_fix(format!(
+                "ALTER TABLE {} ALTER COLUMN {} TYPE {} on the target, or drop the target table \
+                 so ferry creates it",
+                pg.qualified(),
+                ident(&c.name),
+                ddl_type(&c.ty, &c.source_type).unwrap_or_else(|_| "...".into())
+            )));
+        }
+        cols.push(ident(&c.name));
+        types.push(ty);
+    }
+    if !missing.is_empty() {
+        let adds: Vec<String> = missing
+            .iter()
+            .map(|c| {
+                format!(
+                    "ADD COLUMN {} {}",
+                    ident(&c.name),
+                    ddl_type(&c.ty, &c.source_type).unwrap_or_else(|_| "...".into())
+                )
+            })
+            .collect();
+        let names: Vec<&str> = missing.iter().map(|c| c.name.as_str()).collect();
+        return Err(Error::fatal(format!(
+            "target table {display} lacks column(s) {}",
+            names.join(", ")
+        ))
+        .with("table", display)
+        .with_fix(format!(
+            "ALTER TABLE {} {}",
+            pg.qualified(),
+            adds.join(", ")
+        )));
+    }
+    let key_names: Vec<&str> = table.key_names();
+    let has_unique = pg.keys.iter().any(|k| {
+        k.columns.len() == key_names.len()
+            && key_names.iter().all(|n| k.columns.iter().any(|c| c == n))
+    });
+    let key_pending = !has_unique && pg.comment.as_deref() == Some(KEY_PENDING);
+    if !has_unique && !key_pending {
+        let quoted: Vec<String> = key_names.iter().map(|n| ident(n)).collect();
+        return Err(Error::fatal(format!(
+            "target table {display} has no primary key or unique index on ({}), which ferry \
+             needs to apply updates and deletes",
+            key_names.join(", ")
+        ))
+        .with("table", display)
+        .with_fix(format!(
+            "ALTER TABLE {} ADD PRIMARY KEY ({})",
+            pg.qualified(),
+            quoted.join(", ")
+        )));
+    }
+    Ok(Target {
+        qualified: pg.qualified(),
+        display,
+        params: types.iter().map(param_type).collect(),
+        cols,
+        types,
+        source_cols: table.columns.iter().map(|c| c.name.clone()).collect(),
+        key: table.key.clone(),
+        key_pending,
+    })
+}
+
+/// `ALTER TABLE ... ADD PRIMARY KEY` for a table whose key is pending.
+pub(crate) fn add_key_sql(t: &Target) -> String {
+    let key: Vec<&str> = t.key.iter().map(|&i| t.cols[i].as_str()).collect();
+    format!(
+        "ALTER TABLE {q} ADD PRIMARY KEY ({}); COMMENT ON TABLE {q} IS NULL",
+        key.join(", "),
+        q = t.qualified
+    )
+}
+
+/// `CREATE TABLE` for a ferry table; without `with_key` the primary key is
+/// left for later and the table marked [`KEY_PENDING`].
+pub(crate) fn create_table_sql(table: &TableRef, with_key: bool) -> Result<String> {
+    let (schema, name) = target_name(&table.name);
+    let mut defs = Vec::new();
+    for c in &table.columns {
+        let ty = ddl_type(&c.ty, &c.source_type).map_err(|e| {
+            Error::fatal(format!(
+                "cannot create column {}.{}: {}",
+                table.name,
+                c.name,
+                e.message()
+            ))
+        })?;
+        let null = if c.nullable { "" } else { " NOT NULL" };
+        defs.push(format!("{} {ty}{null}", ident(&c.name)));
+    }
+    let q = format!("{}.{}", ident(&schema), ident(&name));
+    if with_key {
+        let key: Vec<String> = table.key_names().iter().map(|k| ident(k)).collect();
+        defs.push(format!("PRIMARY KEY ({})", key.join(", ")));
+        return Ok(format!("CREATE TABLE {q} ({})", defs.join(", ")));
+    }
+    Ok(format!(
+        "CREATE TABLE {q} ({}); COMMENT ON TABLE {q} IS {}",
+        defs.join(", "),
+        crate::types::quote_literal(KEY_PENDING)
+    ))
+}
+
+/// The PostgreSQL sink. Cheap to share; each writer has its own connection.
+pub struct PostgresSink {
+    shared: Arc<Shared>,
+    admin: Client,
+    types: tokio::sync::Mutex<TypeCache>,
+}
+
+impl std::fmt::Debug for PostgresSink {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PostgresSink")
+            .field("target", &self.shared.endpoint.describe())
+            .field("pipeline", &self.shared.pipeline)
+            .finish()
+    }
+}
+
+impl PostgresSink {
+    /// Connects to the target and makes sure the checkpoint table exists.
+    pub async fn connect(config: PostgresSinkConfig) -> Result<PostgresSink> {
+        if config.pipeline.is_empty() {
+            return Err(Error::fatal("the pipeline name is empty").with_fix("name the pipeline"));
+        }
+        let endpoint = Endpoint::parse(&config.url, "target")?;
+        let admin = endpoint.connect().await?;
+        let exists: bool = admin
+            .query_one("SELECT to_regclass($1) IS NOT NULL", &[&CHECKPOINT_TABLE])
+            .await
+            .map_err(|e| pg_error(e, "looking for the checkpoint table"))?
+            .get(0);
+        if !exists {
+            admin
+                .batch_execute(&format!(
+                    "CREATE TABLE IF NOT EXISTS {CHECKPOINT_TABLE} (\
+                       pipeline text NOT NULL, scope text NOT NULL, value text NOT NULL, \
+                       updated_at timestamptz NOT NULL DEFAULT now(), \
+                       PRIMARY KEY (pipeline, scope))"
+                ))
+                .await
+                .map_err(|e| pg_error(e, &format!("creating {CHECKPOINT_TABLE}")))?;
+        }
+        Ok(PostgresSink {
+            shared: Arc::new(Shared {
+                endpoint,
+                pipeline: config.pipeline,
+                targets: Mutex::new(HashMap::new()),
+            }),
+            admin,
+            types: tokio::sync::Mutex::new(TypeCache::default()),
+        })
+    }
+
+    async fn describe(&self, name: &TableName) -> Result<Option<PgTable>> {
+        let (schema, table) = target_name(name);
+        let mut types = self.types.lock().await;
+        catalog::describe(&self.admin, &mut types, &schema, &table).await
+    }
+}
+
+#[async_trait]
+impl CheckpointStore for PostgresSink {
+    async fn load(&self) -> Result<Checkpoint> {
+        let rows = self
+            .admin
+            .query(
+                &format!("SELECT scope, value FROM {CHECKPOINT_TABLE} WHERE pipeline = $1"),
+                &[&self.shared.pipeline],
+            )
+            .await
+            .map_err(|e| pg_error(e, "reading the checkpoint"))?;
+        let records: Vec<CheckpointRecord> = rows
+            .iter()
+            .map(|r| CheckpointRecord {
+                scope: r.get(0),
+                value: r.get(1),
+            })
+            .collect();
+        Checkpoint::from_records(&records)
+    }
+
+    async fn clear(&self) -> Result<()> {
+        self.admin
+            .execute(
+                &format!("DELETE FROM {CHECKPOINT_TABLE} WHERE pipeline = $1"),
+                &[&self.shared.pipeline],
+            )
+            .await
+            .map_err(|e| pg_error(e, "clearing the checkpoint"))?;
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl Sink for PostgresSink {
+    fn info(&self) -> SinkInfo {
+        SinkInfo { max_writers: 4 }
+    }
+
+    async fn check(&self) -> Vec<CheckItem> {
+        crate::check::sink_checks(&self.admin, &self.shared.endpoint).await
+    }
+
+    async fn ensure_tables(&self, tables: &[TableRef]) -> Result<()> {
+        for table in tables {
+            let pg = match self.describe(&table.name).await? {
+                Some(pg) => pg,
+                None => {
+                    let (schema, _) = target_name(&table.name);
+                    let sql = format!(
+                        "CREATE SCHEMA IF NOT EXISTS {}; {}",
+                        ident(&schema),
+                        create_table_sql(table, false)?
+                    );
+                    tracing::info!(table = %table.name, "creating the target table");
+                    self.admin
+                        .batch_execute(&sql)
+                        .await
+                        .map_err(|e| pg_error(e, &format!("creating table {}", table.name)))?;
+                    self.describe(&table.name).await?.ok_or_else(|| {
+                        Error::fatal(format!(
+                            "table {} vanished right after creation",
+                            table.name
+                        ))
+                    })?
+                }
+            };
+            let target = map_target(table, &pg)?;
+            self.shared
+                .targets
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .insert(table.name.clone(), Arc::new(target));
+        }
+        Ok(())
+    }
+
+    async fn writer(&self) -> Result<Box<dyn SinkWriter>> {
+        let client = self.shared.endpoint.connect().await?;
+        Ok(Box::new(crate::writer::PostgresWriter::new(
+            self.shared.clone(),
+            client,
+        )))
+    }
+}
+
+#[async_trait]
+impl TableReader for PostgresSink {
+    async fn count_rows(&self, table: &TableRef) -> Result<u64> {
+        let (schema, name) = target_name(&table.name);
+        crate::reader::count_rows(&self.admin, &schema, &name).await
+    }
+
+    async fn read_rows(
+        &self,
+        table: &TableRef,
+        after: Option<&[Value]>,
+        limit: usize,
+    ) -> Result<Vec<Vec<Value>>> {
+        let pg = self.describe(&table.name).await?.ok_or_else(|| {
+            Error::fatal(format!("table {} does not exist on the target", table.name))
+        })?;
+        crate::reader::read_rows(&self.admin, &pg, table, after, limit).await
+    }
+}

@@ -1,0 +1,386 @@
+//! The parallel snapshot: several connections import one exported snapshot
+//! (`SET TRANSACTION SNAPSHOT`), tables are copied in parallel, and a table
+//! with a single integer key is split into key ranges copied in parallel.
+//!
+//! Each worker runs `COPY (SELECT ... WHERE <range>) TO STDOUT (FORMAT
+//! binary)`, decodes rows into ferry values and sends chunks of at most
+//! [`CHUNK_ROWS`] rows through a bounded channel: memory stays bounded
+//! whatever the table size. A chunk's [`KeyRange`] covers only keys the
+//! chunk completes; ranges the request says to skip are never read.
+
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex};
+
+use async_trait::async_trait;
+use ferry_core::{
+    KeyRange, Position, Result, SnapshotChunk, SnapshotReader, SnapshotRequest, TableRef, Value,
+};
+use futures_util::StreamExt;
+use tokio::sync::mpsc;
+use tokio_postgres::Client;
+
+use crate::catalog::PgTable;
+use crate::connection::Endpoint;
+use crate::copy::CopyDecoder;
+use crate::error::pg_error;
+use crate::reader::{ReadColumn, order_by, range_predicate, read_columns};
+use crate::types::{Kind, quote_literal};
+
+/// Rows per chunk sent to the pipeline.
+pub(crate) const CHUNK_ROWS: usize = 20_000;
+
+/// What one table's copy needs.
+struct TableJob {
+    table: TableRef,
+    select: String,
+    kinds: Vec<Kind>,
+    key_cols: Vec<ReadColumn>,
+    /// Work items of this table not finished yet; held while sending a
+    /// final chunk so the one that brings it to zero is sent last.
+    remaining: tokio::sync::Mutex<usize>,
+}
+
+struct Work {
+    job: Arc<TableJob>,
+    range: KeyRange,
+    /// Read in key order, reporting a range per chunk (else one range at
+    /// the end, for integer-key pieces small enough to hold).
+    ordered: bool,
+}
+
+/// Opens worker connections inside `snapshot`, plans the work and starts
+/// the workers. The caller keeps the exporting session open until this
+/// returns (every worker has imported the snapshot by then).
+pub(crate) async fn start(
+    endpoint: &Endpoint,
+    snapshot: &str,
+    position: Position,
+    workers: usize,
+    requests: Vec<(SnapshotRequest, PgTable)>,
+) -> Result<Box<dyn SnapshotReader>> {
+    let workers = workers.clamp(1, 32).min(requests.len().max(1) * 8);
+    let mut clients = Vec::with_capacity(workers);
+    for _ in 0..workers {
+        let c = endpoint.connect().await?;
+        c.batch_execute(&format!(
+            "BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY; SET TRANSACTION SNAPSHOT {}",
+            quote_literal(snapshot)
+        ))
+        .await
+        .map_err(|e| {
+            pg_error(e, "importing the exported snapshot")
+                .with_fix("the exporting session ended early; restart the pipeline")
+        })?;
+        clients.push(c);
+    }
+    let mut queue = VecDeque::new();
+    let mut done_now = Vec::new();
+    for (req, pg) in requests {
+        let planned = plan(&clients[0], &req, &pg).await?;
+        if planned.is_empty() {
+            done_now.push(empty_done(&req));
+        }
+        queue.extend(planned);
+    }
+    tracing::info!(
+        work_items = queue.len(),
+        workers,
+        %position,
+        "snapshot: copying inside the exported snapshot"
+    );
+    let queue = Arc::new(Mutex::new(queue));
+    let (tx, rx) = mpsc::channel(workers * 2);
+    let mut tasks = Vec::new();
+    for client in clients {
+        let (queue, tx) = (queue.clone(), tx.clone());
+        tasks.push(tokio::spawn(async move {
+            loop {
+                let next = queue.lock().unwrap_or_else(|p| p.into_inner()).pop_front();
+                let Some(work) = next else { break };
+                if let Err(e) = copy_work(&client, &work, &tx).await {
+                    let _ = tx.send(Err(e)).await;
+                    break;
+                }
+            }
+            let _ = client.batch_execute("COMMIT").await;
+        }));
+    }
+    Ok(Box::new(PgSnapshotReader {
+        position,
+        rx,
+        ready: done_now.into(),
+        tasks,
+    }))
+}
+
+/// A table none of whose rows is left to copy: one chunk with no rows and
+/// an empty range (it claims no key for this snapshot).
+fn empty_done(req: &SnapshotRequest) -> SnapshotChunk {
+    let anchor = req
+        .skip
+        .iter()
+        .find_map(|r| r.upper.clone().or_else(|| r.lower.clone()))
+        .unwrap_or_else(|| vec![Value::Null]);
+    SnapshotChunk {
+        table: req.table.clone(),
+        rows: Vec::new(),
+        range: KeyRange {
+            lower: Some(anchor.clone()),
+            upper: Some(anchor),
+        },
+        table_done: true,
+    }
+}
+
+/// Where the next gap starts.
+#[derive(Clone)]
+enum Cursor {
+    NegInf,
+    At(Vec<Value>),
+    PosInf,
+}
+
+/// The key ranges not covered by `skip`, in key order.
+pub(crate) fn gaps(skip: &[KeyRange]) -> Vec<KeyRange> {
+    let mut sorted: Vec<&KeyRange> = skip.iter().collect();
+    sorted.sort_by(|a, b| a.lower.cmp(&b.lower));
+    let mut out = Vec::new();
+    let mut cursor = Cursor::NegInf;
+    let lower_of = |c: &Cursor| match c {
+        Cursor::At(k) => Some(k.clone()),
+        _ => None,
+    };
+    for r in sorted {
+        if let Some(l) = &r.lower {
+            let before = match &cursor {
+                Cursor::NegInf => true,
+                Cursor::At(c) => c < l,
+                Cursor::PosInf => false,
+            };
+            if before {
+                out.push(KeyRange {
+                    lower: lower_of(&cursor),
+                    upper: Some(l.clone()),
+                });
+            }
+        }
+        cursor = match (&cursor, &r.upper) {
+            (_, None) | (Cursor::PosInf, _) => Cursor::PosInf,
+            (Cursor::At(c), Some(u)) if c >= u => cursor.clone(),
+            (_, Some(u)) => Cursor::At(u.clone()),
+        };
+    }
+    if !matches!(cursor, Cursor::PosInf) {
+        out.push(KeyRange {
+            lower: lower_of(&cursor),
+            upper: None,
+        });
+    }
+    out
+}
+
+async fn plan(client: &Client, req: &SnapshotRequest, pg: &PgTable) -> Result<Vec<Work>> {
+    let table = req.table.clone();
+    let cols = read_columns(pg, &table)?;
+    let key_cols: Vec<ReadColumn> = table.key.iter().map(|&i| cols[i].clone()).collect();
+    let select = format!(
+        "SELECT {} FROM {}",
+        cols.iter()
+            .map(|c| c.quoted.as_str())
+            .collect::<Vec<_>>()
+            .join(", "),
+        pg.qualified()
+    );
+    let gaps = gaps(&req.skip);
+    let int_key =
+        key_cols.len() == 1 && matches!(key_cols[0].kind, Kind::Int2 | Kind::Int4 | Kind::Int8);
+    let mut ranges: Vec<(KeyRange, bool)> = Vec::new();
+    if int_key {
+        let k = &key_cols[0].quoted;
+        let refs: Vec<&ReadColumn> = key_cols.iter().collect();
+        let est: f64 = client
+            .query_one(
+                "SELECT reltuples::float8 FROM pg_catalog.pg_class WHERE oid = $1",
+                &[&pg.oid],
+            )
+            .await
+            .map_err(|e| pg_error(e, "estimating the table size"))?
+            .get(0);
+        let all_span = client
+            .query_one(
+                &format!(
+                    "SELECT min({k})::int8, max({k})::int8 FROM {}",
+                    pg.qualified()
+                ),
+                &[],
+            )
+            .await
+            .map_err(|e| pg_error(e, "reading the key span"))?;
+        let (tmin, tmax): (Option<i64>, Option<i64>) = (all_span.get(0), all_span.get(1));
+        let span = (tmax.unwrap_or(0) as i128 - tmin.unwrap_or(0) as i128 + 1).max(1);
+        let rows = if est > 0.0 { est as i128 } else { span };
+        let width = (span * CHUNK_ROWS as i128 / rows.max(1)).max(1);
+        for gap in gaps {
+            let mut sql = format!(
+                "SELECT min({k})::int8, max({k})::int8 FROM {}",
+                pg.qualified()
+            );
+            if let Some(p) = range_predicate(&refs, &gap)? {
+                sql.push_str(&format!(" WHERE {p}"));
+            }
+            let row = client
+                .query_one(&sql, &[])
+                .await
+                .map_err(|e| pg_error(e, "reading the key span"))?;
+            let (min, max): (Option<i64>, Option<i64>) = (row.get(0), row.get(1));
+            let (Some(min), Some(max)) = (min, max) else {
+                ranges.push((gap, false));
+                continue;
+            };
+            let mut lower = gap.lower.clone();
+            let mut edge = min as i128 - 1 + width;
+            while edge < max as i128 {
+                let upper = Some(vec![Value::Int(edge as i64)]);
+                ranges.push((
+                    KeyRange {
+                        lower,
+                        upper: upper.clone(),
+                    },
+                    false,
+                ));
+                lower = upper;
+                edge += width;
+            }
+            ranges.push((
+                KeyRange {
+                    lower,
+                    upper: gap.upper.clone(),
+                },
+                false,
+            ));
+        }
+    } else {
+        ranges.extend(gaps.into_iter().map(|g| (g, true)));
+    }
+    let job = Arc::new(TableJob {
+        table,
+        select,
+        kinds: cols.iter().map(|c| c.kind.clone()).collect(),
+        key_cols,
+        remaining: tokio::sync::Mutex::new(ranges.len()),
+    });
+    Ok(ranges
+        .into_iter()
+        .map(|(range, ordered)| Work {
+            job: job.clone(),
+            range,
+            ordered,
+        })
+        .collect())
+}
+
+type ChunkSender = mpsc::Sender<Result<SnapshotChunk>>;
+
+async fn copy_work(client: &Client, work: &Work, tx: &ChunkSender) -> Result<()> {
+    let job = &work.job;
+    let refs: Vec<&ReadColumn> = job.key_cols.iter().collect();
+    let mut query = job.select.clone();
+    if let Some(p) = range_predicate(&refs, &work.range)? {
+        query.push_str(&format!(" WHERE {p}"));
+    }
+    if work.ordered {
+        query.push_str(&format!(" ORDER BY {}", order_by(&refs)));
+    }
+    let failed = |e| pg_error(e, "copying snapshot rows").with("table", job.table.name.to_string());
+    let stream = client
+        .copy_out(format!("COPY ({query}) TO STDOUT (FORMAT binary)").as_str())
+        .await
+        .map_err(failed)?;
+    futures_util::pin_mut!(stream);
+    let mut dec = CopyDecoder::new();
+    let mut lower = work.range.lower.clone();
+    let mut rows: Vec<Vec<Value>> = Vec::with_capacity(CHUNK_ROWS);
+    // Unordered pieces are planned to hold about CHUNK_ROWS rows; a denser
+    // piece is sent in parts that claim no range until its last one.
+    let limit = if work.ordered {
+        CHUNK_ROWS
+    } else {
+        CHUNK_ROWS * 5 / 2
+    };
+    while let Some(data) = stream.next().await {
+        dec.push(&data.map_err(failed)?);
+        while let Some(row) = dec.next_row(&job.kinds)? {
+            rows.push(row);
+            if rows.len() >= limit {
+                let last = job.table.key_of(&rows[rows.len() - 1]);
+                let range = if work.ordered {
+                    KeyRange {
+                        lower: lower.replace(last.clone()),
+                        upper: Some(last),
+                    }
+                } else {
+                    KeyRange {
+                        lower: Some(last.clone()),
+                        upper: Some(last),
+                    }
+                };
+                let chunk = SnapshotChunk {
+                    table: job.table.clone(),
+                    rows: std::mem::replace(&mut rows, Vec::with_capacity(CHUNK_ROWS)),
+                    range,
+                    table_done: false,
+                };
+                if tx.send(Ok(chunk)).await.is_err() {
+                    return Ok(());
+                }
+            }
+        }
+    }
+    let range = KeyRange {
+        lower,
+        upper: work.range.upper.clone(),
+    };
+    let mut remaining = job.remaining.lock().await;
+    *remaining -= 1;
+    let chunk = SnapshotChunk {
+        table: job.table.clone(),
+        rows,
+        range,
+        table_done: *remaining == 0,
+    };
+    let _ = tx.send(Ok(chunk)).await;
+    Ok(())
+}
+
+struct PgSnapshotReader {
+    position: Position,
+    rx: mpsc::Receiver<Result<SnapshotChunk>>,
+    ready: VecDeque<SnapshotChunk>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Drop for PgSnapshotReader {
+    fn drop(&mut self) {
+        for t in &self.tasks {
+            t.abort();
+        }
+    }
+}
+
+#[async_trait]
+impl SnapshotReader for PgSnapshotReader {
+    fn position(&self) -> &Position {
+        &self.position
+    }
+
+    async fn next_chunk(&mut self) -> Result<Option<SnapshotChunk>> {
+        if let Some(c) = self.ready.pop_front() {
+            return Ok(Some(c));
+        }
+        match self.rx.recv().await {
+            Some(Ok(chunk)) => Ok(Some(chunk)),
+            Some(Err(e)) => Err(e),
+            None => Ok(None),
+        }
+    }
+}

@@ -1,0 +1,522 @@
+//! The PostgreSQL source: catalog, publication and slot, snapshot hand-off
+//! and the change stream.
+//!
+//! Hand-off: the slot `ferry_<pipeline>` is created on a replication
+//! connection with an exported snapshot, and that connection is held until
+//! the snapshot workers have imported it, so the snapshot is exactly the
+//! slot's consistent point and streaming from that point delivers exactly
+//! what the snapshot lacks. After a restart that snapshot is gone: tables
+//! still to copy are copied in a new snapshot exported by a temporary slot,
+//! and the checkpoint's per-range snapshot positions tell the pipeline
+//! which streamed changes those copies already contain.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use ferry_core::{
+    CheckItem, Error, Lsn, Position, Result, Selection, SnapshotReader, SnapshotRequest, Source,
+    SourceEvent, TableName, TableReader, TableRef, Value,
+};
+use tokio_postgres::Client;
+
+use crate::catalog::{self, PgTable};
+use crate::connection::Endpoint;
+use crate::error::pg_error;
+use crate::position::{point, start_lsn};
+use crate::replication::{CommandError, ReplicationConn};
+use crate::stream::{Context, Stream};
+use crate::types::{TypeCache, ident, quote_literal};
+
+/// How to reach the source and what to replicate.
+#[derive(Clone)]
+pub struct PostgresSourceConfig {
+    /// `postgres://user:password@host:port/database`.
+    pub url: String,
+    /// The pipeline's name: ferry's slot and publication are `ferry_<pipeline>`.
+    /// Lower-case letters, digits and `_`.
+    pub pipeline: String,
+    pub selection: Selection,
+    /// Connections copying the snapshot in parallel (at least 1).
+    pub snapshot_workers: usize,
+}
+
+impl std::fmt::Debug for PostgresSourceConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PostgresSourceConfig")
+            .field("pipeline", &self.pipeline)
+            .field("selection", &self.selection)
+            .field("snapshot_workers", &self.snapshot_workers)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The slot's exporting session, held until the snapshot is imported.
+struct Exported {
+    /// Held open: the snapshot lives as long as this session.
+    _conn: ReplicationConn,
+    snapshot: String,
+    lsn: Lsn,
+}
+
+pub struct PostgresSource {
+    endpoint: Endpoint,
+    pipeline: String,
+    selection: Selection,
+    workers: usize,
+    client: Client,
+    types: TypeCache,
+    tables: HashMap<TableName, (TableRef, PgTable)>,
+    known: HashMap<TableName, TableRef>,
+    exported: Option<Exported>,
+    stream: Option<Stream>,
+    heartbeat: Duration,
+}
+
+impl std::fmt::Debug for PostgresSource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PostgresSource")
+            .field("source", &self.endpoint.describe())
+            .field("pipeline", &self.pipeline)
+            .finish_non_exhaustive()
+    }
+}
+
+fn validate_pipeline(name: &str) -> Result<()> {
+    let ok = !name.is_empty()
+        && name.len() <= 40
+        && name
+            .bytes()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == b'_');
+    if ok {
+        Ok(())
+    } else {
+        Err(Error::fatal(format!(
+            "pipeline name {name:?} cannot name a PostgreSQL replication slot"
+        ))
+        .with_fix("use 1 to 40 lower-case letters, digits and underscores"))
+    }
+}
+
+impl PostgresSource {
+    /// Validates the configuration and connects (no change to the source).
+    pub async fn connect(config: PostgresSourceConfig) -> Result<PostgresSource> {
+        validate_pipeline(&config.pipeline)?;
+        let endpoint = Endpoint::parse(&config.url, "source")?;
+        let client = endpoint.connect().await?;
+        Ok(PostgresSource {
+            endpoint,
+            pipeline: config.pipeline,
+            selection: config.selection,
+            workers: config.snapshot_workers.max(1),
+            client,
+            types: TypeCache::default(),
+            tables: HashMap::new(),
+            known: HashMap::new(),
+            exported: None,
+            stream: None,
+            heartbeat: Duration::from_secs(10),
+        })
+    }
+
+    /// How long the stream may be silent before ferry emits a heartbeat
+    /// message on the source (default 10 s).
+    pub fn set_heartbeat_interval(&mut self, every: Duration) {
+        self.heartbeat = every.max(Duration::from_millis(100));
+    }
+
+    /// Name of ferry's replication slot and publication.
+    pub fn slot_name(&self) -> String {
+        format!("ferry_{}", self.pipeline)
+    }
+
+    async fn wal_level_logical(&self) -> Result<()> {
+        let level: String = self
+            .client
+            .query_one("SELECT current_setting('wal_level')", &[])
+            .await
+            .map_err(|e| pg_error(e, "reading wal_level"))?
+            .get(0);
+        if level != "logical" {
+            return Err(Error::fatal(format!(
+                "the source's wal_level is {level}; change capture needs logical"
+            ))
+            .with_fix("ALTER SYSTEM SET wal_level = logical; then restart PostgreSQL"));
+        }
+        Ok(())
+    }
+
+    async fn slot_state(&self) -> Result<Option<(String, Option<i32>, Option<String>, bool)>> {
+        let row = self
+            .client
+            .query_opt(
+                "SELECT plugin::text, active_pid, wal_status, \
+                        database = current_database() \
+                 FROM pg_replication_slots WHERE slot_name = $1",
+                &[&self.slot_name()],
+            )
+            .await
+            .map_err(|e| pg_error(e, "reading the replication slot"))?;
+        Ok(row.map(|r| {
+            (
+                r.get(0),
+                r.get(1),
+                r.get(2),
+                r.get::<_, Option<bool>>(3).unwrap_or(false),
+            )
+        }))
+    }
+
+    async fn ensure_publication(&self) -> Result<()> {
+        let name = self.slot_name();
+        let list: Vec<String> = {
+            let mut v: Vec<&(TableRef, PgTable)> = self.tables.values().collect();
+            v.sort_by(|a, b| a.0.name.cmp(&b.0.name));
+            v.iter().map(|(_, pg)| pg.qualified()).collect()
+        };
+        let exists: bool = self
+            .client
+            .query_one(
+                "SELECT EXISTS (SELECT 1 FROM pg_publication WHERE pubname = $1)",
+                &[&name],
+            )
+            .await
+            .map_err(|e| pg_error(e, "reading publications"))?
+            .get(0);
+        let sql = match (exists, list.is_empty()) {
+            (false, true) => format!("CREATE PUBLICATION {}", ident(&name)),
+            (false, false) => format!(
+                "CREATE PUBLICATION {} FOR TABLE {} WITH (publish_via_partition_root = true)",
+                ident(&name),
+                list.join(", ")
+            ),
+            (true, false) => format!(
+                "ALTER PUBLICATION {} SET TABLE {}",
+                ident(&name),
+                list.join(", ")
+            ),
+            (true, true) => return Ok(()),
+        };
+        self.client.batch_execute(&sql).await.map_err(|e| {
+            pg_error(e, &format!("creating publication {name}")).with_fix(
+                "ferry's user must own the replicated tables and have CREATE on the database",
+            )
+        })
+    }
+
+    /// Creates a logical slot with an exported snapshot on a new
+    /// replication connection; `temporary` slots vanish with it.
+    async fn export(&self, slot: &str, temporary: bool) -> Result<Exported> {
+        let mut conn = ReplicationConn::connect(&self.endpoint).await?;
+        let sql = format!(
+            "CREATE_REPLICATION_SLOT {} {}LOGICAL pgoutput EXPORT_SNAPSHOT",
+            ident(slot),
+            if temporary { "TEMPORARY " } else { "" }
+        );
+        let rows = conn
+            .simple_query(&sql)
+            .await
+            .map_err(|e| slot_error(e, slot))?;
+        let row = rows
+            .first()
+            .ok_or_else(|| Error::fatal("CREATE_REPLICATION_SLOT returned nothing"))?;
+        let lsn: Lsn = row
+            .get(1)
+            .cloned()
+            .flatten()
+            .unwrap_or_default()
+            .parse()
+            .map_err(|_| Error::fatal("CREATE_REPLICATION_SLOT returned no consistent point"))?;
+        let snapshot = row
+            .get(2)
+            .cloned()
+            .flatten()
+            .ok_or_else(|| Error::fatal("CREATE_REPLICATION_SLOT exported no snapshot"))?;
+        Ok(Exported {
+            _conn: conn,
+            snapshot,
+            lsn,
+        })
+    }
+}
+
+fn slot_error(e: CommandError, slot: &str) -> Error {
+    match e {
+        CommandError::Server(s) if s.code == "55006" => Error::fatal(format!(
+            "replication slot {slot} is in use by another process ({}): another ferry runs this \
+             pipeline, or a stale session holds the slot",
+            s.message
+        ))
+        .with_fix(format!(
+            "stop the other ferry of this pipeline (SELECT active_pid FROM pg_replication_slots \
+             WHERE slot_name = '{slot}'; a stale one can be ended with pg_terminate_backend)"
+        )),
+        CommandError::Server(s) if s.code == "55000" && s.message.contains("wal_level") => {
+            Error::fatal(format!(
+                "cannot create replication slot {slot}: {}",
+                s.message
+            ))
+            .with_fix("ALTER SYSTEM SET wal_level = logical; then restart PostgreSQL")
+        }
+        CommandError::Server(s) if s.code == "53400" => Error::fatal(format!(
+            "cannot create replication slot {slot}: {}",
+            s.message
+        ))
+        .with_fix("drop unused slots or raise max_replication_slots and restart PostgreSQL"),
+        CommandError::Server(s) if s.code == "42501" => {
+            Error::fatal(format!("cannot use replication slot {slot}: {}", s.message))
+                .with_fix("ALTER ROLE <ferry's user> WITH REPLICATION")
+        }
+        CommandError::Server(s)
+            if s.code == "58P01"
+                || (s.code == "55000"
+                    && (s.message.contains("invalidated") || s.message.contains("no longer"))) =>
+        {
+            Error::fatal(format!(
+                "replication slot {slot} can no longer deliver the changes ferry needs: {} \
+                 (the WAL after ferry's checkpoint was removed)",
+                s.message
+            ))
+            .with_fix(
+                "re-snapshot: `ferry teardown` (drops the slot and publication) and `ferry reset` \
+                 (clears the checkpoint), then start the pipeline again; to avoid this, keep \
+                 max_slot_wal_keep_size large enough for ferry's downtime",
+            )
+        }
+        other => other.into_error(&format!("replication slot {slot}")),
+    }
+}
+
+#[async_trait]
+impl Source for PostgresSource {
+    async fn check(&mut self) -> Vec<CheckItem> {
+        crate::check::source_checks(
+            &self.client,
+            &self.endpoint,
+            &self.selection,
+            &self.slot_name(),
+        )
+        .await
+    }
+
+    async fn tables(&mut self) -> Result<Vec<TableRef>> {
+        let names = catalog::list_tables(&self.client).await?;
+        let mut out = Vec::new();
+        self.tables.clear();
+        for name in names.into_iter().filter(|n| self.selection.selects(n)) {
+            let ns = name.namespace.clone().unwrap_or_default();
+            let Some(pg) =
+                catalog::describe(&self.client, &mut self.types, &ns, &name.name).await?
+            else {
+                continue;
+            };
+            let table = catalog::source_schema(&pg)?;
+            self.tables.insert(name, (table.clone(), pg));
+            out.push(table);
+        }
+        self.known = self
+            .tables
+            .iter()
+            .map(|(n, (t, _))| (n.clone(), t.clone()))
+            .collect();
+        Ok(out)
+    }
+
+    async fn prepare(&mut self) -> Result<()> {
+        self.wal_level_logical().await?;
+        self.ensure_publication().await?;
+        let slot = self.slot_name();
+        match self.slot_state().await? {
+            None => {
+                let exported = self.export(&slot, false).await?;
+                tracing::info!(slot = %slot, consistent_point = %exported.lsn, snapshot = %exported.snapshot,
+                    "created the replication slot with an exported snapshot");
+                self.exported = Some(exported);
+            }
+            Some((plugin, _, wal_status, same_db)) => {
+                if plugin != "pgoutput" || !same_db {
+                    return Err(Error::fatal(format!(
+                        "replication slot {slot} exists but is not ferry's (plugin {plugin}, or another database)"
+                    ))
+                    .with_fix(format!("rename the pipeline, or drop the slot: SELECT pg_drop_replication_slot('{slot}')")));
+                }
+                if wal_status.as_deref() == Some("lost") {
+                    return Err(slot_error(
+                        CommandError::Server(crate::replication::ServerError {
+                            code: "55000".into(),
+                            message: "the slot was invalidated".into(),
+                            detail: None,
+                        }),
+                        &slot,
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    async fn snapshot(
+        &mut self,
+        requests: Vec<SnapshotRequest>,
+    ) -> Result<Box<dyn SnapshotReader>> {
+        let exported = match self.exported.take() {
+            Some(e) => e,
+            None => {
+                let temp = format!("{}_snap", self.slot_name());
+                let e = self.export(&temp, true).await?;
+                let names: Vec<String> =
+                    requests.iter().map(|r| r.table.name.to_string()).collect();
+                let skipped: usize = requests.iter().map(|r| r.skip.len()).sum();
+                tracing::warn!(
+                    slot = %self.slot_name(), new_snapshot_at = %e.lsn, tables = ?names, ranges_kept = skipped,
+                    "the snapshot exported when the slot was created is gone (this is a restart): \
+                     copying the unfinished tables in a new snapshot taken through temporary slot {temp}, \
+                     skipping the key ranges already copied; streamed changes up to {} to the rows \
+                     copied now are skipped by the checkpoint", e.lsn
+                );
+                e
+            }
+        };
+        let mut work = Vec::with_capacity(requests.len());
+        for req in requests {
+            let (_, pg) = self.tables.get(&req.table.name).ok_or_else(|| {
+                Error::fatal(format!(
+                    "table {} was not listed by tables()",
+                    req.table.name
+                ))
+            })?;
+            work.push((req, pg.clone()));
+        }
+        let reader = crate::snapshot::start(
+            &self.endpoint,
+            &exported.snapshot,
+            point(exported.lsn),
+            self.workers,
+            work,
+        )
+        .await;
+        // Every worker imported the snapshot: the exporting session may end.
+        drop(exported);
+        reader
+    }
+
+    /// Every transaction is delivered on its own, so snapshot boundaries
+    /// need no special handling here.
+    async fn start_stream(
+        &mut self,
+        from: Option<&Position>,
+        _boundaries: &[Position],
+    ) -> Result<()> {
+        self.exported = None;
+        let from = from.map(Position::as_postgres).transpose()?;
+        let slot = self.slot_name();
+        match self.slot_state().await? {
+            None => {
+                return Err(Error::fatal(format!("replication slot {slot} does not exist"))
+                    .with_fix("the slot was dropped: `ferry reset` and start again to copy the tables afresh"));
+            }
+            Some((_, Some(pid), _, _)) => {
+                return Err(slot_error(
+                    CommandError::Server(crate::replication::ServerError {
+                        code: "55006".into(),
+                        message: format!("active for PID {pid}"),
+                        detail: None,
+                    }),
+                    &slot,
+                ));
+            }
+            Some(_) => {}
+        }
+        let mut conn = ReplicationConn::connect(&self.endpoint).await?;
+        let start = from.as_ref().map(start_lsn).unwrap_or_default();
+        let sql = format!(
+            "START_REPLICATION SLOT {} LOGICAL {start} (proto_version '1', publication_names {}, \
+             binary 'true', messages 'true')",
+            ident(&slot),
+            quote_literal(&slot)
+        );
+        conn.start_replication(&sql)
+            .await
+            .map_err(|e| slot_error(e, &slot))?;
+        tracing::info!(slot = %slot, from = %start, "streaming changes");
+        self.stream = Some(Stream::new(conn, from, self.heartbeat, slot));
+        Ok(())
+    }
+
+    async fn next(&mut self) -> Result<SourceEvent> {
+        let stream = self.stream.as_mut().ok_or_else(|| {
+            Error::fatal("next() called before start_stream(); this is a ferry bug")
+        })?;
+        let mut ctx = Context {
+            client: &self.client,
+            types: &mut self.types,
+            known: &self.known,
+        };
+        stream.next(&mut ctx).await
+    }
+
+    async fn ack(&mut self, position: &Position) -> Result<()> {
+        let p = position.as_postgres()?;
+        match self.stream.as_mut() {
+            Some(s) => s.ack(&p).await,
+            None => Ok(()),
+        }
+    }
+
+    async fn teardown(&mut self) -> Result<()> {
+        self.stream = None;
+        self.exported = None;
+        let slot = self.slot_name();
+        if let Some((_, Some(pid), _, _)) = self.slot_state().await? {
+            return Err(
+                Error::fatal(format!("replication slot {slot} is in use by PID {pid}"))
+                    .with_fix("stop the pipeline before tearing it down"),
+            );
+        }
+        self.client
+            .execute(
+                "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots WHERE slot_name = $1",
+                &[&slot],
+            )
+            .await
+            .map_err(|e| pg_error(e, &format!("dropping replication slot {slot}")))?;
+        self.client
+            .batch_execute(&format!("DROP PUBLICATION IF EXISTS {}", ident(&slot)))
+            .await
+            .map_err(|e| pg_error(e, &format!("dropping publication {slot}")))?;
+        tracing::info!(slot = %slot, "dropped the replication slot and the publication");
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl TableReader for PostgresSource {
+    async fn count_rows(&self, table: &TableRef) -> Result<u64> {
+        let ns = table
+            .name
+            .namespace
+            .clone()
+            .unwrap_or_else(|| "public".into());
+        crate::reader::count_rows(&self.client, &ns, &table.name.name).await
+    }
+
+    async fn read_rows(
+        &self,
+        table: &TableRef,
+        after: Option<&[Value]>,
+        limit: usize,
+    ) -> Result<Vec<Vec<Value>>> {
+        let ns = table
+            .name
+            .namespace
+            .clone()
+            .unwrap_or_else(|| "public".into());
+        let mut types = TypeCache::default();
+        let pg = catalog::describe(&self.client, &mut types, &ns, &table.name.name)
+            .await?
+            .ok_or_else(|| {
+                Error::fatal(format!("table {} does not exist on the source", table.name))
+            })?;
+        crate::reader::read_rows(&self.client, &pg, table, after, limit).await
+    }
+}

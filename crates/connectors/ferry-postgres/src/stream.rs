@@ -1,0 +1,448 @@
+//! Change capture: turns the pgoutput stream into ferry transactions.
+//!
+//! * Relation messages become [`TableSchema`]s; a relation whose columns
+//!   changed yields a `Change::Schema` before the changes that use it.
+//! * Unchanged TOAST columns and the non-key columns of key-only old
+//!   tuples become [`Value::Unchanged`].
+//! * A transaction larger than [`PARTIAL_CHANGES`] changes or
+//!   [`PARTIAL_BYTES`] bytes is handed over in `Partial` pieces.
+//! * The slot is confirmed only up to what the pipeline acked, except
+//!   when nothing delivered is waiting for an ack: then a keepalive's
+//!   position is confirmed at once, so WAL never piles up behind ferry
+//!   while the source is idle or busy with other tables.
+//! * Every `heartbeat` of silence, a transactional logical message is
+//!   emitted on the source: it comes back as a transaction without
+//!   changes, i.e. a `Heartbeat`, which bounds waits of consistent readers.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use ferry_core::{
+    Change, Column, Error, Lsn, PgPosition, Position, Result, SourceEvent, TableName, TableRef,
+    TableSchema, Transaction, Value,
+};
+use tokio_postgres::Client;
+
+use crate::binary;
+use crate::error::pg_error;
+use crate::pgoutput::{self, Datum, OldTuple, PgOutput, Relation};
+use crate::position::{already_delivered, point, txn_position, unix_micros};
+use crate::replication::{ReplicationConn, ReplicationMessage};
+use crate::types::{Kind, TypeCache, column_type};
+
+/// Changes of one transaction held before a `Partial` is handed over.
+pub(crate) const PARTIAL_CHANGES: usize = 10_000;
+/// Bytes of one transaction held before a `Partial` is handed over.
+pub(crate) const PARTIAL_BYTES: usize = 16 * 1024 * 1024;
+/// Standby status is sent at least this often.
+const STATUS_INTERVAL: Duration = Duration::from_secs(10);
+
+/// What the stream needs from the source around it.
+pub(crate) struct Context<'a> {
+    pub client: &'a Client,
+    pub types: &'a mut TypeCache,
+    /// Tables as `tables()` described them.
+    pub known: &'a HashMap<TableName, TableRef>,
+}
+
+struct Rel {
+    table: TableRef,
+    kinds: Vec<Kind>,
+    type_oids: Vec<u32>,
+}
+
+struct OpenTxn {
+    commit_lsn: Lsn,
+    skip: bool,
+    changes: Vec<Change>,
+    bytes: usize,
+    partial_sent: bool,
+}
+
+pub(crate) struct Stream {
+    conn: ReplicationConn,
+    from: Option<PgPosition>,
+    relations: HashMap<u32, Rel>,
+    txn: Option<OpenTxn>,
+    ready: VecDeque<SourceEvent>,
+    /// What the server was last told is flushed.
+    confirmed: Lsn,
+    /// End of the last transaction handed to the pipeline.
+    delivered: Lsn,
+    /// Highest position handed to the pipeline (commit or heartbeat).
+    emitted: Option<Position>,
+    last_status: Instant,
+    last_activity: Instant,
+    heartbeat: Duration,
+    prefix: String,
+}
+
+impl Stream {
+    pub fn new(
+        conn: ReplicationConn,
+        from: Option<PgPosition>,
+        heartbeat: Duration,
+        prefix: String,
+    ) -> Self {
+        let start = from.map(|p| p.lsn).unwrap_or_default();
+        Stream {
+            conn,
+            from,
+            relations: HashMap::new(),
+            txn: None,
+            ready: VecDeque::new(),
+            confirmed: start,
+            delivered: start,
+            emitted: from.map(Position::Postgres),
+            last_status: Instant::now(),
+            last_activity: Instant::now(),
+            heartbeat,
+            prefix,
+        }
+    }
+
+    pub async fn next(&mut self, ctx: &mut Context<'_>) -> Result<SourceEvent> {
+        loop {
+            if let Some(ev) = self.ready.pop_front() {
+                return Ok(ev);
+            }
+            let tick = tokio::time::sleep(Duration::from_millis(500));
+            let msg = tokio::select! {
+                m = self.conn.recv() => m.map_err(|e| e.into_error("reading the replication stream"))?,
+                _ = tick => {
+                    self.on_tick(ctx).await?;
+                    continue;
+                }
+            };
+            self.last_activity = Instant::now();
+            match msg {
+                ReplicationMessage::XLogData { data } => {
+                    let m = pgoutput::decode(data)?;
+                    self.on_message(m, ctx).await?;
+                }
+                ReplicationMessage::Keepalive { wal_end, reply } => {
+                    self.on_keepalive(wal_end, reply).await?;
+                }
+            }
+        }
+    }
+
+    /// Everything up to `position` is durable on the target.
+    pub async fn ack(&mut self, position: &PgPosition) -> Result<()> {
+        if position.lsn > self.confirmed {
+            self.confirmed = position.lsn;
+            self.send_status().await?;
+        }
+        Ok(())
+    }
+
+    async fn send_status(&mut self) -> Result<()> {
+        self.last_status = Instant::now();
+        self.conn.send_status(self.confirmed).await
+    }
+
+    async fn on_tick(&mut self, ctx: &mut Context<'_>) -> Result<()> {
+        if self.last_status.elapsed() >= STATUS_INTERVAL {
+            self.send_status().await?;
+        }
+        if self.txn.is_none() && self.last_activity.elapsed() >= self.heartbeat {
+            self.last_activity = Instant::now();
+            ctx.client
+                .execute(
+                    "SELECT pg_logical_emit_message(true, $1, '')",
+                    &[&self.prefix],
+                )
+                .await
+                .map_err(|e| pg_error(e, "emitting a heartbeat message on the source"))?;
+        }
+        Ok(())
+    }
+
+    async fn on_keepalive(&mut self, wal_end: Lsn, reply: bool) -> Result<()> {
+        if self.txn.is_none() {
+            // Nothing delivered waits for an ack: the server may release
+            // everything it has sent, which held nothing for us.
+            if self.delivered <= self.confirmed && wal_end > self.confirmed {
+                self.confirmed = wal_end;
+                self.send_status().await?;
+            }
+            let pos = point(wal_end);
+            if self.emitted.as_ref().is_none_or(|e| &pos > e) {
+                self.emitted = Some(pos.clone());
+                self.ready.push_back(SourceEvent::Heartbeat {
+                    position: pos,
+                    time_micros: None,
+                });
+            }
+        }
+        if reply {
+            self.send_status().await?;
+        }
+        Ok(())
+    }
+
+    async fn on_message(&mut self, m: PgOutput, ctx: &mut Context<'_>) -> Result<()> {
+        match m {
+            PgOutput::Begin { final_lsn } => {
+                let skip = self
+                    .from
+                    .as_ref()
+                    .is_some_and(|f| already_delivered(final_lsn, f));
+                self.txn = Some(OpenTxn {
+                    commit_lsn: final_lsn,
+                    skip,
+                    changes: Vec::new(),
+                    bytes: 0,
+                    partial_sent: false,
+                });
+            }
+            PgOutput::Commit {
+                commit_lsn,
+                end_lsn,
+                commit_time,
+            } => {
+                let txn = self
+                    .txn
+                    .take()
+                    .ok_or_else(|| Error::fatal("pgoutput Commit without Begin"))?;
+                if txn.skip {
+                    return Ok(());
+                }
+                debug_assert_eq!(txn.commit_lsn, commit_lsn);
+                let position = txn_position(commit_lsn, end_lsn);
+                self.delivered = end_lsn;
+                self.emitted = Some(position.clone());
+                let time = Some(unix_micros(commit_time));
+                self.ready
+                    .push_back(if txn.changes.is_empty() && !txn.partial_sent {
+                        SourceEvent::Heartbeat {
+                            position,
+                            time_micros: time,
+                        }
+                    } else {
+                        SourceEvent::Commit(Transaction {
+                            position,
+                            commit_time_micros: time,
+                            changes: txn.changes,
+                        })
+                    });
+            }
+            PgOutput::Relation(r) => {
+                if let Some(change) = self.on_relation(r, ctx).await? {
+                    self.push(change);
+                }
+            }
+            PgOutput::Insert { rel, new } => {
+                let r = self.rel(rel)?;
+                let row = values(r, new, false)?;
+                let table = r.table.clone();
+                self.push(Change::Insert { table, row });
+            }
+            PgOutput::Update { rel, old, new } => {
+                let r = self.rel(rel)?;
+                let before = old.map(|o| old_values(r, o)).transpose()?;
+                let after = values(r, new, false)?;
+                let table = r.table.clone();
+                self.push(Change::Update {
+                    table,
+                    before,
+                    after,
+                });
+            }
+            PgOutput::Delete { rel, old } => {
+                let r = self.rel(rel)?;
+                let before = old_values(r, old)?;
+                let table = r.table.clone();
+                self.push(Change::Delete { table, before });
+            }
+            PgOutput::Truncate { rels } => {
+                let tables = rels
+                    .iter()
+                    .map(|oid| self.rel(*oid).map(|r| r.table.clone()))
+                    .collect::<Result<Vec<_>>>()?;
+                self.push(Change::Truncate { tables });
+            }
+            PgOutput::Message | PgOutput::Other => {}
+        }
+        Ok(())
+    }
+
+    fn rel(&self, oid: u32) -> Result<&Rel> {
+        self.relations.get(&oid).ok_or_else(|| {
+            Error::fatal(format!(
+                "pgoutput sent a change of relation {oid} before describing it"
+            ))
+        })
+    }
+
+    fn push(&mut self, change: Change) {
+        let Some(txn) = self.txn.as_mut() else { return };
+        if txn.skip {
+            return;
+        }
+        txn.bytes += change.approx_size();
+        txn.changes.push(change);
+        if txn.changes.len() >= PARTIAL_CHANGES || txn.bytes >= PARTIAL_BYTES {
+            txn.partial_sent = true;
+            txn.bytes = 0;
+            let changes = std::mem::take(&mut txn.changes);
+            // The closing commit's end LSN is not known yet; one past the
+            // commit's start orders exactly like it against every snapshot
+            // and transaction position (see crate::position).
+            let position = txn_position(txn.commit_lsn, Lsn(txn.commit_lsn.0 + 1));
+            self.ready
+                .push_back(SourceEvent::Partial { position, changes });
+        }
+    }
+
+    /// Records a relation; returns a schema change when its structure
+    /// differs from what ferry knew.
+    async fn on_relation(&mut self, r: Relation, ctx: &mut Context<'_>) -> Result<Option<Change>> {
+        let name = TableName::new(Some(&r.namespace), &r.name);
+        let mut kinds = Vec::with_capacity(r.columns.len());
+        for c in &r.columns {
+            let kind = ctx.types.kind(ctx.client, c.type_oid).await?.ok_or_else(|| {
+                Error::fatal(format!(
+                    "column {name}.{} has a type (oid {}) that ferry cannot replicate",
+                    c.name, c.type_oid
+                ))
+                .with("table", name.to_string())
+                .with("column", c.name.clone())
+                .with_fix("exclude the table, or change the column to a supported type (docs/types.md)")
+            })?;
+            kinds.push(kind);
+        }
+        let type_oids: Vec<u32> = r.columns.iter().map(|c| c.type_oid).collect();
+        let prev = self
+            .relations
+            .get(&r.oid)
+            .map(|x| x.table.clone())
+            .or_else(|| ctx.known.get(&name).cloned());
+        let types: Vec<_> = r
+            .columns
+            .iter()
+            .zip(&kinds)
+            .map(|(c, k)| column_type(k, c.type_oid, c.typmod))
+            .collect();
+        let unchanged = prev.as_ref().is_some_and(|p| {
+            p.columns.len() == r.columns.len()
+                && p.columns
+                    .iter()
+                    .zip(&r.columns)
+                    .zip(&types)
+                    .all(|((pc, rc), t)| pc.name == rc.name && &pc.ty == t)
+        });
+        if let (true, Some(p)) = (unchanged, &prev) {
+            self.relations.insert(
+                r.oid,
+                Rel {
+                    table: p.clone(),
+                    kinds,
+                    type_oids,
+                },
+            );
+            return Ok(None);
+        }
+        let mut columns = Vec::with_capacity(r.columns.len());
+        for (c, ty) in r.columns.iter().zip(types) {
+            let old = prev
+                .as_ref()
+                .and_then(|p| p.columns.iter().find(|pc| pc.name == c.name));
+            let source_type: String = ctx
+                .client
+                .query_one("SELECT format_type($1, $2)", &[&c.type_oid, &c.typmod])
+                .await
+                .map_err(|e| pg_error(e, "naming a column type"))?
+                .get(0);
+            columns.push(Column {
+                name: c.name.clone(),
+                ty,
+                nullable: old.is_none_or(|o| o.nullable),
+                source_type,
+            });
+        }
+        let by_name = |n: &str| columns.iter().position(|c| c.name == n);
+        let prev_key: Option<Vec<usize>> = prev
+            .as_ref()
+            .and_then(|p| p.key_names().iter().map(|n| by_name(n)).collect());
+        let key = prev_key
+            .unwrap_or_else(|| (0..r.columns.len()).filter(|&i| r.columns[i].key).collect());
+        if key.is_empty() {
+            return Err(
+                Error::fatal(format!("table {name} has no key in the replication stream"))
+                    .with("table", name.to_string())
+                    .with_fix("add a primary key or a replica identity index to the table"),
+            );
+        }
+        let version = prev.as_ref().map_or(1, |p| p.version + 1);
+        let table = Arc::new(TableSchema {
+            name,
+            columns,
+            key,
+            version,
+        });
+        tracing::info!(table = %table.name, version, "source table structure changed");
+        self.relations.insert(
+            r.oid,
+            Rel {
+                table: table.clone(),
+                kinds,
+                type_oids,
+            },
+        );
+        Ok(prev
+            .is_some()
+            .then_some(Change::Schema { table, ddl: None }))
+    }
+}
+
+fn decode_datum(r: &Rel, i: usize, d: Datum) -> Result<Value> {
+    let fail = |e: Error| {
+        e.with("table", r.table.name.to_string()).with(
+            "column",
+            r.table
+                .columns
+                .get(i)
+                .map_or(String::new(), |c| c.name.clone()),
+        )
+    };
+    let kind = r
+        .kinds
+        .get(i)
+        .ok_or_else(|| Error::fatal("tuple wider than its relation"))?;
+    match d {
+        Datum::Null => Ok(Value::Null),
+        Datum::Unchanged => Ok(Value::Unchanged),
+        Datum::Binary(b) => binary::decode(kind, &b).map_err(fail),
+        Datum::Text(t) => {
+            let s = std::str::from_utf8(&t)
+                .map_err(|_| fail(Error::data("text value is not UTF-8")))?;
+            binary::decode_text(kind, s).map_err(fail)
+        }
+    }
+}
+
+fn values(r: &Rel, datums: Vec<Datum>, key_only: bool) -> Result<Vec<Value>> {
+    if datums.len() != r.type_oids.len() {
+        return Err(Error::fatal(format!(
+            "pgoutput tuple of {} has {} columns, its relation {}",
+            r.table.name,
+            datums.len(),
+            r.type_oids.len()
+        )));
+    }
+    datums
+        .into_iter()
+        .enumerate()
+        .map(|(i, d)| match d {
+            // A key-only image sends the other columns as NULL.
+            Datum::Null if key_only && !r.table.is_key_column(i) => Ok(Value::Unchanged),
+            d => decode_datum(r, i, d),
+        })
+        .collect()
+}
+
+fn old_values(r: &Rel, old: OldTuple) -> Result<Vec<Value>> {
+    values(r, old.datums, old.key_only)
+}

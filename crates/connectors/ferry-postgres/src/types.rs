@@ -1,0 +1,298 @@
+//! PostgreSQL types as ferry sees them: which wire encoding a column uses
+//! ([`Kind`]), how it maps to ferry's [`ColumnType`], and the type a sink
+//! creates for a ferry column. The byte-level codecs live in
+//! [`crate::binary`]. The mapping is documented in `docs/types.md`.
+
+use std::collections::HashMap;
+
+use ferry_core::{ColumnType, Error, Result};
+use tokio_postgres::Client;
+
+use crate::error::pg_error;
+
+/// How values of a column travel in PostgreSQL's binary format.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Kind {
+    Bool,
+    Int2,
+    Int4,
+    Int8,
+    Float4,
+    Float8,
+    Numeric,
+    /// text, varchar, bpchar, name, citext-like: UTF-8 bytes.
+    Text,
+    Bytea,
+    Date,
+    Time,
+    Timestamp,
+    TimestampTz,
+    Interval,
+    Uuid,
+    Json,
+    Jsonb,
+    /// An enum: its label as UTF-8 bytes on the wire, `Text` in ferry.
+    Enum,
+    Inet,
+    Cidr,
+    /// A one-dimensional array; `elem_oid` is written into the array header.
+    Array {
+        elem_oid: u32,
+        elem: Box<Kind>,
+    },
+}
+
+/// A resolved column type: wire kind plus the OID the server knows it by.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct PgType {
+    pub oid: u32,
+    pub kind: Kind,
+    /// `format_type(oid, typmod)`: used in casts and messages.
+    pub name: String,
+}
+
+/// Built-in scalar types by OID.
+fn builtin(oid: u32) -> Option<Kind> {
+    Some(match oid {
+        16 => Kind::Bool,
+        21 => Kind::Int2,
+        23 => Kind::Int4,
+        20 => Kind::Int8,
+        700 => Kind::Float4,
+        701 => Kind::Float8,
+        1700 => Kind::Numeric,
+        25 | 1043 | 1042 | 19 => Kind::Text,
+        17 => Kind::Bytea,
+        1082 => Kind::Date,
+        1083 => Kind::Time,
+        1114 => Kind::Timestamp,
+        1184 => Kind::TimestampTz,
+        1186 => Kind::Interval,
+        2950 => Kind::Uuid,
+        114 => Kind::Json,
+        3802 => Kind::Jsonb,
+        869 => Kind::Inet,
+        650 => Kind::Cidr,
+        _ => return None,
+    })
+}
+
+/// Resolves type OIDs (built-in, enums, domains, arrays) against one
+/// database, caching what it learnt. `None` = unsupported type.
+#[derive(Debug, Default)]
+pub(crate) struct TypeCache {
+    known: HashMap<u32, Option<Kind>>,
+}
+
+impl TypeCache {
+    pub async fn kind(&mut self, client: &Client, oid: u32) -> Result<Option<Kind>> {
+        if let Some(k) = builtin(oid) {
+            return Ok(Some(k));
+        }
+        if let Some(k) = self.known.get(&oid) {
+            return Ok(k.clone());
+        }
+        // Follow domains to their base type and arrays to their element;
+        // bounded so a malformed catalog cannot loop.
+        let mut kind = None;
+        let row = client
+            .query_opt(
+                "SELECT typtype::text, typbasetype, typelem, typcategory::text, typlen \
+                 FROM pg_catalog.pg_type WHERE oid = $1",
+                &[&oid],
+            )
+            .await
+            .map_err(|e| pg_error(e, "reading pg_type"))?;
+        if let Some(row) = row {
+            let typtype: String = row.get(0);
+            let base: u32 = row.get(1);
+            let elem: u32 = row.get(2);
+            let category: String = row.get(3);
+            let typlen: i16 = row.get(4);
+            kind = match typtype.as_str() {
+                "e" => Some(Kind::Enum),
+                "d" => Box::pin(self.kind(client, base)).await?,
+                "b" if category == "A" && elem != 0 && typlen == -1 => {
+                    Box::pin(self.kind(client, elem)).await?.and_then(|k| {
+                        (!matches!(k, Kind::Array { .. })).then(|| Kind::Array {
+                            elem_oid: elem,
+                            elem: Box::new(k),
+                        })
+                    })
+                }
+                _ => None,
+            };
+        }
+        self.known.insert(oid, kind.clone());
+        Ok(kind)
+    }
+}
+
+/// The ferry column type of a PostgreSQL column of type `oid` (`typmod`
+/// as in `pg_attribute.atttypmod`).
+pub(crate) fn column_type(kind: &Kind, oid: u32, typmod: i32) -> ColumnType {
+    match kind {
+        Kind::Bool => ColumnType::Bool,
+        Kind::Int2 => ColumnType::Int16,
+        Kind::Int4 => ColumnType::Int32,
+        Kind::Int8 => ColumnType::Int64,
+        Kind::Float4 => ColumnType::Float32,
+        Kind::Float8 => ColumnType::Float64,
+        Kind::Numeric => {
+            if typmod >= 4 {
+                let m = (typmod - 4) as u32;
+                ColumnType::Decimal {
+                    precision: Some((m >> 16) & 0xffff),
+                    scale: Some(m & 0x7ff),
+                }
+            } else {
+                ColumnType::Decimal {
+                    precision: None,
+                    scale: None,
+                }
+            }
+        }
+        Kind::Text => {
+            // 1042 = bpchar (char(n)), 1043 = varchar(n).
+            let sized = (oid == 1042 || oid == 1043) && typmod >= 4;
+            ColumnType::Text {
+                max_len: sized.then(|| (typmod - 4) as u32),
+                fixed: oid == 1042,
+            }
+        }
+        Kind::Enum | Kind::Inet | Kind::Cidr => ColumnType::Text {
+            max_len: None,
+            fixed: false,
+        },
+        Kind::Bytea => ColumnType::Bytes,
+        Kind::Date => ColumnType::Date,
+        Kind::Time => ColumnType::Time,
+        Kind::Timestamp => ColumnType::Timestamp,
+        Kind::TimestampTz => ColumnType::TimestampTz,
+        Kind::Interval => ColumnType::Interval,
+        Kind::Uuid => ColumnType::Uuid,
+        Kind::Json | Kind::Jsonb => ColumnType::Json,
+        Kind::Array { elem, elem_oid } => {
+            ColumnType::Array(Box::new(column_type(elem, *elem_oid, typmod)))
+        }
+    }
+}
+
+/// The PostgreSQL type a sink creates for a ferry column. `source_type` is
+/// the source's spelling, used only to keep `json` apart from `jsonb`.
+pub(crate) fn ddl_type(ty: &ColumnType, source_type: &str) -> Result<String> {
+    Ok(match ty {
+        ColumnType::Bool => "boolean".into(),
+        ColumnType::Int16 => "smallint".into(),
+        ColumnType::Int32 => "integer".into(),
+        ColumnType::Int64 => "bigint".into(),
+        ColumnType::Float32 => "real".into(),
+        ColumnType::Float64 => "double precision".into(),
+        ColumnType::Decimal {
+            precision: Some(p),
+            scale,
+        } if *p >= 1 && *p <= 1000 => format!("numeric({p},{})", scale.unwrap_or(0)),
+        ColumnType::Decimal { .. } => "numeric".into(),
+        ColumnType::Text {
+            max_len: Some(n),
+            fixed: true,
+        } => format!("character({n})"),
+        ColumnType::Text {
+            max_len: Some(n),
+            fixed: false,
+        } if *n >= 1 => format!("character varying({n})"),
+        ColumnType::Text { .. } | ColumnType::Dynamic => "text".into(),
+        ColumnType::Bytes => "bytea".into(),
+        ColumnType::Date => "date".into(),
+        ColumnType::Time => "time without time zone".into(),
+        ColumnType::Timestamp => "timestamp without time zone".into(),
+        ColumnType::TimestampTz => "timestamp with time zone".into(),
+        ColumnType::Interval => "interval".into(),
+        ColumnType::Uuid => "uuid".into(),
+        ColumnType::Json => {
+            let st = source_type.trim_end_matches("[]").to_ascii_lowercase();
+            if st == "json" {
+                "json".into()
+            } else {
+                "jsonb".into()
+            }
+        }
+        ColumnType::Array(inner) => {
+            if matches!(**inner, ColumnType::Array(_)) {
+                return Err(Error::fatal(
+                    "nested arrays cannot be created on PostgreSQL (arrays are one type per column)",
+                ));
+            }
+            format!("{}[]", ddl_type(inner, source_type)?)
+        }
+    })
+}
+
+/// Whether a ferry column of type `from` can be written into a target
+/// column of kind `to` (used to check an existing target table).
+pub(crate) fn writable(from: &ColumnType, to: &Kind) -> bool {
+    use ColumnType as C;
+    match (from, to) {
+        (_, Kind::Text) => !matches!(from, C::Array(_) | C::Bytes),
+        (C::Dynamic, _) => true,
+        (C::Bool, Kind::Bool) => true,
+        (C::Bool | C::Int16 | C::Int32 | C::Int64, Kind::Int2 | Kind::Int4 | Kind::Int8) => true,
+        (
+            C::Int16 | C::Int32 | C::Int64 | C::Float32 | C::Float64 | C::Decimal { .. },
+            Kind::Float4 | Kind::Float8 | Kind::Numeric,
+        ) => true,
+        (C::Text { .. }, Kind::Enum | Kind::Inet | Kind::Cidr | Kind::Json | Kind::Jsonb) => true,
+        (C::Text { .. }, Kind::Uuid | Kind::Date | Kind::Timestamp | Kind::TimestampTz) => true,
+        (C::Text { .. } | C::Bytes, Kind::Bytea) => true,
+        (C::Json, Kind::Json | Kind::Jsonb) => true,
+        (C::Date, Kind::Date) | (C::Time, Kind::Time) | (C::Interval, Kind::Interval) => true,
+        (C::Timestamp | C::TimestampTz, Kind::Timestamp | Kind::TimestampTz) => true,
+        (C::Uuid, Kind::Uuid) => true,
+        (C::Array(a), Kind::Array { elem, .. }) => writable(a, elem),
+        _ => false,
+    }
+}
+
+/// Quotes an identifier (`"na""me"`).
+pub(crate) fn ident(name: &str) -> String {
+    format!("\"{}\"", name.replace('"', "\"\""))
+}
+
+/// Quotes a string literal (`'it''s'`); `standard_conforming_strings` is on
+/// in every supported server.
+pub(crate) fn quote_literal(s: &str) -> String {
+    format!("'{}'", s.replace('\'', "''"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn numeric_typmod_gives_precision_and_scale() {
+        let t = column_type(&Kind::Numeric, 1700, (12 << 16 | 2) + 4);
+        assert_eq!(
+            t,
+            ColumnType::Decimal {
+                precision: Some(12),
+                scale: Some(2)
+            }
+        );
+        assert_eq!(ddl_type(&t, "").unwrap(), "numeric(12,2)");
+    }
+
+    #[test]
+    fn text_lengths() {
+        let v = column_type(&Kind::Text, 1043, 24);
+        assert_eq!(
+            v,
+            ColumnType::Text {
+                max_len: Some(20),
+                fixed: false
+            }
+        );
+        let c = column_type(&Kind::Text, 1042, 7);
+        assert_eq!(ddl_type(&c, "").unwrap(), "character(3)");
+        assert_eq!(ident("a\"b"), "\"a\"\"b\"");
+    }
+}

@@ -1,0 +1,685 @@
+//! A sink writer: one connection applying one transaction at a time.
+//!
+//! Snapshot rows go in through binary `COPY`. Merged change steps become
+//! few statements per table: one `DELETE ... IN (VALUES ...)`, multi-row
+//! `INSERT ... ON CONFLICT DO UPDATE`, and `UPDATE ... FROM (VALUES ...)`
+//! per set of present columns, each sent with typed parameters (one round
+//! trip, no prepare). `BEGIN` travels with the first statement and the
+//! checkpoint upsert with `COMMIT`, so a small transaction costs two round
+//! trips.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use bytes::BytesMut;
+use ferry_core::value::display_key;
+use ferry_core::{
+    Checkpoint, CheckpointRecord, Error, Result, SinkWriter, Step, TableName, TableOps, TableRef,
+    Value,
+};
+use futures_util::SinkExt;
+use tokio_postgres::Client;
+use tokio_postgres::types::{IsNull, ToSql, Type, to_sql_checked};
+
+use crate::binary;
+use crate::catalog;
+use crate::copy;
+use crate::error::pg_error;
+use crate::sink::{CHECKPOINT_TABLE, Shared, Target, add_key_sql, map_target, target_name};
+use crate::types::{Kind, TypeCache, ddl_type, ident, writable};
+
+/// Most rows in one multi-row statement.
+const MAX_ROWS_PER_STATEMENT: usize = 1000;
+/// PostgreSQL's limit on bind parameters per statement.
+const MAX_PARAMS: usize = 65_535;
+/// COPY data is sent in pieces of about this size.
+const COPY_PIECE: usize = 256 * 1024;
+
+/// A value bound as a statement parameter, encoded by ferry's codec.
+#[derive(Debug)]
+struct Param<'a> {
+    value: &'a Value,
+    kind: &'a Kind,
+}
+
+impl ToSql for Param<'_> {
+    fn to_sql(
+        &self,
+        _ty: &Type,
+        out: &mut BytesMut,
+    ) -> std::result::Result<IsNull, Box<dyn std::error::Error + Sync + Send>> {
+        if self.value.is_null() {
+            return Ok(IsNull::Yes);
+        }
+        if matches!(self.value, Value::Unchanged) {
+            return Err(Box::new(Error::fatal(
+                "an unchanged value reached a statement parameter; this is a ferry bug",
+            )));
+        }
+        match binary::encode(self.value, self.kind, out) {
+            Ok(()) => Ok(IsNull::No),
+            Err(e) => Err(Box::new(e)),
+        }
+    }
+
+    fn accepts(_ty: &Type) -> bool {
+        true
+    }
+
+    to_sql_checked!();
+}
+
+pub(crate) struct PostgresWriter {
+    shared: Arc<Shared>,
+    client: Client,
+    types: TypeCache,
+    /// `begin` was called and `BEGIN` is not sent yet.
+    begin_pending: bool,
+    in_tx: bool,
+    /// Tables loaded in the open transaction.
+    loaded: Vec<TableRef>,
+}
+
+impl PostgresWriter {
+    pub fn new(shared: Arc<Shared>, client: Client) -> Self {
+        PostgresWriter {
+            shared,
+            client,
+            types: TypeCache::default(),
+            begin_pending: false,
+            in_tx: false,
+            loaded: Vec::new(),
+        }
+    }
+
+    /// The target mapping with its primary key built: a table created by
+    /// ferry gets its key when its snapshot is complete, or before the
+    /// first change that needs it (`ON CONFLICT` needs the key).
+    async fn keyed_target(&mut self, table: &TableRef) -> Result<Arc<Target>> {
+        let t = self.target(table).await?;
+        if !t.key_pending {
+            return Ok(t);
+        }
+        self.build_key(&table.name, &t).await?;
+        self.target(table).await
+    }
+
+    async fn build_key(&mut self, name: &TableName, t: &Target) -> Result<()> {
+        let sql = add_key_sql(t);
+        tracing::info!(table = %t.display, "building the primary key after the snapshot load");
+        self.send_begin().await?;
+        self.client.batch_execute(&sql).await.map_err(|e| {
+            pg_error(e, "adding the primary key after the snapshot load")
+                .with("table", t.display.clone())
+                .with("statement", sql.clone())
+        })?;
+        self.shared
+            .targets
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(name);
+        Ok(())
+    }
+
+    /// Builds the pending keys of tables whose snapshot `records` mark
+    /// complete: those loaded in this transaction, and those the records
+    /// name (a final chunk may carry no rows).
+    async fn build_completed_keys(&mut self, records: &[CheckpointRecord]) -> Result<()> {
+        let mut complete = Vec::new();
+        for r in records.iter().filter(|r| r.scope.starts_with("table:")) {
+            if let Ok(cp) = Checkpoint::from_records(std::slice::from_ref(r)) {
+                complete.extend(
+                    cp.tables
+                        .into_iter()
+                        .filter(|(_, p)| p.complete)
+                        .map(|(n, _)| n),
+                );
+            }
+        }
+        if complete.is_empty() {
+            return Ok(());
+        }
+        let mut names: Vec<TableName> = self.loaded.iter().map(|t| t.name.clone()).collect();
+        names.extend(complete.iter().map(|n| TableName::parse(n)));
+        let pending: Vec<(TableName, Arc<Target>)> = {
+            let map = self
+                .shared
+                .targets
+                .lock()
+                .unwrap_or_else(|p| p.into_inner());
+            let mut out: Vec<(TableName, Arc<Target>)> = Vec::new();
+            for n in names {
+                if let Some(t) = map.get(&n).filter(|t| t.key_pending)
+                    && !out.iter().any(|(_, o)| o.qualified == t.qualified)
+                {
+                    out.push((n, t.clone()));
+                }
+            }
+            out
+        };
+        for (name, t) in pending {
+            self.build_key(&name, &t).await?;
+        }
+        Ok(())
+    }
+
+    /// The target mapping for `table`, rebuilt from the catalog when the
+    /// table's structure is newer than the cached mapping.
+    async fn target(&mut self, table: &TableRef) -> Result<Arc<Target>> {
+        if let Some(t) = self.cached(table) {
+            return Ok(t);
+        }
+        let (schema, name) = target_name(&table.name);
+        let pg = catalog::describe(&self.client, &mut self.types, &schema, &name)
+            .await?
+            .ok_or_else(|| {
+                Error::fatal(format!(
+                    "table {schema}.{name} does not exist on the target"
+                ))
+                .with_fix("restart the pipeline so it creates the target tables")
+            })?;
+        let target = Arc::new(map_target(table, &pg)?);
+        self.shared
+            .targets
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(table.name.clone(), target.clone());
+        Ok(target)
+    }
+
+    fn cached(&self, table: &TableRef) -> Option<Arc<Target>> {
+        let map = self
+            .shared
+            .targets
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        map.get(&table.name).filter(|t| t.matches(table)).cloned()
+    }
+
+    /// Runs a statement with typed parameters, sending a pending `BEGIN`
+    /// in the same round trip.
+    async fn exec(&mut self, sql: &str, params: &[(&(dyn ToSql + Sync), Type)]) -> Result<u64> {
+        let res = if self.begin_pending {
+            self.begin_pending = false;
+            self.in_tx = true;
+            let (b, r) = tokio::join!(
+                self.client.batch_execute("BEGIN"),
+                self.client.execute_typed(sql, params)
+            );
+            b.map_err(|e| pg_error(e, "BEGIN"))?;
+            r
+        } else {
+            self.client.execute_typed(sql, params).await
+        };
+        res.map_err(|e| pg_error(e, "applying changes").with("statement", abbreviate(sql)))
+    }
+
+    async fn send_begin(&mut self) -> Result<()> {
+        if self.begin_pending {
+            self.begin_pending = false;
+            self.in_tx = true;
+            self.client
+                .batch_execute("BEGIN")
+                .await
+                .map_err(|e| pg_error(e, "BEGIN"))?;
+        }
+        Ok(())
+    }
+
+    async fn apply_rows(&mut self, ops: &TableOps) -> Result<()> {
+        let t = self.keyed_target(&ops.table).await?;
+        let context = |e: Error, rows: &[&Vec<Value>]| {
+            let mut e = e.with("table", t.display.clone());
+            if let (Some(first), Some(last)) = (rows.first(), rows.last()) {
+                let key = |r: &Vec<Value>| {
+                    display_key(&t.key.iter().map(|&i| r[i].clone()).collect::<Vec<_>>())
+                };
+                e = e.with(
+                    "keys",
+                    format!("{} .. {} ({} rows)", key(first), key(last), rows.len()),
+                );
+            }
+            e
+        };
+        // Deletes first: merge guarantees each key appears once per batch.
+        let deletes: Vec<&Vec<Value>> = ops.deletes.iter().collect();
+        for chunk in deletes.chunks(rows_per_statement(t.key.len())) {
+            let sql = delete_sql(&t, chunk.len());
+            let params = key_params(&t, chunk);
+            let refs = param_refs(&params, &t, chunk.len(), &t.key);
+            self.exec(&sql, &refs)
+                .await
+                .map_err(|e| context(e, chunk))?;
+        }
+        let (mut upserts, mut updates): (Vec<&Vec<Value>>, Vec<&Vec<Value>>) =
+            (Vec::new(), Vec::new());
+        for row in &ops.upserts {
+            if row.iter().any(|v| matches!(v, Value::Unchanged)) {
+                updates.push(row);
+            } else {
+                upserts.push(row);
+            }
+        }
+        updates.extend(ops.updates.iter());
+        let all: Vec<usize> = (0..t.cols.len()).collect();
+        for chunk in upserts.chunks(rows_per_statement(t.cols.len())) {
+            let sql = upsert_sql(&t, chunk.len());
+            let params = row_params(&t, chunk, &all);
+            let refs = param_refs(&params, &t, chunk.len(), &all);
+            self.exec(&sql, &refs)
+                .await
+                .map_err(|e| context(e, chunk))?;
+        }
+        // Partial updates, grouped by the set of columns they carry.
+        let mut groups: HashMap<Vec<usize>, Vec<&Vec<Value>>> = HashMap::new();
+        for row in updates {
+            let present: Vec<usize> = (0..row.len())
+                .filter(|&i| !matches!(row[i], Value::Unchanged) || t.key.contains(&i))
+                .collect();
+            groups.entry(present).or_default().push(row);
+        }
+        for (present, rows) in groups {
+            if present.iter().all(|i| t.key.contains(i)) {
+                continue;
+            }
+            for chunk in rows.chunks(rows_per_statement(present.len())) {
+                let sql = update_sql(&t, &present, chunk.len());
+                let params = row_params(&t, chunk, &present);
+                let refs = param_refs(&params, &t, chunk.len(), &present);
+                self.exec(&sql, &refs)
+                    .await
+                    .map_err(|e| context(e, chunk))?;
+            }
+        }
+        Ok(())
+    }
+
+    async fn move_key(&mut self, table: &TableRef, old_key: &[Value], row: &[Value]) -> Result<()> {
+        let t = self.keyed_target(table).await?;
+        let present: Vec<usize> = (0..row.len())
+            .filter(|&i| !matches!(row[i], Value::Unchanged))
+            .collect();
+        let set: Vec<String> = present
+            .iter()
+            .enumerate()
+            .map(|(n, &i)| format!("{} = ${}", t.cols[i], n + 1))
+            .collect();
+        let cond: Vec<String> = t
+            .key
+            .iter()
+            .enumerate()
+            .map(|(n, &i)| format!("{} = ${}", t.cols[i], present.len() + n + 1))
+            .collect();
+        let sql = format!(
+            "UPDATE {} SET {} WHERE {}",
+            t.qualified,
+            set.join(", "),
+            cond.join(" AND ")
+        );
+        let mut params: Vec<Param> = present
+            .iter()
+            .map(|&i| Param {
+                value: &row[i],
+                kind: &t.types[i].kind,
+            })
+            .collect();
+        params.extend(t.key.iter().zip(old_key).map(|(&i, v)| Param {
+            value: v,
+            kind: &t.types[i].kind,
+        }));
+        let mut refs: Vec<(&(dyn ToSql + Sync), Type)> = Vec::new();
+        for (n, p) in params.iter().enumerate() {
+            let col = if n < present.len() {
+                present[n]
+            } else {
+                t.key[n - present.len()]
+            };
+            refs.push((p as &(dyn ToSql + Sync), t.params[col].clone()));
+        }
+        self.exec(&sql, &refs).await.map_err(|e| {
+            e.with("table", t.display.clone())
+                .with("key", display_key(old_key))
+        })?;
+        Ok(())
+    }
+
+    /// Alters the target table to the structure of `table`: adds new
+    /// columns, drops columns the previous structure had and this one does
+    /// not, and changes types the target column cannot hold.
+    async fn alter(&mut self, table: &TableRef) -> Result<()> {
+        let (schema, name) = target_name(&table.name);
+        let pg = catalog::describe(&self.client, &mut self.types, &schema, &name)
+            .await?
+            .ok_or_else(|| {
+                Error::fatal(format!(
+                    "table {schema}.{name} does not exist on the target"
+                ))
+            })?;
+        let previous: Vec<String> = self
+            .shared
+            .targets
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&table.name)
+            .map(|t| t.source_cols.clone())
+            .unwrap_or_default();
+        let mut actions = Vec::new();
+        for c in &table.columns {
+            let ty = ddl_type(&c.ty, &c.source_type)?;
+            match pg.column(&c.name) {
+                None => actions.push(format!("ADD COLUMN {} {ty}", ident(&c.name))),
+                Some(tc) if !tc.kind.as_ref().is_some_and(|k| writable(&c.ty, k)) => actions.push(
+                    format!("ALTER COLUMN {0} TYPE {ty} USING {0}::{ty}", ident(&c.name)),
+                ),
+                Some(_) => {}
+            }
+        }
+        for old in previous.iter().filter(|o| table.column_index(o).is_none()) {
+            if pg.column(old).is_some() {
+                actions.push(format!("DROP COLUMN {}", ident(old)));
+            }
+        }
+        if !actions.is_empty() {
+            let sql = format!("ALTER TABLE {} {}", pg.qualified(), actions.join(", "));
+            tracing::info!(table = %table.name, statement = %sql, "altering the target table");
+            self.send_begin().await?;
+            self.client.batch_execute(&sql).await.map_err(|e| {
+                pg_error(e, "altering the target table").with("statement", sql.clone())
+            })?;
+        }
+        self.shared
+            .targets
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&table.name);
+        self.target(table).await?;
+        Ok(())
+    }
+}
+
+fn abbreviate(sql: &str) -> String {
+    if sql.len() <= 300 {
+        return sql.to_owned();
+    }
+    let mut end = 300;
+    while !sql.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}... ({} bytes)", &sql[..end], sql.len())
+}
+
+fn rows_per_statement(cols: usize) -> usize {
+    (MAX_PARAMS / cols.max(1)).clamp(1, MAX_ROWS_PER_STATEMENT)
+}
+
+fn placeholders(rows: usize, width: usize) -> String {
+    let mut s = String::with_capacity(rows * width * 6);
+    for r in 0..rows {
+        if r > 0 {
+            s.push(',');
+        }
+        s.push('(');
+        for c in 0..width {
+            if c > 0 {
+                s.push(',');
+            }
+            s.push('$');
+            s.push_str(&(r * width + c + 1).to_string());
+        }
+        s.push(')');
+    }
+    s
+}
+
+fn key_list(t: &Target) -> String {
+    t.key
+        .iter()
+        .map(|&i| t.cols[i].as_str())
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+fn delete_sql(t: &Target, rows: usize) -> String {
+    format!(
+        "DELETE FROM {} WHERE ({}) IN (VALUES {})",
+        t.qualified,
+        key_list(t),
+        placeholders(rows, t.key.len())
+    )
+}
+
+fn upsert_sql(t: &Target, rows: usize) -> String {
+    let updates: Vec<String> = (0..t.cols.len())
+        .filter(|i| !t.key.contains(i))
+        .map(|i| format!("{0} = EXCLUDED.{0}", t.cols[i]))
+        .collect();
+    let action = if updates.is_empty() {
+        "NOTHING".to_owned()
+    } else {
+        format!("UPDATE SET {}", updates.join(", "))
+    };
+    format!(
+        "INSERT INTO {} ({}) VALUES {} ON CONFLICT ({}) DO {action}",
+        t.qualified,
+        t.cols.join(", "),
+        placeholders(rows, t.cols.len()),
+        key_list(t)
+    )
+}
+
+fn update_sql(t: &Target, present: &[usize], rows: usize) -> String {
+    let alias = |i: usize| format!("c{i}");
+    let set: Vec<String> = present
+        .iter()
+        .filter(|i| !t.key.contains(i))
+        .map(|&i| format!("{} = v.{}", t.cols[i], alias(i)))
+        .collect();
+    let cond: Vec<String> = t
+        .key
+        .iter()
+        .map(|&i| format!("t.{} = v.{}", t.cols[i], alias(i)))
+        .collect();
+    let names: Vec<String> = present.iter().map(|&i| alias(i)).collect();
+    format!(
+        "UPDATE {} AS t SET {} FROM (VALUES {}) AS v({}) WHERE {}",
+        t.qualified,
+        set.join(", "),
+        placeholders(rows, present.len()),
+        names.join(", "),
+        cond.join(" AND ")
+    )
+}
+
+fn key_params<'a>(t: &'a Target, rows: &[&'a Vec<Value>]) -> Vec<Param<'a>> {
+    // Delete rows are key-only images: the key columns sit at `t.key`.
+    row_params(t, rows, &t.key)
+}
+
+fn row_params<'a>(t: &'a Target, rows: &[&'a Vec<Value>], cols: &[usize]) -> Vec<Param<'a>> {
+    let mut out = Vec::with_capacity(rows.len() * cols.len());
+    for row in rows {
+        for &i in cols {
+            out.push(Param {
+                value: &row[i],
+                kind: &t.types[i].kind,
+            });
+        }
+    }
+    out
+}
+
+fn param_refs<'a>(
+    params: &'a [Param<'a>],
+    t: &Target,
+    rows: usize,
+    cols: &[usize],
+) -> Vec<(&'a (dyn ToSql + Sync), Type)> {
+    let mut out = Vec::with_capacity(rows * cols.len());
+    for (n, p) in params.iter().enumerate() {
+        out.push((
+            p as &(dyn ToSql + Sync),
+            t.params[cols[n % cols.len()]].clone(),
+        ));
+    }
+    out
+}
+
+#[async_trait]
+impl SinkWriter for PostgresWriter {
+    async fn begin(&mut self) -> Result<()> {
+        if self.in_tx || self.begin_pending {
+            return Err(Error::fatal(
+                "begin called inside an open transaction; this is a ferry bug",
+            ));
+        }
+        self.begin_pending = true;
+        Ok(())
+    }
+
+    async fn apply(&mut self, steps: &[Step]) -> Result<()> {
+        for step in steps {
+            match step {
+                Step::Rows(tables) => {
+                    for ops in tables {
+                        self.apply_rows(ops).await?;
+                    }
+                }
+                Step::Truncate(tables) => {
+                    let mut names = Vec::new();
+                    for t in tables {
+                        names.push(self.target(t).await?.qualified.clone());
+                    }
+                    if !names.is_empty() {
+                        let sql = format!("TRUNCATE {}", names.join(", "));
+                        self.exec(&sql, &[]).await?;
+                    }
+                }
+                Step::Schema { table, .. } => self.alter(table).await?,
+                Step::MoveKey {
+                    table,
+                    old_key,
+                    row,
+                } => self.move_key(table, old_key, row).await?,
+            }
+        }
+        Ok(())
+    }
+
+    async fn load(&mut self, table: &TableRef, rows: &[Vec<Value>]) -> Result<()> {
+        if rows.is_empty() {
+            return Ok(());
+        }
+        let t = self.target(table).await?;
+        self.send_begin().await?;
+        if !self.loaded.iter().any(|l| l.name == table.name) {
+            self.loaded.push(table.clone());
+        }
+        let sql = format!(
+            "COPY {} ({}) FROM STDIN (FORMAT binary)",
+            t.qualified,
+            t.cols.join(", ")
+        );
+        let fail = |e: tokio_postgres::Error| {
+            pg_error(e, "loading snapshot rows").with("table", t.display.clone())
+        };
+        let sink = self
+            .client
+            .copy_in::<_, bytes::Bytes>(&sql)
+            .await
+            .map_err(fail)?;
+        futures_util::pin_mut!(sink);
+        let kinds: Vec<&Kind> = t.types.iter().map(|ty| &ty.kind).collect();
+        let mut buf = BytesMut::with_capacity(COPY_PIECE + 4096);
+        copy::copy_header(&mut buf);
+        for row in rows {
+            copy::copy_row(row, &kinds, &mut buf).map_err(|e| {
+                e.with("table", t.display.clone()).with(
+                    "key",
+                    display_key(&t.key.iter().map(|&i| row[i].clone()).collect::<Vec<_>>()),
+                )
+            })?;
+            if buf.len() >= COPY_PIECE {
+                sink.send(buf.split().freeze()).await.map_err(fail)?;
+            }
+        }
+        copy::copy_trailer(&mut buf);
+        sink.send(buf.split().freeze()).await.map_err(fail)?;
+        sink.finish().await.map_err(fail)?;
+        Ok(())
+    }
+
+    async fn clear_table(&mut self, table: &TableRef) -> Result<()> {
+        let t = self.target(table).await?;
+        let sql = format!("TRUNCATE {}", t.qualified);
+        self.exec(&sql, &[]).await?;
+        Ok(())
+    }
+
+    async fn commit(&mut self, records: &[CheckpointRecord]) -> Result<()> {
+        self.build_completed_keys(records).await?;
+        self.loaded.clear();
+        let pipeline = self.shared.pipeline.clone();
+        let mut params: Vec<&(dyn ToSql + Sync)> = Vec::new();
+        let mut values = Vec::new();
+        for n in 0..records.len() {
+            values.push(format!("($1, ${}, ${}, now())", 2 * n + 2, 2 * n + 3));
+        }
+        params.push(&pipeline);
+        for r in records {
+            params.push(&r.scope);
+            params.push(&r.value);
+        }
+        let typed: Vec<(&(dyn ToSql + Sync), Type)> =
+            params.iter().map(|p| (*p, Type::TEXT)).collect();
+        let sql = format!(
+            "INSERT INTO {CHECKPOINT_TABLE} (pipeline, scope, value, updated_at) VALUES {} \
+             ON CONFLICT (pipeline, scope) DO UPDATE SET value = EXCLUDED.value, updated_at = now()",
+            values.join(", ")
+        );
+        if records.is_empty() {
+            if self.in_tx {
+                self.client
+                    .batch_execute("COMMIT")
+                    .await
+                    .map_err(|e| pg_error(e, "COMMIT"))?;
+            }
+            self.in_tx = false;
+            self.begin_pending = false;
+            return Ok(());
+        }
+        let pending = std::mem::take(&mut self.begin_pending);
+        // One round trip: [BEGIN,] checkpoint upsert, COMMIT. If the upsert
+        // fails, COMMIT of the failed transaction rolls it back.
+        let begin = async {
+            if pending {
+                self.client.batch_execute("BEGIN").await
+            } else {
+                Ok(())
+            }
+        };
+        let (b, w, c) = tokio::join!(
+            begin,
+            self.client.execute_typed(&sql, &typed),
+            self.client.batch_execute("COMMIT")
+        );
+        self.in_tx = false;
+        b.map_err(|e| pg_error(e, "BEGIN"))?;
+        w.map_err(|e| pg_error(e, "writing the checkpoint"))?;
+        c.map_err(|e| pg_error(e, "COMMIT"))?;
+        Ok(())
+    }
+
+    async fn rollback(&mut self) -> Result<()> {
+        self.begin_pending = false;
+        self.loaded.clear();
+        if self.in_tx {
+            self.in_tx = false;
+            self.client
+                .batch_execute("ROLLBACK")
+                .await
+                .map_err(|e| pg_error(e, "ROLLBACK"))?;
+        }
+        Ok(())
+    }
+}

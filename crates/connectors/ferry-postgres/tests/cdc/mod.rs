@@ -1,0 +1,286 @@
+//! Change capture over pgoutput: decoding, schema changes, large
+//! transactions, acks and heartbeats, resume, fencing, teardown.
+
+use std::time::Duration;
+
+use ferry_core::{Change, ErrorClass, Position, Source, SourceEvent, Value};
+use ferry_testkit::eventually;
+
+use crate::common::{next_commit, next_data, server_with_db, source};
+
+/// A source that streams from "now" on table `t`.
+async fn streaming(url: &str, pipeline: &str) -> ferry_postgres::PostgresSource {
+    let mut src = source(url, pipeline).await;
+    src.tables().await.unwrap();
+    src.prepare().await.unwrap();
+    src.start_stream(None, &[]).await.unwrap();
+    src
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cdc_decodes_row_changes_unchanged_toast_and_truncate() {
+    let (pg, url) = server_with_db("src");
+    pg.psql_in(
+        "src",
+        "CREATE TABLE t (id int PRIMARY KEY, small text, big text); \
+         ALTER TABLE t ALTER COLUMN big SET STORAGE EXTERNAL;",
+    );
+    let mut src = streaming(&url, "cdc").await;
+    pg.psql_in(
+        "src",
+        "BEGIN; INSERT INTO t VALUES (1, 'a', repeat('x', 10000)), (2, 'b', 'short'); COMMIT;",
+    );
+    let t = next_commit(&mut src).await;
+    assert_eq!(t.changes.len(), 2);
+    let Change::Insert { row, table } = &t.changes[0] else {
+        panic!()
+    };
+    assert_eq!(table.name.to_string(), "public.t");
+    assert_eq!(row[0], Value::Int(1));
+    assert!(matches!(&row[2], Value::Text(s) if s.len() == 10000));
+    assert!(t.commit_time_micros.is_some());
+
+    // Updating another column leaves the TOASTed one unsent.
+    pg.psql_in("src", "UPDATE t SET small = 'A' WHERE id = 1");
+    let t = next_commit(&mut src).await;
+    let Change::Update { before, after, .. } = &t.changes[0] else {
+        panic!()
+    };
+    assert!(before.is_none());
+    assert_eq!(after[1], Value::Text("A".into()));
+    assert!(matches!(after[2], Value::Unchanged));
+
+    // A key change carries the old key; other old columns are Unchanged.
+    pg.psql_in("src", "UPDATE t SET id = 20 WHERE id = 2");
+    let t = next_commit(&mut src).await;
+    let Change::Update {
+        before: Some(b),
+        after,
+        ..
+    } = &t.changes[0]
+    else {
+        panic!("{:?}", t.changes)
+    };
+    assert_eq!(b[0], Value::Int(2));
+    assert!(matches!(b[1], Value::Unchanged));
+    assert_eq!(after[0], Value::Int(20));
+    assert_eq!(t.changes[0].old_key(), Some(vec![Value::Int(2)]));
+
+    pg.psql_in("src", "DELETE FROM t WHERE id = 20");
+    let t = next_commit(&mut src).await;
+    let Change::Delete { before, .. } = &t.changes[0] else {
+        panic!()
+    };
+    assert_eq!(before[0], Value::Int(20));
+    assert!(matches!(before[2], Value::Unchanged));
+
+    pg.psql_in("src", "TRUNCATE t");
+    let t = next_commit(&mut src).await;
+    assert!(matches!(&t.changes[0], Change::Truncate { tables } if tables.len() == 1));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cdc_reports_schema_changes_before_the_rows_that_use_them() {
+    let (pg, url) = server_with_db("src");
+    pg.psql_in("src", "CREATE TABLE t (id int PRIMARY KEY, a text)");
+    let mut src = streaming(&url, "ddl").await;
+    pg.psql_in("src", "INSERT INTO t VALUES (1, 'x')");
+    let t = next_commit(&mut src).await;
+    assert_eq!(
+        t.changes.len(),
+        1,
+        "an unchanged structure yields no schema change"
+    );
+    pg.psql_in(
+        "src",
+        "ALTER TABLE t ADD COLUMN b numeric(8,3), DROP COLUMN a; INSERT INTO t VALUES (2, 1.5)",
+    );
+    let t = next_commit(&mut src).await;
+    let Change::Schema { table, .. } = &t.changes[0] else {
+        panic!("{:?}", t.changes)
+    };
+    assert_eq!(table.version, 2);
+    assert_eq!(
+        table
+            .columns
+            .iter()
+            .map(|c| c.name.as_str())
+            .collect::<Vec<_>>(),
+        ["id", "b"]
+    );
+    assert_eq!(table.columns[1].source_type, "numeric(8,3)");
+    let Change::Insert { row, table: t2 } = &t.changes[1] else {
+        panic!()
+    };
+    assert_eq!(t2.version, 2);
+    assert_eq!(row[1], Value::Decimal("1.500".into()));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cdc_hands_large_transactions_over_in_partials() {
+    let (pg, url) = server_with_db("src");
+    pg.psql_in("src", "CREATE TABLE t (id int PRIMARY KEY, v text)");
+    let mut src = streaming(&url, "large").await;
+    pg.psql_in(
+        "src",
+        "INSERT INTO t SELECT g, 'v' FROM generate_series(1, 25000) g",
+    );
+    let mut total = 0;
+    let mut partials = 0;
+    loop {
+        match next_data(&mut src).await {
+            SourceEvent::Partial { changes, position } => {
+                partials += 1;
+                total += changes.len();
+                assert!(changes.len() <= 10_000);
+                assert!(matches!(position, Position::Postgres(_)));
+            }
+            SourceEvent::Commit(t) => {
+                total += t.changes.len();
+                break;
+            }
+            SourceEvent::Heartbeat { .. } => {}
+        }
+    }
+    assert_eq!(partials, 2);
+    assert_eq!(total, 25_000);
+}
+
+fn confirmed(pg: &ferry_testkit::PostgresServer, slot: &str) -> String {
+    pg.psql_in(
+        "src",
+        &format!("SELECT confirmed_flush_lsn FROM pg_replication_slots WHERE slot_name = '{slot}'"),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cdc_acks_confirm_the_slot_and_idle_heartbeats_keep_it_moving() {
+    let (pg, url) = server_with_db("src");
+    pg.psql_in(
+        "src",
+        "CREATE TABLE t (id int PRIMARY KEY); CREATE TABLE other (id int)",
+    );
+    let mut config = crate::common::source_config(&url, "acks");
+    config.selection.exclude.push("other".into());
+    let mut src = ferry_postgres::PostgresSource::connect(config)
+        .await
+        .unwrap();
+    src.set_heartbeat_interval(Duration::from_millis(200));
+    src.tables().await.unwrap();
+    src.prepare().await.unwrap();
+    src.start_stream(None, &[]).await.unwrap();
+    pg.psql_in("src", "INSERT INTO t VALUES (1)");
+    let t = next_commit(&mut src).await;
+    let before = confirmed(&pg, "ferry_acks");
+    src.ack(&t.position).await.unwrap();
+    let Position::Postgres(p) = &t.position else {
+        panic!()
+    };
+    let want = p.lsn.to_string();
+    eventually(
+        "slot confirmed at the acked commit",
+        Duration::from_secs(10),
+        || async {
+            let c = confirmed(&pg, "ferry_acks");
+            if c == want {
+                Ok(())
+            } else {
+                Err(format!("confirmed {c}, was {before}, want {want}"))
+            }
+        },
+    )
+    .await;
+    // Idle, and busy only with a table outside the pipeline: heartbeats
+    // arrive and the slot keeps moving without any ack.
+    pg.psql_in("src", "INSERT INTO other SELECT generate_series(1, 1000)");
+    let mut heartbeat = None;
+    while heartbeat.is_none() {
+        if let SourceEvent::Heartbeat { position, .. } =
+            tokio::time::timeout(Duration::from_secs(10), src.next())
+                .await
+                .unwrap()
+                .unwrap()
+        {
+            heartbeat = Some(position);
+        }
+    }
+    assert!(heartbeat.unwrap() > t.position);
+    let want_past = p.lsn;
+    let mut last = String::new();
+    for _ in 0..100 {
+        // Keep the stream read so keepalives are answered.
+        let _ = tokio::time::timeout(Duration::from_millis(100), src.next()).await;
+        last = confirmed(&pg, "ferry_acks");
+        if last.parse::<ferry_core::Lsn>().unwrap() > want_past {
+            break;
+        }
+    }
+    assert!(
+        last.parse::<ferry_core::Lsn>().unwrap() > want_past,
+        "slot stuck at {last}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cdc_resumes_after_a_position_without_duplicates_and_fences_a_second_runner() {
+    let (pg, url) = server_with_db("src");
+    pg.psql_in("src", "CREATE TABLE t (id int PRIMARY KEY)");
+    let first;
+    {
+        let mut src = streaming(&url, "resume").await;
+        pg.psql_in("src", "INSERT INTO t VALUES (1); INSERT INTO t VALUES (2);");
+        first = next_commit(&mut src).await;
+        let second = next_commit(&mut src).await;
+        assert!(second.position > first.position);
+        // A second runner of the same pipeline is refused while this one streams.
+        let mut other = crate::common::source(&url, "resume").await;
+        other.tables().await.unwrap();
+        other.prepare().await.unwrap();
+        let err = other
+            .start_stream(Some(&first.position), &[])
+            .await
+            .unwrap_err();
+        assert_eq!(err.class(), ErrorClass::Fatal);
+        assert!(err.message().contains("in use"), "{}", err.report());
+        assert!(
+            err.fix().unwrap().contains("stop the other ferry"),
+            "{}",
+            err.report()
+        );
+    }
+    // Only the first was durable: resuming after it delivers the second
+    // once (the old walsender may take a moment to release the slot).
+    let mut src = None;
+    for _ in 0..100 {
+        let mut s = crate::common::source(&url, "resume").await;
+        s.tables().await.unwrap();
+        s.prepare().await.unwrap();
+        if s.start_stream(Some(&first.position), &[]).await.is_ok() {
+            src = Some(s);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let mut src = src.expect("slot released");
+    let t = next_commit(&mut src).await;
+    assert!(matches!(&t.changes[0], Change::Insert { row, .. } if row[0] == Value::Int(2)));
+    pg.psql_in("src", "INSERT INTO t VALUES (3)");
+    let t = next_commit(&mut src).await;
+    assert!(matches!(&t.changes[0], Change::Insert { row, .. } if row[0] == Value::Int(3)));
+    // Teardown drops slot and publication once nothing streams.
+    drop(src);
+    let mut src = crate::common::source(&url, "resume").await;
+    let mut result = src.teardown().await;
+    for _ in 0..100 {
+        if result.is_ok() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        result = src.teardown().await;
+    }
+    result.unwrap();
+    assert_eq!(
+        pg.psql_in("src", "SELECT (SELECT count(*) FROM pg_replication_slots) + (SELECT count(*) FROM pg_publication)"),
+        "0"
+    );
+}

@@ -1,0 +1,126 @@
+//! Pre-flight checks and connection errors against real servers.
+
+use ferry_core::{CheckStatus, ErrorClass, Source};
+use ferry_postgres::PostgresSource;
+use ferry_testkit::PostgresServer;
+
+use crate::common::{server_with_db, source, source_config};
+
+fn find<'a>(items: &'a [ferry_core::CheckItem], name: &str) -> &'a ferry_core::CheckItem {
+    items
+        .iter()
+        .find(|i| i.name.contains(name))
+        .unwrap_or_else(|| panic!("no check {name:?} in {items:#?}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn check_passes_on_a_ready_source() {
+    let (pg, url) = server_with_db("src");
+    pg.psql_in("src", "CREATE TABLE t (id int PRIMARY KEY)");
+    let mut src = source(&url, "ok").await;
+    let items = src.check().await;
+    assert!(
+        items.iter().all(|i| i.status == CheckStatus::Ok),
+        "{items:#?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn check_and_prepare_explain_a_wal_level_below_logical() {
+    let pg = PostgresServer::builder().wal_level("replica").start();
+    let url = pg.create_database("src");
+    let mut src = source(&url, "wal").await;
+    let items = src.check().await;
+    let item = find(&items, "wal_level");
+    assert_eq!(item.status, CheckStatus::Fail);
+    assert!(
+        item.fix
+            .as_deref()
+            .unwrap()
+            .contains("ALTER SYSTEM SET wal_level = logical")
+    );
+    src.tables().await.unwrap();
+    let err = src.prepare().await.unwrap_err();
+    assert_eq!(err.class(), ErrorClass::Fatal);
+    assert!(
+        err.fix().unwrap().contains("wal_level = logical"),
+        "{}",
+        err.report()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn check_finds_missing_privileges_keys_and_slots() {
+    let pg = PostgresServer::builder()
+        .conf("max_replication_slots = 1")
+        .start();
+    let url = pg.create_database("src");
+    pg.psql_in(
+        "src",
+        "CREATE TABLE nokey (a int); CREATE ROLE plain LOGIN; \
+         SELECT pg_create_logical_replication_slot('someone_else', 'pgoutput');",
+    );
+    let mut src =
+        PostgresSource::connect(source_config(&url.replace("postgres@", "plain@"), "priv"))
+            .await
+            .unwrap();
+    let items = src.check().await;
+    let repl = find(&items, "REPLICATION privilege");
+    assert_eq!(repl.status, CheckStatus::Fail);
+    assert!(
+        repl.fix
+            .as_deref()
+            .unwrap()
+            .contains("ALTER ROLE plain WITH REPLICATION")
+    );
+    assert_eq!(find(&items, "publication rights").status, CheckStatus::Fail);
+    let slots = find(&items, "replication slots");
+    assert_eq!(slots.status, CheckStatus::Fail, "{slots}");
+    let table = find(&items, "table public.nokey");
+    assert_eq!(table.status, CheckStatus::Fail);
+    assert!(table.fix.as_deref().unwrap().contains("PRIMARY KEY"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wrong_password_and_unreachable_host_are_clear() {
+    let pg = PostgresServer::builder().password("right").start();
+    let url = pg.url().replace("right", "nope");
+    let err = PostgresSource::connect(source_config(&url, "pw"))
+        .await
+        .unwrap_err();
+    assert_eq!(err.class(), ErrorClass::Fatal, "{}", err.report());
+    assert!(
+        err.report().contains("28P01") && err.fix().unwrap().contains("password"),
+        "{}",
+        err.report()
+    );
+    // The replication connection authenticates with SCRAM too.
+    let mut src = PostgresSource::connect(source_config(&pg.url(), "pw"))
+        .await
+        .unwrap();
+    src.tables().await.unwrap();
+    src.prepare().await.unwrap();
+    src.start_stream(None, &[]).await.unwrap();
+    let port = ferry_testkit::free_port();
+    let err = PostgresSource::connect(source_config(
+        &format!("postgres://postgres@127.0.0.1:{port}/x"),
+        "pw",
+    ))
+    .await
+    .unwrap_err();
+    assert_eq!(err.class(), ErrorClass::Transient);
+    assert!(
+        err.message().contains(&format!("127.0.0.1:{port}")),
+        "{}",
+        err.report()
+    );
+    assert!(err.fix().is_some());
+    let err = PostgresSource::connect(source_config(&pg.url(), "Bad-Name"))
+        .await
+        .unwrap_err();
+    assert!(
+        err.fix().unwrap().contains("lower-case"),
+        "{}",
+        err.report()
+    );
+}

@@ -1,0 +1,9 @@
+//! Integration tests of ferry-postgres against real PostgreSQL servers
+//! started by ferry-testkit (one server per test).
+
+mod cdc;
+mod check;
+mod common;
+mod sink;
+mod source;
+mod types;

@@ -1,0 +1,198 @@
+//! The source snapshot: exported snapshot, parallel chunks, exact hand-off
+//! to the stream, restart with skipped ranges.
+
+use std::collections::BTreeSet;
+
+use ferry_core::{
+    Change, ErrorClass, KeyRange, Position, SnapshotRequest, Source, TableReader, Value,
+};
+
+use crate::common::{drain, next_commit, requests, server_with_db, source};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn snapshot_is_consistent_parallel_and_hands_off_exactly_to_the_stream() {
+    let (pg, url) = server_with_db("src");
+    pg.psql_in(
+        "src",
+        "CREATE TABLE big (id bigint PRIMARY KEY, v text); \
+         INSERT INTO big SELECT g, 'v' || g FROM generate_series(1, 60000) g; \
+         ANALYZE big; \
+         CREATE TABLE names (name text PRIMARY KEY, n int); \
+         INSERT INTO names SELECT 'k' || g, g FROM generate_series(1, 25000) g; \
+         CREATE TABLE pair (a int, b text, PRIMARY KEY (a, b)); \
+         INSERT INTO pair VALUES (1, 'x'), (1, 'y'), (2, 'x');",
+    );
+    let mut src = source(&url, "snap").await;
+    let tables = src.tables().await.unwrap();
+    assert_eq!(tables.len(), 3);
+    src.prepare().await.unwrap();
+    // Written after the slot's consistent point: not in the snapshot, but
+    // in the stream.
+    pg.psql_in(
+        "src",
+        "INSERT INTO big VALUES (60001, 'late'); DELETE FROM names WHERE name = 'k1';",
+    );
+    let reader = src.snapshot(requests(&tables)).await.unwrap();
+    let snapshot_pos = reader.position().clone();
+    let chunks = drain(reader).await;
+    let mut ids = BTreeSet::new();
+    let mut names = 0;
+    let mut done = BTreeSet::new();
+    for c in &chunks {
+        assert!(
+            !done.contains(&c.table.name.to_string()),
+            "chunk after table_done"
+        );
+        if c.table_done {
+            done.insert(c.table.name.to_string());
+        }
+        match c.table.name.name.as_str() {
+            "big" => {
+                assert!(c.rows.len() <= 50_000);
+                for r in &c.rows {
+                    let key = c.table.key_of(r);
+                    assert!(
+                        c.range.contains(&key) || c.range.lower == c.range.upper,
+                        "{:?} outside {:?}",
+                        key,
+                        c.range
+                    );
+                    let Value::Int(id) = r[0] else { panic!() };
+                    assert!(ids.insert(id), "row {id} twice");
+                }
+            }
+            "names" => names += c.rows.len(),
+            _ => {}
+        }
+    }
+    assert_eq!(done.len(), 3, "every table done");
+    assert_eq!(ids.len(), 60_000);
+    assert_eq!(*ids.last().unwrap(), 60_000);
+    assert_eq!(names, 25_000);
+    assert!(
+        chunks.iter().filter(|c| c.table.name.name == "big").count() >= 3,
+        "big copied in several chunks"
+    );
+    // The stream starts exactly after the snapshot.
+    src.start_stream(Some(&snapshot_pos), &[]).await.unwrap();
+    let t1 = next_commit(&mut src).await;
+    assert!(matches!(&t1.changes[..], [Change::Insert { row, .. }] if row[0] == Value::Int(60001)));
+    assert!(t1.position > snapshot_pos);
+    let t2 = next_commit(&mut src).await;
+    assert!(
+        matches!(&t2.changes[..], [Change::Delete { before, .. }] if before[0] == Value::Text("k1".into()))
+    );
+    // Reading back through TableReader, in key order (text by bytes).
+    let names_t = tables.iter().find(|t| t.name.name == "names").unwrap();
+    let first = src.read_rows(names_t, None, 3).await.unwrap();
+    assert_eq!(first[0][0], Value::Text("k10".into()));
+    assert_eq!(src.count_rows(names_t).await.unwrap(), 24_999);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn restart_takes_a_new_snapshot_and_skips_copied_ranges() {
+    let (pg, url) = server_with_db("src");
+    pg.psql_in(
+        "src",
+        "CREATE TABLE t (id int PRIMARY KEY, v int); \
+         INSERT INTO t SELECT g, g FROM generate_series(1, 1000) g;",
+    );
+    let first_pos: Position;
+    {
+        let mut src = source(&url, "again").await;
+        let tables = src.tables().await.unwrap();
+        src.prepare().await.unwrap();
+        let reader = src.snapshot(requests(&tables)).await.unwrap();
+        first_pos = reader.position().clone();
+        // Crash before the copy is used: the exported snapshot is gone.
+    }
+    pg.psql_in(
+        "src",
+        "UPDATE t SET v = -v WHERE id IN (10, 900); INSERT INTO t VALUES (1001, 1001);",
+    );
+    let mut src = source(&url, "again").await;
+    let tables = src.tables().await.unwrap();
+    src.prepare().await.unwrap();
+    // Keys up to 500 were copied by the first run.
+    let skip = vec![KeyRange {
+        lower: None,
+        upper: Some(vec![Value::Int(500)]),
+    }];
+    let reader = src
+        .snapshot(vec![SnapshotRequest {
+            table: tables[0].clone(),
+            skip,
+        }])
+        .await
+        .unwrap();
+    let second_pos = reader.position().clone();
+    assert!(second_pos > first_pos, "a new, later snapshot");
+    let chunks = drain(reader).await;
+    let rows: Vec<&Vec<Value>> = chunks.iter().flat_map(|c| &c.rows).collect();
+    assert_eq!(rows.len(), 501, "501..=1001 copied, 1..=500 skipped");
+    assert!(rows.iter().all(|r| r[0] > Value::Int(500)));
+    assert!(
+        rows.iter()
+            .any(|r| r[0] == Value::Int(900) && r[1] == Value::Int(-900))
+    );
+    for c in &chunks {
+        assert!(
+            c.range
+                .lower
+                .as_ref()
+                .is_some_and(|l| l >= &vec![Value::Int(500)]),
+            "{:?}",
+            c.range
+        );
+    }
+    // The stream from the first snapshot delivers every change since; the
+    // pipeline's checkpoint drops those already in the second copy.
+    src.start_stream(Some(&first_pos), &[]).await.unwrap();
+    let t = next_commit(&mut src).await;
+    assert_eq!(t.changes.len(), 2);
+    let t = next_commit(&mut src).await;
+    assert_eq!(t.changes.len(), 1);
+    assert!(t.position <= second_pos);
+    // The temporary slot is gone with its session.
+    assert_eq!(
+        pg.psql_in(
+            "src",
+            "SELECT string_agg(slot_name, ',') FROM pg_replication_slots"
+        ),
+        "ferry_again"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tables_without_key_or_with_unsupported_types_are_fatal_with_a_fix() {
+    let (pg, url) = server_with_db("src");
+    pg.psql_in("src", "CREATE TABLE nokey (a int, b text)");
+    let mut src = source(&url, "nokey").await;
+    let err = src.tables().await.unwrap_err();
+    assert_eq!(err.class(), ErrorClass::Fatal);
+    assert!(err.message().contains("public.nokey"), "{}", err.report());
+    assert!(
+        err.fix().unwrap().contains("ADD PRIMARY KEY"),
+        "{}",
+        err.report()
+    );
+    pg.psql_in(
+        "src",
+        "ALTER TABLE nokey ADD PRIMARY KEY (a); CREATE TABLE geo (id int PRIMARY KEY, p point)",
+    );
+    let err = src.tables().await.unwrap_err();
+    assert!(
+        err.message().contains("public.geo") && err.message().contains(".p has type point"),
+        "{}",
+        err.report()
+    );
+    // A replica identity index works instead of a primary key.
+    pg.psql_in(
+        "src",
+        "DROP TABLE geo; CREATE TABLE ri (a int NOT NULL, b int); CREATE UNIQUE INDEX ri_a ON ri (a); \
+         ALTER TABLE ri REPLICA IDENTITY USING INDEX ri_a;",
+    );
+    let tables = src.tables().await.unwrap();
+    let ri = tables.iter().find(|t| t.name.name == "ri").unwrap();
+    assert_eq!(ri.key_names(), vec!["a"]);
+}

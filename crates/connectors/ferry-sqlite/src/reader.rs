@@ -1,0 +1,144 @@
+//! Reading rows in key order: SQL text for a table's columns and key, row
+//! conversion, and the [`TableReader`](ferry_core::TableReader) queries the
+//! source and the sink share.
+
+use ferry_core::value::display_key;
+use ferry_core::{Error, Result, TableRef, TableSchema, Value};
+use rusqlite::Connection;
+use rusqlite::types::ValueRef;
+
+use crate::connection::{Blocking, db_error, ident};
+use crate::types::{Param, display_raw, to_value};
+
+/// `"a", "b", ...`: every column, in schema order.
+pub(crate) fn column_list(table: &TableSchema) -> String {
+    table
+        .columns
+        .iter()
+        .map(|c| ident(&c.name))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// `("k1", "k2")`: the key as a row value, for comparisons.
+pub(crate) fn key_tuple(table: &TableSchema) -> String {
+    format!("({})", key_order(table))
+}
+
+/// `"k1", "k2"`: the key, for `ORDER BY`.
+pub(crate) fn key_order(table: &TableSchema) -> String {
+    table
+        .key_names()
+        .iter()
+        .map(|k| ident(k))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// `(?3, ?4)`: `n` numbered parameters starting at `first`.
+pub(crate) fn params_tuple(first: usize, n: usize) -> String {
+    let p: Vec<String> = (first..first + n).map(|i| format!("?{i}")).collect();
+    format!("({})", p.join(", "))
+}
+
+/// Converts one result row (columns in schema order) to values, reporting
+/// a value that does not fit its column with table, column, key and value.
+pub(crate) fn convert_row(table: &TableSchema, row: &rusqlite::Row<'_>) -> Result<Vec<Value>> {
+    let mut out = Vec::with_capacity(table.columns.len());
+    for (i, col) in table.columns.iter().enumerate() {
+        let raw = row
+            .get_ref(i)
+            .map_err(|e| Error::fatal(format!("reading {}", table.name)).with_source(e))?;
+        match to_value(&col.ty, raw) {
+            Ok(v) => out.push(v),
+            Err(why) => {
+                let key: Vec<String> = table
+                    .key
+                    .iter()
+                    .map(|&k| row.get_ref(k).map(display_raw).unwrap_or_default())
+                    .collect();
+                return Err(
+                    value_error(table, i, raw, &why).with("key", format!("({})", key.join(", ")))
+                );
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// A stored value that does not fit its column's declared type.
+pub(crate) fn value_error(
+    table: &TableSchema,
+    column: usize,
+    raw: ValueRef<'_>,
+    why: &str,
+) -> Error {
+    let col = &table.columns[column];
+    Error::data(format!(
+        "value in {}.{} (declared {:?}) {why}",
+        table.name, col.name, col.source_type
+    ))
+    .with("table", table.name.to_string())
+    .with("column", col.name.as_str())
+    .with("value", display_raw(raw))
+    .with_fix(format!(
+        "correct the value at the source, or exclude the column (`exclude_columns = [\"{}.{}\"]`)",
+        table.name, col.name
+    ))
+}
+
+pub(crate) async fn count_rows(conn: &Blocking<Connection>, table: &TableRef) -> Result<u64> {
+    let sql = format!("SELECT count(*) FROM {}", ident(&table.name.name));
+    let path = conn.path.clone();
+    conn.run(move |c| {
+        c.query_row(&sql, [], |r| r.get::<_, i64>(0))
+            .map(|n| n as u64)
+            .map_err(|e| db_error(&path, "counting rows", e).with("statement", sql.clone()))
+    })
+    .await
+}
+
+pub(crate) async fn read_rows(
+    conn: &Blocking<Connection>,
+    table: &TableRef,
+    after: Option<&[Value]>,
+    limit: usize,
+) -> Result<Vec<Vec<Value>>> {
+    let table = TableRef::clone(table);
+    let after = after.map(<[Value]>::to_vec);
+    let path = conn.path.clone();
+    conn.run(move |c| {
+        let n = table.key.len();
+        let filter = match after {
+            Some(_) => format!("WHERE {} > {}", key_tuple(&table), params_tuple(2, n)),
+            None => String::new(),
+        };
+        let sql = format!(
+            "SELECT {} FROM {} {filter} ORDER BY {} LIMIT ?1",
+            column_list(&table),
+            ident(&table.name.name),
+            key_order(&table)
+        );
+        let fail = |e| {
+            let mut err = db_error(&path, "reading rows", e)
+                .with("table", table.name.to_string())
+                .with("statement", sql.clone());
+            if let Some(k) = &after {
+                err = err.with("key", display_key(k));
+            }
+            err
+        };
+        let mut stmt = c.prepare_cached(&sql).map_err(fail)?;
+        stmt.raw_bind_parameter(1, limit as i64).map_err(fail)?;
+        for (i, v) in after.iter().flatten().enumerate() {
+            stmt.raw_bind_parameter(i + 2, Param(v)).map_err(fail)?;
+        }
+        let mut rows = stmt.raw_query();
+        let mut out = Vec::new();
+        while let Some(row) = rows.next().map_err(fail)? {
+            out.push(convert_row(&table, row)?);
+        }
+        Ok(out)
+    })
+    .await
+}

@@ -1,0 +1,188 @@
+//! Reading table structure from a SQLite file.
+
+use std::path::Path;
+
+use ferry_core::{Column, Error, Selection, TableName, TableSchema};
+use rusqlite::Connection;
+
+use crate::connection::db_error;
+use crate::types::{SUPPORTED_TYPES, column_type};
+
+/// Names of the ordinary tables `selection` selects, sorted.
+pub(crate) fn selected_tables(
+    conn: &Connection,
+    path: &Path,
+    selection: &Selection,
+) -> Result<Vec<String>, Error> {
+    let names = conn
+        .prepare("SELECT name FROM sqlite_schema WHERE type = 'table' ORDER BY name")
+        .and_then(|mut s| {
+            s.query_map([], |r| r.get::<_, String>(0))?
+                .collect::<rusqlite::Result<Vec<_>>>()
+        })
+        .map_err(|e| db_error(path, "listing tables", e))?;
+    Ok(names
+        .into_iter()
+        .filter(|n| selection.selects(&TableName::bare(n)))
+        .collect())
+}
+
+/// Reads one table's columns and primary key. A table ferry cannot
+/// replicate (virtual, no primary key, unknown column type, non-binary key
+/// collation) is a fatal error naming the table and the fix.
+pub(crate) fn read_table(conn: &Connection, path: &Path, name: &str) -> Result<TableSchema, Error> {
+    let err = |e| db_error(path, &format!("reading the structure of table {name}"), e);
+    let sql: String = conn
+        .query_row(
+            "SELECT sql FROM sqlite_schema WHERE type = 'table' AND name = ?1",
+            [name],
+            |r| r.get(0),
+        )
+        .map_err(err)?;
+    let exclude_fix = format!("exclude the table with `exclude = [\"{name}\"]`");
+    let upper_sql = sql.to_ascii_uppercase();
+    if upper_sql.starts_with("CREATE VIRTUAL TABLE") {
+        return Err(Error::fatal(format!(
+            "table {name} is a virtual table; SQLite cannot put capture triggers on it"
+        ))
+        .with_fix(exclude_fix));
+    }
+    let without_rowid = upper_sql.contains("WITHOUT ROWID");
+
+    // (name, declared type, not null, position in the primary key)
+    let raw: Vec<(String, String, bool, i64)> = conn
+        .prepare(
+            "SELECT name, type, \"notnull\", pk FROM pragma_table_xinfo(?1) \
+             WHERE hidden <> 1 ORDER BY cid",
+        )
+        .and_then(|mut s| {
+            s.query_map([name], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))?
+                .collect()
+        })
+        .map_err(err)?;
+
+    let mut key: Vec<(i64, usize)> = raw
+        .iter()
+        .enumerate()
+        .filter(|(_, c)| c.3 > 0)
+        .map(|(i, c)| (c.3, i))
+        .collect();
+    key.sort();
+    if key.is_empty() {
+        return Err(Error::fatal(format!(
+            "table {name} has no primary key; ferry needs one to identify rows"
+        ))
+        .with("table", name)
+        .with_fix(format!(
+            "add a PRIMARY KEY (or a column declared INTEGER PRIMARY KEY), or {exclude_fix}"
+        )));
+    }
+    // A lone INTEGER PRIMARY KEY is the rowid and can never be NULL; other
+    // key columns of rowid tables can (an old SQLite quirk).
+    let rowid_alias = key.len() == 1 && raw[key[0].1].1.eq_ignore_ascii_case("INTEGER");
+
+    let mut columns = Vec::with_capacity(raw.len());
+    for (cname, declared, not_null, pk) in &raw {
+        let ty = column_type(declared).ok_or_else(|| {
+            Error::fatal(format!(
+                "column {name}.{cname} has type {declared:?}, which ferry does not support"
+            ))
+            .with("table", name)
+            .with("column", cname.as_str())
+            .with_fix(format!(
+                "declare the column with a supported type ({SUPPORTED_TYPES}) or exclude it \
+                 (`exclude_columns = [\"{name}.{cname}\"]`)"
+            ))
+        })?;
+        let key_never_null = *pk > 0 && (without_rowid || rowid_alias);
+        columns.push(Column {
+            name: cname.clone(),
+            ty,
+            nullable: !not_null && !key_never_null,
+            source_type: declared.clone(),
+        });
+    }
+    check_key_collation(conn, path, name, &columns)?;
+    Ok(TableSchema {
+        name: TableName::bare(name),
+        columns,
+        key: key.into_iter().map(|(_, i)| i).collect(),
+        version: 1,
+    })
+}
+
+/// Ferry orders keys by bytes (`BINARY`); a key declared `COLLATE NOCASE`
+/// sorts differently, so snapshot ranges and verify pages would not agree
+/// with SQLite's order.
+fn check_key_collation(
+    conn: &Connection,
+    path: &Path,
+    table: &str,
+    columns: &[Column],
+) -> Result<(), Error> {
+    let collations: Vec<(String, String)> = conn
+        .prepare(
+            "SELECT x.name, x.coll FROM pragma_index_list(?1) AS l, pragma_index_xinfo(l.name) AS x \
+             WHERE l.origin = 'pk' AND x.key = 1",
+        )
+        .and_then(|mut s| {
+            s.query_map([table], |r| Ok((r.get(0)?, r.get(1)?)))?
+                .collect()
+        })
+        .map_err(|e| db_error(path, &format!("reading the key of table {table}"), e))?;
+    for (column, coll) in collations {
+        if !coll.eq_ignore_ascii_case("BINARY") && columns.iter().any(|c| c.name == column) {
+            return Err(Error::fatal(format!(
+                "key column {table}.{column} uses collation {coll}; ferry orders keys by bytes \
+                 (BINARY) and would copy ranges of this table inconsistently"
+            ))
+            .with("table", table)
+            .with_fix(format!(
+                "declare the key column COLLATE BINARY, or exclude the table with `exclude = [\"{table}\"]`"
+            )));
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ferry_core::ColumnType;
+
+    fn db(sql: &str) -> Connection {
+        let c = Connection::open_in_memory().unwrap();
+        c.execute_batch(sql).unwrap();
+        c
+    }
+
+    #[test]
+    fn reads_columns_and_key_order() {
+        let c = db("CREATE TABLE t(b TEXT NOT NULL, a INT, x, PRIMARY KEY(a, b))");
+        let t = read_table(&c, Path::new("m"), "t").unwrap();
+        assert_eq!(t.key_names(), ["a", "b"]);
+        assert_eq!(t.columns[2].ty, ColumnType::Dynamic);
+        assert!(!t.columns[0].nullable);
+        let c = db("CREATE TABLE u(id INTEGER PRIMARY KEY, v REAL)");
+        let u = read_table(&c, Path::new("m"), "u").unwrap();
+        assert!(!u.columns[0].nullable);
+        assert_eq!(u.columns[1].ty, ColumnType::Float64);
+    }
+
+    #[test]
+    fn unusable_tables_are_fatal_with_fixes() {
+        let c = db(
+            "CREATE TABLE nokey(a); CREATE TABLE geo(id INTEGER PRIMARY KEY, p POINT); \
+             CREATE TABLE ci(k TEXT COLLATE NOCASE PRIMARY KEY)",
+        );
+        let e = read_table(&c, Path::new("m"), "nokey").unwrap_err();
+        assert!(
+            e.message().contains("nokey") && e.fix().unwrap().contains("exclude = [\"nokey\"]")
+        );
+        let e = read_table(&c, Path::new("m"), "geo").unwrap_err();
+        assert!(e.message().contains("geo.p") && e.message().contains("POINT"));
+        assert!(e.fix().unwrap().contains("exclude_columns = [\"geo.p\"]"));
+        let e = read_table(&c, Path::new("m"), "ci").unwrap_err();
+        assert!(e.message().contains("NOCASE"));
+    }
+}

@@ -1,0 +1,287 @@
+//! The SQLite sink: creates target tables, writes through one writer
+//! connection (SQLite has one writer at a time), and keeps the checkpoint
+//! in `_ferry_checkpoint`, committed in the same transaction as the data.
+//!
+//! Durability: WAL with `synchronous=NORMAL`. A commit is in the WAL file
+//! when `COMMIT` returns, so it survives a crash or `kill -9` of ferry; an
+//! OS crash or power loss may lose the last commits, but data and
+//! checkpoint are lost together, so ferry resumes from what is there.
+
+mod writer;
+
+use std::path::{Path, PathBuf};
+
+use async_trait::async_trait;
+use ferry_core::{
+    CheckItem, Checkpoint, CheckpointRecord, CheckpointStore, Error, Result, Sink, SinkInfo,
+    SinkWriter, TableReader, TableRef, TableSchema, Value,
+};
+use rusqlite::{Connection, TransactionBehavior};
+
+use crate::connection::{Blocking, db_error, ident, open_target};
+use crate::types::declared_type;
+
+const CREATE_CHECKPOINT: &str = "CREATE TABLE IF NOT EXISTS _ferry_checkpoint(\
+     pipeline TEXT NOT NULL, scope TEXT NOT NULL, value TEXT NOT NULL, \
+     updated_at TEXT NOT NULL, PRIMARY KEY(pipeline, scope))";
+
+/// Validated settings of a SQLite target.
+#[derive(Debug, Clone)]
+pub struct SqliteSinkConfig {
+    /// The target database file; created when missing.
+    pub path: PathBuf,
+    /// Pipeline name: the key of this pipeline's checkpoint records.
+    pub pipeline: String,
+}
+
+/// A SQLite database written by ferry.
+pub struct SqliteSink {
+    cfg: SqliteSinkConfig,
+    /// For checkpoint reads, structure changes, checks and verify reads;
+    /// writes go through [`SinkWriter`]s, each with its own connection.
+    conn: Blocking<Connection>,
+}
+
+impl SqliteSink {
+    /// Opens (creating if needed) the target and its checkpoint table. A
+    /// read-only file or an unwritable directory is a fatal error naming
+    /// the path.
+    pub fn open(cfg: SqliteSinkConfig) -> Result<Self> {
+        let conn = open_target(&cfg.path)?;
+        conn.execute_batch(CREATE_CHECKPOINT)
+            .map_err(|e| db_error(&cfg.path, "creating the checkpoint table", e))?;
+        Ok(SqliteSink {
+            conn: Blocking::new(conn, &cfg.path),
+            cfg,
+        })
+    }
+}
+
+/// This pipeline's checkpoint records, decoded.
+pub(crate) fn load_checkpoint(c: &Connection, path: &Path, pipeline: &str) -> Result<Checkpoint> {
+    let records = c
+        .prepare_cached(
+            "SELECT scope, value FROM _ferry_checkpoint WHERE pipeline = ?1 ORDER BY scope",
+        )
+        .and_then(|mut s| {
+            s.query_map([pipeline], |r| {
+                Ok(CheckpointRecord {
+                    scope: r.get(0)?,
+                    value: r.get(1)?,
+                })
+            })?
+            .collect::<rusqlite::Result<Vec<_>>>()
+        })
+        .map_err(|e| db_error(path, "reading the checkpoint", e))?;
+    Checkpoint::from_records(&records)
+}
+
+/// `CREATE TABLE` for a target table: logical types mapped by
+/// [`declared_type`], `NOT NULL` kept, the key as primary key.
+pub(crate) fn create_table_sql(table: &TableSchema) -> String {
+    let mut parts: Vec<String> = table
+        .columns
+        .iter()
+        .map(|c| {
+            let ty = declared_type(&c.ty);
+            let mut def = ident(&c.name);
+            if !ty.is_empty() {
+                def.push(' ');
+                def.push_str(&ty);
+            }
+            if !c.nullable {
+                def.push_str(" NOT NULL");
+            }
+            def
+        })
+        .collect();
+    let key: Vec<String> = table.key_names().iter().map(|k| ident(k)).collect();
+    parts.push(format!("PRIMARY KEY ({})", key.join(", ")));
+    format!(
+        "CREATE TABLE IF NOT EXISTS {} ({})",
+        ident(&table.name.name),
+        parts.join(", ")
+    )
+}
+
+/// Column names of an existing table, and its primary key in order.
+pub(crate) fn target_columns(
+    c: &Connection,
+    table: &str,
+) -> rusqlite::Result<(Vec<String>, Vec<String>)> {
+    let cols: Vec<(String, i64)> = c
+        .prepare("SELECT name, pk FROM pragma_table_info(?1) ORDER BY cid")?
+        .query_map([table], |r| Ok((r.get(0)?, r.get(1)?)))?
+        .collect::<rusqlite::Result<_>>()?;
+    let mut key: Vec<&(String, i64)> = cols.iter().filter(|c| c.1 > 0).collect();
+    key.sort_by_key(|c| c.1);
+    let key = key.into_iter().map(|c| c.0.clone()).collect();
+    Ok((cols.into_iter().map(|c| c.0).collect(), key))
+}
+
+fn ensure_table(c: &Connection, path: &Path, table: &TableSchema) -> Result<()> {
+    let name = &table.name.name;
+    let sql = create_table_sql(table);
+    c.execute_batch(&sql).map_err(|e| {
+        db_error(path, &format!("creating table {name}"), e).with("statement", sql.clone())
+    })?;
+    let (existing, key) = target_columns(c, name)
+        .map_err(|e| db_error(path, &format!("reading the structure of table {name}"), e))?;
+    for col in &table.columns {
+        if !existing.contains(&col.name) {
+            return Err(Error::fatal(format!(
+                "target table {name} exists but has no column {}",
+                col.name
+            ))
+            .with("table", name.as_str())
+            .with_fix(format!(
+                "add it (`ALTER TABLE {} ADD COLUMN {} {}`) or drop the target table so ferry recreates it",
+                ident(name),
+                ident(&col.name),
+                declared_type(&col.ty)
+            )));
+        }
+    }
+    let want: Vec<&str> = table.key_names();
+    if key != want {
+        // Upserts name the key in ON CONFLICT; any other key makes them fail.
+        return Err(Error::fatal(format!(
+            "target table {name} has primary key ({}) but the source key is ({})",
+            key.join(", "),
+            want.join(", ")
+        ))
+        .with("table", name.as_str())
+        .with_fix(
+            "drop the target table so ferry recreates it, or map the pipeline to another table",
+        ));
+    }
+    Ok(())
+}
+
+#[async_trait]
+impl CheckpointStore for SqliteSink {
+    async fn load(&self) -> Result<Checkpoint> {
+        let path = self.cfg.path.clone();
+        let pipeline = self.cfg.pipeline.clone();
+        self.conn
+            .run(move |c| load_checkpoint(c, &path, &pipeline))
+            .await
+    }
+
+    async fn clear(&self) -> Result<()> {
+        let path = self.cfg.path.clone();
+        let pipeline = self.cfg.pipeline.clone();
+        self.conn
+            .run(move |c| {
+                c.execute(
+                    "DELETE FROM _ferry_checkpoint WHERE pipeline = ?1",
+                    [&pipeline],
+                )
+                .map_err(|e| db_error(&path, "clearing the checkpoint", e))?;
+                Ok(())
+            })
+            .await
+    }
+}
+
+#[async_trait]
+impl Sink for SqliteSink {
+    /// SQLite allows one writer at a time.
+    fn info(&self) -> SinkInfo {
+        SinkInfo { max_writers: 1 }
+    }
+
+    async fn check(&self) -> Vec<CheckItem> {
+        crate::check::target(&self.conn, &self.cfg.pipeline).await
+    }
+
+    /// Creates missing tables; an existing table must have every column
+    /// (by name) and the same primary key. One transaction for all tables.
+    async fn ensure_tables(&self, tables: &[TableRef]) -> Result<()> {
+        let tables = tables.to_vec();
+        let path = self.cfg.path.clone();
+        self.conn
+            .run(move |c| {
+                let err = |e| db_error(&path, "creating target tables", e);
+                let tx = c
+                    .transaction_with_behavior(TransactionBehavior::Immediate)
+                    .map_err(err)?;
+                for table in &tables {
+                    ensure_table(&tx, &path, table)?;
+                }
+                tx.commit().map_err(err)
+            })
+            .await
+    }
+
+    async fn writer(&self) -> Result<Box<dyn SinkWriter>> {
+        let path = self.cfg.path.clone();
+        let conn = tokio::task::spawn_blocking(move || open_target(&path))
+            .await
+            .map_err(|e| Error::fatal(format!("SQLite worker task failed: {e}")))??;
+        Ok(Box::new(writer::SqliteWriter::new(
+            conn,
+            &self.cfg.path,
+            &self.cfg.pipeline,
+        )))
+    }
+}
+
+#[async_trait]
+impl TableReader for SqliteSink {
+    async fn count_rows(&self, table: &TableRef) -> Result<u64> {
+        crate::reader::count_rows(&self.conn, table).await
+    }
+
+    async fn read_rows(
+        &self,
+        table: &TableRef,
+        after: Option<&[Value]>,
+        limit: usize,
+    ) -> Result<Vec<Vec<Value>>> {
+        crate::reader::read_rows(&self.conn, table, after, limit).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ferry_core::{Column, ColumnType, TableName};
+
+    #[test]
+    fn create_table_maps_types_and_key() {
+        let t = TableSchema {
+            name: TableName::new(Some("public"), "or\"ders"),
+            columns: vec![
+                Column {
+                    name: "id".into(),
+                    ty: ColumnType::Int32,
+                    nullable: false,
+                    source_type: "int4".into(),
+                },
+                Column {
+                    name: "amount".into(),
+                    ty: ColumnType::Decimal {
+                        precision: Some(12),
+                        scale: Some(2),
+                    },
+                    nullable: true,
+                    source_type: "numeric(12,2)".into(),
+                },
+                Column {
+                    name: "any".into(),
+                    ty: ColumnType::Dynamic,
+                    nullable: true,
+                    source_type: String::new(),
+                },
+            ],
+            key: vec![0],
+            version: 1,
+        };
+        assert_eq!(
+            create_table_sql(&t),
+            "CREATE TABLE IF NOT EXISTS \"or\"\"ders\" (\"id\" INTEGER NOT NULL, \
+             \"amount\" DECIMAL_TEXT(12,2), \"any\", PRIMARY KEY (\"id\"))"
+        );
+    }
+}

@@ -1,0 +1,665 @@
+//! The SQLite source: trigger capture (see [`crate::capture`]) read by
+//! polling, snapshots (see [`crate::snapshot`]), and pre-flight checks.
+//!
+//! # Transactions
+//!
+//! Triggers cannot see transaction ids, but SQLite serializes writers and
+//! `AUTOINCREMENT` hands out seqs in commit order, so every committed state
+//! of the change table ends on a transaction boundary. Each poll reads
+//! `hi = max(seq)`; the rows `(last delivered, hi]` are a group of whole
+//! source transactions and are delivered as one [`Transaction`] (as
+//! `Partial`s of `max_chunk_rows` followed by the `Commit` when large).
+//! Source transactions are never split, but several may be merged into one:
+//! readers of the target still only see states the source had, just not
+//! every one of them. Rows up to `hi` never change (pruning only removes
+//! acknowledged ones), so no read transaction stays open across chunks.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use async_trait::async_trait;
+use ferry_core::{
+    Change, CheckItem, Error, ErrorClass, Position, Result, Selection, SnapshotReader,
+    SnapshotRequest, Source, SourceEvent, SqlitePosition, TableReader, TableRef, Transaction,
+    Value,
+};
+use rusqlite::{Connection, TransactionBehavior};
+
+use crate::capture::{self, ChangeRow};
+use crate::connection::{Blocking, db_error, open_source, set_wal};
+use crate::schema::{read_table, selected_tables};
+use crate::types::to_value;
+
+/// How long the source may stay silent before it sends a heartbeat.
+const HEARTBEAT_EVERY: Duration = Duration::from_secs(1);
+/// Acks are recorded (and the change table pruned) at most this often: each
+/// is a write transaction on the source database.
+const ACK_FLUSH_EVERY: Duration = Duration::from_secs(1);
+
+/// Validated settings of a SQLite source.
+#[derive(Debug, Clone)]
+pub struct SqliteSourceConfig {
+    /// The source database file; it must exist.
+    pub path: PathBuf,
+    /// Pipeline name: the consumer name in `_ferry_consumers`.
+    pub pipeline: String,
+    pub selection: Selection,
+    /// Pause between two polls of the change table while idle.
+    pub poll_interval: Duration,
+    /// Most changes per event, and most rows per snapshot chunk.
+    pub max_chunk_rows: usize,
+}
+
+impl SqliteSourceConfig {
+    /// A config with the defaults: every table, 20 ms polls, 10 000-row chunks.
+    pub fn new(path: impl Into<PathBuf>, pipeline: impl Into<String>) -> Self {
+        SqliteSourceConfig {
+            path: path.into(),
+            pipeline: pipeline.into(),
+            selection: Selection::default(),
+            poll_interval: Duration::from_millis(20),
+            max_chunk_rows: 10_000,
+        }
+    }
+}
+
+/// A SQLite database read through capture triggers.
+pub struct SqliteSource {
+    cfg: SqliteSourceConfig,
+    conn: Blocking<Connection>,
+    /// The structure `tables()` reported, and the schema version it was read at.
+    tables: Option<(Vec<TableRef>, i64)>,
+    stream: Option<Stream>,
+    acks: Acks,
+}
+
+struct Stream {
+    by_name: Arc<HashMap<String, TableRef>>,
+    /// Highest seq delivered (in a `Commit` or a heartbeat).
+    delivered: i64,
+    /// Highest seq seen committed; above `delivered` while a boundary split
+    /// what one poll saw into several groups.
+    seen: i64,
+    /// Snapshot positions a group must end at (ascending), so no delivered
+    /// group straddles the snapshot of a table copied in another snapshot.
+    boundaries: Vec<i64>,
+    data_version: Option<i64>,
+    schema_version: i64,
+    group: Option<Group>,
+    last_event: Instant,
+}
+
+/// A group of whole transactions being delivered in chunks.
+struct Group {
+    hi: i64,
+    /// Highest seq already read.
+    cursor: i64,
+    max_ts: Option<i64>,
+    partial_sent: bool,
+}
+
+struct Acks {
+    pending: Option<i64>,
+    last_flush: Option<Instant>,
+}
+
+/// What one poll saw.
+struct Poll {
+    data_version: i64,
+    /// `(schema_version, max(seq))`, read together, when anything changed.
+    state: Option<(i64, i64)>,
+}
+
+impl SqliteSource {
+    /// Opens the source database (it must exist; ferry never creates it).
+    pub fn open(cfg: SqliteSourceConfig) -> Result<Self> {
+        let conn = open_source(&cfg.path)?;
+        Ok(SqliteSource {
+            conn: Blocking::new(conn, &cfg.path),
+            cfg,
+            tables: None,
+            stream: None,
+            acks: Acks {
+                pending: None,
+                last_flush: None,
+            },
+        })
+    }
+
+    async fn known_tables(&mut self) -> Result<(Vec<TableRef>, i64)> {
+        if let Some(t) = &self.tables {
+            return Ok(t.clone());
+        }
+        let t = self.load_tables().await?;
+        self.tables = Some(t.clone());
+        Ok(t)
+    }
+
+    async fn load_tables(&self) -> Result<(Vec<TableRef>, i64)> {
+        let selection = self.cfg.selection.clone();
+        let path = self.cfg.path.clone();
+        self.conn
+            .run(move |c| {
+                let tx = c
+                    .transaction_with_behavior(TransactionBehavior::Deferred)
+                    .map_err(|e| db_error(&path, "reading tables", e))?;
+                let version = schema_version(&tx, &path)?;
+                let mut out = Vec::new();
+                for name in selected_tables(&tx, &path, &selection)? {
+                    out.push(Arc::new(read_table(&tx, &path, &name)?));
+                }
+                Ok((out, version))
+            })
+            .await
+    }
+
+    fn stream_mut(&mut self) -> Result<&mut Stream> {
+        self.stream
+            .as_mut()
+            .ok_or_else(|| Error::fatal("next() was called before start_stream()"))
+    }
+
+    /// Reads the next chunk of the current group.
+    async fn next_chunk(&mut self) -> Result<Option<SourceEvent>> {
+        let limit = self.cfg.max_chunk_rows.max(1);
+        let stream = self.stream_mut()?;
+        let Some(group) = &stream.group else {
+            return Ok(None);
+        };
+        let (after, hi) = (group.cursor, group.hi);
+        let by_name = Arc::clone(&stream.by_name);
+        let path = self.cfg.path.clone();
+        let (changes, last_seq, read, max_ts) = self
+            .conn
+            .run(move |c| {
+                let rows = capture::read_changes(c, after, hi, limit)
+                    .map_err(|e| db_error(&path, "reading the change table", e))?;
+                let last = rows.last().map_or(hi, |r| r.seq);
+                let max_ts = rows.iter().filter_map(|r| r.ts).max();
+                let mut changes = Vec::with_capacity(rows.len());
+                for row in &rows {
+                    if let Some(table) = by_name.get(&row.table) {
+                        changes.push(decode_change(table, row)?);
+                    }
+                }
+                Ok((changes, last, rows.len(), max_ts))
+            })
+            .await?;
+        let stream = self.stream_mut()?;
+        let group = stream.group.as_mut().expect("group checked above");
+        group.cursor = last_seq;
+        group.max_ts = group.max_ts.max(max_ts);
+        let done = read < limit || last_seq >= hi;
+        if !done {
+            if changes.is_empty() {
+                return Ok(None);
+            }
+            group.partial_sent = true;
+            return Ok(Some(SourceEvent::Partial {
+                position: Position::Sqlite(SqlitePosition { seq: hi }),
+                changes,
+            }));
+        }
+        let group = stream.group.take().expect("group checked above");
+        stream.delivered = group.hi;
+        stream.last_event = Instant::now();
+        let position = Position::Sqlite(SqlitePosition { seq: group.hi });
+        if changes.is_empty() && !group.partial_sent {
+            // Only tables of other pipelines changed.
+            return Ok(Some(SourceEvent::Heartbeat {
+                position,
+                time_micros: Some(now_micros()),
+            }));
+        }
+        Ok(Some(SourceEvent::Commit(Transaction {
+            position,
+            commit_time_micros: group.max_ts,
+            changes,
+        })))
+    }
+
+    async fn poll(&mut self) -> Result<Poll> {
+        let known = self.stream_mut()?.data_version;
+        let path = self.cfg.path.clone();
+        self.conn
+            .run(move |c| {
+                let err = |e| db_error(&path, "polling the change table", e);
+                let data_version: i64 = c
+                    .query_row("PRAGMA data_version", [], |r| r.get(0))
+                    .map_err(err)?;
+                // data_version only moves when another connection commits.
+                if known == Some(data_version) {
+                    return Ok(Poll {
+                        data_version,
+                        state: None,
+                    });
+                }
+                let tx = c.transaction().map_err(err)?;
+                let schema = schema_version(&tx, &path)?;
+                let hi: i64 = tx
+                    .query_row(
+                        "SELECT COALESCE(max(seq), 0) FROM _ferry_changes",
+                        [],
+                        |r| r.get(0),
+                    )
+                    .map_err(err)?;
+                Ok(Poll {
+                    data_version,
+                    state: Some((schema, hi)),
+                })
+            })
+            .await
+    }
+
+    /// Fails when a captured table's columns differ from what `tables()`
+    /// reported: the triggers still encode the old column list.
+    async fn check_drift(&mut self) -> Result<()> {
+        let tables: Vec<TableRef> = self.stream_mut()?.by_name.values().cloned().collect();
+        let path = self.cfg.path.clone();
+        self.conn
+            .run(move |c| {
+                for table in tables {
+                    let now = read_table(c, &path, &table.name.name);
+                    if now.as_ref().is_ok_and(|n| n == &*table) {
+                        continue;
+                    }
+                    let names = |cols: &[ferry_core::Column]| {
+                        cols.iter()
+                            .map(|c| c.name.as_str())
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    };
+                    let current = match &now {
+                        Ok(n) => format!("({})", names(&n.columns)),
+                        Err(e) => e.message().to_owned(),
+                    };
+                    return Err(drift_error(&table.name.name).with(
+                        "columns",
+                        format!("captured ({}), now {current}", names(&table.columns)),
+                    ));
+                }
+                Ok(())
+            })
+            .await
+    }
+
+    async fn flush_acks(&mut self, seq: i64) -> Result<()> {
+        let path = self.cfg.path.clone();
+        let pipeline = self.cfg.pipeline.clone();
+        let pruned = self
+            .conn
+            .run(move |c| {
+                let err = |e| db_error(&path, "recording the acknowledged position", e);
+                let tx = c
+                    .transaction_with_behavior(TransactionBehavior::Immediate)
+                    .map_err(err)?;
+                let pruned = capture::record_ack(&tx, &pipeline, seq, true).map_err(err)?;
+                tx.commit().map_err(err)?;
+                Ok(pruned)
+            })
+            .await?;
+        tracing::debug!(pipeline = %self.cfg.pipeline, seq, pruned, "sqlite source ack recorded");
+        Ok(())
+    }
+}
+
+fn schema_version(c: &Connection, path: &Path) -> Result<i64> {
+    c.query_row("PRAGMA schema_version", [], |r| r.get(0))
+        .map_err(|e| db_error(path, "reading the schema version", e))
+}
+
+fn drift_error(table: &str) -> Error {
+    Error::fatal(format!(
+        "table {table} changed structure (added/dropped columns); ferry does not capture \
+         SQLite DDL yet: changes written since no longer match the copied structure"
+    ))
+    .with("table", table)
+    .with_fix(format!(
+        "stop writes to {table}, run `ferry reset <pipeline.toml>` and run again to re-copy"
+    ))
+}
+
+fn now_micros() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_micros() as i64)
+}
+
+/// Turns one change row into a [`Change`] of `table`.
+fn decode_change(table: &TableRef, row: &ChangeRow) -> Result<Change> {
+    let image = |text: &Option<String>, which: &str| -> Result<Vec<Value>> {
+        let text = text.as_deref().ok_or_else(|| {
+            Error::fatal(format!(
+                "change {} of {} has no {which} image",
+                row.seq, row.table
+            ))
+        })?;
+        let stored = capture::decode_row(text).map_err(|why| {
+            Error::fatal(format!(
+                "change {} of {} is unreadable: {why}",
+                row.seq, row.table
+            ))
+            .with_fix("the change table was edited by hand; reset the pipeline to re-copy")
+        })?;
+        if stored.len() != table.columns.len() {
+            return Err(drift_error(&table.name.name).with(
+                "change",
+                format!(
+                    "seq {} has {} values, the table has {} columns",
+                    row.seq,
+                    stored.len(),
+                    table.columns.len()
+                ),
+            ));
+        }
+        let mut values = Vec::with_capacity(stored.len());
+        for (i, (col, raw)) in table.columns.iter().zip(&stored).enumerate() {
+            let raw = rusqlite::types::ValueRef::from(raw);
+            match to_value(&col.ty, raw) {
+                Ok(v) => values.push(v),
+                Err(why) => {
+                    let key: Vec<String> = table
+                        .key
+                        .iter()
+                        .map(|&k| crate::types::display_raw((&stored[k]).into()))
+                        .collect();
+                    return Err(crate::reader::value_error(table, i, raw, &why)
+                        .with("key", format!("({})", key.join(", ")))
+                        .with("position", format!("seq {}", row.seq)));
+                }
+            }
+        }
+        Ok(values)
+    };
+    let table_ref = TableRef::clone(table);
+    Ok(match row.op.as_str() {
+        "I" => Change::Insert {
+            table: table_ref,
+            row: image(&row.new, "new")?,
+        },
+        "U" => Change::Update {
+            table: table_ref,
+            before: Some(image(&row.old, "old")?),
+            after: image(&row.new, "new")?,
+        },
+        "D" => Change::Delete {
+            table: table_ref,
+            before: image(&row.old, "old")?,
+        },
+        other => {
+            return Err(Error::fatal(format!(
+                "change {} of {} has unknown operation {other:?}",
+                row.seq, row.table
+            )));
+        }
+    })
+}
+
+#[async_trait]
+impl Source for SqliteSource {
+    /// See [`crate::check`]: never changes the source.
+    async fn check(&mut self) -> Vec<CheckItem> {
+        crate::check::source(&self.conn, &self.cfg).await
+    }
+
+    /// Reads the selected tables. Called again, it re-reads them.
+    async fn tables(&mut self) -> Result<Vec<TableRef>> {
+        let loaded = self.load_tables().await?;
+        self.tables = Some(loaded.clone());
+        Ok(loaded.0)
+    }
+
+    /// Switches the source to WAL, creates `_ferry_changes` and
+    /// `_ferry_consumers`, installs the triggers of the selected tables and
+    /// registers this pipeline as a consumer — in one transaction, so a
+    /// crash leaves either all of it or none. Idempotent; triggers whose
+    /// column list no longer matches the table are recreated.
+    async fn prepare(&mut self) -> Result<()> {
+        let (tables, _) = self.known_tables().await?;
+        let path = self.cfg.path.clone();
+        let pipeline = self.cfg.pipeline.clone();
+        let count = tables.len();
+        let recreated = self
+            .conn
+            .run(move |c| {
+                set_wal(c, &path)?;
+                let err = |e| db_error(&path, "installing capture triggers", e);
+                let tx = c
+                    .transaction_with_behavior(TransactionBehavior::Immediate)
+                    .map_err(err)?;
+                let recreated = capture::install(&tx, &tables, &pipeline).map_err(err)?;
+                tx.commit().map_err(err)?;
+                Ok(recreated)
+            })
+            .await?;
+        for table in &recreated {
+            tracing::warn!(
+                pipeline = %self.cfg.pipeline, table = %table,
+                "capture triggers of {table} encoded other columns and were recreated; \
+                 changes captured before cannot be decoded (reset the pipeline if it reports drift)"
+            );
+        }
+        tracing::info!(pipeline = %self.cfg.pipeline, path = %self.cfg.path.display(), tables = count,
+            "sqlite capture installed");
+        Ok(())
+    }
+
+    /// Opens a snapshot on its own connection and thread (see
+    /// [`crate::snapshot`]).
+    async fn snapshot(
+        &mut self,
+        requests: Vec<SnapshotRequest>,
+    ) -> Result<Box<dyn SnapshotReader>> {
+        crate::snapshot::open(self.cfg.path.clone(), requests, self.cfg.max_chunk_rows).await
+    }
+
+    /// Fails when the capture is not installed, a trigger is missing, or
+    /// the changes right after `from` were pruned (or `from` is beyond
+    /// anything this change table ever held: it was torn down and rebuilt).
+    async fn start_stream(
+        &mut self,
+        from: Option<&Position>,
+        boundaries: &[Position],
+    ) -> Result<()> {
+        let (tables, schema_version) = self.known_tables().await?;
+        let from = from.map(|p| p.as_sqlite().map(|p| p.seq)).transpose()?;
+        let mut boundaries = boundaries
+            .iter()
+            .map(|p| p.as_sqlite().map(|p| p.seq))
+            .collect::<Result<Vec<i64>, _>>()?;
+        boundaries.sort_unstable();
+        boundaries.dedup();
+        let path = self.cfg.path.clone();
+        let check_tables = tables.clone();
+        let delivered = self
+            .conn
+            .run(move |c| {
+                let err = |e| db_error(&path, "opening the change stream", e);
+                let installed = capture::table_exists(c, "_ferry_changes").map_err(err)?;
+                if !installed {
+                    return Err(Error::fatal(format!(
+                        "capture is not installed in {}",
+                        path.display()
+                    ))
+                    .with_fix("prepare() installs it; run the pipeline normally"));
+                }
+                for t in &check_tables {
+                    if capture::installed_triggers(c, t).map_err(err)? != 3 {
+                        return Err(Error::fatal(format!(
+                            "capture triggers of table {} are missing or outdated",
+                            t.name
+                        ))
+                        .with_fix("run the pipeline again: prepare() reinstalls them; if writes happened meanwhile, reset the pipeline"));
+                    }
+                }
+                let extent = capture::extent(c).map_err(err)?;
+                let Some(from) = from else {
+                    return Ok(extent.max);
+                };
+                if from > extent.allocated {
+                    return Err(Error::fatal(format!(
+                        "the checkpoint is at seq {from} but the change table of {} only ever reached seq {}; \
+                         the capture was removed and reinstalled since",
+                        path.display(),
+                        extent.allocated
+                    ))
+                    .with_fix("reset the pipeline (`ferry reset`) to re-copy"));
+                }
+                let next_missing = extent.min.is_none_or(|m| m > from + 1);
+                if extent.allocated > from && next_missing {
+                    return Err(Error::fatal(format!(
+                        "the changes after seq {from} were pruned from the change table of {} \
+                         (oldest kept: {}); they can no longer be replicated",
+                        path.display(),
+                        extent.min.map_or("none".into(), |m| m.to_string())
+                    ))
+                    .with_fix("another consumer acknowledged them; reset the pipeline (`ferry reset`) to re-copy"));
+                }
+                Ok(from)
+            })
+            .await?;
+        tracing::info!(pipeline = %self.cfg.pipeline, seq = delivered, "sqlite stream started");
+        self.stream = Some(Stream {
+            by_name: Arc::new(
+                tables
+                    .iter()
+                    .map(|t| (t.name.name.clone(), t.clone()))
+                    .collect(),
+            ),
+            delivered,
+            seen: delivered,
+            boundaries,
+            data_version: None,
+            schema_version,
+            group: None,
+            last_event: Instant::now(),
+        });
+        Ok(())
+    }
+
+    /// Polls every `poll_interval`; sends a heartbeat after a second of
+    /// silence. Cancel-safe in the sense the contract asks: a cancelled
+    /// call leaves at worst a group to be re-read, never a half-sent one
+    /// reported as sent.
+    async fn next(&mut self) -> Result<SourceEvent> {
+        loop {
+            if self.stream_mut()?.group.is_some() {
+                match self.next_chunk().await? {
+                    Some(event) => return Ok(event),
+                    None => continue,
+                }
+            }
+            let stream = self.stream_mut()?;
+            if stream.seen > stream.delivered {
+                let (delivered, seen) = (stream.delivered, stream.seen);
+                let hi = stream
+                    .boundaries
+                    .iter()
+                    .copied()
+                    .find(|&b| b > delivered && b < seen)
+                    .unwrap_or(seen);
+                stream.group = Some(Group {
+                    hi,
+                    cursor: delivered,
+                    max_ts: None,
+                    partial_sent: false,
+                });
+                continue;
+            }
+            let poll = self.poll().await?;
+            self.stream_mut()?.data_version = Some(poll.data_version);
+            if let Some((schema, hi)) = poll.state {
+                if schema != self.stream_mut()?.schema_version {
+                    self.check_drift().await?;
+                    self.stream_mut()?.schema_version = schema;
+                }
+                let stream = self.stream_mut()?;
+                if hi > stream.seen {
+                    stream.seen = hi;
+                    continue;
+                }
+            }
+            let stream = self.stream_mut()?;
+            if stream.last_event.elapsed() >= HEARTBEAT_EVERY {
+                stream.last_event = Instant::now();
+                return Ok(SourceEvent::Heartbeat {
+                    position: Position::Sqlite(SqlitePosition {
+                        seq: stream.delivered,
+                    }),
+                    time_micros: Some(now_micros()),
+                });
+            }
+            tokio::time::sleep(self.cfg.poll_interval).await;
+        }
+    }
+
+    /// Records the position in `_ferry_consumers` and prunes what every
+    /// consumer acknowledged, at most once a second (the first ack at once).
+    /// A lock held by another writer only postpones this to a later ack.
+    async fn ack(&mut self, position: &Position) -> Result<()> {
+        let seq = position.as_sqlite()?.seq;
+        self.acks.pending = Some(self.acks.pending.map_or(seq, |p| p.max(seq)));
+        if self
+            .acks
+            .last_flush
+            .is_some_and(|t| t.elapsed() < ACK_FLUSH_EVERY)
+        {
+            return Ok(());
+        }
+        self.acks.last_flush = Some(Instant::now());
+        match self.flush_acks(seq).await {
+            Ok(()) => Ok(()),
+            Err(e) if e.class() == ErrorClass::Transient => {
+                tracing::warn!(pipeline = %self.cfg.pipeline, error = %e, "could not record the ack yet; will retry");
+                Ok(())
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Unregisters this pipeline. When no other consumer remains, drops all
+    /// ferry triggers and tables; otherwise leaves them (another pipeline
+    /// may capture the same tables) and says so.
+    async fn teardown(&mut self) -> Result<()> {
+        let path = self.cfg.path.clone();
+        let pipeline = self.cfg.pipeline.clone();
+        let done = self
+            .conn
+            .run(move |c| {
+                let err = |e| db_error(&path, "removing capture", e);
+                let tx = c
+                    .transaction_with_behavior(TransactionBehavior::Immediate)
+                    .map_err(err)?;
+                let done = capture::uninstall(&tx, &pipeline).map_err(err)?;
+                tx.commit().map_err(err)?;
+                Ok(done)
+            })
+            .await?;
+        if done.remaining.is_empty() {
+            tracing::info!(pipeline = %self.cfg.pipeline, triggers = done.dropped_triggers,
+                "sqlite capture removed");
+        } else {
+            tracing::warn!(pipeline = %self.cfg.pipeline, others = ?done.remaining,
+                "other pipelines still consume this database; capture triggers and tables were left in place");
+        }
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl TableReader for SqliteSource {
+    async fn count_rows(&self, table: &TableRef) -> Result<u64> {
+        crate::reader::count_rows(&self.conn, table).await
+    }
+
+    async fn read_rows(
+        &self,
+        table: &TableRef,
+        after: Option<&[Value]>,
+        limit: usize,
+    ) -> Result<Vec<Vec<Value>>> {
+        crate::reader::read_rows(&self.conn, table, after, limit).await
+    }
+}

@@ -1,0 +1,613 @@
+//! SQLite declared types ↔ ferry's [`ColumnType`], and SQLite storage values
+//! ↔ ferry's [`Value`].
+//!
+//! SQLite stores five storage classes (NULL, INTEGER, REAL, TEXT, BLOB) and
+//! lets any column hold any of them; the declared type only sets an
+//! affinity. Ferry narrows a column to a logical type from its declared
+//! type (the same keywords SQLite's affinity rules look at) and then checks
+//! every value against it, so a value that does not fit is reported rather
+//! than reinterpreted.
+
+use ferry_core::time::{
+    format_date, format_time, format_uuid, parse_date, parse_time, parse_timestamp, parse_uuid,
+};
+use ferry_core::{ColumnType, Value};
+use rusqlite::ToSql;
+use rusqlite::types::{ToSqlOutput, ValueRef};
+
+use crate::array;
+
+/// Declared types ferry understands, for messages.
+pub(crate) const SUPPORTED_TYPES: &str = "INTEGER (INT, BIGINT, ...), BOOLEAN, REAL (FLOAT, DOUBLE), \
+     DECIMAL(p,s)/NUMERIC, TEXT (VARCHAR(n), CHAR, CLOB), BLOB, DATE, TIME, DATETIME/TIMESTAMP, \
+     TIMESTAMPTZ, INTERVAL, UUID, JSON, or no type at all";
+
+const INT_WORDS: &[&str] = &[
+    "INT",
+    "INTEGER",
+    "TINYINT",
+    "SMALLINT",
+    "MEDIUMINT",
+    "BIGINT",
+    "INT2",
+    "INT4",
+    "INT8",
+];
+
+/// Maps a declared column type to a logical type, or `None` when ferry does
+/// not know what the type means (`GEOMETRY`, `POINT`).
+///
+/// Whole words are matched rather than substrings (SQLite's own rule is
+/// "contains INT"), so `POINT` is not mistaken for an integer.
+pub(crate) fn column_type(declared: &str) -> Option<ColumnType> {
+    let upper = declared.trim().to_ascii_uppercase();
+    let (base, params) = match upper.split_once('(') {
+        Some((b, p)) => (b.trim(), parse_params(p)),
+        None => (upper.as_str(), Vec::new()),
+    };
+    let words: Vec<&str> = base.split_whitespace().collect();
+    let has = |w: &str| words.contains(&w);
+    let text = |max_len: Option<u32>| ColumnType::Text {
+        max_len,
+        fixed: false,
+    };
+    Some(match base {
+        "" => ColumnType::Dynamic,
+        "BOOLEAN" | "BOOL" => ColumnType::Bool,
+        "DECIMAL" | "NUMERIC" | "DECIMAL_TEXT" | "NUMBER" => ColumnType::Decimal {
+            precision: params.first().copied(),
+            scale: params.get(1).copied(),
+        },
+        "DATE" => ColumnType::Date,
+        "DATETIME" | "TIMESTAMP" | "TIMESTAMP WITHOUT TIME ZONE" => ColumnType::Timestamp,
+        "TIMESTAMPTZ" | "TIMESTAMP WITH TIME ZONE" => ColumnType::TimestampTz,
+        "TIME" | "TIME WITHOUT TIME ZONE" => ColumnType::Time,
+        "INTERVAL" => ColumnType::Interval,
+        "JSON" | "JSONB" | "ARRAY_JSON" => ColumnType::Json,
+        "UUID" => ColumnType::Uuid,
+        "BLOB" | "BYTEA" | "BINARY" | "VARBINARY" => ColumnType::Bytes,
+        "TEXT" | "CLOB" => text(None),
+        _ if words.iter().any(|w| INT_WORDS.contains(w)) => ColumnType::Int64,
+        _ if words
+            .iter()
+            .any(|w| w.contains("CHAR") || w.contains("TEXT") || w.contains("CLOB")) =>
+        {
+            text(params.first().copied())
+        }
+        _ if words.iter().any(|w| w.contains("BLOB")) => ColumnType::Bytes,
+        _ if has("REAL")
+            || words
+                .iter()
+                .any(|w| w.starts_with("FLOA") || w.starts_with("DOUB")) =>
+        {
+            ColumnType::Float64
+        }
+        _ => return None,
+    })
+}
+
+fn parse_params(p: &str) -> Vec<u32> {
+    p.trim_end()
+        .trim_end_matches(')')
+        .split(',')
+        .filter_map(|n| n.trim().parse().ok())
+        .collect()
+}
+
+/// The declared type a target column gets. Affinities matter: decimals go
+/// to a TEXT-affinity type (`DECIMAL_TEXT`) because NUMERIC affinity would
+/// round them through a double; integers use exactly `INTEGER` so a
+/// single-column integer key becomes the rowid.
+pub(crate) fn declared_type(ty: &ColumnType) -> String {
+    match ty {
+        ColumnType::Bool => "BOOLEAN".into(),
+        ColumnType::Int16 | ColumnType::Int32 | ColumnType::Int64 => "INTEGER".into(),
+        ColumnType::Float32 | ColumnType::Float64 => "REAL".into(),
+        ColumnType::Decimal {
+            precision: Some(p),
+            scale,
+        } => format!("DECIMAL_TEXT({p},{})", scale.unwrap_or(0)),
+        ColumnType::Decimal { .. } => "DECIMAL_TEXT".into(),
+        ColumnType::Text {
+            max_len: Some(n), ..
+        } => format!("VARCHAR({n})"),
+        ColumnType::Text { .. } => "TEXT".into(),
+        ColumnType::Bytes => "BLOB".into(),
+        ColumnType::Date => "DATE".into(),
+        ColumnType::Time => "TIME".into(),
+        ColumnType::Timestamp => "DATETIME".into(),
+        ColumnType::TimestampTz => "TIMESTAMPTZ".into(),
+        ColumnType::Interval => "INTERVAL".into(),
+        ColumnType::Uuid => "UUID".into(),
+        ColumnType::Json => "JSON".into(),
+        ColumnType::Array(_) => "ARRAY_JSON".into(),
+        ColumnType::Dynamic => String::new(),
+    }
+}
+
+/// Converts a stored SQLite value to a [`Value`] of the column's type.
+/// `Err` carries why it does not fit; the caller adds table, column and key.
+pub(crate) fn to_value(ty: &ColumnType, v: ValueRef<'_>) -> Result<Value, String> {
+    use ValueRef as R;
+    if let R::Null = v {
+        return Ok(Value::Null);
+    }
+    let text = |bytes: &[u8]| {
+        std::str::from_utf8(bytes)
+            .map(str::to_owned)
+            .map_err(|_| "text is not valid UTF-8".to_string())
+    };
+    let parsed = |bytes: &[u8], what: &str, f: &dyn Fn(&str) -> Option<Value>| {
+        std::str::from_utf8(bytes)
+            .ok()
+            .and_then(f)
+            .ok_or_else(|| format!("is not a valid {what}"))
+    };
+    let out = match (ty, v) {
+        (ColumnType::Dynamic, R::Integer(i)) => Value::Int(i),
+        (ColumnType::Dynamic, R::Real(f)) => Value::Float(f),
+        (ColumnType::Dynamic, R::Text(t)) => Value::Text(text(t)?),
+        (ColumnType::Dynamic, R::Blob(b)) => Value::Bytes(b.to_vec()),
+        (ColumnType::Bool, R::Integer(i @ (0 | 1))) => Value::Bool(i == 1),
+        (ColumnType::Bool, R::Real(f)) if f == 0.0 || f == 1.0 => Value::Bool(f == 1.0),
+        (ColumnType::Bool, R::Text(t)) => match t.to_ascii_lowercase().as_slice() {
+            b"true" | b"t" => Value::Bool(true),
+            b"false" | b"f" => Value::Bool(false),
+            _ => return Err("is not a boolean (0, 1, 'true' or 'false')".into()),
+        },
+        (ColumnType::Int16, R::Integer(i)) if i16::try_from(i).is_ok() => Value::Int(i),
+        (ColumnType::Int32, R::Integer(i)) if i32::try_from(i).is_ok() => Value::Int(i),
+        (ColumnType::Int64, R::Integer(i)) => Value::Int(i),
+        (ColumnType::Float32 | ColumnType::Float64, R::Real(f)) => Value::Float(f),
+        (ColumnType::Float32 | ColumnType::Float64, R::Integer(i)) => Value::Float(i as f64),
+        // NaN cannot be stored as a REAL (SQLite turns it into NULL), so
+        // the sink writes it as text.
+        (ColumnType::Float32 | ColumnType::Float64, R::Text(t)) => {
+            parsed(t, "floating-point number", &|s| {
+                matches!(s, "NaN" | "Inf" | "-Inf" | "Infinity" | "-Infinity")
+                    .then(|| s.replace("Infinity", "Inf").parse().ok().map(Value::Float))
+                    .flatten()
+            })?
+        }
+        (ColumnType::Decimal { .. }, R::Integer(i)) => Value::Decimal(i.to_string()),
+        (ColumnType::Decimal { .. }, R::Real(f)) if f.is_finite() => Value::Decimal(f.to_string()),
+        (ColumnType::Decimal { .. }, R::Text(t)) => parsed(t, "decimal number", &|s| {
+            is_decimal(s).then(|| Value::Decimal(s.to_owned()))
+        })?,
+        (ColumnType::Text { .. }, R::Text(t)) => Value::Text(text(t)?),
+        (ColumnType::Text { .. }, R::Integer(i)) => Value::Text(i.to_string()),
+        (ColumnType::Json, R::Text(t)) => Value::Json(text(t)?),
+        // JSON's NUMERIC affinity turns a bare JSON number into a number.
+        (ColumnType::Json, R::Integer(i)) => Value::Json(i.to_string()),
+        (ColumnType::Json, R::Real(f)) if f.is_finite() => Value::Json(format!("{f:?}")),
+        (ColumnType::Bytes, R::Blob(b)) => Value::Bytes(b.to_vec()),
+        (ColumnType::Bytes, R::Text(t)) => Value::Bytes(t.to_vec()),
+        (ColumnType::Date, R::Text(t)) => parsed(t, "date (YYYY-MM-DD)", &|s| {
+            (s.len() == 10)
+                .then(|| parse_date(s).map(Value::Date))
+                .flatten()
+        })?,
+        (ColumnType::Time, R::Text(t)) => parsed(t, "time (HH:MM:SS[.ffffff])", &|s| {
+            parse_time(s).map(Value::Time)
+        })?,
+        (ColumnType::Timestamp, R::Text(t)) => {
+            parsed(t, "timestamp (YYYY-MM-DD HH:MM:SS[.ffffff])", &|s| {
+                parse_timestamp(s).map(Value::Timestamp)
+            })?
+        }
+        (ColumnType::TimestampTz, R::Text(t)) => parsed(
+            t,
+            "timestamp (YYYY-MM-DD HH:MM:SS[.ffffff][+HH:MM])",
+            &|s| parse_timestamp(s).map(Value::TimestampTz),
+        )?,
+        (ColumnType::Interval, R::Text(t)) => {
+            parsed(t, "interval (P<months>M<days>DT<seconds>S)", &|s| {
+                parse_interval(s)
+            })?
+        }
+        (ColumnType::Uuid, R::Text(t)) => parsed(t, "UUID", &|s| parse_uuid(s).map(Value::Uuid))?,
+        (ColumnType::Uuid, R::Blob(b)) if b.len() == 16 => {
+            Value::Uuid(b.try_into().expect("length checked"))
+        }
+        (ColumnType::Array(elem), R::Text(t)) => parsed(t, "JSON array", &|s| {
+            array::decode(s, elem).map(Value::Array)
+        })?,
+        (ty, v) => {
+            return Err(format!(
+                "a {} value does not fit a {ty:?} column",
+                storage_class(v)
+            ));
+        }
+    };
+    Ok(out)
+}
+
+fn storage_class(v: ValueRef<'_>) -> &'static str {
+    match v {
+        ValueRef::Null => "NULL",
+        ValueRef::Integer(_) => "INTEGER",
+        ValueRef::Real(_) => "REAL",
+        ValueRef::Text(_) => "TEXT",
+        ValueRef::Blob(_) => "BLOB",
+    }
+}
+
+/// Renders a stored value for error messages.
+pub(crate) fn display_raw(v: ValueRef<'_>) -> String {
+    match v {
+        ValueRef::Null => "NULL".into(),
+        ValueRef::Integer(i) => i.to_string(),
+        ValueRef::Real(f) => format!("{f:?}"),
+        ValueRef::Text(t) => format!("{:?}", String::from_utf8_lossy(t)),
+        ValueRef::Blob(b) => {
+            let hex: String = b.iter().take(32).map(|x| format!("{x:02x}")).collect();
+            format!("x'{hex}'{}", if b.len() > 32 { "..." } else { "" })
+        }
+    }
+}
+
+/// `[-+]digits[.digits][e[-+]digits]`, or `NaN`/`Infinity` (PostgreSQL numeric).
+fn is_decimal(s: &str) -> bool {
+    if matches!(s, "NaN" | "Infinity" | "-Infinity") {
+        return true;
+    }
+    let s = s.strip_prefix(['-', '+']).unwrap_or(s);
+    let (mantissa, exp) = match s.split_once(['e', 'E']) {
+        Some((m, e)) => (m, Some(e.strip_prefix(['-', '+']).unwrap_or(e))),
+        None => (s, None),
+    };
+    let (int, frac) = mantissa.split_once('.').unwrap_or((mantissa, ""));
+    let digits = |d: &str| d.bytes().all(|b| b.is_ascii_digit());
+    !(int.is_empty() && frac.is_empty())
+        && digits(int)
+        && digits(frac)
+        && exp.is_none_or(|e| !e.is_empty() && digits(e))
+}
+
+/// `P<months>M<days>DT<seconds>[.ffffff]S`, each part signed: an ISO 8601
+/// duration that keeps ferry's three interval fields apart.
+pub(crate) fn format_interval(months: i32, days: i32, micros: i64) -> String {
+    let sign = if micros < 0 { "-" } else { "" };
+    let abs = micros.unsigned_abs();
+    let (secs, frac) = (abs / 1_000_000, abs % 1_000_000);
+    if frac == 0 {
+        format!("P{months}M{days}DT{sign}{secs}S")
+    } else {
+        format!("P{months}M{days}DT{sign}{secs}.{frac:06}S")
+    }
+}
+
+fn parse_interval(s: &str) -> Option<Value> {
+    let rest = s.strip_prefix('P')?;
+    let (months, rest) = rest.split_once('M')?;
+    let (days, rest) = rest.split_once("DT")?;
+    let secs = rest.strip_suffix('S')?;
+    let (neg, secs) = match secs.strip_prefix('-') {
+        Some(s) => (true, s),
+        None => (false, secs),
+    };
+    let (whole, frac) = secs.split_once('.').unwrap_or((secs, "0"));
+    if frac.len() > 6 || !frac.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    let frac: i64 = format!("{frac:0<6}").parse().ok()?;
+    let micros = whole.parse::<i64>().ok()?.checked_mul(1_000_000)? + frac;
+    Some(Value::Interval {
+        months: months.parse().ok()?,
+        days: days.parse().ok()?,
+        micros: if neg { -micros } else { micros },
+    })
+}
+
+/// A [`Value`] bound as a statement parameter. Text and blobs are borrowed,
+/// not copied; times become the text forms this crate reads back.
+pub(crate) struct Param<'a>(pub(crate) &'a Value);
+
+impl ToSql for Param<'_> {
+    fn to_sql(&self) -> rusqlite::Result<ToSqlOutput<'_>> {
+        use rusqlite::types::Value as Owned;
+        fn borrowed(v: ValueRef<'_>) -> rusqlite::Result<ToSqlOutput<'_>> {
+            Ok(ToSqlOutput::Borrowed(v))
+        }
+        let owned = |v: Owned| Ok(ToSqlOutput::Owned(v));
+        match self.0 {
+            Value::Null => borrowed(ValueRef::Null),
+            Value::Bool(b) => borrowed(ValueRef::Integer(i64::from(*b))),
+            Value::Int(i) => borrowed(ValueRef::Integer(*i)),
+            Value::Float(f) if f.is_nan() => borrowed(ValueRef::Text(b"NaN")),
+            Value::Float(f) => borrowed(ValueRef::Real(*f)),
+            Value::Decimal(s) | Value::Text(s) | Value::Json(s) => {
+                borrowed(ValueRef::Text(s.as_bytes()))
+            }
+            Value::Bytes(b) => borrowed(ValueRef::Blob(b)),
+            Value::Date(_) | Value::Time(_) | Value::Timestamp(_) | Value::TimestampTz(_) => {
+                let mut text = String::with_capacity(32);
+                temporal_text(self.0, &mut text);
+                owned(Owned::Text(text))
+            }
+            Value::Interval {
+                months,
+                days,
+                micros,
+            } => owned(Owned::Text(format_interval(*months, *days, *micros))),
+            Value::Uuid(u) => owned(Owned::Text(format_uuid(u))),
+            Value::Array(items) => owned(Owned::Text(array::encode(items))),
+            Value::Unchanged => Err(rusqlite::Error::ToSqlConversionFailure(
+                "an unchanged-column marker cannot be written as a value".into(),
+            )),
+        }
+    }
+}
+
+/// `YYYY-MM-DD HH:MM:SS.ffffff+00:00`: always six fraction digits and an
+/// explicit offset, so values of one column sort as text in time order.
+pub(crate) fn format_timestamp_tz(micros: i64) -> String {
+    let mut out = String::with_capacity(32);
+    temporal_text(&Value::TimestampTz(micros), &mut out);
+    out
+}
+
+/// Writes the text form of a date or time value into `out` (cleared
+/// first) and returns true; false for any other value. The same text as
+/// `ferry_core::time`'s formatters, without allocating once `out` has
+/// grown: a snapshot load formats every timestamp it writes.
+pub(crate) fn temporal_text(v: &Value, out: &mut String) -> bool {
+    out.clear();
+    match *v {
+        Value::Date(d) => push_date(out, d),
+        Value::Time(t) => push_time(out, t),
+        Value::Timestamp(t) => push_timestamp(out, t),
+        Value::TimestampTz(t) => {
+            push_timestamp(out, t);
+            if out.len() == 19 {
+                out.push_str(".000000");
+            }
+            out.push_str("+00:00");
+        }
+        _ => return false,
+    }
+    true
+}
+
+const MICROS_PER_DAY: i64 = 86_400_000_000;
+
+fn push_digits(out: &mut String, n: i64, width: u32) {
+    for p in (0..width).rev() {
+        out.push(char::from(b'0' + (n / 10i64.pow(p) % 10) as u8));
+    }
+}
+
+fn push_date(out: &mut String, days: i32) {
+    let (y, m, d) = ferry_core::time::civil_from_days(i64::from(days));
+    if !(0..=9999).contains(&y) {
+        out.push_str(&format_date(days));
+        return;
+    }
+    push_digits(out, y, 4);
+    out.push('-');
+    push_digits(out, i64::from(m), 2);
+    out.push('-');
+    push_digits(out, i64::from(d), 2);
+}
+
+fn push_time(out: &mut String, micros: i64) {
+    let (secs, frac) = (micros / 1_000_000, micros % 1_000_000);
+    if micros < 0 || secs / 3600 >= 100 {
+        out.push_str(&format_time(micros));
+        return;
+    }
+    push_digits(out, secs / 3600, 2);
+    out.push(':');
+    push_digits(out, secs / 60 % 60, 2);
+    out.push(':');
+    push_digits(out, secs % 60, 2);
+    if frac != 0 {
+        out.push('.');
+        push_digits(out, frac, 6);
+    }
+}
+
+fn push_timestamp(out: &mut String, micros: i64) {
+    let days = micros.div_euclid(MICROS_PER_DAY);
+    // Same truncation as `format_timestamp`, so both agree everywhere.
+    push_date(out, days as i32);
+    out.push(' ');
+    push_time(out, micros.rem_euclid(MICROS_PER_DAY));
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ferry_core::time::format_timestamp;
+
+    #[test]
+    fn declared_types_map_like_affinity() {
+        let t = |s| column_type(s);
+        assert_eq!(t(""), Some(ColumnType::Dynamic));
+        assert_eq!(t("INTEGER"), Some(ColumnType::Int64));
+        assert_eq!(t("unsigned big int"), Some(ColumnType::Int64));
+        assert_eq!(t("BOOLEAN"), Some(ColumnType::Bool));
+        assert_eq!(
+            t("varchar(20)"),
+            Some(ColumnType::Text {
+                max_len: Some(20),
+                fixed: false
+            })
+        );
+        assert_eq!(
+            t("NVARCHAR"),
+            Some(ColumnType::Text {
+                max_len: None,
+                fixed: false
+            })
+        );
+        assert_eq!(t("double precision"), Some(ColumnType::Float64));
+        assert_eq!(t("FLOAT"), Some(ColumnType::Float64));
+        assert_eq!(
+            t("DECIMAL_TEXT(12, 2)"),
+            Some(ColumnType::Decimal {
+                precision: Some(12),
+                scale: Some(2)
+            })
+        );
+        assert_eq!(t("datetime"), Some(ColumnType::Timestamp));
+        assert_eq!(t("TIMESTAMPTZ"), Some(ColumnType::TimestampTz));
+        assert_eq!(t("TIME"), Some(ColumnType::Time));
+        assert_eq!(t("json"), Some(ColumnType::Json));
+        assert_eq!(t("uuid"), Some(ColumnType::Uuid));
+        assert_eq!(t("POINT"), None);
+        assert_eq!(t("GEOMETRY"), None);
+    }
+
+    #[test]
+    fn target_types_read_back_as_themselves() {
+        for ty in [
+            ColumnType::Bool,
+            ColumnType::Int64,
+            ColumnType::Float64,
+            ColumnType::Decimal {
+                precision: Some(10),
+                scale: Some(2),
+            },
+            ColumnType::Text {
+                max_len: Some(5),
+                fixed: false,
+            },
+            ColumnType::Bytes,
+            ColumnType::Date,
+            ColumnType::Time,
+            ColumnType::Timestamp,
+            ColumnType::TimestampTz,
+            ColumnType::Interval,
+            ColumnType::Uuid,
+            ColumnType::Json,
+            ColumnType::Dynamic,
+        ] {
+            assert_eq!(column_type(&declared_type(&ty)), Some(ty));
+        }
+    }
+
+    #[test]
+    fn values_round_trip_through_params() {
+        let cases = [
+            (ColumnType::Bool, Value::Bool(true)),
+            (
+                ColumnType::Decimal {
+                    precision: None,
+                    scale: None,
+                },
+                Value::Decimal("-12.50".into()),
+            ),
+            (ColumnType::Float64, Value::Float(f64::NAN)),
+            (ColumnType::Float64, Value::Float(f64::NEG_INFINITY)),
+            (ColumnType::Date, Value::Date(-3)),
+            (ColumnType::Time, Value::Time(3_600_000_001)),
+            (
+                ColumnType::Timestamp,
+                Value::Timestamp(1_700_000_000_000_001),
+            ),
+            (ColumnType::TimestampTz, Value::TimestampTz(-1)),
+            (
+                ColumnType::Interval,
+                Value::Interval {
+                    months: -14,
+                    days: 3,
+                    micros: -4_000_007,
+                },
+            ),
+            (ColumnType::Uuid, Value::Uuid([9; 16])),
+            (
+                ColumnType::Array(Box::new(ColumnType::Date)),
+                Value::Array(vec![Value::Date(1), Value::Null]),
+            ),
+        ];
+        for (ty, v) in cases {
+            let p = Param(&v);
+            let out = p.to_sql().unwrap();
+            let stored = match &out {
+                ToSqlOutput::Borrowed(r) => *r,
+                ToSqlOutput::Owned(o) => ValueRef::from(o),
+                _ => unreachable!(),
+            };
+            let back = to_value(&ty, stored).unwrap();
+            if let Value::Float(f) = v
+                && f.is_nan()
+            {
+                assert!(matches!(back, Value::Float(b) if b.is_nan()));
+            } else {
+                assert_eq!(back, v, "{ty:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn values_that_do_not_fit_are_rejected() {
+        assert!(to_value(&ColumnType::Int64, ValueRef::Real(1.5)).is_err());
+        assert!(to_value(&ColumnType::Bool, ValueRef::Integer(2)).is_err());
+        assert!(to_value(&ColumnType::Date, ValueRef::Text(b"yesterday")).is_err());
+        let dec = ColumnType::Decimal {
+            precision: None,
+            scale: None,
+        };
+        assert!(to_value(&dec, ValueRef::Text(b"1.2.3")).is_err());
+        assert_eq!(
+            to_value(&dec, ValueRef::Text(b"1e-5")).unwrap(),
+            Value::Decimal("1e-5".into())
+        );
+        assert_eq!(
+            to_value(&dec, ValueRef::Integer(7)).unwrap(),
+            Value::Decimal("7".into())
+        );
+    }
+
+    #[test]
+    fn temporal_text_matches_ferry_core() {
+        let mut out = String::new();
+        let micros = [
+            0,
+            1,
+            -1,
+            999_999,
+            1_700_000_000_123_456,
+            -62_135_596_800_000_000,
+            253_402_300_799_999_999,
+            253_402_300_800_000_000,
+            -62_167_219_200_000_001,
+        ];
+        for m in micros {
+            assert!(temporal_text(&Value::Timestamp(m), &mut out));
+            assert_eq!(out, format_timestamp(m), "{m}");
+        }
+        for t in [
+            0,
+            1,
+            3_600_000_000,
+            86_400_000_000,
+            359_999_999_999,
+            360_000_000_000,
+            -5,
+        ] {
+            temporal_text(&Value::Time(t), &mut out);
+            assert_eq!(out, format_time(t), "{t}");
+        }
+        for d in [
+            i32::MIN,
+            -719_529,
+            -719_528,
+            0,
+            2_932_896,
+            2_932_897,
+            i32::MAX,
+        ] {
+            temporal_text(&Value::Date(d), &mut out);
+            assert_eq!(out, format_date(d), "{d}");
+        }
+        assert!(!temporal_text(&Value::Int(1), &mut out));
+    }
+
+    #[test]
+    fn timestamptz_text_has_fixed_width() {
+        assert_eq!(format_timestamp_tz(0), "1970-01-01 00:00:00.000000+00:00");
+        assert_eq!(format_timestamp_tz(1), "1970-01-01 00:00:00.000001+00:00");
+    }
+}
