@@ -85,7 +85,7 @@ UPDATE customers SET name = 'renamed customer' WHERE id = 1;
 DELETE FROM orders WHERE id = 2;
 COMMIT;
 SQL
-wait_for "new order arrived" "SELECT customer_id || ' paid ' || total FROM orders WHERE id = 5001" "1001 paid 99.90"
+wait_for "new order arrived" "SELECT customer_id || ' paid ' || printf('%.2f', total) FROM orders WHERE id = 5001" "1001 paid 99.90"
 wait_for "update arrived" "SELECT name FROM customers WHERE id = 1" "renamed customer"
 wait_for "delete arrived" "SELECT count(*) FROM orders WHERE id = 2" "0"
 

@@ -67,7 +67,6 @@ fn spawn_reporter(
         let mut bars: std::collections::BTreeMap<String, ProgressBar> = Default::default();
         let mut tick = 0u64;
         loop {
-            tokio::time::sleep(Duration::from_secs(1)).await;
             tick += 1;
             let report = rates.report(&name, &stats);
             if let Ok(json) = serde_json::to_string_pretty(&report) {
@@ -106,6 +105,7 @@ fn spawn_reporter(
                 );
             }
             *latest.lock().expect("status") = Some(report);
+            tokio::time::sleep(Duration::from_secs(1)).await;
         }
     });
 }
