@@ -1,1 +1,167 @@
-fn main(){}
+//! Repository tasks, run as `cargo xtask <task>` (alias in `.cargo/config.toml`).
+//!
+//! `cargo xtask bench sqlite [--rows N] [--changes N] [--runs N] [--keep]`
+//! measures ferry SQLite → SQLite against the physical limit and
+//! `sqlite3 .dump`, on the same data in one run (see `docs/BENCHMARKS.md`).
+
+mod data;
+mod machine;
+mod process;
+mod report;
+mod sqlite_bench;
+
+use std::process::ExitCode;
+
+/// Errors are plain messages that already say what failed and where.
+pub type Res<T> = Result<T, String>;
+
+/// Adds what was being done to an error.
+pub trait Ctx<T> {
+    fn ctx(self, what: impl FnOnce() -> String) -> Res<T>;
+}
+
+impl<T, E: std::fmt::Display> Ctx<T> for Result<T, E> {
+    fn ctx(self, what: impl FnOnce() -> String) -> Res<T> {
+        self.map_err(|e| format!("{}: {e}", what()))
+    }
+}
+
+const USAGE: &str = "\
+usage: cargo xtask bench sqlite [--rows N] [--changes N] [--runs N] [--keep]
+
+  --rows N      rows in the source table (default 1000000; 250k, 1M, 1_000_000 also work)
+  --changes N   row changes for each CDC phase (default 200000)
+  --runs N      repeat each snapshot method N times and report the median (default 1)
+  --keep        keep the work directory (databases, pipeline files, ferry logs)
+
+Builds ferry (`cargo build --release -p ferry` into $CARGO_TARGET_DIR, default
+~/.cache/ferry-target), then prints a markdown report on stdout; progress goes
+to stderr.";
+
+/// Options of `bench sqlite`, validated.
+#[derive(Debug, Clone)]
+pub struct BenchOpts {
+    pub rows: u64,
+    pub changes: u64,
+    pub runs: u32,
+    pub keep: bool,
+    /// The command as typed, for the report.
+    pub command: String,
+}
+
+/// Parses `1000000`, `1_000_000`, `250k`, `1M`.
+fn parse_count(flag: &str, s: &str) -> Res<u64> {
+    let clean = s.replace('_', "");
+    let (digits, mult) = match clean.chars().last() {
+        Some('k' | 'K') => (&clean[..clean.len() - 1], 1_000),
+        Some('m' | 'M') => (&clean[..clean.len() - 1], 1_000_000),
+        _ => (clean.as_str(), 1),
+    };
+    digits
+        .parse::<u64>()
+        .ok()
+        .and_then(|n| n.checked_mul(mult))
+        .ok_or_else(|| format!("{flag} {s:?} is not a count (write e.g. 1000000, 1M, 250k)"))
+}
+
+fn parse_bench_sqlite(args: &[String], command: String) -> Res<BenchOpts> {
+    let mut opts = BenchOpts {
+        rows: 1_000_000,
+        changes: 200_000,
+        runs: 1,
+        keep: false,
+        command,
+    };
+    let mut it = args.iter();
+    while let Some(arg) = it.next() {
+        let (flag, inline) = match arg.split_once('=') {
+            Some((f, v)) if f.starts_with("--") => (f, Some(v.to_owned())),
+            _ => (arg.as_str(), None),
+        };
+        let mut value = || -> Res<String> {
+            inline
+                .clone()
+                .or_else(|| it.next().cloned())
+                .ok_or_else(|| format!("{flag} needs a value\n{USAGE}"))
+        };
+        match flag {
+            "--rows" => opts.rows = parse_count(flag, &value()?)?,
+            "--changes" => opts.changes = parse_count(flag, &value()?)?,
+            "--runs" => {
+                opts.runs = u32::try_from(parse_count(flag, &value()?)?)
+                    .map_err(|_| "--runs is too large".to_owned())?
+            }
+            "--keep" => opts.keep = true,
+            "-h" | "--help" => return Err(USAGE.to_owned()),
+            other => return Err(format!("unknown argument {other:?}\n{USAGE}")),
+        }
+    }
+    if opts.rows < 4 {
+        return Err("--rows must be at least 4 (the RSS check copies rows/4)".into());
+    }
+    if opts.runs == 0 {
+        return Err("--runs must be at least 1".into());
+    }
+    Ok(opts)
+}
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let command = format!("cargo xtask {}", args.join(" "));
+    let result = match args
+        .iter()
+        .map(String::as_str)
+        .collect::<Vec<_>>()
+        .as_slice()
+    {
+        ["bench", "sqlite", rest @ ..] => {
+            let rest: Vec<String> = rest.iter().map(|s| (*s).to_owned()).collect();
+            parse_bench_sqlite(&rest, command).and_then(|o| sqlite_bench::run(&o))
+        }
+        _ => Err(USAGE.to_owned()),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("xtask: error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> Res<BenchOpts> {
+        let args: Vec<String> = args.iter().map(|s| (*s).to_owned()).collect();
+        parse_bench_sqlite(&args, String::new())
+    }
+
+    #[test]
+    fn defaults_and_counts() {
+        let o = parse(&[]).unwrap();
+        assert_eq!(
+            (o.rows, o.changes, o.runs, o.keep),
+            (1_000_000, 200_000, 1, false)
+        );
+        let o = parse(&["--rows", "250k", "--changes=1_000", "--runs", "3", "--keep"]).unwrap();
+        assert_eq!(
+            (o.rows, o.changes, o.runs, o.keep),
+            (250_000, 1_000, 3, true)
+        );
+        assert_eq!(parse(&["--rows", "2M"]).unwrap().rows, 2_000_000);
+    }
+
+    #[test]
+    fn bad_arguments_are_refused() {
+        assert!(parse(&["--rows"]).unwrap_err().contains("needs a value"));
+        assert!(
+            parse(&["--rows", "many"])
+                .unwrap_err()
+                .contains("not a count")
+        );
+        assert!(parse(&["--fast"]).unwrap_err().contains("unknown argument"));
+        assert!(parse(&["--runs", "0"]).is_err());
+    }
+}

@@ -92,7 +92,7 @@ fn spawn_reporter(
                     }
                 }
             }
-            if !tty && tick % 5 == 0 {
+            if !tty && tick.is_multiple_of(5) {
                 eprintln!(
                     "ferry: {} | {:.0} rows/s | applied {} | lag {:.2}s | queue {} | snapshot rows {} | changes {}",
                     report.phase,

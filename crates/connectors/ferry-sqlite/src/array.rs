@@ -6,7 +6,8 @@ use ferry_core::time::{format_date, format_time, format_timestamp, format_uuid};
 use ferry_core::{ColumnType, Value};
 use rusqlite::types::ValueRef;
 
-use crate::types::{format_interval, format_timestamp_tz, to_value};
+use crate::temporal::{format_interval, format_timestamp_tz};
+use crate::types::to_value;
 
 /// Encodes array items as a JSON array.
 pub(crate) fn encode(items: &[Value]) -> String {

@@ -8,7 +8,8 @@
 //! | triggers, change table, `quote()` images | `capture.rs` |
 //! | consistent snapshot on its own thread | `snapshot.rs` |
 //! | `Sink`, `CheckpointStore`, `SinkWriter` | [`sink`] |
-//! | declared types ↔ `ColumnType`, values ↔ `Value` | `types.rs` |
+//! | change rows → `Change`s, structure drift | `change.rs` |
+//! | declared types ↔ `ColumnType`, values ↔ `Value` | `types.rs`, `temporal.rs` |
 //! | opening files, pragmas, blocking bridge, error classes | `connection.rs` |
 //!
 //! Positions are [`ferry_core::SqlitePosition`]: the change-table sequence.
@@ -22,6 +23,7 @@
 
 mod array;
 mod capture;
+mod change;
 mod check;
 mod connection;
 mod reader;
@@ -29,6 +31,7 @@ mod schema;
 pub mod sink;
 mod snapshot;
 pub mod source;
+mod temporal;
 mod types;
 
 use std::path::PathBuf;

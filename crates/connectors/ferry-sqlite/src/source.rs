@@ -1,5 +1,5 @@
-//! The SQLite source: trigger capture (see [`crate::capture`]) read by
-//! polling, snapshots (see [`crate::snapshot`]), and pre-flight checks.
+//! The SQLite source: trigger capture (see `capture.rs`) read by
+//! polling, snapshots (see `snapshot.rs`), and pre-flight checks.
 //!
 //! # Transactions
 //!
@@ -21,16 +21,15 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use async_trait::async_trait;
 use ferry_core::{
-    Change, CheckItem, Error, ErrorClass, Position, Result, Selection, SnapshotReader,
-    SnapshotRequest, Source, SourceEvent, SqlitePosition, TableReader, TableRef, Transaction,
-    Value,
+    CheckItem, Error, ErrorClass, Position, Result, Selection, SnapshotReader, SnapshotRequest,
+    Source, SourceEvent, SqlitePosition, TableReader, TableRef, Transaction, Value,
 };
 use rusqlite::{Connection, TransactionBehavior};
 
-use crate::capture::{self, ChangeRow};
+use crate::capture;
+use crate::change::{decode_change, drift_error};
 use crate::connection::{Blocking, db_error, open_source, set_wal};
 use crate::schema::{read_table, selected_tables};
-use crate::types::to_value;
 
 /// How long the source may stay silent before it sends a heartbeat.
 const HEARTBEAT_EVERY: Duration = Duration::from_secs(1);
@@ -254,7 +253,8 @@ impl SqliteSource {
     }
 
     /// Fails when a captured table's columns differ from what `tables()`
-    /// reported: the triggers still encode the old column list.
+    /// reported (the triggers still encode the old column list), or when its
+    /// triggers are gone.
     async fn check_drift(&mut self) -> Result<()> {
         let tables: Vec<TableRef> = self.stream_mut()?.by_name.values().cloned().collect();
         let path = self.cfg.path.clone();
@@ -263,7 +263,19 @@ impl SqliteSource {
                 for table in tables {
                     let now = read_table(c, &path, &table.name.name);
                     if now.as_ref().is_ok_and(|n| n == &*table) {
-                        continue;
+                        // Same columns, but dropping and recreating a table
+                        // drops its triggers too: capture would stop silently.
+                        let triggers = capture::installed_triggers(c, &table)
+                            .map_err(|e| db_error(&path, "reading triggers", e))?;
+                        if triggers == 3 {
+                            continue;
+                        }
+                        return Err(drift_error(&table.name.name).with(
+                            "triggers",
+                            format!(
+                                "{triggers} of 3 capture triggers left (was the table recreated?)"
+                            ),
+                        ));
                     }
                     let names = |cols: &[ferry_core::Column]| {
                         cols.iter()
@@ -310,96 +322,15 @@ fn schema_version(c: &Connection, path: &Path) -> Result<i64> {
         .map_err(|e| db_error(path, "reading the schema version", e))
 }
 
-fn drift_error(table: &str) -> Error {
-    Error::fatal(format!(
-        "table {table} changed structure (added/dropped columns); ferry does not capture \
-         SQLite DDL yet: changes written since no longer match the copied structure"
-    ))
-    .with("table", table)
-    .with_fix(format!(
-        "stop writes to {table}, run `ferry reset <pipeline.toml>` and run again to re-copy"
-    ))
-}
-
 fn now_micros() -> i64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_micros() as i64)
 }
 
-/// Turns one change row into a [`Change`] of `table`.
-fn decode_change(table: &TableRef, row: &ChangeRow) -> Result<Change> {
-    let image = |text: &Option<String>, which: &str| -> Result<Vec<Value>> {
-        let text = text.as_deref().ok_or_else(|| {
-            Error::fatal(format!(
-                "change {} of {} has no {which} image",
-                row.seq, row.table
-            ))
-        })?;
-        let stored = capture::decode_row(text).map_err(|why| {
-            Error::fatal(format!(
-                "change {} of {} is unreadable: {why}",
-                row.seq, row.table
-            ))
-            .with_fix("the change table was edited by hand; reset the pipeline to re-copy")
-        })?;
-        if stored.len() != table.columns.len() {
-            return Err(drift_error(&table.name.name).with(
-                "change",
-                format!(
-                    "seq {} has {} values, the table has {} columns",
-                    row.seq,
-                    stored.len(),
-                    table.columns.len()
-                ),
-            ));
-        }
-        let mut values = Vec::with_capacity(stored.len());
-        for (i, (col, raw)) in table.columns.iter().zip(&stored).enumerate() {
-            let raw = rusqlite::types::ValueRef::from(raw);
-            match to_value(&col.ty, raw) {
-                Ok(v) => values.push(v),
-                Err(why) => {
-                    let key: Vec<String> = table
-                        .key
-                        .iter()
-                        .map(|&k| crate::types::display_raw((&stored[k]).into()))
-                        .collect();
-                    return Err(crate::reader::value_error(table, i, raw, &why)
-                        .with("key", format!("({})", key.join(", ")))
-                        .with("position", format!("seq {}", row.seq)));
-                }
-            }
-        }
-        Ok(values)
-    };
-    let table_ref = TableRef::clone(table);
-    Ok(match row.op.as_str() {
-        "I" => Change::Insert {
-            table: table_ref,
-            row: image(&row.new, "new")?,
-        },
-        "U" => Change::Update {
-            table: table_ref,
-            before: Some(image(&row.old, "old")?),
-            after: image(&row.new, "new")?,
-        },
-        "D" => Change::Delete {
-            table: table_ref,
-            before: image(&row.old, "old")?,
-        },
-        other => {
-            return Err(Error::fatal(format!(
-                "change {} of {} has unknown operation {other:?}",
-                row.seq, row.table
-            )));
-        }
-    })
-}
-
 #[async_trait]
 impl Source for SqliteSource {
-    /// See [`crate::check`]: never changes the source.
+    /// Reads only (see `check.rs`): never changes the source.
     async fn check(&mut self) -> Vec<CheckItem> {
         crate::check::source(&self.conn, &self.cfg).await
     }
@@ -447,7 +378,7 @@ impl Source for SqliteSource {
     }
 
     /// Opens a snapshot on its own connection and thread (see
-    /// [`crate::snapshot`]).
+    /// `snapshot.rs`).
     async fn snapshot(
         &mut self,
         requests: Vec<SnapshotRequest>,

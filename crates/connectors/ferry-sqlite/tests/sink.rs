@@ -262,6 +262,17 @@ async fn a_failing_statement_names_table_key_and_statement() {
     );
     w.rollback().await.unwrap();
 
+    // Inside a multi-row insert the failing row is still found and named,
+    // and the transaction stays usable for the rollback.
+    let mut rows: Vec<_> = (100..140).map(|i| row(i, "ok", "1")).collect();
+    rows[21][1] = Value::Null;
+    w.begin().await.unwrap();
+    let err = w.load(&table, &rows).await.unwrap_err();
+    assert_eq!(err.class(), ErrorClass::Data);
+    assert!(err.report().contains("key: (121)"), "{}", err.report());
+    w.rollback().await.unwrap();
+    assert_eq!(t.sink.count_rows(&table).await.unwrap(), 0);
+
     // A duplicate in a snapshot load is a data error too.
     w.begin().await.unwrap();
     let err = w

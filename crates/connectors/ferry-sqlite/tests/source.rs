@@ -386,6 +386,34 @@ async fn a_structure_change_stops_the_stream() {
 }
 
 #[tokio::test]
+async fn a_recreated_table_stops_the_stream() {
+    let db = Db::new(ITEMS);
+    let mut src = db.streaming(db.config()).await;
+    db.conn()
+        .execute_batch(
+            "DROP TABLE notes; CREATE TABLE notes(a TEXT, b INT, body TEXT, PRIMARY KEY(a, b)); \
+             INSERT INTO notes VALUES ('k', 1, 'not captured');",
+        )
+        .unwrap();
+    let err = tokio::time::timeout(crate::WAIT, async {
+        loop {
+            match src.next().await {
+                Ok(SourceEvent::Heartbeat { .. }) => continue,
+                other => return other,
+            }
+        }
+    })
+    .await
+    .unwrap()
+    .unwrap_err();
+    assert!(
+        err.report().contains("0 of 3 capture triggers"),
+        "{}",
+        err.report()
+    );
+}
+
+#[tokio::test]
 async fn values_that_do_not_fit_are_data_errors() {
     let db = Db::new(ITEMS);
     let mut src = db.streaming(db.config()).await;

@@ -18,7 +18,8 @@ use rusqlite::{CachedStatement, Connection, params};
 
 use super::target_columns;
 use crate::connection::{Blocking, db_error, ident};
-use crate::types::{Param, declared_type, temporal_text};
+use crate::temporal::temporal_text;
+use crate::types::{Param, declared_type};
 
 const UPSERT_CHECKPOINT: &str = "INSERT INTO _ferry_checkpoint(pipeline, scope, value, updated_at) \
      VALUES (?1, ?2, ?3, strftime('%Y-%m-%d %H:%M:%f', 'now')) \
