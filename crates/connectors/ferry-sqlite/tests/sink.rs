@@ -329,26 +329,8 @@ async fn unwritable_targets_are_fatal_and_named() {
         err.report()
     );
 
-    // File permissions do not stop root; the read-only path is covered by a
-    // unit test with a read-only connection then.
-    let ro = dir.path().join("ro.db");
-    Connection::open(&ro)
-        .unwrap()
-        .execute_batch("CREATE TABLE x(a)")
-        .unwrap();
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::set_permissions(&ro, std::fs::Permissions::from_mode(0o444)).unwrap();
-    if std::fs::OpenOptions::new().write(true).open(&ro).is_ok() {
-        eprintln!("running as root: skipping the read-only file case");
-        return;
-    }
-    let err = SqliteSink::open(SqliteSinkConfig {
-        path: ro,
-        pipeline: "p".into(),
-    })
-    .err()
-    .unwrap();
-    assert!(err.message().contains("read-only"), "{}", err.report());
+    // A read-only target (which file permissions cannot produce for root,
+    // who runs CI) is covered by the unit test with a read-only connection.
 }
 
 #[tokio::test]

@@ -1,0 +1,92 @@
+//! Change rows of the capture table turned into ferry [`Change`]s.
+
+use ferry_core::{Change, Error, Result, TableRef, Value};
+use rusqlite::types::ValueRef;
+
+use crate::capture::{self, ChangeRow};
+use crate::reader::value_error;
+use crate::types::{display_raw, to_value};
+
+/// A captured table's columns no longer match what was copied. Raised when
+/// the schema version moves and the columns differ, and when a change row
+/// has another number of values than the table has columns.
+pub(crate) fn drift_error(table: &str) -> Error {
+    Error::fatal(format!(
+        "table {table} changed structure (added/dropped columns); ferry does not capture \
+         SQLite DDL yet: changes written since no longer match the copied structure"
+    ))
+    .with("table", table)
+    .with_fix(format!(
+        "stop writes to {table}, run `ferry reset <pipeline.toml>` and run again to re-copy"
+    ))
+}
+
+/// Turns one change row into a [`Change`] of `table`.
+pub(crate) fn decode_change(table: &TableRef, row: &ChangeRow) -> Result<Change> {
+    let image = |text: &Option<String>, which: &str| -> Result<Vec<Value>> {
+        let text = text.as_deref().ok_or_else(|| {
+            Error::fatal(format!(
+                "change {} of {} has no {which} image",
+                row.seq, row.table
+            ))
+        })?;
+        let stored = capture::decode_row(text).map_err(|why| {
+            Error::fatal(format!(
+                "change {} of {} is unreadable: {why}",
+                row.seq, row.table
+            ))
+            .with_fix("the change table was edited by hand; reset the pipeline to re-copy")
+        })?;
+        if stored.len() != table.columns.len() {
+            return Err(drift_error(&table.name.name).with(
+                "change",
+                format!(
+                    "seq {} has {} values, the table has {} columns",
+                    row.seq,
+                    stored.len(),
+                    table.columns.len()
+                ),
+            ));
+        }
+        let mut values = Vec::with_capacity(stored.len());
+        for (i, (col, raw)) in table.columns.iter().zip(&stored).enumerate() {
+            let raw = ValueRef::from(raw);
+            match to_value(&col.ty, raw) {
+                Ok(v) => values.push(v),
+                Err(why) => {
+                    let key: Vec<String> = table
+                        .key
+                        .iter()
+                        .map(|&k| display_raw((&stored[k]).into()))
+                        .collect();
+                    return Err(value_error(table, i, raw, &why)
+                        .with("key", format!("({})", key.join(", ")))
+                        .with("position", format!("seq {}", row.seq)));
+                }
+            }
+        }
+        Ok(values)
+    };
+    let table_ref = TableRef::clone(table);
+    Ok(match row.op.as_str() {
+        "I" => Change::Insert {
+            table: table_ref,
+            row: image(&row.new, "new")?,
+        },
+        "U" => Change::Update {
+            table: table_ref,
+            before: Some(image(&row.old, "old")?),
+            after: image(&row.new, "new")?,
+        },
+        "D" => Change::Delete {
+            table: table_ref,
+            before: image(&row.old, "old")?,
+        },
+        other => {
+            return Err(Error::fatal(format!(
+                "change {} of {} has unknown operation {other:?}",
+                row.seq, row.table
+            )));
+        }
+    })
+}

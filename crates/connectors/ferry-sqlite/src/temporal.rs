@@ -1,0 +1,174 @@
+//! Text forms of dates, times, timestamps and intervals as ferry stores
+//! them in SQLite (SQLite has no such storage classes): the forms of
+//! `ferry_core::time`, which sort as text in time order within a column.
+
+use ferry_core::Value;
+use ferry_core::time::{civil_from_days, format_date, format_time};
+
+/// `P<months>M<days>DT<seconds>[.ffffff]S`, each part signed: an ISO 8601
+/// duration that keeps ferry's three interval fields apart.
+pub(crate) fn format_interval(months: i32, days: i32, micros: i64) -> String {
+    let sign = if micros < 0 { "-" } else { "" };
+    let abs = micros.unsigned_abs();
+    let (secs, frac) = (abs / 1_000_000, abs % 1_000_000);
+    if frac == 0 {
+        format!("P{months}M{days}DT{sign}{secs}S")
+    } else {
+        format!("P{months}M{days}DT{sign}{secs}.{frac:06}S")
+    }
+}
+
+pub(crate) fn parse_interval(s: &str) -> Option<Value> {
+    let rest = s.strip_prefix('P')?;
+    let (months, rest) = rest.split_once('M')?;
+    let (days, rest) = rest.split_once("DT")?;
+    let secs = rest.strip_suffix('S')?;
+    let (neg, secs) = match secs.strip_prefix('-') {
+        Some(s) => (true, s),
+        None => (false, secs),
+    };
+    let (whole, frac) = secs.split_once('.').unwrap_or((secs, "0"));
+    if frac.len() > 6 || !frac.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    let frac: i64 = format!("{frac:0<6}").parse().ok()?;
+    let micros = whole.parse::<i64>().ok()?.checked_mul(1_000_000)? + frac;
+    Some(Value::Interval {
+        months: months.parse().ok()?,
+        days: days.parse().ok()?,
+        micros: if neg { -micros } else { micros },
+    })
+}
+
+/// `YYYY-MM-DD HH:MM:SS.ffffff+00:00`: always six fraction digits and an
+/// explicit offset, so values of one column sort as text in time order.
+pub(crate) fn format_timestamp_tz(micros: i64) -> String {
+    let mut out = String::with_capacity(32);
+    temporal_text(&Value::TimestampTz(micros), &mut out);
+    out
+}
+
+/// Writes the text form of a date or time value into `out` (cleared
+/// first) and returns true; false for any other value. The same text as
+/// `ferry_core::time`'s formatters, without allocating once `out` has
+/// grown: a snapshot load formats every timestamp it writes.
+pub(crate) fn temporal_text(v: &Value, out: &mut String) -> bool {
+    out.clear();
+    match *v {
+        Value::Date(d) => push_date(out, d),
+        Value::Time(t) => push_time(out, t),
+        Value::Timestamp(t) => push_timestamp(out, t),
+        Value::TimestampTz(t) => {
+            push_timestamp(out, t);
+            if out.len() == 19 {
+                out.push_str(".000000");
+            }
+            out.push_str("+00:00");
+        }
+        _ => return false,
+    }
+    true
+}
+
+const MICROS_PER_DAY: i64 = 86_400_000_000;
+
+fn push_digits(out: &mut String, n: i64, width: u32) {
+    for p in (0..width).rev() {
+        out.push(char::from(b'0' + (n / 10i64.pow(p) % 10) as u8));
+    }
+}
+
+fn push_date(out: &mut String, days: i32) {
+    let (y, m, d) = civil_from_days(i64::from(days));
+    if !(0..=9999).contains(&y) {
+        out.push_str(&format_date(days));
+        return;
+    }
+    push_digits(out, y, 4);
+    out.push('-');
+    push_digits(out, i64::from(m), 2);
+    out.push('-');
+    push_digits(out, i64::from(d), 2);
+}
+
+fn push_time(out: &mut String, micros: i64) {
+    let (secs, frac) = (micros / 1_000_000, micros % 1_000_000);
+    if micros < 0 || secs / 3600 >= 100 {
+        out.push_str(&format_time(micros));
+        return;
+    }
+    push_digits(out, secs / 3600, 2);
+    out.push(':');
+    push_digits(out, secs / 60 % 60, 2);
+    out.push(':');
+    push_digits(out, secs % 60, 2);
+    if frac != 0 {
+        out.push('.');
+        push_digits(out, frac, 6);
+    }
+}
+
+fn push_timestamp(out: &mut String, micros: i64) {
+    let days = micros.div_euclid(MICROS_PER_DAY);
+    // Same truncation as `format_timestamp`, so both agree everywhere.
+    push_date(out, days as i32);
+    out.push(' ');
+    push_time(out, micros.rem_euclid(MICROS_PER_DAY));
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ferry_core::time::format_timestamp;
+
+    #[test]
+    fn temporal_text_matches_ferry_core() {
+        let mut out = String::new();
+        let micros = [
+            0,
+            1,
+            -1,
+            999_999,
+            1_700_000_000_123_456,
+            -62_135_596_800_000_000,
+            253_402_300_799_999_999,
+            253_402_300_800_000_000,
+            -62_167_219_200_000_001,
+        ];
+        for m in micros {
+            assert!(temporal_text(&Value::Timestamp(m), &mut out));
+            assert_eq!(out, format_timestamp(m), "{m}");
+        }
+        for t in [
+            0,
+            1,
+            3_600_000_000,
+            86_400_000_000,
+            359_999_999_999,
+            360_000_000_000,
+            -5,
+        ] {
+            temporal_text(&Value::Time(t), &mut out);
+            assert_eq!(out, format_time(t), "{t}");
+        }
+        for d in [
+            i32::MIN,
+            -719_529,
+            -719_528,
+            0,
+            2_932_896,
+            2_932_897,
+            i32::MAX,
+        ] {
+            temporal_text(&Value::Date(d), &mut out);
+            assert_eq!(out, format_date(d), "{d}");
+        }
+        assert!(!temporal_text(&Value::Int(1), &mut out));
+    }
+
+    #[test]
+    fn timestamptz_text_has_fixed_width() {
+        assert_eq!(format_timestamp_tz(0), "1970-01-01 00:00:00.000000+00:00");
+        assert_eq!(format_timestamp_tz(1), "1970-01-01 00:00:00.000001+00:00");
+    }
+}
