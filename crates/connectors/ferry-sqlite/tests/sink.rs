@@ -349,3 +349,16 @@ async fn check_reports_the_target() {
         "{text:#?}"
     );
 }
+
+/// The shared `Sink` contract suite, run against a real SQLite target.
+#[tokio::test]
+async fn sqlite_sink_passes_the_sink_conformance_suite() {
+    let dir = tempfile::tempdir().unwrap();
+    let sink = SqliteSink::open(SqliteSinkConfig {
+        path: dir.path().join("conformance.db"),
+        pipeline: "conformance".into(),
+    })
+    .unwrap();
+    let table = ferry_testkit::doubles::conformance_table(ferry_core::TableName::bare("conf"));
+    ferry_testkit::doubles::sink_conformance(&sink, table).await;
+}
