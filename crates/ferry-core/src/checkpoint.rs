@@ -14,6 +14,10 @@ use crate::value::Value;
 /// Scope of the global applied position.
 pub const APPLIED_SCOPE: &str = "applied";
 const TABLE_SCOPE_PREFIX: &str = "table:";
+/// `eventual` mode: the prefix each apply worker knew to be applied.
+const WORKER_APPLIED_PREFIX: &str = "applied-by:";
+/// `eventual` mode: the newest position applied to one source table.
+const TABLE_APPLIED_PREFIX: &str = "table-applied:";
 
 /// A range of keys: `lower < key <= upper`, `None` meaning unbounded.
 #[derive(Debug, Clone, PartialEq, Default)]
@@ -92,6 +96,10 @@ impl TableProgress {
 pub struct Checkpoint {
     /// Every source transaction up to and including this position is applied.
     pub applied: Option<Position>,
+    /// `eventual` mode: per source table, every change to it up to and
+    /// including this position is applied (tables commit independently, so
+    /// some are ahead of `applied`).
+    pub table_applied: BTreeMap<String, Position>,
     /// Snapshot state per source table (display name).
     pub tables: BTreeMap<String, TableProgress>,
 }
@@ -107,6 +115,24 @@ impl CheckpointRecord {
     pub fn applied(position: &Position) -> Self {
         CheckpointRecord {
             scope: APPLIED_SCOPE.to_owned(),
+            value: position.to_envelope(),
+        }
+    }
+
+    /// `eventual` mode: the applied prefix as known to one worker. Each
+    /// worker's own record only moves forward; the checkpoint's applied
+    /// position is the newest of them.
+    pub fn applied_by(worker: usize, position: &Position) -> Self {
+        CheckpointRecord {
+            scope: format!("{WORKER_APPLIED_PREFIX}{worker}"),
+            value: position.to_envelope(),
+        }
+    }
+
+    /// `eventual` mode: every change to `table` up to `position` is applied.
+    pub fn table_applied(table: &str, position: &Position) -> Self {
+        CheckpointRecord {
+            scope: format!("{TABLE_APPLIED_PREFIX}{table}"),
             value: position.to_envelope(),
         }
     }
@@ -143,9 +169,14 @@ impl Checkpoint {
                 Error::fatal(format!("checkpoint record {:?} is unreadable: {why}", r.scope))
                     .with_fix("the checkpoint table was edited or written by another version; reset the pipeline")
             };
-            if r.scope == APPLIED_SCOPE {
-                cp.applied =
-                    Some(Position::from_envelope(&r.value).map_err(|e| bad(e.to_string()))?);
+            if r.scope == APPLIED_SCOPE || r.scope.starts_with(WORKER_APPLIED_PREFIX) {
+                let p = Position::from_envelope(&r.value).map_err(|e| bad(e.to_string()))?;
+                if cp.applied.as_ref().is_none_or(|a| p > *a) {
+                    cp.applied = Some(p);
+                }
+            } else if let Some(table) = r.scope.strip_prefix(TABLE_APPLIED_PREFIX) {
+                let p = Position::from_envelope(&r.value).map_err(|e| bad(e.to_string()))?;
+                cp.table_applied.insert(table.to_owned(), p);
             } else if let Some(table) = r.scope.strip_prefix(TABLE_SCOPE_PREFIX) {
                 let items = crate::codec::decode_values(&r.value)
                     .ok_or_else(|| bad("not a value list".into()))?;
@@ -191,7 +222,17 @@ impl Checkpoint {
                 .iter()
                 .map(|(t, p)| CheckpointRecord::table(t, p)),
         );
+        out.extend(
+            self.table_applied
+                .iter()
+                .map(|(t, p)| CheckpointRecord::table_applied(t, p)),
+        );
         out
+    }
+
+    /// Whether `eventual` mode already applied changes to `table` at `position`.
+    pub fn applied_to_table(&self, table: &str, position: &Position) -> bool {
+        self.table_applied.get(table).is_some_and(|p| position <= p)
     }
 
     /// Whether a change to `table` (key `key`) at `position` is already on
@@ -244,7 +285,23 @@ mod tests {
         );
         cp.tables.insert("b".into(), b);
         cp.tables.insert("c".into(), TableProgress::default());
+        cp.table_applied.insert("a".into(), pos(12));
         assert_eq!(Checkpoint::from_records(&cp.to_records()).unwrap(), cp);
+    }
+
+    #[test]
+    fn applied_is_the_newest_of_the_global_and_worker_records() {
+        let records = vec![
+            CheckpointRecord::applied(&pos(5)),
+            CheckpointRecord::applied_by(0, &pos(9)),
+            CheckpointRecord::applied_by(1, &pos(7)),
+            CheckpointRecord::table_applied("t", &pos(11)),
+        ];
+        let cp = Checkpoint::from_records(&records).unwrap();
+        assert_eq!(cp.applied, Some(pos(9)));
+        assert!(cp.applied_to_table("t", &pos(11)));
+        assert!(!cp.applied_to_table("t", &pos(12)));
+        assert!(!cp.applied_to_table("u", &pos(1)));
     }
 
     #[test]

@@ -2,6 +2,7 @@
 //! dependency scheduling, apply workers, ordered commits, acks and
 //! shutdown. Knows no database: it drives `ferry_core::{Source, Sink}`.
 
+mod commits;
 pub mod merge;
 pub mod options;
 pub mod predicate;

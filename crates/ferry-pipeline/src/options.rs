@@ -9,6 +9,11 @@ pub enum Consistency {
     /// become visible in source commit order, and a transaction executes
     /// only after the earlier ones whose rows it writes.
     Transactional,
+    /// Changes are grouped per table and tables commit independently, in
+    /// parallel, each in source order: faster, but a reader may see part
+    /// of a source transaction. Exactly once still holds (per-table
+    /// positions in the checkpoint).
+    Eventual,
 }
 
 #[derive(Debug, Clone)]

@@ -13,7 +13,7 @@ use ferry_core::{
 use tokio::sync::{mpsc, watch};
 
 use crate::merge::Merger;
-use crate::options::Options;
+use crate::options::{Consistency, Options};
 use crate::queue;
 use crate::schedule::{InFlight, WriteSet};
 use crate::snapshot::{SnapshotEnd, SnapshotRun};
@@ -39,9 +39,12 @@ pub struct Pipeline {
     pub shutdown: watch::Receiver<bool>,
 }
 
+/// Consecutive source transactions gathered for one apply.
+///
+/// Transactional mode keeps one part (key `""`); eventual mode keeps one
+/// part per target table, each applied and committed on its own.
 struct OpenGroup {
-    merger: Merger,
-    ws: WriteSet,
+    parts: BTreeMap<String, Part>,
     rows: usize,
     txns: usize,
     position: Option<Position>,
@@ -49,11 +52,16 @@ struct OpenGroup {
     opened: Instant,
 }
 
+#[derive(Default)]
+struct Part {
+    merger: Merger,
+    ws: WriteSet,
+}
+
 impl OpenGroup {
     fn new() -> Self {
         OpenGroup {
-            merger: Merger::new(),
-            ws: WriteSet::default(),
+            parts: BTreeMap::new(),
             rows: 0,
             txns: 0,
             position: None,
@@ -151,6 +159,7 @@ impl Pipeline {
         let covered = Checkpoint {
             applied: cp.applied.clone(),
             tables: progress,
+            table_applied: cp.table_applied.clone(),
         };
         stream(
             source, sink, transform, options, stats, shutdown, covered, from,
@@ -213,7 +222,14 @@ struct Dispatcher {
     workers: Vec<mpsc::Sender<Job>>,
     free: Vec<usize>,
     in_flight: InFlight,
-    positions: BTreeMap<u64, (Position, Option<i64>)>,
+    /// Jobs dispatched and not yet committed.
+    jobs: BTreeMap<u64, JobInfo>,
+    /// Committed jobs (dispatcher's own view, for the applied position).
+    commits: crate::commits::Commits,
+    /// Committed jobs whose group end is not yet known to be applied.
+    ends: BTreeMap<u64, Option<(Position, Option<i64>)>>,
+    /// Newest applied position the target's checkpoint records hold.
+    durable: Option<Position>,
     next_seq: u64,
     open: Option<OpenGroup>,
     stream: Option<mpsc::Sender<StreamPart>>,
@@ -278,8 +294,16 @@ impl Dispatcher {
                 }
             }
             if let Some(t) = self.transform.change(c)? {
-                self.count(&t);
-                out.push(t);
+                // Eventual mode: a table may already be ahead of the
+                // applied position (tables commit independently).
+                let applied = !self.covered.table_applied.is_empty()
+                    && t.table_names()
+                        .iter()
+                        .all(|n| self.covered.applied_to_table(&n.to_string(), position));
+                if !applied {
+                    self.count(&t);
+                    out.push(t);
+                }
             }
         }
         Ok(())
@@ -306,12 +330,32 @@ impl Dispatcher {
         changes: Vec<Change>,
     ) -> Result<()> {
         let changes = self.target_changes(&position, changes)?;
+        let eventual = self.options.consistency == Consistency::Eventual;
         let g = self.open.get_or_insert_with(OpenGroup::new);
         g.rows += changes.len();
         g.txns += 1;
         for c in changes {
-            g.ws.add(&c);
-            g.merger.push(c);
+            if !eventual {
+                let part = g.parts.entry(String::new()).or_default();
+                part.ws.add(&c);
+                part.merger.push(c);
+                continue;
+            }
+            // Eventual: one part per table (a truncate of several tables
+            // becomes one truncate per table).
+            let split = match c {
+                Change::Truncate { tables } if tables.len() > 1 => tables
+                    .into_iter()
+                    .map(|t| Change::Truncate { tables: vec![t] })
+                    .collect(),
+                other => vec![other],
+            };
+            for c in split {
+                let name = c.table_names()[0].clone();
+                let part = g.parts.entry(name.to_string()).or_default();
+                part.ws.add_table(&name);
+                part.merger.push(c);
+            }
         }
         g.position = Some(position);
         g.commit_time = time.or(g.commit_time);
@@ -324,59 +368,133 @@ impl Dispatcher {
             || queue_empty
     }
 
-    async fn dispatch_open(&mut self) -> Result<()> {
+    /// Sends the open group to free workers: one job per part. Waits for a
+    /// worker to free up when a part has none.
+    async fn dispatch_open(&mut self, done_rx: &mut DoneRx) -> Result<()> {
         let Some(g) = self.open.take() else {
             return Ok(());
         };
         let Some(position) = g.position.clone() else {
             return Ok(());
         };
-        let worker = self.free.pop().expect("dispatch needs a free worker");
-        self.next_seq += 1;
-        let seq = self.next_seq;
-        let exec_after = self.in_flight.depends_on(&g.ws);
-        let summary = format!("{} txns, {} changes up to {}", g.txns, g.rows, position);
-        let steps = g.merger.finish();
-        let rows: usize = steps.iter().map(|s| s.row_count()).sum();
-        Stats::add(&self.stats.rows_applied, rows as u64);
         Stats::add(&self.stats.txns_applied, g.txns as u64);
-        self.in_flight.push(seq, g.ws);
-        self.positions
-            .insert(seq, (position.clone(), g.commit_time));
-        let job = Job::Group {
-            seq,
-            exec_after,
-            steps,
-            records: vec![CheckpointRecord::applied(&position)],
-            summary,
-        };
-        self.workers[worker]
-            .send(job)
-            .await
-            .map_err(|_| Error::fatal("apply worker stopped unexpectedly"))?;
+        let eventual = self.options.consistency == Consistency::Eventual;
+        let mut parts: Vec<(String, Part)> = g.parts.into_iter().collect();
+        if parts.is_empty() {
+            // Nothing to write (an idle checkpoint): still record the position.
+            parts.push((String::new(), Part::default()));
+        }
+        let last = parts.len() - 1;
+        for (i, (table, part)) in parts.into_iter().enumerate() {
+            while self.free.is_empty() {
+                wait_one(self, done_rx).await?;
+            }
+            let worker = self.free.pop().expect("a free worker");
+            self.next_seq += 1;
+            let seq = self.next_seq;
+            let exec_after = self.in_flight.depends_on(&part.ws);
+            let steps = part.merger.finish();
+            let rows: usize = steps.iter().map(|s| s.row_count()).sum();
+            Stats::add(&self.stats.rows_applied, rows as u64);
+            let summary = if table.is_empty() {
+                format!("{} txns, {} changes up to {}", g.txns, g.rows, position)
+            } else {
+                format!("{rows} row writes to {table} up to {position}")
+            };
+            // What becomes durable with this job: transactional mode
+            // records the group's position; eventual mode records the
+            // table's position and the prefix known to be applied.
+            let (records, durable) = if !eventual {
+                (
+                    vec![CheckpointRecord::applied(&position)],
+                    Some(position.clone()),
+                )
+            } else {
+                let idle = table.is_empty();
+                let prefix = if idle {
+                    Some(position.clone())
+                } else {
+                    self.last_applied.clone()
+                };
+                let mut records: Vec<CheckpointRecord> = prefix
+                    .iter()
+                    .map(|p| CheckpointRecord::applied_by(worker, p))
+                    .collect();
+                if !idle {
+                    records.push(CheckpointRecord::table_applied(&table, &position));
+                }
+                (records, prefix)
+            };
+            self.in_flight.push(seq, part.ws);
+            self.jobs.insert(
+                seq,
+                JobInfo {
+                    group_end: (i == last).then(|| (position.clone(), g.commit_time)),
+                    durable,
+                },
+            );
+            let job = Job::Group {
+                seq,
+                exec_after,
+                steps,
+                records,
+                summary,
+            };
+            self.workers[worker]
+                .send(job)
+                .await
+                .map_err(|_| Error::fatal("apply worker stopped unexpectedly"))?;
+        }
         Ok(())
     }
 
     fn on_done(&mut self, done: Done) {
         self.free.push(done.worker);
         self.in_flight.committed(done.seq);
+        let info = self.jobs.remove(&done.seq);
         if done.abandoned {
             return;
         }
+        self.commits.mark(done.seq);
+        if let Some(JobInfo {
+            durable: Some(d), ..
+        }) = &info
+            && self.durable.as_ref().is_none_or(|a| d > a)
+        {
+            self.durable = Some(d.clone());
+            // Only what the target's checkpoint holds may be released.
+            self.acks.send_replace(Some(d.clone()));
+        }
+        if let Some(info) = info {
+            self.ends.insert(done.seq, info.group_end);
+        }
+        // The applied position: the end of the newest group whose every
+        // job, and every job before, has committed.
         let mut newest = None;
-        while let Some((&seq, _)) = self.positions.first_key_value() {
-            if seq > done.seq {
+        while let Some((&seq, _)) = self.ends.first_key_value() {
+            if seq > self.commits.prefix {
                 break;
             }
-            newest = self.positions.pop_first().map(|(_, p)| p);
+            if let Some((_, Some(end))) = self.ends.pop_first() {
+                newest = Some(end);
+            }
         }
         if let Some((pos, time)) = newest {
             self.stats.set_applied(pos.to_string(), time);
-            self.last_applied = Some(pos.clone());
+            self.last_applied = Some(pos);
             self.last_checkpoint = Instant::now();
-            self.acks.send_replace(Some(pos));
         }
     }
+}
+
+type DoneRx = mpsc::UnboundedReceiver<Result<Done>>;
+
+/// What the dispatcher remembers of a job until it commits.
+struct JobInfo {
+    /// The group's position and commit time, on the group's last job.
+    group_end: Option<(Position, Option<i64>)>,
+    /// The applied position this job's checkpoint records make durable.
+    durable: Option<Position>,
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -399,7 +517,7 @@ async fn stream(
 
     let writers = open_writers(sink.as_ref(), options.workers).await?;
     stats.set_workers(writers.len());
-    let committed = Arc::new(watch::channel(0u64).0);
+    let committed = Arc::new(watch::channel(crate::commits::Commits::default()).0);
     let (done_tx, mut done_rx) = mpsc::unbounded_channel();
     let mut senders = Vec::new();
     let mut worker_handles = Vec::new();
@@ -411,7 +529,7 @@ async fn stream(
             writer,
             committed: committed.clone(),
             stats: stats.clone(),
-            ordered_commit: true,
+            ordered_commit: options.consistency == Consistency::Transactional,
             max_retries: options.max_retries,
         };
         worker_handles.push(tokio::spawn(w.run(rx, done_tx.clone())));
@@ -432,7 +550,10 @@ async fn stream(
         free: (0..n).rev().collect(),
         workers: senders,
         in_flight: InFlight::default(),
-        positions: BTreeMap::new(),
+        jobs: BTreeMap::new(),
+        commits: Default::default(),
+        ends: BTreeMap::new(),
+        durable: None,
         next_seq: 0,
         open: None,
         stream: None,
@@ -461,7 +582,7 @@ async fn stream(
                 .as_ref()
                 .is_some_and(|g| d.group_due(g, queue.is_empty() || stopping || source_done));
             if due {
-                if let Err(e) = d.dispatch_open().await {
+                if let Err(e) = d.dispatch_open(&mut done_rx).await {
                     break Err(e);
                 }
                 continue;
@@ -569,8 +690,13 @@ async fn handle_event(
                         &tx.position,
                     )]))
                     .await;
-                d.positions
-                    .insert(d.next_seq, (tx.position, tx.commit_time_micros));
+                d.jobs.insert(
+                    d.next_seq,
+                    JobInfo {
+                        group_end: Some((tx.position.clone(), tx.commit_time_micros)),
+                        durable: Some(tx.position),
+                    },
+                );
                 Stats::add(&d.stats.txns_applied, 1);
                 return Ok(());
             }
@@ -581,17 +707,19 @@ async fn handle_event(
                 // A transaction too large for memory: everything before it
                 // commits first, then it streams alone into one target
                 // transaction.
-                if d.open.is_some() {
-                    while d.free.is_empty() {
-                        wait_one(d, done_rx).await?;
-                    }
-                    d.dispatch_open().await?;
-                }
+                d.dispatch_open(done_rx).await?;
                 wait_all_committed(d, done_rx).await?;
                 let (tx, rx) = mpsc::channel(2);
                 d.next_seq += 1;
                 let seq = d.next_seq;
                 d.in_flight.push(seq, WriteSet::everything());
+                d.jobs.insert(
+                    seq,
+                    JobInfo {
+                        group_end: None,
+                        durable: None,
+                    },
+                );
                 let worker = d.free.pop().expect("all workers free");
                 d.workers[worker]
                     .send(Job::Stream { seq, parts: rx })
@@ -614,7 +742,9 @@ async fn handle_event(
             d.stats
                 .set_received(position.to_string(), time_micros.or(Some(now_micros())));
             let idle = d.open.is_none() && d.in_flight.is_empty() && d.stream.is_none();
-            let newer = d.last_applied.as_ref().is_none_or(|a| position > *a);
+            // Compare with what the checkpoint holds (in eventual mode it
+            // trails the applied position until an idle record).
+            let newer = d.durable.as_ref().is_none_or(|a| position > *a);
             if idle
                 && newer
                 && d.last_checkpoint.elapsed() >= d.options.idle_checkpoint
@@ -626,7 +756,7 @@ async fn handle_event(
                 g.position = Some(position);
                 g.commit_time = time_micros;
                 d.open = Some(g);
-                d.dispatch_open().await?;
+                d.dispatch_open(done_rx).await?;
             }
             Ok(())
         }

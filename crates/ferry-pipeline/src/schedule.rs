@@ -39,6 +39,12 @@ impl WriteSet {
         self.row_tables.insert(t);
     }
 
+    /// Marks the whole table as written: the group then runs after every
+    /// earlier group on the table (`eventual` mode keeps per-table order so).
+    pub fn add_table(&mut self, table: &TableName) {
+        self.tables.insert(h(table));
+    }
+
     /// Adds what a change writes (both keys of a key change; the whole
     /// table for truncate and structure changes).
     pub fn add(&mut self, change: &Change) {
@@ -102,10 +108,10 @@ impl InFlight {
         self.groups.push_back((seq, ws));
     }
 
-    /// Forgets groups committed up to `seq`.
+    /// Forgets a committed group.
     pub fn committed(&mut self, seq: u64) {
-        while self.groups.front().is_some_and(|(s, _)| *s <= seq) {
-            self.groups.pop_front();
+        if let Some(i) = self.groups.iter().position(|(s, _)| *s == seq) {
+            self.groups.remove(i);
         }
     }
 

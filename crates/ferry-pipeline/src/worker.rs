@@ -15,6 +15,7 @@ use std::sync::Arc;
 use ferry_core::{Action, CheckpointRecord, Result, SinkWriter, Step, policy};
 use tokio::sync::{mpsc, watch};
 
+use crate::commits::Commits;
 use crate::stats::Stats;
 
 pub(crate) enum Job {
@@ -48,19 +49,26 @@ pub(crate) struct Done {
 pub(crate) struct Worker {
     pub id: usize,
     pub writer: Box<dyn SinkWriter>,
-    pub committed: Arc<watch::Sender<u64>>,
+    pub committed: Arc<watch::Sender<Commits>>,
     pub stats: Arc<Stats>,
     pub ordered_commit: bool,
     pub max_retries: u32,
 }
 
-async fn wait_committed(committed: &watch::Sender<u64>, seq: u64) {
+/// Waits until group `seq` has committed (0: nothing to wait for).
+async fn wait_committed(committed: &watch::Sender<Commits>, seq: u64) {
     if seq == 0 {
         return;
     }
     let mut rx = committed.subscribe();
     // The sender lives as long as the pipeline; an error means shutdown.
-    let _ = rx.wait_for(|c| *c >= seq).await;
+    let _ = rx.wait_for(|c| c.is_committed(seq)).await;
+}
+
+/// Waits until every group before `seq` has committed (commit order).
+async fn wait_turn(committed: &watch::Sender<Commits>, seq: u64) {
+    let mut rx = committed.subscribe();
+    let _ = rx.wait_for(|c| c.prefix + 1 >= seq).await;
 }
 
 impl Worker {
@@ -73,7 +81,7 @@ impl Worker {
         self.writer.begin().await?;
         self.writer.apply(steps).await?;
         if self.ordered_commit {
-            wait_committed(&self.committed.clone(), seq - 1).await;
+            wait_turn(&self.committed.clone(), seq).await;
         }
         self.writer.commit(records).await
     }
@@ -178,7 +186,7 @@ impl Worker {
             match result {
                 Ok(committed) => {
                     if committed {
-                        self.committed.send_modify(|c| *c = (*c).max(seq));
+                        self.committed.send_modify(|c| c.mark(seq));
                         Stats::add(&self.stats.commits, 1);
                     }
                     if done

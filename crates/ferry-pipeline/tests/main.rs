@@ -11,6 +11,8 @@ mod support;
 
 #[path = "pipeline/errors.rs"]
 mod errors;
+#[path = "pipeline/eventual.rs"]
+mod eventual;
 #[path = "pipeline/restart.rs"]
 mod restart;
 #[path = "pipeline/snapshot.rs"]

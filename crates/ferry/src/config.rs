@@ -355,16 +355,13 @@ impl PipelineConfig {
         }
         match a.consistency.as_deref() {
             None | Some("transactional") => options.consistency = Consistency::Transactional,
-            Some("eventual") => {
-                return Err(config_error(path, "`apply.consistency = \"eventual\"` is not built yet in this version of ferry")
-                    .with_fix("remove the line to use \"transactional\" (the default), which already groups transactions"));
-            }
+            Some("eventual") => options.consistency = Consistency::Eventual,
             Some(other) => {
                 return Err(config_error(
                     path,
                     format!("`apply.consistency` = {other:?} is not a consistency mode"),
                 )
-                .with_fix("use \"transactional\""));
+                .with_fix("use \"transactional\" (the default) or \"eventual\""));
             }
         }
         if let Some(n) = a.queue_events {

@@ -162,11 +162,11 @@ fn unsupported_column_type() {
 }
 
 #[test]
-fn eventual_mode_says_it_is_not_built() {
+fn unknown_consistency_mode_names_the_choices() {
     let d = Dir::new();
-    let (code, t) = run(&d.pipeline("[apply]\nconsistency = \"eventual\"\n"));
+    let (code, t) = run(&d.pipeline("[apply]\nconsistency = \"strict\"\n"));
     assert_eq!(code, 2);
-    assert!(t.contains("not built yet"), "{t}");
+    assert!(t.contains("transactional") && t.contains("eventual"), "{t}");
 }
 
 #[test]
