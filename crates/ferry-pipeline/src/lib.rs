@@ -3,6 +3,7 @@
 //! shutdown. Knows no database: it drives `ferry_core::{Source, Sink}`.
 
 mod commits;
+mod dispatch;
 pub mod merge;
 pub mod options;
 pub mod predicate;
