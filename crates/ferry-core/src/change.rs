@@ -87,14 +87,18 @@ impl Change {
     }
 
     pub fn approx_size(&self) -> usize {
-        let row = |r: &[Value]| r.iter().map(Value::approx_size).sum::<usize>();
-        32 + match self {
-            Change::Insert { row: r, .. } => row(r),
-            Change::Update { before, after, .. } => row(after) + before.as_deref().map_or(0, row),
-            Change::Delete { before, .. } => row(before),
-            Change::Truncate { tables } => 8 * tables.len(),
-            Change::Schema { .. } => 256,
-        }
+        // A row image is its own allocation: header, values, allocator slack.
+        let row = |r: &[Value]| 40 + r.iter().map(Value::approx_size).sum::<usize>();
+        std::mem::size_of::<Change>()
+            + match self {
+                Change::Insert { row: r, .. } => row(r),
+                Change::Update { before, after, .. } => {
+                    row(after) + before.as_deref().map_or(0, row)
+                }
+                Change::Delete { before, .. } => row(before),
+                Change::Truncate { tables } => 8 * tables.len(),
+                Change::Schema { .. } => 256,
+            }
     }
 }
 

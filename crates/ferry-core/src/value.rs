@@ -80,14 +80,19 @@ pub enum Value {
 }
 
 impl Value {
-    /// Rough in-memory size, used to bound queues in bytes.
+    /// Heap and inline bytes this value holds (allocator overhead included
+    /// roughly), used to bound queues in bytes.
     pub fn approx_size(&self) -> usize {
-        16 + match self {
-            Value::Decimal(s) | Value::Text(s) | Value::Json(s) => s.len(),
-            Value::Bytes(b) => b.len(),
-            Value::Array(items) => items.iter().map(Value::approx_size).sum(),
-            _ => 0,
-        }
+        const HEAP_OVERHEAD: usize = 16;
+        std::mem::size_of::<Value>()
+            + match self {
+                Value::Decimal(s) | Value::Text(s) | Value::Json(s) => s.capacity() + HEAP_OVERHEAD,
+                Value::Bytes(b) => b.capacity() + HEAP_OVERHEAD,
+                Value::Array(items) => {
+                    items.iter().map(Value::approx_size).sum::<usize>() + HEAP_OVERHEAD
+                }
+                _ => 0,
+            }
     }
 
     pub fn is_null(&self) -> bool {
