@@ -186,3 +186,25 @@ fn postgres_target_is_refused_plainly_until_built() {
     assert_eq!(code, 2);
     assert!(t.contains("not built yet"), "{t}");
 }
+
+#[test]
+fn a_failing_statement_names_table_key_statement_and_database_error() {
+    let d = Dir::new();
+    d.source()
+        .execute_batch("CREATE TABLE accounts (id INTEGER PRIMARY KEY, balance INTEGER); INSERT INTO accounts VALUES (7, 500);")
+        .unwrap();
+    // The target already has the table, with a rule the source row breaks.
+    rusqlite::Connection::open(d.path("target.db"))
+        .unwrap()
+        .execute_batch("CREATE TABLE accounts (id INTEGER PRIMARY KEY, balance INTEGER CHECK (balance < 100));")
+        .unwrap();
+    let (code, t) = run(&d.pipeline(""));
+    assert_eq!(code, 2, "{t}");
+    assert!(
+        t.contains("accounts")
+            && t.contains("(7)")
+            && t.contains("INSERT")
+            && t.contains("CHECK constraint failed"),
+        "{t}"
+    );
+}

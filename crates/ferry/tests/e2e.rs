@@ -122,3 +122,50 @@ fn filters_renames_and_operation_filters() {
         "excluded tables are not created"
     );
 }
+
+#[test]
+fn metrics_endpoint_serves_prometheus_text() {
+    use std::io::{Read, Write};
+    let d = Dir::new();
+    d.source()
+        .execute_batch(
+            "CREATE TABLE t (id INTEGER PRIMARY KEY, v TEXT); INSERT INTO t VALUES (1, 'a');",
+        )
+        .unwrap();
+    let p = d.pipeline("");
+    let port = ferry_testkit::free_port();
+    let log = std::fs::File::create(d.path("ferry.log")).unwrap();
+    let child = std::process::Command::new(crate::kit::FERRY)
+        .args([
+            "run",
+            p.to_str().unwrap(),
+            "--metrics-addr",
+            &format!("127.0.0.1:{port}"),
+        ])
+        .stderr(log)
+        .spawn()
+        .unwrap();
+    let body = eventually_blocking(
+        "metrics with the copied rows",
+        Duration::from_secs(30),
+        || {
+            let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
+            s.write_all(b"GET /metrics HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+                .ok()?;
+            let mut out = String::new();
+            s.read_to_string(&mut out).ok()?;
+            out.contains("ferry_snapshot_rows_total{pipeline=\"test\"} 1")
+                .then_some(out)
+        },
+    );
+    for m in [
+        "ferry_rows_per_second",
+        "ferry_lag_seconds",
+        "ferry_queue_events",
+        "ferry_inserts_total",
+        "ferry_ddl_total",
+    ] {
+        assert!(body.contains(m), "{m} missing from:\n{body}");
+    }
+    assert!(terminate(child).success());
+}
