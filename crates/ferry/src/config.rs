@@ -131,7 +131,7 @@ pub fn redact(url: &str) -> String {
     }
 }
 
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct PipelineConfig {
     pub path: PathBuf,
     pub name: String,

@@ -7,14 +7,29 @@ use ferry_core::{Error, Result, Sink, Source, TableReader};
 
 use crate::config::{Endpoint, PipelineConfig};
 
+/// Connector families, by URL scheme.
+enum Kind {
+    Sqlite,
+    Postgres,
+    MySql,
+}
+
+fn kind(url: &str) -> Kind {
+    if url.starts_with("sqlite:") {
+        Kind::Sqlite
+    } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+        Kind::Postgres
+    } else {
+        Kind::MySql
+    }
+}
+
 fn not_built(url: &str, what: &str) -> Error {
     Error::fatal(format!(
         "{} as a {what} is not built yet in this version of ferry",
         crate::config::redact(url)
     ))
-    .with_fix(
-        "use a sqlite: URL (the embedded default); see README.md for what each connector supports",
-    )
+    .with_fix("use a sqlite: or postgres:// URL; see README.md for what each connector supports")
 }
 
 fn sqlite_source(cfg: &PipelineConfig) -> Result<ferry_sqlite::SqliteSource> {
@@ -27,6 +42,16 @@ fn sqlite_source(cfg: &PipelineConfig) -> Result<ferry_sqlite::SqliteSource> {
     })
 }
 
+async fn postgres_source(cfg: &PipelineConfig) -> Result<ferry_postgres::PostgresSource> {
+    ferry_postgres::PostgresSource::connect(ferry_postgres::PostgresSourceConfig {
+        url: cfg.source.url.clone(),
+        pipeline: cfg.name.clone(),
+        selection: cfg.selection.clone(),
+        snapshot_workers: cfg.options.workers.clamp(1, 4),
+    })
+    .await
+}
+
 fn sqlite_sink(cfg: &PipelineConfig, target: &Endpoint) -> Result<ferry_sqlite::SqliteSink> {
     ferry_sqlite::SqliteSink::open(ferry_sqlite::SqliteSinkConfig {
         path: ferry_sqlite::path_from_url(&target.url)?,
@@ -34,38 +59,42 @@ fn sqlite_sink(cfg: &PipelineConfig, target: &Endpoint) -> Result<ferry_sqlite::
     })
 }
 
-pub fn open_source(cfg: &PipelineConfig) -> Result<Box<dyn Source>> {
-    let url = &cfg.source.url;
-    if url.starts_with("sqlite:") {
-        Ok(Box::new(sqlite_source(cfg)?))
-    } else {
-        Err(not_built(url, "source"))
+async fn postgres_sink(cfg: &PipelineConfig) -> Result<ferry_postgres::PostgresSink> {
+    ferry_postgres::PostgresSink::connect(ferry_postgres::PostgresSinkConfig {
+        url: cfg.target.url.clone(),
+        pipeline: cfg.name.clone(),
+    })
+    .await
+}
+
+pub async fn open_source(cfg: &PipelineConfig) -> Result<Box<dyn Source>> {
+    match kind(&cfg.source.url) {
+        Kind::Sqlite => Ok(Box::new(sqlite_source(cfg)?)),
+        Kind::Postgres => Ok(Box::new(postgres_source(cfg).await?)),
+        Kind::MySql => Err(not_built(&cfg.source.url, "source")),
     }
 }
 
-pub fn open_source_reader(cfg: &PipelineConfig) -> Result<Box<dyn TableReader>> {
-    let url = &cfg.source.url;
-    if url.starts_with("sqlite:") {
-        Ok(Box::new(sqlite_source(cfg)?))
-    } else {
-        Err(not_built(url, "source"))
+pub async fn open_source_reader(cfg: &PipelineConfig) -> Result<Box<dyn TableReader>> {
+    match kind(&cfg.source.url) {
+        Kind::Sqlite => Ok(Box::new(sqlite_source(cfg)?)),
+        Kind::Postgres => Ok(Box::new(postgres_source(cfg).await?)),
+        Kind::MySql => Err(not_built(&cfg.source.url, "source")),
     }
 }
 
-pub fn open_sink(cfg: &PipelineConfig) -> Result<Arc<dyn Sink>> {
-    let url = &cfg.target.url;
-    if url.starts_with("sqlite:") {
-        Ok(Arc::new(sqlite_sink(cfg, &cfg.target)?))
-    } else {
-        Err(not_built(url, "target"))
+pub async fn open_sink(cfg: &PipelineConfig) -> Result<Arc<dyn Sink>> {
+    match kind(&cfg.target.url) {
+        Kind::Sqlite => Ok(Arc::new(sqlite_sink(cfg, &cfg.target)?)),
+        Kind::Postgres => Ok(Arc::new(postgres_sink(cfg).await?)),
+        Kind::MySql => Err(not_built(&cfg.target.url, "target")),
     }
 }
 
-pub fn open_sink_reader(cfg: &PipelineConfig) -> Result<Box<dyn TableReader>> {
-    let url = &cfg.target.url;
-    if url.starts_with("sqlite:") {
-        Ok(Box::new(sqlite_sink(cfg, &cfg.target)?))
-    } else {
-        Err(not_built(url, "target"))
+pub async fn open_sink_reader(cfg: &PipelineConfig) -> Result<Box<dyn TableReader>> {
+    match kind(&cfg.target.url) {
+        Kind::Sqlite => Ok(Box::new(sqlite_sink(cfg, &cfg.target)?)),
+        Kind::Postgres => Ok(Box::new(postgres_sink(cfg).await?)),
+        Kind::MySql => Err(not_built(&cfg.target.url, "target")),
     }
 }

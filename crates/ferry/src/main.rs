@@ -109,7 +109,7 @@ async fn dispatch(command: Command) -> Result<u8, Error> {
         Command::Verify { pipeline } => verify(&PipelineConfig::load(&pipeline)?).await,
         Command::Teardown { pipeline } => {
             let cfg = PipelineConfig::load(&pipeline)?;
-            connectors::open_source(&cfg)?.teardown().await?;
+            connectors::open_source(&cfg).await?.teardown().await?;
             println!(
                 "removed ferry's capture objects for pipeline {} from {}",
                 cfg.name,
@@ -119,7 +119,7 @@ async fn dispatch(command: Command) -> Result<u8, Error> {
         }
         Command::Reset { pipeline } => {
             let cfg = PipelineConfig::load(&pipeline)?;
-            connectors::open_sink(&cfg)?.clear().await?;
+            connectors::open_sink(&cfg).await?.clear().await?;
             println!(
                 "forgot the checkpoint of pipeline {} on {}; the next run copies every table again",
                 cfg.name,
@@ -131,7 +131,7 @@ async fn dispatch(command: Command) -> Result<u8, Error> {
 }
 
 async fn status(cfg: &PipelineConfig) -> Result<u8, Error> {
-    let sink = connectors::open_sink(cfg)?;
+    let sink = connectors::open_sink(cfg).await?;
     let cp = sink.load().await?;
     println!(
         "pipeline {} ({} -> {})",
@@ -169,11 +169,11 @@ async fn status(cfg: &PipelineConfig) -> Result<u8, Error> {
 
 async fn check(cfg: &PipelineConfig) -> Result<u8, Error> {
     let mut items = Vec::new();
-    match connectors::open_source(cfg) {
+    match connectors::open_source(cfg).await {
         Ok(mut s) => items.extend(s.check().await),
         Err(e) => items.push(ferry_core::CheckItem::from_error("source: open", &e)),
     }
-    match connectors::open_sink(cfg) {
+    match connectors::open_sink(cfg).await {
         Ok(s) => items.extend(s.check().await),
         Err(e) => items.push(ferry_core::CheckItem::from_error("target: open", &e)),
     }
@@ -189,9 +189,9 @@ async fn check(cfg: &PipelineConfig) -> Result<u8, Error> {
 }
 
 async fn verify(cfg: &PipelineConfig) -> Result<u8, Error> {
-    let mut source = connectors::open_source(cfg)?;
-    let source_reader = connectors::open_source_reader(cfg)?;
-    let target_reader = connectors::open_sink_reader(cfg)?;
+    let mut source = connectors::open_source(cfg).await?;
+    let source_reader = connectors::open_source_reader(cfg).await?;
+    let target_reader = connectors::open_sink_reader(cfg).await?;
     let transform = Arc::new(Transform::new(cfg.transform.clone()));
     let mut all_equal = true;
     for table in source.tables().await? {

@@ -143,13 +143,14 @@ async fn serve_metrics(
 
 /// Fills in snapshot totals for progress bars, off the start-up path.
 fn spawn_totals(cfg: &PipelineConfig, stats: Arc<Stats>, transform: Arc<Transform>) {
-    let (Ok(mut source), Ok(reader)) = (
-        connectors::open_source(cfg),
-        connectors::open_source_reader(cfg),
-    ) else {
-        return;
-    };
+    let cfg = cfg.clone();
     tokio::spawn(async move {
+        let (Ok(mut source), Ok(reader)) = (
+            connectors::open_source(&cfg).await,
+            connectors::open_source_reader(&cfg).await,
+        ) else {
+            return;
+        };
         let Ok(tables) = source.tables().await else {
             return;
         };
@@ -180,8 +181,8 @@ pub async fn run(cfg: PipelineConfig, metrics_addr: Option<SocketAddr>) -> Resul
         let started = std::time::Instant::now();
         let result = async {
             let pipeline = Pipeline {
-                source: connectors::open_source(&cfg)?,
-                sink: connectors::open_sink(&cfg)?,
+                source: connectors::open_source(&cfg).await?,
+                sink: connectors::open_sink(&cfg).await?,
                 transform: transform.clone(),
                 options: cfg.options.clone(),
                 stats: stats.clone(),

@@ -72,6 +72,20 @@ async fn main() -> Result<(), ferry_core::Error> {
     for h in handles {
         rows += h.await.expect("writer task")?;
     }
+    // As the pipeline does with a table's last chunk: record it complete,
+    // which builds the primary key of tables the sink created.
+    let mut w = sink.writer().await?;
+    w.begin().await?;
+    let records: Vec<ferry_core::CheckpointRecord> = tables
+        .iter()
+        .map(|t| {
+            let mut p = ferry_core::TableProgress::default();
+            p.add(ferry_core::KeyRange::all(), reader.position());
+            p.complete = true;
+            ferry_core::CheckpointRecord::table(&t.name.to_string(), &p)
+        })
+        .collect();
+    w.commit(&records).await?;
     let secs = started.elapsed().as_secs_f64();
     println!(
         "{rows} rows in {secs:.2} s: {:.0} rows/s ({workers} readers, {writers} writers)",

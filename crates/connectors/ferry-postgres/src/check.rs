@@ -96,7 +96,10 @@ pub(crate) async fn source_checks(
                     (SELECT rolreplication OR rolsuper FROM pg_roles WHERE rolname = current_user), \
                     (SELECT rolsuper FROM pg_roles WHERE rolname = current_user), \
                     has_database_privilege(current_database(), 'CREATE'), \
-                    EXISTS (SELECT 1 FROM pg_replication_slots WHERE slot_name = $1)",
+                    EXISTS (SELECT 1 FROM pg_replication_slots WHERE slot_name = $1), \
+                    (SELECT active_pid FROM pg_replication_slots WHERE slot_name = $1), \
+                    (SELECT wal_status FROM pg_replication_slots WHERE slot_name = $1), \
+                    current_setting('max_slot_wal_keep_size')",
             &[&slot],
         )
         .await;
@@ -133,6 +136,35 @@ pub(crate) async fn source_checks(
             format!("all {max_slots} replication slots are in use"),
             "drop unused slots (SELECT pg_drop_replication_slot(name)) or raise max_replication_slots and restart",
         )
+    });
+    let active: Option<i32> = row.get(9);
+    let wal_status: Option<String> = row.get(10);
+    let keep: String = row.get(11);
+    items.push(match (slot_exists, active, wal_status.as_deref()) {
+        (false, _, _) => CheckItem::ok(
+            "source: ferry's slot",
+            format!("{slot} will be created (WAL kept for it: max_slot_wal_keep_size = {keep})"),
+        ),
+        (true, Some(pid), _) => CheckItem::fail(
+            "source: ferry's slot",
+            format!("{slot} is in use by PID {pid}: another ferry runs this pipeline"),
+            format!(
+                "stop the other ferry of this pipeline; a stale session can be ended with \
+                 SELECT pg_terminate_backend({pid})"
+            ),
+        ),
+        (true, None, Some("lost")) => CheckItem::fail(
+            "source: ferry's slot",
+            format!("{slot} was invalidated: the WAL ferry needs is gone"),
+            "re-snapshot: `ferry teardown` and `ferry reset`, then start the pipeline again",
+        ),
+        (true, None, status) => CheckItem::ok(
+            "source: ferry's slot",
+            format!(
+                "{slot} exists, idle, WAL {} (max_slot_wal_keep_size = {keep})",
+                status.unwrap_or("unknown")
+            ),
+        ),
     });
     let (max_senders, used_senders): (i32, i32) = (row.get(3), row.get(4));
     items.push(if used_senders < max_senders {

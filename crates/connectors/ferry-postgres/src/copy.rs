@@ -1,7 +1,7 @@
 //! The binary `COPY` format: framing for `COPY ... FROM STDIN (FORMAT
 //! binary)` and an incremental decoder for `COPY ... TO STDOUT`.
 
-use bytes::{BufMut, BytesMut};
+use bytes::{Buf, BufMut, Bytes, BytesMut};
 use ferry_core::{Error, Result, Value};
 
 use crate::binary::{decode, encode_field};
@@ -31,8 +31,15 @@ pub(crate) fn copy_row(row: &[Value], kinds: &[&Kind], out: &mut BytesMut) -> Re
 }
 
 /// Incremental decoder of a binary `COPY TO STDOUT` stream.
+///
+/// The server sends one row per CopyData message, so rows are decoded
+/// straight from each message; only a row split across messages is copied
+/// into a buffer.
 pub(crate) struct CopyDecoder {
-    buf: BytesMut,
+    /// Unconsumed bytes when a row spans messages.
+    pending: BytesMut,
+    /// The current message, consumed from the front.
+    cur: Bytes,
     header_done: bool,
     pub finished: bool,
 }
@@ -40,37 +47,62 @@ pub(crate) struct CopyDecoder {
 impl CopyDecoder {
     pub fn new() -> Self {
         CopyDecoder {
-            buf: BytesMut::new(),
+            pending: BytesMut::new(),
+            cur: Bytes::new(),
             header_done: false,
             finished: false,
         }
     }
 
-    pub fn push(&mut self, data: &[u8]) {
-        self.buf.extend_from_slice(data);
+    pub fn push(&mut self, data: Bytes) {
+        if self.pending.is_empty() && self.cur.is_empty() {
+            self.cur = data;
+        } else {
+            self.pending.extend_from_slice(&self.cur);
+            self.cur = Bytes::new();
+            self.pending.extend_from_slice(&data);
+        }
+    }
+
+    fn consume(&mut self, n: usize) {
+        if self.pending.is_empty() {
+            self.cur.advance(n);
+        } else {
+            self.pending.advance(n);
+        }
     }
 
     /// The next complete row, if buffered.
     pub fn next_row(&mut self, kinds: &[Kind]) -> Result<Option<Vec<Value>>> {
         let malformed = || Error::fatal("malformed binary COPY data from the server");
         if !self.header_done {
-            if self.buf.len() < 19 {
+            let buf: &[u8] = if self.pending.is_empty() {
+                &self.cur
+            } else {
+                &self.pending
+            };
+            if buf.len() < 19 {
                 return Ok(None);
             }
-            if &self.buf[..11] != COPY_SIGNATURE {
+            if &buf[..11] != COPY_SIGNATURE {
                 return Err(malformed());
             }
-            let ext = u32::from_be_bytes(self.buf[15..19].try_into().unwrap_or_default()) as usize;
-            if self.buf.len() < 19 + ext {
+            let ext = u32::from_be_bytes(buf[15..19].try_into().unwrap_or_default()) as usize;
+            if buf.len() < 19 + ext {
                 return Ok(None);
             }
-            let _ = self.buf.split_to(19 + ext);
+            self.consume(19 + ext);
             self.header_done = true;
         }
-        if self.finished || self.buf.len() < 2 {
+        let buf: &[u8] = if self.pending.is_empty() {
+            &self.cur
+        } else {
+            &self.pending
+        };
+        if self.finished || buf.len() < 2 {
             return Ok(None);
         }
-        let count = i16::from_be_bytes([self.buf[0], self.buf[1]]);
+        let count = i16::from_be_bytes([buf[0], buf[1]]);
         if count == -1 {
             self.finished = true;
             return Ok(None);
@@ -78,34 +110,34 @@ impl CopyDecoder {
         if count as usize != kinds.len() {
             return Err(malformed());
         }
-        // Find the tuple's end before decoding anything.
+        // Make sure the whole tuple is here before decoding anything.
+        let field_len =
+            |at: usize| i32::from_be_bytes([buf[at], buf[at + 1], buf[at + 2], buf[at + 3]]);
         let mut at = 2;
-        let mut spans = Vec::with_capacity(kinds.len());
         for _ in 0..count {
-            if self.buf.len() < at + 4 {
+            if buf.len() < at + 4 {
                 return Ok(None);
             }
-            let len = i32::from_be_bytes(self.buf[at..at + 4].try_into().unwrap_or_default());
+            at += 4 + field_len(at).max(0) as usize;
+            if buf.len() < at {
+                return Ok(None);
+            }
+        }
+        let end = at;
+        let mut row = Vec::with_capacity(kinds.len());
+        let mut at = 2;
+        for kind in kinds {
+            let len = field_len(at);
             at += 4;
             if len < 0 {
-                spans.push(None);
-                continue;
+                row.push(Value::Null);
+            } else {
+                let e = at + len as usize;
+                row.push(decode(kind, &buf[at..e])?);
+                at = e;
             }
-            let end = at + len as usize;
-            if self.buf.len() < end {
-                return Ok(None);
-            }
-            spans.push(Some((at, end)));
-            at = end;
         }
-        let tuple = self.buf.split_to(at);
-        let mut row = Vec::with_capacity(kinds.len());
-        for (span, kind) in spans.into_iter().zip(kinds) {
-            row.push(match span {
-                None => Value::Null,
-                Some((s, e)) => decode(kind, &tuple[s..e])?,
-            });
-        }
+        self.consume(end);
         Ok(Some(row))
     }
 }
@@ -127,9 +159,12 @@ mod tests {
         copy_trailer(&mut b);
         let mut d = CopyDecoder::new();
         let kinds = [Kind::Int8, Kind::Text];
-        d.push(&b[..5]);
+        let b = b.freeze();
+        d.push(b.slice(..5));
         assert!(d.next_row(&kinds).unwrap().is_none());
-        d.push(&b[5..]);
+        d.push(b.slice(5..25));
+        assert!(d.next_row(&kinds).unwrap().is_none());
+        d.push(b.slice(25..));
         assert_eq!(
             d.next_row(&kinds).unwrap().unwrap(),
             vec![Value::Int(7), Value::Null]

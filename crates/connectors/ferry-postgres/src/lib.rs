@@ -9,6 +9,7 @@
 //! No driver type appears in the public API: configuration is plain data,
 //! errors are [`ferry_core::Error`]s.
 
+mod apply;
 mod binary;
 mod catalog;
 mod check;

@@ -116,7 +116,7 @@ pub(crate) async fn copy_out_rows(
     while let Some(data) = stream.next().await {
         let data =
             data.map_err(|e| pg_error(e, "reading rows").with("statement", query.to_owned()))?;
-        dec.push(&data);
+        dec.push(data);
         while let Some(row) = dec.next_row(kinds)? {
             on_row(row)?;
         }

@@ -13,7 +13,13 @@ use ferry_core::{Error, ErrorClass, Lsn, Result};
 use postgres_protocol::authentication::sasl::{self, ChannelBinding, ScramSha256};
 use postgres_protocol::message::backend::{ErrorResponseBody, Message};
 use postgres_protocol::message::frontend;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadHalf, WriteHalf};
+use tokio::sync::Mutex;
+use tokio::task::JoinHandle;
 use tokio_postgres::config::Host;
 
 use crate::connection::Endpoint;
@@ -72,7 +78,9 @@ pub(crate) enum ReplicationMessage {
 
 /// A replication connection.
 pub(crate) struct ReplicationConn {
-    io: Box<dyn Io>,
+    rd: ReadHalf<Box<dyn Io>>,
+    /// Shared with the keepalive task of a running stream.
+    wr: Arc<Mutex<WriteHalf<Box<dyn Io>>>>,
     buf: BytesMut,
     out: BytesMut,
     endpoint: String,
@@ -129,8 +137,10 @@ impl ReplicationConn {
                 Box::new(s)
             }
         };
+        let (rd, wr) = tokio::io::split(io);
         let mut conn = ReplicationConn {
-            io,
+            rd,
+            wr: Arc::new(Mutex::new(wr)),
             buf: BytesMut::with_capacity(64 * 1024),
             out: BytesMut::new(),
             endpoint: format!("{host}:{port}"),
@@ -245,8 +255,9 @@ impl ReplicationConn {
 
     async fn flush(&mut self) -> Result<()> {
         let out = self.out.split();
-        self.io.write_all(&out).await.map_err(|e| self.io_err(e))?;
-        self.io.flush().await.map_err(|e| self.io_err(e))
+        let mut wr = self.wr.lock().await;
+        wr.write_all(&out).await.map_err(|e| self.io_err(e))?;
+        wr.flush().await.map_err(|e| self.io_err(e))
     }
 
     /// Reads one backend message. Cancel-safe: partial reads stay buffered.
@@ -267,7 +278,7 @@ impl ReplicationConn {
                 self.buf.reserve(len + 1 - self.buf.len());
             }
             let n = self
-                .io
+                .rd
                 .read_buf(&mut self.buf)
                 .await
                 .map_err(|e| self.io_err(e))?;
@@ -354,6 +365,13 @@ impl ReplicationConn {
         }
     }
 
+    /// Whether a whole message is already buffered (`recv` will not wait).
+    pub fn has_buffered_message(&self) -> bool {
+        self.buf.len() >= 5
+            && self.buf.len()
+                > u32::from_be_bytes(self.buf[1..5].try_into().unwrap_or_default()) as usize
+    }
+
     /// The next message of the replication stream. Cancel-safe.
     pub async fn recv(&mut self) -> Result<ReplicationMessage, CommandError> {
         loop {
@@ -401,18 +419,45 @@ impl ReplicationConn {
 
     /// Sends a standby status update: everything up to `flushed` is durable.
     pub async fn send_status(&mut self, flushed: Lsn) -> Result<()> {
-        let mut msg = BytesMut::with_capacity(34);
-        msg.extend_from_slice(b"r");
-        for _ in 0..3 {
-            msg.extend_from_slice(&flushed.0.to_be_bytes());
-        }
-        msg.extend_from_slice(&crate::position::pg_now_micros().to_be_bytes());
-        msg.extend_from_slice(&[0]);
-        frontend::CopyData::new(msg.freeze())
-            .map_err(|e| self.io_err(e))?
-            .write(&mut self.out);
+        status_message(flushed, &mut self.out).map_err(|e| self.io_err(e))?;
         self.flush().await
     }
+
+    /// Starts a task that sends a standby status update with `confirmed`
+    /// every `every`, so the server keeps the stream even while the
+    /// pipeline, busy applying, does not read it (`wal_sender_timeout`).
+    /// The task ends when the returned handle is aborted or a write fails.
+    pub fn keepalive(&self, confirmed: Arc<AtomicU64>, every: Duration) -> JoinHandle<()> {
+        let wr = self.wr.clone();
+        tokio::spawn(async move {
+            let mut out = BytesMut::new();
+            loop {
+                tokio::time::sleep(every).await;
+                if status_message(Lsn(confirmed.load(Ordering::Acquire)), &mut out).is_err() {
+                    return;
+                }
+                let data = out.split();
+                let mut wr = wr.lock().await;
+                if wr.write_all(&data).await.is_err() || wr.flush().await.is_err() {
+                    return;
+                }
+            }
+        })
+    }
+}
+
+/// A standby status update: everything up to `flushed` is written,
+/// flushed and applied.
+fn status_message(flushed: Lsn, out: &mut BytesMut) -> std::io::Result<()> {
+    let mut msg = BytesMut::with_capacity(34);
+    msg.extend_from_slice(b"r");
+    for _ in 0..3 {
+        msg.extend_from_slice(&flushed.0.to_be_bytes());
+    }
+    msg.extend_from_slice(&crate::position::pg_now_micros().to_be_bytes());
+    msg.extend_from_slice(&[0]);
+    frontend::CopyData::new(msg.freeze())?.write(out);
+    Ok(())
 }
 
 fn io_error(host: &str, port: u16, e: std::io::Error) -> Error {

@@ -308,7 +308,7 @@ async fn copy_work(client: &Client, work: &Work, tx: &ChunkSender) -> Result<()>
         CHUNK_ROWS * 5 / 2
     };
     while let Some(data) = stream.next().await {
-        dec.push(&data.map_err(failed)?);
+        dec.push(data.map_err(failed)?);
         while let Some(row) = dec.next_row(&job.kinds)? {
             rows.push(row);
             if rows.len() >= limit {
@@ -382,5 +382,37 @@ impl SnapshotReader for PgSnapshotReader {
             Some(Err(e)) => Err(e),
             None => Ok(None),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn k(i: i64) -> Option<Vec<Value>> {
+        Some(vec![Value::Int(i)])
+    }
+
+    fn r(lower: Option<Vec<Value>>, upper: Option<Vec<Value>>) -> KeyRange {
+        KeyRange { lower, upper }
+    }
+
+    #[test]
+    fn gaps_are_the_complement_of_the_skipped_ranges() {
+        assert_eq!(gaps(&[]), vec![KeyRange::all()]);
+        assert_eq!(gaps(&[KeyRange::all()]), vec![]);
+        assert_eq!(gaps(&[r(None, k(10))]), vec![r(k(10), None)]);
+        assert_eq!(gaps(&[r(k(10), None)]), vec![r(None, k(10))]);
+        // Unsorted, touching and overlapping ranges.
+        let skip = [
+            r(k(50), k(60)),
+            r(None, k(10)),
+            r(k(10), k(20)),
+            r(k(15), k(30)),
+        ];
+        assert_eq!(gaps(&skip), vec![r(k(30), k(50)), r(k(60), None)]);
+        // A range inside an earlier one changes nothing.
+        let skip = [r(k(0), k(100)), r(k(20), k(30))];
+        assert_eq!(gaps(&skip), vec![r(None, k(0)), r(k(100), None)]);
     }
 }

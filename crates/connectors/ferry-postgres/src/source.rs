@@ -71,6 +71,8 @@ pub struct PostgresSource {
     exported: Option<Exported>,
     stream: Option<Stream>,
     heartbeat: Duration,
+    /// Holds the pipeline's advisory lock (see `fence`).
+    fenced: bool,
 }
 
 impl std::fmt::Debug for PostgresSource {
@@ -116,6 +118,7 @@ impl PostgresSource {
             exported: None,
             stream: None,
             heartbeat: Duration::from_secs(10),
+            fenced: false,
         })
     }
 
@@ -128,6 +131,52 @@ impl PostgresSource {
     /// Name of ferry's replication slot and publication.
     pub fn slot_name(&self) -> String {
         format!("ferry_{}", self.pipeline)
+    }
+
+    /// Takes the pipeline's session advisory lock on the source, held as
+    /// long as this source's connection: a second ferry running the same
+    /// pipeline, in any phase, is refused. A crashed runner's lock goes
+    /// with its connection; a few seconds are allowed for that.
+    async fn fence(&mut self) -> Result<()> {
+        if self.fenced {
+            return Ok(());
+        }
+        let key = self.slot_name();
+        for attempt in 0..50 {
+            let got: bool = self
+                .client
+                .query_one("SELECT pg_try_advisory_lock(hashtext($1)::int8)", &[&key])
+                .await
+                .map_err(|e| pg_error(e, "taking the pipeline's lock on the source"))?
+                .get(0);
+            if got {
+                self.fenced = true;
+                return Ok(());
+            }
+            if attempt == 0 {
+                tracing::info!(pipeline = %self.pipeline, "waiting for another session to release the pipeline's lock");
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let holder: Option<i32> = self
+            .client
+            .query_one(
+                "SELECT (SELECT pid FROM pg_locks WHERE locktype = 'advisory' AND granted \
+                   AND objid = (hashtext($1)::int8 & 4294967295)::oid LIMIT 1)",
+                &[&key],
+            )
+            .await
+            .ok()
+            .and_then(|r| r.get(0));
+        Err(Error::fatal(format!(
+            "another ferry runs pipeline {:?} on this source (session PID {} holds the \
+             pipeline's lock)",
+            self.pipeline,
+            holder.map_or("?".into(), |p| p.to_string())
+        ))
+        .with_fix(
+            "stop the other ferry of this pipeline; two runners of one pipeline would both write the target",
+        ))
     }
 
     async fn wal_level_logical(&self) -> Result<()> {
@@ -270,7 +319,9 @@ fn slot_error(e: CommandError, slot: &str) -> Error {
         CommandError::Server(s)
             if s.code == "58P01"
                 || (s.code == "55000"
-                    && (s.message.contains("invalidated") || s.message.contains("no longer"))) =>
+                    && [s.message.as_str(), s.detail.as_deref().unwrap_or_default()]
+                        .iter()
+                        .any(|t| t.contains("invalidated") || t.contains("no longer"))) =>
         {
             Error::fatal(format!(
                 "replication slot {slot} can no longer deliver the changes ferry needs: {} \
@@ -324,6 +375,7 @@ impl Source for PostgresSource {
 
     async fn prepare(&mut self) -> Result<()> {
         self.wal_level_logical().await?;
+        self.fence().await?;
         self.ensure_publication().await?;
         let slot = self.slot_name();
         match self.slot_state().await? {
@@ -427,6 +479,21 @@ impl Source for PostgresSource {
             }
             Some(_) => {}
         }
+        // Status updates go out at a third of the server's timeout (at most
+        // every 10 s), read or not, so a busy pipeline keeps its stream.
+        let timeout_ms: i64 = self
+            .client
+            .query_one(
+                "SELECT setting::int8 FROM pg_settings WHERE name = 'wal_sender_timeout'",
+                &[],
+            )
+            .await
+            .map_err(|e| pg_error(e, "reading wal_sender_timeout"))?
+            .get(0);
+        let status_every = match timeout_ms {
+            t if t > 0 => Duration::from_millis((t as u64 / 3).clamp(100, 10_000)),
+            _ => Duration::from_secs(10),
+        };
         let mut conn = ReplicationConn::connect(&self.endpoint).await?;
         let start = from.as_ref().map(start_lsn).unwrap_or_default();
         let sql = format!(
@@ -439,7 +506,7 @@ impl Source for PostgresSource {
             .await
             .map_err(|e| slot_error(e, &slot))?;
         tracing::info!(slot = %slot, from = %start, "streaming changes");
-        self.stream = Some(Stream::new(conn, from, self.heartbeat, slot));
+        self.stream = Some(Stream::new(conn, from, self.heartbeat, status_every, slot));
         Ok(())
     }
 

@@ -16,12 +16,14 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use ferry_core::{
     Change, Column, Error, Lsn, PgPosition, Position, Result, SourceEvent, TableName, TableRef,
     TableSchema, Transaction, Value,
 };
+use tokio::task::JoinHandle;
 use tokio_postgres::Client;
 
 use crate::binary;
@@ -76,17 +78,34 @@ pub(crate) struct Stream {
     last_activity: Instant,
     heartbeat: Duration,
     prefix: String,
+    /// `confirmed`, shared with the keepalive task.
+    shared_confirmed: Arc<AtomicU64>,
+    keepalive: JoinHandle<()>,
+}
+
+impl Drop for Stream {
+    fn drop(&mut self) {
+        self.keepalive.abort();
+    }
 }
 
 impl Stream {
+    /// `status_every`: how often a status update goes out even while
+    /// nobody reads the stream (well within the server's
+    /// `wal_sender_timeout`).
     pub fn new(
         conn: ReplicationConn,
         from: Option<PgPosition>,
         heartbeat: Duration,
+        status_every: Duration,
         prefix: String,
     ) -> Self {
         let start = from.map(|p| p.lsn).unwrap_or_default();
+        let shared_confirmed = Arc::new(AtomicU64::new(start.0));
+        let keepalive = conn.keepalive(shared_confirmed.clone(), status_every);
         Stream {
+            shared_confirmed,
+            keepalive,
             conn,
             from,
             relations: HashMap::new(),
@@ -107,14 +126,24 @@ impl Stream {
             if let Some(ev) = self.ready.pop_front() {
                 return Ok(ev);
             }
-            let tick = tokio::time::sleep(Duration::from_millis(500));
-            let msg = tokio::select! {
-                m = self.conn.recv() => m.map_err(|e| e.into_error("reading the replication stream"))?,
-                _ = tick => {
-                    self.on_tick(ctx).await?;
-                    continue;
+            // Buffered messages need no timer (one per message would cost
+            // more than decoding it).
+            let msg = if self.conn.has_buffered_message() {
+                self.conn.recv().await
+            } else {
+                let tick = tokio::time::sleep(Duration::from_millis(500));
+                tokio::select! {
+                    m = self.conn.recv() => m,
+                    _ = tick => {
+                        self.on_tick(ctx).await?;
+                        continue;
+                    }
                 }
             };
+            let msg = msg.map_err(|e| e.into_error("reading the replication stream"))?;
+            if self.last_status.elapsed() >= STATUS_INTERVAL {
+                self.send_status().await?;
+            }
             self.last_activity = Instant::now();
             match msg {
                 ReplicationMessage::XLogData { data } => {
@@ -139,6 +168,8 @@ impl Stream {
 
     async fn send_status(&mut self) -> Result<()> {
         self.last_status = Instant::now();
+        self.shared_confirmed
+            .store(self.confirmed.0, Ordering::Release);
         self.conn.send_status(self.confirmed).await
     }
 

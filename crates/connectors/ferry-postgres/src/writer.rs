@@ -20,55 +20,24 @@ use ferry_core::{
 };
 use futures_util::SinkExt;
 use tokio_postgres::Client;
-use tokio_postgres::types::{IsNull, ToSql, Type, to_sql_checked};
+use tokio_postgres::types::{ToSql, Type};
 
-use crate::binary;
+use crate::apply::{
+    Param, abbreviate, delete_sql, key_params, param_refs, row_params, rows_per_statement,
+    update_sql, upsert_from, upsert_sql,
+};
 use crate::catalog;
 use crate::copy;
 use crate::error::pg_error;
 use crate::sink::{CHECKPOINT_TABLE, Shared, Target, add_key_sql, map_target, target_name};
 use crate::types::{Kind, TypeCache, ddl_type, ident, writable};
 
-/// Most rows in one multi-row statement.
-const MAX_ROWS_PER_STATEMENT: usize = 1000;
-/// PostgreSQL's limit on bind parameters per statement.
-const MAX_PARAMS: usize = 65_535;
+/// Upserts of a table at or above this many rows go through `COPY` into a
+/// temporary staging table and one merge statement, which beats bind
+/// parameters for large batches.
+const STAGE_MIN_ROWS: usize = 500;
 /// COPY data is sent in pieces of about this size.
 const COPY_PIECE: usize = 256 * 1024;
-
-/// A value bound as a statement parameter, encoded by ferry's codec.
-#[derive(Debug)]
-struct Param<'a> {
-    value: &'a Value,
-    kind: &'a Kind,
-}
-
-impl ToSql for Param<'_> {
-    fn to_sql(
-        &self,
-        _ty: &Type,
-        out: &mut BytesMut,
-    ) -> std::result::Result<IsNull, Box<dyn std::error::Error + Sync + Send>> {
-        if self.value.is_null() {
-            return Ok(IsNull::Yes);
-        }
-        if matches!(self.value, Value::Unchanged) {
-            return Err(Box::new(Error::fatal(
-                "an unchanged value reached a statement parameter; this is a ferry bug",
-            )));
-        }
-        match binary::encode(self.value, self.kind, out) {
-            Ok(()) => Ok(IsNull::No),
-            Err(e) => Err(Box::new(e)),
-        }
-    }
-
-    fn accepts(_ty: &Type) -> bool {
-        true
-    }
-
-    to_sql_checked!();
-}
 
 pub(crate) struct PostgresWriter {
     shared: Arc<Shared>,
@@ -79,6 +48,13 @@ pub(crate) struct PostgresWriter {
     in_tx: bool,
     /// Tables loaded in the open transaction.
     loaded: Vec<TableRef>,
+    /// Tables whose structure the open transaction changed (key built,
+    /// altered): their cached mapping is void if it rolls back.
+    restructured: Vec<TableName>,
+    /// Staging table name per target structure (stable per connection).
+    stage_names: HashMap<String, String>,
+    /// Staging tables known to exist (a rollback may undo a creation).
+    stages_ready: std::collections::HashSet<String>,
 }
 
 impl PostgresWriter {
@@ -90,7 +66,93 @@ impl PostgresWriter {
             begin_pending: false,
             in_tx: false,
             loaded: Vec::new(),
+            restructured: Vec::new(),
+            stage_names: HashMap::new(),
+            stages_ready: Default::default(),
         }
+    }
+
+    /// Drops the cached mappings of tables restructured by a transaction
+    /// that rolls back.
+    fn forget_restructured(&mut self) {
+        let mut map = self
+            .shared
+            .targets
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        for name in self.restructured.drain(..) {
+            map.remove(&name);
+        }
+    }
+
+    /// Streams `rows` into `table (cols)` with binary COPY.
+    async fn copy_rows(&self, t: &Target, table: &str, rows: &[&Vec<Value>]) -> Result<()> {
+        let sql = format!(
+            "COPY {table} ({}) FROM STDIN (FORMAT binary)",
+            t.cols.join(", ")
+        );
+        let fail =
+            |e: tokio_postgres::Error| pg_error(e, "copying rows").with("table", t.display.clone());
+        let sink = self
+            .client
+            .copy_in::<_, bytes::Bytes>(&sql)
+            .await
+            .map_err(fail)?;
+        futures_util::pin_mut!(sink);
+        let kinds: Vec<&Kind> = t.types.iter().map(|ty| &ty.kind).collect();
+        let mut buf = BytesMut::with_capacity(COPY_PIECE + 4096);
+        copy::copy_header(&mut buf);
+        for &row in rows {
+            copy::copy_row(row, &kinds, &mut buf).map_err(|e| {
+                e.with("table", t.display.clone()).with(
+                    "key",
+                    display_key(&t.key.iter().map(|&i| row[i].clone()).collect::<Vec<_>>()),
+                )
+            })?;
+            if buf.len() >= COPY_PIECE {
+                sink.send(buf.split().freeze()).await.map_err(fail)?;
+            }
+        }
+        copy::copy_trailer(&mut buf);
+        sink.send(buf.split().freeze()).await.map_err(fail)?;
+        sink.finish().await.map_err(fail)?;
+        Ok(())
+    }
+
+    /// Large upsert batch: COPY into a staging table, one merge statement.
+    async fn upsert_staged(&mut self, t: &Target, rows: &[&Vec<Value>]) -> Result<()> {
+        self.send_begin().await?;
+        let types: Vec<&str> = t.types.iter().map(|ty| ty.name.as_str()).collect();
+        let signature = format!("{}({})({})", t.qualified, t.cols.join(","), types.join(","));
+        let next = self.stage_names.len() + 1;
+        let stage = self
+            .stage_names
+            .entry(signature.clone())
+            .or_insert_with(|| format!("_ferry_stage_{next}"))
+            .clone();
+        if !self.stages_ready.contains(&signature) {
+            let sql = format!(
+                "CREATE TEMP TABLE IF NOT EXISTS {stage} ON COMMIT DELETE ROWS AS \
+                 SELECT {} FROM {} WITH NO DATA",
+                t.cols.join(", "),
+                t.qualified
+            );
+            self.client.batch_execute(&sql).await.map_err(|e| {
+                pg_error(e, "creating a staging table").with("table", t.display.clone())
+            })?;
+            self.stages_ready.insert(signature);
+        }
+        self.copy_rows(t, &stage, rows).await?;
+        let merge = upsert_from(t, &format!("SELECT {} FROM {stage}", t.cols.join(", ")));
+        self.client
+            .batch_execute(&format!("{merge}; TRUNCATE {stage}"))
+            .await
+            .map_err(|e| {
+                pg_error(e, "applying changes")
+                    .with("table", t.display.clone())
+                    .with("statement", abbreviate(&merge))
+            })?;
+        Ok(())
     }
 
     /// The target mapping with its primary key built: a table created by
@@ -109,6 +171,7 @@ impl PostgresWriter {
         let sql = add_key_sql(t);
         tracing::info!(table = %t.display, "building the primary key after the snapshot load");
         self.send_begin().await?;
+        self.restructured.push(name.clone());
         self.client.batch_execute(&sql).await.map_err(|e| {
             pg_error(e, "adding the primary key after the snapshot load")
                 .with("table", t.display.clone())
@@ -263,6 +326,12 @@ impl PostgresWriter {
         }
         updates.extend(ops.updates.iter());
         let all: Vec<usize> = (0..t.cols.len()).collect();
+        if upserts.len() >= STAGE_MIN_ROWS {
+            self.upsert_staged(&t, &upserts)
+                .await
+                .map_err(|e| context(e, &upserts))?;
+            upserts.clear();
+        }
         for chunk in upserts.chunks(rows_per_statement(t.cols.len())) {
             let sql = upsert_sql(&t, chunk.len());
             let params = row_params(&t, chunk, &all);
@@ -384,6 +453,7 @@ impl PostgresWriter {
             let sql = format!("ALTER TABLE {} {}", pg.qualified(), actions.join(", "));
             tracing::info!(table = %table.name, statement = %sql, "altering the target table");
             self.send_begin().await?;
+            self.restructured.push(table.name.clone());
             self.client.batch_execute(&sql).await.map_err(|e| {
                 pg_error(e, "altering the target table").with("statement", sql.clone())
             })?;
@@ -396,133 +466,6 @@ impl PostgresWriter {
         self.target(table).await?;
         Ok(())
     }
-}
-
-fn abbreviate(sql: &str) -> String {
-    if sql.len() <= 300 {
-        return sql.to_owned();
-    }
-    let mut end = 300;
-    while !sql.is_char_boundary(end) {
-        end -= 1;
-    }
-    format!("{}... ({} bytes)", &sql[..end], sql.len())
-}
-
-fn rows_per_statement(cols: usize) -> usize {
-    (MAX_PARAMS / cols.max(1)).clamp(1, MAX_ROWS_PER_STATEMENT)
-}
-
-fn placeholders(rows: usize, width: usize) -> String {
-    let mut s = String::with_capacity(rows * width * 6);
-    for r in 0..rows {
-        if r > 0 {
-            s.push(',');
-        }
-        s.push('(');
-        for c in 0..width {
-            if c > 0 {
-                s.push(',');
-            }
-            s.push('$');
-            s.push_str(&(r * width + c + 1).to_string());
-        }
-        s.push(')');
-    }
-    s
-}
-
-fn key_list(t: &Target) -> String {
-    t.key
-        .iter()
-        .map(|&i| t.cols[i].as_str())
-        .collect::<Vec<_>>()
-        .join(", ")
-}
-
-fn delete_sql(t: &Target, rows: usize) -> String {
-    format!(
-        "DELETE FROM {} WHERE ({}) IN (VALUES {})",
-        t.qualified,
-        key_list(t),
-        placeholders(rows, t.key.len())
-    )
-}
-
-fn upsert_sql(t: &Target, rows: usize) -> String {
-    let updates: Vec<String> = (0..t.cols.len())
-        .filter(|i| !t.key.contains(i))
-        .map(|i| format!("{0} = EXCLUDED.{0}", t.cols[i]))
-        .collect();
-    let action = if updates.is_empty() {
-        "NOTHING".to_owned()
-    } else {
-        format!("UPDATE SET {}", updates.join(", "))
-    };
-    format!(
-        "INSERT INTO {} ({}) VALUES {} ON CONFLICT ({}) DO {action}",
-        t.qualified,
-        t.cols.join(", "),
-        placeholders(rows, t.cols.len()),
-        key_list(t)
-    )
-}
-
-fn update_sql(t: &Target, present: &[usize], rows: usize) -> String {
-    let alias = |i: usize| format!("c{i}");
-    let set: Vec<String> = present
-        .iter()
-        .filter(|i| !t.key.contains(i))
-        .map(|&i| format!("{} = v.{}", t.cols[i], alias(i)))
-        .collect();
-    let cond: Vec<String> = t
-        .key
-        .iter()
-        .map(|&i| format!("t.{} = v.{}", t.cols[i], alias(i)))
-        .collect();
-    let names: Vec<String> = present.iter().map(|&i| alias(i)).collect();
-    format!(
-        "UPDATE {} AS t SET {} FROM (VALUES {}) AS v({}) WHERE {}",
-        t.qualified,
-        set.join(", "),
-        placeholders(rows, present.len()),
-        names.join(", "),
-        cond.join(" AND ")
-    )
-}
-
-fn key_params<'a>(t: &'a Target, rows: &[&'a Vec<Value>]) -> Vec<Param<'a>> {
-    // Delete rows are key-only images: the key columns sit at `t.key`.
-    row_params(t, rows, &t.key)
-}
-
-fn row_params<'a>(t: &'a Target, rows: &[&'a Vec<Value>], cols: &[usize]) -> Vec<Param<'a>> {
-    let mut out = Vec::with_capacity(rows.len() * cols.len());
-    for row in rows {
-        for &i in cols {
-            out.push(Param {
-                value: &row[i],
-                kind: &t.types[i].kind,
-            });
-        }
-    }
-    out
-}
-
-fn param_refs<'a>(
-    params: &'a [Param<'a>],
-    t: &Target,
-    rows: usize,
-    cols: &[usize],
-) -> Vec<(&'a (dyn ToSql + Sync), Type)> {
-    let mut out = Vec::with_capacity(rows * cols.len());
-    for (n, p) in params.iter().enumerate() {
-        out.push((
-            p as &(dyn ToSql + Sync),
-            t.params[cols[n % cols.len()]].clone(),
-        ));
-    }
-    out
 }
 
 #[async_trait]
@@ -575,38 +518,8 @@ impl SinkWriter for PostgresWriter {
         if !self.loaded.iter().any(|l| l.name == table.name) {
             self.loaded.push(table.clone());
         }
-        let sql = format!(
-            "COPY {} ({}) FROM STDIN (FORMAT binary)",
-            t.qualified,
-            t.cols.join(", ")
-        );
-        let fail = |e: tokio_postgres::Error| {
-            pg_error(e, "loading snapshot rows").with("table", t.display.clone())
-        };
-        let sink = self
-            .client
-            .copy_in::<_, bytes::Bytes>(&sql)
-            .await
-            .map_err(fail)?;
-        futures_util::pin_mut!(sink);
-        let kinds: Vec<&Kind> = t.types.iter().map(|ty| &ty.kind).collect();
-        let mut buf = BytesMut::with_capacity(COPY_PIECE + 4096);
-        copy::copy_header(&mut buf);
-        for row in rows {
-            copy::copy_row(row, &kinds, &mut buf).map_err(|e| {
-                e.with("table", t.display.clone()).with(
-                    "key",
-                    display_key(&t.key.iter().map(|&i| row[i].clone()).collect::<Vec<_>>()),
-                )
-            })?;
-            if buf.len() >= COPY_PIECE {
-                sink.send(buf.split().freeze()).await.map_err(fail)?;
-            }
-        }
-        copy::copy_trailer(&mut buf);
-        sink.send(buf.split().freeze()).await.map_err(fail)?;
-        sink.finish().await.map_err(fail)?;
-        Ok(())
+        let rows: Vec<&Vec<Value>> = rows.iter().collect();
+        self.copy_rows(&t, &t.qualified, &rows).await
     }
 
     async fn clear_table(&mut self, table: &TableRef) -> Result<()> {
@@ -619,6 +532,7 @@ impl SinkWriter for PostgresWriter {
     async fn commit(&mut self, records: &[CheckpointRecord]) -> Result<()> {
         self.build_completed_keys(records).await?;
         self.loaded.clear();
+        self.restructured.clear();
         let pipeline = self.shared.pipeline.clone();
         let mut params: Vec<&(dyn ToSql + Sync)> = Vec::new();
         let mut values = Vec::new();
@@ -673,6 +587,8 @@ impl SinkWriter for PostgresWriter {
     async fn rollback(&mut self) -> Result<()> {
         self.begin_pending = false;
         self.loaded.clear();
+        self.stages_ready.clear();
+        self.forget_restructured();
         if self.in_tx {
             self.in_tx = false;
             self.client

@@ -232,10 +232,17 @@ async fn cdc_resumes_after_a_position_without_duplicates_and_fences_a_second_run
         first = next_commit(&mut src).await;
         let second = next_commit(&mut src).await;
         assert!(second.position > first.position);
-        // A second runner of the same pipeline is refused while this one streams.
+        // A second runner of the same pipeline is refused while this one
+        // runs: by the pipeline's lock, and by the slot being in use.
         let mut other = crate::common::source(&url, "resume").await;
         other.tables().await.unwrap();
-        other.prepare().await.unwrap();
+        let err = other.prepare().await.unwrap_err();
+        assert_eq!(err.class(), ErrorClass::Fatal);
+        assert!(
+            err.message().contains("another ferry runs pipeline"),
+            "{}",
+            err.report()
+        );
         let err = other
             .start_stream(Some(&first.position), &[])
             .await
@@ -247,6 +254,12 @@ async fn cdc_resumes_after_a_position_without_duplicates_and_fences_a_second_run
             "{}",
             err.report()
         );
+        let items = other.check().await;
+        let slot = items
+            .iter()
+            .find(|i| i.name == "source: ferry's slot")
+            .unwrap();
+        assert_eq!(slot.status, ferry_core::CheckStatus::Fail, "{slot}");
     }
     // Only the first was durable: resuming after it delivers the second
     // once (the old walsender may take a moment to release the slot).
@@ -282,5 +295,84 @@ async fn cdc_resumes_after_a_position_without_duplicates_and_fences_a_second_run
     assert_eq!(
         pg.psql_in("src", "SELECT (SELECT count(*) FROM pg_replication_slots) + (SELECT count(*) FROM pg_publication)"),
         "0"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_invalidated_slot_is_fatal_with_the_way_out() {
+    let pg = ferry_testkit::PostgresServer::builder()
+        .conf("max_slot_wal_keep_size = 1MB")
+        .start();
+    let url = pg.create_database("src");
+    pg.psql_in("src", "CREATE TABLE t (id int PRIMARY KEY, v text)");
+    let position = {
+        let mut src = source(&url, "lost").await;
+        src.tables().await.unwrap();
+        src.prepare().await.unwrap();
+        pg.psql_in("src", "INSERT INTO t VALUES (1, 'x')");
+        Position::Postgres(ferry_core::PgPosition {
+            commit_lsn: ferry_core::Lsn(1),
+            lsn: ferry_core::Lsn(1),
+        })
+    };
+    // Write past the slot's allowance while ferry is away.
+    eventually("the slot to be invalidated", Duration::from_secs(60), || async {
+        pg.psql_in(
+            "src",
+            "INSERT INTO t SELECT g, repeat('w', 200) FROM generate_series(2, 30000) g \
+             ON CONFLICT (id) DO UPDATE SET v = EXCLUDED.v || 'x'; SELECT pg_switch_wal(); CHECKPOINT;",
+        );
+        let status = pg.psql_in("src", "SELECT wal_status FROM pg_replication_slots WHERE slot_name = 'ferry_lost'");
+        if status == "lost" { Ok(()) } else { Err(status) }
+    })
+    .await;
+    let mut src = source(&url, "lost").await;
+    let items = src.check().await;
+    let slot = items
+        .iter()
+        .find(|i| i.name == "source: ferry's slot")
+        .unwrap();
+    assert_eq!(slot.status, ferry_core::CheckStatus::Fail, "{slot}");
+    src.tables().await.unwrap();
+    let err = src.prepare().await.unwrap_err();
+    assert_eq!(err.class(), ErrorClass::Fatal);
+    assert!(
+        err.message().contains("can no longer deliver"),
+        "{}",
+        err.report()
+    );
+    assert!(
+        err.fix().unwrap().contains("re-snapshot"),
+        "{}",
+        err.report()
+    );
+    let err = src.start_stream(Some(&position), &[]).await.unwrap_err();
+    assert_eq!(err.class(), ErrorClass::Fatal, "{}", err.report());
+    assert!(
+        err.fix().unwrap().contains("re-snapshot"),
+        "{}",
+        err.report()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_nobody_reads_for_a_while_survives_wal_sender_timeout() {
+    let pg = ferry_testkit::PostgresServer::builder()
+        .conf("wal_sender_timeout = 1500")
+        .start();
+    let url = pg.create_database("src");
+    pg.psql_in("src", "CREATE TABLE t (id int PRIMARY KEY)");
+    let mut src = streaming(&url, "busy").await;
+    pg.psql_in("src", "INSERT INTO t VALUES (1)");
+    // The pipeline is busy elsewhere for more than twice the timeout: this
+    // pause is what is under test.
+    tokio::time::sleep(Duration::from_millis(4000)).await;
+    pg.psql_in("src", "INSERT INTO t VALUES (2)");
+    assert_eq!(next_commit(&mut src).await.changes.len(), 1);
+    assert_eq!(next_commit(&mut src).await.changes.len(), 1);
+    assert!(
+        !pg.log_tail(200).contains("replication timeout"),
+        "{}",
+        pg.log_tail(20)
     );
 }

@@ -135,7 +135,13 @@ async fn sink_applies_deletes_upserts_and_partial_updates_atomically() {
     )
     .await
     .unwrap();
-    w.commit(&[]).await.unwrap();
+    // The snapshot of the table is complete: its key is built now.
+    let mut done = TableProgress::default();
+    done.add(KeyRange::all(), &pos(1));
+    done.complete = true;
+    w.commit(&[CheckpointRecord::table("app.accounts", &done)])
+        .await
+        .unwrap();
 
     let mut ops = TableOps::new(t.clone());
     ops.deletes.push(vec![
@@ -375,5 +381,41 @@ async fn sink_wrong_password_is_fatal_with_a_fix() {
             .iter()
             .all(|i| i.status == ferry_core::CheckStatus::Ok),
         "{items:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sink_merges_large_upsert_batches_through_a_staging_table() {
+    let (pg, url) = server_with_db("target");
+    let sink = PostgresSink::connect(config(&url)).await.unwrap();
+    let t = accounts();
+    sink.ensure_tables(std::slice::from_ref(&t)).await.unwrap();
+    let mut w = sink.writer().await.unwrap();
+    let batch = |from: i64, to: i64, note: &str| {
+        let mut ops = TableOps::new(t.clone());
+        ops.upserts
+            .extend((from..=to).map(|i| row(i, "n", &format!("{i}.00"), note)));
+        Step::Rows(vec![ops])
+    };
+    // Rolled back: the staging table created in it is gone too.
+    w.begin().await.unwrap();
+    w.apply(&[batch(1, 600, "a")]).await.unwrap();
+    w.rollback().await.unwrap();
+    w.begin().await.unwrap();
+    w.apply(&[batch(1, 1500, "a"), batch(1001, 2000, "b")])
+        .await
+        .unwrap();
+    w.commit(&[CheckpointRecord::applied(&pos(5))])
+        .await
+        .unwrap();
+    w.begin().await.unwrap();
+    w.apply(&[batch(1, 700, "c")]).await.unwrap();
+    w.commit(&[]).await.unwrap();
+    assert_eq!(
+        pg.psql_in(
+            "target",
+            "SELECT note, count(*) FROM app.accounts GROUP BY note ORDER BY note"
+        ),
+        "a|300\nb|1000\nc|700"
     );
 }

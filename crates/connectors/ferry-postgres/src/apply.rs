@@ -1,0 +1,184 @@
+//! Statements of the change apply path: multi-row upserts, deletes and
+//! partial updates with typed binary parameters.
+
+use bytes::BytesMut;
+use ferry_core::{Error, Value};
+use tokio_postgres::types::{IsNull, ToSql, Type, to_sql_checked};
+
+use crate::binary;
+use crate::sink::Target;
+use crate::types::Kind;
+
+/// Most rows in one multi-row statement.
+const MAX_ROWS_PER_STATEMENT: usize = 1000;
+/// PostgreSQL's limit on bind parameters per statement.
+const MAX_PARAMS: usize = 65_535;
+
+/// A value bound as a statement parameter, encoded by ferry's codec.
+#[derive(Debug)]
+pub(crate) struct Param<'a> {
+    pub value: &'a Value,
+    pub kind: &'a Kind,
+}
+
+impl ToSql for Param<'_> {
+    fn to_sql(
+        &self,
+        _ty: &Type,
+        out: &mut BytesMut,
+    ) -> std::result::Result<IsNull, Box<dyn std::error::Error + Sync + Send>> {
+        if self.value.is_null() {
+            return Ok(IsNull::Yes);
+        }
+        if matches!(self.value, Value::Unchanged) {
+            return Err(Box::new(Error::fatal(
+                "an unchanged value reached a statement parameter; this is a ferry bug",
+            )));
+        }
+        match binary::encode(self.value, self.kind, out) {
+            Ok(()) => Ok(IsNull::No),
+            Err(e) => Err(Box::new(e)),
+        }
+    }
+
+    fn accepts(_ty: &Type) -> bool {
+        true
+    }
+
+    to_sql_checked!();
+}
+
+pub(crate) fn abbreviate(sql: &str) -> String {
+    if sql.len() <= 300 {
+        return sql.to_owned();
+    }
+    let mut end = 300;
+    while !sql.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}... ({} bytes)", &sql[..end], sql.len())
+}
+
+pub(crate) fn rows_per_statement(cols: usize) -> usize {
+    (MAX_PARAMS / cols.max(1)).clamp(1, MAX_ROWS_PER_STATEMENT)
+}
+
+pub(crate) fn placeholders(rows: usize, width: usize) -> String {
+    let mut s = String::with_capacity(rows * width * 6);
+    for r in 0..rows {
+        if r > 0 {
+            s.push(',');
+        }
+        s.push('(');
+        for c in 0..width {
+            if c > 0 {
+                s.push(',');
+            }
+            s.push('$');
+            s.push_str(&(r * width + c + 1).to_string());
+        }
+        s.push(')');
+    }
+    s
+}
+
+pub(crate) fn key_list(t: &Target) -> String {
+    t.key
+        .iter()
+        .map(|&i| t.cols[i].as_str())
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+pub(crate) fn delete_sql(t: &Target, rows: usize) -> String {
+    format!(
+        "DELETE FROM {} WHERE ({}) IN (VALUES {})",
+        t.qualified,
+        key_list(t),
+        placeholders(rows, t.key.len())
+    )
+}
+
+pub(crate) fn upsert_sql(t: &Target, rows: usize) -> String {
+    upsert_from(t, &format!("VALUES {}", placeholders(rows, t.cols.len())))
+}
+
+/// `INSERT ... <source> ON CONFLICT (key) DO UPDATE SET` every non-key column.
+pub(crate) fn upsert_from(t: &Target, source: &str) -> String {
+    let updates: Vec<String> = (0..t.cols.len())
+        .filter(|i| !t.key.contains(i))
+        .map(|i| format!("{0} = EXCLUDED.{0}", t.cols[i]))
+        .collect();
+    let action = if updates.is_empty() {
+        "NOTHING".to_owned()
+    } else {
+        format!("UPDATE SET {}", updates.join(", "))
+    };
+    format!(
+        "INSERT INTO {} ({}) {source} ON CONFLICT ({}) DO {action}",
+        t.qualified,
+        t.cols.join(", "),
+        key_list(t)
+    )
+}
+
+pub(crate) fn update_sql(t: &Target, present: &[usize], rows: usize) -> String {
+    let alias = |i: usize| format!("c{i}");
+    let set: Vec<String> = present
+        .iter()
+        .filter(|i| !t.key.contains(i))
+        .map(|&i| format!("{} = v.{}", t.cols[i], alias(i)))
+        .collect();
+    let cond: Vec<String> = t
+        .key
+        .iter()
+        .map(|&i| format!("t.{} = v.{}", t.cols[i], alias(i)))
+        .collect();
+    let names: Vec<String> = present.iter().map(|&i| alias(i)).collect();
+    format!(
+        "UPDATE {} AS t SET {} FROM (VALUES {}) AS v({}) WHERE {}",
+        t.qualified,
+        set.join(", "),
+        placeholders(rows, present.len()),
+        names.join(", "),
+        cond.join(" AND ")
+    )
+}
+
+pub(crate) fn key_params<'a>(t: &'a Target, rows: &[&'a Vec<Value>]) -> Vec<Param<'a>> {
+    // Delete rows are key-only images: the key columns sit at `t.key`.
+    row_params(t, rows, &t.key)
+}
+
+pub(crate) fn row_params<'a>(
+    t: &'a Target,
+    rows: &[&'a Vec<Value>],
+    cols: &[usize],
+) -> Vec<Param<'a>> {
+    let mut out = Vec::with_capacity(rows.len() * cols.len());
+    for row in rows {
+        for &i in cols {
+            out.push(Param {
+                value: &row[i],
+                kind: &t.types[i].kind,
+            });
+        }
+    }
+    out
+}
+
+pub(crate) fn param_refs<'a>(
+    params: &'a [Param<'a>],
+    t: &Target,
+    rows: usize,
+    cols: &[usize],
+) -> Vec<(&'a (dyn ToSql + Sync), Type)> {
+    let mut out = Vec::with_capacity(rows * cols.len());
+    for (n, p) in params.iter().enumerate() {
+        out.push((
+            p as &(dyn ToSql + Sync),
+            t.params[cols[n % cols.len()]].clone(),
+        ));
+    }
+    out
+}
