@@ -67,6 +67,14 @@ pub trait SinkWriter: Send {
     /// Snapshot load: inserts rows known not to be on the target.
     async fn load(&mut self, table: &TableRef, rows: &[Vec<Value>]) -> Result<()>;
 
+    /// [`load`](Self::load), taking the rows: the snapshot phase has no
+    /// further use for them, so a writer that runs its driver on another
+    /// thread can move them there instead of copying each chunk. The
+    /// default borrows and calls `load`.
+    async fn load_owned(&mut self, table: &TableRef, rows: Vec<Vec<Value>>) -> Result<()> {
+        self.load(table, &rows).await
+    }
+
     /// Removes every row of `table` (restarting a table's copy).
     async fn clear_table(&mut self, table: &TableRef) -> Result<()>;
 

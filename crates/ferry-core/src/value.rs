@@ -132,7 +132,7 @@ impl Ord for Value {
             (Int(a), Float(b)) => (*a as f64).total_cmp(b),
             (Float(a), Int(b)) => a.total_cmp(&(*b as f64)),
             (Bool(a), Bool(b)) => a.cmp(b),
-            (Decimal(a), Decimal(b)) => a.cmp(b),
+            (Decimal(a), Decimal(b)) => decimal_cmp(a, b),
             (Text(a), Text(b)) | (Json(a), Json(b)) => a.as_bytes().cmp(b.as_bytes()),
             (Bytes(a), Bytes(b)) => a.cmp(b),
             (Date(a), Date(b)) => a.cmp(b),
@@ -184,7 +184,8 @@ impl Hash for Value {
                 f.to_bits().hash(state)
             }
             Bool(b) => b.hash(state),
-            Decimal(s) | Text(s) | Json(s) => s.hash(state),
+            Decimal(s) => normalize_decimal(s).hash(state),
+            Text(s) | Json(s) => s.hash(state),
             Bytes(b) => b.hash(state),
             Date(d) => d.hash(state),
             Time(t) | Timestamp(t) | TimestampTz(t) => t.hash(state),
@@ -244,6 +245,66 @@ impl fmt::Display for Value {
     }
 }
 
+/// A decimal's text without sign noise and insignificant zeros
+/// (`"-012.500"` → `"-12.5"`, `"-0.0"` → `"0"`), so equal numbers compare
+/// and hash alike whatever scale a database prints them with. Text that is
+/// not a plain decimal (`NaN`, exponents) is returned as it is.
+pub fn normalize_decimal(s: &str) -> std::borrow::Cow<'_, str> {
+    let t = s.trim();
+    let (neg, digits) = match t.as_bytes().first() {
+        Some(b'-') => (true, &t[1..]),
+        Some(b'+') => (false, &t[1..]),
+        _ => (false, t),
+    };
+    let (int, frac) = digits.split_once('.').unwrap_or((digits, ""));
+    if int.is_empty() && frac.is_empty()
+        || !int.bytes().all(|b| b.is_ascii_digit())
+        || !frac.bytes().all(|b| b.is_ascii_digit())
+    {
+        return std::borrow::Cow::Borrowed(s);
+    }
+    let int = int.trim_start_matches('0');
+    let frac = frac.trim_end_matches('0');
+    let mut out = String::with_capacity(t.len());
+    if neg && !(int.is_empty() && frac.is_empty()) {
+        out.push('-');
+    }
+    out.push_str(if int.is_empty() { "0" } else { int });
+    if !frac.is_empty() {
+        out.push('.');
+        out.push_str(frac);
+    }
+    std::borrow::Cow::Owned(out)
+}
+
+/// Numeric order of two decimal texts (falls back to text order for values
+/// that are not plain decimals, such as `NaN`).
+fn decimal_cmp(a: &str, b: &str) -> Ordering {
+    let (na, nb) = (normalize_decimal(a), normalize_decimal(b));
+    let parse = |s: &str| -> Option<(bool, String, String)> {
+        let (neg, d) = s.strip_prefix('-').map_or((false, s), |r| (true, r));
+        let (i, f) = d.split_once('.').unwrap_or((d, ""));
+        (i.bytes().all(|c| c.is_ascii_digit()) && f.bytes().all(|c| c.is_ascii_digit()))
+            .then(|| (neg, i.to_owned(), f.to_owned()))
+    };
+    match (parse(&na), parse(&nb)) {
+        (Some((sa, ia, fa)), Some((sb, ib, fb))) => {
+            let magnitude = ia
+                .len()
+                .cmp(&ib.len())
+                .then_with(|| ia.cmp(&ib))
+                .then_with(|| fa.cmp(&fb));
+            match (sa, sb) {
+                (false, false) => magnitude,
+                (true, true) => magnitude.reverse(),
+                (true, false) => Ordering::Less,
+                (false, true) => Ordering::Greater,
+            }
+        }
+        _ => na.cmp(&nb),
+    }
+}
+
 /// Renders a key (the values of the primary-key columns) for messages.
 pub fn display_key(key: &[Value]) -> String {
     let parts: Vec<String> = key.iter().map(ToString::to_string).collect();
@@ -271,6 +332,20 @@ mod tests {
         assert_eq!(Value::Int(3), Value::Float(3.0));
         assert_eq!(h(&Value::Int(3)), h(&Value::Float(3.0)));
         assert!(Value::Int(3) < Value::Float(3.5));
+    }
+
+    #[test]
+    fn decimals_compare_as_numbers() {
+        let d = |s: &str| Value::Decimal(s.into());
+        assert_eq!(d("12.50"), d("12.5"));
+        assert_eq!(h(&d("12.50")), h(&d("012.5")));
+        assert_eq!(d("-0.00"), d("0"));
+        assert!(d("9.5") < d("10"));
+        assert!(d("-10") < d("-9.5"));
+        assert!(d("-1") < d("0.5"));
+        assert!(d("0.05") < d("0.5"));
+        assert_eq!(normalize_decimal("NaN"), "NaN");
+        assert_ne!(d("NaN"), d("0"));
     }
 
     #[test]

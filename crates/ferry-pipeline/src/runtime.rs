@@ -190,6 +190,10 @@ async fn stream(
     from: Option<Position>,
 ) -> Result<Outcome> {
     stats.set_phase("streaming");
+    match &from {
+        Some(p) => tracing::info!(from = %p, "change stream started"),
+        None => tracing::info!("change stream started from the source's current position"),
+    }
     let (qtx, queue) = queue::bounded::<SourceEvent>(options.queue_events, options.queue_bytes);
     let (ack_tx, ack_rx) = watch::channel(None);
     // The source stops on request or when the dispatcher ends for any reason.

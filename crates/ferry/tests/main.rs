@@ -4,3 +4,4 @@ mod bad_input;
 mod crash;
 mod e2e;
 mod kit;
+mod postgres;

@@ -1,0 +1,278 @@
+//! The real binary against a real PostgreSQL (started by the test kit):
+//! PostgreSQL → PostgreSQL and PostgreSQL → SQLite under `kill -9` during
+//! the snapshot and during change capture, with a concurrent transactional
+//! writer; SQLite → PostgreSQL end to end.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::Duration;
+
+use ferry_testkit::{PostgresServer, eventually_blocking};
+use rand::Rng;
+
+use crate::kit::{Dir, dump, ferry, spawn_run, terminate, text};
+
+const ACCOUNTS: i64 = 200;
+const TOTAL: i64 = ACCOUNTS * 1_000;
+
+fn write_pipeline(d: &Dir, source: &str, target: &str) -> std::path::PathBuf {
+    let p = d.path("pipeline.toml");
+    std::fs::write(
+        &p,
+        format!(
+            "name = \"crash\"\n[source]\nurl = \"{source}\"\n[target]\nurl = \"{target}\"\n[apply]\nbatch_time = \"20ms\"\n[snapshot]\nchunk_rows = 5000\n"
+        ),
+    )
+    .unwrap();
+    p
+}
+
+fn setup_source(pg: &PostgresServer) {
+    pg.psql_in(
+        "src",
+        &format!(
+            "CREATE TABLE accounts (id int PRIMARY KEY, balance bigint NOT NULL);
+             CREATE TABLE transfers (id bigserial PRIMARY KEY, from_id int NOT NULL, to_id int NOT NULL, amount int NOT NULL);
+             CREATE TABLE items (id bigint PRIMARY KEY, name text NOT NULL, price numeric(12,2), at timestamptz);
+             INSERT INTO accounts SELECT g, 1000 FROM generate_series(1, {ACCOUNTS}) g;
+             INSERT INTO items SELECT g, 'item-' || g, g / 7.0, now() FROM generate_series(1, 150000) g;"
+        ),
+    );
+}
+
+/// Runs `transfers` committed money transfers (3 rows each) in one psql
+/// session, a few milliseconds apart.
+fn writer(
+    pg: &PostgresServer,
+    transfers: usize,
+) -> std::thread::JoinHandle<Result<String, String>> {
+    let url = pg.url_for("src");
+    let sql = format!(
+        "DO $$ DECLARE a int; b int; amt int; BEGIN
+           FOR i IN 1..{transfers} LOOP
+             a := 1 + floor(random() * {ACCOUNTS})::int; b := 1 + floor(random() * {ACCOUNTS})::int;
+             amt := 1 + floor(random() * 50)::int;
+             UPDATE accounts SET balance = balance - amt WHERE id = a;
+             UPDATE accounts SET balance = balance + amt WHERE id = b;
+             INSERT INTO transfers (from_id, to_id, amount) VALUES (a, b, amt);
+             COMMIT;
+             PERFORM pg_sleep(0.002);
+           END LOOP; END $$;"
+    );
+    let pg_url = url.clone();
+    let psql = "psql";
+    std::thread::spawn(move || {
+        let out = std::process::Command::new(psql)
+            .args(["-X", "-v", "ON_ERROR_STOP=1", "-d", &pg_url, "-c", &sql])
+            .output()
+            .map_err(|e| e.to_string())?;
+        if out.status.success() {
+            Ok(String::new())
+        } else {
+            Err(String::from_utf8_lossy(&out.stderr).into_owned())
+        }
+    })
+}
+
+/// Kills `ferry run` at 50 random moments from its start (most land in
+/// start-up and the snapshot), then 50 more times at random moments after it
+/// started streaming changes.
+fn kill_repeatedly(pipeline: &Path, log: &Path) {
+    let mut rng = rand::rng();
+    for _ in 0..50 {
+        let mut child = spawn_run(pipeline, log);
+        std::thread::sleep(Duration::from_millis(rng.random_range(50..1200))); // the random kill moment
+        child.kill().expect("kill -9");
+        child.wait().expect("reap");
+    }
+    let streams = || {
+        std::fs::read_to_string(log)
+            .unwrap_or_default()
+            .matches("stream started")
+            .count()
+    };
+    for _ in 0..50 {
+        let before = streams();
+        let mut child = spawn_run(pipeline, log);
+        eventually_blocking("ferry streams changes", Duration::from_secs(90), || {
+            (streams() > before).then_some(())
+        });
+        std::thread::sleep(Duration::from_millis(rng.random_range(0..300))); // the random kill moment
+        child.kill().expect("kill -9");
+        child.wait().expect("reap");
+    }
+}
+
+fn pg_rows(pg: &PostgresServer, db: &str, sql: &str) -> Vec<String> {
+    pg.try_psql_in(db, sql)
+        .map(|s| s.lines().map(str::to_owned).collect())
+        .unwrap_or_default()
+}
+
+const ACCOUNTS_SQL: &str = "SELECT id || '|' || balance FROM accounts ORDER BY id";
+const TRANSFERS_SQL: &str =
+    "SELECT id || '|' || from_id || '|' || to_id || '|' || amount FROM transfers ORDER BY id";
+const ITEMS_SQL: &str = "SELECT count(*) || '|' || sum(id) FROM items";
+
+#[test]
+fn postgres_to_postgres_kill_9_loses_and_doubles_nothing() {
+    let pg = PostgresServer::start();
+    pg.create_database("src");
+    pg.create_database("dst");
+    setup_source(&pg);
+    let d = Dir::new();
+    let pipeline = write_pipeline(&d, &pg.url_for("src"), &pg.url_for("dst"));
+    let log = d.path("ferry.log");
+
+    // A reader of the target checks every state it sees.
+    let stop = Arc::new(AtomicBool::new(false));
+    let reads = Arc::new(AtomicU64::new(0));
+    let bad = Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+    let reader = {
+        let (stop, reads, bad) = (stop.clone(), reads.clone(), bad.clone());
+        let url = pg.url_for("dst");
+        let psql = "psql";
+        std::thread::spawn(move || {
+            while !stop.load(Ordering::Relaxed) {
+                let Ok(out) = std::process::Command::new(psql)
+                    .args([
+                        "-X",
+                        "-A",
+                        "-t",
+                        "-d",
+                        &url,
+                        "-c",
+                        "SELECT count(*) || ',' || coalesce(sum(balance), 0) FROM accounts",
+                    ])
+                    .output()
+                else {
+                    continue;
+                };
+                let s = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+                let Some((n, sum)) = s.split_once(',') else {
+                    continue;
+                };
+                if n == "0" {
+                    continue;
+                }
+                reads.fetch_add(1, Ordering::Relaxed);
+                if n != ACCOUNTS.to_string() || sum != TOTAL.to_string() {
+                    bad.lock().unwrap().push(s);
+                }
+            }
+        })
+    };
+
+    let w = writer(&pg, 4000);
+    kill_repeatedly(&pipeline, &log);
+    w.join().unwrap().expect("the writer's transfers");
+
+    let child = spawn_run(&pipeline, &log);
+    eventually_blocking("the target catches up", Duration::from_secs(120), || {
+        let same = pg_rows(&pg, "src", TRANSFERS_SQL) == pg_rows(&pg, "dst", TRANSFERS_SQL)
+            && pg_rows(&pg, "src", ACCOUNTS_SQL) == pg_rows(&pg, "dst", ACCOUNTS_SQL)
+            && pg_rows(&pg, "src", ITEMS_SQL) == pg_rows(&pg, "dst", ITEMS_SQL);
+        same.then_some(())
+    });
+    stop.store(true, Ordering::Relaxed);
+    reader.join().unwrap();
+    assert!(
+        terminate(child).success(),
+        "{}",
+        std::fs::read_to_string(&log).unwrap_or_default()
+    );
+    let v = ferry(&["verify", pipeline.to_str().unwrap()]);
+    assert!(v.status.success(), "verify: {}", text(&v));
+    let bad = bad.lock().unwrap();
+    assert!(
+        bad.is_empty(),
+        "readers saw states the source never had: {:?}",
+        &bad[..bad.len().min(10)]
+    );
+    assert!(
+        reads.load(Ordering::Relaxed) > 20,
+        "the reader must actually have read the target"
+    );
+}
+
+#[test]
+fn postgres_to_sqlite_kill_9_loses_and_doubles_nothing() {
+    let pg = PostgresServer::start();
+    pg.create_database("src");
+    setup_source(&pg);
+    let d = Dir::new();
+    let target = d.path("target.db");
+    let pipeline = write_pipeline(
+        &d,
+        &pg.url_for("src"),
+        &format!("sqlite:{}", target.display()),
+    );
+    let log = d.path("ferry.log");
+
+    let w = writer(&pg, 3000);
+    kill_repeatedly(&pipeline, &log);
+    w.join().unwrap().expect("the writer's transfers");
+
+    let child = spawn_run(&pipeline, &log);
+    let sqlite_rows = |sql: &str| -> Option<Vec<String>> {
+        let c = rusqlite::Connection::open_with_flags(
+            &target,
+            rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
+        )
+        .ok()?;
+        let mut st = c.prepare(sql).ok()?;
+        st.query_map([], |r| r.get::<_, String>(0))
+            .ok()?
+            .collect::<Result<Vec<_>, _>>()
+            .ok()
+    };
+    eventually_blocking("the target catches up", Duration::from_secs(120), || {
+        let same = sqlite_rows(TRANSFERS_SQL)? == pg_rows(&pg, "src", TRANSFERS_SQL)
+            && sqlite_rows(ACCOUNTS_SQL)? == pg_rows(&pg, "src", ACCOUNTS_SQL)
+            && sqlite_rows(ITEMS_SQL)? == pg_rows(&pg, "src", ITEMS_SQL);
+        same.then_some(())
+    });
+    assert!(
+        terminate(child).success(),
+        "{}",
+        std::fs::read_to_string(&log).unwrap_or_default()
+    );
+    let v = ferry(&["verify", pipeline.to_str().unwrap()]);
+    assert!(v.status.success(), "verify: {}", text(&v));
+}
+
+#[test]
+fn sqlite_to_postgres_end_to_end() {
+    let pg = PostgresServer::start();
+    pg.create_database("dst");
+    let d = Dir::new();
+    d.source()
+        .execute_batch(
+            "CREATE TABLE users (id INTEGER PRIMARY KEY, name TEXT NOT NULL, joined DATE, balance DECIMAL(12,2), active BOOLEAN, avatar BLOB);
+             INSERT INTO users VALUES (1, 'ada', '2024-01-02', '12.50', 1, x'00ff'), (2, 'bob', NULL, NULL, 0, NULL);",
+        )
+        .unwrap();
+    let pipeline = write_pipeline(
+        &d,
+        &format!("sqlite:{}", d.path("source.db").display()),
+        &pg.url_for("dst"),
+    );
+    let child = spawn_run(&pipeline, &d.path("ferry.log"));
+    eventually_blocking("snapshot arrives", Duration::from_secs(30), || {
+        (pg_rows(&pg, "dst", "SELECT count(*) FROM users") == ["2"]).then_some(())
+    });
+    d.source().execute_batch("BEGIN; UPDATE users SET name = 'Ada' WHERE id = 1; DELETE FROM users WHERE id = 2; INSERT INTO users VALUES (3, 'cy', '2025-05-05', '0.10', 1, NULL); COMMIT;").unwrap();
+    eventually_blocking("changes arrive", Duration::from_secs(30), || {
+        (pg_rows(
+            &pg,
+            "dst",
+            "SELECT id || ':' || name FROM users ORDER BY id",
+        ) == ["1:Ada", "3:cy"])
+        .then_some(())
+    });
+    assert!(terminate(child).success());
+    let v = ferry(&["verify", pipeline.to_str().unwrap()]);
+    assert!(v.status.success(), "verify: {}", text(&v));
+    assert!(dump(&d.path("source.db"), "users").is_some());
+}
