@@ -4,7 +4,6 @@
 mod cdc;
 mod check;
 mod common;
-mod pipeline;
 mod sink;
 mod source;
 mod types;
