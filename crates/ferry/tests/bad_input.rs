@@ -170,7 +170,7 @@ fn unknown_consistency_mode_names_the_choices() {
 }
 
 #[test]
-fn postgres_target_is_refused_plainly_until_built() {
+fn mysql_target_is_refused_plainly_until_built() {
     let d = Dir::new();
     with_accounts(&d);
     let p = d.path("p.toml");
