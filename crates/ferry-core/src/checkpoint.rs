@@ -37,6 +37,51 @@ impl KeyRange {
     }
 }
 
+/// The key ranges not covered by `skip`, in key order: what a snapshot
+/// still has to copy. Overlapping or touching skip ranges merge first; the
+/// gap between `(_, a]` and `(b, _]` is `(a, b]`.
+pub fn gaps(skip: &[KeyRange]) -> Vec<KeyRange> {
+    let mut ranges: Vec<&KeyRange> = skip.iter().collect();
+    // `None` as a lower bound means -infinity and sorts first, as Option does.
+    ranges.sort_by(|a, b| a.lower.cmp(&b.lower));
+    let mut merged: Vec<KeyRange> = Vec::new();
+    for r in ranges {
+        if let Some(last) = merged.last_mut() {
+            let touches = match (&last.upper, &r.lower) {
+                (None, _) | (_, None) => true,
+                (Some(hi), Some(lo)) => lo <= hi,
+            };
+            if touches {
+                last.upper = match (&last.upper, &r.upper) {
+                    (Some(a), Some(b)) => Some(a.max(b).clone()),
+                    _ => None,
+                };
+                continue;
+            }
+        }
+        merged.push(r.clone());
+    }
+    let mut out = Vec::new();
+    let mut start: Option<Vec<Value>> = None;
+    for r in merged {
+        if let Some(lo) = r.lower {
+            out.push(KeyRange {
+                lower: start.clone(),
+                upper: Some(lo),
+            });
+        }
+        match r.upper {
+            Some(hi) => start = Some(hi),
+            None => return out,
+        }
+    }
+    out.push(KeyRange {
+        lower: start,
+        upper: None,
+    });
+    out
+}
+
 /// Rows of `range` were copied from a snapshot taken at `snapshot`.
 #[derive(Debug, Clone, PartialEq)]
 pub struct CopiedRange {
@@ -321,6 +366,40 @@ mod tests {
             ]),
         };
         assert!(Checkpoint::from_records(&[r]).is_err());
+    }
+
+    fn k(i: i64) -> Option<Vec<Value>> {
+        Some(vec![Value::Int(i)])
+    }
+
+    fn r(lower: Option<Vec<Value>>, upper: Option<Vec<Value>>) -> KeyRange {
+        KeyRange { lower, upper }
+    }
+
+    #[test]
+    fn gaps_are_the_complement_of_the_skipped_ranges() {
+        assert_eq!(gaps(&[]), vec![KeyRange::all()]);
+        assert_eq!(gaps(&[KeyRange::all()]), vec![]);
+        assert_eq!(gaps(&[r(None, k(10))]), vec![r(k(10), None)]);
+        assert_eq!(gaps(&[r(k(10), None)]), vec![r(None, k(10))]);
+        // Unsorted, touching and overlapping ranges.
+        let skip = [
+            r(k(50), k(60)),
+            r(None, k(10)),
+            r(k(10), k(20)),
+            r(k(15), k(30)),
+        ];
+        assert_eq!(gaps(&skip), vec![r(k(30), k(50)), r(k(60), None)]);
+        // A range inside an earlier one changes nothing.
+        let skip = [r(k(0), k(100)), r(k(20), k(30))];
+        assert_eq!(gaps(&skip), vec![r(None, k(0)), r(k(100), None)]);
+        let skip = [
+            r(k(20), k(30)),
+            r(None, k(10)),
+            r(k(10), k(15)),
+            r(k(12), k(14)),
+        ];
+        assert_eq!(gaps(&skip), vec![r(k(15), k(20)), r(k(30), None)]);
     }
 
     #[test]

@@ -20,7 +20,7 @@ pub mod value;
 pub use batch::{RowOp, Step, TableOps};
 pub use change::{Change, SourceEvent, Transaction};
 pub use check::{CheckItem, CheckStatus};
-pub use checkpoint::{Checkpoint, CheckpointRecord, CopiedRange, KeyRange, TableProgress};
+pub use checkpoint::{Checkpoint, CheckpointRecord, CopiedRange, KeyRange, TableProgress, gaps};
 pub use error::{Action, Error, ErrorClass, Result, policy};
 pub use position::{Lsn, MySqlPosition, PgPosition, Position, PositionError, SqlitePosition};
 pub use reader::TableReader;

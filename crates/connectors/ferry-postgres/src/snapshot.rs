@@ -132,53 +132,6 @@ fn empty_done(req: &SnapshotRequest) -> SnapshotChunk {
     }
 }
 
-/// Where the next gap starts.
-#[derive(Clone)]
-enum Cursor {
-    NegInf,
-    At(Vec<Value>),
-    PosInf,
-}
-
-/// The key ranges not covered by `skip`, in key order.
-pub(crate) fn gaps(skip: &[KeyRange]) -> Vec<KeyRange> {
-    let mut sorted: Vec<&KeyRange> = skip.iter().collect();
-    sorted.sort_by(|a, b| a.lower.cmp(&b.lower));
-    let mut out = Vec::new();
-    let mut cursor = Cursor::NegInf;
-    let lower_of = |c: &Cursor| match c {
-        Cursor::At(k) => Some(k.clone()),
-        _ => None,
-    };
-    for r in sorted {
-        if let Some(l) = &r.lower {
-            let before = match &cursor {
-                Cursor::NegInf => true,
-                Cursor::At(c) => c < l,
-                Cursor::PosInf => false,
-            };
-            if before {
-                out.push(KeyRange {
-                    lower: lower_of(&cursor),
-                    upper: Some(l.clone()),
-                });
-            }
-        }
-        cursor = match (&cursor, &r.upper) {
-            (_, None) | (Cursor::PosInf, _) => Cursor::PosInf,
-            (Cursor::At(c), Some(u)) if c >= u => cursor.clone(),
-            (_, Some(u)) => Cursor::At(u.clone()),
-        };
-    }
-    if !matches!(cursor, Cursor::PosInf) {
-        out.push(KeyRange {
-            lower: lower_of(&cursor),
-            upper: None,
-        });
-    }
-    out
-}
-
 async fn plan(client: &Client, req: &SnapshotRequest, pg: &PgTable) -> Result<Vec<Work>> {
     let table = req.table.clone();
     let cols = read_columns(pg, &table)?;
@@ -191,7 +144,7 @@ async fn plan(client: &Client, req: &SnapshotRequest, pg: &PgTable) -> Result<Ve
             .join(", "),
         pg.qualified()
     );
-    let gaps = gaps(&req.skip);
+    let gaps = ferry_core::gaps(&req.skip);
     let int_key =
         key_cols.len() == 1 && matches!(key_cols[0].kind, Kind::Int2 | Kind::Int4 | Kind::Int8);
     let mut ranges: Vec<(KeyRange, bool)> = Vec::new();
@@ -382,37 +335,5 @@ impl SnapshotReader for PgSnapshotReader {
             Some(Err(e)) => Err(e),
             None => Ok(None),
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn k(i: i64) -> Option<Vec<Value>> {
-        Some(vec![Value::Int(i)])
-    }
-
-    fn r(lower: Option<Vec<Value>>, upper: Option<Vec<Value>>) -> KeyRange {
-        KeyRange { lower, upper }
-    }
-
-    #[test]
-    fn gaps_are_the_complement_of_the_skipped_ranges() {
-        assert_eq!(gaps(&[]), vec![KeyRange::all()]);
-        assert_eq!(gaps(&[KeyRange::all()]), vec![]);
-        assert_eq!(gaps(&[r(None, k(10))]), vec![r(k(10), None)]);
-        assert_eq!(gaps(&[r(k(10), None)]), vec![r(None, k(10))]);
-        // Unsorted, touching and overlapping ranges.
-        let skip = [
-            r(k(50), k(60)),
-            r(None, k(10)),
-            r(k(10), k(20)),
-            r(k(15), k(30)),
-        ];
-        assert_eq!(gaps(&skip), vec![r(k(30), k(50)), r(k(60), None)]);
-        // A range inside an earlier one changes nothing.
-        let skip = [r(k(0), k(100)), r(k(20), k(30))];
-        assert_eq!(gaps(&skip), vec![r(None, k(0)), r(k(100), None)]);
     }
 }

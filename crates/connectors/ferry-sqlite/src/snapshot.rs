@@ -170,7 +170,7 @@ fn copy_table(
         })))
         .is_ok()
     };
-    let gaps = gaps(&request.skip);
+    let gaps = ferry_core::gaps(&request.skip);
     if gaps.is_empty() {
         // Everything was copied before but the table was not marked done.
         // The chunk must not claim any key for this snapshot, so it carries
@@ -243,80 +243,4 @@ fn copy_table(
         }
     }
     Ok(true)
-}
-
-/// The key ranges not covered by `skip`, in key order. Overlapping or
-/// touching skip ranges are merged first; the gap between two skip ranges
-/// `(_, a]` and `(b, _]` is `(a, b]`.
-pub(crate) fn gaps(skip: &[KeyRange]) -> Vec<KeyRange> {
-    let mut ranges: Vec<&KeyRange> = skip.iter().collect();
-    // `None` as a lower bound means -infinity and sorts first, as Option does.
-    ranges.sort_by(|a, b| a.lower.cmp(&b.lower));
-    let mut merged: Vec<KeyRange> = Vec::new();
-    for r in ranges {
-        if let Some(last) = merged.last_mut() {
-            let touches = match (&last.upper, &r.lower) {
-                (None, _) | (_, None) => true,
-                (Some(hi), Some(lo)) => lo <= hi,
-            };
-            if touches {
-                last.upper = match (&last.upper, &r.upper) {
-                    (Some(a), Some(b)) => Some(a.max(b).clone()),
-                    _ => None,
-                };
-                continue;
-            }
-        }
-        merged.push(r.clone());
-    }
-    let mut out = Vec::new();
-    let mut start: Option<Vec<Value>> = None;
-    for r in merged {
-        if let Some(lo) = r.lower {
-            out.push(KeyRange {
-                lower: start.clone(),
-                upper: Some(lo),
-            });
-        }
-        match r.upper {
-            Some(hi) => start = Some(hi),
-            None => return out,
-        }
-    }
-    out.push(KeyRange {
-        lower: start,
-        upper: None,
-    });
-    out
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn k(i: i64) -> Option<Vec<Value>> {
-        Some(vec![Value::Int(i)])
-    }
-
-    fn r(lower: Option<Vec<Value>>, upper: Option<Vec<Value>>) -> KeyRange {
-        KeyRange { lower, upper }
-    }
-
-    #[test]
-    fn gaps_complement_skip_ranges() {
-        assert_eq!(gaps(&[]), vec![KeyRange::all()]);
-        assert_eq!(gaps(&[r(None, k(10))]), vec![r(k(10), None)]);
-        assert_eq!(gaps(&[KeyRange::all()]), vec![]);
-        // Touching and overlapping ranges merge; unordered input is fine.
-        assert_eq!(
-            gaps(&[
-                r(k(20), k(30)),
-                r(None, k(10)),
-                r(k(10), k(15)),
-                r(k(12), k(14))
-            ]),
-            vec![r(k(15), k(20)), r(k(30), None)]
-        );
-        assert_eq!(gaps(&[r(k(5), None)]), vec![r(None, k(5))]);
-    }
 }

@@ -258,50 +258,6 @@ impl SnapshotReader for MemorySnapshot {
     }
 }
 
-/// `a < b` for lower bounds (`None` = before every key).
-fn lower_lt(a: &Option<Vec<Value>>, b: &Option<Vec<Value>>) -> bool {
-    match (a, b) {
-        (None, None) | (Some(_), None) => false,
-        (None, Some(_)) => true,
-        (Some(a), Some(b)) => a < b,
-    }
-}
-
-/// The key ranges not covered by `skip`, in key order.
-pub(crate) fn gaps(skip: &[KeyRange]) -> Vec<KeyRange> {
-    let mut skip: Vec<&KeyRange> = skip.iter().collect();
-    skip.sort_by(|a, b| match (&a.lower, &b.lower) {
-        (None, None) => std::cmp::Ordering::Equal,
-        (None, Some(_)) => std::cmp::Ordering::Less,
-        (Some(_), None) => std::cmp::Ordering::Greater,
-        (Some(a), Some(b)) => a.cmp(b),
-    });
-    let mut out = Vec::new();
-    // Everything up to and including `start` is covered (`None`: nothing yet).
-    let mut start: Option<Vec<Value>> = None;
-    for r in skip {
-        if lower_lt(&start, &r.lower) {
-            out.push(KeyRange {
-                lower: start.clone(),
-                upper: r.lower.clone(),
-            });
-        }
-        match &r.upper {
-            None => return out,
-            Some(u) => {
-                if start.as_ref().is_none_or(|s| u > s) {
-                    start = Some(u.clone());
-                }
-            }
-        }
-    }
-    out.push(KeyRange {
-        lower: start,
-        upper: None,
-    });
-    out
-}
-
 /// Cuts the rows of `table` outside `skip` into chunks, each reporting the
 /// range it completes; the last one is `table_done`.
 fn table_chunks(
@@ -311,7 +267,7 @@ fn table_chunks(
     chunk_rows: usize,
 ) -> Vec<SnapshotChunk> {
     let mut out = Vec::new();
-    for gap in gaps(skip) {
+    for gap in ferry_core::gaps(skip) {
         let mut lower = gap.lower.clone();
         let in_gap: Vec<(&Vec<Value>, &Vec<Value>)> =
             rows.iter().filter(|(k, _)| gap.contains(k)).collect();
@@ -379,23 +335,6 @@ mod tests {
 
     fn r(lower: Option<Vec<Value>>, upper: Option<Vec<Value>>) -> KeyRange {
         KeyRange { lower, upper }
-    }
-
-    #[test]
-    fn gaps_are_the_complement_of_skip_ranges() {
-        assert_eq!(gaps(&[]), vec![KeyRange::all()]);
-        assert_eq!(gaps(&[KeyRange::all()]), vec![]);
-        assert_eq!(gaps(&[r(None, k(10))]), vec![r(k(10), None)]);
-        assert_eq!(
-            gaps(&[r(k(20), k(30)), r(None, k(10))]),
-            vec![r(k(10), k(20)), r(k(30), None)]
-        );
-        // Touching and overlapping ranges leave no gap between them.
-        assert_eq!(
-            gaps(&[r(None, k(10)), r(k(10), k(20)), r(k(15), k(18))]),
-            vec![r(k(20), None)]
-        );
-        assert_eq!(gaps(&[r(k(5), None)]), vec![r(None, k(5))]);
     }
 
     fn table() -> TableRef {
