@@ -227,25 +227,51 @@ fn kill_9_during_the_snapshot_resumes_without_duplicates() {
         let tx = c.unchecked_transaction().unwrap();
         {
             let mut st = tx.prepare("INSERT INTO items VALUES (?1, ?2, ?3)").unwrap();
-            for i in 0..200_000i64 {
+            for i in 0..400_000i64 {
                 st.execute(rusqlite::params![i, format!("item-{i}"), i as f64 / 7.0])
                     .unwrap();
             }
         }
         tx.commit().unwrap();
     }
-    let pipeline = d.pipeline("[snapshot]\nchunk_rows = 2000\n");
+    let pipeline = d.pipeline("[snapshot]\nchunk_rows = 1000\n");
     let log = d.path("ferry.log");
     let tgt = d.path("target.db");
     let mut rng = rand::rng();
+    let copied = || -> i64 {
+        rusqlite::Connection::open_with_flags(&tgt, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
+            .ok()
+            .and_then(|c| {
+                c.query_row("SELECT count(*) FROM items", [], |r| r.get(0))
+                    .ok()
+            })
+            .unwrap_or(0)
+    };
     let mut killed_mid_copy = 0;
-    for _ in 0..15 {
+    for i in 0..15 {
         let mut child = spawn_run(&pipeline, &log);
-        std::thread::sleep(Duration::from_millis(rng.random_range(50..400))); // random kill moment
+        if i % 3 == 0 {
+            // Any moment, start-up included.
+            std::thread::sleep(Duration::from_millis(rng.random_range(0..300))); // random kill moment
+        } else {
+            // Right after the copy made progress, so kills land mid-copy
+            // however fast the machine copies.
+            let before = copied();
+            // A tight poll (eventually() backs off to 100 ms, longer than
+            // a whole copy takes on a fast machine).
+            let deadline = std::time::Instant::now() + Duration::from_secs(30);
+            while std::time::Instant::now() < deadline {
+                let n = copied();
+                if n > before || n == 400_000 {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(1));
+            }
+        }
         child.kill().unwrap();
         child.wait().unwrap();
-        let n = dump(&tgt, "items").map_or(0, |r| r.len());
-        if n > 0 && n < 200_000 {
+        let n = copied();
+        if n > 0 && n < 400_000 {
             killed_mid_copy += 1;
         }
     }
