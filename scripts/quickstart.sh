@@ -89,6 +89,7 @@ wait_for "new order arrived" "SELECT customer_id || ' paid ' || printf('%.2f', t
 wait_for "update arrived" "SELECT name FROM customers WHERE id = 1" "renamed customer"
 wait_for "delete arrived" "SELECT count(*) FROM orders WHERE id = 2" "0"
 
+sleep 1.5  # let the running pipeline publish a status that includes the changes
 echo "== ferry status"
 "$ferry" status "$demo/pipeline.toml" || true
 

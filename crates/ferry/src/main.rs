@@ -161,6 +161,7 @@ async fn status(cfg: &PipelineConfig) -> Result<u8, Error> {
             let age = (ferry_pipeline::stats::now_micros() - r.updated_micros) as f64 / 1e6;
             let live = age < 5.0;
             print!("{}", report::render(&r, live));
+            println!("  (published {age:.1} s ago; a running pipeline publishes every second)");
         }
         None => println!("  not running (no live status published)"),
     }
