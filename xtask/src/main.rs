@@ -3,9 +3,18 @@
 //! `cargo xtask bench sqlite [--rows N] [--changes N] [--runs N] [--keep]`
 //! measures ferry SQLite → SQLite against the physical limit and
 //! `sqlite3 .dump`, on the same data in one run (see `docs/BENCHMARKS.md`).
+//!
+//! `cargo xtask bench postgres [--rows N] [--changes N] [--clients N]
+//! [--live-secs N] [--keep]` measures ferry PostgreSQL → PostgreSQL against
+//! the binary COPY pipe, `pg_dump | psql`, pgcopydb and native logical
+//! replication, on two clusters it starts itself.
 
 mod data;
 mod machine;
+mod pg_bench;
+mod pg_client;
+mod pg_report;
+mod pg_server;
 mod process;
 mod report;
 mod sqlite_bench;
@@ -28,11 +37,21 @@ impl<T, E: std::fmt::Display> Ctx<T> for Result<T, E> {
 
 const USAGE: &str = "\
 usage: cargo xtask bench sqlite [--rows N] [--changes N] [--runs N] [--keep]
+       cargo xtask bench postgres [--rows N] [--changes N] [--clients N] [--live-secs N] [--keep]
 
-  --rows N      rows in the source table (default 1000000; 250k, 1M, 1_000_000 also work)
-  --changes N   row changes for each CDC phase (default 200000)
-  --runs N      repeat each snapshot method N times and report the median (default 1)
-  --keep        keep the work directory (databases, pipeline files, ferry logs)
+bench sqlite:
+  --rows N       rows in the source table (default 1000000; 250k, 1M, 1_000_000 also work)
+  --changes N    row changes for each CDC phase (default 200000)
+  --runs N       repeat each snapshot method N times and report the median (default 1)
+  --keep         keep the work directory (databases, pipeline files, ferry logs)
+
+bench postgres (starts its own source and target clusters; needs PostgreSQL,
+pgbench and pgcopydb: apt-get install -y postgresql pgcopydb):
+  --rows N       rows in the source table (default 5000000)
+  --changes N    single-row UPDATE transactions in the CDC backlog (default 200000)
+  --clients N    pgbench clients (default 4)
+  --live-secs N  seconds of pgbench with ferry running, for rate and lag (default 15; 0 skips)
+  --keep         keep the work directory (clusters, pipeline files, logs)
 
 Builds ferry (`cargo build --release -p ferry` into $CARGO_TARGET_DIR, default
 ~/.cache/ferry-target), then prints a markdown report on stdout; progress goes
@@ -105,6 +124,48 @@ fn parse_bench_sqlite(args: &[String], command: String) -> Res<BenchOpts> {
     Ok(opts)
 }
 
+fn parse_bench_postgres(args: &[String], command: String) -> Res<pg_bench::PgOpts> {
+    let mut opts = pg_bench::PgOpts {
+        rows: 5_000_000,
+        changes: 200_000,
+        clients: 4,
+        live_secs: 15,
+        keep: false,
+        command,
+    };
+    let mut it = args.iter();
+    while let Some(arg) = it.next() {
+        let (flag, inline) = match arg.split_once('=') {
+            Some((f, v)) if f.starts_with("--") => (f, Some(v.to_owned())),
+            _ => (arg.as_str(), None),
+        };
+        let mut value = || -> Res<String> {
+            inline
+                .clone()
+                .or_else(|| it.next().cloned())
+                .ok_or_else(|| format!("{flag} needs a value\n{USAGE}"))
+        };
+        let small =
+            |flag: &str, n: u64| u32::try_from(n).map_err(|_| format!("{flag} {n} is too large"));
+        match flag {
+            "--rows" => opts.rows = parse_count(flag, &value()?)?,
+            "--changes" => opts.changes = parse_count(flag, &value()?)?,
+            "--clients" => opts.clients = small(flag, parse_count(flag, &value()?)?)?,
+            "--live-secs" => opts.live_secs = small(flag, parse_count(flag, &value()?)?)?,
+            "--keep" => opts.keep = true,
+            "-h" | "--help" => return Err(USAGE.to_owned()),
+            other => return Err(format!("unknown argument {other:?}\n{USAGE}")),
+        }
+    }
+    if opts.rows < 5 {
+        return Err("--rows must be at least 5 (the RSS check copies rows/5)".into());
+    }
+    if opts.clients == 0 || opts.changes < u64::from(opts.clients) {
+        return Err("--clients must be at least 1 and at most --changes".into());
+    }
+    Ok(opts)
+}
+
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let command = format!("cargo xtask {}", args.join(" "));
@@ -117,6 +178,10 @@ fn main() -> ExitCode {
         ["bench", "sqlite", rest @ ..] => {
             let rest: Vec<String> = rest.iter().map(|s| (*s).to_owned()).collect();
             parse_bench_sqlite(&rest, command).and_then(|o| sqlite_bench::run(&o))
+        }
+        ["bench", "postgres", rest @ ..] => {
+            let rest: Vec<String> = rest.iter().map(|s| (*s).to_owned()).collect();
+            parse_bench_postgres(&rest, command).and_then(|o| pg_bench::run(&o))
         }
         _ => Err(USAGE.to_owned()),
     };
@@ -163,5 +228,39 @@ mod tests {
         );
         assert!(parse(&["--fast"]).unwrap_err().contains("unknown argument"));
         assert!(parse(&["--runs", "0"]).is_err());
+    }
+
+    #[test]
+    fn postgres_options() {
+        let parse = |args: &[&str]| {
+            let args: Vec<String> = args.iter().map(|s| (*s).to_owned()).collect();
+            parse_bench_postgres(&args, String::new())
+        };
+        let o = parse(&[]).unwrap();
+        assert_eq!(
+            (o.rows, o.changes, o.clients, o.live_secs, o.keep),
+            (5_000_000, 200_000, 4, 15, false)
+        );
+        let o = parse(&[
+            "--rows",
+            "2M",
+            "--changes=50k",
+            "--clients",
+            "8",
+            "--live-secs",
+            "0",
+        ])
+        .unwrap();
+        assert_eq!(
+            (o.rows, o.changes, o.clients, o.live_secs),
+            (2_000_000, 50_000, 8, 0)
+        );
+        assert!(parse(&["--clients", "0"]).is_err());
+        assert!(parse(&["--rows", "4"]).is_err());
+        assert!(
+            parse(&["--runs", "3"])
+                .unwrap_err()
+                .contains("unknown argument")
+        );
     }
 }

@@ -1,0 +1,330 @@
+//! The benchmark's PostgreSQL clusters: `initdb` into the work directory,
+//! 127.0.0.1 on a free port, `pg_ctl start`; stopped when dropped (also on
+//! an error path). As root, the server binaries run as the `postgres` user
+//! (`initdb` refuses root), which then owns the cluster's directory.
+
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use crate::pg_client::Client;
+use crate::{Ctx, Res};
+
+/// The PostgreSQL binaries: the newest `/usr/lib/postgresql/*/bin` (or
+/// `$FERRY_BENCH_PG_BIN`), so `psql`, `pg_dump` and `pgbench` match the
+/// server (`/usr/bin/psql` is Debian's version-picking wrapper).
+pub fn bin_dir() -> Res<PathBuf> {
+    if let Some(d) = std::env::var_os("FERRY_BENCH_PG_BIN") {
+        return Ok(PathBuf::from(d));
+    }
+    let mut found: Vec<(u32, PathBuf)> = std::fs::read_dir("/usr/lib/postgresql")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| {
+            let v = e.file_name().to_string_lossy().parse::<u32>().ok()?;
+            let bin = e.path().join("bin");
+            bin.join("initdb").is_file().then_some((v, bin))
+        })
+        .collect();
+    found.sort();
+    found.pop().map(|(_, b)| b).ok_or_else(|| {
+        "no PostgreSQL server binaries in /usr/lib/postgresql/*/bin; install them: \
+         apt-get install -y postgresql (or set FERRY_BENCH_PG_BIN to a bin directory)"
+            .to_owned()
+    })
+}
+
+/// Checks that every tool the benchmark runs is there, with install hints.
+pub fn check_tools(bin: &Path) -> Res<()> {
+    for tool in ["initdb", "pg_ctl", "psql", "pg_dump", "pgbench"] {
+        if !bin.join(tool).is_file() {
+            return Err(format!(
+                "{} is missing; install PostgreSQL's server and client programs: \
+                 apt-get install -y postgresql postgresql-contrib",
+                bin.join(tool).display()
+            ));
+        }
+    }
+    let ok = Command::new("pgcopydb")
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !ok {
+        return Err("pgcopydb is needed for one of the baselines; install it: \
+                    apt-get install -y pgcopydb"
+            .into());
+    }
+    Ok(())
+}
+
+/// `postgres --version`, e.g. `PostgreSQL 15.14 (Debian 15.14-0+deb12u1)`.
+pub fn server_version(bin: &Path) -> String {
+    Command::new(bin.join("postgres"))
+        .arg("--version")
+        .output()
+        .ok()
+        .map(|o| {
+            String::from_utf8_lossy(&o.stdout)
+                .trim()
+                .trim_start_matches("postgres (PostgreSQL) ")
+                .to_owned()
+        })
+        .map(|v| format!("PostgreSQL {v}"))
+        .unwrap_or_else(|| "PostgreSQL (version unknown)".into())
+}
+
+/// A free TCP port on 127.0.0.1 (bound, then released).
+fn free_port() -> Res<u16> {
+    let l = std::net::TcpListener::bind(("127.0.0.1", 0)).ctx(|| "finding a free port".into())?;
+    Ok(l.local_addr().ctx(|| "local address".into())?.port())
+}
+
+/// The settings both clusters get. Durability is off on both (`fsync`,
+/// `full_page_writes`), the same for every method; autovacuum is off so
+/// that no background vacuum of one method's table runs during another
+/// method's timing; the WAL may grow to 8 GB between checkpoints so that a
+/// checkpoint does not land in the middle of one load and not another (the
+/// task checkpoints before each method instead).
+pub const SETTINGS: &[&str] = &[
+    "wal_level = logical",
+    "max_replication_slots = 20",
+    "max_wal_senders = 20",
+    "shared_buffers = 256MB",
+    "fsync = off",
+    "full_page_writes = off",
+    "autovacuum = off",
+    "max_wal_size = 8GB",
+    "checkpoint_timeout = 30min",
+];
+
+pub struct Cluster {
+    pub name: String,
+    pub dir: PathBuf,
+    pub port: u16,
+    bin: PathBuf,
+    as_postgres: bool,
+    running: bool,
+}
+
+impl Cluster {
+    /// `initdb` + configuration + `pg_ctl start`, in `dir` (created).
+    pub fn start(name: &str, dir: &Path, bin: &Path) -> Res<Cluster> {
+        std::fs::create_dir_all(dir).ctx(|| format!("creating {}", dir.display()))?;
+        let as_postgres = std::fs::metadata(dir)
+            .ctx(|| format!("reading {}", dir.display()))?
+            .uid()
+            == 0;
+        if as_postgres {
+            let st = Command::new("chown")
+                .args(["postgres:postgres"])
+                .arg(dir)
+                .status()
+                .ctx(|| "running chown".into())?;
+            if !st.success() {
+                return Err(format!(
+                    "chown postgres {} failed: running as root needs the `postgres` user \
+                     (apt-get install -y postgresql creates it)",
+                    dir.display()
+                ));
+            }
+        }
+        let mut c = Cluster {
+            name: name.to_owned(),
+            dir: dir.to_owned(),
+            port: 0,
+            bin: bin.to_owned(),
+            as_postgres,
+            running: false,
+        };
+        c.run(
+            "initdb",
+            &[
+                "-D",
+                &c.data().to_string_lossy(),
+                "-U",
+                "postgres",
+                "--auth=trust",
+                "-E",
+                "UTF8",
+                "--locale=C.UTF-8",
+                "--no-sync",
+            ],
+        )?;
+        // A port found free may be taken before the server binds it: retry.
+        let mut last = String::new();
+        for _ in 0..3 {
+            c.port = free_port()?;
+            c.configure()?;
+            match c.run(
+                "pg_ctl",
+                &[
+                    "-D",
+                    &c.data().to_string_lossy(),
+                    "-l",
+                    &c.log().to_string_lossy(),
+                    "-w",
+                    "-t",
+                    "60",
+                    "start",
+                ],
+            ) {
+                Ok(()) => {
+                    c.running = true;
+                    return Ok(c);
+                }
+                Err(e) => last = e,
+            }
+        }
+        Err(format!("{last}\n{}", c.log_tail()))
+    }
+
+    pub fn data(&self) -> PathBuf {
+        self.dir.join("data")
+    }
+
+    pub fn log(&self) -> PathBuf {
+        self.dir.join("server.log")
+    }
+
+    fn log_tail(&self) -> String {
+        let text = std::fs::read_to_string(self.log()).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        format!(
+            "--- last lines of {} ---\n{}",
+            self.log().display(),
+            lines[lines.len().saturating_sub(20)..].join("\n")
+        )
+    }
+
+    fn configure(&self) -> Res<()> {
+        let conf = self.data().join("postgresql.conf");
+        let mut text =
+            std::fs::read_to_string(&conf).ctx(|| format!("reading {}", conf.display()))?;
+        if let Some(at) = text.find("\n# ---- cargo xtask bench postgres ----\n") {
+            text.truncate(at);
+        }
+        text.push_str("\n# ---- cargo xtask bench postgres ----\n");
+        text.push_str(&format!(
+            "listen_addresses = '127.0.0.1'\nport = {}\nunix_socket_directories = '{}'\n",
+            self.port,
+            self.dir.display()
+        ));
+        for line in SETTINGS {
+            text.push_str(line);
+            text.push('\n');
+        }
+        std::fs::write(&conf, text).ctx(|| format!("writing {}", conf.display()))?;
+        let hba = "local all all trust\nlocal replication all trust\n\
+                   host all all 127.0.0.1/32 trust\nhost replication all 127.0.0.1/32 trust\n";
+        let path = self.data().join("pg_hba.conf");
+        std::fs::write(&path, hba).ctx(|| format!("writing {}", path.display()))
+    }
+
+    fn run(&self, tool: &str, args: &[&str]) -> Res<()> {
+        let path = self.bin.join(tool);
+        let mut cmd = if self.as_postgres {
+            let mut c = Command::new("runuser");
+            c.args(["-u", "postgres", "--"]).arg(&path);
+            c
+        } else {
+            Command::new(&path)
+        };
+        // The caller's directory may not be readable by `postgres`.
+        let out = cmd
+            .args(args)
+            .current_dir(&self.dir)
+            .output()
+            .ctx(|| format!("running {}", path.display()))?;
+        if !out.status.success() {
+            return Err(format!(
+                "{tool} {} failed ({}): {}{}",
+                args.join(" "),
+                out.status,
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            ));
+        }
+        Ok(())
+    }
+
+    pub fn url(&self, db: &str) -> String {
+        format!("postgres://postgres@127.0.0.1:{}/{db}", self.port)
+    }
+
+    /// libpq keyword form, for `CREATE SUBSCRIPTION … CONNECTION`.
+    pub fn conninfo(&self, db: &str) -> String {
+        format!(
+            "host=127.0.0.1 port={} dbname={db} user=postgres",
+            self.port
+        )
+    }
+
+    pub fn connect(&self, db: &str) -> Res<Client> {
+        Client::connect(self.port, db)
+    }
+
+    /// `psql` arguments that reach `db` on this cluster.
+    pub fn psql_args(&self, db: &str) -> Vec<String> {
+        vec![
+            "-X".into(),
+            "-q".into(),
+            "-v".into(),
+            "ON_ERROR_STOP=1".into(),
+            "-h".into(),
+            "127.0.0.1".into(),
+            "-p".into(),
+            self.port.to_string(),
+            "-U".into(),
+            "postgres".into(),
+            "-d".into(),
+            db.into(),
+        ]
+    }
+
+    pub fn create_database(&self, db: &str) -> Res<()> {
+        self.connect("postgres")?
+            .exec(&format!("CREATE DATABASE {db}"))
+            .ctx(|| format!("on the {} cluster", self.name))
+    }
+
+    pub fn drop_database(&self, db: &str) -> Res<()> {
+        self.connect("postgres")?
+            .exec(&format!("DROP DATABASE IF EXISTS {db} WITH (FORCE)"))
+            .ctx(|| format!("on the {} cluster", self.name))
+    }
+
+    pub fn checkpoint(&self) -> Res<()> {
+        self.connect("postgres")?.exec("CHECKPOINT")
+    }
+
+    /// `pg_ctl stop -m fast`; the drop guard does the same if this is never
+    /// called.
+    pub fn stop(mut self) -> Res<()> {
+        self.stop_inner()
+    }
+
+    fn stop_inner(&mut self) -> Res<()> {
+        if !self.running {
+            return Ok(());
+        }
+        self.running = false;
+        let data = self.data().to_string_lossy().into_owned();
+        self.run(
+            "pg_ctl",
+            &["-D", &data, "-m", "fast", "-w", "-t", "60", "stop"],
+        )
+        .or_else(|e| {
+            self.run("pg_ctl", &["-D", &data, "-m", "immediate", "-w", "stop"])
+                .map_err(|e2| format!("{e}; then {e2}"))
+        })
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        if let Err(e) = self.stop_inner() {
+            eprintln!("xtask: stopping the {} cluster: {e}", self.name);
+        }
+    }
+}
