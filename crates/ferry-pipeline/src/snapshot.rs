@@ -56,7 +56,7 @@ async fn write_chunk(w: &mut dyn SinkWriter, shared: &Shared, chunk: SnapshotChu
     let rows = shared.transform.rows(&chunk.table, chunk.rows)?;
     w.begin().await?;
     if !rows.is_empty() {
-        w.load(&target, &rows).await?;
+        w.load_owned(&target, rows).await?;
     }
     // Hold the progress lock across the commit so concurrent chunks of one
     // table never record ranges that are not committed.

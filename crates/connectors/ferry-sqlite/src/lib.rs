@@ -18,8 +18,8 @@
 //! the change table always ends on one): readers of the target still only
 //! see states the source had. See `README.md` for the design and limits.
 //!
-//! Every driver call runs on tokio's blocking pool or on a dedicated
-//! thread; nothing here blocks the async runtime.
+//! Every driver call runs under `block_in_place`, on tokio's blocking pool
+//! or on a dedicated thread; nothing here blocks the async runtime.
 
 mod array;
 mod capture;

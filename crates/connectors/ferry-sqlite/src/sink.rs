@@ -7,6 +7,7 @@
 //! OS crash or power loss may lose the last commits, but data and
 //! checkpoint are lost together, so ferry resumes from what is there.
 
+mod wal;
 mod writer;
 
 use std::path::{Path, PathBuf};

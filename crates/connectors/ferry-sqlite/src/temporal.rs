@@ -3,7 +3,7 @@
 //! `ferry_core::time`, which sort as text in time order within a column.
 
 use ferry_core::Value;
-use ferry_core::time::{civil_from_days, format_date, format_time};
+use ferry_core::time::{push_date, push_time, push_timestamp};
 
 /// `P<months>M<days>DT<seconds>[.ffffff]S`, each part signed: an ISO 8601
 /// duration that keeps ferry's three interval fields apart.
@@ -70,56 +70,10 @@ pub(crate) fn temporal_text(v: &Value, out: &mut String) -> bool {
     true
 }
 
-const MICROS_PER_DAY: i64 = 86_400_000_000;
-
-fn push_digits(out: &mut String, n: i64, width: u32) {
-    for p in (0..width).rev() {
-        out.push(char::from(b'0' + (n / 10i64.pow(p) % 10) as u8));
-    }
-}
-
-fn push_date(out: &mut String, days: i32) {
-    let (y, m, d) = civil_from_days(i64::from(days));
-    if !(0..=9999).contains(&y) {
-        out.push_str(&format_date(days));
-        return;
-    }
-    push_digits(out, y, 4);
-    out.push('-');
-    push_digits(out, i64::from(m), 2);
-    out.push('-');
-    push_digits(out, i64::from(d), 2);
-}
-
-fn push_time(out: &mut String, micros: i64) {
-    let (secs, frac) = (micros / 1_000_000, micros % 1_000_000);
-    if micros < 0 || secs / 3600 >= 100 {
-        out.push_str(&format_time(micros));
-        return;
-    }
-    push_digits(out, secs / 3600, 2);
-    out.push(':');
-    push_digits(out, secs / 60 % 60, 2);
-    out.push(':');
-    push_digits(out, secs % 60, 2);
-    if frac != 0 {
-        out.push('.');
-        push_digits(out, frac, 6);
-    }
-}
-
-fn push_timestamp(out: &mut String, micros: i64) {
-    let days = micros.div_euclid(MICROS_PER_DAY);
-    // Same truncation as `format_timestamp`, so both agree everywhere.
-    push_date(out, days as i32);
-    out.push(' ');
-    push_time(out, micros.rem_euclid(MICROS_PER_DAY));
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use ferry_core::time::format_timestamp;
+    use ferry_core::time::{format_date, format_time, format_timestamp};
 
     #[test]
     fn temporal_text_matches_ferry_core() {

@@ -362,3 +362,84 @@ async fn sqlite_sink_passes_the_sink_conformance_suite() {
     let table = ferry_testkit::doubles::conformance_table(ferry_core::TableName::bare("conf"));
     ferry_testkit::doubles::sink_conformance(&sink, table).await;
 }
+
+/// A failing row in the middle of a multi-row `INSERT` is still named:
+/// the statement is undone and its rows re-run one by one.
+#[tokio::test]
+async fn a_failing_row_in_a_multi_row_insert_is_named() {
+    let t = target().await;
+    let table = orders();
+    let mut rows: Vec<Vec<Value>> = (1..=200).map(|i| row(i, "c", "1")).collect();
+    rows[99][1] = Value::Null;
+    let mut w = t.sink.writer().await.unwrap();
+    w.begin().await.unwrap();
+    let err = w.load_owned(&table, rows).await.unwrap_err();
+    assert_eq!(err.class(), ErrorClass::Data);
+    let report = err.report();
+    assert!(report.contains("key: (100)"), "{report}");
+    assert!(
+        report.contains("NOT NULL constraint failed: orders.customer"),
+        "{report}"
+    );
+    w.rollback().await.unwrap();
+    assert_eq!(t.sink.count_rows(&table).await.unwrap(), 0);
+}
+
+/// A load far larger than the WAL's checkpoint limits, on the
+/// multi-threaded runtime the binary uses (calls run in `block_in_place`),
+/// with a reader between the commits: every row arrives, and the WAL is
+/// checkpointed and restarted rather than growing with the load.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_long_load_keeps_the_wal_bounded() {
+    let t = target().await;
+    let table = orders();
+    let mut w = t.sink.writer().await.unwrap();
+    let reader = Connection::open(&t.path).unwrap();
+    let wal = t.path.with_extension("db-wal");
+    let text = "x".repeat(3000);
+    // About one 4 KiB page a row: 24 000 rows write some 24 000 frames,
+    // beyond the 16 000 at which a commit checkpoints in any case.
+    let (chunks, per_chunk) = (60, 400);
+    let mut max_wal = 0;
+    for c in 0..chunks {
+        let rows = (0..per_chunk)
+            .map(|i| {
+                let id = c * per_chunk + i + 1;
+                let mut r = row(id, "c", "1");
+                r[1] = Value::Text(format!("{id}{text}"));
+                r
+            })
+            .collect();
+        w.begin().await.unwrap();
+        w.load_owned(&table, rows).await.unwrap();
+        w.commit(&[CheckpointRecord::applied(&pos(c + 1))])
+            .await
+            .unwrap();
+        let n: i64 = reader
+            .query_row("SELECT count(*) FROM orders", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(n, (c + 1) * per_chunk);
+        max_wal = max_wal.max(std::fs::metadata(&wal).unwrap().len());
+    }
+    // Frames are a 24-byte header and a 4 KiB page; the WAL may exceed
+    // 16 000 frames by one transaction (about 400 frames here) and a few.
+    let frame = 4096 + 24;
+    assert!(
+        max_wal <= (16_000 + 1_000) * frame,
+        "the WAL grew to {max_wal} bytes"
+    );
+    // The WAL restarted: it holds fewer frames than were written.
+    let (_, log, _): (i64, i64, i64) = reader
+        .query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |r| {
+            Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+        })
+        .unwrap();
+    assert!(log < 20_000, "{log} frames in the WAL");
+    let total: i64 = reader
+        .query_row("SELECT sum(length(customer)) FROM orders", [], |r| r.get(0))
+        .unwrap();
+    let expected: i64 = (1..=chunks * per_chunk)
+        .map(|id| id.to_string().len() as i64 + 3000)
+        .sum();
+    assert_eq!(total, expected);
+}

@@ -7,6 +7,8 @@
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::mpsc::{SyncSender, sync_channel};
 
 use async_trait::async_trait;
 use ferry_core::value::display_key;
@@ -17,6 +19,7 @@ use ferry_core::{
 use rusqlite::{CachedStatement, Connection, params};
 
 use super::target_columns;
+use super::wal::{self, Checkpointer};
 use crate::connection::{Blocking, db_error, ident};
 use crate::temporal::temporal_text;
 use crate::types::{Param, declared_type};
@@ -28,13 +31,18 @@ const UPSERT_CHECKPOINT: &str = "INSERT INTO _ferry_checkpoint(pipeline, scope, 
 pub(crate) struct SqliteWriter {
     state: Blocking<Connection>,
     pipeline: String,
+    dropper: Dropper,
+    checkpointer: Arc<Checkpointer>,
 }
 
 impl SqliteWriter {
     pub(crate) fn new(conn: Connection, path: &Path, pipeline: &str) -> Self {
+        wal::install_hook(&conn);
         SqliteWriter {
             state: Blocking::new(conn, path),
             pipeline: pipeline.to_owned(),
+            dropper: Dropper::start(),
+            checkpointer: Arc::new(Checkpointer::start(path)),
         }
     }
 
@@ -56,6 +64,32 @@ impl SqliteWriter {
                 f(c, &path)
             })
             .await
+    }
+}
+
+/// Frees loaded snapshot chunks on a thread of its own. Freeing a chunk
+/// (two allocations a row) costs about a tenth of inserting it, and the
+/// writer's thread is the snapshot's critical path. At most one chunk waits
+/// to be freed; when the thread is behind (or could not be started), the
+/// caller frees the chunk itself, so memory stays bounded.
+#[derive(Clone)]
+struct Dropper(Option<SyncSender<Vec<Vec<Value>>>>);
+
+impl Dropper {
+    fn start() -> Self {
+        let (tx, rx) = sync_channel::<Vec<Vec<Value>>>(1);
+        let spawned = std::thread::Builder::new()
+            .name("ferry-sqlite-free".into())
+            // Ends when the writer (the only sender) is dropped.
+            .spawn(move || rx.into_iter().for_each(drop));
+        Dropper(spawned.ok().map(|_| tx))
+    }
+
+    fn discard(&self, rows: Vec<Vec<Value>>) {
+        if let Some(tx) = &self.0 {
+            // Full or gone: `rows` comes back in the error and is freed here.
+            let _ = tx.try_send(rows);
+        }
     }
 }
 
@@ -133,8 +167,10 @@ impl<'a> Statement<'a> {
 }
 
 /// Rows per multi-row `INSERT` of a snapshot load: fewer statement
-/// executions, about a quarter faster than one row at a time.
-const ROWS_PER_INSERT: usize = 16;
+/// executions. Loading 1 M rows of five columns took about 30 % less time
+/// with 64 rows per statement than with one, and 7 % less than with 16;
+/// more rows per statement gained little more.
+const ROWS_PER_INSERT: usize = 64;
 /// SQLite's bound-parameter limit (since 3.32).
 const MAX_PARAMS: usize = 32_766;
 
@@ -382,10 +418,20 @@ impl SinkWriter for SqliteWriter {
     /// Plain `INSERT`s: the rows are known not to be on the target, and a
     /// duplicate is a data error worth seeing.
     async fn load(&mut self, table: &TableRef, rows: &[Vec<Value>]) -> Result<()> {
+        self.load_owned(table, rows.to_vec()).await
+    }
+
+    /// The rows move to the thread that runs the statements (no copy) and
+    /// are freed on another.
+    async fn load_owned(&mut self, table: &TableRef, rows: Vec<Vec<Value>>) -> Result<()> {
         let table = TableRef::clone(table);
-        let rows = rows.to_vec();
-        self.in_txn("load()", move |c, path| load_rows(c, path, &table, &rows))
-            .await
+        let dropper = self.dropper.clone();
+        self.in_txn("load()", move |c, path| {
+            let result = load_rows(c, path, &table, &rows);
+            dropper.discard(rows);
+            result
+        })
+        .await
     }
 
     async fn clear_table(&mut self, table: &TableRef) -> Result<()> {
@@ -397,6 +443,7 @@ impl SinkWriter for SqliteWriter {
     async fn commit(&mut self, records: &[CheckpointRecord]) -> Result<()> {
         let records = records.to_vec();
         let pipeline = self.pipeline.clone();
+        let checkpointer = Arc::clone(&self.checkpointer);
         self.in_txn("commit()", move |c, path| {
             let err = |e| db_error(path, "writing the checkpoint", e);
             let mut stmt = c.prepare_cached(UPSERT_CHECKPOINT).map_err(err)?;
@@ -404,8 +451,10 @@ impl SinkWriter for SqliteWriter {
                 stmt.execute(params![pipeline, r.scope, r.value])
                     .map_err(|e| err(e).with("scope", r.scope.clone()))?;
             }
-            c.execute_batch("COMMIT")
-                .map_err(|e| db_error(path, "committing", e))
+            let (done, frames) = wal::frames_after(|| c.execute_batch("COMMIT"));
+            done.map_err(|e| db_error(path, "committing", e))?;
+            checkpointer.committed(c, frames);
+            Ok(())
         })
         .await
     }
