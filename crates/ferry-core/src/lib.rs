@@ -27,5 +27,5 @@ pub use reader::TableReader;
 pub use schema::{Column, TableName, TableRef, TableSchema};
 pub use selection::Selection;
 pub use sink::{CheckpointStore, Sink, SinkInfo, SinkWriter};
-pub use source::{SnapshotChunk, SnapshotReader, SnapshotRequest, Source};
+pub use source::{ChunkRows, EncodedRows, SnapshotChunk, SnapshotReader, SnapshotRequest, Source};
 pub use value::{ColumnType, Value, display_key, display_key_of};

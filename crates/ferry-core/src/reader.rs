@@ -16,6 +16,13 @@ use crate::value::Value;
 pub trait TableReader: Send + Sync {
     async fn count_rows(&self, table: &TableRef) -> Result<u64>;
 
+    /// About how many rows `table` has, for progress bars: a database's
+    /// statistics where counting would read the whole table. Defaults to
+    /// [`count_rows`](Self::count_rows).
+    async fn estimate_rows(&self, table: &TableRef) -> Result<u64> {
+        self.count_rows(table).await
+    }
+
     /// Up to `limit` full rows with key greater than `after` (all keys when `None`).
     async fn read_rows(
         &self,

@@ -5,8 +5,9 @@ use async_trait::async_trait;
 use crate::batch::Step;
 use crate::check::CheckItem;
 use crate::checkpoint::{Checkpoint, CheckpointRecord};
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::schema::TableRef;
+use crate::source::EncodedRows;
 use crate::value::Value;
 
 /// What the pipeline must know about a sink to drive it.
@@ -46,6 +47,14 @@ pub trait Sink: CheckpointStore {
     /// Opens a writer (its own connection). The pipeline opens at most
     /// `info().max_writers` of them.
     async fn writer(&self) -> Result<Box<dyn SinkWriter>>;
+
+    /// The row encoding this sink's writers load as is into target table
+    /// `table` ([`SinkWriter::load_encoded`]), if any; see
+    /// [`Source::row_encoding`](crate::Source::row_encoding). Called after
+    /// [`ensure_tables`](Sink::ensure_tables).
+    async fn row_encoding(&self, _table: &TableRef) -> Result<Option<String>> {
+        Ok(None)
+    }
 }
 
 /// One connection to the target, applying one transaction at a time.
@@ -73,6 +82,15 @@ pub trait SinkWriter: Send {
     /// default borrows and calls `load`.
     async fn load_owned(&mut self, table: &TableRef, rows: Vec<Vec<Value>>) -> Result<()> {
         self.load(table, &rows).await
+    }
+
+    /// Snapshot load of rows in an encoding this sink named in
+    /// [`Sink::row_encoding`] for `table`.
+    async fn load_encoded(&mut self, table: &TableRef, rows: EncodedRows) -> Result<()> {
+        Err(Error::fatal(format!(
+            "the target cannot load rows of {} encoded as {}",
+            table.name, rows.encoding
+        )))
     }
 
     /// Removes every row of `table` (restarting a table's copy).

@@ -16,13 +16,67 @@ pub struct SnapshotRequest {
     pub table: TableRef,
     /// Ranges copied by an earlier run; the reader must not send them again.
     pub skip: Vec<KeyRange>,
+    /// A row encoding the target loads as is (see [`Source::row_encoding`]):
+    /// the reader may send this table's rows as [`ChunkRows::Encoded`] in it
+    /// instead of decoding them. `None`: values only.
+    pub encoding: Option<String>,
+}
+
+/// The rows of a snapshot chunk.
+#[derive(Debug)]
+pub enum ChunkRows {
+    /// Decoded rows, aligned with the table's columns.
+    Values(Vec<Vec<Value>>),
+    /// Rows passed through in an encoding source and target share, never
+    /// decoded (see [`SnapshotRequest::encoding`]).
+    Encoded(EncodedRows),
+}
+
+impl ChunkRows {
+    pub fn len(&self) -> usize {
+        match self {
+            ChunkRows::Values(rows) => rows.len(),
+            ChunkRows::Encoded(e) => e.rows,
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The decoded rows; empty for encoded ones.
+    pub fn values(&self) -> &[Vec<Value>] {
+        match self {
+            ChunkRows::Values(rows) => rows,
+            ChunkRows::Encoded(_) => &[],
+        }
+    }
+
+    /// The decoded rows, taken; empty for encoded ones.
+    pub fn into_values(self) -> Vec<Vec<Value>> {
+        match self {
+            ChunkRows::Values(rows) => rows,
+            ChunkRows::Encoded(_) => Vec::new(),
+        }
+    }
+}
+
+/// Whole rows in a connector-defined encoding, e.g. the tuples of a
+/// PostgreSQL binary `COPY` stream without its header and trailer.
+#[derive(Debug, Clone)]
+pub struct EncodedRows {
+    /// The encoding, as [`Source::row_encoding`] named it.
+    pub encoding: String,
+    pub data: Vec<u8>,
+    /// Number of rows in `data`.
+    pub rows: usize,
 }
 
 /// Rows of one table read from a snapshot.
 #[derive(Debug)]
 pub struct SnapshotChunk {
     pub table: TableRef,
-    pub rows: Vec<Vec<Value>>,
+    pub rows: ChunkRows,
     /// The key range these rows complete: every row of the snapshot in
     /// `range` is in `rows` (or in an earlier chunk with an overlapping
     /// range already reported).
@@ -73,6 +127,16 @@ pub trait Source: Send {
     /// snapshot and the stream.
     async fn snapshot(&mut self, requests: Vec<SnapshotRequest>)
     -> Result<Box<dyn SnapshotReader>>;
+
+    /// The encoding in which this source can send the snapshot rows of
+    /// `table` without decoding them, if any. When the target's writers load
+    /// the same encoding ([`Sink::row_encoding`](crate::Sink::row_encoding))
+    /// and nothing changes the rows on the way, the pipeline asks for it in
+    /// [`SnapshotRequest::encoding`]. The name must pin down everything the
+    /// bytes depend on (format, server version, column types).
+    fn row_encoding(&self, _table: &TableRef) -> Option<String> {
+        None
+    }
 
     /// Starts delivering transactions committed after `from` (exclusive).
     /// `None` means "from now": only for a pipeline with nothing to copy.

@@ -74,16 +74,18 @@ impl Pipeline {
             .collect();
         let mut progress = cp.tables.clone();
         if !to_copy.is_empty() {
-            let requests = to_copy
-                .iter()
-                .map(|t| SnapshotRequest {
+            let mut requests = Vec::with_capacity(to_copy.len());
+            for t in &to_copy {
+                requests.push(SnapshotRequest {
                     table: (*t).clone(),
                     skip: progress
                         .get(&t.name.to_string())
                         .map(|p| p.ranges.iter().map(|r| r.range.clone()).collect())
                         .unwrap_or_default(),
-                })
-                .collect();
+                    encoding: shared_encoding(source.row_encoding(t), sink.as_ref(), &transform, t)
+                        .await?,
+                });
+            }
             let reader = source.snapshot(requests).await?;
             let writers = open_writers(sink.as_ref(), options.workers).await?;
             let run = SnapshotRun {
@@ -341,4 +343,27 @@ async fn stream(
         return Err(Error::transient("the source stream ended unexpectedly"));
     }
     Ok(Outcome::Stopped)
+}
+
+/// The row encoding in which `table`'s snapshot rows can pass from source to
+/// target undecoded: the source's `encoding`, when the target loads it too
+/// and nothing changes the rows.
+async fn shared_encoding(
+    encoding: Option<String>,
+    sink: &dyn Sink,
+    transform: &Transform,
+    table: &TableRef,
+) -> Result<Option<String>> {
+    let Some(encoding) = encoding else {
+        return Ok(None);
+    };
+    if !transform.keeps_rows(table)? {
+        return Ok(None);
+    }
+    let target = sink.row_encoding(&transform.target_table(table)?).await?;
+    let shared = target.as_deref() == Some(encoding.as_str());
+    if shared {
+        tracing::info!(table = %table.name, %encoding, "snapshot: rows pass through undecoded");
+    }
+    Ok(shared.then_some(encoding))
 }

@@ -7,8 +7,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use ferry_core::{
-    CheckpointRecord, Error, Result, SinkWriter, SnapshotChunk, SnapshotReader, TableProgress,
-    TableRef,
+    CheckpointRecord, ChunkRows, Error, Result, SinkWriter, SnapshotChunk, SnapshotReader,
+    TableProgress, TableRef,
 };
 use tokio::sync::{Mutex, mpsc, watch};
 
@@ -53,10 +53,20 @@ async fn write_chunk(w: &mut dyn SinkWriter, shared: &Shared, chunk: SnapshotChu
     let source_name = chunk.table.name.to_string();
     let target = shared.transform.target_table(&chunk.table)?;
     let n = chunk.rows.len() as u64;
-    let rows = shared.transform.rows(&chunk.table, chunk.rows)?;
     w.begin().await?;
-    if !rows.is_empty() {
-        w.load_owned(&target, rows).await?;
+    match chunk.rows {
+        ChunkRows::Values(rows) => {
+            let rows = shared.transform.rows(&chunk.table, rows)?;
+            if !rows.is_empty() {
+                w.load_owned(&target, rows).await?;
+            }
+        }
+        // Asked for only when the transform keeps rows as they are.
+        ChunkRows::Encoded(rows) => {
+            if rows.rows > 0 {
+                w.load_encoded(&target, rows).await?;
+            }
+        }
     }
     // Hold the progress lock across the commit so concurrent chunks of one
     // table never record ranges that are not committed.

@@ -157,12 +157,19 @@ impl Transform {
         m.columns.iter().map(|&i| row[i].clone()).collect()
     }
 
+    /// Whether snapshot rows of `source` reach the target as they are (no
+    /// column excluded, no filter; a table rename changes no row).
+    pub fn keeps_rows(&self, source: &TableRef) -> Result<bool> {
+        let m = self.mapping(source)?;
+        Ok(m.columns.len() == source.columns.len() && m.rule.filter.is_none())
+    }
+
     /// Snapshot rows: keeps those passing the filter, projected.
     pub fn rows(&self, source: &TableRef, rows: Vec<Vec<Value>>) -> Result<Vec<Vec<Value>>> {
-        let m = self.mapping(source)?;
-        if m.columns.len() == source.columns.len() && m.rule.filter.is_none() {
+        if self.keeps_rows(source)? {
             return Ok(rows);
         }
+        let m = self.mapping(source)?;
         Ok(rows
             .iter()
             .filter(|r| {

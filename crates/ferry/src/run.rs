@@ -155,7 +155,9 @@ fn spawn_totals(cfg: &PipelineConfig, stats: Arc<Stats>, transform: Arc<Transfor
             return;
         };
         for t in tables {
-            if let (Ok(n), Ok(target)) = (reader.count_rows(&t).await, transform.target_table(&t)) {
+            if let (Ok(n), Ok(target)) =
+                (reader.estimate_rows(&t).await, transform.target_table(&t))
+            {
                 stats.table(&target.name.to_string(), |s| s.snapshot_total = Some(n));
             }
         }

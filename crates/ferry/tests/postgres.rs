@@ -184,6 +184,13 @@ fn postgres_to_postgres_kill_9_loses_and_doubles_nothing() {
     );
     let v = ferry(&["verify", pipeline.to_str().unwrap()]);
     assert!(v.status.success(), "verify: {}", text(&v));
+    // The kills above landed in a snapshot whose rows passed through as
+    // binary COPY tuples (built-in types only, same server version).
+    let logged = std::fs::read_to_string(&log).unwrap_or_default();
+    assert!(
+        logged.contains("rows pass through undecoded"),
+        "PostgreSQL → PostgreSQL snapshot rows should pass through undecoded"
+    );
     let bad = bad.lock().unwrap();
     assert!(
         bad.is_empty(),

@@ -4,8 +4,12 @@
 //!
 //! ```text
 //! cargo run --release -p ferry-postgres --example snapshot_copy -- \
-//!     postgres://postgres@127.0.0.1:5432/src postgres://postgres@127.0.0.1:5432/dst [workers] [writers]
+//!     postgres://postgres@127.0.0.1:5432/src postgres://postgres@127.0.0.1:5432/dst \
+//!     [workers] [writers] [decoded]
 //! ```
+//!
+//! Rows pass through undecoded where both ends share the binary COPY
+//! encoding, unless the fifth argument is `decoded`.
 //!
 //! Creates (and afterwards drops) the slot and publication `ferry_bench`
 //! on the source; the target tables must not exist or must be empty.
@@ -37,13 +41,19 @@ async fn main() -> Result<(), ferry_core::Error> {
     let tables = src.tables().await?;
     sink.ensure_tables(&tables).await?;
     src.prepare().await?;
-    let requests = tables
-        .iter()
-        .map(|t| ferry_core::SnapshotRequest {
+    let decoded = args.get(5).is_some_and(|a| a == "decoded");
+    let mut requests = Vec::new();
+    for t in &tables {
+        let encoding = match src.row_encoding(t) {
+            Some(e) if !decoded && sink.row_encoding(t).await?.as_ref() == Some(&e) => Some(e),
+            _ => None,
+        };
+        requests.push(ferry_core::SnapshotRequest {
             table: t.clone(),
             skip: vec![],
-        })
-        .collect();
+            encoding,
+        });
+    }
     let mut reader = src.snapshot(requests).await?;
     let mut txs = Vec::new();
     let mut handles = Vec::new();
@@ -55,9 +65,12 @@ async fn main() -> Result<(), ferry_core::Error> {
             let mut rows = 0usize;
             while let Some(chunk) = rx.recv().await {
                 w.begin().await?;
-                w.load(&chunk.table, &chunk.rows).await?;
-                w.commit(&[]).await?;
                 rows += chunk.rows.len();
+                match chunk.rows {
+                    ferry_core::ChunkRows::Values(v) => w.load_owned(&chunk.table, v).await?,
+                    ferry_core::ChunkRows::Encoded(e) => w.load_encoded(&chunk.table, e).await?,
+                }
+                w.commit(&[]).await?;
             }
             Ok::<usize, ferry_core::Error>(rows)
         }));

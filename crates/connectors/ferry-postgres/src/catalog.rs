@@ -247,3 +247,36 @@ pub(crate) fn source_schema(t: &PgTable) -> Result<TableRef> {
         version: 1,
     }))
 }
+
+/// The server's major version (`15` for 15.x).
+pub(crate) async fn server_major(client: &Client) -> Result<u32> {
+    let v: String = client
+        .query_one("SELECT current_setting('server_version_num')", &[])
+        .await
+        .map_err(|e| pg_error(e, "reading the server version"))?
+        .get(0);
+    Ok(v.parse::<u32>().unwrap_or(0) / 10_000)
+}
+
+/// The row encoding of `table`'s rows as binary `COPY` tuples on a server
+/// of major version `major`, when every column has a built-in type: the
+/// binary forms of built-in types are fixed for a major version, and their
+/// OIDs (which array values carry) are the same on every server. `None`
+/// for a user-defined type (enum, domain, composite, extension) or a
+/// column `pg` lacks.
+pub(crate) fn binary_copy_encoding(major: u32, pg: &PgTable, table: &TableRef) -> Option<String> {
+    /// PostgreSQL's `FirstNormalObjectId`: OIDs below are built in.
+    const FIRST_USER_OID: u32 = 16_384;
+    let mut types = Vec::with_capacity(table.columns.len());
+    for c in &table.columns {
+        let pc = pg.column(&c.name)?;
+        if pc.type_oid >= FIRST_USER_OID || pc.kind.is_none() || pc.generated {
+            return None;
+        }
+        types.push(format!("{}/{}", pc.type_oid, pc.typmod));
+    }
+    Some(format!(
+        "postgresql-{major}-binary-copy({})",
+        types.join(",")
+    ))
+}

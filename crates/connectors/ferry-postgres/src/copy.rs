@@ -72,74 +72,143 @@ impl CopyDecoder {
         }
     }
 
-    /// The next complete row, if buffered.
-    pub fn next_row(&mut self, kinds: &[Kind]) -> Result<Option<Vec<Value>>> {
-        let malformed = || Error::fatal("malformed binary COPY data from the server");
-        if !self.header_done {
-            let buf: &[u8] = if self.pending.is_empty() {
-                &self.cur
-            } else {
-                &self.pending
-            };
-            if buf.len() < 19 {
-                return Ok(None);
-            }
-            if &buf[..11] != COPY_SIGNATURE {
-                return Err(malformed());
-            }
-            let ext = u32::from_be_bytes(buf[15..19].try_into().unwrap_or_default()) as usize;
-            if buf.len() < 19 + ext {
-                return Ok(None);
-            }
-            self.consume(19 + ext);
-            self.header_done = true;
-        }
-        let buf: &[u8] = if self.pending.is_empty() {
+    /// The bytes buffered and not consumed.
+    fn buffered(&self) -> &[u8] {
+        if self.pending.is_empty() {
             &self.cur
         } else {
             &self.pending
-        };
-        if self.finished || buf.len() < 2 {
+        }
+    }
+
+    /// Skips the stream's header once it is buffered.
+    fn header(&mut self) -> Result<bool> {
+        if self.header_done {
+            return Ok(true);
+        }
+        let buf = self.buffered();
+        if buf.len() < 19 {
+            return Ok(false);
+        }
+        if &buf[..11] != COPY_SIGNATURE {
+            return Err(malformed());
+        }
+        let ext = u32::from_be_bytes(buf[15..19].try_into().unwrap_or_default()) as usize;
+        if buf.len() < 19 + ext {
+            return Ok(false);
+        }
+        self.consume(19 + ext);
+        self.header_done = true;
+        Ok(true)
+    }
+
+    /// The next complete tuple (field count, then each field's length and
+    /// bytes), if buffered: a slice of the server's message when the tuple
+    /// is inside one (no copy).
+    pub fn next_tuple(&mut self, fields: usize) -> Result<Option<Bytes>> {
+        if !self.header()? || self.finished {
             return Ok(None);
         }
-        let count = i16::from_be_bytes([buf[0], buf[1]]);
-        if count == -1 {
+        let Some(end) = tuple_len(self.buffered(), fields)? else {
+            return Ok(None);
+        };
+        if end == 0 {
             self.finished = true;
             return Ok(None);
         }
-        if count as usize != kinds.len() {
-            return Err(malformed());
-        }
-        // Make sure the whole tuple is here before decoding anything.
-        let field_len =
-            |at: usize| i32::from_be_bytes([buf[at], buf[at + 1], buf[at + 2], buf[at + 3]]);
-        let mut at = 2;
-        for _ in 0..count {
-            if buf.len() < at + 4 {
-                return Ok(None);
-            }
-            at += 4 + field_len(at).max(0) as usize;
-            if buf.len() < at {
-                return Ok(None);
-            }
-        }
-        let end = at;
+        Ok(Some(if self.pending.is_empty() {
+            self.cur.split_to(end)
+        } else {
+            self.pending.split_to(end).freeze()
+        }))
+    }
+
+    /// The next complete row, if buffered.
+    pub fn next_row(&mut self, kinds: &[Kind]) -> Result<Option<Vec<Value>>> {
+        let Some(tuple) = self.next_tuple(kinds.len())? else {
+            return Ok(None);
+        };
         let mut row = Vec::with_capacity(kinds.len());
-        let mut at = 2;
-        for kind in kinds {
-            let len = field_len(at);
-            at += 4;
-            if len < 0 {
-                row.push(Value::Null);
-            } else {
-                let e = at + len as usize;
-                row.push(decode(kind, &buf[at..e])?);
-                at = e;
-            }
-        }
-        self.consume(end);
+        for_each_field(&tuple, |i, field| {
+            row.push(match field {
+                None => Value::Null,
+                Some(bytes) => decode(&kinds[i], bytes)?,
+            });
+            Ok(())
+        })?;
         Ok(Some(row))
     }
+}
+
+fn malformed() -> Error {
+    Error::fatal("malformed binary COPY data from the server")
+}
+
+/// Length of the tuple at the start of `buf` with `fields` fields: `None`
+/// when it is not all there yet, `Some(0)` at the stream's trailer.
+fn tuple_len(buf: &[u8], fields: usize) -> Result<Option<usize>> {
+    if buf.len() < 2 {
+        return Ok(None);
+    }
+    let count = i16::from_be_bytes([buf[0], buf[1]]);
+    if count == -1 {
+        return Ok(Some(0));
+    }
+    if count as usize != fields {
+        return Err(malformed());
+    }
+    let mut at = 2;
+    for _ in 0..fields {
+        let Some(len) = buf.get(at..at + 4) else {
+            return Ok(None);
+        };
+        let len = i32::from_be_bytes([len[0], len[1], len[2], len[3]]);
+        at += 4 + len.max(0) as usize;
+        if buf.len() < at {
+            return Ok(None);
+        }
+    }
+    Ok(Some(at))
+}
+
+/// Calls `f` with each field of a complete tuple: its index and bytes
+/// (`None` for NULL).
+pub(crate) fn for_each_field(
+    tuple: &[u8],
+    mut f: impl FnMut(usize, Option<&[u8]>) -> Result<()>,
+) -> Result<()> {
+    let count = i16::from_be_bytes([tuple[0], tuple[1]]).max(0) as usize;
+    let mut at = 2;
+    for i in 0..count {
+        let len = i32::from_be_bytes([tuple[at], tuple[at + 1], tuple[at + 2], tuple[at + 3]]);
+        at += 4;
+        if len < 0 {
+            f(i, None)?;
+        } else {
+            let e = at + len as usize;
+            f(i, Some(&tuple[at..e]))?;
+            at = e;
+        }
+    }
+    Ok(())
+}
+
+/// The values of the fields at `columns` (with their kinds) of a complete
+/// tuple, in the order of `columns`.
+pub(crate) fn decode_fields(tuple: &[u8], columns: &[(usize, &Kind)]) -> Result<Vec<Value>> {
+    let mut out = vec![Value::Null; columns.len()];
+    for_each_field(tuple, |i, field| {
+        for (slot, (c, kind)) in out.iter_mut().zip(columns) {
+            if *c == i {
+                *slot = match field {
+                    None => Value::Null,
+                    Some(bytes) => decode(kind, bytes)?,
+                };
+            }
+        }
+        Ok(())
+    })?;
+    Ok(out)
 }
 
 #[cfg(test)]
@@ -171,5 +240,54 @@ mod tests {
         );
         assert!(d.next_row(&kinds).unwrap().is_none());
         assert!(d.finished);
+    }
+
+    #[test]
+    fn tuples_pass_through_whole_across_messages() {
+        let kinds = [Kind::Int8, Kind::Text];
+        let rows = [
+            vec![Value::Int(1), Value::Text("one".into())],
+            vec![Value::Int(2), Value::Null],
+            vec![Value::Int(3), Value::Text("three".into())],
+        ];
+        let mut b = BytesMut::new();
+        copy_header(&mut b);
+        for r in &rows {
+            copy_row(r, &[&Kind::Int8, &Kind::Text], &mut b).unwrap();
+        }
+        copy_trailer(&mut b);
+        let b = b.freeze();
+        // Every split point: the tuples come out whole and in order.
+        for split in 0..b.len() {
+            let mut d = CopyDecoder::new();
+            let mut tuples = Vec::new();
+            for part in [b.slice(..split), b.slice(split..)] {
+                d.push(part);
+                while let Some(t) = d.next_tuple(2).unwrap() {
+                    tuples.push(t);
+                }
+            }
+            assert!(d.finished, "split at {split}");
+            assert_eq!(tuples.len(), 3, "split at {split}");
+            for (t, r) in tuples.iter().zip(&rows) {
+                let mut one = BytesMut::new();
+                copy_row(r, &[&Kind::Int8, &Kind::Text], &mut one).unwrap();
+                assert_eq!(&t[..], &one[..]);
+                assert_eq!(
+                    decode_fields(t, &[(0, &kinds[0])]).unwrap(),
+                    vec![r[0].clone()]
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn a_wrong_field_count_is_an_error() {
+        let mut b = BytesMut::new();
+        copy_header(&mut b);
+        copy_row(&[Value::Int(1)], &[&Kind::Int8], &mut b).unwrap();
+        let mut d = CopyDecoder::new();
+        d.push(b.freeze());
+        assert!(d.next_tuple(2).is_err());
     }
 }

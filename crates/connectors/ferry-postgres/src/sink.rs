@@ -60,6 +60,9 @@ pub(crate) struct Target {
     pub key: Vec<usize>,
     /// Created by ferry, primary key not built yet (see [`KEY_PENDING`]).
     pub key_pending: bool,
+    /// The binary COPY encoding this table loads undecoded, if any
+    /// ([`catalog::binary_copy_encoding`]).
+    pub encoding: Option<String>,
 }
 
 impl Target {
@@ -77,6 +80,8 @@ impl Target {
 /// State shared by the sink and its writers.
 pub(crate) struct Shared {
     pub endpoint: Endpoint,
+    /// The target server's major version.
+    pub major: u32,
     pub pipeline: String,
     pub targets: Mutex<HashMap<TableName, Arc<Target>>>,
 }
@@ -102,7 +107,7 @@ fn param_type(t: &PgType) -> Type {
 
 /// Builds the mapping of `table` onto the existing target table `pg`,
 /// failing with a fix when the target cannot take the table's rows.
-pub(crate) fn map_target(table: &TableRef, pg: &PgTable) -> Result<Target> {
+pub(crate) fn map_target(table: &TableRef, pg: &PgTable, major: u32) -> Result<Target> {
     let display = pg.display();
     let mut cols = Vec::new();
     let mut types = Vec::new();
@@ -191,6 +196,7 @@ pub(crate) fn map_target(table: &TableRef, pg: &PgTable) -> Result<Target> {
         source_cols: table.columns.iter().map(|c| c.name.clone()).collect(),
         key: table.key.clone(),
         key_pending,
+        encoding: catalog::binary_copy_encoding(major, pg, table),
     })
 }
 
@@ -274,9 +280,11 @@ impl PostgresSink {
                 .await
                 .map_err(|e| pg_error(e, &format!("creating {CHECKPOINT_TABLE}")))?;
         }
+        let major = catalog::server_major(&admin).await?;
         Ok(PostgresSink {
             shared: Arc::new(Shared {
                 endpoint,
+                major,
                 pipeline: config.pipeline,
                 targets: Mutex::new(HashMap::new()),
             }),
@@ -359,7 +367,7 @@ impl Sink for PostgresSink {
                     })?
                 }
             };
-            let target = map_target(table, &pg)?;
+            let target = map_target(table, &pg, self.shared.major)?;
             self.shared
                 .targets
                 .lock()
@@ -367,6 +375,21 @@ impl Sink for PostgresSink {
                 .insert(table.name.clone(), Arc::new(target));
         }
         Ok(())
+    }
+
+    /// Binary `COPY` tuples, when every column of the target table has a
+    /// built-in type: the same name as a PostgreSQL source of the same
+    /// major version gives a table with the same column types.
+    async fn row_encoding(&self, table: &TableRef) -> Result<Option<String>> {
+        let map = self
+            .shared
+            .targets
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        Ok(map
+            .get(&table.name)
+            .filter(|t| t.matches(table))
+            .and_then(|t| t.encoding.clone()))
     }
 
     async fn writer(&self) -> Result<Box<dyn SinkWriter>> {

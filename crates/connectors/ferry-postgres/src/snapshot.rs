@@ -7,13 +7,21 @@
 //! [`CHUNK_ROWS`] rows through a bounded channel: memory stays bounded
 //! whatever the table size. A chunk's [`KeyRange`] covers only keys the
 //! chunk completes; ranges the request says to skip are never read.
+//!
+//! When the request carries this table's binary COPY encoding (the target
+//! is a PostgreSQL of the same major version with the same built-in column
+//! types, and nothing transforms the rows), the tuples are not decoded:
+//! they pass through as [`ChunkRows::Encoded`] bytes, and only the key of
+//! a chunk's last row is decoded, for its range.
 
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
+use bytes::Bytes;
 use ferry_core::{
-    KeyRange, Position, Result, SnapshotChunk, SnapshotReader, SnapshotRequest, TableRef, Value,
+    ChunkRows, EncodedRows, KeyRange, Position, Result, SnapshotChunk, SnapshotReader,
+    SnapshotRequest, TableRef, Value,
 };
 use futures_util::StreamExt;
 use tokio::sync::mpsc;
@@ -21,13 +29,15 @@ use tokio_postgres::Client;
 
 use crate::catalog::PgTable;
 use crate::connection::Endpoint;
-use crate::copy::CopyDecoder;
+use crate::copy::{CopyDecoder, decode_fields};
 use crate::error::pg_error;
 use crate::reader::{ReadColumn, order_by, range_predicate, read_columns};
 use crate::types::{Kind, quote_literal};
 
 /// Rows per chunk sent to the pipeline.
 pub(crate) const CHUNK_ROWS: usize = 20_000;
+/// Bytes per chunk of encoded rows (wide rows make smaller chunks).
+const CHUNK_BYTES: usize = 8 << 20;
 
 /// What one table's copy needs.
 struct TableJob {
@@ -35,6 +45,8 @@ struct TableJob {
     select: String,
     kinds: Vec<Kind>,
     key_cols: Vec<ReadColumn>,
+    /// Pass rows through in this encoding (binary COPY tuples) undecoded.
+    encoding: Option<String>,
     /// Work items of this table not finished yet; held while sending a
     /// final chunk so the one that brings it to zero is sent last.
     remaining: tokio::sync::Mutex<usize>,
@@ -123,7 +135,7 @@ fn empty_done(req: &SnapshotRequest) -> SnapshotChunk {
         .unwrap_or_else(|| vec![Value::Null]);
     SnapshotChunk {
         table: req.table.clone(),
-        rows: Vec::new(),
+        rows: ChunkRows::Values(Vec::new()),
         range: KeyRange {
             lower: Some(anchor.clone()),
             upper: Some(anchor),
@@ -220,6 +232,7 @@ async fn plan(client: &Client, req: &SnapshotRequest, pg: &PgTable) -> Result<Ve
         select,
         kinds: cols.iter().map(|c| c.kind.clone()).collect(),
         key_cols,
+        encoding: req.encoding.clone(),
         remaining: tokio::sync::Mutex::new(ranges.len()),
     });
     Ok(ranges
@@ -252,7 +265,7 @@ async fn copy_work(client: &Client, work: &Work, tx: &ChunkSender) -> Result<()>
     futures_util::pin_mut!(stream);
     let mut dec = CopyDecoder::new();
     let mut lower = work.range.lower.clone();
-    let mut rows: Vec<Vec<Value>> = Vec::with_capacity(CHUNK_ROWS);
+    let mut batch = Batch::new(job);
     // Unordered pieces are planned to hold about CHUNK_ROWS rows; a denser
     // piece is sent in parts that claim no range until its last one.
     let limit = if work.ordered {
@@ -262,10 +275,9 @@ async fn copy_work(client: &Client, work: &Work, tx: &ChunkSender) -> Result<()>
     };
     while let Some(data) = stream.next().await {
         dec.push(data.map_err(failed)?);
-        while let Some(row) = dec.next_row(&job.kinds)? {
-            rows.push(row);
-            if rows.len() >= limit {
-                let last = job.table.key_of(&rows[rows.len() - 1]);
+        while batch.read(&mut dec, job)? {
+            if batch.len() >= limit || batch.bytes() >= CHUNK_BYTES {
+                let last = batch.last_key(job)?;
                 let range = if work.ordered {
                     KeyRange {
                         lower: lower.replace(last.clone()),
@@ -279,7 +291,7 @@ async fn copy_work(client: &Client, work: &Work, tx: &ChunkSender) -> Result<()>
                 };
                 let chunk = SnapshotChunk {
                     table: job.table.clone(),
-                    rows: std::mem::replace(&mut rows, Vec::with_capacity(CHUNK_ROWS)),
+                    rows: batch.take(job),
                     range,
                     table_done: false,
                 };
@@ -297,12 +309,98 @@ async fn copy_work(client: &Client, work: &Work, tx: &ChunkSender) -> Result<()>
     *remaining -= 1;
     let chunk = SnapshotChunk {
         table: job.table.clone(),
-        rows,
+        rows: batch.take(job),
         range,
         table_done: *remaining == 0,
     };
     let _ = tx.send(Ok(chunk)).await;
     Ok(())
+}
+
+/// The rows of the chunk being filled: decoded, or binary COPY tuples
+/// passed through.
+enum Batch {
+    Values(Vec<Vec<Value>>),
+    Encoded {
+        data: Vec<u8>,
+        rows: usize,
+        /// The last tuple, whose key ends the chunk's range.
+        last: Bytes,
+    },
+}
+
+impl Batch {
+    fn new(job: &TableJob) -> Batch {
+        match job.encoding {
+            None => Batch::Values(Vec::with_capacity(CHUNK_ROWS)),
+            Some(_) => Batch::Encoded {
+                data: Vec::new(),
+                rows: 0,
+                last: Bytes::new(),
+            },
+        }
+    }
+
+    /// Moves the next complete row from `dec` into the batch; false when
+    /// none is buffered.
+    fn read(&mut self, dec: &mut CopyDecoder, job: &TableJob) -> Result<bool> {
+        match self {
+            Batch::Values(rows) => match dec.next_row(&job.kinds)? {
+                Some(row) => rows.push(row),
+                None => return Ok(false),
+            },
+            Batch::Encoded { data, rows, last } => match dec.next_tuple(job.kinds.len())? {
+                Some(tuple) => {
+                    if data.is_empty() {
+                        data.reserve(CHUNK_BYTES.min(tuple.len() * CHUNK_ROWS) + 4096);
+                    }
+                    data.extend_from_slice(&tuple);
+                    *rows += 1;
+                    *last = tuple;
+                }
+                None => return Ok(false),
+            },
+        }
+        Ok(true)
+    }
+
+    fn len(&self) -> usize {
+        match self {
+            Batch::Values(rows) => rows.len(),
+            Batch::Encoded { rows, .. } => *rows,
+        }
+    }
+
+    fn bytes(&self) -> usize {
+        match self {
+            Batch::Values(_) => 0,
+            Batch::Encoded { data, .. } => data.len(),
+        }
+    }
+
+    /// The key of the last row (the batch is not empty).
+    fn last_key(&self, job: &TableJob) -> Result<Vec<Value>> {
+        match self {
+            Batch::Values(rows) => Ok(job.table.key_of(&rows[rows.len() - 1])),
+            Batch::Encoded { last, .. } => {
+                let cols: Vec<(usize, &Kind)> =
+                    job.table.key.iter().map(|&i| (i, &job.kinds[i])).collect();
+                decode_fields(last, &cols)
+            }
+        }
+    }
+
+    /// The rows so far, leaving the batch empty.
+    fn take(&mut self, job: &TableJob) -> ChunkRows {
+        match std::mem::replace(self, Batch::new(job)) {
+            Batch::Values(rows) => ChunkRows::Values(rows),
+            Batch::Encoded { data, rows, .. } => ChunkRows::Encoded(EncodedRows {
+                encoding: job.encoding.clone().unwrap_or_default(),
+                data,
+                rows,
+            }),
+        }
+    }
 }
 
 struct PgSnapshotReader {

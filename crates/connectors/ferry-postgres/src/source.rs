@@ -73,6 +73,8 @@ pub struct PostgresSource {
     heartbeat: Duration,
     /// Holds the pipeline's advisory lock (see `fence`).
     fenced: bool,
+    /// The server's major version (part of the row encoding's name).
+    major: u32,
 }
 
 impl std::fmt::Debug for PostgresSource {
@@ -106,6 +108,7 @@ impl PostgresSource {
         validate_pipeline(&config.pipeline)?;
         let endpoint = Endpoint::parse(&config.url, "source")?;
         let client = endpoint.connect().await?;
+        let major = catalog::server_major(&client).await?;
         Ok(PostgresSource {
             endpoint,
             pipeline: config.pipeline,
@@ -119,6 +122,7 @@ impl PostgresSource {
             stream: None,
             heartbeat: Duration::from_secs(10),
             fenced: false,
+            major,
         })
     }
 
@@ -430,13 +434,16 @@ impl Source for PostgresSource {
             }
         };
         let mut work = Vec::with_capacity(requests.len());
-        for req in requests {
+        for mut req in requests {
             let (_, pg) = self.tables.get(&req.table.name).ok_or_else(|| {
                 Error::fatal(format!(
                     "table {} was not listed by tables()",
                     req.table.name
                 ))
             })?;
+            if req.encoding.is_some() && req.encoding != self.row_encoding(&req.table) {
+                req.encoding = None;
+            }
             work.push((req, pg.clone()));
         }
         let reader = crate::snapshot::start(
@@ -450,6 +457,12 @@ impl Source for PostgresSource {
         // Every worker imported the snapshot: the exporting session may end.
         drop(exported);
         reader
+    }
+
+    /// Binary `COPY` tuples, when every column has a built-in type.
+    fn row_encoding(&self, table: &TableRef) -> Option<String> {
+        let (_, pg) = self.tables.get(&table.name)?;
+        catalog::binary_copy_encoding(self.major, pg, table)
     }
 
     /// Every transaction is delivered on its own, so snapshot boundaries
@@ -565,6 +578,32 @@ impl TableReader for PostgresSource {
             .clone()
             .unwrap_or_else(|| "public".into());
         crate::reader::count_rows(&self.client, &ns, &table.name.name).await
+    }
+
+    /// The planner's row estimate (`pg_class.reltuples`) when the table has
+    /// been analyzed; counting would read the whole table while the snapshot
+    /// reads it too.
+    async fn estimate_rows(&self, table: &TableRef) -> Result<u64> {
+        let ns = table
+            .name
+            .namespace
+            .clone()
+            .unwrap_or_else(|| "public".into());
+        let est: Option<f32> = self
+            .client
+            .query_opt(
+                "SELECT c.reltuples FROM pg_catalog.pg_class c \
+                 JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace \
+                 WHERE n.nspname = $1 AND c.relname = $2",
+                &[&ns, &table.name.name],
+            )
+            .await
+            .map_err(|e| pg_error(e, "reading the table's row estimate"))?
+            .map(|r| r.get(0));
+        match est {
+            Some(n) if n > 0.0 => Ok(n as u64),
+            _ => crate::reader::count_rows(&self.client, &ns, &table.name.name).await,
+        }
     }
 
     async fn read_rows(

@@ -15,8 +15,8 @@ use async_trait::async_trait;
 use bytes::BytesMut;
 use ferry_core::value::display_key;
 use ferry_core::{
-    Checkpoint, CheckpointRecord, Error, Result, SinkWriter, Step, TableName, TableOps, TableRef,
-    Value,
+    Checkpoint, CheckpointRecord, EncodedRows, Error, Result, SinkWriter, Step, TableName,
+    TableOps, TableRef, Value,
 };
 use futures_util::SinkExt;
 use tokio_postgres::Client;
@@ -119,6 +119,31 @@ impl PostgresWriter {
         Ok(())
     }
 
+    /// Streams binary COPY tuples into the table as they are.
+    async fn copy_encoded(&self, t: &Target, tuples: Vec<u8>) -> Result<()> {
+        let sql = format!(
+            "COPY {} ({}) FROM STDIN (FORMAT binary)",
+            t.qualified,
+            t.cols.join(", ")
+        );
+        let fail =
+            |e: tokio_postgres::Error| pg_error(e, "copying rows").with("table", t.display.clone());
+        let sink = self
+            .client
+            .copy_in::<_, bytes::Bytes>(&sql)
+            .await
+            .map_err(fail)?;
+        futures_util::pin_mut!(sink);
+        let mut framing = BytesMut::with_capacity(32);
+        copy::copy_header(&mut framing);
+        sink.feed(framing.split().freeze()).await.map_err(fail)?;
+        sink.feed(bytes::Bytes::from(tuples)).await.map_err(fail)?;
+        copy::copy_trailer(&mut framing);
+        sink.send(framing.freeze()).await.map_err(fail)?;
+        sink.finish().await.map_err(fail)?;
+        Ok(())
+    }
+
     /// Large upsert batch: COPY into a staging table, one merge statement.
     async fn upsert_staged(&mut self, t: &Target, rows: &[&Vec<Value>]) -> Result<()> {
         self.send_begin().await?;
@@ -172,6 +197,16 @@ impl PostgresWriter {
         tracing::info!(table = %t.display, "building the primary key after the snapshot load");
         self.send_begin().await?;
         self.restructured.push(name.clone());
+        // The key's sort fits in memory with more than the default 64 MB
+        // (5 M bigint keys need about 240 MB): raised for this transaction
+        // only, never lowered.
+        self.client
+            .batch_execute(
+                "SELECT set_config('maintenance_work_mem', '1GB', true) FROM pg_catalog.pg_settings \
+                 WHERE name = 'maintenance_work_mem' AND setting::bigint < 1048576",
+            )
+            .await
+            .map_err(|e| pg_error(e, "raising maintenance_work_mem for the key build"))?;
         self.client.batch_execute(&sql).await.map_err(|e| {
             pg_error(e, "adding the primary key after the snapshot load")
                 .with("table", t.display.clone())
@@ -242,7 +277,7 @@ impl PostgresWriter {
                 ))
                 .with_fix("restart the pipeline so it creates the target tables")
             })?;
-        let target = Arc::new(map_target(table, &pg)?);
+        let target = Arc::new(map_target(table, &pg, self.shared.major)?);
         self.shared
             .targets
             .lock()
@@ -520,6 +555,26 @@ impl SinkWriter for PostgresWriter {
         }
         let rows: Vec<&Vec<Value>> = rows.iter().collect();
         self.copy_rows(&t, &t.qualified, &rows).await
+    }
+
+    async fn load_encoded(&mut self, table: &TableRef, rows: EncodedRows) -> Result<()> {
+        if rows.rows == 0 {
+            return Ok(());
+        }
+        let t = self.target(table).await?;
+        if t.encoding.as_deref() != Some(rows.encoding.as_str()) {
+            return Err(Error::fatal(format!(
+                "target table {} no longer has the column types the snapshot of {} was \
+                 started for ({})",
+                t.display, table.name, rows.encoding
+            ))
+            .with_fix("restart the pipeline: it copies the remaining rows decoded"));
+        }
+        self.send_begin().await?;
+        if !self.loaded.iter().any(|l| l.name == table.name) {
+            self.loaded.push(table.clone());
+        }
+        self.copy_encoded(&t, rows.data).await
     }
 
     async fn clear_table(&mut self, table: &TableRef) -> Result<()> {

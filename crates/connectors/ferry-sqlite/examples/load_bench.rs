@@ -112,6 +112,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .snapshot(vec![SnapshotRequest {
             table: table.clone(),
             skip: vec![],
+            encoding: None,
         }])
         .await?;
     let mut read = 0;

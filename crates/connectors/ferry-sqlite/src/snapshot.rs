@@ -18,7 +18,7 @@ use std::path::PathBuf;
 
 use async_trait::async_trait;
 use ferry_core::{
-    Error, KeyRange, Position, Result, SnapshotChunk, SnapshotReader, SnapshotRequest,
+    ChunkRows, Error, KeyRange, Position, Result, SnapshotChunk, SnapshotReader, SnapshotRequest,
     SqlitePosition, TableRef, Value,
 };
 use rusqlite::Connection;
@@ -164,7 +164,7 @@ fn copy_table(
     let send = |rows: Vec<Vec<Value>>, range: KeyRange, table_done: bool| {
         tx.blocking_send(Ok(Some(SnapshotChunk {
             table: TableRef::clone(table),
-            rows,
+            rows: ChunkRows::Values(rows),
             range,
             table_done,
         })))

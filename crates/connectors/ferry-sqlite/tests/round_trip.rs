@@ -39,6 +39,7 @@ async fn snapshot_and_changes_round_trip_into_a_sqlite_target() {
         .snapshot(vec![SnapshotRequest {
             table: table.clone(),
             skip: vec![],
+            encoding: None,
         }])
         .await
         .unwrap();
@@ -46,7 +47,10 @@ async fn snapshot_and_changes_round_trip_into_a_sqlite_target() {
     let mut writer = sink.writer().await.unwrap();
     writer.begin().await.unwrap();
     while let Some(chunk) = reader.next_chunk().await.unwrap() {
-        writer.load(&chunk.table, &chunk.rows).await.unwrap();
+        writer
+            .load(&chunk.table, chunk.rows.values())
+            .await
+            .unwrap();
     }
     writer.commit(&[]).await.unwrap();
 

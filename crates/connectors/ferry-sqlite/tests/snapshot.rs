@@ -44,6 +44,7 @@ async fn chunks_cover_the_table_in_key_ranges() {
                 lower: None,
                 upper: key(5),
             }],
+            encoding: None,
         }])
         .await
         .unwrap();
@@ -86,6 +87,7 @@ async fn an_empty_table_yields_one_done_chunk() {
         .snapshot(vec![SnapshotRequest {
             table,
             skip: vec![],
+            encoding: None,
         }])
         .await
         .unwrap();
@@ -117,15 +119,16 @@ async fn composite_keys_chunk_with_row_values() {
         .snapshot(vec![SnapshotRequest {
             table: table.clone(),
             skip,
+            encoding: None,
         }])
         .await
         .unwrap();
     let mut rows = Vec::new();
     while let Some(c) = reader.next_chunk().await.unwrap() {
-        for r in &c.rows {
+        for r in c.rows.values() {
             assert!(c.range.contains(&table.key_of(r)));
         }
-        rows.extend(c.rows);
+        rows.extend(c.rows.into_values());
     }
     assert_eq!(rows.len(), 6);
     assert_eq!(rows[0], vec![Value::Text("x".into()), Value::Int(2)]);
@@ -188,6 +191,7 @@ async fn snapshot_plus_stream_equals_the_final_table() {
         .snapshot(vec![SnapshotRequest {
             table: table.clone(),
             skip: vec![],
+            encoding: None,
         }])
         .await
         .unwrap();
@@ -196,7 +200,7 @@ async fn snapshot_plus_stream_equals_the_final_table() {
     let mut chunks = 0;
     while let Some(c) = reader.next_chunk().await.unwrap() {
         chunks += 1;
-        for r in c.rows {
+        for r in c.rows.into_values() {
             assert!(
                 model.insert(table.key_of(&r), r).is_none(),
                 "row twice in the snapshot"

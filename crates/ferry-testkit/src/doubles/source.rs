@@ -5,8 +5,8 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use ferry_core::{
-    CheckItem, Error, KeyRange, Position, Result, SnapshotChunk, SnapshotReader, SnapshotRequest,
-    Source, SourceEvent, TableRef, Transaction, Value,
+    CheckItem, ChunkRows, Error, KeyRange, Position, Result, SnapshotChunk, SnapshotReader,
+    SnapshotRequest, Source, SourceEvent, TableRef, Transaction, Value,
 };
 
 use super::db::{MemoryDb, Rows};
@@ -317,7 +317,7 @@ fn table_chunks(
 fn chunk(table: &TableRef, rows: Vec<Vec<Value>>, range: KeyRange) -> SnapshotChunk {
     SnapshotChunk {
         table: table.clone(),
-        rows,
+        rows: ChunkRows::Values(rows),
         range,
         table_done: false,
     }
@@ -462,6 +462,7 @@ mod tests {
             .snapshot(vec![SnapshotRequest {
                 table: table(),
                 skip,
+                encoding: None,
             }])
             .await
             .unwrap();
@@ -469,7 +470,7 @@ mod tests {
         db.commit(vec![ins(100)]);
         let mut chunks = Vec::new();
         while let Some(c) = reader.next_chunk().await.unwrap() {
-            let keys: Vec<Value> = c.rows.iter().map(|r| r[0].clone()).collect();
+            let keys: Vec<Value> = c.rows.values().iter().map(|r| r[0].clone()).collect();
             chunks.push((keys.len(), keys.first().cloned(), c.range, c.table_done));
         }
         assert_eq!(

@@ -68,6 +68,7 @@ pub fn requests(tables: &[TableRef]) -> Vec<SnapshotRequest> {
         .map(|t| SnapshotRequest {
             table: t.clone(),
             skip: Vec::new(),
+            encoding: None,
         })
         .collect()
 }

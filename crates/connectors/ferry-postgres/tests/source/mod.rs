@@ -49,7 +49,7 @@ async fn snapshot_is_consistent_parallel_and_hands_off_exactly_to_the_stream() {
         match c.table.name.name.as_str() {
             "big" => {
                 assert!(c.rows.len() <= 50_000);
-                for r in &c.rows {
+                for r in c.rows.values() {
                     let key = c.table.key_of(r);
                     assert!(
                         c.range.contains(&key) || c.range.lower == c.range.upper,
@@ -122,13 +122,14 @@ async fn restart_takes_a_new_snapshot_and_skips_copied_ranges() {
         .snapshot(vec![SnapshotRequest {
             table: tables[0].clone(),
             skip,
+            encoding: None,
         }])
         .await
         .unwrap();
     let second_pos = reader.position().clone();
     assert!(second_pos > first_pos, "a new, later snapshot");
     let chunks = drain(reader).await;
-    let rows: Vec<&Vec<Value>> = chunks.iter().flat_map(|c| &c.rows).collect();
+    let rows: Vec<&Vec<Value>> = chunks.iter().flat_map(|c| c.rows.values()).collect();
     assert_eq!(rows.len(), 501, "501..=1001 copied, 1..=500 skipped");
     assert!(rows.iter().all(|r| r[0] > Value::Int(500)));
     assert!(

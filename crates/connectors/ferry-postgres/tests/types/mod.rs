@@ -2,7 +2,7 @@
 //! through the snapshot (binary COPY both ways) and through change
 //! capture (binary pgoutput, applied as upserts).
 
-use ferry_core::{ColumnType, Sink, Source, Step, TableOps};
+use ferry_core::{ChunkRows, ColumnType, Sink, Source, Step, TableOps};
 use ferry_postgres::{PostgresSink, PostgresSinkConfig};
 
 use crate::common::{drain, next_commit, requests, source};
@@ -97,7 +97,7 @@ async fn every_supported_type_round_trips_through_snapshot_and_stream() {
     let mut w = sink.writer().await.unwrap();
     w.begin().await.unwrap();
     for c in &chunks {
-        w.load(&c.table, &c.rows).await.unwrap();
+        w.load(&c.table, c.rows.values()).await.unwrap();
     }
     w.commit(&[]).await.unwrap();
     let expected = render(&pg, "src");
@@ -126,4 +126,118 @@ async fn every_supported_type_round_trips_through_snapshot_and_stream() {
         pg.psql_in("dst", "SELECT format_type(atttypid, atttypmod) FROM pg_attribute WHERE attrelid = 'every'::regclass AND attname IN ('e', 'ip', 'dm', 'ae', 'j', 'jb') ORDER BY attnum"),
         "json\njsonb\ntext\ntext\ninteger\ntext[]"
     );
+}
+
+/// The built-in types of `every` that ferry creates with the same type on a
+/// PostgreSQL target (not inet/cidr, which land as text), in a table of
+/// their own.
+const PLAIN: &str = "
+    CREATE TABLE plain AS SELECT id, i2, i8, n, nu, f4, f8, t, vc, c, b, bo, d, tm, ts, tstz, iv,
+        u, j, jb, ai, at FROM every;
+    ALTER TABLE plain ADD PRIMARY KEY (id);";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn built_in_types_pass_through_undecoded_from_postgres_to_postgres() {
+    let pg = ferry_testkit::PostgresServer::start();
+    let src_url = pg.create_database("src");
+    let dst_url = pg.create_database("dst");
+    pg.psql_in("src", SCHEMA);
+    pg.psql_in("src", ROWS);
+    pg.psql_in("src", PLAIN);
+    // Enough rows for several chunks of one key range (20,000 rows each).
+    pg.psql_in(
+        "src",
+        "INSERT INTO plain (id, t, n, ai) SELECT g, 'row ' || g, g / 100.0, ARRAY[g] \
+         FROM generate_series(10, 45009) g; ANALYZE plain",
+    );
+    let mut src = source(&src_url, "passthrough").await;
+    let tables = src.tables().await.unwrap();
+    let by_name = |n: &str| tables.iter().find(|t| t.name.name == n).unwrap().clone();
+    let (every, plain) = (by_name("every"), by_name("plain"));
+    let encoding = src
+        .row_encoding(&plain)
+        .expect("built-in types pass through");
+    assert!(
+        encoding.starts_with("postgresql-15-binary-copy("),
+        "{encoding}"
+    );
+    assert_eq!(
+        src.row_encoding(&every),
+        None,
+        "enums and domains are decoded"
+    );
+
+    let sink = PostgresSink::connect(PostgresSinkConfig {
+        url: dst_url.clone(),
+        pipeline: "passthrough".into(),
+    })
+    .await
+    .unwrap();
+    sink.ensure_tables(&tables).await.unwrap();
+    assert_eq!(
+        sink.row_encoding(&plain).await.unwrap(),
+        Some(encoding.clone())
+    );
+    // `every` lands with enums as text: not the source's encoding.
+    assert_ne!(
+        sink.row_encoding(&every).await.unwrap(),
+        src.row_encoding(&every)
+    );
+
+    src.prepare().await.unwrap();
+    let mut reqs = requests(std::slice::from_ref(&plain));
+    reqs[0].encoding = Some(encoding.clone());
+    let chunks = drain(src.snapshot(reqs).await.unwrap()).await;
+    assert!(chunks.len() >= 3, "{} chunks", chunks.len());
+    let mut w = sink.writer().await.unwrap();
+    let mut rows = 0;
+    for c in chunks {
+        rows += c.rows.len();
+        let ChunkRows::Encoded(e) = c.rows else {
+            panic!("asked for encoded rows, got values")
+        };
+        assert_eq!(e.encoding, encoding);
+        w.begin().await.unwrap();
+        w.load_encoded(&c.table, e).await.unwrap();
+        w.commit(&[]).await.unwrap();
+    }
+    assert_eq!(rows, 45_004);
+    let all = "SET extra_float_digits = 3; SELECT p::text FROM plain p ORDER BY id";
+    assert_eq!(pg.psql_in("dst", all), pg.psql_in("src", all));
+
+    // Rows in an encoding the target table does not have are refused.
+    let mut reqs = requests(std::slice::from_ref(&plain));
+    reqs[0].encoding = Some(encoding.clone());
+    let chunk = drain(src.snapshot(reqs).await.unwrap()).await.remove(0);
+    let ChunkRows::Encoded(mut e) = chunk.rows else {
+        panic!("values")
+    };
+    e.encoding = e.encoding.replace("postgresql-15", "postgresql-99");
+    w.begin().await.unwrap();
+    let err = w.load_encoded(&chunk.table, e).await.unwrap_err();
+    assert!(err.to_string().contains("column types"), "{err}");
+    w.rollback().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_target_column_of_another_type_makes_the_rows_decoded() {
+    let pg = ferry_testkit::PostgresServer::start();
+    let src_url = pg.create_database("src");
+    let dst_url = pg.create_database("dst");
+    pg.psql_in("src", "CREATE TABLE t (id int PRIMARY KEY, v int)");
+    pg.psql_in("dst", "CREATE TABLE t (id int PRIMARY KEY, v bigint)");
+    let mut src = source(&src_url, "widened").await;
+    let tables = src.tables().await.unwrap();
+    let sink = PostgresSink::connect(PostgresSinkConfig {
+        url: dst_url,
+        pipeline: "widened".into(),
+    })
+    .await
+    .unwrap();
+    sink.ensure_tables(&tables).await.unwrap();
+    let from_source = src.row_encoding(&tables[0]);
+    assert!(from_source.is_some());
+    let at_target = sink.row_encoding(&tables[0]).await.unwrap();
+    assert!(at_target.is_some());
+    assert_ne!(at_target, from_source, "int into bigint must be decoded");
 }
