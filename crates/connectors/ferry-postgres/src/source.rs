@@ -475,23 +475,6 @@ impl Source for PostgresSource {
         self.exported = None;
         let from = from.map(Position::as_postgres).transpose()?;
         let slot = self.slot_name();
-        match self.slot_state().await? {
-            None => {
-                return Err(Error::fatal(format!("replication slot {slot} does not exist"))
-                    .with_fix("the slot was dropped: `ferry reset` and start again to copy the tables afresh"));
-            }
-            Some((_, Some(pid), _, _)) => {
-                return Err(slot_error(
-                    CommandError::Server(crate::replication::ServerError {
-                        code: "55006".into(),
-                        message: format!("active for PID {pid}"),
-                        detail: None,
-                    }),
-                    &slot,
-                ));
-            }
-            Some(_) => {}
-        }
         // Status updates go out at a third of the server's timeout (at most
         // every 10 s), read or not, so a busy pipeline keeps its stream.
         let timeout_ms: i64 = self
@@ -507,7 +490,6 @@ impl Source for PostgresSource {
             t if t > 0 => Duration::from_millis((t as u64 / 3).clamp(100, 10_000)),
             _ => Duration::from_secs(10),
         };
-        let mut conn = ReplicationConn::connect(&self.endpoint).await?;
         let start = from.as_ref().map(start_lsn).unwrap_or_default();
         let sql = format!(
             "START_REPLICATION SLOT {} LOGICAL {start} (proto_version '1', publication_names {}, \
@@ -515,9 +497,51 @@ impl Source for PostgresSource {
             ident(&slot),
             quote_literal(&slot)
         );
-        conn.start_replication(&sql)
-            .await
-            .map_err(|e| slot_error(e, &slot))?;
+        // Holding the pipeline's lock, a session still on the slot belongs
+        // to a runner that is gone (killed, or cut off by the network) and
+        // the server ends it by wal_sender_timeout at the latest: wait for
+        // that rather than fail. Without the lock, fail at once.
+        let patience = if self.fenced {
+            Duration::from_millis(timeout_ms.clamp(0, 120_000) as u64) + Duration::from_secs(5)
+        } else {
+            Duration::ZERO
+        };
+        let deadline = tokio::time::Instant::now() + patience;
+        let mut waited = false;
+        let conn = loop {
+            let busy = match self.slot_state().await? {
+                None => {
+                    return Err(Error::fatal(format!("replication slot {slot} does not exist"))
+                        .with_fix("the slot was dropped: `ferry reset` and start again to copy the tables afresh"));
+                }
+                Some((_, Some(pid), _, _)) => {
+                    CommandError::Server(crate::replication::ServerError {
+                        code: "55006".into(),
+                        message: format!("active for PID {pid}"),
+                        detail: None,
+                    })
+                }
+                Some(_) => {
+                    let mut conn = ReplicationConn::connect(&self.endpoint).await?;
+                    match conn.start_replication(&sql).await {
+                        Ok(()) => break conn,
+                        Err(CommandError::Server(e)) if e.code == "55006" => {
+                            CommandError::Server(e)
+                        }
+                        Err(e) => return Err(slot_error(e, &slot)),
+                    }
+                }
+            };
+            if tokio::time::Instant::now() >= deadline {
+                return Err(slot_error(busy, &slot));
+            }
+            if !waited {
+                waited = true;
+                tracing::info!(slot = %slot, patience = ?patience,
+                    "the slot is still held by a session of an earlier runner; waiting for the server to end it");
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        };
         tracing::info!(slot = %slot, from = %start, "streaming changes");
         self.stream = Some(Stream::new(conn, from, self.heartbeat, status_every, slot));
         Ok(())

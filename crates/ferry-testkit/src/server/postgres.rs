@@ -264,6 +264,12 @@ impl PostgresServer {
         Ok(())
     }
 
+    /// The path of a program of this server's version (`pg_recvlogical`,
+    /// `pg_dump`, ...).
+    pub fn program(&self, name: &str) -> PathBuf {
+        self.bin_dir.join(name)
+    }
+
     /// The TCP port (on 127.0.0.1).
     pub fn port(&self) -> u16 {
         self.port

@@ -376,3 +376,92 @@ async fn a_stream_nobody_reads_for_a_while_survives_wal_sender_timeout() {
         pg.log_tail(20)
     );
 }
+
+/// Starts `pg_recvlogical` on ferry's slot of `pipeline`, as a session an
+/// earlier runner left behind, and waits until it holds the slot.
+fn hold_slot(pg: &ferry_testkit::PostgresServer, url: &str, pipeline: &str) -> std::process::Child {
+    let slot = format!("ferry_{pipeline}");
+    let child = std::process::Command::new(pg.program("pg_recvlogical"))
+        .args([
+            "-d",
+            url,
+            "-S",
+            &slot,
+            "--start",
+            "--no-loop",
+            "-f",
+            "/dev/null",
+        ])
+        .args(["-o", "proto_version=1", "-o"])
+        .arg(format!("publication_names={slot}"))
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("pg_recvlogical");
+    let active = format!("SELECT active FROM pg_replication_slots WHERE slot_name = '{slot}'");
+    ferry_testkit::eventually_blocking("the slot is held", Duration::from_secs(30), || {
+        (pg.psql_in("src", &active) == "t").then_some(())
+    });
+    child
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slot_still_held_by_an_earlier_runners_session_is_waited_for() {
+    let (pg, url) = server_with_db("src");
+    pg.psql_in("src", "CREATE TABLE t (id int PRIMARY KEY)");
+    drop(streaming(&url, "held").await);
+    let active = "SELECT active FROM pg_replication_slots WHERE slot_name = 'ferry_held'";
+    eventually(
+        "the first runner's session ends",
+        Duration::from_secs(30),
+        || async { (pg.psql_in("src", active) == "f").then_some(()) },
+    )
+    .await;
+
+    // Released after a while (as the server ends a dead runner's session):
+    // the runner holding the pipeline's lock waits for it.
+    let mut holder = hold_slot(&pg, &url, "held");
+    let mut src = source(&url, "held").await;
+    src.tables().await.unwrap();
+    src.prepare().await.unwrap();
+    let release = std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_millis(1500)); // the moment the old session ends
+        holder.kill().unwrap();
+        holder.wait().unwrap();
+    });
+    let started = std::time::Instant::now();
+    src.start_stream(None, &[]).await.unwrap();
+    assert!(started.elapsed() >= Duration::from_secs(1), "it waited");
+    release.join().unwrap();
+    pg.psql_in("src", "INSERT INTO t VALUES (1)");
+    let t = next_commit(&mut src).await;
+    assert!(matches!(&t.changes[0], Change::Insert { row, .. } if row[0] == Value::Int(1)));
+    drop(src);
+    eventually(
+        "the runner's session ends",
+        Duration::from_secs(30),
+        || async { (pg.psql_in("src", active) == "f").then_some(()) },
+    )
+    .await;
+
+    // Never released: after wal_sender_timeout (1 s here) and 5 s more,
+    // the slot is reported in use.
+    pg.psql_in(
+        "src",
+        "ALTER SYSTEM SET wal_sender_timeout = '1s'; SELECT pg_reload_conf()",
+    );
+    let mut holder = hold_slot(&pg, &url, "held");
+    let mut src = source(&url, "held").await;
+    src.tables().await.unwrap();
+    src.prepare().await.unwrap();
+    let started = std::time::Instant::now();
+    let err = src.start_stream(None, &[]).await.unwrap_err();
+    assert!(err.message().contains("in use"), "{}", err.report());
+    assert!(
+        started.elapsed() >= Duration::from_secs(5),
+        "{:?}",
+        started.elapsed()
+    );
+    holder.kill().unwrap();
+    holder.wait().unwrap();
+}
