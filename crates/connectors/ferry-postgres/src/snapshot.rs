@@ -36,6 +36,12 @@ use crate::types::{Kind, quote_literal};
 
 /// Rows per chunk sent to the pipeline.
 pub(crate) const CHUNK_ROWS: usize = 20_000;
+/// Rows per chunk of encoded rows: each chunk is one `COPY` on the target,
+/// and a `COPY` costs about 1.5 ms beyond its rows (a 5 M-row table
+/// loaded in 20,000-row `COPY`s took 14 % longer than in one, in
+/// 50,000-row ones 6 % longer). Encoded rows take no more memory than
+/// their bytes, so chunks can be larger than decoded ones.
+const ENCODED_CHUNK_ROWS: usize = 60_000;
 /// Bytes per chunk of encoded rows (wide rows make smaller chunks).
 const CHUNK_BYTES: usize = 8 << 20;
 
@@ -184,7 +190,7 @@ async fn plan(client: &Client, req: &SnapshotRequest, pg: &PgTable) -> Result<Ve
         let (tmin, tmax): (Option<i64>, Option<i64>) = (all_span.get(0), all_span.get(1));
         let span = (tmax.unwrap_or(0) as i128 - tmin.unwrap_or(0) as i128 + 1).max(1);
         let rows = if est > 0.0 { est as i128 } else { span };
-        let width = (span * CHUNK_ROWS as i128 / rows.max(1)).max(1);
+        let width = (span * chunk_rows(&req.encoding) as i128 / rows.max(1)).max(1);
         for gap in gaps {
             let mut sql = format!(
                 "SELECT min({k})::int8, max({k})::int8 FROM {}",
@@ -245,6 +251,15 @@ async fn plan(client: &Client, req: &SnapshotRequest, pg: &PgTable) -> Result<Ve
         .collect())
 }
 
+/// Rows per chunk, decoded or encoded.
+fn chunk_rows(encoding: &Option<String>) -> usize {
+    if encoding.is_some() {
+        ENCODED_CHUNK_ROWS
+    } else {
+        CHUNK_ROWS
+    }
+}
+
 type ChunkSender = mpsc::Sender<Result<SnapshotChunk>>;
 
 async fn copy_work(client: &Client, work: &Work, tx: &ChunkSender) -> Result<()> {
@@ -266,13 +281,10 @@ async fn copy_work(client: &Client, work: &Work, tx: &ChunkSender) -> Result<()>
     let mut dec = CopyDecoder::new();
     let mut lower = work.range.lower.clone();
     let mut batch = Batch::new(job);
-    // Unordered pieces are planned to hold about CHUNK_ROWS rows; a denser
+    // Unordered pieces are planned to hold about a chunk's rows; a denser
     // piece is sent in parts that claim no range until its last one.
-    let limit = if work.ordered {
-        CHUNK_ROWS
-    } else {
-        CHUNK_ROWS * 5 / 2
-    };
+    let chunk = chunk_rows(&job.encoding);
+    let limit = if work.ordered { chunk } else { chunk * 5 / 2 };
     while let Some(data) = stream.next().await {
         dec.push(data.map_err(failed)?);
         while batch.read(&mut dec, job)? {
@@ -352,7 +364,7 @@ impl Batch {
             Batch::Encoded { data, rows, last } => match dec.next_tuple(job.kinds.len())? {
                 Some(tuple) => {
                     if data.is_empty() {
-                        data.reserve(CHUNK_BYTES.min(tuple.len() * CHUNK_ROWS) + 4096);
+                        data.reserve(CHUNK_BYTES.min(tuple.len() * ENCODED_CHUNK_ROWS) + 4096);
                     }
                     data.extend_from_slice(&tuple);
                     *rows += 1;

@@ -144,11 +144,11 @@ async fn built_in_types_pass_through_undecoded_from_postgres_to_postgres() {
     pg.psql_in("src", SCHEMA);
     pg.psql_in("src", ROWS);
     pg.psql_in("src", PLAIN);
-    // Enough rows for several chunks of one key range (20,000 rows each).
+    // Enough rows for several chunks (60,000 encoded rows each).
     pg.psql_in(
         "src",
         "INSERT INTO plain (id, t, n, ai) SELECT g, 'row ' || g, g / 100.0, ARRAY[g] \
-         FROM generate_series(10, 45009) g; ANALYZE plain",
+         FROM generate_series(10, 150009) g; ANALYZE plain",
     );
     let mut src = source(&src_url, "passthrough").await;
     let tables = src.tables().await.unwrap();
@@ -201,7 +201,7 @@ async fn built_in_types_pass_through_undecoded_from_postgres_to_postgres() {
         w.load_encoded(&c.table, e).await.unwrap();
         w.commit(&[]).await.unwrap();
     }
-    assert_eq!(rows, 45_004);
+    assert_eq!(rows, 150_004);
     let all = "SET extra_float_digits = 3; SELECT p::text FROM plain p ORDER BY id";
     assert_eq!(pg.psql_in("dst", all), pg.psql_in("src", all));
 
