@@ -107,7 +107,10 @@ pub(crate) async fn start(
         "snapshot: copying inside the exported snapshot"
     );
     let queue = Arc::new(Mutex::new(queue));
-    let (tx, rx) = mpsc::channel(workers * 2);
+    // One finished chunk per worker may wait: with the one each worker
+    // fills, and those the pipeline holds, memory stays a few chunks per
+    // worker whatever the table size.
+    let (tx, rx) = mpsc::channel(workers);
     let mut tasks = Vec::new();
     for client in clients {
         let (queue, tx) = (queue.clone(), tx.clone());
@@ -364,7 +367,11 @@ impl Batch {
             Batch::Encoded { data, rows, last } => match dec.next_tuple(job.kinds.len())? {
                 Some(tuple) => {
                     if data.is_empty() {
-                        data.reserve(CHUNK_BYTES.min(tuple.len() * ENCODED_CHUNK_ROWS) + 4096);
+                        // Once, with room for a row past the cap: no doubling.
+                        data.reserve(
+                            CHUNK_BYTES.min(tuple.len() * ENCODED_CHUNK_ROWS * 5 / 4)
+                                + tuple.len().max(64 << 10),
+                        );
                     }
                     data.extend_from_slice(&tuple);
                     *rows += 1;
