@@ -201,6 +201,12 @@ pub(crate) fn ddl_type(ty: &ColumnType, source_type: &str) -> Result<String> {
             max_len: Some(n),
             fixed: false,
         } if *n >= 1 => format!("character varying({n})"),
+        // Addresses keep their type (a PostgreSQL source names it): they
+        // travel as text, which the target parses back.
+        ColumnType::Text {
+            max_len: None,
+            fixed: false,
+        } if matches!(base_type(source_type).as_str(), "inet" | "cidr") => base_type(source_type),
         ColumnType::Text { .. } | ColumnType::Dynamic => "text".into(),
         ColumnType::Bytes => "bytea".into(),
         ColumnType::Date => "date".into(),
@@ -210,8 +216,7 @@ pub(crate) fn ddl_type(ty: &ColumnType, source_type: &str) -> Result<String> {
         ColumnType::Interval => "interval".into(),
         ColumnType::Uuid => "uuid".into(),
         ColumnType::Json => {
-            let st = source_type.trim_end_matches("[]").to_ascii_lowercase();
-            if st == "json" {
+            if base_type(source_type) == "json" {
                 "json".into()
             } else {
                 "jsonb".into()
@@ -226,6 +231,14 @@ pub(crate) fn ddl_type(ty: &ColumnType, source_type: &str) -> Result<String> {
             format!("{}[]", ddl_type(inner, source_type)?)
         }
     })
+}
+
+/// The element type a source named, lower case, without array brackets.
+fn base_type(source_type: &str) -> String {
+    source_type
+        .trim_end_matches("[]")
+        .trim()
+        .to_ascii_lowercase()
 }
 
 /// Whether a ferry column of type `from` can be written into a target
