@@ -211,9 +211,13 @@ impl Bench {
         if let Some(with_key) = table {
             self.dst.connect(db)?.exec(&ddl(with_key))?;
         }
-        // Each method starts without dirty buffers of the previous one.
+        // Each method starts without dirty buffers of the previous one, and
+        // without its dirty pages in the OS: the kernel's writeback of
+        // earlier methods' gigabytes would otherwise slow whichever method
+        // runs later.
         self.dst.checkpoint()?;
-        self.src.checkpoint()
+        self.src.checkpoint()?;
+        sync_os()
     }
 
     /// The binary COPY pipe into `db`; with `key_after`, into a table
@@ -728,6 +732,7 @@ fn measure(opts: &PgOpts, b: &Bench, commit: String) -> Res<Results> {
     let fp_cdc = fingerprint(&b.src, "src")?;
     b.src.checkpoint()?;
     b.dst.checkpoint()?;
+    sync_os()?;
     let timeout = timeout_for(backlog.transactions, Duration::from_millis(1));
 
     eprintln!("== CDC backlog: native logical replication (ALTER SUBSCRIPTION … ENABLE)");
@@ -778,6 +783,7 @@ fn measure(opts: &PgOpts, b: &Bench, commit: String) -> Res<Results> {
 
     eprintln!("== CDC backlog: ferry");
     b.dst.checkpoint()?;
+    sync_os()?;
     let pipeline = b.work.join(format!("{PIPELINE}.toml"));
     let log = b.work.join(format!("{PIPELINE}.log"));
     let mut probe = b.dst.connect("ferry")?;
@@ -1016,4 +1022,13 @@ fn live(
     let fp = fingerprint(&b.src, "src")?;
     guard("ferry's live CDC", &fp, &b.dst, "ferry")?;
     Ok(result)
+}
+
+/// `sync`: writes the OS's dirty pages out and waits for it.
+fn sync_os() -> Res<()> {
+    let status = Command::new("sync").status().ctx(|| "running sync".into())?;
+    if !status.success() {
+        return Err(format!("sync failed: {status}").into());
+    }
+    Ok(())
 }
