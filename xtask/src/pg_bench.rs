@@ -1026,9 +1026,11 @@ fn live(
 
 /// `sync`: writes the OS's dirty pages out and waits for it.
 fn sync_os() -> Res<()> {
-    let status = Command::new("sync").status().ctx(|| "running sync".into())?;
+    let status = Command::new("sync")
+        .status()
+        .ctx(|| "running sync".into())?;
     if !status.success() {
-        return Err(format!("sync failed: {status}").into());
+        return Err(format!("sync failed: {status}"));
     }
     Ok(())
 }

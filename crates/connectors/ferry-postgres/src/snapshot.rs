@@ -41,9 +41,11 @@ pub(crate) const CHUNK_ROWS: usize = 20_000;
 /// loaded in 20,000-row `COPY`s took 14 % longer than in one, in
 /// 50,000-row ones 6 % longer). Encoded rows take no more memory than
 /// their bytes, so chunks can be larger than decoded ones.
-const ENCODED_CHUNK_ROWS: usize = 60_000;
-/// Bytes per chunk of encoded rows (wide rows make smaller chunks).
-const CHUNK_BYTES: usize = 8 << 20;
+const ENCODED_CHUNK_ROWS: usize = 40_000;
+/// Bytes per chunk of encoded rows (wide rows make smaller chunks). With
+/// 4 workers at most about 20 chunks are in flight (filling, waiting,
+/// queued in the pipeline, being written): under 100 MiB.
+const CHUNK_BYTES: usize = 4 << 20;
 
 /// What one table's copy needs.
 struct TableJob {
@@ -366,12 +368,11 @@ impl Batch {
             },
             Batch::Encoded { data, rows, last } => match dec.next_tuple(job.kinds.len())? {
                 Some(tuple) => {
-                    if data.is_empty() {
-                        // Once, with room for a row past the cap: no doubling.
-                        data.reserve(
-                            CHUNK_BYTES.min(tuple.len() * ENCODED_CHUNK_ROWS * 5 / 4)
-                                + tuple.len().max(64 << 10),
-                        );
+                    if data.capacity() == 0 {
+                        // Always the same size, with room for a row past the
+                        // cap: no doubling, and freed buffers fit the next
+                        // ones exactly (no allocator fragmentation).
+                        data.reserve_exact(CHUNK_BYTES + (64 << 10));
                     }
                     data.extend_from_slice(&tuple);
                     *rows += 1;

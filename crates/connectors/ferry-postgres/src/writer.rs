@@ -137,7 +137,14 @@ impl PostgresWriter {
         let mut framing = BytesMut::with_capacity(32);
         copy::copy_header(&mut framing);
         sink.feed(framing.split().freeze()).await.map_err(fail)?;
-        sink.feed(bytes::Bytes::from(tuples)).await.map_err(fail)?;
+        // Sent (and flushed) a piece at a time: the connection copies what
+        // it is given into its write buffer, which would otherwise grow to
+        // a whole chunk per connection and stay that large.
+        let tuples = bytes::Bytes::from(tuples);
+        for at in (0..tuples.len()).step_by(COPY_PIECE * 4) {
+            let end = tuples.len().min(at + COPY_PIECE * 4);
+            sink.send(tuples.slice(at..end)).await.map_err(fail)?;
+        }
         copy::copy_trailer(&mut framing);
         sink.send(framing.freeze()).await.map_err(fail)?;
         sink.finish().await.map_err(fail)?;

@@ -143,7 +143,7 @@ async fn built_in_types_pass_through_undecoded_from_postgres_to_postgres() {
     pg.psql_in("src", SCHEMA);
     pg.psql_in("src", ROWS);
     pg.psql_in("src", PLAIN);
-    // Enough rows for several chunks (60,000 encoded rows each).
+    // Enough rows for several chunks (40,000 encoded rows each).
     pg.psql_in(
         "src",
         "INSERT INTO plain (id, t, n, ai) SELECT g, 'row ' || g, g / 100.0, ARRAY[g] \
