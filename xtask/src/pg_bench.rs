@@ -45,6 +45,8 @@ const PIPELINE: &str = "bench";
 const SMALL_PIPELINE: &str = "bench_small";
 const NATIVE_SUB: &str = "native_sub";
 const NATIVE_PUB: &str = "native_pub";
+/// The slot `pg_recvlogical` reads the CDC backlog from (decoding alone).
+const DECODE_SLOT: &str = "bench_decode";
 /// PostgreSQL's `wal_retrieve_retry_interval` default.
 const LAUNCHER_INTERVAL: Duration = Duration::from_secs(5);
 
@@ -492,6 +494,73 @@ fn native_applied(c: &mut Client) -> Res<Option<u64>> {
 /// position `m`, then one no-op change to t committed after it. Every
 /// earlier transaction ends at or before `m`; an applier whose position is
 /// past `m` has applied all of them. Returns `m`.
+impl Bench {
+    /// Reads the backlog from [`DECODE_SLOT`] with `pg_recvlogical` (pgoutput,
+    /// binary, ferry's publication) to `/dev/null` until the end marker;
+    /// returns the seconds from its start to its exit and drops the slot.
+    fn decode_only(&self, marker: u64, timeout: Duration) -> Res<f64> {
+        let endpos = format!("{:X}/{:X}", marker >> 32, marker & 0xffff_ffff);
+        let mut cmd = self.tool("pg_recvlogical");
+        cmd.args([
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &self.src.port.to_string(),
+            "-U",
+            "postgres",
+        ])
+        .args([
+            "-d",
+            "src",
+            "-S",
+            DECODE_SLOT,
+            "--start",
+            "--no-loop",
+            "-f",
+            "/dev/null",
+        ])
+        .args([
+            "-E",
+            &endpos,
+            "-o",
+            "proto_version=1",
+            "-o",
+            "binary=true",
+            "-o",
+        ])
+        .arg(format!("publication_names=ferry_{PIPELINE}"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+        let t = Instant::now();
+        let mut child = cmd.spawn().ctx(|| "starting pg_recvlogical".into())?;
+        let status = loop {
+            if let Some(status) = child
+                .try_wait()
+                .ctx(|| "waiting for pg_recvlogical".into())?
+            {
+                break status;
+            }
+            if t.elapsed() > timeout {
+                let _ = child.kill();
+                return Err("pg_recvlogical did not reach the end marker in time".into());
+            }
+            std::thread::sleep(process::POLL);
+        };
+        let secs = t.elapsed().as_secs_f64();
+        if !status.success() {
+            let mut err = String::new();
+            if let Some(mut e) = child.stderr.take() {
+                let _ = std::io::Read::read_to_string(&mut e, &mut err);
+            }
+            return Err(format!("pg_recvlogical failed ({status}): {err}"));
+        }
+        self.src
+            .connect("src")?
+            .exec(&format!("SELECT pg_drop_replication_slot('{DECODE_SLOT}')"))?;
+        Ok(secs)
+    }
+}
+
 fn end_marker(src: &mut Client) -> Res<u64> {
     let m = src
         .value("SELECT pg_current_wal_insert_lsn()")?
@@ -715,6 +784,10 @@ fn measure(opts: &PgOpts, b: &Bench, commit: String) -> Res<Results> {
         opts.clients,
         thousands(per_client)
     );
+    // A third slot, for reading the same backlog without applying it.
+    b.src.connect("src")?.exec(&format!(
+        "SELECT pg_create_logical_replication_slot('{DECODE_SLOT}', 'pgoutput')"
+    ))?;
     let started = Instant::now();
     let child = b
         .pgbench(opts, Some(per_client), None)?
@@ -780,6 +853,13 @@ fn measure(opts: &PgOpts, b: &Bench, commit: String) -> Res<Results> {
         &b.dst,
         "native",
     )?;
+
+    eprintln!("== CDC backlog: source decoding alone (pg_recvlogical to /dev/null)");
+    let decode_secs = b.decode_only(marker, timeout)?;
+    eprintln!(
+        "   pg_recvlogical: {decode_secs:.2} s ({} rows/s)",
+        rate(backlog.transactions, decode_secs)
+    );
 
     eprintln!("== CDC backlog: ferry");
     b.dst.checkpoint()?;
@@ -852,6 +932,7 @@ fn measure(opts: &PgOpts, b: &Bench, commit: String) -> Res<Results> {
             backlog,
             native_secs,
             native_worker_secs,
+            decode_secs,
             ferry: ferry_cdc,
         },
         live,

@@ -75,6 +75,9 @@ pub struct Cdc {
     pub native_secs: f64,
     /// From ENABLE until the apply worker showed in `pg_stat_subscription`.
     pub native_worker_secs: f64,
+    /// `pg_recvlogical` reading the same backlog from a slot of its own to
+    /// `/dev/null`: the source's decoding alone, what any applier is bound by.
+    pub decode_secs: f64,
     pub ferry: FerryRun,
 }
 
@@ -193,6 +196,13 @@ impl Results {
             None,
         );
         row(
+            "source decoding alone: `pg_recvlogical` from its own slot to `/dev/null` (start → exit at the end marker)",
+            n,
+            c.decode_secs,
+            Some(ferry_cdc_rate / per_s(n, c.decode_secs)),
+            None,
+        );
+        row(
             "**ferry CDC backlog**, same transactions (start → applied)",
             n,
             c.ferry.secs,
@@ -305,6 +315,14 @@ impl Results {
             rate(n, c.ferry.secs),
             rate(n, c.native_secs),
             verdict(vs_native >= CDC_VS_NATIVE)
+        );
+        let _ = writeln!(
+            o,
+            "  (the source's decoding alone delivered {} rows/s = {:.2}× native's apply; ferry applies \
+             at {:.0} % of it)",
+            rate(n, c.decode_secs),
+            per_s(n, c.decode_secs) / per_s(n, c.native_secs),
+            100.0 * ferry_cdc_rate / per_s(n, c.decode_secs)
         );
         if let Some(l) = &self.live {
             let _ = writeln!(

@@ -37,7 +37,14 @@ pub fn bin_dir() -> Res<PathBuf> {
 
 /// Checks that every tool the benchmark runs is there, with install hints.
 pub fn check_tools(bin: &Path) -> Res<()> {
-    for tool in ["initdb", "pg_ctl", "psql", "pg_dump", "pgbench"] {
+    for tool in [
+        "initdb",
+        "pg_ctl",
+        "psql",
+        "pg_dump",
+        "pgbench",
+        "pg_recvlogical",
+    ] {
         if !bin.join(tool).is_file() {
             return Err(format!(
                 "{} is missing; install PostgreSQL's server and client programs: \
