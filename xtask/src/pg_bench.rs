@@ -45,7 +45,7 @@ const PIPELINE: &str = "bench";
 const SMALL_PIPELINE: &str = "bench_small";
 const NATIVE_SUB: &str = "native_sub";
 const NATIVE_PUB: &str = "native_pub";
-/// The slot `pg_recvlogical` reads the CDC backlog from (decoding alone).
+/// The slot `pg_recvlogical` reads the CDC backlog from (no apply).
 const DECODE_SLOT: &str = "bench_decode";
 /// PostgreSQL's `wal_retrieve_retry_interval` default.
 const LAUNCHER_INTERVAL: Duration = Duration::from_secs(5);
@@ -854,7 +854,7 @@ fn measure(opts: &PgOpts, b: &Bench, commit: String) -> Res<Results> {
         "native",
     )?;
 
-    eprintln!("== CDC backlog: source decoding alone (pg_recvlogical to /dev/null)");
+    eprintln!("== CDC backlog: pg_recvlogical reading it to /dev/null (no apply)");
     let decode_secs = b.decode_only(marker, timeout)?;
     eprintln!(
         "   pg_recvlogical: {decode_secs:.2} s ({} rows/s)",

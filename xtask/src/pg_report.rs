@@ -76,7 +76,8 @@ pub struct Cdc {
     /// From ENABLE until the apply worker showed in `pg_stat_subscription`.
     pub native_worker_secs: f64,
     /// `pg_recvlogical` reading the same backlog from a slot of its own to
-    /// `/dev/null`: the source's decoding alone, what any applier is bound by.
+    /// `/dev/null`, applying nothing: PostgreSQL's own logical-decoding
+    /// client. Not a bound (it handles one message at a time), a reference.
     pub decode_secs: f64,
     pub ferry: FerryRun,
 }
@@ -196,7 +197,7 @@ impl Results {
             None,
         );
         row(
-            "source decoding alone: `pg_recvlogical` from its own slot to `/dev/null` (start → exit at the end marker)",
+            "`pg_recvlogical` reading the same backlog from its own slot to `/dev/null`, applying nothing (start → exit at the end marker)",
             n,
             c.decode_secs,
             Some(ferry_cdc_rate / per_s(n, c.decode_secs)),
@@ -318,8 +319,8 @@ impl Results {
         );
         let _ = writeln!(
             o,
-            "  (the source's decoding alone delivered {} rows/s = {:.2}× native's apply; ferry applies \
-             at {:.0} % of it)",
+            "  (`pg_recvlogical` only reading the backlog to /dev/null: {} rows/s = {:.2}× native's apply; \
+             ferry applies at {:.0} % of that rate)",
             rate(n, c.decode_secs),
             per_s(n, c.decode_secs) / per_s(n, c.native_secs),
             100.0 * ferry_cdc_rate / per_s(n, c.decode_secs)

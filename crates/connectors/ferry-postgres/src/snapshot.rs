@@ -1,6 +1,7 @@
 //! The parallel snapshot: several connections import one exported snapshot
 //! (`SET TRANSACTION SNAPSHOT`), tables are copied in parallel, and a table
-//! with a single integer key is split into key ranges copied in parallel.
+//! with a single key column is split into key ranges copied in parallel
+//! (integer keys by arithmetic, other types at sampled keys).
 //!
 //! Each worker runs `COPY (SELECT ... WHERE <range>) TO STDOUT (FORMAT
 //! binary)`, decodes rows into ferry values and sends chunks of at most
@@ -31,7 +32,7 @@ use crate::catalog::PgTable;
 use crate::connection::Endpoint;
 use crate::copy::{CopyDecoder, decode_fields};
 use crate::error::pg_error;
-use crate::reader::{ReadColumn, order_by, range_predicate, read_columns};
+use crate::reader::{ReadColumn, copy_out_rows, order_by, range_predicate, read_columns};
 use crate::types::{Kind, quote_literal};
 
 /// Rows per chunk sent to the pipeline.
@@ -236,7 +237,19 @@ async fn plan(client: &Client, req: &SnapshotRequest, pg: &PgTable) -> Result<Ve
             ));
         }
     } else {
-        ranges.extend(gaps.into_iter().map(|g| (g, true)));
+        let splits = if key_cols.len() == 1 {
+            sample_splits(client, req, pg, &key_cols[0]).await?
+        } else {
+            Vec::new()
+        };
+        if splits.is_empty() {
+            // Read in key order, one range after another.
+            ranges.extend(gaps.into_iter().map(|g| (g, true)));
+        } else {
+            for gap in gaps {
+                ranges.extend(split_gap(&gap, &splits).into_iter().map(|r| (r, false)));
+            }
+        }
     }
     let job = Arc::new(TableJob {
         table,
@@ -263,6 +276,86 @@ fn chunk_rows(encoding: &Option<String>) -> usize {
     } else {
         CHUNK_ROWS
     }
+}
+
+/// Split points for a table whose single key column is not an integer
+/// (text, uuid, numeric, timestamps, ...), so its pieces copy in parallel
+/// like integer key ranges: the keys of a `TABLESAMPLE SYSTEM` sample
+/// inside the snapshot, sorted in ferry's key order (text by bytes) and
+/// taken at even intervals. Empty (read the table in key order instead)
+/// when the table is estimated to fit in one or two chunks, or has never
+/// been analyzed (no estimate).
+async fn sample_splits(
+    client: &Client,
+    req: &SnapshotRequest,
+    pg: &PgTable,
+    key: &ReadColumn,
+) -> Result<Vec<Value>> {
+    let size = client
+        .query_one(
+            "SELECT reltuples::float8, relpages::float8 FROM pg_catalog.pg_class WHERE oid = $1",
+            &[&pg.oid],
+        )
+        .await
+        .map_err(|e| pg_error(e, "estimating the table size"))?;
+    let (est, pages): (f64, f64) = (size.get(0), size.get(1));
+    let pieces = (est / chunk_rows(&req.encoding) as f64).floor();
+    if pieces < 3.0 || pages < 1.0 {
+        return Ok(Vec::new());
+    }
+    // About 20 sampled keys per piece, at most 100,000 keys, from at least
+    // 8 pages per piece (`SYSTEM` samples whole pages: keys of one page
+    // are often neighbours).
+    let want = (pieces * 20.0).min(100_000.0);
+    let percent = (want / est).max(pieces * 8.0 / pages) * 100.0;
+    let percent = percent.clamp(0.000_1, 100.0);
+    let sql = format!(
+        "SELECT {} FROM {} TABLESAMPLE SYSTEM ({percent}) REPEATABLE (0)",
+        key.quoted,
+        pg.qualified()
+    );
+    let mut keys = Vec::new();
+    copy_out_rows(client, &sql, std::slice::from_ref(&key.kind), |mut row| {
+        keys.extend(row.pop());
+        Ok(())
+    })
+    .await?;
+    keys.sort();
+    keys.dedup();
+    let per = keys.len() as f64 / pieces;
+    if per < 2.0 {
+        return Ok(Vec::new());
+    }
+    let mut splits: Vec<Value> = (1..pieces as usize)
+        .filter_map(|i| keys.get((i as f64 * per) as usize).cloned())
+        .collect();
+    splits.dedup();
+    tracing::debug!(table = %req.table.name, pieces = splits.len() + 1, sampled = keys.len(),
+        "snapshot: key ranges from a sample");
+    Ok(splits)
+}
+
+/// `gap` cut at the split points strictly inside it: consecutive ranges
+/// that together cover exactly `gap`.
+fn split_gap(gap: &KeyRange, splits: &[Value]) -> Vec<KeyRange> {
+    let mut out = Vec::new();
+    let mut lower = gap.lower.clone();
+    for s in splits {
+        let point = vec![s.clone()];
+        let above_lower = lower.as_ref().is_none_or(|l| &point > l);
+        let below_upper = gap.upper.as_ref().is_none_or(|u| &point < u);
+        if above_lower && below_upper {
+            out.push(KeyRange {
+                lower: lower.replace(point.clone()),
+                upper: Some(point),
+            });
+        }
+    }
+    out.push(KeyRange {
+        lower,
+        upper: gap.upper.clone(),
+    });
+    out
 }
 
 type ChunkSender = mpsc::Sender<Result<SnapshotChunk>>;
@@ -452,6 +545,50 @@ impl SnapshotReader for PgSnapshotReader {
             Some(Ok(chunk)) => Ok(Some(chunk)),
             Some(Err(e)) => Err(e),
             None => Ok(None),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn t(s: &str) -> Value {
+        Value::Text(s.into())
+    }
+
+    fn k(s: &str) -> Option<Vec<Value>> {
+        Some(vec![t(s)])
+    }
+
+    #[test]
+    fn a_gap_is_cut_only_at_split_points_inside_it() {
+        let splits = [t("b"), t("d"), t("f"), t("h")];
+        let whole = KeyRange {
+            lower: None,
+            upper: None,
+        };
+        let got = split_gap(&whole, &splits);
+        assert_eq!(got.len(), 5);
+        assert_eq!(got[0].lower, None);
+        assert_eq!(got[0].upper, k("b"));
+        assert_eq!(got[4].lower, k("h"));
+        assert_eq!(got[4].upper, None);
+        // A gap left after a restart: (c, f]; "d" is inside, "f" is its end.
+        let gap = KeyRange {
+            lower: k("c"),
+            upper: k("f"),
+        };
+        let got = split_gap(&gap, &splits);
+        assert_eq!(
+            got.iter()
+                .map(|r| (r.lower.clone(), r.upper.clone()))
+                .collect::<Vec<_>>(),
+            vec![(k("c"), k("d")), (k("d"), k("f"))]
+        );
+        // Consecutive: each range starts where the previous one ended.
+        for w in got.windows(2) {
+            assert_eq!(w[0].upper, w[1].lower);
         }
     }
 }

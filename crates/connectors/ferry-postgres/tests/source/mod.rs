@@ -197,3 +197,81 @@ async fn tables_without_key_or_with_unsupported_types_are_fatal_with_a_fix() {
     let ri = tables.iter().find(|t| t.name.name == "ri").unwrap();
     assert_eq!(ri.key_names(), vec!["a"]);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_table_with_a_text_key_is_copied_in_parallel_key_ranges() {
+    let (pg, url) = server_with_db("src");
+    pg.psql_in(
+        "src",
+        "CREATE TABLE words (w text PRIMARY KEY, n int); \
+         INSERT INTO words SELECT md5(g::text) || CASE g % 3 WHEN 0 THEN 'Ä' WHEN 1 THEN 'a' ELSE 'B' END, g \
+         FROM generate_series(1, 100000) g; \
+         ANALYZE words;",
+    );
+    let mut src = source(&url, "words").await;
+    let tables = src.tables().await.unwrap();
+    src.prepare().await.unwrap();
+    let chunks = drain(src.snapshot(requests(&tables)).await.unwrap()).await;
+
+    // Every row once, inside the range its chunk claims (parts of a piece
+    // before its last claim nothing: lower == upper).
+    let mut seen = BTreeSet::new();
+    for c in &chunks {
+        for r in c.rows.values() {
+            let key = c.table.key_of(r);
+            assert!(
+                c.range.contains(&key) || c.range.lower == c.range.upper,
+                "{key:?} outside {:?}",
+                c.range
+            );
+            assert!(seen.insert(key), "a row came twice");
+        }
+    }
+    assert_eq!(seen.len(), 100_000);
+    // Several pieces (copied in parallel) whose claimed ranges follow one
+    // another from the first key to the last.
+    let mut claimed: Vec<&KeyRange> = chunks
+        .iter()
+        .map(|c| &c.range)
+        .filter(|r| r.lower != r.upper || r.lower.is_none())
+        .collect();
+    assert!(claimed.len() >= 3, "{} pieces", claimed.len());
+    // Pieces are read without ORDER BY (heap order, here not key order);
+    // a table read as one ordered stream would give sorted chunks only.
+    assert!(
+        chunks.iter().any(|c| {
+            let keys: Vec<_> = c.rows.values().iter().map(|r| c.table.key_of(r)).collect();
+            keys.windows(2).any(|w| w[0] > w[1])
+        }),
+        "the table was read as one ordered stream, not in sampled pieces"
+    );
+    claimed.sort_by(|a, b| a.lower.cmp(&b.lower));
+    assert_eq!(claimed[0].lower, None);
+    assert_eq!(claimed[claimed.len() - 1].upper, None);
+    for w in claimed.windows(2) {
+        assert_eq!(w[0].upper, w[1].lower, "pieces must be consecutive");
+    }
+
+    // A restart that copied the lower half copies exactly the upper half.
+    let middle = seen.iter().nth(49_999).unwrap().clone();
+    let reader = src
+        .snapshot(vec![SnapshotRequest {
+            table: tables[0].clone(),
+            skip: vec![KeyRange {
+                lower: None,
+                upper: Some(middle.clone()),
+            }],
+            encoding: None,
+        }])
+        .await
+        .unwrap();
+    let mut again = BTreeSet::new();
+    for c in drain(reader).await {
+        for r in c.rows.values() {
+            let key = c.table.key_of(r);
+            assert!(key > middle, "{key:?} was copied before");
+            assert!(again.insert(key), "a row came twice");
+        }
+    }
+    assert_eq!(again.len(), 50_000);
+}
