@@ -1,7 +1,7 @@
 //! The parallel snapshot: several connections import one exported snapshot
 //! (`SET TRANSACTION SNAPSHOT`), tables are copied in parallel, and a table
-//! with a single key column is split into key ranges copied in parallel
-//! (integer keys by arithmetic, other types at sampled keys).
+//! is split into key ranges copied in parallel (a single integer key by
+//! arithmetic, other keys at keys sampled inside the snapshot).
 //!
 //! Each worker runs `COPY (SELECT ... WHERE <range>) TO STDOUT (FORMAT
 //! binary)`, decodes rows into ferry values and sends chunks of at most
@@ -237,11 +237,7 @@ async fn plan(client: &Client, req: &SnapshotRequest, pg: &PgTable) -> Result<Ve
             ));
         }
     } else {
-        let splits = if key_cols.len() == 1 {
-            sample_splits(client, req, pg, &key_cols[0]).await?
-        } else {
-            Vec::new()
-        };
+        let splits = sample_splits(client, req, pg, &key_cols).await?;
         if splits.is_empty() {
             // Read in key order, one range after another.
             ranges.extend(gaps.into_iter().map(|g| (g, true)));
@@ -278,19 +274,19 @@ fn chunk_rows(encoding: &Option<String>) -> usize {
     }
 }
 
-/// Split points for a table whose single key column is not an integer
-/// (text, uuid, numeric, timestamps, ...), so its pieces copy in parallel
-/// like integer key ranges: the keys of a `TABLESAMPLE SYSTEM` sample
-/// inside the snapshot, sorted in ferry's key order (text by bytes) and
-/// taken at even intervals. Empty (read the table in key order instead)
-/// when the table is estimated to fit in one or two chunks, or has never
-/// been analyzed (no estimate).
+/// Split points for a table whose key is not one integer column (text,
+/// uuid, numeric, timestamps, composite keys, ...), so its pieces copy in
+/// parallel like integer key ranges: the keys of a `TABLESAMPLE SYSTEM`
+/// sample inside the snapshot, sorted in ferry's key order (text by bytes)
+/// and taken at even intervals. Empty (read the table in key order
+/// instead) when the table is estimated to fit in a few chunks, or has
+/// never been analyzed (no estimate).
 async fn sample_splits(
     client: &Client,
     req: &SnapshotRequest,
     pg: &PgTable,
-    key: &ReadColumn,
-) -> Result<Vec<Value>> {
+    key: &[ReadColumn],
+) -> Result<Vec<Vec<Value>>> {
     let size = client
         .query_one(
             "SELECT reltuples::float8, relpages::float8 FROM pg_catalog.pg_class WHERE oid = $1",
@@ -311,12 +307,16 @@ async fn sample_splits(
     let percent = percent.clamp(0.000_1, 100.0);
     let sql = format!(
         "SELECT {} FROM {} TABLESAMPLE SYSTEM ({percent}) REPEATABLE (0)",
-        key.quoted,
+        key.iter()
+            .map(|c| c.quoted.as_str())
+            .collect::<Vec<_>>()
+            .join(", "),
         pg.qualified()
     );
+    let kinds: Vec<Kind> = key.iter().map(|c| c.kind.clone()).collect();
     let mut keys = Vec::new();
-    copy_out_rows(client, &sql, std::slice::from_ref(&key.kind), |mut row| {
-        keys.extend(row.pop());
+    copy_out_rows(client, &sql, &kinds, |row| {
+        keys.push(row);
         Ok(())
     })
     .await?;
@@ -326,7 +326,7 @@ async fn sample_splits(
     if per < 2.0 {
         return Ok(Vec::new());
     }
-    let mut splits: Vec<Value> = (1..pieces as usize)
+    let mut splits: Vec<Vec<Value>> = (1..pieces as usize)
         .filter_map(|i| keys.get((i as f64 * per) as usize).cloned())
         .collect();
     splits.dedup();
@@ -337,11 +337,11 @@ async fn sample_splits(
 
 /// `gap` cut at the split points strictly inside it: consecutive ranges
 /// that together cover exactly `gap`.
-fn split_gap(gap: &KeyRange, splits: &[Value]) -> Vec<KeyRange> {
+fn split_gap(gap: &KeyRange, splits: &[Vec<Value>]) -> Vec<KeyRange> {
     let mut out = Vec::new();
     let mut lower = gap.lower.clone();
-    for s in splits {
-        let point = vec![s.clone()];
+    for point in splits {
+        let point = point.clone();
         let above_lower = lower.as_ref().is_none_or(|l| &point > l);
         let below_upper = gap.upper.as_ref().is_none_or(|u| &point < u);
         if above_lower && below_upper {
@@ -563,7 +563,7 @@ mod tests {
 
     #[test]
     fn a_gap_is_cut_only_at_split_points_inside_it() {
-        let splits = [t("b"), t("d"), t("f"), t("h")];
+        let splits = [vec![t("b")], vec![t("d")], vec![t("f")], vec![t("h")]];
         let whole = KeyRange {
             lower: None,
             upper: None,
