@@ -47,6 +47,8 @@ const NATIVE_SUB: &str = "native_sub";
 const NATIVE_PUB: &str = "native_pub";
 /// The slot `pg_recvlogical` reads the CDC backlog from (no apply).
 const DECODE_SLOT: &str = "bench_decode";
+/// Ferry's slot for [`PIPELINE`].
+const FERRY_SLOT: &str = "ferry_bench";
 /// PostgreSQL's `wal_retrieve_retry_interval` default.
 const LAUNCHER_INTERVAL: Duration = Duration::from_secs(5);
 
@@ -498,7 +500,7 @@ impl Bench {
     /// Reads the backlog from [`DECODE_SLOT`] with `pg_recvlogical` (pgoutput,
     /// binary, ferry's publication) to `/dev/null` until the end marker;
     /// returns the seconds from its start to its exit and drops the slot.
-    fn decode_only(&self, marker: u64, timeout: Duration) -> Res<f64> {
+    fn decode_only(&self, marker: u64, timeout: Duration) -> Res<(f64, Option<f64>)> {
         let endpos = format!("{:X}/{:X}", marker >> 32, marker & 0xffff_ffff);
         let mut cmd = self.tool("pg_recvlogical");
         cmd.args([
@@ -531,6 +533,8 @@ impl Bench {
         .arg(format!("publication_names=ferry_{PIPELINE}"))
         .stdout(Stdio::null())
         .stderr(Stdio::piped());
+        let mut probe = self.src.connect("src")?;
+        let mut walsender = Walsender::new(DECODE_SLOT);
         let t = Instant::now();
         let mut child = cmd.spawn().ctx(|| "starting pg_recvlogical".into())?;
         let status = loop {
@@ -540,6 +544,7 @@ impl Bench {
             {
                 break status;
             }
+            walsender.sample(&mut probe)?;
             if t.elapsed() > timeout {
                 let _ = child.kill();
                 return Err("pg_recvlogical did not reach the end marker in time".into());
@@ -554,10 +559,44 @@ impl Bench {
             }
             return Err(format!("pg_recvlogical failed ({status}): {err}"));
         }
-        self.src
-            .connect("src")?
-            .exec(&format!("SELECT pg_drop_replication_slot('{DECODE_SLOT}')"))?;
-        Ok(secs)
+        probe.exec(&format!("SELECT pg_drop_replication_slot('{DECODE_SLOT}')"))?;
+        Ok((secs, walsender.cpu_secs))
+    }
+}
+
+/// The CPU time of the walsender serving `slot` on the source, sampled at
+/// each poll: its process starts with the stream, so the last sample is
+/// about what decoding and sending the stream cost the source.
+struct Walsender {
+    slot: &'static str,
+    pid: Option<u32>,
+    cpu_secs: Option<f64>,
+}
+
+impl Walsender {
+    fn new(slot: &'static str) -> Self {
+        Walsender {
+            slot,
+            pid: None,
+            cpu_secs: None,
+        }
+    }
+
+    fn sample(&mut self, src: &mut Client) -> Res<()> {
+        if self.pid.is_none() {
+            self.pid = src
+                .value(&format!(
+                    "SELECT active_pid FROM pg_replication_slots WHERE slot_name = '{}'",
+                    self.slot
+                ))?
+                .and_then(|p| p.parse().ok());
+        }
+        if let Some(pid) = self.pid
+            && let Ok(cpu) = process::cpu_secs_of(pid)
+        {
+            self.cpu_secs = Some(cpu);
+        }
+        Ok(())
     }
 }
 
@@ -817,6 +856,8 @@ fn measure(opts: &PgOpts, b: &Bench, commit: String) -> Res<Results> {
         }
     }
     let mut native_dst = b.dst.connect("native")?;
+    let mut native_src = b.src.connect("src")?;
+    let mut native_walsender = Walsender::new(NATIVE_SUB);
     let t = Instant::now();
     b.native_launch.set(Some(t));
     native_dst.exec(&format!("ALTER SUBSCRIPTION {NATIVE_SUB} ENABLE"))?;
@@ -836,6 +877,7 @@ fn measure(opts: &PgOpts, b: &Bench, commit: String) -> Res<Results> {
             {
                 worker_at = Some(t.elapsed().as_secs_f64());
             }
+            native_walsender.sample(&mut native_src)?;
             Ok(native_applied(&mut native_dst)?.is_some_and(|l| l > marker))
         },
     )?;
@@ -855,7 +897,7 @@ fn measure(opts: &PgOpts, b: &Bench, commit: String) -> Res<Results> {
     )?;
 
     eprintln!("== CDC backlog: pg_recvlogical reading it to /dev/null (no apply)");
-    let decode_secs = b.decode_only(marker, timeout)?;
+    let (decode_secs, decode_walsender) = b.decode_only(marker, timeout)?;
     eprintln!(
         "   pg_recvlogical: {decode_secs:.2} s ({} rows/s)",
         rate(backlog.transactions, decode_secs)
@@ -867,8 +909,11 @@ fn measure(opts: &PgOpts, b: &Bench, commit: String) -> Res<Results> {
     let pipeline = b.work.join(format!("{PIPELINE}.toml"));
     let log = b.work.join(format!("{PIPELINE}.log"));
     let mut probe = b.dst.connect("ferry")?;
+    let mut ferry_src = b.src.connect("src")?;
+    let mut ferry_walsender = Walsender::new(FERRY_SLOT);
     let mut f = Ferry::start(&b.ferry, &pipeline, &log)?;
     let done = f.wait_for("ferry to apply the backlog", timeout, || {
+        ferry_walsender.sample(&mut ferry_src)?;
         Ok(ferry_applied(&mut probe, PIPELINE)?.is_some_and(|l| l > marker))
     })?;
     let ferry_cdc = FerryRun {
@@ -933,6 +978,11 @@ fn measure(opts: &PgOpts, b: &Bench, commit: String) -> Res<Results> {
             native_secs,
             native_worker_secs,
             decode_secs,
+            walsender_cpu: [
+                native_walsender.cpu_secs,
+                decode_walsender,
+                ferry_walsender.cpu_secs,
+            ],
             ferry: ferry_cdc,
         },
         live,

@@ -79,6 +79,9 @@ pub struct Cdc {
     /// `/dev/null`, applying nothing: PostgreSQL's own logical-decoding
     /// client. Not a bound (it handles one message at a time), a reference.
     pub decode_secs: f64,
+    /// CPU seconds of the source's walsender serving native, `pg_recvlogical`
+    /// and ferry in their phases (`None` when it could not be read).
+    pub walsender_cpu: [Option<f64>; 3],
     pub ferry: FerryRun,
 }
 
@@ -253,6 +256,20 @@ impl Results {
             us(s.small.cpu_secs, s.small_rows),
             c.ferry.cpu_secs,
             us(c.ferry.cpu_secs, n)
+        );
+        let busy = |cpu: Option<f64>, secs: f64| {
+            cpu.map_or("?".to_string(), |c| {
+                format!("{c:.2} s of {secs:.2} s ({:.0} %)", 100.0 * c / secs)
+            })
+        };
+        let [w_native, w_decode, w_ferry] = c.walsender_cpu;
+        let _ = writeln!(
+            o,
+            "  source walsender CPU (decoding and sending the backlog): native {}, \
+             pg_recvlogical {}, ferry {}",
+            busy(w_native, c.native_secs),
+            busy(w_decode, c.decode_secs),
+            busy(w_ferry, c.ferry.secs),
         );
         if let Some(l) = &self.live {
             let _ = writeln!(

@@ -124,16 +124,7 @@ impl Ferry {
     /// CPU time used so far, user + system, all threads (`/proc/<pid>/stat`
     /// fields 14 and 15, in clock ticks of 1/100 s on Linux).
     pub fn cpu_secs(&self) -> Res<f64> {
-        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.pid()))
-            .ctx(|| format!("reading /proc/{}/stat", self.pid()))?;
-        // The command name (field 2) may hold spaces; count after its `)`.
-        let after = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
-        let fields: Vec<&str> = after.split_whitespace().collect();
-        let tick = |i: usize| fields.get(i).and_then(|f| f.parse::<u64>().ok());
-        match (tick(11), tick(12)) {
-            (Some(u), Some(s)) => Ok((u + s) as f64 / 100.0),
-            _ => Err(format!("unreadable /proc/{}/stat", self.pid())),
-        }
+        cpu_secs_of(self.pid())
     }
 
     pub fn log_tail(&self) -> String {
@@ -330,5 +321,20 @@ impl Probe {
                 "applied position {value:?} is not `ferry.pos.v1 sqlite <seq>`: the checkpoint format changed; update xtask"
             )),
         }
+    }
+}
+
+/// CPU time process `pid` has used so far, user + system, all threads
+/// (`/proc/<pid>/stat` fields 14 and 15, in clock ticks of 1/100 s on Linux).
+pub fn cpu_secs_of(pid: u32) -> Res<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ctx(|| format!("reading /proc/{pid}/stat"))?;
+    // The command name (field 2) may hold spaces; count after its `)`.
+    let after = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
+    let fields: Vec<&str> = after.split_whitespace().collect();
+    let tick = |i: usize| fields.get(i).and_then(|f| f.parse::<u64>().ok());
+    match (tick(11), tick(12)) {
+        (Some(u), Some(s)) => Ok((u + s) as f64 / 100.0),
+        _ => Err(format!("unreadable /proc/{pid}/stat")),
     }
 }
