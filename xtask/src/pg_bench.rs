@@ -600,6 +600,19 @@ impl Walsender {
     }
 }
 
+/// CPU used by both clusters over a phase: (source, target) seconds.
+struct ClusterCpu(f64, f64);
+
+impl ClusterCpu {
+    fn start(src: &Cluster, dst: &Cluster) -> Res<Self> {
+        Ok(ClusterCpu(src.cpu_secs()?, dst.cpu_secs()?))
+    }
+
+    fn stop(self, src: &Cluster, dst: &Cluster) -> Res<(f64, f64)> {
+        Ok((src.cpu_secs()? - self.0, dst.cpu_secs()? - self.1))
+    }
+}
+
 fn end_marker(src: &mut Client) -> Res<u64> {
     let m = src
         .value("SELECT pg_current_wal_insert_lsn()")?
@@ -858,6 +871,7 @@ fn measure(opts: &PgOpts, b: &Bench, commit: String) -> Res<Results> {
     let mut native_dst = b.dst.connect("native")?;
     let mut native_src = b.src.connect("src")?;
     let mut native_walsender = Walsender::new(NATIVE_SUB);
+    let native_cpu = ClusterCpu::start(&b.src, &b.dst)?;
     let t = Instant::now();
     b.native_launch.set(Some(t));
     native_dst.exec(&format!("ALTER SUBSCRIPTION {NATIVE_SUB} ENABLE"))?;
@@ -882,6 +896,7 @@ fn measure(opts: &PgOpts, b: &Bench, commit: String) -> Res<Results> {
         },
     )?;
     let native_secs = done.duration_since(t).as_secs_f64();
+    let native_cpu = native_cpu.stop(&b.src, &b.dst)?;
     let native_worker_secs = worker_at.unwrap_or(f64::NAN);
     eprintln!(
         "   native: {native_secs:.2} s ({} rows/s); its apply worker was running {native_worker_secs:.2} s after ENABLE",
@@ -911,11 +926,13 @@ fn measure(opts: &PgOpts, b: &Bench, commit: String) -> Res<Results> {
     let mut probe = b.dst.connect("ferry")?;
     let mut ferry_src = b.src.connect("src")?;
     let mut ferry_walsender = Walsender::new(FERRY_SLOT);
+    let ferry_cpu = ClusterCpu::start(&b.src, &b.dst)?;
     let mut f = Ferry::start(&b.ferry, &pipeline, &log)?;
     let done = f.wait_for("ferry to apply the backlog", timeout, || {
         ferry_walsender.sample(&mut ferry_src)?;
         Ok(ferry_applied(&mut probe, PIPELINE)?.is_some_and(|l| l > marker))
     })?;
+    let ferry_cluster_cpu = ferry_cpu.stop(&b.src, &b.dst)?;
     let ferry_cdc = FerryRun {
         secs: done.duration_since(f.started).as_secs_f64(),
         rss_kib: f.peak_rss_kib()?,
@@ -983,6 +1000,7 @@ fn measure(opts: &PgOpts, b: &Bench, commit: String) -> Res<Results> {
                 decode_walsender,
                 ferry_walsender.cpu_secs,
             ],
+            cluster_cpu: [native_cpu, ferry_cluster_cpu],
             ferry: ferry_cdc,
         },
         live,

@@ -82,6 +82,9 @@ pub struct Cdc {
     /// CPU seconds of the source's walsender serving native, `pg_recvlogical`
     /// and ferry in their phases (`None` when it could not be read).
     pub walsender_cpu: [Option<f64>; 3],
+    /// CPU seconds (source cluster, target cluster) during native's and
+    /// ferry's apply of the backlog.
+    pub cluster_cpu: [(f64, f64); 2],
     pub ferry: FerryRun,
 }
 
@@ -270,6 +273,19 @@ impl Results {
             busy(w_native, c.native_secs),
             busy(w_decode, c.decode_secs),
             busy(w_ferry, c.ferry.secs),
+        );
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get()) as f64;
+        let [(ns, nt), (fs, ft)] = c.cluster_cpu;
+        let ferry_cpu = c.ferry.cpu_secs;
+        let _ = writeln!(
+            o,
+            "  CPU while applying the backlog: native: source {ns:.2} s + target {nt:.2} s = \
+             {:.0} % of {cores:.0} cores × {:.2} s; ferry: source {fs:.2} s + target {ft:.2} s + \
+             ferry {ferry_cpu:.2} s = {:.0} % of {cores:.0} cores × {:.2} s",
+            100.0 * (ns + nt) / (cores * c.native_secs),
+            c.native_secs,
+            100.0 * (fs + ft + ferry_cpu) / (cores * c.ferry.secs),
+            c.ferry.secs,
         );
         if let Some(l) = &self.live {
             let _ = writeln!(

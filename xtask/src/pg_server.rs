@@ -194,6 +194,56 @@ impl Cluster {
         self.dir.join("server.log")
     }
 
+    /// CPU seconds the whole cluster has used so far: the postmaster, its
+    /// live children (backends, walsenders, background processes) and the
+    /// children it has reaped (`cutime`/`cstime`). The difference of two
+    /// readings is what the cluster did in between.
+    pub fn cpu_secs(&self) -> Res<f64> {
+        let pid_file = self.data().join("postmaster.pid");
+        let text =
+            std::fs::read_to_string(&pid_file).ctx(|| format!("reading {}", pid_file.display()))?;
+        let postmaster: u32 = text
+            .lines()
+            .next()
+            .and_then(|l| l.trim().parse().ok())
+            .ok_or_else(|| format!("no PID in {}", pid_file.display()))?;
+        let mut total = 0.0;
+        for entry in std::fs::read_dir("/proc").ctx(|| "reading /proc".into())? {
+            let Ok(entry) = entry else { continue };
+            let Some(pid) = entry
+                .file_name()
+                .to_str()
+                .and_then(|n| n.parse::<u32>().ok())
+            else {
+                continue;
+            };
+            let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+                continue;
+            };
+            // Fields after the command name: state, ppid, ..., utime (14),
+            // stime (15), cutime (16), cstime (17), in ticks of 1/100 s.
+            let after = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
+            let f: Vec<u64> = after
+                .split_whitespace()
+                .skip(1)
+                .map(|x| x.parse().unwrap_or(0))
+                .collect();
+            let (ppid, utime, stime, cutime, cstime) = (
+                f.first().copied().unwrap_or(0),
+                f.get(10).copied().unwrap_or(0),
+                f.get(11).copied().unwrap_or(0),
+                f.get(12).copied().unwrap_or(0),
+                f.get(13).copied().unwrap_or(0),
+            );
+            if pid == postmaster {
+                total += (utime + stime + cutime + cstime) as f64 / 100.0;
+            } else if ppid == u64::from(postmaster) {
+                total += (utime + stime) as f64 / 100.0;
+            }
+        }
+        Ok(total)
+    }
+
     fn log_tail(&self) -> String {
         let text = std::fs::read_to_string(self.log()).unwrap_or_default();
         let lines: Vec<&str> = text.lines().collect();

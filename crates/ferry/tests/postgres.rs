@@ -36,7 +36,11 @@ fn setup_source(pg: &PostgresServer) {
              CREATE TABLE transfers (id bigserial PRIMARY KEY, from_id int NOT NULL, to_id int NOT NULL, amount int NOT NULL);
              CREATE TABLE items (id bigint PRIMARY KEY, name text NOT NULL, price numeric(12,2), at timestamptz);
              INSERT INTO accounts SELECT g, 1000 FROM generate_series(1, {ACCOUNTS}) g;
-             INSERT INTO items SELECT g, 'item-' || g, g / 7.0, now() FROM generate_series(1, 150000) g;"
+             INSERT INTO items SELECT g, 'item-' || g, g / 7.0, now() FROM generate_series(1, 150000) g;
+             -- A text key: copied in pieces split at sampled keys.
+             CREATE TABLE tags (name text PRIMARY KEY, n int NOT NULL);
+             INSERT INTO tags SELECT md5(g::text), g FROM generate_series(1, 200000) g;
+             ANALYZE tags;"
         ),
     );
 }
@@ -114,6 +118,7 @@ const ACCOUNTS_SQL: &str = "SELECT id || '|' || balance FROM accounts ORDER BY i
 const TRANSFERS_SQL: &str =
     "SELECT id || '|' || from_id || '|' || to_id || '|' || amount FROM transfers ORDER BY id";
 const ITEMS_SQL: &str = "SELECT count(*) || '|' || sum(id) FROM items";
+const TAGS_SQL: &str = "SELECT count(*) || '|' || sum(n) FROM tags";
 
 #[test]
 fn postgres_to_postgres_kill_9_loses_and_doubles_nothing() {
@@ -172,7 +177,8 @@ fn postgres_to_postgres_kill_9_loses_and_doubles_nothing() {
     eventually_blocking("the target catches up", Duration::from_secs(120), || {
         let same = pg_rows(&pg, "src", TRANSFERS_SQL) == pg_rows(&pg, "dst", TRANSFERS_SQL)
             && pg_rows(&pg, "src", ACCOUNTS_SQL) == pg_rows(&pg, "dst", ACCOUNTS_SQL)
-            && pg_rows(&pg, "src", ITEMS_SQL) == pg_rows(&pg, "dst", ITEMS_SQL);
+            && pg_rows(&pg, "src", ITEMS_SQL) == pg_rows(&pg, "dst", ITEMS_SQL)
+            && pg_rows(&pg, "src", TAGS_SQL) == pg_rows(&pg, "dst", TAGS_SQL);
         same.then_some(())
     });
     stop.store(true, Ordering::Relaxed);
@@ -237,7 +243,8 @@ fn postgres_to_sqlite_kill_9_loses_and_doubles_nothing() {
     eventually_blocking("the target catches up", Duration::from_secs(120), || {
         let same = sqlite_rows(TRANSFERS_SQL)? == pg_rows(&pg, "src", TRANSFERS_SQL)
             && sqlite_rows(ACCOUNTS_SQL)? == pg_rows(&pg, "src", ACCOUNTS_SQL)
-            && sqlite_rows(ITEMS_SQL)? == pg_rows(&pg, "src", ITEMS_SQL);
+            && sqlite_rows(ITEMS_SQL)? == pg_rows(&pg, "src", ITEMS_SQL)
+            && sqlite_rows(TAGS_SQL)? == pg_rows(&pg, "src", TAGS_SQL);
         same.then_some(())
     });
     assert!(
