@@ -226,8 +226,9 @@ impl Bench {
 
     /// The binary COPY pipe into `db`; with `key_after`, into a table
     /// without key and `ALTER TABLE t ADD PRIMARY KEY (id)` after.
-    fn copy_pipe(&self, db: &str, key_after: bool) -> Res<f64> {
+    fn copy_pipe(&self, db: &str, key_after: bool) -> Res<(f64, (f64, f64))> {
         self.fresh_db(db, Some(!key_after))?;
+        let cpu = ClusterCpu::start(&self.src, &self.dst)?;
         let t = Instant::now();
         self.pipe(
             self.psql(&self.src, "src", "COPY t TO STDOUT (FORMAT binary)"),
@@ -244,7 +245,8 @@ impl Bench {
                 return Err(format!("ALTER TABLE t ADD PRIMARY KEY failed: {st}"));
             }
         }
-        Ok(t.elapsed().as_secs_f64())
+        let secs = t.elapsed().as_secs_f64();
+        Ok((secs, cpu.stop(&self.src, &self.dst)?))
     }
 
     /// `pg_dump -t public.t src | psql` into an empty database.
@@ -413,7 +415,14 @@ impl Bench {
 
     /// `ferry run` into a fresh database until the checkpoint records t
     /// copied (and its key is built); then peak RSS, SIGTERM, exit 0.
-    fn ferry_snapshot(&self, name: &str, src_db: &str, db: &str, rows: u64) -> Res<FerryRun> {
+    /// Also returns the CPU both clusters used meanwhile (source, target).
+    fn ferry_snapshot(
+        &self,
+        name: &str,
+        src_db: &str,
+        db: &str,
+        rows: u64,
+    ) -> Res<(FerryRun, (f64, f64))> {
         self.fresh_db(db, None)?;
         let pipeline = self.write_pipeline(name, src_db, db)?;
         let log = self.work.join(format!("{name}.log"));
@@ -424,6 +433,7 @@ impl Bench {
              AND EXISTS (SELECT 1 FROM pg_constraint \
                WHERE conrelid = to_regclass('public.t') AND contype = 'p')"
         );
+        let cpu = ClusterCpu::start(&self.src, &self.dst)?;
         let mut ferry = Ferry::start(&self.ferry, &pipeline, &log)?;
         let done = ferry.wait_for(
             "the snapshot of t to be recorded complete",
@@ -435,13 +445,14 @@ impl Bench {
                 Err(e) => Err(format!("polling ferry's checkpoint: {}", e.message)),
             },
         )?;
+        let clusters = cpu.stop(&self.src, &self.dst)?;
         let run = FerryRun {
             secs: done.duration_since(ferry.started).as_secs_f64(),
             rss_kib: ferry.peak_rss_kib()?,
             cpu_secs: ferry.cpu_secs()?,
         };
         ferry.stop()?;
-        Ok(run)
+        Ok((run, clusters))
     }
 }
 
@@ -782,7 +793,7 @@ fn measure(opts: &PgOpts, b: &Bench, commit: String) -> Res<Results> {
         eprintln!("   {what}: {secs:.2} s ({} rows/s)", rate(rows, secs));
     };
     eprintln!("== snapshot: binary COPY pipe into a table with its key");
-    let pipe_key_first = b.copy_pipe("pipe_key_first", false)?;
+    let (pipe_key_first, _) = b.copy_pipe("pipe_key_first", false)?;
     report("binary COPY pipe, key first", pipe_key_first);
     guard(
         "the binary COPY pipe (key first)",
@@ -793,7 +804,7 @@ fn measure(opts: &PgOpts, b: &Bench, commit: String) -> Res<Results> {
     b.dst.drop_database("pipe_key_first")?;
 
     eprintln!("== snapshot: binary COPY pipe into a table without key, then ADD PRIMARY KEY");
-    let pipe_key_after = b.copy_pipe("pipe_key_after", true)?;
+    let (pipe_key_after, pipe_key_after_cpu) = b.copy_pipe("pipe_key_after", true)?;
     report("binary COPY pipe, key after", pipe_key_after);
     guard(
         "the binary COPY pipe (key after)",
@@ -822,7 +833,7 @@ fn measure(opts: &PgOpts, b: &Bench, commit: String) -> Res<Results> {
     guard("native logical replication", &fp, &b.dst, "native")?;
 
     eprintln!("== snapshot: ferry");
-    let ferry = b.ferry_snapshot(PIPELINE, "src", "ferry", rows)?;
+    let (ferry, ferry_snapshot_cpu) = b.ferry_snapshot(PIPELINE, "src", "ferry", rows)?;
     report("ferry", ferry.secs);
     eprintln!("   ferry peak RSS {}", mib(ferry.rss_kib));
     guard("the ferry snapshot", &fp, &b.dst, "ferry")?;
@@ -960,7 +971,7 @@ fn measure(opts: &PgOpts, b: &Bench, commit: String) -> Res<Results> {
     );
     create_source(&b.src, "src_small", small_rows)?;
     let fp_small = fingerprint(&b.src, "src_small")?;
-    let small = b.ferry_snapshot(SMALL_PIPELINE, "src_small", "ferry_small", small_rows)?;
+    let (small, _) = b.ferry_snapshot(SMALL_PIPELINE, "src_small", "ferry_small", small_rows)?;
     eprintln!(
         "   ferry: {:.2} s ({} rows/s), peak RSS {}",
         small.secs,
@@ -987,6 +998,7 @@ fn measure(opts: &PgOpts, b: &Bench, commit: String) -> Res<Results> {
             pgcopydb_total,
             native,
             ferry,
+            cluster_cpu: [pipe_key_after_cpu, ferry_snapshot_cpu],
             small_rows,
             small,
         },

@@ -66,6 +66,9 @@ pub struct Snapshots {
     pub pgcopydb_total: f64,
     pub native: f64,
     pub ferry: FerryRun,
+    /// CPU seconds (source cluster, target cluster) during the COPY pipe
+    /// with the key after, and during ferry's snapshot.
+    pub cluster_cpu: [(f64, f64); 2],
     pub small_rows: u64,
     pub small: FerryRun,
 }
@@ -265,6 +268,19 @@ impl Results {
                 format!("{c:.2} s of {secs:.2} s ({:.0} %)", 100.0 * c / secs)
             })
         };
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get()) as f64;
+        let [(ps, pt), (fs, ft)] = s.cluster_cpu;
+        let _ = writeln!(
+            o,
+            "  CPU during the snapshot: pipe (key after): source {ps:.2} s + target {pt:.2} s = \
+             {:.0} % of {cores:.0} cores × {:.2} s (psql processes not counted); ferry: source \
+             {fs:.2} s + target {ft:.2} s + ferry {:.2} s = {:.0} % of {cores:.0} cores × {:.2} s",
+            100.0 * (ps + pt) / (cores * s.pipe_key_after),
+            s.pipe_key_after,
+            s.ferry.cpu_secs,
+            100.0 * (fs + ft + s.ferry.cpu_secs) / (cores * s.ferry.secs),
+            s.ferry.secs,
+        );
         let [w_native, w_decode, w_ferry] = c.walsender_cpu;
         let _ = writeln!(
             o,
@@ -274,7 +290,6 @@ impl Results {
             busy(w_decode, c.decode_secs),
             busy(w_ferry, c.ferry.secs),
         );
-        let cores = std::thread::available_parallelism().map_or(1, |n| n.get()) as f64;
         let [(ns, nt), (fs, ft)] = c.cluster_cpu;
         let ferry_cpu = c.ferry.cpu_secs;
         let _ = writeln!(
