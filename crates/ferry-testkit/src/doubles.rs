@@ -39,6 +39,34 @@ pub use recording::{OpsSummary, Recorded, RecordedTxn, RecordingSink, SinkCall, 
 pub use sink::{CommitView, MemorySink};
 pub use source::MemorySource;
 
+/// The row encoding [`MemorySource::row_encoding`] and
+/// [`MemorySink::accept_encoded_rows`] share: each row as one array item of
+/// `ferry_core::codec`.
+pub const MEMORY_ROW_ENCODING: &str = "memory-rows(codec)";
+
+/// Rows in [`MEMORY_ROW_ENCODING`].
+pub fn encode_rows(rows: &[Vec<ferry_core::Value>]) -> Vec<u8> {
+    let items: Vec<ferry_core::Value> = rows
+        .iter()
+        .map(|r| ferry_core::Value::Array(r.clone()))
+        .collect();
+    ferry_core::codec::encode_values(&items).into_bytes()
+}
+
+/// Rows back from [`MEMORY_ROW_ENCODING`].
+pub fn decode_rows(data: &[u8]) -> ferry_core::Result<Vec<Vec<ferry_core::Value>>> {
+    let bad = || ferry_core::Error::fatal("malformed memory-encoded rows");
+    let text = std::str::from_utf8(data).map_err(|_| bad())?;
+    ferry_core::codec::decode_values(text)
+        .ok_or_else(bad)?
+        .into_iter()
+        .map(|v| match v {
+            ferry_core::Value::Array(row) => Ok(row),
+            _ => Err(bad()),
+        })
+        .collect()
+}
+
 use ferry_core::{Position, SqlitePosition};
 
 /// The position of sequence number `seq` of a [`MemoryDb`].

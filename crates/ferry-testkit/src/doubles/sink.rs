@@ -57,6 +57,10 @@ struct SinkShared {
     txn_ended: Notify,
     max_writers: usize,
     observers: Mutex<Vec<Observer>>,
+    /// Loads rows in [`MEMORY_ROW_ENCODING`](crate::doubles::MEMORY_ROW_ENCODING).
+    encoded: std::sync::atomic::AtomicBool,
+    /// Chunks loaded through `load_encoded`.
+    encoded_loads: std::sync::atomic::AtomicUsize,
 }
 
 impl SinkShared {
@@ -145,6 +149,8 @@ impl MemorySink {
                 txn_ended: Notify::new(),
                 max_writers,
                 observers: Mutex::new(Vec::new()),
+                encoded: Default::default(),
+                encoded_loads: Default::default(),
             }),
         }
     }
@@ -162,6 +168,22 @@ impl MemorySink {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .push(Box::new(f));
+    }
+
+    /// From now on, names
+    /// [`MEMORY_ROW_ENCODING`](crate::doubles::MEMORY_ROW_ENCODING) as the
+    /// row encoding of every table and loads rows in it.
+    pub fn accept_encoded_rows(&self) {
+        self.shared
+            .encoded
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    /// How many chunks came through `load_encoded`.
+    pub fn encoded_loads(&self) -> usize {
+        self.shared
+            .encoded_loads
+            .load(std::sync::atomic::Ordering::SeqCst)
     }
 
     /// Every committed row of `table` (`name` or `ns.name`), in key order.
@@ -318,6 +340,14 @@ impl Sink for MemorySink {
             }
         }
         Ok(())
+    }
+
+    async fn row_encoding(&self, _table: &TableRef) -> Result<Option<String>> {
+        let on = self
+            .shared
+            .encoded
+            .load(std::sync::atomic::Ordering::SeqCst);
+        Ok(on.then(|| crate::doubles::MEMORY_ROW_ENCODING.to_string()))
     }
 
     async fn writer(&self) -> Result<Box<dyn SinkWriter>> {

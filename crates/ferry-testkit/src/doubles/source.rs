@@ -3,10 +3,11 @@
 use std::collections::VecDeque;
 use std::time::Duration;
 
+use crate::doubles::{MEMORY_ROW_ENCODING, encode_rows};
 use async_trait::async_trait;
 use ferry_core::{
-    CheckItem, ChunkRows, Error, KeyRange, Position, Result, SnapshotChunk, SnapshotReader,
-    SnapshotRequest, Source, SourceEvent, TableRef, Transaction, Value,
+    CheckItem, ChunkRows, EncodedRows, Error, KeyRange, Position, Result, SnapshotChunk,
+    SnapshotReader, SnapshotRequest, Source, SourceEvent, TableRef, Transaction, Value,
 };
 
 use super::db::{MemoryDb, Rows};
@@ -41,6 +42,8 @@ pub struct MemorySource {
     cursor: Option<i64>,
     boundaries: Vec<i64>,
     pending: VecDeque<SourceEvent>,
+    /// Offers [`MEMORY_ROW_ENCODING`](crate::doubles::MEMORY_ROW_ENCODING).
+    encoded: bool,
 }
 
 impl MemorySource {
@@ -58,7 +61,16 @@ impl MemorySource {
             cursor: None,
             boundaries: Vec::new(),
             pending: VecDeque::new(),
+            encoded: false,
         }
+    }
+
+    /// Offers snapshot rows in
+    /// [`MEMORY_ROW_ENCODING`](crate::doubles::MEMORY_ROW_ENCODING), and
+    /// sends them so when a request asks for it.
+    pub fn row_encoding(mut self) -> Self {
+        self.encoded = true;
+        self
     }
 
     /// Rows per snapshot chunk (at least 1).
@@ -161,9 +173,31 @@ impl Source for MemorySource {
         for r in requests {
             let empty = Rows::new();
             let rows = st.tables.get(&r.table.name).unwrap_or(&empty);
-            chunks.extend(table_chunks(&r.table, rows, &r.skip, self.chunk_rows));
+            let mut table = table_chunks(&r.table, rows, &r.skip, self.chunk_rows);
+            if r.encoding.is_some() {
+                if !self.encoded || r.encoding.as_deref() != Some(MEMORY_ROW_ENCODING) {
+                    return Err(Error::fatal(format!(
+                        "MemorySource: asked for encoding {:?}, which it did not offer",
+                        r.encoding
+                    )));
+                }
+                for c in &mut table {
+                    let rows = std::mem::replace(&mut c.rows, ChunkRows::Values(Vec::new()));
+                    let rows = rows.into_values();
+                    c.rows = ChunkRows::Encoded(EncodedRows {
+                        encoding: MEMORY_ROW_ENCODING.into(),
+                        data: encode_rows(&rows),
+                        rows: rows.len(),
+                    });
+                }
+            }
+            chunks.extend(table);
         }
         Ok(Box::new(MemorySnapshot { position, chunks }))
+    }
+
+    fn row_encoding(&self, _table: &TableRef) -> Option<String> {
+        self.encoded.then(|| MEMORY_ROW_ENCODING.to_string())
     }
 
     async fn start_stream(

@@ -5,7 +5,8 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use ferry_core::{
-    CheckpointRecord, Error, Result, SinkWriter, Step, TableName, TableRef, Value, display_key,
+    CheckpointRecord, EncodedRows, Error, Result, SinkWriter, Step, TableName, TableRef, Value,
+    display_key,
 };
 
 use super::{CommitView, SinkShared, SinkState, Txn, applied_of, missing_table, no_txn};
@@ -291,6 +292,25 @@ impl SinkWriter for MemWriter {
         for row in rows {
             self.write(table, RowWrite::Load(row)).await?;
         }
+        Ok(())
+    }
+
+    async fn load_encoded(&mut self, table: &TableRef, rows: EncodedRows) -> Result<()> {
+        use std::sync::atomic::Ordering;
+        if !self.shared.encoded.load(Ordering::SeqCst)
+            || rows.encoding != crate::doubles::MEMORY_ROW_ENCODING
+        {
+            return Err(Error::fatal(format!(
+                "MemorySink: cannot load rows encoded as {}",
+                rows.encoding
+            )));
+        }
+        let decoded = crate::doubles::decode_rows(&rows.data)?;
+        if decoded.len() != rows.rows {
+            return Err(Error::fatal("MemorySink: encoded row count is wrong"));
+        }
+        self.load(table, &decoded).await?;
+        self.shared.encoded_loads.fetch_add(1, Ordering::SeqCst);
         Ok(())
     }
 
