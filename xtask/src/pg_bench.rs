@@ -254,17 +254,8 @@ impl Bench {
         self.fresh_db(db, None)?;
         let t = Instant::now();
         let mut dump = self.tool("pg_dump");
-        dump.args([
-            "-h",
-            "127.0.0.1",
-            "-p",
-            &self.src.port.to_string(),
-            "-U",
-            "postgres",
-            "-t",
-            "public.t",
-            "src",
-        ]);
+        dump.args(self.src.conn_args())
+            .args(["-t", "public.t", "src"]);
         let mut load = self.tool("psql");
         load.args(self.dst.psql_args(db));
         self.pipe(dump, load, "pg_dump | psql")?;
@@ -514,36 +505,29 @@ impl Bench {
     fn decode_only(&self, marker: u64, timeout: Duration) -> Res<(f64, Option<f64>)> {
         let endpos = format!("{:X}/{:X}", marker >> 32, marker & 0xffff_ffff);
         let mut cmd = self.tool("pg_recvlogical");
-        cmd.args([
-            "-h",
-            "127.0.0.1",
-            "-p",
-            &self.src.port.to_string(),
-            "-U",
-            "postgres",
-        ])
-        .args([
-            "-d",
-            "src",
-            "-S",
-            DECODE_SLOT,
-            "--start",
-            "--no-loop",
-            "-f",
-            "/dev/null",
-        ])
-        .args([
-            "-E",
-            &endpos,
-            "-o",
-            "proto_version=1",
-            "-o",
-            "binary=true",
-            "-o",
-        ])
-        .arg(format!("publication_names=ferry_{PIPELINE}"))
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped());
+        cmd.args(self.src.conn_args())
+            .args([
+                "-d",
+                "src",
+                "-S",
+                DECODE_SLOT,
+                "--start",
+                "--no-loop",
+                "-f",
+                "/dev/null",
+            ])
+            .args([
+                "-E",
+                &endpos,
+                "-o",
+                "proto_version=1",
+                "-o",
+                "binary=true",
+                "-o",
+            ])
+            .arg(format!("publication_names=ferry_{PIPELINE}"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
         let mut probe = self.src.connect("src")?;
         let mut walsender = Walsender::new(DECODE_SLOT);
         let t = Instant::now();

@@ -321,22 +321,29 @@ impl Cluster {
         Client::connect(self.port, db)
     }
 
-    /// `psql` arguments that reach `db` on this cluster.
-    pub fn psql_args(&self, db: &str) -> Vec<String> {
+    /// Connection arguments of the client programs (`-h -p -U`).
+    pub fn conn_args(&self) -> Vec<String> {
         vec![
-            "-X".into(),
-            "-q".into(),
-            "-v".into(),
-            "ON_ERROR_STOP=1".into(),
             "-h".into(),
             "127.0.0.1".into(),
             "-p".into(),
             self.port.to_string(),
             "-U".into(),
             "postgres".into(),
-            "-d".into(),
-            db.into(),
         ]
+    }
+
+    /// `psql` arguments that reach `db` on this cluster.
+    pub fn psql_args(&self, db: &str) -> Vec<String> {
+        let mut args: Vec<String> = vec![
+            "-X".into(),
+            "-q".into(),
+            "-v".into(),
+            "ON_ERROR_STOP=1".into(),
+        ];
+        args.extend(self.conn_args());
+        args.extend(["-d".into(), db.into()]);
+        args
     }
 
     pub fn create_database(&self, db: &str) -> Res<()> {

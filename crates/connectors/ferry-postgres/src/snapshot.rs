@@ -175,14 +175,7 @@ async fn plan(client: &Client, req: &SnapshotRequest, pg: &PgTable) -> Result<Ve
     if int_key {
         let k = &key_cols[0].quoted;
         let refs: Vec<&ReadColumn> = key_cols.iter().collect();
-        let est: f64 = client
-            .query_one(
-                "SELECT reltuples::float8 FROM pg_catalog.pg_class WHERE oid = $1",
-                &[&pg.oid],
-            )
-            .await
-            .map_err(|e| pg_error(e, "estimating the table size"))?
-            .get(0);
+        let (est, _) = table_size(client, pg).await?;
         let all_span = client
             .query_one(
                 &format!(
@@ -287,14 +280,7 @@ async fn sample_splits(
     pg: &PgTable,
     key: &[ReadColumn],
 ) -> Result<Vec<Vec<Value>>> {
-    let size = client
-        .query_one(
-            "SELECT reltuples::float8, relpages::float8 FROM pg_catalog.pg_class WHERE oid = $1",
-            &[&pg.oid],
-        )
-        .await
-        .map_err(|e| pg_error(e, "estimating the table size"))?;
-    let (est, pages): (f64, f64) = (size.get(0), size.get(1));
+    let (est, pages) = table_size(client, pg).await?;
     let pieces = (est / chunk_rows(&req.encoding) as f64).floor();
     if pieces < 3.0 || pages < 1.0 {
         return Ok(Vec::new());
@@ -333,6 +319,19 @@ async fn sample_splits(
     tracing::debug!(table = %req.table.name, pieces = splits.len() + 1, sampled = keys.len(),
         "snapshot: key ranges from a sample");
     Ok(splits)
+}
+
+/// The planner's estimate of the table's rows and pages (`reltuples` is -1
+/// for a table never analyzed).
+async fn table_size(client: &Client, pg: &PgTable) -> Result<(f64, f64)> {
+    let row = client
+        .query_one(
+            "SELECT reltuples::float8, relpages::float8 FROM pg_catalog.pg_class WHERE oid = $1",
+            &[&pg.oid],
+        )
+        .await
+        .map_err(|e| pg_error(e, "estimating the table size"))?;
+    Ok((row.get(0), row.get(1)))
 }
 
 /// `gap` cut at the split points strictly inside it: consecutive ranges

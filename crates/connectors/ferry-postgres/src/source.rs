@@ -596,11 +596,7 @@ impl Source for PostgresSource {
 #[async_trait]
 impl TableReader for PostgresSource {
     async fn count_rows(&self, table: &TableRef) -> Result<u64> {
-        let ns = table
-            .name
-            .namespace
-            .clone()
-            .unwrap_or_else(|| "public".into());
+        let ns = namespace(table);
         crate::reader::count_rows(&self.client, &ns, &table.name.name).await
     }
 
@@ -608,11 +604,7 @@ impl TableReader for PostgresSource {
     /// been analyzed; counting would read the whole table while the snapshot
     /// reads it too.
     async fn estimate_rows(&self, table: &TableRef) -> Result<u64> {
-        let ns = table
-            .name
-            .namespace
-            .clone()
-            .unwrap_or_else(|| "public".into());
+        let ns = namespace(table);
         let est: Option<f32> = self
             .client
             .query_opt(
@@ -649,4 +641,13 @@ impl TableReader for PostgresSource {
             })?;
         crate::reader::read_rows(&self.client, &pg, table, after, limit).await
     }
+}
+
+/// The schema a source table lives in (`public` when unqualified).
+fn namespace(table: &TableRef) -> String {
+    table
+        .name
+        .namespace
+        .clone()
+        .unwrap_or_else(|| "public".into())
 }

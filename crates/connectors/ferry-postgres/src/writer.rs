@@ -85,19 +85,23 @@ impl PostgresWriter {
         }
     }
 
-    /// Streams `rows` into `table (cols)` with binary COPY.
-    async fn copy_rows(&self, t: &Target, table: &str, rows: &[&Vec<Value>]) -> Result<()> {
+    /// Starts `COPY table (cols) FROM STDIN (FORMAT binary)`.
+    async fn copy_in(
+        &self,
+        t: &Target,
+        table: &str,
+    ) -> Result<tokio_postgres::CopyInSink<bytes::Bytes>> {
         let sql = format!(
             "COPY {table} ({}) FROM STDIN (FORMAT binary)",
             t.cols.join(", ")
         );
-        let fail =
-            |e: tokio_postgres::Error| pg_error(e, "copying rows").with("table", t.display.clone());
-        let sink = self
-            .client
-            .copy_in::<_, bytes::Bytes>(&sql)
-            .await
-            .map_err(fail)?;
+        self.client.copy_in(&sql).await.map_err(copy_failed(t))
+    }
+
+    /// Streams `rows` into `table (cols)` with binary COPY.
+    async fn copy_rows(&self, t: &Target, table: &str, rows: &[&Vec<Value>]) -> Result<()> {
+        let fail = copy_failed(t);
+        let sink = self.copy_in(t, table).await?;
         futures_util::pin_mut!(sink);
         let kinds: Vec<&Kind> = t.types.iter().map(|ty| &ty.kind).collect();
         let mut buf = BytesMut::with_capacity(COPY_PIECE + 4096);
@@ -121,18 +125,8 @@ impl PostgresWriter {
 
     /// Streams binary COPY tuples into the table as they are.
     async fn copy_encoded(&self, t: &Target, tuples: Vec<u8>) -> Result<()> {
-        let sql = format!(
-            "COPY {} ({}) FROM STDIN (FORMAT binary)",
-            t.qualified,
-            t.cols.join(", ")
-        );
-        let fail =
-            |e: tokio_postgres::Error| pg_error(e, "copying rows").with("table", t.display.clone());
-        let sink = self
-            .client
-            .copy_in::<_, bytes::Bytes>(&sql)
-            .await
-            .map_err(fail)?;
+        let fail = copy_failed(t);
+        let sink = self.copy_in(t, &t.qualified).await?;
         futures_util::pin_mut!(sink);
         let mut framing = BytesMut::with_capacity(32);
         copy::copy_header(&mut framing);
@@ -660,4 +654,9 @@ impl SinkWriter for PostgresWriter {
         }
         Ok(())
     }
+}
+
+/// The error of a failed `COPY` into `t`.
+fn copy_failed(t: &Target) -> impl Fn(tokio_postgres::Error) -> Error + Copy + '_ {
+    |e| pg_error(e, "copying rows").with("table", t.display.clone())
 }
