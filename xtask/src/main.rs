@@ -157,8 +157,8 @@ fn parse_bench_postgres(args: &[String], command: String) -> Res<pg_bench::PgOpt
             other => return Err(format!("unknown argument {other:?}\n{USAGE}")),
         }
     }
-    if opts.rows < 5 {
-        return Err("--rows must be at least 5 (the RSS check copies rows/5)".into());
+    if opts.rows < 2 {
+        return Err("--rows must be at least 2 (the RSS check copies rows/2)".into());
     }
     if opts.clients == 0 || opts.changes < u64::from(opts.clients) {
         return Err("--clients must be at least 1 and at most --changes".into());

@@ -9,7 +9,8 @@
 //! CDC backlog (pgbench single-row UPDATE transactions while the native
 //! subscription is disabled and ferry stopped, then each applies the same
 //! backlog alone); CDC live (pgbench for N seconds with ferry running: apply
-//! rate and lag); a ferry snapshot of rows/5 for the RSS comparison.
+//! rate and lag); a ferry snapshot of rows/2 for the RSS comparison (big
+//! enough that the snapshot pipeline fills, as in the full copy).
 //! Progress goes to stderr, the report to stdout.
 
 use std::fmt::Write as _;
@@ -948,7 +949,7 @@ fn measure(opts: &PgOpts, b: &Bench, commit: String) -> Res<Results> {
         None
     };
 
-    let small_rows = (rows / 5).max(1);
+    let small_rows = (rows / 2).max(1);
     eprintln!(
         "== RSS check: ferry snapshot of {} rows",
         thousands(small_rows)
@@ -963,7 +964,7 @@ fn measure(opts: &PgOpts, b: &Bench, commit: String) -> Res<Results> {
         mib(small.rss_kib)
     );
     guard(
-        "the ferry snapshot of rows/5",
+        "the ferry snapshot of rows/2",
         &fp_small,
         &b.dst,
         "ferry_small",
