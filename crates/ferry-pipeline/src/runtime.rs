@@ -364,6 +364,9 @@ async fn shared_encoding(
     let shared = target.as_deref() == Some(encoding.as_str());
     if shared {
         tracing::info!(table = %table.name, %encoding, "snapshot: rows pass through undecoded");
+    } else {
+        tracing::debug!(table = %table.name, source = %encoding, target = ?target,
+            "snapshot: rows decoded (the target loads another encoding)");
     }
     Ok(shared.then_some(encoding))
 }
