@@ -256,7 +256,8 @@ mod tests {
             (2_000_000, 50_000, 8, 0)
         );
         assert!(parse(&["--clients", "0"]).is_err());
-        assert!(parse(&["--rows", "4"]).is_err());
+        assert!(parse(&["--rows", "1"]).is_err());
+        assert!(parse(&["--rows", "2"]).is_ok());
         assert!(
             parse(&["--runs", "3"])
                 .unwrap_err()
