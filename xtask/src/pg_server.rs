@@ -217,28 +217,14 @@ impl Cluster {
             else {
                 continue;
             };
-            let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+            // A process may exit between the listing and the read.
+            let Ok(st) = crate::process::proc_stat(pid) else {
                 continue;
             };
-            // Fields after the command name: state, ppid, ..., utime (14),
-            // stime (15), cutime (16), cstime (17), in ticks of 1/100 s.
-            let after = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
-            let f: Vec<u64> = after
-                .split_whitespace()
-                .skip(1)
-                .map(|x| x.parse().unwrap_or(0))
-                .collect();
-            let (ppid, utime, stime, cutime, cstime) = (
-                f.first().copied().unwrap_or(0),
-                f.get(10).copied().unwrap_or(0),
-                f.get(11).copied().unwrap_or(0),
-                f.get(12).copied().unwrap_or(0),
-                f.get(13).copied().unwrap_or(0),
-            );
             if pid == postmaster {
-                total += (utime + stime + cutime + cstime) as f64 / 100.0;
-            } else if ppid == u64::from(postmaster) {
-                total += (utime + stime) as f64 / 100.0;
+                total += st.cpu_secs + st.children_cpu_secs;
+            } else if st.ppid == postmaster {
+                total += st.cpu_secs;
             }
         }
         Ok(total)

@@ -324,17 +324,35 @@ impl Probe {
     }
 }
 
-/// CPU time process `pid` has used so far, user + system, all threads
-/// (`/proc/<pid>/stat` fields 14 and 15, in clock ticks of 1/100 s on Linux).
+/// CPU time process `pid` has used so far, user + system, all threads.
 pub fn cpu_secs_of(pid: u32) -> Res<f64> {
+    let st = proc_stat(pid)?;
+    Ok(st.cpu_secs)
+}
+
+/// The fields of `/proc/<pid>/stat` the benchmarks use. Times are in
+/// clock ticks of 1/100 s on Linux, converted to seconds.
+pub struct ProcStat {
+    pub ppid: u32,
+    /// utime + stime (fields 14 and 15).
+    pub cpu_secs: f64,
+    /// cutime + cstime of reaped children (fields 16 and 17).
+    pub children_cpu_secs: f64,
+}
+
+pub fn proc_stat(pid: u32) -> Res<ProcStat> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))
         .ctx(|| format!("reading /proc/{pid}/stat"))?;
     // The command name (field 2) may hold spaces; count after its `)`.
     let after = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
     let fields: Vec<&str> = after.split_whitespace().collect();
-    let tick = |i: usize| fields.get(i).and_then(|f| f.parse::<u64>().ok());
-    match (tick(11), tick(12)) {
-        (Some(u), Some(s)) => Ok((u + s) as f64 / 100.0),
+    let num = |i: usize| fields.get(i).and_then(|f| f.parse::<u64>().ok());
+    match (num(1), num(11), num(12), num(13), num(14)) {
+        (Some(ppid), Some(u), Some(s), Some(cu), Some(cs)) => Ok(ProcStat {
+            ppid: ppid as u32,
+            cpu_secs: (u + s) as f64 / 100.0,
+            children_cpu_secs: (cu + cs) as f64 / 100.0,
+        }),
         _ => Err(format!("unreadable /proc/{pid}/stat")),
     }
 }

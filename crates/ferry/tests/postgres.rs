@@ -108,6 +108,18 @@ fn kill_repeatedly(pipeline: &Path, log: &Path) {
     }
 }
 
+/// SIGTERM must end `ferry run` with exit 0, and `ferry verify` must then
+/// find source and target equal.
+fn stop_and_verify(child: std::process::Child, log: &Path, pipeline: &Path) {
+    assert!(
+        terminate(child).success(),
+        "{}",
+        std::fs::read_to_string(log).unwrap_or_default()
+    );
+    let v = ferry(&["verify", pipeline.to_str().unwrap()]);
+    assert!(v.status.success(), "verify: {}", text(&v));
+}
+
 fn pg_rows(pg: &PostgresServer, db: &str, sql: &str) -> Vec<String> {
     pg.try_psql_in(db, sql)
         .map(|s| s.lines().map(str::to_owned).collect())
@@ -183,13 +195,7 @@ fn postgres_to_postgres_kill_9_loses_and_doubles_nothing() {
     });
     stop.store(true, Ordering::Relaxed);
     reader.join().unwrap();
-    assert!(
-        terminate(child).success(),
-        "{}",
-        std::fs::read_to_string(&log).unwrap_or_default()
-    );
-    let v = ferry(&["verify", pipeline.to_str().unwrap()]);
-    assert!(v.status.success(), "verify: {}", text(&v));
+    stop_and_verify(child, &log, &pipeline);
     // The kills above landed in a snapshot whose rows passed through as
     // binary COPY tuples (built-in types only, same server version).
     let logged = std::fs::read_to_string(&log).unwrap_or_default();
@@ -247,13 +253,7 @@ fn postgres_to_sqlite_kill_9_loses_and_doubles_nothing() {
             && sqlite_rows(TAGS_SQL)? == pg_rows(&pg, "src", TAGS_SQL);
         same.then_some(())
     });
-    assert!(
-        terminate(child).success(),
-        "{}",
-        std::fs::read_to_string(&log).unwrap_or_default()
-    );
-    let v = ferry(&["verify", pipeline.to_str().unwrap()]);
-    assert!(v.status.success(), "verify: {}", text(&v));
+    stop_and_verify(child, &log, &pipeline);
 }
 
 #[test]
