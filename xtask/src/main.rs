@@ -83,14 +83,12 @@ fn parse_count(flag: &str, s: &str) -> Res<u64> {
         .ok_or_else(|| format!("{flag} {s:?} is not a count (write e.g. 1000000, 1M, 250k)"))
 }
 
-fn parse_bench_sqlite(args: &[String], command: String) -> Res<BenchOpts> {
-    let mut opts = BenchOpts {
-        rows: 1_000_000,
-        changes: 200_000,
-        runs: 1,
-        keep: false,
-        command,
-    };
+/// Calls `on_flag` with each flag (`--name` or `--name=value`) and a
+/// function that takes its value (inline, else the next argument).
+fn each_flag(
+    args: &[String],
+    mut on_flag: impl FnMut(&str, &mut dyn FnMut() -> Res<String>) -> Res<()>,
+) -> Res<()> {
     let mut it = args.iter();
     while let Some(arg) = it.next() {
         let (flag, inline) = match arg.split_once('=') {
@@ -103,6 +101,20 @@ fn parse_bench_sqlite(args: &[String], command: String) -> Res<BenchOpts> {
                 .or_else(|| it.next().cloned())
                 .ok_or_else(|| format!("{flag} needs a value\n{USAGE}"))
         };
+        on_flag(flag, &mut value)?;
+    }
+    Ok(())
+}
+
+fn parse_bench_sqlite(args: &[String], command: String) -> Res<BenchOpts> {
+    let mut opts = BenchOpts {
+        rows: 1_000_000,
+        changes: 200_000,
+        runs: 1,
+        keep: false,
+        command,
+    };
+    each_flag(args, |flag, value| {
         match flag {
             "--rows" => opts.rows = parse_count(flag, &value()?)?,
             "--changes" => opts.changes = parse_count(flag, &value()?)?,
@@ -114,7 +126,8 @@ fn parse_bench_sqlite(args: &[String], command: String) -> Res<BenchOpts> {
             "-h" | "--help" => return Err(USAGE.to_owned()),
             other => return Err(format!("unknown argument {other:?}\n{USAGE}")),
         }
-    }
+        Ok(())
+    })?;
     if opts.rows < 4 {
         return Err("--rows must be at least 4 (the RSS check copies rows/4)".into());
     }
@@ -133,20 +146,9 @@ fn parse_bench_postgres(args: &[String], command: String) -> Res<pg_bench::PgOpt
         keep: false,
         command,
     };
-    let mut it = args.iter();
-    while let Some(arg) = it.next() {
-        let (flag, inline) = match arg.split_once('=') {
-            Some((f, v)) if f.starts_with("--") => (f, Some(v.to_owned())),
-            _ => (arg.as_str(), None),
-        };
-        let mut value = || -> Res<String> {
-            inline
-                .clone()
-                .or_else(|| it.next().cloned())
-                .ok_or_else(|| format!("{flag} needs a value\n{USAGE}"))
-        };
-        let small =
-            |flag: &str, n: u64| u32::try_from(n).map_err(|_| format!("{flag} {n} is too large"));
+    let small =
+        |flag: &str, n: u64| u32::try_from(n).map_err(|_| format!("{flag} {n} is too large"));
+    each_flag(args, |flag, value| {
         match flag {
             "--rows" => opts.rows = parse_count(flag, &value()?)?,
             "--changes" => opts.changes = parse_count(flag, &value()?)?,
@@ -156,7 +158,8 @@ fn parse_bench_postgres(args: &[String], command: String) -> Res<pg_bench::PgOpt
             "-h" | "--help" => return Err(USAGE.to_owned()),
             other => return Err(format!("unknown argument {other:?}\n{USAGE}")),
         }
-    }
+        Ok(())
+    })?;
     if opts.rows < 2 {
         return Err("--rows must be at least 2 (the RSS check copies rows/2)".into());
     }
