@@ -24,7 +24,7 @@ pub use checkpoint::{Checkpoint, CheckpointRecord, CopiedRange, KeyRange, TableP
 pub use error::{Action, Error, ErrorClass, Result, policy};
 pub use position::{Lsn, MySqlPosition, PgPosition, Position, PositionError, SqlitePosition};
 pub use reader::TableReader;
-pub use schema::{Column, TableName, TableRef, TableSchema};
+pub use schema::{Column, TableName, TableRef, TableSchema, UserType, UserTypeDef};
 pub use selection::Selection;
 pub use sink::{CheckpointStore, Sink, SinkInfo, SinkWriter};
 pub use source::{ChunkRows, EncodedRows, SnapshotChunk, SnapshotReader, SnapshotRequest, Source};

@@ -51,6 +51,35 @@ pub struct Column {
     /// The type as the source database spelled it (`varchar(20)`), for messages
     /// and for same-kind structure copy.
     pub source_type: String,
+    /// The named type the source declared the column with (an enum or a
+    /// domain; for an array column, its element's), so that a target of the
+    /// same kind can create that type. Values travel as `ty` either way; a
+    /// target of another kind ignores it.
+    pub user_type: Option<UserType>,
+}
+
+/// A type the source defines by name, as a target can recreate it.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct UserType {
+    /// The type's name, with its namespace (PostgreSQL schema).
+    pub name: TableName,
+    pub def: UserTypeDef,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum UserTypeDef {
+    /// An enum: its labels in sort order.
+    Enum(Vec<String>),
+    /// A domain over `base` (the source's spelling of the base type, e.g.
+    /// `numeric(10,2)`), which is itself `base_type` when that is a named
+    /// type too.
+    Domain {
+        base: String,
+        base_type: Option<Box<UserType>>,
+        not_null: bool,
+        /// `(constraint name, definition)`, e.g. `("positive", "CHECK ((VALUE > 0))")`.
+        checks: Vec<(String, String)>,
+    },
 }
 
 /// The structure of one table at one point of the stream.

@@ -318,6 +318,7 @@ mod tests {
             ty: ColumnType::Int64,
             nullable: true,
             source_type: "int".into(),
+            user_type: None,
         };
         Arc::new(TableSchema {
             name: TableName::bare("t"),

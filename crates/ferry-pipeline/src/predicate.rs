@@ -352,6 +352,7 @@ mod tests {
             ty: ColumnType::Dynamic,
             nullable: true,
             source_type: String::new(),
+            user_type: None,
         };
         TableSchema {
             name: TableName::bare("t"),

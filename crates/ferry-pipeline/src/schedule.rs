@@ -136,6 +136,7 @@ mod tests {
             ty: ColumnType::Int64,
             nullable: false,
             source_type: String::new(),
+            user_type: None,
         };
         let t = Arc::new(TableSchema {
             name: TableName::bare(table),

@@ -265,6 +265,7 @@ mod tests {
             ty: ColumnType::Dynamic,
             nullable: true,
             source_type: String::new(),
+            user_type: None,
         };
         Arc::new(TableSchema {
             name: TableName::bare("orders"),

@@ -3,11 +3,11 @@
 
 use std::sync::Arc;
 
-use ferry_core::{Column, Error, Result, TableName, TableRef, TableSchema};
+use ferry_core::{Column, Error, Result, TableName, TableRef, TableSchema, UserType};
 use tokio_postgres::Client;
 
 use crate::error::pg_error;
-use crate::types::{Kind, PgType, TypeCache, column_type, ident};
+use crate::types::{FIRST_USER_OID, Kind, PgType, TypeCache, column_type, ident};
 
 /// One column as the catalog describes it.
 #[derive(Debug, Clone)]
@@ -20,6 +20,8 @@ pub(crate) struct PgColumn {
     pub type_name: String,
     /// `None`: a type ferry does not carry.
     pub kind: Option<Kind>,
+    /// The enum or domain the column is declared with (or whose array it is).
+    pub user_type: Option<UserType>,
     pub generated: bool,
 }
 
@@ -146,6 +148,7 @@ pub(crate) async fn describe(
             not_null: r.get(3),
             type_name: r.get(4),
             kind: types.kind(client, type_oid).await?,
+            user_type: types.user_type(client, type_oid).await?,
             generated: !generated.is_empty(),
         });
     }
@@ -208,6 +211,7 @@ pub(crate) fn source_schema(t: &PgTable) -> Result<TableRef> {
             ty: column_type(kind, c.type_oid, c.typmod),
             nullable: !c.not_null,
             source_type: c.type_name.clone(),
+            user_type: c.user_type.clone(),
         });
     }
     let no_key = |why: &str| {
@@ -265,8 +269,6 @@ pub(crate) async fn server_major(client: &Client) -> Result<u32> {
 /// for a user-defined type (enum, domain, composite, extension) or a
 /// column `pg` lacks.
 pub(crate) fn binary_copy_encoding(major: u32, pg: &PgTable, table: &TableRef) -> Option<String> {
-    /// PostgreSQL's `FirstNormalObjectId`: OIDs below are built in.
-    const FIRST_USER_OID: u32 = 16_384;
     let mut types = Vec::with_capacity(table.columns.len());
     for c in &table.columns {
         let pc = pg.column(&c.name)?;

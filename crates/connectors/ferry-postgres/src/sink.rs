@@ -2,13 +2,13 @@
 //! mapping of each ferry table onto its target table. Writers (the data
 //! path) are in [`crate::writer`].
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
 use ferry_core::{
-    CheckItem, Checkpoint, CheckpointRecord, CheckpointStore, Error, Result, Sink, SinkInfo,
-    SinkWriter, TableName, TableReader, TableRef, Value,
+    CheckItem, Checkpoint, CheckpointRecord, CheckpointStore, Column, Error, Result, Sink,
+    SinkInfo, SinkWriter, TableName, TableReader, TableRef, UserType, UserTypeDef, Value,
 };
 use tokio_postgres::Client;
 use tokio_postgres::types::Type;
@@ -16,7 +16,9 @@ use tokio_postgres::types::Type;
 use crate::catalog::{self, PgTable};
 use crate::connection::Endpoint;
 use crate::error::pg_error;
-use crate::types::{PgType, TypeCache, ddl_type, ident, writable};
+use crate::types::{
+    PgType, TypeCache, column_ddl_type, ident, quote_literal, type_ident, writable,
+};
 
 /// Comment on a table ferry created without its primary key: the key is
 /// added once the table's snapshot is loaded (loading into a table without
@@ -138,7 +140,7 @@ pub(crate) fn map_target(table: &TableRef, pg: &PgTable, major: u32) -> Result<T
                  so ferry creates it",
                 pg.qualified(),
                 ident(&c.name),
-                ddl_type(&c.ty, &c.source_type).unwrap_or_else(|_| "...".into())
+                column_ddl_type(c).unwrap_or_else(|_| "...".into())
             )));
         }
         cols.push(ident(&c.name));
@@ -151,7 +153,7 @@ pub(crate) fn map_target(table: &TableRef, pg: &PgTable, major: u32) -> Result<T
                 format!(
                     "ADD COLUMN {} {}",
                     ident(&c.name),
-                    ddl_type(&c.ty, &c.source_type).unwrap_or_else(|_| "...".into())
+                    column_ddl_type(c).unwrap_or_else(|_| "...".into())
                 )
             })
             .collect();
@@ -216,7 +218,7 @@ pub(crate) fn create_table_sql(table: &TableRef, with_key: bool) -> Result<Strin
     let (schema, name) = target_name(&table.name);
     let mut defs = Vec::new();
     for c in &table.columns {
-        let ty = ddl_type(&c.ty, &c.source_type).map_err(|e| {
+        let ty = column_ddl_type(c).map_err(|e| {
             Error::fatal(format!(
                 "cannot create column {}.{}: {}",
                 table.name,
@@ -236,8 +238,134 @@ pub(crate) fn create_table_sql(table: &TableRef, with_key: bool) -> Result<Strin
     Ok(format!(
         "CREATE TABLE {q} ({}); COMMENT ON TABLE {q} IS {}",
         defs.join(", "),
-        crate::types::quote_literal(KEY_PENDING)
+        quote_literal(KEY_PENDING)
     ))
+}
+
+/// Creates the enums and domains `columns` are declared with that the
+/// target lacks, and adds the labels an existing enum lacks, so that
+/// [`column_ddl_type`] names types that exist. An existing domain is left
+/// as it is. A label added here can be used once the transaction that
+/// added it has committed (a PostgreSQL rule).
+pub(crate) async fn ensure_user_types(client: &Client, columns: &[&Column]) -> Result<()> {
+    let mut done = HashSet::new();
+    for c in columns {
+        if let Some(ut) = &c.user_type {
+            ensure_user_type(client, ut, &mut done).await?;
+        }
+    }
+    Ok(())
+}
+
+async fn ensure_user_type(
+    client: &Client,
+    ut: &UserType,
+    done: &mut HashSet<TableName>,
+) -> Result<()> {
+    if !done.insert(ut.name.clone()) {
+        return Ok(());
+    }
+    let q = type_ident(&ut.name);
+    let failed =
+        |e| pg_error(e, &format!("creating type {}", ut.name)).with("type", ut.name.to_string());
+    let existing = client
+        .query_opt(
+            "SELECT t.typtype::text, ARRAY(SELECT e.enumlabel::text FROM pg_catalog.pg_enum e \
+                    WHERE e.enumtypid = t.oid ORDER BY e.enumsortorder) \
+             FROM pg_catalog.pg_type t JOIN pg_catalog.pg_namespace n ON n.oid = t.typnamespace \
+             WHERE n.nspname = $1 AND t.typname = $2",
+            &[
+                &ut.name.namespace.as_deref().unwrap_or("public"),
+                &ut.name.name,
+            ],
+        )
+        .await
+        .map_err(failed)?;
+    let schema = format!(
+        "CREATE SCHEMA IF NOT EXISTS {}",
+        ident(ut.name.namespace.as_deref().unwrap_or("public"))
+    );
+    let (want, sql) = match &ut.def {
+        UserTypeDef::Enum(labels) => {
+            let have: Vec<String> = match &existing {
+                Some(row) => row.get(1),
+                None => Vec::new(),
+            };
+            let sql = if existing.is_none() {
+                let list: Vec<String> = labels.iter().map(|l| quote_literal(l)).collect();
+                vec![
+                    schema,
+                    format!("CREATE TYPE {q} AS ENUM ({})", list.join(", ")),
+                ]
+            } else {
+                // Missing labels go right after the label that precedes
+                // them on the source, so the sort order stays the same.
+                let mut out = Vec::new();
+                let mut prev: Option<&String> = None;
+                for l in labels {
+                    if !have.contains(l) {
+                        let place = match (prev, have.first()) {
+                            (Some(p), _) => format!(" AFTER {}", quote_literal(p)),
+                            (None, Some(first)) => format!(" BEFORE {}", quote_literal(first)),
+                            (None, None) => String::new(),
+                        };
+                        out.push(format!(
+                            "ALTER TYPE {q} ADD VALUE IF NOT EXISTS {}{place}",
+                            quote_literal(l)
+                        ));
+                    }
+                    prev = Some(l);
+                }
+                out
+            };
+            ("e", sql)
+        }
+        UserTypeDef::Domain {
+            base,
+            base_type,
+            not_null,
+            checks,
+        } => {
+            if let Some(b) = base_type {
+                Box::pin(ensure_user_type(client, b, done)).await?;
+            }
+            let mut sql = Vec::new();
+            if existing.is_none() {
+                let mut create = format!("CREATE DOMAIN {q} AS {base}");
+                if *not_null {
+                    create.push_str(" NOT NULL");
+                }
+                for (name, def) in checks {
+                    create.push_str(&format!(" CONSTRAINT {} {def}", ident(name)));
+                }
+                sql = vec![schema, create];
+            }
+            ("d", sql)
+        }
+    };
+    if let Some(row) = &existing {
+        let typtype: String = row.get(0);
+        if typtype != want {
+            return Err(Error::fatal(format!(
+                "the target has a type {} that is not {} like the source's",
+                ut.name,
+                if want == "e" { "an enum" } else { "a domain" }
+            ))
+            .with("type", ut.name.to_string())
+            .with_fix(format!(
+                "drop or rename the target's type {q}, or create the target table beforehand \
+                 with the column types you want"
+            )));
+        }
+    }
+    if !sql.is_empty() {
+        tracing::info!(r#type = %ut.name, "creating the type on the target");
+        client
+            .batch_execute(&sql.join("; "))
+            .await
+            .map_err(failed)?;
+    }
+    Ok(())
 }
 
 /// The PostgreSQL sink. Cheap to share; each writer has its own connection.
@@ -348,6 +476,8 @@ impl Sink for PostgresSink {
             let pg = match self.describe(&table.name).await? {
                 Some(pg) => pg,
                 None => {
+                    let columns: Vec<&Column> = table.columns.iter().collect();
+                    ensure_user_types(&self.admin, &columns).await?;
                     let (schema, _) = target_name(&table.name);
                     let sql = format!(
                         "CREATE SCHEMA IF NOT EXISTS {}; {}",

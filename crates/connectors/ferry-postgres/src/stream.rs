@@ -391,6 +391,7 @@ impl Stream {
                 ty,
                 nullable: old.is_none_or(|o| o.nullable),
                 source_type,
+                user_type: ctx.types.user_type(ctx.client, c.type_oid).await?,
             });
         }
         let by_name = |n: &str| columns.iter().position(|c| c.name == n);

@@ -5,7 +5,7 @@
 
 use std::collections::HashMap;
 
-use ferry_core::{ColumnType, Error, Result};
+use ferry_core::{Column, ColumnType, Error, Result, TableName, UserType, UserTypeDef};
 use tokio_postgres::Client;
 
 use crate::error::pg_error;
@@ -77,11 +77,15 @@ fn builtin(oid: u32) -> Option<Kind> {
     })
 }
 
+/// PostgreSQL's `FirstNormalObjectId`: OIDs below are built in.
+pub(crate) const FIRST_USER_OID: u32 = 16_384;
+
 /// Resolves type OIDs (built-in, enums, domains, arrays) against one
 /// database, caching what it learnt. `None` = unsupported type.
 #[derive(Debug, Default)]
 pub(crate) struct TypeCache {
     known: HashMap<u32, Option<Kind>>,
+    named: HashMap<u32, Option<UserType>>,
 }
 
 impl TypeCache {
@@ -125,6 +129,89 @@ impl TypeCache {
         }
         self.known.insert(oid, kind.clone());
         Ok(kind)
+    }
+
+    /// The enum or domain behind `oid` (an array's element type, for an
+    /// array), as structure copy recreates it; `None` for built-in types.
+    pub async fn user_type(&mut self, client: &Client, oid: u32) -> Result<Option<UserType>> {
+        if oid < FIRST_USER_OID {
+            return Ok(None);
+        }
+        if let Some(u) = self.named.get(&oid) {
+            return Ok(u.clone());
+        }
+        let row = client
+            .query_opt(
+                "SELECT t.typtype::text, n.nspname::text, t.typname::text, t.typelem, \
+                        t.typcategory::text, format_type(t.typbasetype, t.typtypmod), \
+                        t.typbasetype, t.typnotnull, \
+                        ARRAY(SELECT e.enumlabel::text FROM pg_catalog.pg_enum e \
+                              WHERE e.enumtypid = t.oid ORDER BY e.enumsortorder), \
+                        ARRAY(SELECT c.conname::text FROM pg_catalog.pg_constraint c \
+                              WHERE c.contypid = t.oid AND c.contype = 'c' ORDER BY c.conname), \
+                        ARRAY(SELECT pg_get_constraintdef(c.oid) FROM pg_catalog.pg_constraint c \
+                              WHERE c.contypid = t.oid AND c.contype = 'c' ORDER BY c.conname) \
+                 FROM pg_catalog.pg_type t \
+                 JOIN pg_catalog.pg_namespace n ON n.oid = t.typnamespace WHERE t.oid = $1",
+                &[&oid],
+            )
+            .await
+            .map_err(|e| pg_error(e, "reading pg_type"))?;
+        let mut named = None;
+        if let Some(r) = row {
+            let typtype: String = r.get(0);
+            let name = TableName::new(Some(r.get::<_, String>(1).as_str()), r.get(2));
+            let elem: u32 = r.get(3);
+            let category: String = r.get(4);
+            named = match typtype.as_str() {
+                "e" => Some(UserType {
+                    name,
+                    def: UserTypeDef::Enum(r.get(8)),
+                }),
+                "d" => {
+                    let base_oid: u32 = r.get(6);
+                    let base_type = Box::pin(self.user_type(client, base_oid)).await?;
+                    let names: Vec<String> = r.get(9);
+                    let defs: Vec<String> = r.get(10);
+                    Some(UserType {
+                        name,
+                        def: UserTypeDef::Domain {
+                            base: r.get(5),
+                            base_type: base_type.map(Box::new),
+                            not_null: r.get(7),
+                            checks: names.into_iter().zip(defs).collect(),
+                        },
+                    })
+                }
+                "b" if category == "A" && elem != 0 => {
+                    Box::pin(self.user_type(client, elem)).await?
+                }
+                _ => None,
+            };
+        }
+        self.named.insert(oid, named.clone());
+        Ok(named)
+    }
+}
+
+/// `"schema"."name"` of a named type.
+pub(crate) fn type_ident(name: &TableName) -> String {
+    match &name.namespace {
+        Some(ns) => format!("{}.{}", ident(ns), ident(&name.name)),
+        None => ident(&name.name),
+    }
+}
+
+/// The PostgreSQL type a sink creates for a ferry column: the source's
+/// enum or domain when it names one (created beforehand, see
+/// `sink::ensure_user_types`), else [`ddl_type`].
+pub(crate) fn column_ddl_type(c: &Column) -> Result<String> {
+    match &c.user_type {
+        // `format_type` spells an array of the named type `name[]`; a
+        // domain over an array is the domain itself.
+        Some(ut) if c.source_type.ends_with("[]") => Ok(format!("{}[]", type_ident(&ut.name))),
+        Some(ut) => Ok(type_ident(&ut.name)),
+        None => ddl_type(&c.ty, &c.source_type),
     }
 }
 

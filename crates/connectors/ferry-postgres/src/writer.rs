@@ -29,8 +29,10 @@ use crate::apply::{
 use crate::catalog;
 use crate::copy;
 use crate::error::pg_error;
-use crate::sink::{CHECKPOINT_TABLE, Shared, Target, add_key_sql, map_target, target_name};
-use crate::types::{Kind, TypeCache, ddl_type, ident, writable};
+use crate::sink::{
+    CHECKPOINT_TABLE, Shared, Target, add_key_sql, ensure_user_types, map_target, target_name,
+};
+use crate::types::{Kind, TypeCache, column_ddl_type, ident, writable};
 
 /// Upserts of a table at or above this many rows go through `COPY` into a
 /// temporary staging table and one merge statement, which beats bind
@@ -469,16 +471,25 @@ impl PostgresWriter {
             .get(&table.name)
             .map(|t| t.source_cols.clone())
             .unwrap_or_default();
+        let changed: Vec<&ferry_core::Column> = table
+            .columns
+            .iter()
+            .filter(|c| {
+                pg.column(&c.name)
+                    .is_none_or(|tc| !tc.kind.as_ref().is_some_and(|k| writable(&c.ty, k)))
+            })
+            .collect();
+        if changed.iter().any(|c| c.user_type.is_some()) {
+            self.send_begin().await?;
+            ensure_user_types(&self.client, &changed).await?;
+        }
         let mut actions = Vec::new();
-        for c in &table.columns {
-            let ty = ddl_type(&c.ty, &c.source_type)?;
-            match pg.column(&c.name) {
-                None => actions.push(format!("ADD COLUMN {} {ty}", ident(&c.name))),
-                Some(tc) if !tc.kind.as_ref().is_some_and(|k| writable(&c.ty, k)) => actions.push(
-                    format!("ALTER COLUMN {0} TYPE {ty} USING {0}::{ty}", ident(&c.name)),
-                ),
-                Some(_) => {}
-            }
+        for c in changed {
+            let ty = column_ddl_type(c)?;
+            actions.push(match pg.column(&c.name) {
+                None => format!("ADD COLUMN {} {ty}", ident(&c.name)),
+                Some(_) => format!("ALTER COLUMN {0} TYPE {ty} USING {0}::{ty}", ident(&c.name)),
+            });
         }
         for old in previous.iter().filter(|o| table.column_index(o).is_none()) {
             if pg.column(old).is_some() {

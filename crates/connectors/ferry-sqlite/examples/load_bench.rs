@@ -32,6 +32,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         ty,
         nullable: false,
         source_type: String::new(),
+        user_type: None,
     };
     let table = Arc::new(TableSchema {
         name: TableName::bare("bench"),

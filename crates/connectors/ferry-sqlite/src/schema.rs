@@ -100,6 +100,7 @@ pub(crate) fn read_table(conn: &Connection, path: &Path, name: &str) -> Result<T
             ty,
             nullable: !not_null && !key_never_null,
             source_type: declared.clone(),
+            user_type: None,
         });
     }
     check_key_collation(conn, path, name, &columns)?;

@@ -259,6 +259,7 @@ mod tests {
                     ty: ColumnType::Int32,
                     nullable: false,
                     source_type: "int4".into(),
+                    user_type: None,
                 },
                 Column {
                     name: "amount".into(),
@@ -268,12 +269,14 @@ mod tests {
                     },
                     nullable: true,
                     source_type: "numeric(12,2)".into(),
+                    user_type: None,
                 },
                 Column {
                     name: "any".into(),
                     ty: ColumnType::Dynamic,
                     nullable: true,
                     source_type: String::new(),
+                    user_type: None,
                 },
             ],
             key: vec![0],

@@ -18,6 +18,7 @@ fn col(name: &str, ty: ColumnType, nullable: bool) -> Column {
         ty,
         nullable,
         source_type: String::new(),
+        user_type: None,
     }
 }
 

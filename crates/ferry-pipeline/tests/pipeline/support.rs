@@ -38,6 +38,7 @@ pub fn table(name: &str, columns: &[&str]) -> TableRef {
             ty,
             nullable: n != "id",
             source_type: source_type.into(),
+            user_type: None,
         }
     };
     let mut cols = vec![col("id:int")];

@@ -29,6 +29,7 @@ pub fn conformance_table(name: TableName) -> TableRef {
         ty,
         nullable: n != "id",
         source_type: source_type.into(),
+        user_type: None,
     };
     let text = || ColumnType::Text {
         max_len: None,

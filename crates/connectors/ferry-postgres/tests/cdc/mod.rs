@@ -93,7 +93,9 @@ async fn cdc_reports_schema_changes_before_the_rows_that_use_them() {
     );
     pg.psql_in(
         "src",
-        "ALTER TABLE t ADD COLUMN b numeric(8,3), DROP COLUMN a; INSERT INTO t VALUES (2, 1.5)",
+        "CREATE TYPE lvl AS ENUM ('lo', 'hi'); \
+         ALTER TABLE t ADD COLUMN b numeric(8,3), ADD COLUMN l lvl, DROP COLUMN a; \
+         INSERT INTO t VALUES (2, 1.5, 'hi')",
     );
     let t = next_commit(&mut src).await;
     let Change::Schema { table, .. } = &t.changes[0] else {
@@ -106,9 +108,17 @@ async fn cdc_reports_schema_changes_before_the_rows_that_use_them() {
             .iter()
             .map(|c| c.name.as_str())
             .collect::<Vec<_>>(),
-        ["id", "b"]
+        ["id", "b", "l"]
     );
     assert_eq!(table.columns[1].source_type, "numeric(8,3)");
+    // The new enum column names its type, so a PostgreSQL target can create it.
+    assert_eq!(
+        table.columns[2].user_type.as_ref().map(|u| &u.def),
+        Some(&ferry_core::UserTypeDef::Enum(vec![
+            "lo".into(),
+            "hi".into()
+        ]))
+    );
     let Change::Insert { row, table: t2 } = &t.changes[1] else {
         panic!()
     };

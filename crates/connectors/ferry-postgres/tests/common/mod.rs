@@ -20,6 +20,7 @@ pub fn col(name: &str, ty: ColumnType, nullable: bool) -> Column {
         ty,
         nullable,
         source_type: String::new(),
+        user_type: None,
     }
 }
 

@@ -237,6 +237,15 @@ async fn sink_applies_schema_changes_to_the_target() {
     let mut cols = t.columns.clone();
     cols.remove(3); // note dropped
     cols.push(col("email", text(), true));
+    // A new column of an enum type the target does not have yet.
+    cols.push(ferry_core::Column {
+        source_type: "app.tier".into(),
+        user_type: Some(ferry_core::UserType {
+            name: ferry_core::TableName::new(Some("app"), "tier"),
+            def: ferry_core::UserTypeDef::Enum(vec!["free".into(), "pro".into()]),
+        }),
+        ..col("tier", text(), true)
+    });
     let t2 = std::sync::Arc::new(ferry_core::TableSchema {
         columns: cols,
         version: 2,
@@ -250,6 +259,7 @@ async fn sink_applies_schema_changes_to_the_target() {
         Value::Text("a".into()),
         Value::Decimal("1".into()),
         Value::Text("a@x".into()),
+        Value::Text("pro".into()),
     ]);
     w.apply(&[
         Step::Schema {
@@ -263,7 +273,15 @@ async fn sink_applies_schema_changes_to_the_target() {
     w.commit(&[]).await.unwrap();
     assert_eq!(
         pg.psql_in("target", "SELECT * FROM app.accounts"),
-        "1|a|1.00|a@x"
+        "1|a|1.00|a@x|pro"
+    );
+    assert_eq!(
+        pg.psql_in(
+            "target",
+            "SELECT format_type(atttypid, atttypmod) FROM pg_attribute \
+             WHERE attrelid = 'app.accounts'::regclass AND attname = 'tier'"
+        ),
+        "app.tier"
     );
 }
 

@@ -121,11 +121,112 @@ async fn every_supported_type_round_trips_through_snapshot_and_stream() {
     w.apply(&[Step::Rows(vec![ops])]).await.unwrap();
     w.commit(&[]).await.unwrap();
     assert_eq!(render(&pg, "dst"), expected);
-    // Enums land as text, domains as their base types, addresses as
-    // themselves.
+    // Enums and domains keep their types (created on the target), as do
+    // addresses and json/jsonb.
     assert_eq!(
         pg.psql_in("dst", "SELECT format_type(atttypid, atttypmod) FROM pg_attribute WHERE attrelid = 'every'::regclass AND attname IN ('e', 'ip', 'dm', 'ae', 'j', 'jb') ORDER BY attnum"),
-        "json\njsonb\ntext\ninet\ninteger\ntext[]"
+        "json\njsonb\nmood\ninet\nposint\nmood[]"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn enums_and_domains_are_created_on_the_target() {
+    let pg = ferry_testkit::PostgresServer::start();
+    let src_url = pg.create_database("src");
+    let dst_url = pg.create_database("dst");
+    pg.psql_in(
+        "src",
+        "CREATE SCHEMA app;
+         CREATE TYPE app.status AS ENUM ('new', 'paid', 'shipped');
+         CREATE DOMAIN app.code AS varchar(8) NOT NULL CONSTRAINT upper CHECK (VALUE ~ '^[A-Z]+$');
+         CREATE DOMAIN app.open_status AS app.status CHECK (VALUE <> 'shipped');
+         CREATE TABLE app.orders (id int PRIMARY KEY, s app.status, c app.code,
+                                  o app.open_status, h app.status[]);
+         INSERT INTO app.orders VALUES (1, 'new', 'AB', 'paid', '{new,shipped}'),
+                                       (2, 'shipped', 'XYZ', NULL, NULL);",
+    );
+    // The target already has the enum, with one label only.
+    pg.psql_in(
+        "dst",
+        "CREATE SCHEMA app; CREATE TYPE app.status AS ENUM ('paid')",
+    );
+    let mut src = source(&src_url, "named").await;
+    let tables = src.tables().await.unwrap();
+    let orders = tables[0].clone();
+    let col = |n: &str| orders.columns[orders.column_index(n).unwrap()].clone();
+    assert!(matches!(
+        col("s").user_type.unwrap().def,
+        ferry_core::UserTypeDef::Enum(labels) if labels == ["new", "paid", "shipped"]
+    ));
+    assert_eq!(
+        col("h").user_type,
+        col("s").user_type,
+        "an array names its element"
+    );
+    let sink = PostgresSink::connect(PostgresSinkConfig {
+        url: dst_url.clone(),
+        pipeline: "named".into(),
+    })
+    .await
+    .unwrap();
+    sink.ensure_tables(&tables).await.unwrap();
+    assert_eq!(
+        pg.psql_in(
+            "dst",
+            "SELECT format_type(atttypid, atttypmod) FROM pg_attribute \
+             WHERE attrelid = 'app.orders'::regclass AND attnum > 0 ORDER BY attnum"
+        ),
+        "integer\napp.status\napp.code\napp.open_status\napp.status[]"
+    );
+    // Missing labels were added in the source's order.
+    assert_eq!(
+        pg.psql_in("dst", "SELECT enum_range(NULL::app.status)::text"),
+        "{new,paid,shipped}"
+    );
+    // The domains kept their constraints.
+    assert_eq!(
+        pg.psql_in(
+            "dst",
+            "SELECT t.typname, t.typnotnull, pg_get_constraintdef(c.oid) FROM pg_constraint c \
+             JOIN pg_type t ON t.oid = c.contypid \
+             WHERE c.contype = 'c' AND t.typnamespace = 'app'::regnamespace ORDER BY 1"
+        ),
+        "code|t|CHECK (((VALUE)::text ~ '^[A-Z]+$'::text))\n\
+         open_status|f|CHECK ((VALUE <> 'shipped'::app.status))"
+    );
+
+    src.prepare().await.unwrap();
+    let chunks = drain(src.snapshot(requests(&tables)).await.unwrap()).await;
+    let mut w = sink.writer().await.unwrap();
+    w.begin().await.unwrap();
+    for c in &chunks {
+        w.load(&c.table, c.rows.values()).await.unwrap();
+    }
+    w.commit(&[]).await.unwrap();
+    let all = "SELECT o::text FROM app.orders o ORDER BY id";
+    assert_eq!(pg.psql_in("dst", all), pg.psql_in("src", all));
+
+    // A target type of the same name but another kind is a clear error.
+    let other_url = pg.create_database("other");
+    pg.psql_in(
+        "other",
+        "CREATE SCHEMA app; CREATE TABLE app.status (x int)",
+    );
+    let other = PostgresSink::connect(PostgresSinkConfig {
+        url: other_url,
+        pipeline: "named".into(),
+    })
+    .await
+    .unwrap();
+    let err = other.ensure_tables(&tables).await.unwrap_err();
+    let text = err.to_string();
+    assert!(
+        text.contains("app.status") && text.contains("not an enum"),
+        "{text}"
+    );
+    assert!(
+        err.fix().is_some_and(|f| f.contains("drop or rename")),
+        "{err:?}"
     );
 }
 
@@ -177,11 +278,8 @@ async fn built_in_types_pass_through_undecoded_from_postgres_to_postgres() {
         sink.row_encoding(&plain).await.unwrap(),
         Some(encoding.clone())
     );
-    // `every` lands with enums as text: not the source's encoding.
-    assert_ne!(
-        sink.row_encoding(&every).await.unwrap(),
-        src.row_encoding(&every)
-    );
+    // `every` has enums and domains on the target too: decoded there.
+    assert_eq!(sink.row_encoding(&every).await.unwrap(), None);
 
     src.prepare().await.unwrap();
     let mut reqs = requests(std::slice::from_ref(&plain));

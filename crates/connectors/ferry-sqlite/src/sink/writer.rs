@@ -484,6 +484,7 @@ mod tests {
             ty: ColumnType::Int64,
             nullable: true,
             source_type: "INTEGER".into(),
+            user_type: None,
         };
         TableSchema {
             name: TableName::bare("t"),
