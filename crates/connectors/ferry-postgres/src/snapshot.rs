@@ -61,12 +61,12 @@ struct TableJob {
     remaining: tokio::sync::Mutex<usize>,
 }
 
+/// One key range of a table, read in key order by one worker: every chunk
+/// claims the keys from the previous chunk's last key to its own, so a
+/// chunk's rows are always inside the range it records as copied.
 struct Work {
     job: Arc<TableJob>,
     range: KeyRange,
-    /// Read in key order, reporting a range per chunk (else one range at
-    /// the end, for integer-key pieces small enough to hold).
-    ordered: bool,
 }
 
 /// Opens worker connections inside `snapshot`, plans the work and starts
@@ -171,11 +171,11 @@ async fn plan(client: &Client, req: &SnapshotRequest, pg: &PgTable) -> Result<Ve
     let gaps = ferry_core::gaps(&req.skip);
     let int_key =
         key_cols.len() == 1 && matches!(key_cols[0].kind, Kind::Int2 | Kind::Int4 | Kind::Int8);
-    let mut ranges: Vec<(KeyRange, bool)> = Vec::new();
+    let mut ranges: Vec<KeyRange> = Vec::new();
     if int_key {
         let k = &key_cols[0].quoted;
         let refs: Vec<&ReadColumn> = key_cols.iter().collect();
-        let (est, _) = table_size(client, pg).await?;
+        let (est, pages) = table_size(client, pg).await?;
         let all_span = client
             .query_one(
                 &format!(
@@ -189,7 +189,7 @@ async fn plan(client: &Client, req: &SnapshotRequest, pg: &PgTable) -> Result<Ve
         let (tmin, tmax): (Option<i64>, Option<i64>) = (all_span.get(0), all_span.get(1));
         let span = (tmax.unwrap_or(0) as i128 - tmin.unwrap_or(0) as i128 + 1).max(1);
         let rows = if est > 0.0 { est as i128 } else { span };
-        let width = (span * chunk_rows(&req.encoding) as i128 / rows.max(1)).max(1);
+        let width = (span * piece_rows(&req.encoding, est, pages) as i128 / rows.max(1)).max(1);
         for gap in gaps {
             let mut sql = format!(
                 "SELECT min({k})::int8, max({k})::int8 FROM {}",
@@ -204,40 +204,29 @@ async fn plan(client: &Client, req: &SnapshotRequest, pg: &PgTable) -> Result<Ve
                 .map_err(|e| pg_error(e, "reading the key span"))?;
             let (min, max): (Option<i64>, Option<i64>) = (row.get(0), row.get(1));
             let (Some(min), Some(max)) = (min, max) else {
-                ranges.push((gap, false));
+                ranges.push(gap);
                 continue;
             };
             let mut lower = gap.lower.clone();
             let mut edge = min as i128 - 1 + width;
             while edge < max as i128 {
                 let upper = Some(vec![Value::Int(edge as i64)]);
-                ranges.push((
-                    KeyRange {
-                        lower,
-                        upper: upper.clone(),
-                    },
-                    false,
-                ));
+                ranges.push(KeyRange {
+                    lower,
+                    upper: upper.clone(),
+                });
                 lower = upper;
                 edge += width;
             }
-            ranges.push((
-                KeyRange {
-                    lower,
-                    upper: gap.upper.clone(),
-                },
-                false,
-            ));
+            ranges.push(KeyRange {
+                lower,
+                upper: gap.upper.clone(),
+            });
         }
     } else {
         let splits = sample_splits(client, req, pg, &key_cols).await?;
-        if splits.is_empty() {
-            // Read in key order, one range after another.
-            ranges.extend(gaps.into_iter().map(|g| (g, true)));
-        } else {
-            for gap in gaps {
-                ranges.extend(split_gap(&gap, &splits).into_iter().map(|r| (r, false)));
-            }
+        for gap in gaps {
+            ranges.extend(split_gap(&gap, &splits));
         }
     }
     let job = Arc::new(TableJob {
@@ -250,12 +239,24 @@ async fn plan(client: &Client, req: &SnapshotRequest, pg: &PgTable) -> Result<Ve
     });
     Ok(ranges
         .into_iter()
-        .map(|(range, ordered)| Work {
+        .map(|range| Work {
             job: job.clone(),
             range,
-            ordered,
         })
         .collect())
+}
+
+/// Rows a piece is planned to hold: one chunk's worth, in rows, and for
+/// encoded rows also in bytes, estimated from the heap's size per row
+/// (which exceeds a row's COPY size: tuple headers, free space), so that
+/// a piece usually fits in one chunk.
+fn piece_rows(encoding: &Option<String>, est: f64, pages: f64) -> usize {
+    let rows = chunk_rows(encoding);
+    if encoding.is_none() || est < 1.0 || pages < 1.0 {
+        return rows;
+    }
+    let row_bytes = pages * 8192.0 / est;
+    rows.min((CHUNK_BYTES as f64 / row_bytes) as usize).max(1)
 }
 
 /// Rows per chunk, decoded or encoded.
@@ -281,7 +282,7 @@ async fn sample_splits(
     key: &[ReadColumn],
 ) -> Result<Vec<Vec<Value>>> {
     let (est, pages) = table_size(client, pg).await?;
-    let pieces = (est / chunk_rows(&req.encoding) as f64).floor();
+    let pieces = (est / piece_rows(&req.encoding, est, pages) as f64).floor();
     if pieces < 3.0 || pages < 1.0 {
         return Ok(Vec::new());
     }
@@ -366,9 +367,12 @@ async fn copy_work(client: &Client, work: &Work, tx: &ChunkSender) -> Result<()>
     if let Some(p) = range_predicate(&refs, &work.range)? {
         query.push_str(&format!(" WHERE {p}"));
     }
-    if work.ordered {
-        query.push_str(&format!(" ORDER BY {}", order_by(&refs)));
-    }
+    // In key order even for a piece planned to fit in one chunk: a piece
+    // denser than planned is sent in several chunks, and each must claim
+    // exactly its rows (a chunk committed without a claim would be copied
+    // again after a restart). For integer keys the range is read through
+    // the key's index anyway, so the order costs nothing.
+    query.push_str(&format!(" ORDER BY {}", order_by(&refs)));
     let failed = |e| pg_error(e, "copying snapshot rows").with("table", job.table.name.to_string());
     let stream = client
         .copy_out(format!("COPY ({query}) TO STDOUT (FORMAT binary)").as_str())
@@ -378,25 +382,15 @@ async fn copy_work(client: &Client, work: &Work, tx: &ChunkSender) -> Result<()>
     let mut dec = CopyDecoder::new();
     let mut lower = work.range.lower.clone();
     let mut batch = Batch::new(job);
-    // Unordered pieces are planned to hold about a chunk's rows; a denser
-    // piece is sent in parts that claim no range until its last one.
-    let chunk = chunk_rows(&job.encoding);
-    let limit = if work.ordered { chunk } else { chunk * 5 / 2 };
+    let limit = chunk_rows(&job.encoding);
     while let Some(data) = stream.next().await {
         dec.push(data.map_err(failed)?);
         while batch.read(&mut dec, job)? {
             if batch.len() >= limit || batch.bytes() >= CHUNK_BYTES {
                 let last = batch.last_key(job)?;
-                let range = if work.ordered {
-                    KeyRange {
-                        lower: lower.replace(last.clone()),
-                        upper: Some(last),
-                    }
-                } else {
-                    KeyRange {
-                        lower: Some(last.clone()),
-                        upper: Some(last),
-                    }
+                let range = KeyRange {
+                    lower: lower.replace(last.clone()),
+                    upper: Some(last),
                 };
                 let chunk = SnapshotChunk {
                     table: job.table.clone(),
