@@ -23,6 +23,11 @@ pub(crate) struct PgColumn {
     /// The enum or domain the column is declared with (or whose array it is).
     pub user_type: Option<UserType>,
     pub generated: bool,
+    /// Text compares by bytes here, as ferry orders keys: libc collation
+    /// `C`, `POSIX` or `C.UTF-8` (code point order, which is UTF-8 byte
+    /// order), or the database's default when it is one of them. An index
+    /// on the column then serves ferry's key ranges.
+    pub bytewise: bool,
 }
 
 impl PgColumn {
@@ -130,7 +135,14 @@ pub(crate) async fn describe(
     let cols = client
         .query(
             "SELECT a.attname::text, a.atttypid, a.atttypmod, a.attnotnull, \
-                    format_type(a.atttypid, a.atttypmod), a.attgenerated::text \
+                    format_type(a.atttypid, a.atttypmod), a.attgenerated::text, \
+                    coalesce(CASE WHEN a.attcollation = 100 THEN \
+                      (SELECT coalesce(to_jsonb(d) ->> 'datlocprovider', 'c') = 'c' \
+                              AND d.datcollate IN ('C', 'POSIX', 'C.UTF-8', 'C.utf8') \
+                       FROM pg_catalog.pg_database d WHERE d.datname = current_database()) \
+                    ELSE (SELECT c.collprovider = 'c' \
+                                 AND c.collcollate IN ('C', 'POSIX', 'C.UTF-8', 'C.utf8') \
+                          FROM pg_catalog.pg_collation c WHERE c.oid = a.attcollation) END, false) \
              FROM pg_catalog.pg_attribute a \
              WHERE a.attrelid = $1 AND a.attnum > 0 AND NOT a.attisdropped ORDER BY a.attnum",
             &[&oid],
@@ -150,6 +162,7 @@ pub(crate) async fn describe(
             kind: types.kind(client, type_oid).await?,
             user_type: types.user_type(client, type_oid).await?,
             generated: !generated.is_empty(),
+            bytewise: r.get(6),
         });
     }
     let idx = client

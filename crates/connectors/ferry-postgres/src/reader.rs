@@ -19,6 +19,9 @@ pub(crate) struct ReadColumn {
     pub quoted: String,
     pub kind: Kind,
     pub type_name: String,
+    /// Text that already compares by bytes (see `PgColumn::bytewise`):
+    /// compared and ordered as it is, so its index serves key ranges.
+    pub bytewise: bool,
 }
 
 /// The columns of `table` (ferry's order) as they are in `pg`.
@@ -42,14 +45,17 @@ pub(crate) fn read_columns(pg: &PgTable, table: &TableRef) -> Result<Vec<ReadCol
                 quoted: ident(&c.name),
                 kind,
                 type_name: pc.type_name.clone(),
+                bytewise: pc.bytewise,
             })
         })
         .collect()
 }
 
-/// The SQL expression a key column is compared and ordered by.
+/// The SQL expression a key column is compared and ordered by: bytewise,
+/// as ferry orders keys.
 pub(crate) fn key_expr(c: &ReadColumn) -> String {
     match c.kind {
+        Kind::Text if c.bytewise => c.quoted.clone(),
         Kind::Text => format!("{} COLLATE \"C\"", c.quoted),
         Kind::Enum | Kind::Inet | Kind::Cidr => format!("({}::text) COLLATE \"C\"", c.quoted),
         _ => c.quoted.clone(),
@@ -66,7 +72,7 @@ fn key_literals(cols: &[&ReadColumn], key: &[Value]) -> Result<String> {
                 _ => c.type_name.as_str(),
             };
             let lit = binary::literal(v, ty)?;
-            Ok(if c.kind == Kind::Text {
+            Ok(if c.kind == Kind::Text && !c.bytewise {
                 format!("{lit} COLLATE \"C\"")
             } else {
                 lit
@@ -88,6 +94,16 @@ pub(crate) fn range_predicate(cols: &[&ReadColumn], range: &KeyRange) -> Result<
         conds.push(format!("{key} <= {}", key_literals(cols, u)?));
     }
     Ok((!conds.is_empty()).then(|| conds.join(" AND ")))
+}
+
+/// Whether an index on the key serves [`range_predicate`] and [`order_by`]
+/// (else each range read is a full scan and a sort).
+pub(crate) fn indexed_order(cols: &[ReadColumn]) -> bool {
+    cols.iter().all(|c| match c.kind {
+        Kind::Text => c.bytewise,
+        Kind::Enum | Kind::Inet | Kind::Cidr => false,
+        _ => true,
+    })
 }
 
 /// `ORDER BY` list for the key.

@@ -32,7 +32,9 @@ use crate::catalog::PgTable;
 use crate::connection::Endpoint;
 use crate::copy::{CopyDecoder, decode_fields};
 use crate::error::pg_error;
-use crate::reader::{ReadColumn, copy_out_rows, order_by, range_predicate, read_columns};
+use crate::reader::{
+    ReadColumn, copy_out_rows, indexed_order, order_by, range_predicate, read_columns,
+};
 use crate::types::{Kind, quote_literal};
 
 /// Rows per chunk sent to the pipeline.
@@ -97,7 +99,7 @@ pub(crate) async fn start(
     let mut queue = VecDeque::new();
     let mut done_now = Vec::new();
     for (req, pg) in requests {
-        let planned = plan(&clients[0], &req, &pg).await?;
+        let planned = plan(&clients[0], &req, &pg, workers).await?;
         if planned.is_empty() {
             done_now.push(empty_done(&req));
         }
@@ -156,7 +158,12 @@ fn empty_done(req: &SnapshotRequest) -> SnapshotChunk {
     }
 }
 
-async fn plan(client: &Client, req: &SnapshotRequest, pg: &PgTable) -> Result<Vec<Work>> {
+async fn plan(
+    client: &Client,
+    req: &SnapshotRequest,
+    pg: &PgTable,
+    workers: usize,
+) -> Result<Vec<Work>> {
     let table = req.table.clone();
     let cols = read_columns(pg, &table)?;
     let key_cols: Vec<ReadColumn> = table.key.iter().map(|&i| cols[i].clone()).collect();
@@ -224,7 +231,13 @@ async fn plan(client: &Client, req: &SnapshotRequest, pg: &PgTable) -> Result<Ve
             });
         }
     } else {
-        let splits = sample_splits(client, req, pg, &key_cols).await?;
+        // Ferry orders text keys by bytes. When the key's index orders them
+        // otherwise (a linguistic collation; enums and addresses compared
+        // as text), a piece cannot be read through the index: each is a
+        // full scan and a sort, so there are only as many as workers.
+        let indexed = indexed_order(&key_cols);
+        let max_pieces = if indexed { usize::MAX } else { workers };
+        let splits = sample_splits(client, req, pg, &key_cols, max_pieces).await?;
         for gap in gaps {
             ranges.extend(split_gap(&gap, &splits));
         }
@@ -280,9 +293,12 @@ async fn sample_splits(
     req: &SnapshotRequest,
     pg: &PgTable,
     key: &[ReadColumn],
+    max_pieces: usize,
 ) -> Result<Vec<Vec<Value>>> {
     let (est, pages) = table_size(client, pg).await?;
-    let pieces = (est / piece_rows(&req.encoding, est, pages) as f64).floor();
+    let pieces = (est / piece_rows(&req.encoding, est, pages) as f64)
+        .floor()
+        .min(max_pieces as f64);
     if pieces < 3.0 || pages < 1.0 {
         return Ok(Vec::new());
     }

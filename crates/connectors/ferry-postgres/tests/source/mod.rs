@@ -299,3 +299,43 @@ async fn copied_in_sampled_pieces(sql: &str) {
     }
     assert_eq!(again.len(), 50_000);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_text_key_in_a_linguistic_collation_is_read_in_few_pieces() {
+    // The key's index orders by ICU rules, ferry by bytes: a key range
+    // cannot be read through the index, so each piece is a full scan. The
+    // table is cut into at most as many pieces as workers (2 here: too few
+    // to cut, so one stream in ferry's order), not one per chunk.
+    let (pg, url) = server_with_db("src");
+    pg.psql_in(
+        "src",
+        "CREATE TABLE words (w text COLLATE \"en-x-icu\" PRIMARY KEY, n int); \
+         INSERT INTO words SELECT md5(g::text) || CASE g % 3 WHEN 0 THEN 'Ä' WHEN 1 THEN 'a' ELSE 'B' END, g \
+         FROM generate_series(1, 100000) g; \
+         ANALYZE words;",
+    );
+    let mut src = source(&url, "icu").await;
+    let tables = src.tables().await.unwrap();
+    src.prepare().await.unwrap();
+    let chunks = drain(src.snapshot(requests(&tables)).await.unwrap()).await;
+    let mut seen = BTreeSet::new();
+    for c in &chunks {
+        for r in c.rows.values() {
+            let key = c.table.key_of(r);
+            assert!(c.range.contains(&key), "{key:?} outside {:?}", c.range);
+            assert!(seen.insert(key), "a row came twice");
+        }
+    }
+    assert_eq!(seen.len(), 100_000);
+    let sizes: Vec<usize> = chunks.iter().map(|c| c.rows.len()).collect();
+    assert!(
+        sizes[..sizes.len() - 1].iter().all(|&n| n == 20_000),
+        "read in sampled pieces (one full scan each): {sizes:?}"
+    );
+    for w in chunks.windows(2) {
+        assert_eq!(
+            w[0].range.upper, w[1].range.lower,
+            "one stream in key order"
+        );
+    }
+}
