@@ -80,11 +80,20 @@ impl PgTable {
     }
 
     /// The key changes are identified by: the replica identity (primary
-    /// key by default, or the chosen index). `FULL` uses the primary key.
+    /// key by default, or the chosen index). `FULL` uses the primary key,
+    /// else a unique index on NOT NULL columns: old rows then carry every
+    /// column, that key included.
     pub fn replication_key(&self) -> Option<&PgKey> {
         match self.replident.as_str() {
             "i" => self.keys.iter().find(|k| k.replica_identity),
-            "d" | "f" => self.primary_key(),
+            "d" => self.primary_key(),
+            "f" => self.primary_key().or_else(|| {
+                self.keys.iter().find(|k| {
+                    k.columns
+                        .iter()
+                        .all(|c| self.column(c).is_some_and(|pc| pc.not_null))
+                })
+            }),
             _ => None,
         }
     }
@@ -233,7 +242,8 @@ pub(crate) fn source_schema(t: &PgTable) -> Result<TableRef> {
             .with_fix(format!(
                 "add a primary key (ALTER TABLE {q} ADD PRIMARY KEY (...)), or choose a unique \
                  index on NOT NULL columns as replica identity (ALTER TABLE {q} REPLICA IDENTITY \
-                 USING INDEX ...), or exclude the table from the pipeline",
+                 USING INDEX ...; with REPLICA IDENTITY FULL such an index is used as the key), \
+                 or exclude the table from the pipeline",
                 q = t.qualified()
             ))
     };

@@ -80,6 +80,39 @@ async fn cdc_decodes_row_changes_unchanged_toast_and_truncate() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_identity_table_is_keyed_by_its_unique_not_null_index() {
+    let (pg, url) = server_with_db("src");
+    pg.psql_in(
+        "src",
+        "CREATE TABLE f (a int, b int NOT NULL, c text); CREATE UNIQUE INDEX f_b ON f (b); \
+         ALTER TABLE f REPLICA IDENTITY FULL; INSERT INTO f VALUES (1, 10, 'x');",
+    );
+    let mut src = streaming(&url, "full").await;
+    pg.psql_in(
+        "src",
+        "BEGIN; UPDATE f SET b = 11, c = 'y' WHERE b = 10; DELETE FROM f WHERE b = 11; COMMIT;",
+    );
+    let t = next_commit(&mut src).await;
+    let [
+        Change::Update {
+            before,
+            after,
+            table,
+        },
+        Change::Delete { before: gone, .. },
+    ] = &t.changes[..]
+    else {
+        panic!("{:?}", t.changes)
+    };
+    assert_eq!(table.key_names(), vec!["b"]);
+    // The old row, whole: the key change is visible from its key column.
+    let before = before.as_ref().expect("FULL sends the old row");
+    assert_eq!(table.key_of(before), vec![Value::Int(10)]);
+    assert_eq!(table.key_of(after), vec![Value::Int(11)]);
+    assert_eq!(table.key_of(gone), vec![Value::Int(11)]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cdc_reports_schema_changes_before_the_rows_that_use_them() {
     let (pg, url) = server_with_db("src");
     pg.psql_in("src", "CREATE TABLE t (id int PRIMARY KEY, a text)");

@@ -210,6 +210,29 @@ async fn tables_without_key_or_with_unsupported_types_are_fatal_with_a_fix() {
     let tables = src.tables().await.unwrap();
     let ri = tables.iter().find(|t| t.name.name == "ri").unwrap();
     assert_eq!(ri.key_names(), vec!["a"]);
+    // With REPLICA IDENTITY FULL and no primary key, a unique index on NOT
+    // NULL columns is the key; one on a nullable column is not.
+    pg.psql_in(
+        "src",
+        "CREATE TABLE full_u (a int, b int NOT NULL, c text); \
+         CREATE UNIQUE INDEX full_u_a ON full_u (a); CREATE UNIQUE INDEX full_u_b ON full_u (b); \
+         ALTER TABLE full_u REPLICA IDENTITY FULL;",
+    );
+    let tables = src.tables().await.unwrap();
+    let full = tables.iter().find(|t| t.name.name == "full_u").unwrap();
+    assert_eq!(full.key_names(), vec!["b"]);
+    pg.psql_in(
+        "src",
+        "CREATE TABLE full_n (a int, c text); CREATE UNIQUE INDEX ON full_n (a); \
+         ALTER TABLE full_n REPLICA IDENTITY FULL;",
+    );
+    let err = src.tables().await.unwrap_err();
+    assert!(err.message().contains("public.full_n"), "{}", err.report());
+    assert!(
+        err.fix().unwrap().contains("REPLICA IDENTITY FULL"),
+        "{}",
+        err.report()
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
