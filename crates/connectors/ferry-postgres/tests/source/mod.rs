@@ -256,29 +256,48 @@ async fn a_table_with_a_composite_key_is_copied_in_parallel_key_ranges() {
     .await;
 }
 
-/// Creates one table of 100,000 rows with `sql`, copies it, and checks it
-/// came in several pieces, each row once and inside the range its chunk
-/// claims, and that a
-/// restart after the lower half copies exactly the upper half.
-async fn copied_in_sampled_pieces(sql: &str) {
+/// A source database holding the table `sql` creates, and the chunks of
+/// its snapshot.
+async fn snapshot_of(
+    sql: &str,
+    pipeline: &str,
+) -> (
+    ferry_testkit::PostgresServer,
+    ferry_postgres::PostgresSource,
+    Vec<ferry_core::TableRef>,
+    Vec<ferry_core::SnapshotChunk>,
+) {
     let (pg, url) = server_with_db("src");
     pg.psql_in("src", sql);
-    let mut src = source(&url, "pieces").await;
+    let mut src = source(&url, pipeline).await;
     let tables = src.tables().await.unwrap();
     src.prepare().await.unwrap();
     let chunks = drain(src.snapshot(requests(&tables)).await.unwrap()).await;
+    (pg, src, tables, chunks)
+}
 
-    // Every row once, inside the range its chunk claims: a chunk whose
-    // rows were committed without their keys being claimed would be
-    // copied again after a restart.
+/// The keys of the chunks' rows, checking that each row comes once and
+/// inside the range its chunk claims: a chunk whose rows were committed
+/// without their keys being claimed would be copied again after a restart.
+fn claimed_keys(chunks: &[ferry_core::SnapshotChunk]) -> BTreeSet<Vec<Value>> {
     let mut seen = BTreeSet::new();
-    for c in &chunks {
+    for c in chunks {
         for r in c.rows.values() {
             let key = c.table.key_of(r);
             assert!(c.range.contains(&key), "{key:?} outside {:?}", c.range);
             assert!(seen.insert(key), "a row came twice");
         }
     }
+    seen
+}
+
+/// Creates one table of 100,000 rows with `sql`, copies it, and checks it
+/// came in several pieces, each row once and inside the range its chunk
+/// claims, and that a restart after the lower half copies exactly the
+/// upper half.
+async fn copied_in_sampled_pieces(sql: &str) {
+    let (_pg, mut src, tables, chunks) = snapshot_of(sql, "pieces").await;
+    let seen = claimed_keys(&chunks);
     assert_eq!(seen.len(), 100_000);
     // Several pieces (copied in parallel) whose claimed ranges follow one
     // another from the first key to the last.
@@ -329,27 +348,15 @@ async fn a_text_key_in_a_linguistic_collation_is_read_in_few_pieces() {
     // cannot be read through the index, so each piece is a full scan. The
     // table is cut into at most as many pieces as workers (2 here: too few
     // to cut, so one stream in ferry's order), not one per chunk.
-    let (pg, url) = server_with_db("src");
-    pg.psql_in(
-        "src",
+    let (_pg, _src, _tables, chunks) = snapshot_of(
         "CREATE TABLE words (w text COLLATE \"en-x-icu\" PRIMARY KEY, n int); \
          INSERT INTO words SELECT md5(g::text) || CASE g % 3 WHEN 0 THEN 'Ä' WHEN 1 THEN 'a' ELSE 'B' END, g \
          FROM generate_series(1, 100000) g; \
          ANALYZE words;",
-    );
-    let mut src = source(&url, "icu").await;
-    let tables = src.tables().await.unwrap();
-    src.prepare().await.unwrap();
-    let chunks = drain(src.snapshot(requests(&tables)).await.unwrap()).await;
-    let mut seen = BTreeSet::new();
-    for c in &chunks {
-        for r in c.rows.values() {
-            let key = c.table.key_of(r);
-            assert!(c.range.contains(&key), "{key:?} outside {:?}", c.range);
-            assert!(seen.insert(key), "a row came twice");
-        }
-    }
-    assert_eq!(seen.len(), 100_000);
+        "icu",
+    )
+    .await;
+    assert_eq!(claimed_keys(&chunks).len(), 100_000);
     let sizes: Vec<usize> = chunks.iter().map(|c| c.rows.len()).collect();
     assert!(
         sizes[..sizes.len() - 1].iter().all(|&n| n == 20_000),

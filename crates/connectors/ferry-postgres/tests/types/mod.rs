@@ -34,6 +34,18 @@ const ROWS: &str = "
      NULL, '0001-01-01', '12:00', '1970-01-01', '1970-01-01 00:00:00+00', '-178000000 years',
      NULL, 'null', '\"s\"', '{-2147483648}', '{NULL}', NULL, '::ffff:1.2.3.4', '0.0.0.0/0', 2147483647, NULL);";
 
+/// A sink on `url` that has created (or checked) `tables`.
+async fn sink_with(url: &str, pipeline: &str, tables: &[ferry_core::TableRef]) -> PostgresSink {
+    let sink = PostgresSink::connect(PostgresSinkConfig {
+        url: url.to_owned(),
+        pipeline: pipeline.into(),
+    })
+    .await
+    .unwrap();
+    sink.ensure_tables(tables).await.unwrap();
+    sink
+}
+
 fn render(pg: &ferry_testkit::PostgresServer, db: &str) -> String {
     pg.psql_in(
         db,
@@ -87,13 +99,7 @@ async fn every_supported_type_round_trips_through_snapshot_and_stream() {
     let chunks = drain(reader).await;
 
     // Snapshot → sink (structure copy + binary COPY).
-    let sink = PostgresSink::connect(PostgresSinkConfig {
-        url: dst_url.clone(),
-        pipeline: "types".into(),
-    })
-    .await
-    .unwrap();
-    sink.ensure_tables(&tables).await.unwrap();
+    let sink = sink_with(&dst_url, "types", &tables).await;
     let mut w = sink.writer().await.unwrap();
     w.begin().await.unwrap();
     for c in &chunks {
@@ -163,13 +169,7 @@ async fn enums_and_domains_are_created_on_the_target() {
         col("s").user_type,
         "an array names its element"
     );
-    let sink = PostgresSink::connect(PostgresSinkConfig {
-        url: dst_url.clone(),
-        pipeline: "named".into(),
-    })
-    .await
-    .unwrap();
-    sink.ensure_tables(&tables).await.unwrap();
+    let sink = sink_with(&dst_url, "named", &tables).await;
     assert_eq!(
         pg.psql_in(
             "dst",
@@ -267,13 +267,7 @@ async fn built_in_types_pass_through_undecoded_from_postgres_to_postgres() {
         "enums and domains are decoded"
     );
 
-    let sink = PostgresSink::connect(PostgresSinkConfig {
-        url: dst_url.clone(),
-        pipeline: "passthrough".into(),
-    })
-    .await
-    .unwrap();
-    sink.ensure_tables(&tables).await.unwrap();
+    let sink = sink_with(&dst_url, "passthrough", &tables).await;
     assert_eq!(
         sink.row_encoding(&plain).await.unwrap(),
         Some(encoding.clone())
@@ -325,13 +319,7 @@ async fn a_target_column_of_another_type_makes_the_rows_decoded() {
     pg.psql_in("dst", "CREATE TABLE t (id int PRIMARY KEY, v bigint)");
     let mut src = source(&src_url, "widened").await;
     let tables = src.tables().await.unwrap();
-    let sink = PostgresSink::connect(PostgresSinkConfig {
-        url: dst_url,
-        pipeline: "widened".into(),
-    })
-    .await
-    .unwrap();
-    sink.ensure_tables(&tables).await.unwrap();
+    let sink = sink_with(&dst_url, "widened", &tables).await;
     let from_source = src.row_encoding(&tables[0]);
     assert!(from_source.is_some());
     let at_target = sink.row_encoding(&tables[0]).await.unwrap();
