@@ -103,16 +103,27 @@ pub struct TableProgress {
 }
 
 impl TableProgress {
-    /// Records a copied range, merging it with the previous one when they
-    /// touch and share a snapshot (keeps the record small).
-    pub fn add(&mut self, range: KeyRange, snapshot: &Position) {
-        if let Some(last) = self.ranges.last_mut()
-            && last.snapshot == *snapshot
-            && last.range.upper.is_some()
-            && last.range.upper == range.lower
+    /// Records a copied range, merged with the ranges of the same snapshot
+    /// it touches on either side. Parallel pieces finish out of order; the
+    /// record (rewritten with every chunk) then stays a few ranges long
+    /// instead of one per chunk.
+    pub fn add(&mut self, mut range: KeyRange, snapshot: &Position) {
+        let touching = |r: &CopiedRange, a: &Option<Vec<Value>>, b: &Option<Vec<Value>>| {
+            r.snapshot == *snapshot && a.is_some() && a == b
+        };
+        if let Some(i) = self
+            .ranges
+            .iter()
+            .position(|r| touching(r, &r.range.upper, &range.lower))
         {
-            last.range.upper = range.upper;
-            return;
+            range.lower = self.ranges.remove(i).range.lower;
+        }
+        if let Some(i) = self
+            .ranges
+            .iter()
+            .position(|r| touching(r, &r.range.lower, &range.upper))
+        {
+            range.upper = self.ranges.remove(i).range.upper;
         }
         self.ranges.push(CopiedRange {
             range,
@@ -332,6 +343,29 @@ mod tests {
         cp.tables.insert("c".into(), TableProgress::default());
         cp.table_applied.insert("a".into(), pos(12));
         assert_eq!(Checkpoint::from_records(&cp.to_records()).unwrap(), cp);
+    }
+
+    #[test]
+    fn ranges_finished_out_of_order_merge_into_one() {
+        let k = |n: i64| Some(vec![Value::Int(n)]);
+        let r = |a: Option<Vec<Value>>, b: Option<Vec<Value>>| KeyRange { lower: a, upper: b };
+        let mut p = TableProgress::default();
+        // Four pieces of one snapshot, finished 3, 1, 4, 2.
+        p.add(r(k(20), k(30)), &pos(1));
+        p.add(r(None, k(10)), &pos(1));
+        p.add(r(k(30), None), &pos(1));
+        assert_eq!(p.ranges.len(), 2);
+        p.add(r(k(10), k(20)), &pos(1));
+        assert_eq!(p.ranges.len(), 1);
+        assert_eq!(p.ranges[0].range, KeyRange::all());
+        // Ranges of different snapshots stay apart (each remembers its own).
+        let mut q = TableProgress::default();
+        q.add(r(None, k(10)), &pos(1));
+        q.add(r(k(10), None), &pos(2));
+        assert_eq!(q.ranges.len(), 2);
+        assert!(q.covers(Some(&[Value::Int(5)]), &pos(1)));
+        assert!(!q.covers(Some(&[Value::Int(5)]), &pos(2)));
+        assert!(q.covers(Some(&[Value::Int(50)]), &pos(2)));
     }
 
     #[test]
