@@ -37,6 +37,23 @@ pub(crate) fn fix_for(code: &str) -> Option<&'static str> {
     })
 }
 
+/// The fix for a label the target's enum lacks (added to the source's
+/// enum after ferry created the type): PostgreSQL says `invalid input
+/// value for enum <type>: "<label>"`.
+fn enum_label_fix(code: &str, message: &str) -> Option<String> {
+    let rest = message.strip_prefix("invalid input value for enum ")?;
+    let (ty, label) = rest.split_once(": ")?;
+    let label = label.strip_prefix('"')?.strip_suffix('"')?;
+    (code == "22P02").then(|| {
+        format!(
+            "the source's enum has a label the target's lacks: run ALTER TYPE {ty} ADD VALUE \
+             '{}' on the target (AFTER the label that precedes it on the source), then \
+             restart ferry",
+            label.replace('\'', "''")
+        )
+    })
+}
+
 /// Converts a driver error, with `what` saying what ferry was doing.
 pub(crate) fn pg_error(e: tokio_postgres::Error, what: &str) -> Error {
     if let Some(db) = e.as_db_error() {
@@ -56,6 +73,9 @@ pub(crate) fn pg_error(e: tokio_postgres::Error, what: &str) -> Error {
             err = err.with("constraint", c);
         }
         if let Some(f) = fix_for(&code) {
+            err = err.with_fix(f);
+        }
+        if let Some(f) = enum_label_fix(&code, db.message()) {
             err = err.with_fix(f);
         }
         return err;

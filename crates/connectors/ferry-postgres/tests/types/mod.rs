@@ -206,6 +206,32 @@ async fn enums_and_domains_are_created_on_the_target() {
     let all = "SELECT o::text FROM app.orders o ORDER BY id";
     assert_eq!(pg.psql_in("dst", all), pg.psql_in("src", all));
 
+    // A label added to the source's enum later is not on the target: the
+    // row stops the pipeline with a data error that says how to add it.
+    let mut ops = TableOps::new(orders.clone());
+    ops.upserts.push(vec![
+        ferry_core::Value::Int(3),
+        ferry_core::Value::Text("returned".into()),
+        ferry_core::Value::Text("Q".into()),
+        ferry_core::Value::Null,
+        ferry_core::Value::Null,
+    ]);
+    w.begin().await.unwrap();
+    let err = w.apply(&[Step::Rows(vec![ops])]).await.unwrap_err();
+    w.rollback().await.unwrap();
+    assert_eq!(
+        err.class(),
+        ferry_core::ErrorClass::Data,
+        "{}",
+        err.report()
+    );
+    assert!(
+        err.fix()
+            .is_some_and(|f| f.contains("ALTER TYPE app.status ADD VALUE 'returned'")),
+        "{}",
+        err.report()
+    );
+
     // A target type of the same name but another kind is a clear error.
     let other_url = pg.create_database("other");
     pg.psql_in(
