@@ -3,12 +3,13 @@
 //! snapshot. Key order follows ferry's `Value` order: text keys compare
 //! with `COLLATE "C"` (bytes), enums and addresses by their text.
 
-use ferry_core::{Error, KeyRange, Result, TableRef, Value};
+use ferry_core::{Error, KeyRange, Result, TableName, TableRef, Value};
 use futures_util::StreamExt;
-use tokio_postgres::Client;
+use tokio_postgres::{Client, CopyOutStream};
 
 use crate::binary;
 use crate::catalog::PgTable;
+use crate::connection::Endpoint;
 use crate::copy::CopyDecoder;
 use crate::error::pg_error;
 use crate::types::{Kind, ident};
@@ -150,16 +151,107 @@ pub(crate) async fn count_rows(client: &Client, schema: &str, name: &str) -> Res
     Ok(n as u64)
 }
 
-/// Up to `limit` rows with key greater than `after`, in key order.
-pub(crate) async fn read_rows(
-    client: &Client,
+/// Serves [`ferry_core::TableReader::read_rows`]: up to `limit` rows
+/// with key greater than `after`, in ferry's key order. A key whose index
+/// serves that order is read a page at a time (`WHERE key > after ORDER BY
+/// key LIMIT n`). For any other key (a linguistic collation; enum or
+/// address keys) each such page would be a full scan and a sort, so its
+/// rows come from one sorted stream on a connection of its own, continued
+/// while the caller asks for the page after the last row it got.
+pub(crate) struct KeyOrderReads {
+    endpoint: Endpoint,
+    open: tokio::sync::Mutex<Option<SortedStream>>,
+}
+
+struct SortedStream {
+    table: TableName,
+    /// The key of the last row handed out: the `after` of the next page.
+    last: Option<Vec<Value>>,
+    kinds: Vec<Kind>,
+    stream: std::pin::Pin<Box<CopyOutStream>>,
+    dec: CopyDecoder,
+    /// The stream's own connection, closed with it.
+    _client: Client,
+}
+
+impl KeyOrderReads {
+    pub fn new(endpoint: Endpoint) -> Self {
+        KeyOrderReads {
+            endpoint,
+            open: tokio::sync::Mutex::new(None),
+        }
+    }
+
+    pub async fn read_rows(
+        &self,
+        client: &Client,
+        pg: &PgTable,
+        table: &TableRef,
+        after: Option<&[Value]>,
+        limit: usize,
+    ) -> Result<Vec<Vec<Value>>> {
+        let cols = read_columns(pg, table)?;
+        let key_cols: Vec<ReadColumn> = table.key.iter().map(|&i| cols[i].clone()).collect();
+        let kinds: Vec<Kind> = cols.iter().map(|c| c.kind.clone()).collect();
+        let sql = select_after(pg, &cols, &key_cols, after)?;
+        if indexed_order(&key_cols) {
+            let mut rows = Vec::new();
+            copy_out_rows(client, &format!("{sql} LIMIT {limit}"), &kinds, |r| {
+                rows.push(r);
+                Ok(())
+            })
+            .await?;
+            return Ok(rows);
+        }
+        let mut open = self.open.lock().await;
+        let continues = open
+            .as_ref()
+            .is_some_and(|s| s.table == table.name && s.last.as_deref() == after);
+        if !continues {
+            *open = None;
+            let c = self.endpoint.connect().await?;
+            let failed = |e| pg_error(e, "reading rows").with("statement", sql.clone());
+            let stream = c
+                .copy_out(format!("COPY ({sql}) TO STDOUT (FORMAT binary)").as_str())
+                .await
+                .map_err(failed)?;
+            *open = Some(SortedStream {
+                table: table.name.clone(),
+                last: after.map(<[Value]>::to_vec),
+                kinds,
+                stream: Box::pin(stream),
+                dec: CopyDecoder::new(),
+                _client: c,
+            });
+        }
+        let s = open.as_mut().expect("opened above");
+        let mut rows = Vec::new();
+        while rows.len() < limit {
+            if let Some(row) = s.dec.next_row(&s.kinds)? {
+                rows.push(row);
+                continue;
+            }
+            match s.stream.next().await {
+                Some(data) => s.dec.push(data.map_err(|e| pg_error(e, "reading rows"))?),
+                None => {
+                    *open = None;
+                    return Ok(rows);
+                }
+            }
+        }
+        s.last = rows.last().map(|r| table.key_of(r));
+        Ok(rows)
+    }
+}
+
+/// `SELECT <columns> FROM <table> WHERE key > after ORDER BY key`.
+fn select_after(
     pg: &PgTable,
-    table: &TableRef,
+    cols: &[ReadColumn],
+    key_cols: &[ReadColumn],
     after: Option<&[Value]>,
-    limit: usize,
-) -> Result<Vec<Vec<Value>>> {
-    let cols = read_columns(pg, table)?;
-    let key_cols: Vec<&ReadColumn> = table.key.iter().map(|&i| &cols[i]).collect();
+) -> Result<String> {
+    let key_refs: Vec<&ReadColumn> = key_cols.iter().collect();
     let range = KeyRange {
         lower: after.map(<[Value]>::to_vec),
         upper: None,
@@ -172,16 +264,9 @@ pub(crate) async fn read_rows(
             .join(", "),
         pg.qualified()
     );
-    if let Some(p) = range_predicate(&key_cols, &range)? {
+    if let Some(p) = range_predicate(&key_refs, &range)? {
         sql.push_str(&format!(" WHERE {p}"));
     }
-    sql.push_str(&format!(" ORDER BY {} LIMIT {limit}", order_by(&key_cols)));
-    let kinds: Vec<Kind> = cols.iter().map(|c| c.kind.clone()).collect();
-    let mut rows = Vec::new();
-    copy_out_rows(client, &sql, &kinds, |r| {
-        rows.push(r);
-        Ok(())
-    })
-    .await?;
-    Ok(rows)
+    sql.push_str(&format!(" ORDER BY {}", order_by(&key_refs)));
+    Ok(sql)
 }

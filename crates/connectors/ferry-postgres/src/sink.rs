@@ -16,6 +16,7 @@ use tokio_postgres::types::Type;
 use crate::catalog::{self, PgTable};
 use crate::connection::Endpoint;
 use crate::error::pg_error;
+use crate::reader::KeyOrderReads;
 use crate::types::{
     PgType, TypeCache, column_ddl_type, ident, quote_literal, type_ident, writable,
 };
@@ -373,6 +374,8 @@ pub struct PostgresSink {
     shared: Arc<Shared>,
     admin: Client,
     types: tokio::sync::Mutex<TypeCache>,
+    /// `TableReader::read_rows` (`ferry verify`).
+    reads: KeyOrderReads,
 }
 
 impl std::fmt::Debug for PostgresSink {
@@ -410,6 +413,7 @@ impl PostgresSink {
         }
         let major = catalog::server_major(&admin).await?;
         Ok(PostgresSink {
+            reads: KeyOrderReads::new(endpoint.clone()),
             shared: Arc::new(Shared {
                 endpoint,
                 major,
@@ -547,6 +551,8 @@ impl TableReader for PostgresSink {
         let pg = self.describe(&table.name).await?.ok_or_else(|| {
             Error::fatal(format!("table {} does not exist on the target", table.name))
         })?;
-        crate::reader::read_rows(&self.admin, &pg, table, after, limit).await
+        self.reads
+            .read_rows(&self.admin, &pg, table, after, limit)
+            .await
     }
 }

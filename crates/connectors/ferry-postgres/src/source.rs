@@ -24,6 +24,7 @@ use crate::catalog::{self, PgTable};
 use crate::connection::Endpoint;
 use crate::error::pg_error;
 use crate::position::{point, start_lsn};
+use crate::reader::KeyOrderReads;
 use crate::replication::{CommandError, ReplicationConn};
 use crate::stream::{Context, Stream};
 use crate::types::{TypeCache, ident, quote_literal};
@@ -75,6 +76,8 @@ pub struct PostgresSource {
     fenced: bool,
     /// The server's major version (part of the row encoding's name).
     major: u32,
+    /// `TableReader::read_rows` (`ferry verify`).
+    reads: KeyOrderReads,
 }
 
 impl std::fmt::Debug for PostgresSource {
@@ -110,6 +113,7 @@ impl PostgresSource {
         let client = endpoint.connect().await?;
         let major = catalog::server_major(&client).await?;
         Ok(PostgresSource {
+            reads: KeyOrderReads::new(endpoint.clone()),
             endpoint,
             pipeline: config.pipeline,
             selection: config.selection,
@@ -639,7 +643,9 @@ impl TableReader for PostgresSource {
             .ok_or_else(|| {
                 Error::fatal(format!("table {} does not exist on the source", table.name))
             })?;
-        crate::reader::read_rows(&self.client, &pg, table, after, limit).await
+        self.reads
+            .read_rows(&self.client, &pg, table, after, limit)
+            .await
     }
 }
 
