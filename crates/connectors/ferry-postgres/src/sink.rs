@@ -243,6 +243,22 @@ pub(crate) fn create_table_sql(table: &TableRef, with_key: bool) -> Result<Strin
     ))
 }
 
+/// `CREATE SCHEMA` for a schema the target lacks; `None` when it exists.
+/// (`CREATE SCHEMA IF NOT EXISTS` would need the CREATE privilege on the
+/// database even for an existing schema: a user allowed to create tables
+/// in `public` only could not run it.)
+async fn create_schema_sql(client: &Client, schema: &str) -> Result<Option<String>> {
+    let exists: bool = client
+        .query_one(
+            "SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_namespace WHERE nspname = $1)",
+            &[&schema],
+        )
+        .await
+        .map_err(|e| pg_error(e, "looking for the target schema"))?
+        .get(0);
+    Ok((!exists).then(|| format!("CREATE SCHEMA IF NOT EXISTS {}", ident(schema))))
+}
+
 /// Creates the enums and domains `columns` are declared with that the
 /// target lacks, and adds the labels an existing enum lacks, so that
 /// [`column_ddl_type`] names types that exist. An existing domain is left
@@ -282,10 +298,9 @@ async fn ensure_user_type(
         )
         .await
         .map_err(failed)?;
-    let schema = format!(
-        "CREATE SCHEMA IF NOT EXISTS {}",
-        ident(ut.name.namespace.as_deref().unwrap_or("public"))
-    );
+    let schema = create_schema_sql(client, ut.name.namespace.as_deref().unwrap_or("public"))
+        .await?
+        .unwrap_or_default();
     let (want, sql) = match &ut.def {
         UserTypeDef::Enum(labels) => {
             let have: Vec<String> = match &existing {
@@ -298,6 +313,9 @@ async fn ensure_user_type(
                     schema,
                     format!("CREATE TYPE {q} AS ENUM ({})", list.join(", ")),
                 ]
+                .into_iter()
+                .filter(|s| !s.is_empty())
+                .collect()
             } else {
                 // Missing labels go right after the label that precedes
                 // them on the source, so the sort order stays the same.
@@ -339,7 +357,10 @@ async fn ensure_user_type(
                 for (name, def) in checks {
                     create.push_str(&format!(" CONSTRAINT {} {def}", ident(name)));
                 }
-                sql = vec![schema, create];
+                sql = [schema, create]
+                    .into_iter()
+                    .filter(|s| !s.is_empty())
+                    .collect();
             }
             ("d", sql)
         }
@@ -483,11 +504,10 @@ impl Sink for PostgresSink {
                     let columns: Vec<&Column> = table.columns.iter().collect();
                     ensure_user_types(&self.admin, &columns).await?;
                     let (schema, _) = target_name(&table.name);
-                    let sql = format!(
-                        "CREATE SCHEMA IF NOT EXISTS {}; {}",
-                        ident(&schema),
-                        create_table_sql(table, false)?
-                    );
+                    let sql = match create_schema_sql(&self.admin, &schema).await? {
+                        Some(create) => format!("{create}; {}", create_table_sql(table, false)?),
+                        None => create_table_sql(table, false)?,
+                    };
                     tracing::info!(table = %table.name, "creating the target table");
                     self.admin
                         .batch_execute(&sql)

@@ -367,6 +367,39 @@ async fn sink_classifies_errors() {
         "{}",
         err.report()
     );
+    // Allowed to create in schema `public` only, not in the database: the
+    // table and its enum go into the existing schema, which ferry does not
+    // try to create (`CREATE SCHEMA IF NOT EXISTS` needs the database's
+    // CREATE privilege even when the schema exists).
+    pg.psql_in(
+        "target",
+        "CREATE ROLE narrow LOGIN; GRANT USAGE, CREATE ON SCHEMA public TO narrow; \
+         GRANT SELECT, INSERT, UPDATE, DELETE ON public._ferry_checkpoint TO narrow",
+    );
+    let narrow = PostgresSink::connect(config(&url.replace("postgres@", "narrow@")))
+        .await
+        .unwrap();
+    let plain = table(
+        Some("public"),
+        "plain",
+        vec![
+            col("id", ColumnType::Int64, false),
+            ferry_core::Column {
+                source_type: "public.level".into(),
+                user_type: Some(ferry_core::UserType {
+                    name: ferry_core::TableName::new(Some("public"), "level"),
+                    def: ferry_core::UserTypeDef::Enum(vec!["low".into(), "high".into()]),
+                }),
+                ..col("lvl", text(), true)
+            },
+        ],
+        vec![0],
+    );
+    narrow.ensure_tables(&[plain]).await.unwrap();
+    assert_eq!(
+        pg.psql_in("target", "SELECT format_type(atttypid, atttypmod) FROM pg_attribute WHERE attrelid = 'public.plain'::regclass AND attname = 'lvl'"),
+        "level"
+    );
     // Server gone: transient, naming host and port.
     let port = pg.port();
     drop(pg);
