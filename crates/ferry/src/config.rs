@@ -140,7 +140,8 @@ pub struct PipelineConfig {
     pub selection: Selection,
     pub transform: TransformSpec,
     pub options: Options,
-    pub chunk_rows: usize,
+    /// `snapshot.chunk_rows`; each source has its own default.
+    pub chunk_rows: Option<usize>,
 }
 
 fn config_error(path: &Path, msg: impl std::fmt::Display) -> Error {
@@ -376,7 +377,7 @@ impl PipelineConfig {
         if let Some(n) = a.max_retries {
             options.max_retries = n;
         }
-        let chunk_rows = raw.snapshot.chunk_rows.unwrap_or(10_000).max(1);
+        let chunk_rows = raw.snapshot.chunk_rows.map(|n| n.max(1));
         Ok(PipelineConfig {
             path: path.to_owned(),
             name,

@@ -38,7 +38,7 @@ fn sqlite_source(cfg: &PipelineConfig) -> Result<ferry_sqlite::SqliteSource> {
         pipeline: cfg.name.clone(),
         selection: cfg.selection.clone(),
         poll_interval: cfg.source.poll_interval,
-        max_chunk_rows: cfg.chunk_rows,
+        max_chunk_rows: cfg.chunk_rows.unwrap_or(10_000),
     })
 }
 
@@ -48,6 +48,7 @@ async fn postgres_source(cfg: &PipelineConfig) -> Result<ferry_postgres::Postgre
         pipeline: cfg.name.clone(),
         selection: cfg.selection.clone(),
         snapshot_workers: cfg.options.workers.clamp(1, 4),
+        snapshot_chunk_rows: cfg.chunk_rows,
     })
     .await
 }

@@ -30,6 +30,7 @@ async fn main() -> Result<(), ferry_core::Error> {
         pipeline: "bench".into(),
         selection: Selection::default(),
         snapshot_workers: workers,
+        snapshot_chunk_rows: None,
     })
     .await?;
     let sink = PostgresSink::connect(PostgresSinkConfig {

@@ -37,7 +37,8 @@ use crate::reader::{
 };
 use crate::types::{Kind, quote_literal};
 
-/// Rows per chunk sent to the pipeline.
+/// Rows per chunk sent to the pipeline, unless the pipeline sets
+/// `snapshot.chunk_rows`.
 pub(crate) const CHUNK_ROWS: usize = 20_000;
 /// Rows per chunk of encoded rows: each chunk is one `COPY` on the target,
 /// and a `COPY` costs about 1.5 ms beyond its rows (a 5 M-row table
@@ -53,6 +54,8 @@ const CHUNK_BYTES: usize = 4 << 20;
 /// What one table's copy needs.
 struct TableJob {
     table: TableRef,
+    /// Rows per chunk (at most [`CHUNK_BYTES`] of encoded rows too).
+    chunk_rows: usize,
     select: String,
     kinds: Vec<Kind>,
     key_cols: Vec<ReadColumn>,
@@ -79,6 +82,7 @@ pub(crate) async fn start(
     snapshot: &str,
     position: Position,
     workers: usize,
+    chunk_rows: Option<usize>,
     requests: Vec<(SnapshotRequest, PgTable)>,
 ) -> Result<Box<dyn SnapshotReader>> {
     let workers = workers.clamp(1, 32).min(requests.len().max(1) * 8);
@@ -99,7 +103,8 @@ pub(crate) async fn start(
     let mut queue = VecDeque::new();
     let mut done_now = Vec::new();
     for (req, pg) in requests {
-        let planned = plan(&clients[0], &req, &pg, workers).await?;
+        let chunk = chunk_rows.unwrap_or_else(|| default_chunk_rows(&req.encoding));
+        let planned = plan(&clients[0], &req, &pg, workers, chunk).await?;
         if planned.is_empty() {
             done_now.push(empty_done(&req));
         }
@@ -163,6 +168,7 @@ async fn plan(
     req: &SnapshotRequest,
     pg: &PgTable,
     workers: usize,
+    chunk_rows: usize,
 ) -> Result<Vec<Work>> {
     let table = req.table.clone();
     let cols = read_columns(pg, &table)?;
@@ -196,7 +202,8 @@ async fn plan(
         let (tmin, tmax): (Option<i64>, Option<i64>) = (all_span.get(0), all_span.get(1));
         let span = (tmax.unwrap_or(0) as i128 - tmin.unwrap_or(0) as i128 + 1).max(1);
         let rows = if est > 0.0 { est as i128 } else { span };
-        let width = (span * piece_rows(&req.encoding, est, pages) as i128 / rows.max(1)).max(1);
+        let per_piece = piece_rows(chunk_rows, &req.encoding, est, pages);
+        let width = (span * per_piece as i128 / rows.max(1)).max(1);
         for gap in gaps {
             let mut sql = format!(
                 "SELECT min({k})::int8, max({k})::int8 FROM {}",
@@ -237,13 +244,14 @@ async fn plan(
         // full scan and a sort, so there are only as many as workers.
         let indexed = indexed_order(&key_cols);
         let max_pieces = if indexed { usize::MAX } else { workers };
-        let splits = sample_splits(client, req, pg, &key_cols, max_pieces).await?;
+        let splits = sample_splits(client, req, pg, &key_cols, chunk_rows, max_pieces).await?;
         for gap in gaps {
             ranges.extend(split_gap(&gap, &splits));
         }
     }
     let job = Arc::new(TableJob {
         table,
+        chunk_rows,
         select,
         kinds: cols.iter().map(|c| c.kind.clone()).collect(),
         key_cols,
@@ -263,8 +271,7 @@ async fn plan(
 /// encoded rows also in bytes, estimated from the heap's size per row
 /// (which exceeds a row's COPY size: tuple headers, free space), so that
 /// a piece usually fits in one chunk.
-fn piece_rows(encoding: &Option<String>, est: f64, pages: f64) -> usize {
-    let rows = chunk_rows(encoding);
+fn piece_rows(rows: usize, encoding: &Option<String>, est: f64, pages: f64) -> usize {
     if encoding.is_none() || est < 1.0 || pages < 1.0 {
         return rows;
     }
@@ -272,8 +279,8 @@ fn piece_rows(encoding: &Option<String>, est: f64, pages: f64) -> usize {
     rows.min((CHUNK_BYTES as f64 / row_bytes) as usize).max(1)
 }
 
-/// Rows per chunk, decoded or encoded.
-fn chunk_rows(encoding: &Option<String>) -> usize {
+/// Rows per chunk, decoded or encoded, when the pipeline does not say.
+fn default_chunk_rows(encoding: &Option<String>) -> usize {
     if encoding.is_some() {
         ENCODED_CHUNK_ROWS
     } else {
@@ -293,10 +300,11 @@ async fn sample_splits(
     req: &SnapshotRequest,
     pg: &PgTable,
     key: &[ReadColumn],
+    chunk_rows: usize,
     max_pieces: usize,
 ) -> Result<Vec<Vec<Value>>> {
     let (est, pages) = table_size(client, pg).await?;
-    let pieces = (est / piece_rows(&req.encoding, est, pages) as f64)
+    let pieces = (est / piece_rows(chunk_rows, &req.encoding, est, pages) as f64)
         .floor()
         .min(max_pieces as f64);
     if pieces < 3.0 || pages < 1.0 {
@@ -398,7 +406,7 @@ async fn copy_work(client: &Client, work: &Work, tx: &ChunkSender) -> Result<()>
     let mut dec = CopyDecoder::new();
     let mut lower = work.range.lower.clone();
     let mut batch = Batch::new(job);
-    let limit = chunk_rows(&job.encoding);
+    let limit = job.chunk_rows;
     while let Some(data) = stream.next().await {
         dec.push(data.map_err(failed)?);
         while batch.read(&mut dec, job)? {
@@ -451,7 +459,7 @@ enum Batch {
 impl Batch {
     fn new(job: &TableJob) -> Batch {
         match job.encoding {
-            None => Batch::Values(Vec::with_capacity(CHUNK_ROWS)),
+            None => Batch::Values(Vec::with_capacity(job.chunk_rows.min(CHUNK_ROWS))),
             Some(_) => Batch::Encoded {
                 data: Vec::new(),
                 rows: 0,

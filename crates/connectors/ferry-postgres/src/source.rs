@@ -40,6 +40,10 @@ pub struct PostgresSourceConfig {
     pub selection: Selection,
     /// Connections copying the snapshot in parallel (at least 1).
     pub snapshot_workers: usize,
+    /// Rows per snapshot chunk (one target transaction each). `None`:
+    /// 20,000 decoded rows, 40,000 passed-through ones. A chunk of
+    /// passed-through rows also ends at 4 MiB.
+    pub snapshot_chunk_rows: Option<usize>,
 }
 
 impl std::fmt::Debug for PostgresSourceConfig {
@@ -48,6 +52,7 @@ impl std::fmt::Debug for PostgresSourceConfig {
             .field("pipeline", &self.pipeline)
             .field("selection", &self.selection)
             .field("snapshot_workers", &self.snapshot_workers)
+            .field("snapshot_chunk_rows", &self.snapshot_chunk_rows)
             .finish_non_exhaustive()
     }
 }
@@ -65,6 +70,7 @@ pub struct PostgresSource {
     pipeline: String,
     selection: Selection,
     workers: usize,
+    chunk_rows: Option<usize>,
     client: Client,
     types: TypeCache,
     tables: HashMap<TableName, (TableRef, PgTable)>,
@@ -118,6 +124,7 @@ impl PostgresSource {
             pipeline: config.pipeline,
             selection: config.selection,
             workers: config.snapshot_workers.max(1),
+            chunk_rows: config.snapshot_chunk_rows.map(|n| n.max(1)),
             client,
             types: TypeCache::default(),
             tables: HashMap::new(),
@@ -455,6 +462,7 @@ impl Source for PostgresSource {
             &exported.snapshot,
             point(exported.lsn),
             self.workers,
+            self.chunk_rows,
             work,
         )
         .await;

@@ -53,6 +53,7 @@ pub fn source_config(url: &str, pipeline: &str) -> PostgresSourceConfig {
         pipeline: pipeline.to_owned(),
         selection: Selection::default(),
         snapshot_workers: 2,
+        snapshot_chunk_rows: None,
     }
 }
 

@@ -79,6 +79,27 @@ async fn snapshot_is_consistent_parallel_and_hands_off_exactly_to_the_stream() {
     }
     assert_eq!(dense.len(), 100_000);
     assert!(dense_chunks >= 5, "{dense_chunks} chunks");
+
+    // The pipeline's `snapshot.chunk_rows` sets the chunk size.
+    let mut config = crate::common::source_config(&url, "snap_small");
+    config.snapshot_chunk_rows = Some(7_000);
+    let mut small = ferry_postgres::PostgresSource::connect(config)
+        .await
+        .unwrap();
+    let dense_t: Vec<_> = tables
+        .iter()
+        .filter(|t| t.name.name == "dense")
+        .cloned()
+        .collect();
+    small.tables().await.unwrap();
+    let sizes: Vec<usize> = drain(small.snapshot(requests(&dense_t)).await.unwrap())
+        .await
+        .iter()
+        .map(|c| c.rows.len())
+        .collect();
+    assert_eq!(sizes.iter().sum::<usize>(), 100_000);
+    assert!(sizes.iter().all(|&n| n <= 7_000), "{sizes:?}");
+    assert!(sizes.contains(&7_000), "{sizes:?}");
     assert_eq!(done.len(), 4, "every table done");
     assert_eq!(ids.len(), 60_000);
     assert_eq!(*ids.last().unwrap(), 60_000);
