@@ -282,102 +282,51 @@ async fn ensure_user_type(
     if !done.insert(ut.name.clone()) {
         return Ok(());
     }
+    if let UserTypeDef::Domain {
+        base_type: Some(base),
+        ..
+    } = &ut.def
+    {
+        Box::pin(ensure_user_type(client, base, done)).await?;
+    }
     let q = type_ident(&ut.name);
+    let schema = ut.name.namespace.as_deref().unwrap_or("public");
     let failed =
         |e| pg_error(e, &format!("creating type {}", ut.name)).with("type", ut.name.to_string());
-    let existing = client
+    let existing: Option<(String, Vec<String>)> = client
         .query_opt(
             "SELECT t.typtype::text, ARRAY(SELECT e.enumlabel::text FROM pg_catalog.pg_enum e \
                     WHERE e.enumtypid = t.oid ORDER BY e.enumsortorder) \
              FROM pg_catalog.pg_type t JOIN pg_catalog.pg_namespace n ON n.oid = t.typnamespace \
              WHERE n.nspname = $1 AND t.typname = $2",
-            &[
-                &ut.name.namespace.as_deref().unwrap_or("public"),
-                &ut.name.name,
-            ],
+            &[&schema, &ut.name.name],
         )
         .await
-        .map_err(failed)?;
-    let schema = create_schema_sql(client, ut.name.namespace.as_deref().unwrap_or("public"))
-        .await?
-        .unwrap_or_default();
-    let (want, sql) = match &ut.def {
-        UserTypeDef::Enum(labels) => {
-            let have: Vec<String> = match &existing {
-                Some(row) => row.get(1),
-                None => Vec::new(),
-            };
-            let sql = if existing.is_none() {
-                let list: Vec<String> = labels.iter().map(|l| quote_literal(l)).collect();
-                vec![
-                    schema,
-                    format!("CREATE TYPE {q} AS ENUM ({})", list.join(", ")),
-                ]
-                .into_iter()
-                .filter(|s| !s.is_empty())
-                .collect()
-            } else {
-                // Missing labels go right after the label that precedes
-                // them on the source, so the sort order stays the same.
-                let mut out = Vec::new();
-                let mut prev: Option<&String> = None;
-                for l in labels {
-                    if !have.contains(l) {
-                        let place = match (prev, have.first()) {
-                            (Some(p), _) => format!(" AFTER {}", quote_literal(p)),
-                            (None, Some(first)) => format!(" BEFORE {}", quote_literal(first)),
-                            (None, None) => String::new(),
-                        };
-                        out.push(format!(
-                            "ALTER TYPE {q} ADD VALUE IF NOT EXISTS {}{place}",
-                            quote_literal(l)
-                        ));
-                    }
-                    prev = Some(l);
-                }
-                out
-            };
-            ("e", sql)
-        }
-        UserTypeDef::Domain {
-            base,
-            base_type,
-            not_null,
-            checks,
-        } => {
-            if let Some(b) = base_type {
-                Box::pin(ensure_user_type(client, b, done)).await?;
-            }
-            let mut sql = Vec::new();
-            if existing.is_none() {
-                let mut create = format!("CREATE DOMAIN {q} AS {base}");
-                if *not_null {
-                    create.push_str(" NOT NULL");
-                }
-                for (name, def) in checks {
-                    create.push_str(&format!(" CONSTRAINT {} {def}", ident(name)));
-                }
-                sql = [schema, create]
-                    .into_iter()
-                    .filter(|s| !s.is_empty())
-                    .collect();
-            }
-            ("d", sql)
-        }
+        .map_err(failed)?
+        .map(|r| (r.get(0), r.get(1)));
+    let (want, kind) = match ut.def {
+        UserTypeDef::Enum(_) => ("e", "an enum"),
+        UserTypeDef::Domain { .. } => ("d", "a domain"),
     };
-    if let Some(row) = &existing {
-        let typtype: String = row.get(0);
-        if typtype != want {
+    let mut sql = Vec::new();
+    match (&ut.def, existing) {
+        (_, Some((typtype, _))) if typtype != want => {
             return Err(Error::fatal(format!(
-                "the target has a type {} that is not {} like the source's",
-                ut.name,
-                if want == "e" { "an enum" } else { "a domain" }
+                "the target has a type {} that is not {kind} like the source's",
+                ut.name
             ))
             .with("type", ut.name.to_string())
             .with_fix(format!(
                 "drop or rename the target's type {q}, or create the target table beforehand \
                  with the column types you want"
             )));
+        }
+        (UserTypeDef::Enum(labels), Some((_, have))) => sql = missing_labels_sql(&q, labels, &have),
+        // An existing domain is used as it is.
+        (_, Some(_)) => {}
+        (def, None) => {
+            sql.extend(create_schema_sql(client, schema).await?);
+            sql.push(create_type_sql(&q, def));
         }
     }
     if !sql.is_empty() {
@@ -388,6 +337,54 @@ async fn ensure_user_type(
             .map_err(failed)?;
     }
     Ok(())
+}
+
+/// `CREATE TYPE ... AS ENUM` or `CREATE DOMAIN` for the named type `q`.
+fn create_type_sql(q: &str, def: &UserTypeDef) -> String {
+    match def {
+        UserTypeDef::Enum(labels) => {
+            let list: Vec<String> = labels.iter().map(|l| quote_literal(l)).collect();
+            format!("CREATE TYPE {q} AS ENUM ({})", list.join(", "))
+        }
+        UserTypeDef::Domain {
+            base,
+            not_null,
+            checks,
+            ..
+        } => {
+            let mut create = format!("CREATE DOMAIN {q} AS {base}");
+            if *not_null {
+                create.push_str(" NOT NULL");
+            }
+            for (name, def) in checks {
+                create.push_str(&format!(" CONSTRAINT {} {def}", ident(name)));
+            }
+            create
+        }
+    }
+}
+
+/// `ALTER TYPE ... ADD VALUE` for the source labels an existing enum
+/// lacks, each right after the label that precedes it on the source, so
+/// the sort order stays the same.
+fn missing_labels_sql(q: &str, labels: &[String], have: &[String]) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut prev: Option<&String> = None;
+    for l in labels {
+        if !have.contains(l) {
+            let place = match (prev, have.first()) {
+                (Some(p), _) => format!(" AFTER {}", quote_literal(p)),
+                (None, Some(first)) => format!(" BEFORE {}", quote_literal(first)),
+                (None, None) => String::new(),
+            };
+            out.push(format!(
+                "ALTER TYPE {q} ADD VALUE IF NOT EXISTS {}{place}",
+                quote_literal(l)
+            ));
+        }
+        prev = Some(l);
+    }
+    out
 }
 
 /// The PostgreSQL sink. Cheap to share; each writer has its own connection.
