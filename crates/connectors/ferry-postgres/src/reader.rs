@@ -108,7 +108,7 @@ pub(crate) fn indexed_order(cols: &[ReadColumn]) -> bool {
 }
 
 /// `ORDER BY` list for the key.
-pub(crate) fn order_by(cols: &[&ReadColumn]) -> String {
+fn order_by(cols: &[&ReadColumn]) -> String {
     cols.iter()
         .map(|c| key_expr(c))
         .collect::<Vec<_>>()
@@ -193,7 +193,11 @@ impl KeyOrderReads {
         let cols = read_columns(pg, table)?;
         let key_cols: Vec<ReadColumn> = table.key.iter().map(|&i| cols[i].clone()).collect();
         let kinds: Vec<Kind> = cols.iter().map(|c| c.kind.clone()).collect();
-        let sql = select_after(pg, &cols, &key_cols, after)?;
+        let after_range = KeyRange {
+            lower: after.map(<[Value]>::to_vec),
+            upper: None,
+        };
+        let sql = select_range(&pg.qualified(), &cols, &key_cols, &after_range)?;
         if indexed_order(&key_cols) {
             let mut rows = Vec::new();
             copy_out_rows(client, &format!("{sql} LIMIT {limit}"), &kinds, |r| {
@@ -244,27 +248,25 @@ impl KeyOrderReads {
     }
 }
 
-/// `SELECT <columns> FROM <table> WHERE key > after ORDER BY key`.
-fn select_after(
-    pg: &PgTable,
+/// `c1, c2, ...`: the quoted names of `cols`.
+pub(crate) fn column_list(cols: &[ReadColumn]) -> String {
+    cols.iter()
+        .map(|c| c.quoted.as_str())
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// `SELECT <columns> FROM <from> WHERE <key in range> ORDER BY <key>`, in
+/// ferry's key order (see [`key_expr`]).
+pub(crate) fn select_range(
+    from: &str,
     cols: &[ReadColumn],
     key_cols: &[ReadColumn],
-    after: Option<&[Value]>,
+    range: &KeyRange,
 ) -> Result<String> {
     let key_refs: Vec<&ReadColumn> = key_cols.iter().collect();
-    let range = KeyRange {
-        lower: after.map(<[Value]>::to_vec),
-        upper: None,
-    };
-    let mut sql = format!(
-        "SELECT {} FROM {}",
-        cols.iter()
-            .map(|c| c.quoted.as_str())
-            .collect::<Vec<_>>()
-            .join(", "),
-        pg.qualified()
-    );
-    if let Some(p) = range_predicate(&key_refs, &range)? {
+    let mut sql = format!("SELECT {} FROM {from}", column_list(cols));
+    if let Some(p) = range_predicate(&key_refs, range)? {
         sql.push_str(&format!(" WHERE {p}"));
     }
     sql.push_str(&format!(" ORDER BY {}", order_by(&key_refs)));

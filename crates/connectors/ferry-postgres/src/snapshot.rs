@@ -33,7 +33,8 @@ use crate::connection::Endpoint;
 use crate::copy::{CopyDecoder, decode_fields};
 use crate::error::pg_error;
 use crate::reader::{
-    ReadColumn, copy_out_rows, indexed_order, order_by, range_predicate, read_columns,
+    ReadColumn, column_list, copy_out_rows, indexed_order, range_predicate, read_columns,
+    select_range,
 };
 use crate::types::{Kind, quote_literal};
 
@@ -56,7 +57,9 @@ struct TableJob {
     table: TableRef,
     /// Rows per chunk (at most [`CHUNK_BYTES`] of encoded rows too).
     chunk_rows: usize,
-    select: String,
+    /// The table as the source names it (`"schema"."name"`).
+    from: String,
+    cols: Vec<ReadColumn>,
     kinds: Vec<Kind>,
     key_cols: Vec<ReadColumn>,
     /// Pass rows through in this encoding (binary COPY tuples) undecoded.
@@ -173,14 +176,6 @@ async fn plan(
     let table = req.table.clone();
     let cols = read_columns(pg, &table)?;
     let key_cols: Vec<ReadColumn> = table.key.iter().map(|&i| cols[i].clone()).collect();
-    let select = format!(
-        "SELECT {} FROM {}",
-        cols.iter()
-            .map(|c| c.quoted.as_str())
-            .collect::<Vec<_>>()
-            .join(", "),
-        pg.qualified()
-    );
     let gaps = ferry_core::gaps(&req.skip);
     let int_key =
         key_cols.len() == 1 && matches!(key_cols[0].kind, Kind::Int2 | Kind::Int4 | Kind::Int8);
@@ -252,8 +247,9 @@ async fn plan(
     let job = Arc::new(TableJob {
         table,
         chunk_rows,
-        select,
+        from: pg.qualified(),
         kinds: cols.iter().map(|c| c.kind.clone()).collect(),
+        cols,
         key_cols,
         encoding: req.encoding.clone(),
         remaining: tokio::sync::Mutex::new(ranges.len()),
@@ -318,10 +314,7 @@ async fn sample_splits(
     let percent = percent.clamp(0.000_1, 100.0);
     let sql = format!(
         "SELECT {} FROM {} TABLESAMPLE SYSTEM ({percent}) REPEATABLE (0)",
-        key.iter()
-            .map(|c| c.quoted.as_str())
-            .collect::<Vec<_>>()
-            .join(", "),
+        column_list(key),
         pg.qualified()
     );
     let kinds: Vec<Kind> = key.iter().map(|c| c.kind.clone()).collect();
@@ -386,17 +379,12 @@ type ChunkSender = mpsc::Sender<Result<SnapshotChunk>>;
 
 async fn copy_work(client: &Client, work: &Work, tx: &ChunkSender) -> Result<()> {
     let job = &work.job;
-    let refs: Vec<&ReadColumn> = job.key_cols.iter().collect();
-    let mut query = job.select.clone();
-    if let Some(p) = range_predicate(&refs, &work.range)? {
-        query.push_str(&format!(" WHERE {p}"));
-    }
     // In key order even for a piece planned to fit in one chunk: a piece
     // denser than planned is sent in several chunks, and each must claim
     // exactly its rows (a chunk committed without a claim would be copied
     // again after a restart). For integer keys the range is read through
     // the key's index anyway, so the order costs nothing.
-    query.push_str(&format!(" ORDER BY {}", order_by(&refs)));
+    let query = select_range(&job.from, &job.cols, &job.key_cols, &work.range)?;
     let failed = |e| pg_error(e, "copying snapshot rows").with("table", job.table.name.to_string());
     let stream = client
         .copy_out(format!("COPY ({query}) TO STDOUT (FORMAT binary)").as_str())
