@@ -64,6 +64,28 @@ pub enum Step {
         old_key: Vec<Value>,
         row: Vec<Value>,
     },
+    /// Changes to a table without a key, in source order, never merged:
+    /// the table may hold identical rows, so each change stands for itself.
+    Keyless {
+        table: TableRef,
+        ops: Vec<KeylessOp>,
+    },
+}
+
+/// One change to a keyless table. A row is found by its whole before-image
+/// (`NULL` matching `NULL`; columns that are [`Value::Unchanged`] match
+/// anything); of several identical rows, exactly one is changed.
+#[derive(Debug, Clone, PartialEq)]
+pub enum KeylessOp {
+    Insert(Vec<Value>),
+    /// Set the columns of `after` that are not [`Value::Unchanged`] on one
+    /// row equal to `before`.
+    Update {
+        before: Vec<Value>,
+        after: Vec<Value>,
+    },
+    /// Remove one row equal to this image.
+    Delete(Vec<Value>),
 }
 
 impl Step {
@@ -71,6 +93,7 @@ impl Step {
         match self {
             Step::Rows(t) => t.iter().map(TableOps::len).sum(),
             Step::MoveKey { .. } => 1,
+            Step::Keyless { ops, .. } => ops.len(),
             _ => 0,
         }
     }

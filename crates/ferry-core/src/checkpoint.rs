@@ -131,7 +131,14 @@ impl TableProgress {
         });
     }
 
+    /// Whether a change at `position` to the row with `key` is in a copied
+    /// range. A keyless table's row (empty key) cannot be placed in a
+    /// range: such a table is copied whole in one snapshot (a restart
+    /// copies it again from the start), so any range of it decides.
     pub fn covers(&self, key: Option<&[Value]>, position: &Position) -> bool {
+        if key.is_some_and(<[Value]>::is_empty) {
+            return self.ranges.iter().any(|r| position <= &r.snapshot);
+        }
         self.ranges.iter().any(|r| {
             position <= &r.snapshot
                 && (r.range == KeyRange::all() || key.is_some_and(|k| r.range.contains(k)))
@@ -484,5 +491,23 @@ mod tests {
         assert!(cp.covered_by_snapshot("b", Some(&[Value::Int(10)]), &pos(4)));
         assert!(!cp.covered_by_snapshot("b", Some(&[Value::Int(11)]), &pos(4)));
         assert!(!cp.covered_by_snapshot("zz", Some(&[Value::Int(1)]), &pos(1)));
+    }
+
+    #[test]
+    fn a_keyless_table_is_covered_by_the_snapshot_it_was_copied_in() {
+        let mut p = TableProgress::default();
+        p.add(
+            KeyRange {
+                lower: None,
+                upper: Some(vec![Value::Int(9)]),
+            },
+            &pos(5),
+        );
+        // A change to a keyless table (empty key) at or before the
+        // snapshot is in the copy, whatever range its row was read in.
+        assert!(p.covers(Some(&[]), &pos(5)));
+        assert!(!p.covers(Some(&[]), &pos(6)));
+        // Keyed rows are still judged by their range.
+        assert!(!p.covers(Some(&[Value::Int(10)]), &pos(5)));
     }
 }

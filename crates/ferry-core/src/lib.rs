@@ -17,7 +17,7 @@ pub mod source;
 pub mod time;
 pub mod value;
 
-pub use batch::{RowOp, Step, TableOps};
+pub use batch::{KeylessOp, RowOp, Step, TableOps};
 pub use change::{Change, SourceEvent, Transaction};
 pub use check::{CheckItem, CheckStatus};
 pub use checkpoint::{Checkpoint, CheckpointRecord, CopiedRange, KeyRange, TableProgress, gaps};

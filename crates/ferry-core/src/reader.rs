@@ -23,6 +23,20 @@ pub trait TableReader: Send + Sync {
         self.count_rows(table).await
     }
 
+    /// Every row of a table without a key (which has no key order), in no
+    /// particular order, handed to `on_rows` a batch at a time.
+    async fn scan_rows(
+        &self,
+        table: &TableRef,
+        on_rows: &mut (dyn FnMut(Vec<Vec<Value>>) -> Result<()> + Send),
+    ) -> Result<()> {
+        let _ = on_rows;
+        Err(crate::Error::fatal(format!(
+            "this database cannot read table {} without a key",
+            table.name
+        )))
+    }
+
     /// Up to `limit` full rows with key greater than `after` (all keys when `None`).
     async fn read_rows(
         &self,

@@ -90,7 +90,10 @@ pub struct TableSchema {
     pub name: TableName,
     pub columns: Vec<Column>,
     /// Indexes into `columns` of the key that identifies a row (primary key,
-    /// or the replica identity). Never empty for a replicated table.
+    /// or the replica identity). Empty for a keyless table: its rows are
+    /// identified by their whole image, several rows may be identical, and
+    /// its changes apply one by one in source order (see
+    /// [`Step::Keyless`](crate::Step::Keyless)).
     pub key: Vec<usize>,
     /// Bumped by the source each time it reports a new structure for the table.
     pub version: u32,
@@ -114,6 +117,11 @@ impl TableSchema {
             .iter()
             .map(|&i| self.columns[i].name.as_str())
             .collect()
+    }
+
+    /// A table without a key (see [`TableSchema::key`]).
+    pub fn is_keyless(&self) -> bool {
+        self.key.is_empty()
     }
 
     pub fn is_key_column(&self, index: usize) -> bool {

@@ -5,10 +5,12 @@
 //! A key change is a delete of the old key and an insert of the new one.
 //! Truncates, structure changes and key moves of partially known rows must
 //! keep their place, so they end the current step and stand alone.
+//! Changes to a table without a key are never merged: they keep their
+//! order in one [`Step::Keyless`] per table and step.
 
 use std::collections::HashMap;
 
-use ferry_core::{Change, Step, TableName, TableOps, TableRef, Value};
+use ferry_core::{Change, KeylessOp, Step, TableName, TableOps, TableRef, Value};
 
 #[derive(Debug)]
 struct Entry {
@@ -38,6 +40,8 @@ pub struct Merger {
     steps: Vec<Step>,
     tables: Vec<TableEntries>,
     index: HashMap<TableName, usize>,
+    /// Changes to keyless tables in this step, in order, per table.
+    keyless: Vec<(TableRef, Vec<KeylessOp>)>,
     changes_in: usize,
 }
 
@@ -105,8 +109,40 @@ impl Merger {
         }
     }
 
+    /// Appends a change to a keyless table to its table's ordered list.
+    fn push_keyless(&mut self, table: &TableRef, op: KeylessOp) {
+        let i = match self.keyless.iter().position(|(t, _)| t.name == table.name) {
+            Some(i) if self.keyless[i].0.version == table.version => i,
+            Some(_) => {
+                self.close_step();
+                return self.push_keyless(table, op);
+            }
+            None => {
+                self.keyless.push((table.clone(), Vec::new()));
+                self.keyless.len() - 1
+            }
+        };
+        self.keyless[i].1.push(op);
+    }
+
     pub fn push(&mut self, change: Change) {
         self.changes_in += 1;
+        if let Some(t) = change.table().filter(|t| t.is_keyless()).cloned() {
+            match change {
+                Change::Insert { row, .. } => return self.push_keyless(&t, KeylessOp::Insert(row)),
+                Change::Update {
+                    before: Some(before),
+                    after,
+                    ..
+                } => return self.push_keyless(&t, KeylessOp::Update { before, after }),
+                Change::Delete { before, .. } => {
+                    return self.push_keyless(&t, KeylessOp::Delete(before));
+                }
+                // An update without its before-image cannot find its row;
+                // the source refuses such tables, so this is not reached.
+                _ => {}
+            }
+        }
         match change {
             Change::Insert { table, row } => {
                 let key = table.key_of(&row);
@@ -149,6 +185,7 @@ impl Merger {
                         self.tables[i].rows.clear();
                         self.tables[i].order.clear();
                     }
+                    self.keyless.retain(|(k, _)| k.name != t.name);
                 }
                 self.close_step();
                 self.steps.push(Step::Truncate(tables));
@@ -287,6 +324,9 @@ impl Merger {
         self.index.clear();
         if !ops.is_empty() {
             self.steps.push(Step::Rows(ops));
+        }
+        for (table, ops) in self.keyless.drain(..) {
+            self.steps.push(Step::Keyless { table, ops });
         }
     }
 
@@ -450,5 +490,58 @@ mod tests {
         assert_eq!(steps.len(), 2);
         assert!(matches!(steps[0], Step::Truncate(_)));
         assert_eq!(rows_of(&steps).1, vec![row(2, 2)]);
+    }
+
+    #[test]
+    fn keyless_changes_keep_their_order_and_are_not_merged() {
+        let keyless = Arc::new(TableSchema {
+            name: TableName::bare("log"),
+            key: vec![],
+            ..(*table()).clone()
+        });
+        let k = |c: fn(TableRef) -> Change| c(keyless.clone());
+        let steps = merge([
+            k(|t| Change::Insert { table: t, row: row(1, 1) }),
+            ins(7, 7),
+            // An identical row: two rows on the target, not one.
+            k(|t| Change::Insert { table: t, row: row(1, 1) }),
+            k(|t| Change::Update {
+                table: t,
+                before: Some(row(1, 1)),
+                after: row(1, 2),
+            }),
+            k(|t| Change::Delete { table: t, before: row(1, 2) }),
+            upd(7, 8),
+        ]);
+        assert_eq!(steps.len(), 2, "{steps:?}");
+        assert_eq!(rows_of(&steps).1, vec![row(7, 8)]);
+        let Step::Keyless { table, ops } = &steps[1] else {
+            panic!("expected the keyless step after the merged rows: {steps:?}");
+        };
+        assert_eq!(table.name, TableName::bare("log"));
+        assert_eq!(
+            ops,
+            &vec![
+                KeylessOp::Insert(row(1, 1)),
+                KeylessOp::Insert(row(1, 1)),
+                KeylessOp::Update {
+                    before: row(1, 1),
+                    after: row(1, 2)
+                },
+                KeylessOp::Delete(row(1, 2)),
+            ]
+        );
+        // A truncate keeps its place: ops before it are dropped with it,
+        // ops after it follow it.
+        let steps = merge([
+            k(|t| Change::Insert { table: t, row: row(1, 1) }),
+            Change::Truncate {
+                tables: vec![keyless.clone()],
+            },
+            k(|t| Change::Insert { table: t, row: row(2, 2) }),
+        ]);
+        assert_eq!(steps.len(), 2, "{steps:?}");
+        assert!(matches!(steps[0], Step::Truncate(_)));
+        assert!(matches!(&steps[1], Step::Keyless { ops, .. } if ops == &vec![KeylessOp::Insert(row(2, 2))]));
     }
 }

@@ -212,7 +212,25 @@ impl Transform {
                     .filter
                     .as_ref()
                     .is_none_or(|f| f.eval(&table, &after) != Some(false));
-                if pass {
+                let entering = table.is_keyless()
+                    && m.rule.filter.as_ref().is_some_and(|f| {
+                        before.as_ref().is_some_and(|b| f.eval(&table, b) == Some(false))
+                    });
+                if pass && entering {
+                    // A keyless row entering the filtered set is not on the
+                    // target to be updated: insert its new image (columns
+                    // the source left unchanged are those of the old one).
+                    let mut row = before.expect("checked above");
+                    for (slot, v) in row.iter_mut().zip(after) {
+                        if !matches!(v, Value::Unchanged) {
+                            *slot = v;
+                        }
+                    }
+                    ops.insert.then(|| Change::Insert {
+                        table: m.target.clone(),
+                        row: Self::project(&m, &row),
+                    })
+                } else if pass {
                     Some(Change::Update {
                         table: m.target.clone(),
                         before: before.map(|b| Self::project(&m, &b)),
@@ -325,6 +343,27 @@ mod tests {
         );
         let rows = t.rows(&src(), vec![row(1, "eu"), row(2, "us")]).unwrap();
         assert_eq!(rows.len(), 1);
+    }
+
+    #[test]
+    fn a_keyless_row_entering_the_filter_is_inserted_whole() {
+        let t = Transform::new(spec());
+        let keyless = Arc::new(TableSchema {
+            key: vec![],
+            ..(*src()).clone()
+        });
+        let out = t
+            .change(Change::Update {
+                table: keyless,
+                before: Some(row(1, "us")),
+                after: vec![Value::Int(1), Value::Unchanged, Value::Text("eu".into())],
+            })
+            .unwrap();
+        let Some(Change::Insert { row: r, .. }) = out else {
+            panic!("expected an insert, got {out:?}");
+        };
+        // The unchanged column comes from the old image.
+        assert!(!r.iter().any(|v| matches!(v, Value::Unchanged)), "{r:?}");
     }
 
     #[test]

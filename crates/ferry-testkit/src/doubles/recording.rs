@@ -33,6 +33,8 @@ pub enum StepSummary {
     Schema(String),
     /// A `MoveKey` step: the table.
     MoveKey(String),
+    /// A `Keyless` step: the table and its number of changes.
+    Keyless(String, usize),
 }
 
 impl StepSummary {
@@ -53,6 +55,9 @@ impl StepSummary {
             }
             Step::Schema { table, .. } => StepSummary::Schema(table.name.to_string()),
             Step::MoveKey { table, .. } => StepSummary::MoveKey(table.name.to_string()),
+            Step::Keyless { table, ops } => {
+                StepSummary::Keyless(table.name.to_string(), ops.len())
+            }
         }
     }
 }
