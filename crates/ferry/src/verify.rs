@@ -3,10 +3,11 @@
 //! first differing keys listed. Rows are read in chunks, so memory stays
 //! bounded; chunked in-database checksums with bisection come later.
 
+use std::collections::HashMap;
 use std::collections::hash_map::DefaultHasher;
 use std::hash::{Hash, Hasher};
 
-use ferry_core::{Error, TableReader, TableRef, Value, display_key_of};
+use ferry_core::{Error, TableReader, TableRef, Value, display_key, display_key_of};
 use ferry_pipeline::Transform;
 
 const CHUNK: usize = 5_000;
@@ -85,6 +86,9 @@ pub async fn verify_table(
     target_table: &TableRef,
     transform: &Transform,
 ) -> Result<TableVerdict, Error> {
+    if target_table.is_keyless() {
+        return verify_keyless(source, target, source_table, target_table, transform).await;
+    }
     let mut v = TableVerdict::default();
     let mut s = Cursor::new(source, source_table);
     let mut t = Cursor::new(target, target_table);
@@ -161,5 +165,86 @@ pub async fn verify_table(
             }
         }
     }
+    Ok(v)
+}
+
+/// A table without a key has no order to walk both sides in, and may hold
+/// identical rows: its rows are compared as multisets. Each side is
+/// scanned once, counting rows by their hash (memory: a few bytes per
+/// distinct row, not the rows); only when the counts differ are the sides
+/// scanned again for examples of the differing rows. Checksums add (an
+/// XOR would cancel identical rows out).
+async fn verify_keyless(
+    source: &dyn TableReader,
+    target: &dyn TableReader,
+    source_table: &TableRef,
+    target_table: &TableRef,
+    transform: &Transform,
+) -> Result<TableVerdict, Error> {
+    let mut v = TableVerdict::default();
+    let mut counts: HashMap<u64, i64> = HashMap::new();
+    source
+        .scan_rows(source_table, &mut |rows| {
+            for row in transform.rows(source_table, rows)? {
+                let h = row_hash(&row);
+                v.source_rows += 1;
+                v.source_checksum = v.source_checksum.wrapping_add(h);
+                *counts.entry(h).or_default() += 1;
+            }
+            Ok(())
+        })
+        .await?;
+    target
+        .scan_rows(target_table, &mut |rows| {
+            for row in rows {
+                let h = row_hash(&row);
+                v.target_rows += 1;
+                v.target_checksum = v.target_checksum.wrapping_add(h);
+                *counts.entry(h).or_default() -= 1;
+            }
+            Ok(())
+        })
+        .await?;
+    counts.retain(|_, n| *n != 0);
+    for n in counts.values() {
+        if *n > 0 {
+            v.missing += *n as u64;
+        } else {
+            v.extra += n.unsigned_abs();
+        }
+    }
+    if counts.is_empty() {
+        return Ok(v);
+    }
+    // Examples: rows whose count is off, as many times as it is off.
+    let mut examples = Vec::new();
+    let mut left = counts.clone();
+    source
+        .scan_rows(source_table, &mut |rows| {
+            for row in transform.rows(source_table, rows)? {
+                if let Some(n) = left.get_mut(&row_hash(&row)).filter(|n| **n > 0) {
+                    *n -= 1;
+                    if examples.len() < SHOW {
+                        examples.push(format!("missing on target: row {}", display_key(&row)));
+                    }
+                }
+            }
+            Ok(())
+        })
+        .await?;
+    target
+        .scan_rows(target_table, &mut |rows| {
+            for row in rows {
+                if let Some(n) = left.get_mut(&row_hash(&row)).filter(|n| **n < 0) {
+                    *n += 1;
+                    if examples.len() < SHOW {
+                        examples.push(format!("extra on target: row {}", display_key(&row)));
+                    }
+                }
+            }
+            Ok(())
+        })
+        .await?;
+    v.examples = examples;
     Ok(v)
 }

@@ -182,3 +182,75 @@ pub(crate) fn param_refs<'a>(
     }
     out
 }
+
+/// `INSERT INTO t (cols) VALUES ...` without a conflict target: rows of a
+/// keyless table, where identical rows are each a row.
+pub(crate) fn insert_sql(t: &Target, rows: usize) -> String {
+    format!(
+        "INSERT INTO {} ({}) VALUES {}",
+        t.qualified,
+        t.cols.join(", "),
+        placeholders(rows, t.cols.len())
+    )
+}
+
+/// The columns of a keyless table's before-image a row is matched on:
+/// every column the source sent.
+pub(crate) fn match_columns(before: &[Value]) -> Vec<usize> {
+    (0..before.len())
+        .filter(|&i| !matches!(before[i], Value::Unchanged))
+        .collect()
+}
+
+/// `WHERE ctid = (one row equal to the image)`: the row of a keyless
+/// table a change applies to, the image's columns `matched` bound from
+/// `$first` on. `json` has no equality operator, so it compares as text.
+fn one_row_equal(t: &Target, matched: &[usize], first: usize) -> String {
+    let conds: Vec<String> = matched
+        .iter()
+        .enumerate()
+        .map(|(n, &i)| {
+            let p = format!("${}", first + n);
+            if t.types[i].kind.has_no_equality() {
+                format!("{}::text IS NOT DISTINCT FROM {p}::text", t.cols[i])
+            } else {
+                format!("{} IS NOT DISTINCT FROM {p}", t.cols[i])
+            }
+        })
+        .collect();
+    let cond = if conds.is_empty() {
+        "true".to_owned()
+    } else {
+        conds.join(" AND ")
+    };
+    format!(
+        "ctid = (SELECT ctid FROM {} WHERE {cond} LIMIT 1)",
+        t.qualified
+    )
+}
+
+/// Deletes one row of a keyless table equal to the image's `matched`
+/// columns.
+pub(crate) fn delete_one_sql(t: &Target, matched: &[usize]) -> String {
+    format!(
+        "DELETE FROM {} WHERE {}",
+        t.qualified,
+        one_row_equal(t, matched, 1)
+    )
+}
+
+/// Sets the columns `set` (bound first) on one row of a keyless table
+/// equal to the image's `matched` columns (bound after them).
+pub(crate) fn update_one_sql(t: &Target, set: &[usize], matched: &[usize]) -> String {
+    let assignments: Vec<String> = set
+        .iter()
+        .enumerate()
+        .map(|(n, &i)| format!("{} = ${}", t.cols[i], n + 1))
+        .collect();
+    format!(
+        "UPDATE {} SET {} WHERE {}",
+        t.qualified,
+        assignments.join(", "),
+        one_row_equal(t, matched, set.len() + 1)
+    )
+}

@@ -242,23 +242,25 @@ pub(crate) fn source_schema(t: &PgTable) -> Result<TableRef> {
             .with_fix(format!(
                 "add a primary key (ALTER TABLE {q} ADD PRIMARY KEY (...)), or choose a unique \
                  index on NOT NULL columns as replica identity (ALTER TABLE {q} REPLICA IDENTITY \
-                 USING INDEX ...; with REPLICA IDENTITY FULL such an index is used as the key), \
+                 USING INDEX ...), or replicate it without a key (ALTER TABLE {q} REPLICA \
+                 IDENTITY FULL: every change then finds its row by all columns, one at a time), \
                  or exclude the table from the pipeline",
                 q = t.qualified()
             ))
     };
-    let key = match t.replident.as_str() {
-        "n" => {
+    let key: &[String] = match (t.replident.as_str(), t.replication_key()) {
+        ("n", _) => {
             return Err(no_key(
                 "its replica identity is NOTHING, so updates and deletes carry no key",
             ));
         }
-        _ => t
-            .replication_key()
-            .ok_or_else(|| no_key("it has no primary key and no replica identity index"))?,
+        (_, Some(key)) => &key.columns,
+        // FULL without a usable key: a keyless table (old rows carry every
+        // column, which is how its rows are found).
+        ("f", None) => &[],
+        _ => return Err(no_key("it has no primary key and no replica identity index")),
     };
     let key = key
-        .columns
         .iter()
         .map(|k| {
             columns

@@ -217,12 +217,17 @@ pub(crate) async fn source_checks(
             let mut types = TypeCache::default();
             let mut bad = 0;
             let mut count = 0;
+            let mut keyless = Vec::new();
             for name in names.iter().filter(|n| selection.selects(n)) {
                 count += 1;
                 let ns = name.namespace.as_deref().unwrap_or("public");
                 let described = catalog::describe(client, &mut types, ns, &name.name).await;
-                let problem = match described {
-                    Ok(Some(t)) => catalog::source_schema(&t).err(),
+                let problem = match described.map(|t| t.map(|t| catalog::source_schema(&t))) {
+                    Ok(Some(Ok(t))) if t.is_keyless() => {
+                        keyless.push(name.to_string());
+                        None
+                    }
+                    Ok(Some(schema)) => schema.err(),
                     Ok(None) => None,
                     Err(e) => Some(e),
                 };
@@ -232,10 +237,16 @@ pub(crate) async fn source_checks(
                 }
             }
             if bad == 0 {
-                items.push(CheckItem::ok(
-                    "source: tables",
-                    format!("{count} selected tables, each with a key and supported types"),
-                ));
+                let detail = if keyless.is_empty() {
+                    format!("{count} selected tables, each with a key and supported types")
+                } else {
+                    format!(
+                        "{count} selected tables with supported types; without a key (REPLICA \
+                         IDENTITY FULL), copied whole and changed one row at a time: {}",
+                        keyless.join(", ")
+                    )
+                };
+                items.push(CheckItem::ok("source: tables", detail));
             }
         }
         Err(e) => items.push(CheckItem::from_error("source: tables", &e)),

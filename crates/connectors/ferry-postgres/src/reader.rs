@@ -248,6 +248,33 @@ impl KeyOrderReads {
     }
 }
 
+/// Serves [`ferry_core::TableReader::scan_rows`]: every row of `table`,
+/// unordered, a few thousand at a time.
+pub(crate) async fn scan_rows(
+    client: &Client,
+    pg: &PgTable,
+    table: &TableRef,
+    on_rows: &mut (dyn FnMut(Vec<Vec<Value>>) -> Result<()> + Send),
+) -> Result<()> {
+    const BATCH: usize = 5_000;
+    let cols = read_columns(pg, table)?;
+    let kinds: Vec<Kind> = cols.iter().map(|c| c.kind.clone()).collect();
+    let sql = format!("SELECT {} FROM {}", column_list(&cols), pg.qualified());
+    let mut batch = Vec::with_capacity(BATCH);
+    copy_out_rows(client, &sql, &kinds, |row| {
+        batch.push(row);
+        if batch.len() == BATCH {
+            on_rows(std::mem::replace(&mut batch, Vec::with_capacity(BATCH)))?;
+        }
+        Ok(())
+    })
+    .await?;
+    if !batch.is_empty() {
+        on_rows(batch)?;
+    }
+    Ok(())
+}
+
 /// `c1, c2, ...`: the quoted names of `cols`.
 pub(crate) fn column_list(cols: &[ReadColumn]) -> String {
     cols.iter()
@@ -270,5 +297,35 @@ pub(crate) fn select_range(
         sql.push_str(&format!(" WHERE {p}"));
     }
     sql.push_str(&format!(" ORDER BY {}", order_by(&key_refs)));
+    Ok(sql)
+}
+
+/// `SELECT <columns> FROM <from>` restricted to the heap blocks of `range`
+/// (`lower < block <= upper`, a block number as the one key value): how a
+/// table without a key is cut into pieces (a TID range scan reads only
+/// those blocks). Unordered: a keyless piece claims its blocks only with
+/// its last chunk.
+pub(crate) fn select_blocks(from: &str, cols: &[ReadColumn], range: &KeyRange) -> Result<String> {
+    let block = |k: &Option<Vec<Value>>| -> Result<Option<i64>> {
+        match k.as_deref() {
+            None => Ok(None),
+            Some([Value::Int(b)]) => Ok(Some(*b)),
+            Some(other) => Err(Error::fatal(format!(
+                "a piece of a table without a key is bounded by block numbers, not {other:?}; \
+                 this is a ferry bug"
+            ))),
+        }
+    };
+    let mut conds = Vec::new();
+    if let Some(l) = block(&range.lower)? {
+        conds.push(format!("ctid >= '({},0)'::tid", l + 1));
+    }
+    if let Some(u) = block(&range.upper)? {
+        conds.push(format!("ctid < '({},0)'::tid", u + 1));
+    }
+    let mut sql = format!("SELECT {} FROM {from}", column_list(cols));
+    if !conds.is_empty() {
+        sql.push_str(&format!(" WHERE {}", conds.join(" AND ")));
+    }
     Ok(sql)
 }

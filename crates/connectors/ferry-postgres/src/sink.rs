@@ -175,6 +175,9 @@ pub(crate) fn map_target(table: &TableRef, pg: &PgTable, major: u32) -> Result<T
         k.columns.len() == key_names.len()
             && key_names.iter().all(|n| k.columns.iter().any(|c| c == n))
     });
+    // A keyless table needs no key on the target either (its rows are
+    // found by all their columns).
+    let has_unique = has_unique || table.is_keyless();
     let key_pending = !has_unique && pg.comment.as_deref() == Some(KEY_PENDING);
     if !has_unique && !key_pending {
         let quoted: Vec<String> = key_names.iter().map(|n| ident(n)).collect();
@@ -214,7 +217,8 @@ pub(crate) fn add_key_sql(t: &Target) -> String {
 }
 
 /// `CREATE TABLE` for a ferry table; without `with_key` the primary key is
-/// left for later and the table marked [`KEY_PENDING`].
+/// left for later and the table marked [`KEY_PENDING`]. A keyless table
+/// gets no key.
 pub(crate) fn create_table_sql(table: &TableRef, with_key: bool) -> Result<String> {
     let (schema, name) = target_name(&table.name);
     let mut defs = Vec::new();
@@ -231,6 +235,9 @@ pub(crate) fn create_table_sql(table: &TableRef, with_key: bool) -> Result<Strin
         defs.push(format!("{} {ty}{null}", ident(&c.name)));
     }
     let q = format!("{}.{}", ident(&schema), ident(&name));
+    if table.is_keyless() {
+        return Ok(format!("CREATE TABLE {q} ({})", defs.join(", ")));
+    }
     if with_key {
         let key: Vec<String> = table.key_names().iter().map(|k| ident(k)).collect();
         defs.push(format!("PRIMARY KEY ({})", key.join(", ")));
@@ -571,5 +578,16 @@ impl TableReader for PostgresSink {
         self.reads
             .read_rows(&self.admin, &pg, table, after, limit)
             .await
+    }
+
+    async fn scan_rows(
+        &self,
+        table: &TableRef,
+        on_rows: &mut (dyn FnMut(Vec<Vec<Value>>) -> Result<()> + Send),
+    ) -> Result<()> {
+        let pg = self.describe(&table.name).await?.ok_or_else(|| {
+            Error::fatal(format!("table {} does not exist on the target", table.name))
+        })?;
+        crate::reader::scan_rows(&self.admin, &pg, table, on_rows).await
     }
 }

@@ -34,7 +34,7 @@ use crate::copy::{CopyDecoder, decode_fields};
 use crate::error::pg_error;
 use crate::reader::{
     ReadColumn, column_list, copy_out_rows, indexed_order, range_predicate, read_columns,
-    select_range,
+    select_blocks, select_range,
 };
 use crate::types::{Kind, quote_literal};
 
@@ -180,7 +180,19 @@ async fn plan(
     let int_key =
         key_cols.len() == 1 && matches!(key_cols[0].kind, Kind::Int2 | Kind::Int4 | Kind::Int8);
     let mut ranges: Vec<KeyRange> = Vec::new();
-    if int_key {
+    if table.is_keyless() {
+        // No key: pieces of the heap's block order. They mean nothing in
+        // another snapshot, so the pipeline never asks to skip any.
+        let (est, pages) = table_size(client, pg).await?;
+        let blocks = heap_blocks(client, pg).await?;
+        let per_piece = piece_rows(chunk_rows, &req.encoding, est, pages) as f64;
+        let step = if est >= 1.0 && pages >= 1.0 {
+            (per_piece * pages / est).ceil().max(1.0) as i64
+        } else {
+            (CHUNK_BYTES / 8192) as i64
+        };
+        ranges = block_ranges(blocks, step);
+    } else if int_key {
         let k = &key_cols[0].quoted;
         let refs: Vec<&ReadColumn> = key_cols.iter().collect();
         let (est, pages) = table_size(client, pg).await?;
@@ -339,6 +351,37 @@ async fn sample_splits(
     Ok(splits)
 }
 
+/// The heap's size in blocks now (`relpages` is only as fresh as the
+/// last VACUUM or ANALYZE).
+async fn heap_blocks(client: &Client, pg: &PgTable) -> Result<i64> {
+    let row = client
+        .query_one(
+            "SELECT (pg_catalog.pg_relation_size($1) / current_setting('block_size')::int8)::int8",
+            &[&pg.oid],
+        )
+        .await
+        .map_err(|e| pg_error(e, "reading the table size"))?;
+    Ok(row.get(0))
+}
+
+/// Consecutive ranges of `step` blocks covering every block of a heap of
+/// `blocks` blocks, the last one open (the heap may have grown).
+fn block_ranges(blocks: i64, step: i64) -> Vec<KeyRange> {
+    let mut out = Vec::new();
+    let mut lower = None;
+    let mut edge = step - 1;
+    while edge < blocks - 1 {
+        let upper = Some(vec![Value::Int(edge)]);
+        out.push(KeyRange {
+            lower: lower.replace(upper.clone().expect("set")),
+            upper,
+        });
+        edge += step;
+    }
+    out.push(KeyRange { lower, upper: None });
+    out
+}
+
 /// The planner's estimate of the table's rows and pages (`reltuples` is -1
 /// for a table never analyzed).
 async fn table_size(client: &Client, pg: &PgTable) -> Result<(f64, f64)> {
@@ -384,7 +427,12 @@ async fn copy_work(client: &Client, work: &Work, tx: &ChunkSender) -> Result<()>
     // exactly its rows (a chunk committed without a claim would be copied
     // again after a restart). For integer keys the range is read through
     // the key's index anyway, so the order costs nothing.
-    let query = select_range(&job.from, &job.cols, &job.key_cols, &work.range)?;
+    let keyless = job.table.is_keyless();
+    let query = if keyless {
+        select_blocks(&job.from, &job.cols, &work.range)?
+    } else {
+        select_range(&job.from, &job.cols, &job.key_cols, &work.range)?
+    };
     let failed = |e| pg_error(e, "copying snapshot rows").with("table", job.table.name.to_string());
     let stream = client
         .copy_out(format!("COPY ({query}) TO STDOUT (FORMAT binary)").as_str())
@@ -399,10 +447,27 @@ async fn copy_work(client: &Client, work: &Work, tx: &ChunkSender) -> Result<()>
         dec.push(data.map_err(failed)?);
         while batch.read(&mut dec, job)? {
             if batch.len() >= limit || batch.bytes() >= CHUNK_BYTES {
-                let last = batch.last_key(job)?;
-                let range = KeyRange {
-                    lower: lower.replace(last.clone()),
-                    upper: Some(last),
+                let range = if keyless {
+                    // Rows of a keyless piece are not in an order to claim
+                    // part of it by: every chunk but the last claims an
+                    // empty range; within this snapshot the last claims the
+                    // piece, and a restart copies the table again anyway.
+                    let anchor = work
+                        .range
+                        .lower
+                        .clone()
+                        .or_else(|| work.range.upper.clone())
+                        .unwrap_or_else(|| vec![Value::Int(-1)]);
+                    KeyRange {
+                        lower: Some(anchor.clone()),
+                        upper: Some(anchor),
+                    }
+                } else {
+                    let last = batch.last_key(job)?;
+                    KeyRange {
+                        lower: lower.replace(last.clone()),
+                        upper: Some(last),
+                    }
                 };
                 let chunk = SnapshotChunk {
                     table: job.table.clone(),

@@ -640,20 +640,31 @@ impl TableReader for PostgresSource {
         after: Option<&[Value]>,
         limit: usize,
     ) -> Result<Vec<Vec<Value>>> {
-        let ns = table
-            .name
-            .namespace
-            .clone()
-            .unwrap_or_else(|| "public".into());
-        let mut types = TypeCache::default();
-        let pg = catalog::describe(&self.client, &mut types, &ns, &table.name.name)
-            .await?
-            .ok_or_else(|| {
-                Error::fatal(format!("table {} does not exist on the source", table.name))
-            })?;
+        let pg = self.describe_for_reading(table).await?;
         self.reads
             .read_rows(&self.client, &pg, table, after, limit)
             .await
+    }
+
+    async fn scan_rows(
+        &self,
+        table: &TableRef,
+        on_rows: &mut (dyn FnMut(Vec<Vec<Value>>) -> Result<()> + Send),
+    ) -> Result<()> {
+        let pg = self.describe_for_reading(table).await?;
+        crate::reader::scan_rows(&self.client, &pg, table, on_rows).await
+    }
+}
+
+impl PostgresSource {
+    /// The catalog entry of a source table `ferry verify` reads.
+    async fn describe_for_reading(&self, table: &TableRef) -> Result<catalog::PgTable> {
+        let mut types = TypeCache::default();
+        catalog::describe(&self.client, &mut types, &namespace(table), &table.name.name)
+            .await?
+            .ok_or_else(|| {
+                Error::fatal(format!("table {} does not exist on the source", table.name))
+            })
     }
 }
 

@@ -400,7 +400,9 @@ impl Stream {
             .and_then(|p| p.key_names().iter().map(|n| by_name(n)).collect());
         let key = prev_key
             .unwrap_or_else(|| (0..r.columns.len()).filter(|&i| r.columns[i].key).collect());
-        if key.is_empty() {
+        // A table ferry copies without a key stays keyless (its old rows
+        // carry every column: REPLICA IDENTITY FULL).
+        if key.is_empty() && prev.as_ref().is_none_or(|p| !p.is_keyless()) {
             return Err(
                 Error::fatal(format!("table {name} has no key in the replication stream"))
                     .with("table", name.to_string())

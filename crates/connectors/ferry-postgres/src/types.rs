@@ -42,6 +42,18 @@ pub(crate) enum Kind {
     },
 }
 
+impl Kind {
+    /// `json` (and arrays of it) has no equality operator: values compare
+    /// by their text.
+    pub(crate) fn has_no_equality(&self) -> bool {
+        match self {
+            Kind::Json => true,
+            Kind::Array { elem, .. } => elem.has_no_equality(),
+            _ => false,
+        }
+    }
+}
+
 /// A resolved column type: wire kind plus the OID the server knows it by.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct PgType {

@@ -15,16 +15,17 @@ use async_trait::async_trait;
 use bytes::BytesMut;
 use ferry_core::value::display_key;
 use ferry_core::{
-    Checkpoint, CheckpointRecord, EncodedRows, Error, Result, SinkWriter, Step, TableName,
-    TableOps, TableRef, Value,
+    Checkpoint, CheckpointRecord, EncodedRows, Error, KeylessOp, Result, SinkWriter, Step,
+    TableName, TableOps, TableRef, Value,
 };
 use futures_util::SinkExt;
 use tokio_postgres::Client;
 use tokio_postgres::types::{ToSql, Type};
 
 use crate::apply::{
-    Param, abbreviate, delete_sql, key_params, param_refs, row_params, rows_per_statement,
-    update_sql, upsert_from, upsert_sql,
+    Param, abbreviate, delete_one_sql, delete_sql, insert_sql, key_params, match_columns,
+    param_refs, row_params, rows_per_statement, update_one_sql, update_sql, upsert_from,
+    upsert_sql,
 };
 use crate::catalog;
 use crate::copy;
@@ -328,6 +329,68 @@ impl PostgresWriter {
         Ok(())
     }
 
+    /// Changes to a keyless table, one at a time in order: runs of inserts
+    /// as multi-row `INSERT`s, each update or delete on one row equal to
+    /// its before-image (found by a scan: the table has no index to use).
+    async fn apply_keyless(&mut self, table: &TableRef, ops: &[KeylessOp]) -> Result<()> {
+        let t = self.target(table).await?;
+        let all: Vec<usize> = (0..t.cols.len()).collect();
+        let context = |e: Error, row: &[Value]| {
+            e.with("table", t.display.clone())
+                .with("row", display_key(row))
+        };
+        let mut at = 0;
+        while at < ops.len() {
+            let inserts: Vec<&Vec<Value>> = ops[at..]
+                .iter()
+                .map_while(|op| match op {
+                    KeylessOp::Insert(row) => Some(row),
+                    _ => None,
+                })
+                .collect();
+            if !inserts.is_empty() {
+                at += inserts.len();
+                for chunk in inserts.chunks(rows_per_statement(t.cols.len())) {
+                    let sql = insert_sql(&t, chunk.len());
+                    let params = row_params(&t, chunk, &all);
+                    let refs = param_refs(&params, &t, chunk.len(), &all);
+                    self.exec(&sql, &refs)
+                        .await
+                        .map_err(|e| context(e, chunk[0]))?;
+                }
+                continue;
+            }
+            let (sql, params, before) = match &ops[at] {
+                KeylessOp::Delete(before) => {
+                    let matched = match_columns(before);
+                    let params = row_params(&t, &[before], &matched);
+                    let types: Vec<usize> = matched.clone();
+                    (delete_one_sql(&t, &matched), (params, types), before)
+                }
+                KeylessOp::Update { before, after } => {
+                    let set = match_columns(after);
+                    let matched = match_columns(before);
+                    let mut params = row_params(&t, &[after], &set);
+                    params.extend(row_params(&t, &[before], &matched));
+                    let types: Vec<usize> = set.iter().chain(&matched).copied().collect();
+                    if set.is_empty() {
+                        at += 1;
+                        continue;
+                    }
+                    (update_one_sql(&t, &set, &matched), (params, types), before)
+                }
+                KeylessOp::Insert(_) => unreachable!("runs of inserts are taken above"),
+            };
+            at += 1;
+            let (params, cols) = params;
+            let refs = param_refs(&params, &t, 1, &cols);
+            self.exec(&sql, &refs)
+                .await
+                .map_err(|e| context(e, before))?;
+        }
+        Ok(())
+    }
+
     async fn apply_rows(&mut self, ops: &TableOps) -> Result<()> {
         let t = self.keyed_target(&ops.table).await?;
         let context = |e: Error, rows: &[&Vec<Value>]| {
@@ -551,6 +614,7 @@ impl SinkWriter for PostgresWriter {
                     old_key,
                     row,
                 } => self.move_key(table, old_key, row).await?,
+                Step::Keyless { table, ops } => self.apply_keyless(table, ops).await?,
             }
         }
         Ok(())

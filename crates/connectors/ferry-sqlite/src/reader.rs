@@ -142,3 +142,48 @@ pub(crate) async fn read_rows(
     })
     .await
 }
+
+/// Every row of a table without a key, in rowid order (every table ferry
+/// creates has one), a page at a time.
+pub(crate) async fn scan_rows(
+    conn: &Blocking<Connection>,
+    table: &TableRef,
+    on_rows: &mut (dyn FnMut(Vec<Vec<Value>>) -> Result<()> + Send),
+) -> Result<()> {
+    const PAGE: i64 = 5_000;
+    let mut after = i64::MIN;
+    loop {
+        let table = TableRef::clone(table);
+        let path = conn.path.clone();
+        let (rows, last) = conn
+            .run(move |c| {
+                let sql = format!(
+                    "SELECT {}, rowid FROM {} WHERE rowid > ?1 ORDER BY rowid LIMIT ?2",
+                    column_list(&table),
+                    ident(&table.name.name)
+                );
+                let fail = |e| {
+                    db_error(&path, "reading rows", e)
+                        .with("table", table.name.to_string())
+                        .with("statement", sql.clone())
+                };
+                let mut stmt = c.prepare_cached(&sql).map_err(fail)?;
+                let mut rows = stmt.query(rusqlite::params![after, PAGE]).map_err(fail)?;
+                let (mut out, mut last) = (Vec::new(), after);
+                while let Some(row) = rows.next().map_err(fail)? {
+                    out.push(convert_row(&table, row)?);
+                    last = row.get(table.columns.len()).map_err(fail)?;
+                }
+                Ok((out, last))
+            })
+            .await?;
+        let full = rows.len() as i64 == PAGE;
+        if !rows.is_empty() {
+            on_rows(rows)?;
+        }
+        if !full {
+            return Ok(());
+        }
+        after = last;
+    }
+}

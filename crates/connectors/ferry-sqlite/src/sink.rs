@@ -78,7 +78,7 @@ pub(crate) fn load_checkpoint(c: &Connection, path: &Path, pipeline: &str) -> Re
 }
 
 /// `CREATE TABLE` for a target table: logical types mapped by
-/// [`declared_type`], `NOT NULL` kept, the key as primary key.
+/// [`declared_type`], `NOT NULL` kept, the key (if any) as primary key.
 pub(crate) fn create_table_sql(table: &TableSchema) -> String {
     let mut parts: Vec<String> = table
         .columns
@@ -96,8 +96,11 @@ pub(crate) fn create_table_sql(table: &TableSchema) -> String {
             def
         })
         .collect();
-    let key: Vec<String> = table.key_names().iter().map(|k| ident(k)).collect();
-    parts.push(format!("PRIMARY KEY ({})", key.join(", ")));
+    // A keyless table gets none: its rows are found by all their columns.
+    if !table.is_keyless() {
+        let key: Vec<String> = table.key_names().iter().map(|k| ident(k)).collect();
+        parts.push(format!("PRIMARY KEY ({})", key.join(", ")));
+    }
     format!(
         "CREATE TABLE IF NOT EXISTS {} ({})",
         ident(&table.name.name),
@@ -241,6 +244,14 @@ impl TableReader for SqliteSink {
         limit: usize,
     ) -> Result<Vec<Vec<Value>>> {
         crate::reader::read_rows(&self.conn, table, after, limit).await
+    }
+
+    async fn scan_rows(
+        &self,
+        table: &TableRef,
+        on_rows: &mut (dyn FnMut(Vec<Vec<Value>>) -> Result<()> + Send),
+    ) -> Result<()> {
+        crate::reader::scan_rows(&self.conn, table, on_rows).await
     }
 }
 

@@ -13,8 +13,8 @@ use std::sync::mpsc::{SyncSender, sync_channel};
 use async_trait::async_trait;
 use ferry_core::value::display_key;
 use ferry_core::{
-    CheckpointRecord, Error, ErrorClass, Result, SinkWriter, Step, TableOps, TableRef, TableSchema,
-    Value,
+    CheckpointRecord, Error, ErrorClass, KeylessOp, Result, SinkWriter, Step, TableOps, TableRef,
+    TableSchema, Value,
 };
 use rusqlite::{CachedStatement, Connection, params};
 
@@ -368,6 +368,69 @@ fn alter(c: &Connection, path: &Path, t: &TableSchema) -> Result<()> {
     Ok(())
 }
 
+/// `WHERE rowid = (one row equal to the image's columns `matched`)`,
+/// bound from `?first` on (`IS` matches NULL to NULL).
+fn one_row_equal(t: &TableSchema, matched: &[usize], first: usize) -> String {
+    let conds: Vec<String> = matched
+        .iter()
+        .enumerate()
+        .map(|(n, &i)| format!("{} IS ?{}", ident(&t.columns[i].name), first + n))
+        .chain(matched.is_empty().then(|| "1".to_owned()))
+        .collect();
+    format!(
+        "rowid = (SELECT rowid FROM {} WHERE {} LIMIT 1)",
+        ident(&t.name.name),
+        conds.join(" AND ")
+    )
+}
+
+/// Changes to a keyless table, in order: each update or delete applies to
+/// one row equal to its before-image.
+fn apply_keyless(c: &Connection, path: &Path, t: &TableSchema, ops: &[KeylessOp]) -> Result<()> {
+    let known = |row: &[Value]| -> Vec<usize> {
+        (0..row.len())
+            .filter(|&i| !matches!(row[i], Value::Unchanged))
+            .collect()
+    };
+    let name = ident(&t.name.name);
+    let insert = insert_sql(t, 1);
+    for op in ops {
+        match op {
+            KeylessOp::Insert(row) => {
+                Statement::new(c, path, t, &insert)?.run(row, || row.clone())?;
+            }
+            KeylessOp::Delete(before) => {
+                let matched = known(before);
+                let sql = format!("DELETE FROM {name} WHERE {}", one_row_equal(t, &matched, 1));
+                let values = matched.iter().map(|&i| &before[i]);
+                Statement::new(c, path, t, &sql)?.run(values, || before.clone())?;
+            }
+            KeylessOp::Update { before, after } => {
+                let (set, matched) = (known(after), known(before));
+                if set.is_empty() {
+                    continue;
+                }
+                let assignments: Vec<String> = set
+                    .iter()
+                    .enumerate()
+                    .map(|(p, &i)| format!("{} = ?{}", ident(&t.columns[i].name), p + 1))
+                    .collect();
+                let sql = format!(
+                    "UPDATE {name} SET {} WHERE {}",
+                    assignments.join(", "),
+                    one_row_equal(t, &matched, set.len() + 1)
+                );
+                let values = set
+                    .iter()
+                    .map(|&i| &after[i])
+                    .chain(matched.iter().map(|&i| &before[i]));
+                Statement::new(c, path, t, &sql)?.run(values, || before.clone())?;
+            }
+        }
+    }
+    Ok(())
+}
+
 fn apply_step(c: &Connection, path: &Path, step: &Step) -> Result<()> {
     match step {
         Step::Rows(ops) => ops.iter().try_for_each(|o| apply_ops(c, path, o)),
@@ -378,6 +441,7 @@ fn apply_step(c: &Connection, path: &Path, step: &Step) -> Result<()> {
             old_key,
             row,
         } => move_key(c, path, table, old_key, row),
+        Step::Keyless { table, ops } => apply_keyless(c, path, table, ops),
     }
 }
 
