@@ -501,16 +501,25 @@ mod tests {
         });
         let k = |c: fn(TableRef) -> Change| c(keyless.clone());
         let steps = merge([
-            k(|t| Change::Insert { table: t, row: row(1, 1) }),
+            k(|t| Change::Insert {
+                table: t,
+                row: row(1, 1),
+            }),
             ins(7, 7),
             // An identical row: two rows on the target, not one.
-            k(|t| Change::Insert { table: t, row: row(1, 1) }),
+            k(|t| Change::Insert {
+                table: t,
+                row: row(1, 1),
+            }),
             k(|t| Change::Update {
                 table: t,
                 before: Some(row(1, 1)),
                 after: row(1, 2),
             }),
-            k(|t| Change::Delete { table: t, before: row(1, 2) }),
+            k(|t| Change::Delete {
+                table: t,
+                before: row(1, 2),
+            }),
             upd(7, 8),
         ]);
         assert_eq!(steps.len(), 2, "{steps:?}");
@@ -534,14 +543,22 @@ mod tests {
         // A truncate keeps its place: ops before it are dropped with it,
         // ops after it follow it.
         let steps = merge([
-            k(|t| Change::Insert { table: t, row: row(1, 1) }),
+            k(|t| Change::Insert {
+                table: t,
+                row: row(1, 1),
+            }),
             Change::Truncate {
                 tables: vec![keyless.clone()],
             },
-            k(|t| Change::Insert { table: t, row: row(2, 2) }),
+            k(|t| Change::Insert {
+                table: t,
+                row: row(2, 2),
+            }),
         ]);
         assert_eq!(steps.len(), 2, "{steps:?}");
         assert!(matches!(steps[0], Step::Truncate(_)));
-        assert!(matches!(&steps[1], Step::Keyless { ops, .. } if ops == &vec![KeylessOp::Insert(row(2, 2))]));
+        assert!(
+            matches!(&steps[1], Step::Keyless { ops, .. } if ops == &vec![KeylessOp::Insert(row(2, 2))])
+        );
     }
 }

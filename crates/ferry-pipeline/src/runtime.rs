@@ -77,11 +77,11 @@ impl Pipeline {
             // A keyless table is copied in pieces of its physical order,
             // which mean nothing in another snapshot: an interrupted copy
             // starts over (the snapshot phase empties its target table).
-            if let Some(p) = progress.get_mut(&t.name.to_string()) {
-                if !p.ranges.is_empty() {
-                    tracing::info!(table = %t.name, "table has no key: copying it again from the start");
-                    p.ranges.clear();
-                }
+            if let Some(p) = progress.get_mut(&t.name.to_string())
+                && !p.ranges.is_empty()
+            {
+                tracing::info!(table = %t.name, "table has no key: copying it again from the start");
+                p.ranges.clear();
             }
         }
         if !to_copy.is_empty() {

@@ -214,7 +214,9 @@ impl Transform {
                     .is_none_or(|f| f.eval(&table, &after) != Some(false));
                 let entering = table.is_keyless()
                     && m.rule.filter.as_ref().is_some_and(|f| {
-                        before.as_ref().is_some_and(|b| f.eval(&table, b) == Some(false))
+                        before
+                            .as_ref()
+                            .is_some_and(|b| f.eval(&table, b) == Some(false))
                     });
                 if pass && entering {
                     // A keyless row entering the filtered set is not on the

@@ -40,7 +40,14 @@ fn setup_source(pg: &PostgresServer) {
              -- A text key: copied in pieces split at sampled keys.
              CREATE TABLE tags (name text PRIMARY KEY, n int NOT NULL);
              INSERT INTO tags SELECT md5(g::text), g FROM generate_series(1, 200000) g;
-             ANALYZE tags;"
+             ANALYZE tags;
+             -- No key (REPLICA IDENTITY FULL), identical rows: copied in
+             -- heap block pieces, changed one row at a time.
+             CREATE TABLE events (account int, amount int, note text);
+             ALTER TABLE events REPLICA IDENTITY FULL;
+             INSERT INTO events SELECT g % 500, g % 7, CASE WHEN g % 3 = 0 THEN NULL ELSE 'seed' END
+               FROM generate_series(1, 60000) g;
+             ANALYZE events;"
         ),
     );
 }
@@ -60,6 +67,12 @@ fn writer(
              UPDATE accounts SET balance = balance - amt WHERE id = a;
              UPDATE accounts SET balance = balance + amt WHERE id = b;
              INSERT INTO transfers (from_id, to_id, amount) VALUES (a, b, amt);
+             INSERT INTO events VALUES (a, amt, 'transfer'), (a, amt, 'transfer');
+             IF i % 3 = 0 THEN
+               UPDATE events SET amount = amount + 1
+                 WHERE ctid = (SELECT ctid FROM events WHERE account = b % 500 LIMIT 1);
+               DELETE FROM events WHERE ctid = (SELECT ctid FROM events WHERE account = a % 500 LIMIT 1);
+             END IF;
              COMMIT;
              PERFORM pg_sleep(0.002);
            END LOOP; END $$;"
@@ -131,6 +144,9 @@ const TRANSFERS_SQL: &str =
     "SELECT id || '|' || from_id || '|' || to_id || '|' || amount FROM transfers ORDER BY id";
 const ITEMS_SQL: &str = "SELECT count(*) || '|' || sum(id) FROM items";
 const TAGS_SQL: &str = "SELECT count(*) || '|' || sum(n) FROM tags";
+/// The keyless table as a multiset: each distinct row with its count.
+const EVENTS_SQL: &str = "SELECT account || '|' || amount || '|' || coalesce(note, '-') || '|' || count(*) \
+     FROM events GROUP BY account, amount, note ORDER BY account, amount, coalesce(note, '-')";
 
 #[test]
 fn postgres_to_postgres_kill_9_loses_and_doubles_nothing() {
@@ -190,7 +206,8 @@ fn postgres_to_postgres_kill_9_loses_and_doubles_nothing() {
         let same = pg_rows(&pg, "src", TRANSFERS_SQL) == pg_rows(&pg, "dst", TRANSFERS_SQL)
             && pg_rows(&pg, "src", ACCOUNTS_SQL) == pg_rows(&pg, "dst", ACCOUNTS_SQL)
             && pg_rows(&pg, "src", ITEMS_SQL) == pg_rows(&pg, "dst", ITEMS_SQL)
-            && pg_rows(&pg, "src", TAGS_SQL) == pg_rows(&pg, "dst", TAGS_SQL);
+            && pg_rows(&pg, "src", TAGS_SQL) == pg_rows(&pg, "dst", TAGS_SQL)
+            && pg_rows(&pg, "src", EVENTS_SQL) == pg_rows(&pg, "dst", EVENTS_SQL);
         same.then_some(())
     });
     stop.store(true, Ordering::Relaxed);
@@ -250,7 +267,8 @@ fn postgres_to_sqlite_kill_9_loses_and_doubles_nothing() {
         let same = sqlite_rows(TRANSFERS_SQL)? == pg_rows(&pg, "src", TRANSFERS_SQL)
             && sqlite_rows(ACCOUNTS_SQL)? == pg_rows(&pg, "src", ACCOUNTS_SQL)
             && sqlite_rows(ITEMS_SQL)? == pg_rows(&pg, "src", ITEMS_SQL)
-            && sqlite_rows(TAGS_SQL)? == pg_rows(&pg, "src", TAGS_SQL);
+            && sqlite_rows(TAGS_SQL)? == pg_rows(&pg, "src", TAGS_SQL)
+            && sqlite_rows(EVENTS_SQL)? == pg_rows(&pg, "src", EVENTS_SQL);
         same.then_some(())
     });
     stop_and_verify(child, &log, &pipeline);
@@ -289,4 +307,127 @@ fn sqlite_to_postgres_end_to_end() {
     let v = ferry(&["verify", pipeline.to_str().unwrap()]);
     assert!(v.status.success(), "verify: {}", text(&v));
     assert!(dump(&d.path("source.db"), "users").is_some());
+}
+
+#[test]
+fn a_keyless_table_killed_mid_copy_is_copied_once() {
+    const ROWS: i64 = 300_000;
+    let pg = PostgresServer::start();
+    pg.create_database("src");
+    pg.create_database("dst");
+    pg.psql_in(
+        "src",
+        &format!(
+            "CREATE TABLE events (account int, amount int, note text);
+             ALTER TABLE events REPLICA IDENTITY FULL;
+             INSERT INTO events SELECT g % 500, g % 7, CASE WHEN g % 3 = 0 THEN NULL ELSE 'seed' END
+               FROM generate_series(1, {ROWS}) g;
+             ANALYZE events;"
+        ),
+    );
+    let d = Dir::new();
+    let pipeline = write_pipeline(&d, &pg.url_for("src"), &pg.url_for("dst"));
+    let log = d.path("ferry.log");
+    let copied = || -> i64 {
+        pg_rows(&pg, "dst", "SELECT count(*) FROM events")
+            .first()
+            .and_then(|n| n.parse().ok())
+            .unwrap_or(0)
+    };
+    let mut killed_mid_copy = 0;
+    for _ in 0..6 {
+        let mut child = spawn_run(&pipeline, &log);
+        // Right after the copy made progress, so the kill lands mid-copy.
+        let before = copied();
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        while std::time::Instant::now() < deadline {
+            let n = copied();
+            if n != before || n == ROWS {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        child.kill().expect("kill -9");
+        child.wait().expect("reap");
+        let n = copied();
+        if n > 0 && n < ROWS {
+            killed_mid_copy += 1;
+        }
+    }
+    // A change after the kills arrives exactly once too.
+    pg.psql_in(
+        "src",
+        "INSERT INTO events VALUES (1, 1, 'after'), (1, 1, 'after')",
+    );
+    let child = spawn_run(&pipeline, &log);
+    eventually_blocking(
+        "the target holds every row once",
+        Duration::from_secs(120),
+        || (pg_rows(&pg, "src", EVENTS_SQL) == pg_rows(&pg, "dst", EVENTS_SQL)).then_some(()),
+    );
+    stop_and_verify(child, &log, &pipeline);
+    assert!(
+        killed_mid_copy > 0,
+        "at least one kill must land in the middle of the copy"
+    );
+    let logged = std::fs::read_to_string(&log).unwrap_or_default();
+    assert!(
+        logged.contains("copying it again from the start"),
+        "an interrupted keyless copy starts over"
+    );
+}
+
+#[test]
+fn a_keyless_table_replicates_with_unchanged_toast_and_verify_finds_a_missing_duplicate() {
+    let pg = PostgresServer::start();
+    pg.create_database("src");
+    pg.create_database("dst");
+    pg.psql_in(
+        "src",
+        "CREATE TABLE notes (n int, body text);
+         ALTER TABLE notes REPLICA IDENTITY FULL;
+         INSERT INTO notes VALUES (1, 'a'), (1, 'a'), (2, NULL);",
+    );
+    let d = Dir::new();
+    let pipeline = write_pipeline(&d, &pg.url_for("src"), &pg.url_for("dst"));
+    let check = ferry(&["check", pipeline.to_str().unwrap()]);
+    assert!(check.status.success(), "{}", text(&check));
+    assert!(
+        text(&check).contains("without a key") && text(&check).contains("public.notes"),
+        "{}",
+        text(&check)
+    );
+    let log = d.path("ferry.log");
+    let child = spawn_run(&pipeline, &log);
+    // A value stored out of line (TOAST): an update of another column
+    // sends it as unchanged.
+    pg.psql_in(
+        "src",
+        "INSERT INTO notes SELECT 3, string_agg(md5(g::text), '') FROM generate_series(1, 2000) g;
+         UPDATE notes SET n = 4 WHERE n = 3;
+         INSERT INTO notes VALUES (1, 'a');
+         DELETE FROM notes WHERE ctid = (SELECT ctid FROM notes WHERE n = 2 LIMIT 1);",
+    );
+    let sql = "SELECT n || ':' || coalesce(md5(body), '-') || ':' || count(*) FROM notes \
+               GROUP BY n, body ORDER BY n, md5(body)";
+    eventually_blocking("changes arrive", Duration::from_secs(60), || {
+        (pg_rows(&pg, "src", sql) == pg_rows(&pg, "dst", sql)).then_some(())
+    });
+    assert_eq!(
+        pg_rows(&pg, "dst", "SELECT count(*) FROM notes WHERE n = 1"),
+        ["3"]
+    );
+    stop_and_verify(child, &log, &pipeline);
+    // One of three identical rows gone from the target: verify names it.
+    pg.psql_in(
+        "dst",
+        "DELETE FROM notes WHERE ctid = (SELECT ctid FROM notes WHERE n = 1 LIMIT 1)",
+    );
+    let v = ferry(&["verify", pipeline.to_str().unwrap()]);
+    assert!(!v.status.success(), "{}", text(&v));
+    assert!(
+        text(&v).contains("missing on target: row (1, \"a\")"),
+        "{}",
+        text(&v)
+    );
 }

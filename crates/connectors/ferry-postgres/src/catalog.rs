@@ -258,7 +258,11 @@ pub(crate) fn source_schema(t: &PgTable) -> Result<TableRef> {
         // FULL without a usable key: a keyless table (old rows carry every
         // column, which is how its rows are found).
         ("f", None) => &[],
-        _ => return Err(no_key("it has no primary key and no replica identity index")),
+        _ => {
+            return Err(no_key(
+                "it has no primary key and no replica identity index",
+            ));
+        }
     };
     let key = key
         .iter()

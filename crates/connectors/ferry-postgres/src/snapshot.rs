@@ -356,7 +356,7 @@ async fn sample_splits(
 async fn heap_blocks(client: &Client, pg: &PgTable) -> Result<i64> {
     let row = client
         .query_one(
-            "SELECT (pg_catalog.pg_relation_size($1) / current_setting('block_size')::int8)::int8",
+            "SELECT (pg_catalog.pg_relation_size($1::oid::regclass) / current_setting('block_size')::int8)::int8",
             &[&pg.oid],
         )
         .await

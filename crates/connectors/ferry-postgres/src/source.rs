@@ -660,11 +660,14 @@ impl PostgresSource {
     /// The catalog entry of a source table `ferry verify` reads.
     async fn describe_for_reading(&self, table: &TableRef) -> Result<catalog::PgTable> {
         let mut types = TypeCache::default();
-        catalog::describe(&self.client, &mut types, &namespace(table), &table.name.name)
-            .await?
-            .ok_or_else(|| {
-                Error::fatal(format!("table {} does not exist on the source", table.name))
-            })
+        catalog::describe(
+            &self.client,
+            &mut types,
+            &namespace(table),
+            &table.name.name,
+        )
+        .await?
+        .ok_or_else(|| Error::fatal(format!("table {} does not exist on the source", table.name)))
     }
 }
 

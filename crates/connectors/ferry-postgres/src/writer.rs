@@ -35,6 +35,9 @@ use crate::sink::{
 };
 use crate::types::{Kind, TypeCache, column_ddl_type, ident, writable};
 
+/// A row image and the columns of it a statement binds.
+type Bound<'a> = (&'a Vec<Value>, Vec<usize>);
+
 /// Upserts of a table at or above this many rows go through `COPY` into a
 /// temporary staging table and one merge statement, which beats bind
 /// parameters for large batches.
@@ -329,64 +332,74 @@ impl PostgresWriter {
         Ok(())
     }
 
-    /// Changes to a keyless table, one at a time in order: runs of inserts
-    /// as multi-row `INSERT`s, each update or delete on one row equal to
-    /// its before-image (found by a scan: the table has no index to use).
+    /// Changes to a keyless table, in order: runs of inserts as multi-row
+    /// `INSERT`s, each update or delete on one row equal to its
+    /// before-image (found by a scan: the table has no index to use).
     async fn apply_keyless(&mut self, table: &TableRef, ops: &[KeylessOp]) -> Result<()> {
         let t = self.target(table).await?;
-        let all: Vec<usize> = (0..t.cols.len()).collect();
         let context = |e: Error, row: &[Value]| {
             e.with("table", t.display.clone())
                 .with("row", display_key(row))
         };
-        let mut at = 0;
-        while at < ops.len() {
-            let inserts: Vec<&Vec<Value>> = ops[at..]
-                .iter()
-                .map_while(|op| match op {
-                    KeylessOp::Insert(row) => Some(row),
-                    _ => None,
-                })
-                .collect();
-            if !inserts.is_empty() {
-                at += inserts.len();
-                for chunk in inserts.chunks(rows_per_statement(t.cols.len())) {
-                    let sql = insert_sql(&t, chunk.len());
-                    let params = row_params(&t, chunk, &all);
-                    let refs = param_refs(&params, &t, chunk.len(), &all);
-                    self.exec(&sql, &refs)
+        let inserts = |a: &KeylessOp, b: &KeylessOp| {
+            matches!((a, b), (KeylessOp::Insert(_), KeylessOp::Insert(_)))
+        };
+        for run in ops.chunk_by(inserts) {
+            // The statement, the image that names the row in errors, and
+            // the columns bound, in parameter order.
+            let (sql, image, bound): (String, &Vec<Value>, Vec<Bound>) = match &run[0] {
+                KeylessOp::Insert(_) => {
+                    let rows: Vec<&Vec<Value>> = run
+                        .iter()
+                        .filter_map(|op| match op {
+                            KeylessOp::Insert(row) => Some(row),
+                            _ => None,
+                        })
+                        .collect();
+                    self.insert_rows(&t, &rows)
                         .await
-                        .map_err(|e| context(e, chunk[0]))?;
+                        .map_err(|e| context(e, rows[0]))?;
+                    continue;
                 }
-                continue;
-            }
-            let (sql, params, before) = match &ops[at] {
                 KeylessOp::Delete(before) => {
                     let matched = match_columns(before);
-                    let params = row_params(&t, &[before], &matched);
-                    let types: Vec<usize> = matched.clone();
-                    (delete_one_sql(&t, &matched), (params, types), before)
+                    (
+                        delete_one_sql(&t, &matched),
+                        before,
+                        vec![(before, matched)],
+                    )
                 }
                 KeylessOp::Update { before, after } => {
                     let set = match_columns(after);
-                    let matched = match_columns(before);
-                    let mut params = row_params(&t, &[after], &set);
-                    params.extend(row_params(&t, &[before], &matched));
-                    let types: Vec<usize> = set.iter().chain(&matched).copied().collect();
                     if set.is_empty() {
-                        at += 1;
                         continue;
                     }
-                    (update_one_sql(&t, &set, &matched), (params, types), before)
+                    let matched = match_columns(before);
+                    let sql = update_one_sql(&t, &set, &matched);
+                    (sql, before, vec![(after, set), (before, matched)])
                 }
-                KeylessOp::Insert(_) => unreachable!("runs of inserts are taken above"),
             };
-            at += 1;
-            let (params, cols) = params;
+            let params: Vec<Param> = bound
+                .iter()
+                .flat_map(|(row, cols)| row_params(&t, &[row], cols))
+                .collect();
+            let cols: Vec<usize> = bound.iter().flat_map(|(_, c)| c.iter().copied()).collect();
             let refs = param_refs(&params, &t, 1, &cols);
             self.exec(&sql, &refs)
                 .await
-                .map_err(|e| context(e, before))?;
+                .map_err(|e| context(e, image))?;
+        }
+        Ok(())
+    }
+
+    /// Plain multi-row `INSERT`s (no conflict target: a keyless table).
+    async fn insert_rows(&mut self, t: &Target, rows: &[&Vec<Value>]) -> Result<()> {
+        let all: Vec<usize> = (0..t.cols.len()).collect();
+        for chunk in rows.chunks(rows_per_statement(t.cols.len())) {
+            let sql = insert_sql(t, chunk.len());
+            let params = row_params(t, chunk, &all);
+            let refs = param_refs(&params, t, chunk.len(), &all);
+            self.exec(&sql, &refs).await?;
         }
         Ok(())
     }

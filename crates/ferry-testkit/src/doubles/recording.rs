@@ -55,9 +55,7 @@ impl StepSummary {
             }
             Step::Schema { table, .. } => StepSummary::Schema(table.name.to_string()),
             Step::MoveKey { table, .. } => StepSummary::MoveKey(table.name.to_string()),
-            Step::Keyless { table, ops } => {
-                StepSummary::Keyless(table.name.to_string(), ops.len())
-            }
+            Step::Keyless { table, ops } => StepSummary::Keyless(table.name.to_string(), ops.len()),
         }
     }
 }

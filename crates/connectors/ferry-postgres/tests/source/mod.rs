@@ -208,7 +208,8 @@ async fn tables_without_key_or_with_unsupported_types_are_fatal_with_a_fix() {
     assert_eq!(err.class(), ErrorClass::Fatal);
     assert!(err.message().contains("public.nokey"), "{}", err.report());
     assert!(
-        err.fix().unwrap().contains("ADD PRIMARY KEY"),
+        err.fix().unwrap().contains("ADD PRIMARY KEY")
+            && err.fix().unwrap().contains("REPLICA IDENTITY FULL"),
         "{}",
         err.report()
     );
@@ -242,17 +243,67 @@ async fn tables_without_key_or_with_unsupported_types_are_fatal_with_a_fix() {
     let tables = src.tables().await.unwrap();
     let full = tables.iter().find(|t| t.name.name == "full_u").unwrap();
     assert_eq!(full.key_names(), vec!["b"]);
+    // Without such an index, FULL makes a keyless table: rows found by
+    // all their columns.
     pg.psql_in(
         "src",
         "CREATE TABLE full_n (a int, c text); CREATE UNIQUE INDEX ON full_n (a); \
          ALTER TABLE full_n REPLICA IDENTITY FULL;",
     );
+    let tables = src.tables().await.unwrap();
+    let full = tables.iter().find(|t| t.name.name == "full_n").unwrap();
+    assert!(full.is_keyless(), "{full:?}");
+    // NOTHING is refused even so.
+    pg.psql_in("src", "ALTER TABLE full_n REPLICA IDENTITY NOTHING");
     let err = src.tables().await.unwrap_err();
-    assert!(err.message().contains("public.full_n"), "{}", err.report());
     assert!(
-        err.fix().unwrap().contains("REPLICA IDENTITY FULL"),
+        err.message().contains("public.full_n") && err.message().contains("NOTHING"),
         "{}",
         err.report()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_keyless_table_is_copied_in_heap_block_pieces() {
+    // Identical rows (g % 1000): each must arrive as often as it is there.
+    let (_pg, _src, tables, chunks) = snapshot_of(
+        "CREATE TABLE log (a int, b text); ALTER TABLE log REPLICA IDENTITY FULL; \
+         INSERT INTO log SELECT g % 1000, 'row ' || (g % 1000) FROM generate_series(1, 100000) g; \
+         ANALYZE log;",
+        "keyless",
+    )
+    .await;
+    assert!(tables[0].is_keyless());
+    let rows: Vec<&Vec<Value>> = chunks.iter().flat_map(|c| c.rows.values()).collect();
+    assert_eq!(rows.len(), 100_000);
+    let mut counts = std::collections::HashMap::new();
+    for r in &rows {
+        *counts.entry(r[0].clone()).or_insert(0) += 1;
+    }
+    assert_eq!(counts.len(), 1000);
+    assert!(counts.values().all(|&n| n == 100), "every row exactly once");
+    // Pieces of the heap read in parallel, each claiming its blocks once.
+    let claims: Vec<&ferry_core::KeyRange> = chunks
+        .iter()
+        .map(|c| &c.range)
+        .filter(|r| r.lower != r.upper)
+        .collect();
+    assert!(claims.len() >= 3, "{} pieces", claims.len());
+    assert_eq!(chunks.iter().filter(|c| c.table_done).count(), 1);
+    let mut progress = ferry_core::TableProgress::default();
+    for r in claims {
+        progress.add(
+            r.clone(),
+            &ferry_core::Position::Sqlite(ferry_core::SqlitePosition { seq: 1 }),
+        );
+    }
+    assert!(
+        progress
+            .ranges
+            .iter()
+            .any(|r| r.range == ferry_core::KeyRange::all()),
+        "the pieces cover the whole heap: {:?}",
+        progress.ranges
     );
 }
 
