@@ -9,6 +9,10 @@
 //! Retrying is safe: a merged group is idempotent (upserts of final rows,
 //! deletes, updates of final values), and no later group can commit before
 //! it, so re-applying a group whose commit outcome is unknown converges.
+//! Changes to a keyless table are not idempotent (an insert applied twice
+//! is two rows): a group holding them whose commit failed is not retried
+//! here; the error ends the run, and the restart resumes from the
+//! checkpoint the target holds, which knows whether the commit landed.
 
 use std::sync::Arc;
 
@@ -71,19 +75,30 @@ async fn wait_turn(committed: &watch::Sender<Commits>, seq: u64) {
     let _ = rx.wait_for(|c| c.prefix + 1 >= seq).await;
 }
 
+/// Where applying a group failed: before its commit nothing of it is on
+/// the target; a failed commit may have landed.
+enum GroupError {
+    BeforeCommit(ferry_core::Error),
+    Commit(ferry_core::Error),
+}
+
 impl Worker {
     async fn apply_group(
         &mut self,
         seq: u64,
         steps: &[Step],
         records: &[CheckpointRecord],
-    ) -> Result<()> {
-        self.writer.begin().await?;
-        self.writer.apply(steps).await?;
-        if self.ordered_commit {
-            wait_turn(&self.committed.clone(), seq).await;
-        }
-        self.writer.commit(records).await
+    ) -> std::result::Result<(), GroupError> {
+        let before_commit = async {
+            self.writer.begin().await?;
+            self.writer.apply(steps).await?;
+            if self.ordered_commit {
+                wait_turn(&self.committed.clone(), seq).await;
+            }
+            Ok(())
+        };
+        before_commit.await.map_err(GroupError::BeforeCommit)?;
+        self.writer.commit(records).await.map_err(GroupError::Commit)
     }
 
     async fn run_group(
@@ -107,8 +122,23 @@ impl Worker {
         loop {
             match self.apply_group(seq, &steps, &records).await {
                 Ok(()) => return Ok(()),
-                Err(e) => {
+                Err(failed) => {
                     let _ = self.writer.rollback().await;
+                    let e = match failed {
+                        GroupError::Commit(e)
+                            if steps.iter().any(|s| matches!(s, Step::Keyless { .. })) =>
+                        {
+                            tracing::warn!(
+                                worker = self.id,
+                                group = seq,
+                                "the commit of changes to a table without a key failed and may \
+                                 have landed; resuming from the target's checkpoint instead of \
+                                 applying them again"
+                            );
+                            return Err(e);
+                        }
+                        GroupError::Commit(e) | GroupError::BeforeCommit(e) => e,
+                    };
                     match policy(e.class(), attempts, self.max_retries) {
                         Action::Retry(wait) => {
                             attempts += 1;
@@ -206,5 +236,103 @@ impl Worker {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use async_trait::async_trait;
+    use ferry_core::{
+        Column, ColumnType, EncodedRows, Error, KeylessOp, TableName, TableRef, TableSchema, Value,
+    };
+
+    /// A writer whose first commit fails (its outcome unknown to the
+    /// caller), counting the groups applied.
+    struct FailFirstCommit {
+        applies: Arc<AtomicUsize>,
+        commits: usize,
+    }
+
+    #[async_trait]
+    impl SinkWriter for FailFirstCommit {
+        async fn begin(&mut self) -> Result<()> {
+            Ok(())
+        }
+        async fn apply(&mut self, _steps: &[Step]) -> Result<()> {
+            self.applies.fetch_add(1, Ordering::SeqCst);
+            Ok(())
+        }
+        async fn load(&mut self, _table: &TableRef, _rows: &[Vec<Value>]) -> Result<()> {
+            Ok(())
+        }
+        async fn load_encoded(&mut self, _table: &TableRef, _rows: EncodedRows) -> Result<()> {
+            Ok(())
+        }
+        async fn clear_table(&mut self, _table: &TableRef) -> Result<()> {
+            Ok(())
+        }
+        async fn commit(&mut self, _records: &[CheckpointRecord]) -> Result<()> {
+            self.commits += 1;
+            if self.commits == 1 {
+                return Err(Error::transient("connection lost during COMMIT"));
+            }
+            Ok(())
+        }
+        async fn rollback(&mut self) -> Result<()> {
+            Ok(())
+        }
+    }
+
+    fn table(key: Vec<usize>) -> TableRef {
+        Arc::new(TableSchema {
+            name: TableName::bare("t"),
+            columns: vec![Column {
+                name: "v".into(),
+                ty: ColumnType::Int64,
+                nullable: true,
+                source_type: "int".into(),
+                user_type: None,
+            }],
+            key,
+            version: 1,
+        })
+    }
+
+    async fn run(steps: Vec<Step>) -> (Result<()>, usize) {
+        let applies = Arc::new(AtomicUsize::new(0));
+        let mut w = Worker {
+            id: 1,
+            writer: Box::new(FailFirstCommit {
+                applies: applies.clone(),
+                commits: 0,
+            }),
+            committed: Arc::new(watch::channel(Commits::default()).0),
+            stats: Arc::new(Stats::new()),
+            ordered_commit: false,
+            max_retries: 3,
+        };
+        let r = w.run_group(1, 0, steps, Vec::new(), "test").await;
+        (r, applies.load(Ordering::SeqCst))
+    }
+
+    #[tokio::test]
+    async fn a_failed_commit_is_retried_only_when_the_group_is_idempotent() {
+        let mut ops = ferry_core::TableOps::new(table(vec![0]));
+        ops.upserts.push(vec![Value::Int(1)]);
+        let (r, applies) = run(vec![Step::Rows(vec![ops])]).await;
+        assert!(r.is_ok(), "{r:?}");
+        assert_eq!(applies, 2, "merged rows are applied again");
+        // Changes to a keyless table applied twice would be doubled: the
+        // error ends the run (the restart reads the target's checkpoint).
+        let (r, applies) = run(vec![Step::Keyless {
+            table: table(vec![]),
+            ops: vec![KeylessOp::Insert(vec![Value::Int(1)])],
+        }])
+        .await;
+        assert!(r.is_err());
+        assert_eq!(applies, 1);
     }
 }
