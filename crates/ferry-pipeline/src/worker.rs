@@ -98,7 +98,10 @@ impl Worker {
             Ok(())
         };
         before_commit.await.map_err(GroupError::BeforeCommit)?;
-        self.writer.commit(records).await.map_err(GroupError::Commit)
+        self.writer
+            .commit(records)
+            .await
+            .map_err(GroupError::Commit)
     }
 
     async fn run_group(

@@ -1,6 +1,7 @@
 //! `ferry verify` (first version): per table, row counts and a checksum of
 //! every row, compared between source and target in key order, with the
-//! first differing keys listed. Rows are read in chunks, so memory stays
+//! first differing keys listed; a table without a key is compared as a
+//! multiset of rows (see [`verify_keyless`]). Rows are read in chunks, so memory stays
 //! bounded; chunked in-database checksums with bisection come later.
 
 use std::collections::HashMap;
