@@ -19,7 +19,8 @@
 //! * [`FaultySink`]: fails or holds the Nth call of an operation, or fails a
 //!   commit after it committed (an ambiguous commit).
 //! * [`sink_conformance`]: the `Sink` contract as one test, run against
-//!   every sink (the in-memory one included).
+//!   every sink (the in-memory one included); [`keyless_conformance`]: the
+//!   same for tables without a key, run against every database sink.
 //!
 //! The doubles panic on misuse by *test code* (committing an update of a
 //! missing row to a `MemoryDb`, an ack going backwards) and return
@@ -32,7 +33,9 @@ mod recording;
 mod sink;
 mod source;
 
-pub use conformance::{conformance_table, sink_conformance, sink_conformance_with};
+pub use conformance::{
+    conformance_table, keyless_conformance, sink_conformance, sink_conformance_with,
+};
 pub use db::{DbView, LoggedTransaction, MemoryDb};
 pub use faulty::{FaultySink, SinkOp};
 pub use recording::{OpsSummary, Recorded, RecordedTxn, RecordingSink, SinkCall, StepSummary};

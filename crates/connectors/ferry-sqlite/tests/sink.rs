@@ -447,7 +447,6 @@ async fn a_long_load_keeps_the_wal_bounded() {
 
 #[tokio::test]
 async fn keyless_changes_apply_one_row_at_a_time_in_order() {
-    use ferry_core::KeylessOp;
     let t = target().await;
     let log = Arc::new(TableSchema {
         name: TableName::new(Some("public"), "log"),
@@ -461,76 +460,23 @@ async fn keyless_changes_apply_one_row_at_a_time_in_order() {
                 },
                 true,
             ),
+            // Stored as text: matched on the same text.
             col("at", ColumnType::TimestampTz, true),
         ],
         key: vec![],
         version: 1,
     });
-    t.sink
-        .ensure_tables(std::slice::from_ref(&log))
-        .await
-        .unwrap();
-    let sql = raw(&t.path, "SELECT sql FROM sqlite_schema WHERE name = 'log'");
-    let rusqlite::types::Value::Text(sql) = &sql[0][0] else {
-        panic!()
-    };
-    assert!(!sql.contains("PRIMARY KEY"), "{sql}");
-    let r = |n: i64, note: Option<&str>| {
+    ferry_testkit::doubles::keyless_conformance(&t.sink, log, |n, note| {
         vec![
             Value::Int(n),
             note.map_or(Value::Null, |s| Value::Text(s.into())),
             Value::TimestampTz(1_700_000_000_000_000),
         ]
+    })
+    .await;
+    let sql = raw(&t.path, "SELECT sql FROM sqlite_schema WHERE name = 'log'");
+    let rusqlite::types::Value::Text(sql) = &sql[0][0] else {
+        panic!()
     };
-    let ops = vec![
-        KeylessOp::Insert(r(1, Some("x"))),
-        KeylessOp::Insert(r(1, Some("x"))),
-        KeylessOp::Insert(r(2, None)),
-        KeylessOp::Update {
-            before: r(1, Some("x")),
-            after: vec![Value::Int(10), Value::Unchanged, Value::Unchanged],
-        },
-        KeylessOp::Delete(r(2, None)),
-        KeylessOp::Insert(r(3, None)),
-        KeylessOp::Delete(vec![Value::Int(3), Value::Unchanged, Value::Unchanged]),
-    ];
-    let mut w = t.sink.writer().await.unwrap();
-    w.begin().await.unwrap();
-    w.apply(&[Step::Keyless {
-        table: log.clone(),
-        ops,
-    }])
-    .await
-    .unwrap();
-    w.commit(&[CheckpointRecord::applied(&pos(3))])
-        .await
-        .unwrap();
-    drop(w);
-    assert_eq!(
-        raw(&t.path, "SELECT n, note FROM log ORDER BY n"),
-        vec![
-            vec![1i64.into(), "x".to_owned().into()],
-            vec![10i64.into(), "x".to_owned().into()],
-        ]
-    );
-    let mut seen = Vec::new();
-    t.sink
-        .scan_rows(&log, &mut |rows| {
-            seen.extend(rows);
-            Ok(())
-        })
-        .await
-        .unwrap();
-    seen.sort();
-    assert_eq!(
-        seen,
-        vec![
-            r(1, Some("x")),
-            vec![
-                Value::Int(10),
-                Value::Text("x".into()),
-                Value::TimestampTz(1_700_000_000_000_000)
-            ]
-        ]
-    );
+    assert!(!sql.contains("PRIMARY KEY"), "{sql}");
 }

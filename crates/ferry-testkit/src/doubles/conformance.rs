@@ -434,6 +434,86 @@ fn sample(c: &Column, x: i64, key: bool) -> Value {
     }
 }
 
+/// Checks how `sink` applies changes to a table without a key
+/// ([`Step::Keyless`](ferry_core::Step::Keyless)), reading it back with
+/// [`TableReader::scan_rows`]; panics naming the first broken rule.
+///
+/// `table` must be keyless, its first column a nullable 64-bit integer and
+/// its second nullable text; `row(n, note)` builds a full row from those
+/// two (other columns as the caller likes, e.g. a type its database
+/// compares specially). The suite creates the table and expects it empty.
+///
+/// What it checks: identical inserts are as many rows; an update or delete
+/// changes exactly one row equal to its before-image, `NULL` matching
+/// `NULL` and an `Unchanged` column matching anything; changes apply in
+/// order; a keyless table gets no key on the target (rows stay duplicable).
+pub async fn keyless_conformance<S: Sink + TableReader>(
+    sink: &S,
+    table: TableRef,
+    row: impl Fn(i64, Option<&str>) -> Vec<Value>,
+) {
+    use ferry_core::KeylessOp;
+    assert!(
+        table.is_keyless(),
+        "keyless_conformance needs a keyless table"
+    );
+    sink.ensure_tables(std::slice::from_ref(&table))
+        .await
+        .expect("ensure_tables of a keyless table");
+    let width = row(0, None).len();
+    let only_n = |n: i64| {
+        let mut r = vec![Value::Unchanged; width];
+        r[0] = Value::Int(n);
+        r
+    };
+    let ops = vec![
+        KeylessOp::Insert(row(1, Some("x"))),
+        KeylessOp::Insert(row(1, Some("x"))),
+        KeylessOp::Insert(row(2, None)),
+        // One of the two identical rows changes.
+        KeylessOp::Update {
+            before: row(1, Some("x")),
+            after: only_n(10),
+        },
+        // NULL matches NULL.
+        KeylessOp::Delete(row(2, None)),
+        KeylessOp::Insert(row(3, None)),
+        // A column the source did not send matches any value.
+        KeylessOp::Delete(only_n(3)),
+        // In order: this insert follows the delete of the same image.
+        KeylessOp::Insert(row(3, None)),
+    ];
+    let mut w = sink.writer().await.expect("writer");
+    w.begin().await.expect("begin");
+    w.apply(&[Step::Keyless {
+        table: table.clone(),
+        ops,
+    }])
+    .await
+    .expect("apply keyless changes");
+    w.commit(&[CheckpointRecord::applied(&seq_position(1))])
+        .await
+        .expect("commit");
+    drop(w);
+    let mut seen = Vec::new();
+    sink.scan_rows(&table, &mut |rows| {
+        seen.extend(rows);
+        Ok(())
+    })
+    .await
+    .expect("scan_rows");
+    seen.sort();
+    let mut ten = row(1, Some("x"));
+    ten[0] = Value::Int(10);
+    let mut want = vec![row(1, Some("x")), ten, row(3, None)];
+    want.sort();
+    assert_eq!(
+        seen, want,
+        "keyless changes applied one row at a time, in order"
+    );
+    sink.clear().await.expect("clear the checkpoint");
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
