@@ -79,6 +79,15 @@ async fn check_finds_missing_privileges_keys_and_slots() {
     let table = find(&items, "table public.nokey");
     assert_eq!(table.status, CheckStatus::Fail);
     assert!(table.fix.as_deref().unwrap().contains("PRIMARY KEY"));
+    // ... or replicating it without a key.
+    assert!(
+        table
+            .fix
+            .as_deref()
+            .unwrap()
+            .contains("REPLICA IDENTITY FULL"),
+        "{table}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
