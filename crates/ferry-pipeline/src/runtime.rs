@@ -126,10 +126,16 @@ impl Pipeline {
                 .cloned()
                 .reduce(|a, b| if b < a { b } else { a }),
         };
+        // `eventual` mode: a table may be applied past `from`; a change to
+        // it is skipped when its transaction is at or before that position,
+        // so no delivered transaction may straddle it either (re-applying
+        // part of one would double rows of a table without a key).
         let mut boundaries: Vec<Position> = snapshots
             .into_iter()
+            .chain(cp.table_applied.values().cloned())
             .filter(|s| from.as_ref().is_none_or(|f| s > f))
             .collect();
+        boundaries.sort_by(|a, b| a.partial_cmp(b).unwrap_or(std::cmp::Ordering::Equal));
         boundaries.dedup();
         source.start_stream(from.as_ref(), &boundaries).await?;
         if let Some(f) = &from {

@@ -20,7 +20,9 @@ fn setup(d: &Dir) {
     let c = d.source();
     c.execute_batch(
         "CREATE TABLE accounts (id INTEGER PRIMARY KEY, balance INTEGER NOT NULL);
-         CREATE TABLE transfers (id INTEGER PRIMARY KEY, from_id INTEGER NOT NULL, to_id INTEGER NOT NULL, amount INTEGER NOT NULL);",
+         CREATE TABLE transfers (id INTEGER PRIMARY KEY, from_id INTEGER NOT NULL, to_id INTEGER NOT NULL, amount INTEGER NOT NULL);
+         -- No key: identical rows, changed one row at a time.
+         CREATE TABLE ledger (account INTEGER, amount INTEGER, note TEXT);",
     )
     .unwrap();
     let tx = c.unchecked_transaction().unwrap();
@@ -60,6 +62,25 @@ fn writer(d: &Dir, stop: Arc<AtomicBool>, done: Arc<AtomicU64>) -> std::thread::
                 tx.execute(
                     "INSERT INTO transfers (from_id, to_id, amount) VALUES (?1, ?2, ?3)",
                     [a, b, amount],
+                )
+                .unwrap();
+                tx.execute(
+                    "INSERT INTO ledger VALUES (?1, ?2, 'leg'), (?1, ?2, 'leg')",
+                    [a, amount],
+                )
+                .unwrap();
+            }
+            if rng.random_ratio(1, 4) {
+                let a = rng.random_range(1..=ACCOUNTS);
+                tx.execute(
+                    "UPDATE ledger SET note = 'seen' WHERE rowid = \
+                     (SELECT rowid FROM ledger WHERE account = ?1 AND note = 'leg' LIMIT 1)",
+                    [a],
+                )
+                .unwrap();
+                tx.execute(
+                    "DELETE FROM ledger WHERE rowid = (SELECT rowid FROM ledger WHERE account = ?1 LIMIT 1)",
+                    [rng.random_range(1..=ACCOUNTS)],
                 )
                 .unwrap();
             }
@@ -123,6 +144,13 @@ fn reader(
     })
 }
 
+/// The keyless `ledger` as a multiset: its rows, sorted.
+fn ledger(path: &std::path::Path) -> Option<Vec<String>> {
+    let mut rows = dump(path, "ledger")?;
+    rows.sort();
+    Some(rows)
+}
+
 #[test]
 fn kill_9_at_random_moments_loses_and_doubles_nothing() {
     kill_9_run("transactional", 50, true);
@@ -174,7 +202,10 @@ fn kill_9_run(consistency: &str, kills: usize, check_reads: bool) {
         Duration::from_secs(60),
         || {
             let (a, b) = (dump(&src, "transfers")?, dump(&tgt, "transfers")?);
-            (a == b && dump(&src, "accounts") == dump(&tgt, "accounts")).then_some(())
+            (a == b
+                && dump(&src, "accounts") == dump(&tgt, "accounts")
+                && ledger(&src) == ledger(&tgt))
+            .then_some(())
         },
     );
     let status = terminate(child);
@@ -195,6 +226,8 @@ fn kill_9_run(consistency: &str, kills: usize, check_reads: bool) {
         dump(&tgt, "transfers"),
         "transfers lost or doubled"
     );
+    assert_eq!(ledger(&src), ledger(&tgt), "ledger rows lost or doubled");
+    assert!(ledger(&src).is_some_and(|l| l.len() > 100));
     let v = ferry(&["verify", pipeline.to_str().unwrap()]);
     assert!(v.status.success(), "verify: {}", text(&v));
     let bad = bad.lock().unwrap();
@@ -291,6 +324,84 @@ fn kill_9_during_the_snapshot_resumes_without_duplicates() {
         killed_mid_copy > 0,
         "at least one kill must land in the middle of the copy"
     );
+    let v = ferry(&["verify", pipeline.to_str().unwrap()]);
+    assert!(v.status.success(), "verify: {}", text(&v));
+}
+
+#[test]
+fn a_keyless_table_killed_mid_copy_is_copied_once() {
+    const ROWS: i64 = 300_000;
+    let d = Dir::new();
+    {
+        let c = d.source();
+        c.execute_batch("CREATE TABLE notes (n INTEGER, body TEXT);")
+            .unwrap();
+        let tx = c.unchecked_transaction().unwrap();
+        {
+            // Identical rows: `n` repeats every 1000 rows.
+            let mut st = tx.prepare("INSERT INTO notes VALUES (?1, ?2)").unwrap();
+            for i in 0..ROWS {
+                st.execute(rusqlite::params![i % 1000, format!("note {}", i % 1000)])
+                    .unwrap();
+            }
+        }
+        tx.commit().unwrap();
+    }
+    let pipeline = d.pipeline("[snapshot]\nchunk_rows = 1000\n");
+    let log = d.path("ferry.log");
+    let tgt = d.path("target.db");
+    let copied = || -> i64 {
+        rusqlite::Connection::open_with_flags(&tgt, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
+            .ok()
+            .and_then(|c| {
+                c.query_row("SELECT count(*) FROM notes", [], |r| r.get(0))
+                    .ok()
+            })
+            .unwrap_or(0)
+    };
+    let mut killed_mid_copy = 0;
+    for _ in 0..6 {
+        let mut child = spawn_run(&pipeline, &log);
+        // Right after the copy made progress (a tight poll: a whole copy
+        // can take less than eventually()'s back-off).
+        let before = copied();
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        while std::time::Instant::now() < deadline {
+            let n = copied();
+            if n != before || n == ROWS {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        child.kill().unwrap();
+        child.wait().unwrap();
+        let n = copied();
+        if n > 0 && n < ROWS {
+            killed_mid_copy += 1;
+        }
+    }
+    d.source()
+        .execute_batch("INSERT INTO notes VALUES (1, 'note 1'); DELETE FROM notes WHERE rowid = 5;")
+        .unwrap();
+    let child = spawn_run(&pipeline, &log);
+    let src = d.path("source.db");
+    let sorted = |p: &std::path::Path| {
+        let mut rows = dump(p, "notes")?;
+        rows.sort();
+        Some(rows)
+    };
+    eventually_blocking(
+        "the copy completes and the changes arrive once",
+        Duration::from_secs(120),
+        || (sorted(&src)? == sorted(&tgt)?).then_some(()),
+    );
+    assert!(terminate(child).success());
+    assert!(
+        killed_mid_copy > 0,
+        "at least one kill must land in the middle of the copy"
+    );
+    let logged = std::fs::read_to_string(&log).unwrap_or_default();
+    assert!(logged.contains("copying it again from the start"));
     let v = ferry(&["verify", pipeline.to_str().unwrap()]);
     assert!(v.status.success(), "verify: {}", text(&v));
 }

@@ -27,8 +27,9 @@ pub(crate) fn selected_tables(
         .collect())
 }
 
-/// Reads one table's columns and primary key. A table ferry cannot
-/// replicate (virtual, no primary key, unknown column type, non-binary key
+/// Reads one table's columns and key: its primary key, else a unique index
+/// on NOT NULL columns, else none (a keyless table). A table ferry cannot
+/// replicate (virtual, unknown column type, non-binary primary key
 /// collation) is a fatal error naming the table and the fix.
 pub(crate) fn read_table(conn: &Connection, path: &Path, name: &str) -> Result<TableSchema, Error> {
     let err = |e| db_error(path, &format!("reading the structure of table {name}"), e);
@@ -68,14 +69,16 @@ pub(crate) fn read_table(conn: &Connection, path: &Path, name: &str) -> Result<T
         .map(|(i, c)| (c.3, i))
         .collect();
     key.sort();
+    // Without a primary key, a unique index on NOT NULL columns is the key;
+    // without one either, the table has no key (ADR 0008): copied in rowid
+    // order, its changes applied one row at a time.
     if key.is_empty() {
-        return Err(Error::fatal(format!(
-            "table {name} has no primary key; ferry needs one to identify rows"
-        ))
-        .with("table", name)
-        .with_fix(format!(
-            "add a PRIMARY KEY (or a column declared INTEGER PRIMARY KEY), or {exclude_fix}"
-        )));
+        key = unique_not_null_key(conn, name, &raw)
+            .map_err(err)?
+            .into_iter()
+            .enumerate()
+            .map(|(n, i)| (n as i64, i))
+            .collect();
     }
     // A lone INTEGER PRIMARY KEY is the rowid and can never be NULL; other
     // key columns of rowid tables can (an old SQLite quirk).
@@ -110,6 +113,40 @@ pub(crate) fn read_table(conn: &Connection, path: &Path, name: &str) -> Result<T
         key: key.into_iter().map(|(_, i)| i).collect(),
         version: 1,
     })
+}
+
+/// The columns (positions in `raw`) of the first unique index, by name,
+/// that is not partial, has only NOT NULL table columns (no expressions)
+/// and compares them by bytes; empty when there is none.
+fn unique_not_null_key(
+    conn: &Connection,
+    table: &str,
+    raw: &[(String, String, bool, i64)],
+) -> rusqlite::Result<Vec<usize>> {
+    let indexes: Vec<String> = conn
+        .prepare(
+            "SELECT name FROM pragma_index_list(?1) WHERE \"unique\" = 1 AND partial = 0 \
+             ORDER BY name",
+        )?
+        .query_map([table], |r| r.get(0))?
+        .collect::<rusqlite::Result<_>>()?;
+    for index in indexes {
+        let cols: Vec<(Option<String>, String)> = conn
+            .prepare("SELECT name, coll FROM pragma_index_xinfo(?1) WHERE key = 1 ORDER BY seqno")?
+            .query_map([&index], |r| Ok((r.get(0)?, r.get(1)?)))?
+            .collect::<rusqlite::Result<_>>()?;
+        let usable: Option<Vec<usize>> = cols
+            .iter()
+            .map(|(name, coll)| {
+                let i = raw.iter().position(|c| Some(&c.0) == name.as_ref())?;
+                (raw[i].2 && coll.eq_ignore_ascii_case("BINARY")).then_some(i)
+            })
+            .collect();
+        if let Some(key) = usable.filter(|k| !k.is_empty()) {
+            return Ok(key);
+        }
+    }
+    Ok(Vec::new())
 }
 
 /// Ferry orders keys by bytes (`BINARY`); a key declared `COLLATE NOCASE`
@@ -171,15 +208,26 @@ mod tests {
     }
 
     #[test]
+    fn without_a_primary_key_a_unique_not_null_index_is_the_key_else_none() {
+        let c = db("CREATE TABLE nokey(a, b); \
+             CREATE TABLE uk(a INT, b TEXT NOT NULL, c INT NOT NULL, UNIQUE(a)); \
+             CREATE UNIQUE INDEX uk_cb ON uk(c, b); \
+             CREATE TABLE ci(a TEXT NOT NULL COLLATE NOCASE UNIQUE, b); \
+             CREATE TABLE part(a INT NOT NULL, b); CREATE UNIQUE INDEX part_a ON part(a) WHERE a > 0;");
+        let t = read_table(&c, Path::new("m"), "nokey").unwrap();
+        assert!(t.is_keyless());
+        // `UNIQUE(a)` is on a nullable column: the index on (c, b) is the key.
+        let t = read_table(&c, Path::new("m"), "uk").unwrap();
+        assert_eq!(t.key_names(), ["c", "b"]);
+        // Not ordered by bytes, or partial: no key.
+        assert!(read_table(&c, Path::new("m"), "ci").unwrap().is_keyless());
+        assert!(read_table(&c, Path::new("m"), "part").unwrap().is_keyless());
+    }
+
+    #[test]
     fn unusable_tables_are_fatal_with_fixes() {
-        let c = db(
-            "CREATE TABLE nokey(a); CREATE TABLE geo(id INTEGER PRIMARY KEY, p POINT); \
-             CREATE TABLE ci(k TEXT COLLATE NOCASE PRIMARY KEY)",
-        );
-        let e = read_table(&c, Path::new("m"), "nokey").unwrap_err();
-        assert!(
-            e.message().contains("nokey") && e.fix().unwrap().contains("exclude = [\"nokey\"]")
-        );
+        let c = db("CREATE TABLE geo(id INTEGER PRIMARY KEY, p POINT); \
+             CREATE TABLE ci(k TEXT COLLATE NOCASE PRIMARY KEY)");
         let e = read_table(&c, Path::new("m"), "geo").unwrap_err();
         assert!(e.message().contains("geo.p") && e.message().contains("POINT"));
         assert!(e.fix().unwrap().contains("exclude_columns = [\"geo.p\"]"));

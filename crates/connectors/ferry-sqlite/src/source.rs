@@ -593,4 +593,12 @@ impl TableReader for SqliteSource {
     ) -> Result<Vec<Vec<Value>>> {
         crate::reader::read_rows(&self.conn, table, after, limit).await
     }
+
+    async fn scan_rows(
+        &self,
+        table: &TableRef,
+        on_rows: &mut (dyn FnMut(Vec<Vec<Value>>) -> Result<()> + Send),
+    ) -> Result<()> {
+        crate::reader::scan_rows(&self.conn, table, on_rows).await
+    }
 }
