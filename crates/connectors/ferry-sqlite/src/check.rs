@@ -73,13 +73,14 @@ fn source_items(c: &Connection, cfg: &SqliteSourceConfig) -> Vec<CheckItem> {
         let label = format!("source: table {name}");
         match read_table(c, path, name) {
             Ok(t) => {
+                let key = if t.is_keyless() {
+                    "no key: copied whole, changed one row at a time".to_owned()
+                } else {
+                    format!("key ({})", t.key_names().join(", "))
+                };
                 items.push(CheckItem::ok(
                     label,
-                    format!(
-                        "{} columns, key ({})",
-                        t.columns.len(),
-                        t.key_names().join(", ")
-                    ),
+                    format!("{} columns, {key}", t.columns.len()),
                 ));
                 tables.push(t);
             }
