@@ -336,6 +336,13 @@ async fn unusable_tables_are_fatal_and_named() {
             .iter()
             .any(|t| t.name.name == "heap" && t.is_keyless())
     );
+    let check: Vec<String> = src.check().await.iter().map(ToString::to_string).collect();
+    assert!(
+        check
+            .iter()
+            .any(|t| t.contains("table heap") && t.contains("no key")),
+        "{check:#?}"
+    );
 
     let db = Db::new("CREATE TABLE geo(id INTEGER PRIMARY KEY, shape GEOMETRY);");
     let err = SqliteSource::open(db.config())
