@@ -282,7 +282,9 @@ fn sqlite_to_postgres_end_to_end() {
     d.source()
         .execute_batch(
             "CREATE TABLE users (id INTEGER PRIMARY KEY, name TEXT NOT NULL, joined DATE, balance DECIMAL(12,2), active BOOLEAN, avatar BLOB);
-             INSERT INTO users VALUES (1, 'ada', '2024-01-02', '12.50', 1, x'00ff'), (2, 'bob', NULL, NULL, 0, NULL);",
+             INSERT INTO users VALUES (1, 'ada', '2024-01-02', '12.50', 1, x'00ff'), (2, 'bob', NULL, NULL, 0, NULL);
+             CREATE TABLE likes (user_id INTEGER, what TEXT);
+             INSERT INTO likes VALUES (1, 'tea'), (1, 'tea'), (2, NULL);",
         )
         .unwrap();
     let pipeline = write_pipeline(
@@ -295,12 +297,23 @@ fn sqlite_to_postgres_end_to_end() {
         (pg_rows(&pg, "dst", "SELECT count(*) FROM users") == ["2"]).then_some(())
     });
     d.source().execute_batch("BEGIN; UPDATE users SET name = 'Ada' WHERE id = 1; DELETE FROM users WHERE id = 2; INSERT INTO users VALUES (3, 'cy', '2025-05-05', '0.10', 1, NULL); COMMIT;").unwrap();
+    // A table without a key: one of two identical rows changes.
+    d.source()
+        .execute_batch(
+            "UPDATE likes SET what = 'coffee' WHERE rowid = 2; DELETE FROM likes WHERE what IS NULL;",
+        )
+        .unwrap();
     eventually_blocking("changes arrive", Duration::from_secs(30), || {
         (pg_rows(
             &pg,
             "dst",
             "SELECT id || ':' || name FROM users ORDER BY id",
-        ) == ["1:Ada", "3:cy"])
+        ) == ["1:Ada", "3:cy"]
+            && pg_rows(
+                &pg,
+                "dst",
+                "SELECT user_id || ':' || what FROM likes ORDER BY 1",
+            ) == ["1:coffee", "1:tea"])
         .then_some(())
     });
     assert!(terminate(child).success());
