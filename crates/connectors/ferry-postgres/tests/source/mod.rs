@@ -264,6 +264,40 @@ async fn tables_without_key_or_with_unsupported_types_are_fatal_with_a_fix() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_keyless_piece_denser_than_planned_is_sent_in_several_chunks() {
+    // Statistics say 13 rows per page (most rows deleted, then VACUUM
+    // ANALYZE); new rows then fill the freed space: one planned piece holds
+    // 100,000 rows, five chunks.
+    let (_pg, _src, _tables, chunks) = snapshot_of(
+        "CREATE TABLE log (a int, b text); ALTER TABLE log REPLICA IDENTITY FULL; \
+         INSERT INTO log SELECT g, 'x' FROM generate_series(1, 100000) g; \
+         DELETE FROM log WHERE a % 10 <> 0; VACUUM ANALYZE log; \
+         INSERT INTO log SELECT g % 7, 'y' FROM generate_series(1, 90000) g;",
+        "dense",
+    )
+    .await;
+    assert!(chunks.len() >= 5, "{} chunks", chunks.len());
+    let rows: Vec<&Vec<Value>> = chunks.iter().flat_map(|c| c.rows.values()).collect();
+    assert_eq!(rows.len(), 100_000);
+    let ys = rows
+        .iter()
+        .filter(|r| r[1] == Value::Text("y".into()))
+        .count();
+    assert_eq!(ys, 90_000, "every row exactly once");
+    // Only the last chunk of the piece claims its blocks; the others claim
+    // nothing (an empty range).
+    for c in chunks.iter().filter(|c| !c.table_done) {
+        assert!(
+            c.range.lower.is_some() && c.range.lower == c.range.upper,
+            "{:?}",
+            c.range
+        );
+    }
+    let last = chunks.iter().find(|c| c.table_done).unwrap();
+    assert_eq!(last.range, KeyRange::all());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_keyless_table_is_copied_in_heap_block_pieces() {
     // Identical rows (g % 1000): each must arrive as often as it is there.
     let (_pg, _src, tables, chunks) = snapshot_of(
