@@ -10,7 +10,9 @@ use std::time::Duration;
 use ferry_testkit::eventually_blocking;
 use rand::Rng;
 
-use crate::kit::{Dir, dump, ferry, open, spawn_run, terminate, text};
+use crate::kit::{
+    Dir, count, dump, ferry, kill_after_copy_progress, open, spawn_run, terminate, text,
+};
 
 const ACCOUNTS: i64 = 200;
 const START_BALANCE: i64 = 1_000;
@@ -271,42 +273,20 @@ fn kill_9_during_the_snapshot_resumes_without_duplicates() {
     let log = d.path("ferry.log");
     let tgt = d.path("target.db");
     let mut rng = rand::rng();
-    let copied = || -> i64 {
-        rusqlite::Connection::open_with_flags(&tgt, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
-            .ok()
-            .and_then(|c| {
-                c.query_row("SELECT count(*) FROM items", [], |r| r.get(0))
-                    .ok()
-            })
-            .unwrap_or(0)
-    };
+    let copied = || count(&tgt, "items");
     let mut killed_mid_copy = 0;
     for i in 0..15 {
-        let mut child = spawn_run(&pipeline, &log);
-        if i % 3 == 0 {
+        let partial = if i % 3 == 0 {
             // Any moment, start-up included.
+            let mut child = spawn_run(&pipeline, &log);
             std::thread::sleep(Duration::from_millis(rng.random_range(0..300))); // random kill moment
+            child.kill().unwrap();
+            child.wait().unwrap();
+            (1..400_000).contains(&copied())
         } else {
-            // Right after the copy made progress, so kills land mid-copy
-            // however fast the machine copies.
-            let before = copied();
-            // A tight poll (eventually() backs off to 100 ms, longer than
-            // a whole copy takes on a fast machine).
-            let deadline = std::time::Instant::now() + Duration::from_secs(30);
-            while std::time::Instant::now() < deadline {
-                let n = copied();
-                if n > before || n == 400_000 {
-                    break;
-                }
-                std::thread::sleep(Duration::from_millis(1));
-            }
-        }
-        child.kill().unwrap();
-        child.wait().unwrap();
-        let n = copied();
-        if n > 0 && n < 400_000 {
-            killed_mid_copy += 1;
-        }
+            kill_after_copy_progress(&pipeline, &log, 400_000, &copied)
+        };
+        killed_mid_copy += usize::from(partial);
     }
     // A write after the kills must still arrive exactly once.
     d.source()
@@ -350,36 +330,10 @@ fn a_keyless_table_killed_mid_copy_is_copied_once() {
     let pipeline = d.pipeline("[snapshot]\nchunk_rows = 1000\n");
     let log = d.path("ferry.log");
     let tgt = d.path("target.db");
-    let copied = || -> i64 {
-        rusqlite::Connection::open_with_flags(&tgt, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
-            .ok()
-            .and_then(|c| {
-                c.query_row("SELECT count(*) FROM notes", [], |r| r.get(0))
-                    .ok()
-            })
-            .unwrap_or(0)
-    };
-    let mut killed_mid_copy = 0;
-    for _ in 0..6 {
-        let mut child = spawn_run(&pipeline, &log);
-        // Right after the copy made progress (a tight poll: a whole copy
-        // can take less than eventually()'s back-off).
-        let before = copied();
-        let deadline = std::time::Instant::now() + Duration::from_secs(30);
-        while std::time::Instant::now() < deadline {
-            let n = copied();
-            if n != before || n == ROWS {
-                break;
-            }
-            std::thread::sleep(Duration::from_millis(1));
-        }
-        child.kill().unwrap();
-        child.wait().unwrap();
-        let n = copied();
-        if n > 0 && n < ROWS {
-            killed_mid_copy += 1;
-        }
-    }
+    let copied = || count(&tgt, "notes");
+    let killed_mid_copy = (0..6)
+        .filter(|_| kill_after_copy_progress(&pipeline, &log, ROWS, &copied))
+        .count();
     d.source()
         .execute_batch("INSERT INTO notes VALUES (1, 'note 1'); DELETE FROM notes WHERE rowid = 5;")
         .unwrap();

@@ -114,3 +114,43 @@ pub fn terminate(mut child: Child) -> std::process::ExitStatus {
         .status();
     child.wait().expect("wait ferry")
 }
+
+/// Rows of `table` in the SQLite file at `path` (0 while it cannot be read).
+pub fn count(path: &Path, table: &str) -> i64 {
+    Connection::open_with_flags(path, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
+        .ok()
+        .and_then(|c| {
+            c.query_row(&format!("SELECT count(*) FROM \"{table}\""), [], |r| {
+                r.get(0)
+            })
+            .ok()
+        })
+        .unwrap_or(0)
+}
+
+/// Runs `ferry run` and kills it (SIGKILL) right after the copy made
+/// progress, that is once `copied()` (the rows on the target) changed or
+/// reached `total`, so the kill lands mid-copy however fast the machine
+/// copies (a tight poll: `eventually()` backs off to 100 ms, longer than a
+/// whole copy may take). Returns whether the kill left a partial copy.
+pub fn kill_after_copy_progress(
+    pipeline: &Path,
+    log: &Path,
+    total: i64,
+    copied: &dyn Fn() -> i64,
+) -> bool {
+    let mut child = spawn_run(pipeline, log);
+    let before = copied();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while std::time::Instant::now() < deadline {
+        let n = copied();
+        if n != before || n == total {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(1));
+    }
+    child.kill().expect("kill -9");
+    child.wait().expect("reap");
+    let n = copied();
+    n > 0 && n < total
+}

@@ -11,7 +11,7 @@ use std::time::Duration;
 use ferry_testkit::{PostgresServer, eventually_blocking};
 use rand::Rng;
 
-use crate::kit::{Dir, dump, ferry, spawn_run, terminate, text};
+use crate::kit::{Dir, dump, ferry, kill_after_copy_progress, spawn_run, terminate, text};
 
 const ACCOUNTS: i64 = 200;
 const TOTAL: i64 = ACCOUNTS * 1_000;
@@ -347,26 +347,9 @@ fn a_keyless_table_killed_mid_copy_is_copied_once() {
             .and_then(|n| n.parse().ok())
             .unwrap_or(0)
     };
-    let mut killed_mid_copy = 0;
-    for _ in 0..6 {
-        let mut child = spawn_run(&pipeline, &log);
-        // Right after the copy made progress, so the kill lands mid-copy.
-        let before = copied();
-        let deadline = std::time::Instant::now() + Duration::from_secs(60);
-        while std::time::Instant::now() < deadline {
-            let n = copied();
-            if n != before || n == ROWS {
-                break;
-            }
-            std::thread::sleep(Duration::from_millis(1));
-        }
-        child.kill().expect("kill -9");
-        child.wait().expect("reap");
-        let n = copied();
-        if n > 0 && n < ROWS {
-            killed_mid_copy += 1;
-        }
-    }
+    let killed_mid_copy = (0..6)
+        .filter(|_| kill_after_copy_progress(&pipeline, &log, ROWS, &copied))
+        .count();
     // A change after the kills arrives exactly once too.
     pg.psql_in(
         "src",
