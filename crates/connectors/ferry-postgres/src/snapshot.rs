@@ -371,10 +371,10 @@ fn block_ranges(blocks: i64, step: i64) -> Vec<KeyRange> {
     let mut lower = None;
     let mut edge = step - 1;
     while edge < blocks - 1 {
-        let upper = Some(vec![Value::Int(edge)]);
+        let upper = vec![Value::Int(edge)];
         out.push(KeyRange {
-            lower: lower.replace(upper.clone().expect("set")),
-            upper,
+            lower: lower.replace(upper.clone()),
+            upper: Some(upper),
         });
         edge += step;
     }
@@ -426,7 +426,8 @@ async fn copy_work(client: &Client, work: &Work, tx: &ChunkSender) -> Result<()>
     // denser than planned is sent in several chunks, and each must claim
     // exactly its rows (a chunk committed without a claim would be copied
     // again after a restart). For integer keys the range is read through
-    // the key's index anyway, so the order costs nothing.
+    // the key's index anyway, so the order costs nothing. A keyless piece
+    // is its heap blocks, read in no particular order.
     let keyless = job.table.is_keyless();
     let query = if keyless {
         select_blocks(&job.from, &job.cols, &work.range)?
@@ -660,5 +661,20 @@ mod tests {
         for w in got.windows(2) {
             assert_eq!(w[0].upper, w[1].lower);
         }
+    }
+
+    #[test]
+    fn block_ranges_cover_the_heap_and_stay_open_at_its_end() {
+        let b = |n: i64| Some(vec![Value::Int(n)]);
+        let got = block_ranges(10, 4);
+        assert_eq!(
+            got.iter()
+                .map(|r| (r.lower.clone(), r.upper.clone()))
+                .collect::<Vec<_>>(),
+            vec![(None, b(3)), (b(3), b(7)), (b(7), None)]
+        );
+        // An empty heap, or one smaller than a piece: one open range.
+        assert_eq!(block_ranges(0, 4), vec![KeyRange::all()]);
+        assert_eq!(block_ranges(4, 4), vec![KeyRange::all()]);
     }
 }
