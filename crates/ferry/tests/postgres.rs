@@ -109,11 +109,24 @@ fn kill_repeatedly(pipeline: &Path, log: &Path) {
             .matches("stream started")
             .count()
     };
+    // What the runs logged last, for a failure message.
+    let tail = || {
+        let text = std::fs::read_to_string(log).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().filter(|l| !l.starts_with("ferry: ")).collect();
+        lines[lines.len().saturating_sub(40)..].join("\n")
+    };
     for _ in 0..50 {
         let before = streams();
         let mut child = spawn_run(pipeline, log);
-        eventually_blocking("ferry streams changes", Duration::from_secs(90), || {
-            (streams() > before).then_some(())
+        eventually_blocking("ferry streams changes", Duration::from_secs(180), || {
+            if let Ok(Some(status)) = child.try_wait() {
+                panic!("ferry run exited ({status}) before streaming:\n{}", tail());
+            }
+            if streams() > before {
+                Ok(())
+            } else {
+                Err(tail())
+            }
         });
         std::thread::sleep(Duration::from_millis(rng.random_range(0..300))); // the random kill moment
         child.kill().expect("kill -9");
