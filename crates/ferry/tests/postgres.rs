@@ -11,7 +11,7 @@ use std::time::Duration;
 use ferry_testkit::{PostgresServer, eventually_blocking};
 use rand::Rng;
 
-use crate::kit::{Dir, dump, ferry, kill_after_copy_progress, spawn_run, terminate, text};
+use crate::kit::{Dir, count, dump, ferry, kill_after_copy_progress, spawn_run, terminate, text};
 
 const ACCOUNTS: i64 = 200;
 const TOTAL: i64 = ACCOUNTS * 1_000;
@@ -21,7 +21,7 @@ fn write_pipeline(d: &Dir, source: &str, target: &str) -> std::path::PathBuf {
     std::fs::write(
         &p,
         format!(
-            "name = \"crash\"\n[source]\nurl = \"{source}\"\n[target]\nurl = \"{target}\"\n[apply]\nbatch_time = \"20ms\"\n[snapshot]\nchunk_rows = 5000\n"
+            "name = \"crash\"\n[source]\nurl = \"{source}\"\n[target]\nurl = \"{target}\"\n[apply]\nbatch_time = \"20ms\"\n[snapshot]\nchunk_rows = 1000\n"
         ),
     )
     .unwrap();
@@ -92,17 +92,35 @@ fn writer(
     })
 }
 
-/// Kills `ferry run` at 50 random moments from its start (most land in
-/// start-up and the snapshot), then 50 more times at random moments after it
-/// started streaming changes.
-fn kill_repeatedly(pipeline: &Path, log: &Path) {
+/// Rows of the snapshot's two large tables once copied (`items`, `tags`).
+const COPIED_ROWS: i64 = 150_000 + 200_000;
+
+/// Kills `ferry run` 50 times from its start: every other time right after
+/// the copy made progress (`copied()`: rows of `items` and `tags` on the
+/// target), so those kills land in the middle of the snapshot however fast
+/// the machine copies, the others at random moments (start-up, snapshot,
+/// first changes). Then 50 more times at random moments after it started
+/// streaming changes. Asserts that at least 5 kills left a partial copy.
+fn kill_repeatedly(pipeline: &Path, log: &Path, copied: &dyn Fn() -> i64) {
     let mut rng = rand::rng();
-    for _ in 0..50 {
-        let mut child = spawn_run(pipeline, log);
-        std::thread::sleep(Duration::from_millis(rng.random_range(50..1200))); // the random kill moment
-        child.kill().expect("kill -9");
-        child.wait().expect("reap");
+    let mut mid_copy = 0;
+    for i in 0..50 {
+        let partial = if i % 2 == 0 {
+            kill_after_copy_progress(pipeline, log, COPIED_ROWS, copied)
+        } else {
+            let mut child = spawn_run(pipeline, log);
+            std::thread::sleep(Duration::from_millis(rng.random_range(50..1200))); // the random kill moment
+            child.kill().expect("kill -9");
+            child.wait().expect("reap");
+            (1..COPIED_ROWS).contains(&copied())
+        };
+        mid_copy += usize::from(partial);
     }
+    eprintln!("kill_repeatedly: {mid_copy} of 50 kills left a partial copy");
+    assert!(
+        mid_copy >= 5,
+        "only {mid_copy} kills landed in the middle of the snapshot"
+    );
     let streams = || {
         std::fs::read_to_string(log)
             .unwrap_or_default()
@@ -211,7 +229,17 @@ fn postgres_to_postgres_kill_9_loses_and_doubles_nothing() {
     };
 
     let w = writer(&pg, 4000);
-    kill_repeatedly(&pipeline, &log);
+    let copied = || {
+        pg_rows(
+            &pg,
+            "dst",
+            "SELECT (SELECT count(*) FROM items) + (SELECT count(*) FROM tags)",
+        )
+        .first()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0)
+    };
+    kill_repeatedly(&pipeline, &log, &copied);
     w.join().unwrap().expect("the writer's transfers");
 
     let child = spawn_run(&pipeline, &log);
@@ -260,7 +288,8 @@ fn postgres_to_sqlite_kill_9_loses_and_doubles_nothing() {
     let log = d.path("ferry.log");
 
     let w = writer(&pg, 3000);
-    kill_repeatedly(&pipeline, &log);
+    let copied = || count(&target, "items") + count(&target, "tags");
+    kill_repeatedly(&pipeline, &log, &copied);
     w.join().unwrap().expect("the writer's transfers");
 
     let child = spawn_run(&pipeline, &log);
