@@ -45,7 +45,8 @@ pub struct Merger {
     changes_in: usize,
 }
 
-fn overlay(base: &mut [Value], update: Vec<Value>) {
+/// Sets the values of `update` that are not [`Value::Unchanged`] on `base`.
+pub(crate) fn overlay(base: &mut [Value], update: Vec<Value>) {
     for (slot, v) in base.iter_mut().zip(update) {
         if !matches!(v, Value::Unchanged) {
             *slot = v;

@@ -212,22 +212,19 @@ impl Transform {
                     .filter
                     .as_ref()
                     .is_none_or(|f| f.eval(&table, &after) != Some(false));
-                let entering = table.is_keyless()
-                    && m.rule.filter.as_ref().is_some_and(|f| {
-                        before
-                            .as_ref()
-                            .is_some_and(|b| f.eval(&table, b) == Some(false))
-                    });
+                let entering = m.rule.filter.as_ref().is_some_and(|f| {
+                    before
+                        .as_ref()
+                        .is_some_and(|b| f.eval(&table, b) == Some(false))
+                });
                 if pass && entering {
-                    // A keyless row entering the filtered set is not on the
-                    // target to be updated: insert its new image (columns
-                    // the source left unchanged are those of the old one).
+                    // A row entering the filtered set is not on the target
+                    // to be updated (a partial update would be lost, and a
+                    // keyless table has no row to match): insert its new
+                    // image, columns the source left unchanged taken from
+                    // the old one.
                     let mut row = before.expect("checked above");
-                    for (slot, v) in row.iter_mut().zip(after) {
-                        if !matches!(v, Value::Unchanged) {
-                            *slot = v;
-                        }
-                    }
+                    crate::merge::overlay(&mut row, after);
                     ops.insert.then(|| Change::Insert {
                         table: m.target.clone(),
                         row: Self::project(&m, &row),
@@ -345,6 +342,24 @@ mod tests {
         );
         let rows = t.rows(&src(), vec![row(1, "eu"), row(2, "us")]).unwrap();
         assert_eq!(rows.len(), 1);
+    }
+
+    #[test]
+    fn a_row_entering_the_filter_is_inserted_whole() {
+        // Keyed: a partial update of a row the target does not hold would
+        // change nothing.
+        let t = Transform::new(spec());
+        let out = t
+            .change(Change::Update {
+                table: src(),
+                before: Some(row(1, "us")),
+                after: vec![Value::Int(1), Value::Unchanged, Value::Text("eu".into())],
+            })
+            .unwrap();
+        assert!(
+            matches!(&out, Some(Change::Insert { row, .. }) if !row.contains(&Value::Unchanged)),
+            "{out:?}"
+        );
     }
 
     #[test]
