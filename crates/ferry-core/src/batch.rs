@@ -1,5 +1,6 @@
 //! What the pipeline hands to a sink after hot-row merge.
 
+use crate::checkpoint::KeyRange;
 use crate::schema::TableRef;
 use crate::value::Value;
 
@@ -64,6 +65,16 @@ pub enum Step {
         old_key: Vec<Value>,
         row: Vec<Value>,
     },
+    /// Online re-copy of one key range: the target's rows of `table` with a
+    /// key in `range` become exactly `rows` (rows in the range that are not
+    /// among them are deleted, unless `keep_others`: the pipeline does not
+    /// pass deletes). A table without a key has one range, the whole table.
+    Replace {
+        table: TableRef,
+        range: KeyRange,
+        rows: Vec<Vec<Value>>,
+        keep_others: bool,
+    },
     /// Changes to a table without a key, in source order, never merged:
     /// the table may hold identical rows, so each change stands for itself.
     Keyless {
@@ -94,6 +105,7 @@ impl Step {
             Step::Rows(t) => t.iter().map(TableOps::len).sum(),
             Step::MoveKey { .. } => 1,
             Step::Keyless { ops, .. } => ops.len(),
+            Step::Replace { rows, .. } => rows.len(),
             _ => 0,
         }
     }

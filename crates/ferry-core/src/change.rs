@@ -1,5 +1,6 @@
 //! Changes and the source transactions that group them.
 
+use crate::checkpoint::KeyRange;
 use crate::position::Position;
 use crate::schema::{TableName, TableRef};
 use crate::value::Value;
@@ -35,6 +36,26 @@ pub enum Change {
         table: TableRef,
         ddl: Option<String>,
     },
+    /// Online re-copy (see [`Source::recopy`](crate::Source::recopy)): from
+    /// this transaction on, the source re-copies `table` while the stream
+    /// flows, in [`Change::RecopyRows`] chunks. Writes nothing itself; the
+    /// pipeline records it with this transaction, so a restart continues the
+    /// re-copy however early it stops.
+    RecopyStart {
+        table: TableRef,
+        reason: String,
+    },
+    /// Online re-copy: every row of `table` whose key is in `range`, exactly
+    /// as the source holds them at this transaction's position (no
+    /// transaction before it missing, none after it included). The target
+    /// makes its rows in `range` exactly these. A range without an upper
+    /// bound is the re-copy's last chunk. For a table without a key the
+    /// range is the whole table.
+    RecopyRows {
+        table: TableRef,
+        range: KeyRange,
+        rows: Vec<Vec<Value>>,
+    },
 }
 
 impl Change {
@@ -44,7 +65,9 @@ impl Change {
             Change::Insert { table, .. }
             | Change::Update { table, .. }
             | Change::Delete { table, .. }
-            | Change::Schema { table, .. } => Some(table),
+            | Change::Schema { table, .. }
+            | Change::RecopyStart { table, .. }
+            | Change::RecopyRows { table, .. } => Some(table),
             Change::Truncate { .. } => None,
         }
     }
@@ -86,6 +109,12 @@ impl Change {
         matches!(self, Change::Schema { .. })
     }
 
+    /// A change of the online re-copy ([`Change::RecopyStart`],
+    /// [`Change::RecopyRows`]) rather than of the source's data.
+    pub fn is_recopy(&self) -> bool {
+        matches!(self, Change::RecopyStart { .. } | Change::RecopyRows { .. })
+    }
+
     pub fn approx_size(&self) -> usize {
         // A row image is its own allocation: header, values, allocator slack.
         let row = |r: &[Value]| 40 + r.iter().map(Value::approx_size).sum::<usize>();
@@ -97,7 +126,8 @@ impl Change {
                 }
                 Change::Delete { before, .. } => row(before),
                 Change::Truncate { tables } => 8 * tables.len(),
-                Change::Schema { .. } => 256,
+                Change::Schema { .. } | Change::RecopyStart { .. } => 256,
+                Change::RecopyRows { rows, .. } => rows.iter().map(|r| row(r)).sum(),
             }
     }
 }

@@ -18,6 +18,8 @@ const TABLE_SCOPE_PREFIX: &str = "table:";
 const WORKER_APPLIED_PREFIX: &str = "applied-by:";
 /// `eventual` mode: the newest position applied to one source table.
 const TABLE_APPLIED_PREFIX: &str = "table-applied:";
+/// An online re-copy of one source table.
+const RECOPY_PREFIX: &str = "recopy:";
 
 /// A range of keys: `lower < key <= upper`, `None` meaning unbounded.
 #[derive(Debug, Clone, PartialEq, Default)]
@@ -154,6 +156,34 @@ impl TableProgress {
     }
 }
 
+/// An online re-copy of one source table (see
+/// [`Change::RecopyStart`](crate::Change::RecopyStart)): started, how far it
+/// got, and where it ended.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct RecopyProgress {
+    /// Why it started, for status and logs.
+    pub reason: String,
+    /// Every key up to and including this one is re-copied; `None`: no
+    /// chunk yet (or, once `done`, the table had no key).
+    pub after: Option<Vec<Value>>,
+    /// The re-copy ended with the chunk at this position: from there on
+    /// the target's table equals the source's.
+    pub done: Option<Position>,
+}
+
+impl RecopyProgress {
+    pub fn started(reason: impl Into<String>) -> Self {
+        RecopyProgress {
+            reason: reason.into(),
+            ..Default::default()
+        }
+    }
+
+    pub fn is_done(&self) -> bool {
+        self.done.is_some()
+    }
+}
+
 /// A pipeline's durable state.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Checkpoint {
@@ -165,6 +195,8 @@ pub struct Checkpoint {
     pub table_applied: BTreeMap<String, Position>,
     /// Snapshot state per source table (display name).
     pub tables: BTreeMap<String, TableProgress>,
+    /// Online re-copies per source table (display name), running or done.
+    pub recopies: BTreeMap<String, RecopyProgress>,
 }
 
 /// One stored checkpoint record.
@@ -197,6 +229,29 @@ impl CheckpointRecord {
         CheckpointRecord {
             scope: format!("{TABLE_APPLIED_PREFIX}{table}"),
             value: position.to_envelope(),
+        }
+    }
+
+    /// An online re-copy's progress, as one value list: state, reason, the
+    /// last key copied (or NULL), the position it ended at (or NULL).
+    pub fn recopy(table: &str, progress: &RecopyProgress) -> Self {
+        let state = if progress.is_done() {
+            "copied"
+        } else {
+            "copying"
+        };
+        let items = [
+            Value::Text(state.to_owned()),
+            Value::Text(progress.reason.clone()),
+            progress.after.clone().map_or(Value::Null, Value::Array),
+            progress
+                .done
+                .as_ref()
+                .map_or(Value::Null, |p| Value::Text(p.to_envelope())),
+        ];
+        CheckpointRecord {
+            scope: format!("{RECOPY_PREFIX}{table}"),
+            value: crate::codec::encode_values(&items),
         }
     }
 
@@ -240,6 +295,33 @@ impl Checkpoint {
             } else if let Some(table) = r.scope.strip_prefix(TABLE_APPLIED_PREFIX) {
                 let p = Position::from_envelope(&r.value).map_err(|e| bad(e.to_string()))?;
                 cp.table_applied.insert(table.to_owned(), p);
+            } else if let Some(table) = r.scope.strip_prefix(RECOPY_PREFIX) {
+                let items = crate::codec::decode_values(&r.value)
+                    .ok_or_else(|| bad("not a value list".into()))?;
+                let [Value::Text(state), Value::Text(reason), after, done] = items.as_slice()
+                else {
+                    return Err(bad("bad re-copy record".into()));
+                };
+                let after = match after {
+                    Value::Null => None,
+                    Value::Array(k) => Some(k.clone()),
+                    _ => return Err(bad("bad key".into())),
+                };
+                let done = match (state.as_str(), done) {
+                    ("copying", Value::Null) => None,
+                    ("copied", Value::Text(p)) => {
+                        Some(Position::from_envelope(p).map_err(|e| bad(e.to_string()))?)
+                    }
+                    _ => return Err(bad(format!("unknown state {state:?}"))),
+                };
+                cp.recopies.insert(
+                    table.to_owned(),
+                    RecopyProgress {
+                        reason: reason.clone(),
+                        after,
+                        done,
+                    },
+                );
             } else if let Some(table) = r.scope.strip_prefix(TABLE_SCOPE_PREFIX) {
                 let items = crate::codec::decode_values(&r.value)
                     .ok_or_else(|| bad("not a value list".into()))?;
@@ -289,6 +371,11 @@ impl Checkpoint {
             self.table_applied
                 .iter()
                 .map(|(t, p)| CheckpointRecord::table_applied(t, p)),
+        );
+        out.extend(
+            self.recopies
+                .iter()
+                .map(|(t, p)| CheckpointRecord::recopy(t, p)),
         );
         out
     }
@@ -349,6 +436,24 @@ mod tests {
         cp.tables.insert("b".into(), b);
         cp.tables.insert("c".into(), TableProgress::default());
         cp.table_applied.insert("a".into(), pos(12));
+        cp.recopies
+            .insert("a".into(), RecopyProgress::started("a schema change"));
+        cp.recopies.insert(
+            "b".into(),
+            RecopyProgress {
+                reason: "gap".into(),
+                after: Some(vec![Value::Int(7), Value::Text("x".into())]),
+                done: None,
+            },
+        );
+        cp.recopies.insert(
+            "c".into(),
+            RecopyProgress {
+                reason: "ferry resync".into(),
+                after: Some(vec![Value::Int(70)]),
+                done: Some(pos(30)),
+            },
+        );
         assert_eq!(Checkpoint::from_records(&cp.to_records()).unwrap(), cp);
     }
 

@@ -20,12 +20,16 @@ pub mod value;
 pub use batch::{KeylessOp, RowOp, Step, TableOps};
 pub use change::{Change, SourceEvent, Transaction};
 pub use check::{CheckItem, CheckStatus};
-pub use checkpoint::{Checkpoint, CheckpointRecord, CopiedRange, KeyRange, TableProgress, gaps};
+pub use checkpoint::{
+    Checkpoint, CheckpointRecord, CopiedRange, KeyRange, RecopyProgress, TableProgress, gaps,
+};
 pub use error::{Action, Error, ErrorClass, Result, policy};
 pub use position::{Lsn, MySqlPosition, PgPosition, Position, PositionError, SqlitePosition};
 pub use reader::TableReader;
 pub use schema::{Column, TableName, TableRef, TableSchema, UserType, UserTypeDef};
 pub use selection::Selection;
 pub use sink::{CheckpointStore, Sink, SinkInfo, SinkWriter};
-pub use source::{ChunkRows, EncodedRows, SnapshotChunk, SnapshotReader, SnapshotRequest, Source};
+pub use source::{
+    ChunkRows, Continuity, EncodedRows, SnapshotChunk, SnapshotReader, SnapshotRequest, Source,
+};
 pub use value::{ColumnType, Value, display_key, display_key_of};

@@ -7,7 +7,7 @@ use crate::check::CheckItem;
 use crate::checkpoint::KeyRange;
 use crate::error::Result;
 use crate::position::Position;
-use crate::schema::TableRef;
+use crate::schema::{TableName, TableRef};
 use crate::value::Value;
 
 /// A table to copy, and the key ranges of it already on the target.
@@ -100,6 +100,24 @@ pub trait SnapshotReader: Send {
     async fn next_chunk(&mut self) -> Result<Option<SnapshotChunk>>;
 }
 
+/// Whether a source's stream can resume exactly where the target's
+/// checkpoint left off ([`Source::continuity`]).
+#[derive(Debug, Clone, PartialEq)]
+pub enum Continuity {
+    /// Every transaction after the checkpoint can still be delivered.
+    Exact,
+    /// Some transactions after the checkpoint can no longer be delivered.
+    Gap {
+        /// What happened, for the operator: "the replication slot was
+        /// created again at 0/1A2B3C4", "changes after seq 812 were pruned".
+        reason: String,
+        /// The oldest position the stream can start after now. Streaming
+        /// from there loses the changes between the checkpoint and it; the
+        /// pipeline either stops or re-copies every table online.
+        resume: Position,
+    },
+}
+
 /// A source of changes.
 ///
 /// Call order: [`check`](Source::check) (optional), [`tables`](Source::tables),
@@ -138,6 +156,16 @@ pub trait Source: Send {
         None
     }
 
+    /// Whether the stream can start exactly after `from`, the position the
+    /// target's checkpoint holds. Called after [`prepare`](Source::prepare)
+    /// and before [`start_stream`](Source::start_stream), whenever a
+    /// checkpoint exists. Must not change the source. A source that lost
+    /// what follows `from` — its log position was dropped and created again
+    /// (slot, change table), its log was purged or pruned — says
+    /// [`Continuity::Gap`]; it must never answer `Exact` unless it can
+    /// deliver every transaction after `from`.
+    async fn continuity(&mut self, from: &Position) -> Result<Continuity>;
+
     /// Starts delivering transactions committed after `from` (exclusive).
     /// `None` means "from now": only for a pipeline with nothing to copy.
     /// If the source no longer holds `from` (log purged), a fatal error says
@@ -169,4 +197,46 @@ pub trait Source: Send {
     /// Removes what [`prepare`](Source::prepare) installed. Used by
     /// `ferry teardown`; the pipeline must not be running.
     async fn teardown(&mut self) -> Result<()>;
+
+    /// Online re-copy: re-copies `table` (one of [`tables`](Source::tables))
+    /// while the stream keeps flowing, continuing after key `after`
+    /// (`None`: from the start). Called after
+    /// [`start_stream`](Source::start_stream), between calls of
+    /// [`next`](Source::next).
+    ///
+    /// Contract: the source reads the table's rows in key order, a chunk at
+    /// a time, each chunk *at an exact position of its own stream* — no
+    /// transaction before that position missing from the rows, none after
+    /// it included — and delivers it from `next` as a
+    /// [`Change::RecopyRows`](crate::Change::RecopyRows) in a transaction
+    /// at that position, in stream order. Chunks of one table come in key
+    /// order, each range starting where the previous ended; the last has no
+    /// upper bound. A table without a key is one chunk. Re-copies of several
+    /// tables may interleave. A chunk read but not yet delivered when the
+    /// source is dropped is simply read again by the restarted pipeline.
+    ///
+    /// A source may also start a re-copy by itself (a structure change it
+    /// cannot express otherwise, a [`request_recopy`](Source::request_recopy)
+    /// marker): it then first delivers a
+    /// [`Change::RecopyStart`](crate::Change::RecopyStart) in the
+    /// transaction from which the re-copy runs.
+    async fn recopy(&mut self, table: &TableRef, after: Option<Vec<Value>>) -> Result<()> {
+        let _ = after;
+        Err(crate::Error::fatal(format!(
+            "this source cannot re-copy table {} online",
+            table.name
+        )))
+    }
+
+    /// `ferry resync`: asks the pipeline reading this source to re-copy
+    /// `table` online, by writing a request into the source's own change
+    /// log, so the running (or next) `ferry run` of the pipeline meets it in
+    /// stream order and starts the re-copy there
+    /// ([`Change::RecopyStart`](crate::Change::RecopyStart)). Needs only the
+    /// capture [`prepare`](Source::prepare) installed; `tables` first.
+    async fn request_recopy(&mut self, table: &TableName) -> Result<()> {
+        Err(crate::Error::fatal(format!(
+            "this source cannot re-copy table {table} online"
+        )))
+    }
 }

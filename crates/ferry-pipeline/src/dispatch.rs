@@ -8,11 +8,14 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Instant;
 
-use ferry_core::{Change, Checkpoint, CheckpointRecord, Error, Position, Result, SourceEvent};
+use ferry_core::{
+    Change, Checkpoint, CheckpointRecord, Error, Position, Result, SourceEvent, Step,
+};
 use tokio::sync::{mpsc, watch};
 
 use crate::merge::Merger;
 use crate::options::{Consistency, Options};
+use crate::recopy::Recopies;
 use crate::schedule::{InFlight, WriteSet};
 use crate::stats::{Stats, now_micros};
 use crate::transform::Transform;
@@ -35,6 +38,9 @@ pub(crate) struct OpenGroup {
 pub(crate) struct Part {
     merger: Merger,
     ws: WriteSet,
+    /// Checkpoint records committed with this part beside the applied
+    /// position (online re-copy progress), by scope: the newest wins.
+    records: BTreeMap<String, CheckpointRecord>,
 }
 
 impl OpenGroup {
@@ -74,6 +80,7 @@ pub(crate) struct Dispatcher {
     pub(crate) acks: watch::Sender<Option<Position>>,
     pub(crate) last_checkpoint: Instant,
     pub(crate) last_applied: Option<Position>,
+    pub(crate) recopies: Recopies,
 }
 
 impl Dispatcher {
@@ -125,6 +132,15 @@ impl Dispatcher {
         out: &mut Vec<Change>,
     ) -> Result<()> {
         {
+            // Re-copy chunks are read after every snapshot and applied once
+            // each: never covered, never already applied.
+            if c.is_recopy() {
+                if let Some(t) = self.transform.change(c)? {
+                    self.count(&t);
+                    out.push(t);
+                }
+                return Ok(());
+            }
             if check {
                 let key = c.key();
                 let skip = c.table_names().iter().all(|t| {
@@ -158,6 +174,8 @@ impl Dispatcher {
             Change::Update { .. } => Stats::add(&s.updates, 1),
             Change::Delete { .. } => Stats::add(&s.deletes, 1),
             Change::Truncate { .. } | Change::Schema { .. } => Stats::add(&s.ddl, 1),
+            // Counted by `Recopies::observe`.
+            Change::RecopyStart { .. } | Change::RecopyRows { .. } => return,
         }
         for t in c.table_names() {
             s.table(&t.to_string(), |t| t.changes_applied += 1);
@@ -171,10 +189,26 @@ impl Dispatcher {
         time: Option<i64>,
         changes: Vec<Change>,
     ) -> Result<()> {
-        let changes = self.target_changes(&position, changes)?;
         let eventual = self.options.consistency == Consistency::Eventual;
+        // Re-copy progress commits with the part that applies the chunk.
+        let mut records = Vec::new();
+        for c in changes.iter().filter(|c| c.is_recopy()) {
+            let Some(t) = c.table() else { continue };
+            let target = self.transform.target_table(t)?.name.to_string();
+            if let Some(r) = self.recopies.observe(c, &position, &target) {
+                records.push((if eventual { target } else { String::new() }, r));
+            }
+        }
+        let changes = self.target_changes(&position, changes)?;
         let g = self.open.get_or_insert_with(OpenGroup::new);
-        g.rows += changes.len();
+        for (part, r) in records {
+            g.parts
+                .entry(part)
+                .or_default()
+                .records
+                .insert(r.scope.clone(), r);
+        }
+        g.rows += changes.iter().map(weight).sum::<usize>();
         g.txns += 1;
         for c in changes {
             if !eventual {
@@ -235,7 +269,14 @@ impl Dispatcher {
             self.next_seq += 1;
             let seq = self.next_seq;
             let exec_after = self.in_flight.depends_on(&part.ws);
-            let steps = part.merger.finish();
+            let mut steps = part.merger.finish();
+            if !self.transform.passes_deletes() {
+                for s in &mut steps {
+                    if let Step::Replace { keep_others, .. } = s {
+                        *keep_others = true;
+                    }
+                }
+            }
             let rows: usize = steps.iter().map(|s| s.row_count()).sum();
             Stats::add(&self.stats.rows_applied, rows as u64);
             let summary = if table.is_empty() {
@@ -246,7 +287,7 @@ impl Dispatcher {
             // What becomes durable with this job: transactional mode
             // records the group's position; eventual mode records the
             // table's position and the prefix known to be applied.
-            let (records, durable) = if !eventual {
+            let (mut records, durable) = if !eventual {
                 (
                     vec![CheckpointRecord::applied(&position)],
                     Some(position.clone()),
@@ -267,6 +308,7 @@ impl Dispatcher {
                 }
                 (records, prefix)
             };
+            records.extend(part.records.into_values());
             self.in_flight.push(seq, part.ws);
             self.jobs.insert(
                 seq,
@@ -323,6 +365,7 @@ impl Dispatcher {
         }
         if let Some((pos, time)) = newest {
             self.stats.set_applied(pos.to_string(), time);
+            self.recopies.applied(&pos);
             self.last_applied = Some(pos);
             self.last_checkpoint = Instant::now();
         }
@@ -330,6 +373,14 @@ impl Dispatcher {
 }
 
 pub(crate) type DoneRx = mpsc::UnboundedReceiver<Result<Done>>;
+
+/// How much a change counts toward `batch_rows`: a re-copy chunk, its rows.
+fn weight(c: &Change) -> usize {
+    match c {
+        Change::RecopyRows { rows, .. } => rows.len().max(1),
+        _ => 1,
+    }
+}
 
 /// What the dispatcher remembers of a job until it commits.
 pub(crate) struct JobInfo {

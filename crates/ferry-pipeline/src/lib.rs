@@ -8,14 +8,16 @@ pub mod merge;
 pub mod options;
 pub mod predicate;
 pub mod queue;
+mod recopy;
 pub mod runtime;
 pub mod schedule;
 mod snapshot;
+mod startup;
 pub mod stats;
 pub mod transform;
 mod worker;
 
-pub use options::{Consistency, Options};
+pub use options::{Consistency, OnGap, Options};
 pub use runtime::{Outcome, Pipeline};
-pub use stats::Stats;
+pub use stats::{Stats, TargetConsistency};
 pub use transform::{Ops, TableRule, Transform, TransformSpec};

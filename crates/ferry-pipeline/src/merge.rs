@@ -3,7 +3,7 @@
 //! Insert, update, update of one key becomes one upsert of the final row;
 //! insert then delete becomes nothing; update then delete becomes a delete.
 //! A key change is a delete of the old key and an insert of the new one.
-//! Truncates, structure changes and key moves of partially known rows must
+//! Truncates, structure changes, re-copy chunks and key moves of partially known rows must
 //! keep their place, so they end the current step and stand alone.
 //! Changes to a table without a key are never merged: they keep their
 //! order in one [`Step::Keyless`] per table and step.
@@ -194,6 +194,19 @@ impl Merger {
             Change::Schema { table, ddl } => {
                 self.close_step();
                 self.steps.push(Step::Schema { table, ddl });
+            }
+            // Recorded by the dispatcher; nothing to write.
+            Change::RecopyStart { .. } => {}
+            Change::RecopyRows { table, range, rows } => {
+                // The range's rows as of this point: what the step holds
+                // for the table so far applies first, later changes after.
+                self.close_step();
+                self.steps.push(Step::Replace {
+                    table,
+                    range,
+                    rows,
+                    keep_others: false,
+                });
             }
         }
     }

@@ -16,6 +16,17 @@ pub enum Consistency {
     Eventual,
 }
 
+/// What to do when the source can no longer continue from the target's
+/// checkpoint (see [`ferry_core::Continuity`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OnGap {
+    /// Stop with an error naming the gap and the way out.
+    Fail,
+    /// Stream from where the source can continue and re-copy every table
+    /// online, so the target converges.
+    Resync,
+}
+
 #[derive(Debug, Clone)]
 pub struct Options {
     /// Pipeline name: names checkpoints and source objects.
@@ -35,6 +46,7 @@ pub struct Options {
     pub max_retries: u32,
     /// While the source is idle, record its position on the target this often.
     pub idle_checkpoint: Duration,
+    pub on_gap: OnGap,
 }
 
 impl Options {
@@ -49,6 +61,7 @@ impl Options {
             consistency: Consistency::Transactional,
             max_retries: 8,
             idle_checkpoint: Duration::from_secs(5),
+            on_gap: OnGap::Fail,
         }
     }
 }

@@ -15,8 +15,10 @@ use tokio::sync::{mpsc, watch};
 use crate::dispatch::{Dispatcher, handle_event};
 use crate::options::{Consistency, Options};
 use crate::queue;
+use crate::recopy::Recopies;
 use crate::schedule::InFlight;
 use crate::snapshot::{SnapshotEnd, SnapshotRun};
+use crate::startup::{StartUp, commit_records};
 use crate::stats::Stats;
 use crate::transform::Transform;
 use crate::worker::Worker;
@@ -63,6 +65,11 @@ impl Pipeline {
             .collect::<Result<Vec<_>>>()?;
         sink.ensure_tables(&targets).await?;
         source.prepare().await?;
+        let mut cp = cp;
+        let start = StartUp::plan(&mut cp, &tables, source.as_mut(), &options).await?;
+        if !start.records.is_empty() {
+            commit_records(sink.as_ref(), &start.records).await?;
+        }
 
         let to_copy: Vec<&TableRef> = tables
             .iter()
@@ -142,13 +149,39 @@ impl Pipeline {
             stats.set_applied(f.to_string(), None);
             stats.set_received(f.to_string(), None);
         }
+        // Online re-copies continue where their last chunk ended.
+        for (name, p) in cp.recopies.iter().filter(|(_, p)| !p.is_done()) {
+            let Some(t) = tables.iter().find(|t| t.name.to_string() == *name) else {
+                continue;
+            };
+            tracing::info!(table = %name, after = ?p.after.as_deref().map(ferry_core::display_key),
+                reason = %p.reason, "continuing the online re-copy");
+            source.recopy(t, p.after.clone()).await?;
+        }
+        let newest_copy = progress
+            .iter()
+            .filter(|(t, _)| start.selected.contains(*t))
+            .filter_map(|(_, p)| p.newest_snapshot())
+            .cloned()
+            .reduce(|a, b| if b > a { b } else { a });
+        let recopies = Recopies::new(
+            cp.recopies
+                .iter()
+                .filter(|(t, _)| start.selected.contains(*t))
+                .map(|(t, p)| (t.clone(), p.clone()))
+                .collect(),
+            newest_copy,
+            from.clone(),
+            stats.clone(),
+        );
         let covered = Checkpoint {
             applied: cp.applied.clone(),
             tables: progress,
             table_applied: cp.table_applied.clone(),
+            recopies: BTreeMap::new(),
         };
         stream(
-            source, sink, transform, options, stats, shutdown, covered, from,
+            source, sink, transform, options, stats, shutdown, covered, from, recopies,
         )
         .await
     }
@@ -207,6 +240,7 @@ async fn stream(
     mut shutdown: watch::Receiver<bool>,
     covered: Checkpoint,
     from: Option<Position>,
+    recopies: Recopies,
 ) -> Result<Outcome> {
     stats.set_phase("streaming");
     match &from {
@@ -264,6 +298,7 @@ async fn stream(
         acks: ack_tx,
         last_checkpoint: Instant::now(),
         last_applied: from,
+        recopies,
         options,
     };
 

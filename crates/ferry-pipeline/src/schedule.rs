@@ -46,10 +46,13 @@ impl WriteSet {
     }
 
     /// Adds what a change writes (both keys of a key change; the whole
-    /// table for truncate and structure changes).
+    /// table for truncate, structure changes and re-copy chunks).
     pub fn add(&mut self, change: &Change) {
         match change {
-            Change::Truncate { .. } | Change::Schema { .. } => {
+            Change::Truncate { .. }
+            | Change::Schema { .. }
+            | Change::RecopyStart { .. }
+            | Change::RecopyRows { .. } => {
                 for t in change.table_names() {
                     self.tables.insert(h(t));
                 }

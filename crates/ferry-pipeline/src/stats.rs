@@ -14,6 +14,23 @@ pub struct TableStats {
     pub snapshot_total: Option<u64>,
     pub snapshot_done: bool,
     pub changes_applied: u64,
+    /// Rows written by online re-copies of the table.
+    pub recopy_rows: u64,
+    /// The table's online re-copy: `None` when none ran in this process.
+    pub recopy: Option<String>,
+}
+
+/// From when readers of the target see only states the source had.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub enum TargetConsistency {
+    /// Not known yet (starting).
+    #[default]
+    Unknown,
+    /// Not yet: tables hold rows of different source positions until the
+    /// applied position reaches `at` (`None`: until a re-copy ends).
+    Pending { at: Option<String>, why: String },
+    /// Consistent since the applied position passed `since`.
+    Consistent { since: String },
 }
 
 /// What one apply worker is doing.
@@ -45,11 +62,14 @@ pub struct Stats {
     pub queue_items: AtomicU64,
     pub queue_bytes: AtomicU64,
     pub retries: AtomicU64,
+    /// Rows written by online re-copies.
+    pub recopy_rows: AtomicU64,
     tables: Mutex<BTreeMap<String, TableStats>>,
     workers: Mutex<Vec<WorkerActivity>>,
     phase: Mutex<String>,
     received: Mutex<PositionInfo>,
     applied: Mutex<PositionInfo>,
+    consistency: Mutex<TargetConsistency>,
 }
 
 pub fn now_micros() -> i64 {
@@ -81,11 +101,13 @@ impl Stats {
             queue_items: AtomicU64::new(0),
             queue_bytes: AtomicU64::new(0),
             retries: AtomicU64::new(0),
+            recopy_rows: AtomicU64::new(0),
             tables: Mutex::new(BTreeMap::new()),
             workers: Mutex::new(Vec::new()),
             phase: Mutex::new("starting".into()),
             received: Mutex::new(PositionInfo::default()),
             applied: Mutex::new(PositionInfo::default()),
+            consistency: Mutex::new(TargetConsistency::Unknown),
         }
     }
 
@@ -153,6 +175,14 @@ impl Stats {
             position,
             commit_time_micros: time,
         };
+    }
+
+    pub fn set_consistency(&self, c: TargetConsistency) {
+        *self.consistency.lock().expect("stats") = c;
+    }
+
+    pub fn consistency(&self) -> TargetConsistency {
+        self.consistency.lock().expect("stats").clone()
     }
 
     pub fn received(&self) -> PositionInfo {

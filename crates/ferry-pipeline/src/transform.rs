@@ -267,7 +267,25 @@ impl Transform {
                 table: self.target_table(&table)?,
                 ddl,
             }),
+            Change::RecopyStart { table, reason } => Some(Change::RecopyStart {
+                table: self.target_table(&table)?,
+                reason,
+            }),
+            // The key is never excluded or changed, so the range holds for
+            // the projected rows; rows outside the filter are left out, and
+            // the target's rows of the range become the rest.
+            Change::RecopyRows { table, range, rows } => Some(Change::RecopyRows {
+                table: self.target_table(&table)?,
+                rows: self.rows(&table, rows)?,
+                range,
+            }),
         })
+    }
+
+    /// Whether deletes reach the target (`[operations] delete`). When they
+    /// do not, an online re-copy only adds and replaces rows.
+    pub fn passes_deletes(&self) -> bool {
+        self.spec.ops.delete
     }
 }
 

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use ferry_core::{Error, Selection};
 use ferry_pipeline::predicate::Expr;
-use ferry_pipeline::{Consistency, Ops, Options, TransformSpec};
+use ferry_pipeline::{Consistency, OnGap, Ops, Options, TransformSpec};
 use serde::Deserialize;
 
 #[derive(Debug, Deserialize)]
@@ -34,6 +34,7 @@ struct RawConfig {
 struct RawEndpoint {
     url: String,
     poll_interval: Option<String>,
+    on_gap: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -102,6 +103,9 @@ struct RawSnapshot {
 pub struct Endpoint {
     pub url: String,
     pub poll_interval: Duration,
+    /// Source only: what to do when the source cannot continue from the
+    /// target's checkpoint.
+    pub on_gap: OnGap,
 }
 
 impl Endpoint {
@@ -232,6 +236,24 @@ fn endpoint(path: &Path, field: &str, raw: RawEndpoint) -> Result<Endpoint, Erro
         )
         .with_fix("move `poll_interval` to the [source] section or remove it"));
     }
+    if field == "target" && raw.on_gap.is_some() {
+        return Err(config_error(
+            path,
+            "`target.on_gap` has no effect: a gap is in the source's change log",
+        )
+        .with_fix("move `on_gap` to the [source] section"));
+    }
+    let on_gap = match raw.on_gap.as_deref() {
+        None | Some("fail") => OnGap::Fail,
+        Some("resync") => OnGap::Resync,
+        Some(other) => {
+            return Err(config_error(
+                path,
+                format!("`{field}.on_gap` = {other:?} is not a gap policy"),
+            )
+            .with_fix("use \"fail\" (the default: stop and say so) or \"resync\" (re-copy every table online)"));
+        }
+    };
     let poll_interval = match raw.poll_interval {
         None => Duration::from_millis(20),
         Some(s) => parse_duration(&s).ok_or_else(|| {
@@ -242,7 +264,11 @@ fn endpoint(path: &Path, field: &str, raw: RawEndpoint) -> Result<Endpoint, Erro
             .with_fix("write it like \"20ms\", \"1s\"")
         })?,
     };
-    Ok(Endpoint { url, poll_interval })
+    Ok(Endpoint {
+        url,
+        poll_interval,
+        on_gap,
+    })
 }
 
 impl PipelineConfig {
@@ -328,6 +354,7 @@ impl PipelineConfig {
         };
 
         let mut options = Options::new(&name);
+        options.on_gap = source.on_gap;
         let a = raw.apply;
         if let Some(n) = a.batch_rows {
             if n == 0 {

@@ -51,6 +51,16 @@ enum Command {
     Teardown { pipeline: PathBuf },
     /// Forget the pipeline's checkpoint on the target: the next run copies every table again.
     Reset { pipeline: PathBuf },
+    /// Re-copy tables online: the running pipeline (or its next run) copies them again while
+    /// changes keep flowing, and the target converges.
+    Resync {
+        pipeline: PathBuf,
+        /// Source tables to re-copy (`name` or `schema.name`).
+        tables: Vec<String>,
+        /// Re-copy every selected table.
+        #[arg(long, conflicts_with = "tables")]
+        all: bool,
+    },
 }
 
 fn init_logging(level: &str) -> Result<(), Error> {
@@ -117,6 +127,11 @@ async fn dispatch(command: Command) -> Result<u8, Error> {
             );
             Ok(0)
         }
+        Command::Resync {
+            pipeline,
+            tables,
+            all,
+        } => resync(&PipelineConfig::load(&pipeline)?, &tables, all).await,
         Command::Reset { pipeline } => {
             let cfg = PipelineConfig::load(&pipeline)?;
             connectors::open_sink(&cfg).await?.clear().await?;
@@ -144,14 +159,27 @@ async fn status(cfg: &PipelineConfig) -> Result<u8, Error> {
         None => println!("  checkpoint: no change applied yet"),
     }
     for (t, p) in &cp.tables {
-        println!(
-            "  table {t}: {}",
-            if p.complete {
-                "copied"
-            } else {
-                "copy in progress"
-            }
-        );
+        let recopy = match cp.recopies.get(t) {
+            Some(r) if !r.is_done() => format!(
+                "; re-copying online ({}){}",
+                r.reason,
+                r.after
+                    .as_deref()
+                    .map(|k| format!(", up to key {}", ferry_core::display_key(k)))
+                    .unwrap_or_default()
+            ),
+            Some(r) => format!(
+                "; re-copied online at {}",
+                r.done.as_ref().map(|p| p.to_string()).unwrap_or_default()
+            ),
+            None => String::new(),
+        };
+        let state = match (p.complete, p.ranges.is_empty()) {
+            (true, _) => "copied",
+            (false, false) => "copy in progress",
+            (false, true) => "not copied (copied when next selected and run)",
+        };
+        println!("  table {t}: {state}{recopy}");
     }
     match std::fs::read_to_string(cfg.status_path())
         .ok()
@@ -164,6 +192,49 @@ async fn status(cfg: &PipelineConfig) -> Result<u8, Error> {
             println!("  (published {age:.1} s ago; a running pipeline publishes every second)");
         }
         None => println!("  not running (no live status published)"),
+    }
+    Ok(0)
+}
+
+/// Writes a re-copy request per table into the source's change log, where
+/// the pipeline meets it in stream order.
+async fn resync(cfg: &PipelineConfig, names: &[String], all: bool) -> Result<u8, Error> {
+    if names.is_empty() && !all {
+        return Err(Error::fatal("ferry resync needs the tables to re-copy")
+            .with_fix("name them (`ferry resync P.toml orders public.users`) or pass --all"));
+    }
+    let mut source = connectors::open_source(cfg).await?;
+    let selected = source.tables().await?;
+    let mut chosen = Vec::new();
+    if all {
+        chosen.extend(selected.iter().map(|t| t.name.clone()));
+    }
+    for n in names {
+        let found = selected
+            .iter()
+            .find(|t| t.name.to_string() == *n || t.name.name == *n)
+            .ok_or_else(|| {
+                Error::fatal(format!(
+                    "table {n:?} is not one of pipeline {}'s tables",
+                    cfg.name
+                ))
+                .with_fix(format!(
+                    "use one of: {}",
+                    selected
+                        .iter()
+                        .map(|t| t.name.to_string())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ))
+            })?;
+        chosen.push(found.name.clone());
+    }
+    for name in &chosen {
+        source.request_recopy(name).await?;
+        println!(
+            "requested an online re-copy of {name}: the running pipeline starts it where it meets \
+             the request in the change stream (or its next run does)"
+        );
     }
     Ok(0)
 }

@@ -5,7 +5,7 @@
 use std::collections::BTreeMap;
 use std::sync::atomic::Ordering;
 
-use ferry_pipeline::Stats;
+use ferry_pipeline::{Stats, TargetConsistency};
 use serde::{Deserialize, Serialize};
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -15,6 +15,11 @@ pub struct TableReport {
     pub snapshot_done: bool,
     pub changes_applied: u64,
     pub changes_per_sec: f64,
+    /// The table's online re-copy in this process, if one ran.
+    #[serde(default)]
+    pub recopy: Option<String>,
+    #[serde(default)]
+    pub recopy_rows: u64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -45,6 +50,15 @@ pub struct StatusReport {
     pub ddl: u64,
     pub commits: u64,
     pub retries: u64,
+    /// Rows written by online re-copies.
+    #[serde(default)]
+    pub recopy_rows: u64,
+    /// Whether readers of the target see only states the source had.
+    #[serde(default)]
+    pub consistent: bool,
+    /// Since when, or why not yet.
+    #[serde(default)]
+    pub consistency: String,
     pub tables: BTreeMap<String, TableReport>,
     pub workers: Vec<WorkerReport>,
 }
@@ -99,6 +113,16 @@ impl RateTracker {
             ddl: g(&stats.ddl),
             commits: g(&stats.commits),
             retries: g(&stats.retries),
+            recopy_rows: g(&stats.recopy_rows),
+            consistent: matches!(stats.consistency(), TargetConsistency::Consistent { .. }),
+            consistency: match stats.consistency() {
+                TargetConsistency::Unknown => "not known yet".into(),
+                TargetConsistency::Pending { at: Some(at), why } => {
+                    format!("not yet: consistent once applied reaches {at} ({why})")
+                }
+                TargetConsistency::Pending { at: None, why } => format!("not yet: {why}"),
+                TargetConsistency::Consistent { since } => format!("consistent since {since}"),
+            },
             tables: tables
                 .into_iter()
                 .map(|(k, t)| {
@@ -111,6 +135,8 @@ impl RateTracker {
                             snapshot_done: t.snapshot_done,
                             changes_applied: t.changes_applied,
                             changes_per_sec: rate,
+                            recopy: t.recopy,
+                            recopy_rows: t.recopy_rows,
                         },
                     )
                 })
@@ -211,6 +237,18 @@ pub fn prometheus(r: &StatusReport) -> String {
         "counter",
         r.retries as f64,
     );
+    metric(
+        "recopy_rows_total",
+        "Rows written by online re-copies.",
+        "counter",
+        r.recopy_rows as f64,
+    );
+    metric(
+        "target_consistent",
+        "1 when readers of the target see only states the source had, else 0.",
+        "gauge",
+        if r.consistent { 1.0 } else { 0.0 },
+    );
     for (t, s) in &r.tables {
         out.push_str(&format!(
             "ferry_table_rows_total{{pipeline=\"{}\",table=\"{t}\"}} {}\n",
@@ -246,6 +284,7 @@ pub fn render(r: &StatusReport, live: bool) -> String {
         "  queue:     {} events, {} bytes\n",
         r.queue_events, r.queue_bytes
     ));
+    out.push_str(&format!("  target:    {}\n", r.consistency));
     out.push_str(&format!(
         "  totals:    {} snapshot rows, {} inserts, {} updates, {} deletes, {} ddl, {} commits, {} retries\n",
         r.snapshot_rows, r.inserts, r.updates, r.deletes, r.ddl, r.commits, r.retries
@@ -258,8 +297,13 @@ pub fn render(r: &StatusReport, live: bool) -> String {
                 (false, Some(total)) => format!("copying {}/{} rows", s.snapshot_rows, total),
                 (false, None) => format!("copying {} rows", s.snapshot_rows),
             };
+            let recopy = s
+                .recopy
+                .as_ref()
+                .map(|r| format!("; {r} ({} rows)", s.recopy_rows))
+                .unwrap_or_default();
             out.push_str(&format!(
-                "    {t}: {snap}; {} changes ({:.0}/s)\n",
+                "    {t}: {snap}; {} changes ({:.0}/s){recopy}\n",
                 s.changes_applied, s.changes_per_sec
             ));
         }

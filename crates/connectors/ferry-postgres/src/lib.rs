@@ -20,6 +20,7 @@ mod numeric;
 mod pgoutput;
 mod position;
 mod reader;
+mod recopy;
 mod replication;
 mod sink;
 mod snapshot;

@@ -65,8 +65,12 @@ pub(crate) enum PgOutput {
     Truncate {
         rels: Vec<u32>,
     },
-    /// A logical decoding message (ferry's heartbeats among them).
-    Message,
+    /// A logical decoding message (ferry's heartbeats, re-copy chunk
+    /// markers and `ferry resync` requests among them).
+    Message {
+        prefix: String,
+        content: Bytes,
+    },
     /// Origin, Type and anything newer that ferry does not need.
     Other,
 }
@@ -229,8 +233,18 @@ pub(crate) fn decode(mut b: Bytes) -> Result<PgOutput> {
             }
         }
         b'M' => {
+            // Flags (1 = transactional), the message's LSN, prefix, content.
             need(&b, 9, "Message")?;
-            PgOutput::Message
+            let _flags = b.get_u8();
+            let _lsn = b.get_u64();
+            let prefix = cstring(&mut b, "Message")?;
+            need(&b, 4, "Message")?;
+            let n = b.get_i32().max(0) as usize;
+            need(&b, n, "Message")?;
+            PgOutput::Message {
+                prefix,
+                content: b.split_to(n),
+            }
         }
         _ => PgOutput::Other,
     })
@@ -240,6 +254,24 @@ pub(crate) fn decode(mut b: Bytes) -> Result<PgOutput> {
 mod tests {
     use super::*;
     use bytes::{BufMut, BytesMut};
+
+    #[test]
+    fn decodes_a_logical_message() {
+        let mut m = BytesMut::new();
+        m.put_u8(b'M');
+        m.put_u8(1);
+        m.put_u64(0x1234);
+        m.put_slice(b"ferry_p.chunk\0");
+        m.put_i32(2);
+        m.put_slice(b"17");
+        match decode(m.freeze()).unwrap() {
+            PgOutput::Message { prefix, content } => {
+                assert_eq!(prefix, "ferry_p.chunk");
+                assert_eq!(&content[..], b"17");
+            }
+            other => panic!("{other:?}"),
+        }
+    }
 
     #[test]
     fn decodes_update_with_key_and_unchanged_toast() {

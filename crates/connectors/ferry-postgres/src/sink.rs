@@ -66,6 +66,9 @@ pub(crate) struct Target {
     /// The binary COPY encoding this table loads undecoded, if any
     /// ([`catalog::binary_copy_encoding`]).
     pub encoding: Option<String>,
+    /// The key columns as key-range predicates compare them (online
+    /// re-copy chunks replace the target's rows of a key range).
+    pub key_read: Vec<crate::reader::ReadColumn>,
 }
 
 impl Target {
@@ -193,6 +196,18 @@ pub(crate) fn map_target(table: &TableRef, pg: &PgTable, major: u32) -> Result<T
             quoted.join(", ")
         )));
     }
+    let key_read = table
+        .key
+        .iter()
+        .map(|&k| crate::reader::ReadColumn {
+            quoted: cols[k].clone(),
+            kind: types[k].kind.clone(),
+            type_name: types[k].name.clone(),
+            bytewise: pg
+                .column(&table.columns[k].name)
+                .is_some_and(|tc| tc.bytewise),
+        })
+        .collect();
     Ok(Target {
         qualified: pg.qualified(),
         display,
@@ -200,6 +215,7 @@ pub(crate) fn map_target(table: &TableRef, pg: &PgTable, major: u32) -> Result<T
         cols,
         types,
         source_cols: table.columns.iter().map(|c| c.name.clone()).collect(),
+        key_read,
         key: table.key.clone(),
         key_pending,
         encoding: catalog::binary_copy_encoding(major, pg, table),

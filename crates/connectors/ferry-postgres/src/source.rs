@@ -15,8 +15,8 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use ferry_core::{
-    CheckItem, Error, Lsn, Position, Result, Selection, SnapshotReader, SnapshotRequest, Source,
-    SourceEvent, TableName, TableReader, TableRef, Value,
+    CheckItem, Continuity, Error, Lsn, Position, Result, Selection, SnapshotReader,
+    SnapshotRequest, Source, SourceEvent, TableName, TableReader, TableRef, Value,
 };
 use tokio_postgres::Client;
 
@@ -84,6 +84,11 @@ pub struct PostgresSource {
     major: u32,
     /// `TableReader::read_rows` (`ferry verify`).
     reads: KeyOrderReads,
+    /// Online re-copies (see `recopy.rs`).
+    recopies: crate::recopy::Recopies,
+    /// Why `prepare` created the slot, when it did so with a checkpoint
+    /// possibly older than it (`continuity` reports the gap).
+    slot_created: Option<String>,
 }
 
 impl std::fmt::Debug for PostgresSource {
@@ -134,6 +139,8 @@ impl PostgresSource {
             heartbeat: Duration::from_secs(10),
             fenced: false,
             major,
+            recopies: crate::recopy::Recopies::new(config.snapshot_chunk_rows),
+            slot_created: None,
         })
     }
 
@@ -393,11 +400,28 @@ impl Source for PostgresSource {
         self.fence().await?;
         self.ensure_publication().await?;
         let slot = self.slot_name();
-        match self.slot_state().await? {
+        let mut state = self.slot_state().await?;
+        if let Some((_, None, Some(wal_status), true)) = &state
+            && wal_status == "lost"
+        {
+            // The server removed the WAL this slot needed: it can never
+            // stream again. `continuity` reports what was lost.
+            tracing::warn!(slot = %slot, "the replication slot was invalidated (its WAL was removed): dropping it and creating it again");
+            self.client
+                .execute("SELECT pg_drop_replication_slot($1)", &[&slot])
+                .await
+                .map_err(|e| pg_error(e, &format!("dropping invalidated slot {slot}")))?;
+            self.slot_created = Some(format!(
+                "replication slot {slot} was invalidated (the server removed the WAL it still needed)"
+            ));
+            state = None;
+        }
+        match state {
             None => {
                 let exported = self.export(&slot, false).await?;
                 tracing::info!(slot = %slot, consistent_point = %exported.lsn, snapshot = %exported.snapshot,
                     "created the replication slot with an exported snapshot");
+                self.slot_created.get_or_insert_with(|| format!("replication slot {slot} did not exist (dropped by `ferry teardown` or by hand)"));
                 self.exported = Some(exported);
             }
             Some((plugin, _, wal_status, same_db)) => {
@@ -563,12 +587,86 @@ impl Source for PostgresSource {
         let stream = self.stream.as_mut().ok_or_else(|| {
             Error::fatal("next() called before start_stream(); this is a ferry bug")
         })?;
+        if stream.pending_chunk.is_none() {
+            let slot = format!("ferry_{}", self.pipeline);
+            stream.pending_chunk = self
+                .recopies
+                .read_chunk(&self.client, &mut self.types, &slot)
+                .await?;
+        }
         let mut ctx = Context {
             client: &self.client,
             types: &mut self.types,
             known: &self.known,
         };
-        stream.next(&mut ctx).await
+        let event = stream.next(&mut ctx).await?;
+        for table in std::mem::take(&mut stream.started) {
+            self.recopies
+                .start(self.tables.get(&table.name), &table, None)?;
+        }
+        Ok(event)
+    }
+
+    async fn continuity(&mut self, from: &Position) -> Result<Continuity> {
+        let from = from.as_postgres()?;
+        let slot = self.slot_name();
+        let confirmed: Option<Lsn> = self
+            .client
+            .query_opt(
+                "SELECT confirmed_flush_lsn::text FROM pg_replication_slots WHERE slot_name = $1",
+                &[&slot],
+            )
+            .await
+            .map_err(|e| pg_error(e, "reading the replication slot"))?
+            .and_then(|r| r.get::<_, Option<String>>(0))
+            .and_then(|t| t.parse().ok());
+        let Some(confirmed) = confirmed else {
+            return Err(
+                Error::fatal(format!("replication slot {slot} does not exist"))
+                    .with_fix("prepare() creates it; this is a ferry bug"),
+            );
+        };
+        // The slot never confirms what the target does not hold, so a
+        // slot ahead of the checkpoint was created (or moved) by someone
+        // else: what lies between was streamed to nobody.
+        if confirmed <= start_lsn(&from) {
+            return Ok(Continuity::Exact);
+        }
+        let why = self.slot_created.clone().unwrap_or_else(|| {
+            format!("replication slot {slot} was confirmed up to {confirmed} by another consumer")
+        });
+        Ok(Continuity::Gap {
+            reason: format!("{why}; it can only stream changes after {confirmed}"),
+            resume: point(confirmed),
+        })
+    }
+
+    async fn recopy(&mut self, table: &TableRef, after: Option<Vec<Value>>) -> Result<()> {
+        self.recopies
+            .start(self.tables.get(&table.name), table, after)
+    }
+
+    /// Writes a transactional logical message naming the table: the
+    /// stream meets it in commit order.
+    async fn request_recopy(&mut self, table: &TableName) -> Result<()> {
+        if !self.tables.contains_key(table) {
+            return Err(Error::fatal(format!(
+                "table {table} is not replicated by pipeline {:?}",
+                self.pipeline
+            ))
+            .with_fix("name a table the pipeline selects (`ferry status` lists them)"));
+        }
+        self.client
+            .execute(
+                "SELECT pg_logical_emit_message(true, $1, $2)",
+                &[
+                    &crate::stream::recopy_prefix(&self.slot_name()),
+                    &table.to_string(),
+                ],
+            )
+            .await
+            .map_err(|e| pg_error(e, "writing the re-copy request on the source"))?;
+        Ok(())
     }
 
     async fn ack(&mut self, position: &Position) -> Result<()> {

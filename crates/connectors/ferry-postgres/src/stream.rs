@@ -60,6 +60,27 @@ struct OpenTxn {
     changes: Vec<Change>,
     bytes: usize,
     partial_sent: bool,
+    /// ferry's own logical messages in this transaction.
+    markers: Vec<Marker>,
+}
+
+/// A logical message ferry wrote on the source, met in the stream.
+enum Marker {
+    /// The end of an online re-copy chunk read (its id).
+    Chunk(String),
+    /// `ferry resync`: re-copy this table (display name).
+    Recopy(String),
+}
+
+/// An online re-copy chunk read on the source, waiting for its marker's
+/// transaction in the stream: there it is exact (see `PostgresSource`).
+pub(crate) struct PendingChunk {
+    pub id: String,
+    /// The table's structure as the chunk was read (the stream's own may
+    /// lag: pgoutput describes a relation only before its next change).
+    pub relation: Relation,
+    pub range: ferry_core::KeyRange,
+    pub rows: Vec<Vec<Value>>,
 }
 
 pub(crate) struct Stream {
@@ -81,6 +102,21 @@ pub(crate) struct Stream {
     /// `confirmed`, shared with the keepalive task.
     shared_confirmed: Arc<AtomicU64>,
     keepalive: JoinHandle<()>,
+    /// The re-copy chunk whose marker the stream waits for.
+    pub(crate) pending_chunk: Option<PendingChunk>,
+    /// Tables whose re-copy a `ferry resync` marker started, for the
+    /// source to run.
+    pub(crate) started: Vec<TableRef>,
+}
+
+/// Prefix of the logical message ending a re-copy chunk read.
+pub(crate) fn chunk_prefix(slot: &str) -> String {
+    format!("{slot}.chunk")
+}
+
+/// Prefix of the logical message `ferry resync` writes.
+pub(crate) fn recopy_prefix(slot: &str) -> String {
+    format!("{slot}.recopy")
 }
 
 impl Drop for Stream {
@@ -118,6 +154,8 @@ impl Stream {
             last_activity: Instant::now(),
             heartbeat,
             prefix,
+            pending_chunk: None,
+            started: Vec::new(),
         }
     }
 
@@ -226,6 +264,7 @@ impl Stream {
                     changes: Vec::new(),
                     bytes: 0,
                     partial_sent: false,
+                    markers: Vec::new(),
                 });
             }
             PgOutput::Commit {
@@ -233,12 +272,16 @@ impl Stream {
                 end_lsn,
                 commit_time,
             } => {
-                let txn = self
+                let mut txn = self
                     .txn
                     .take()
                     .ok_or_else(|| Error::fatal("pgoutput Commit without Begin"))?;
                 if txn.skip {
                     return Ok(());
+                }
+                for marker in std::mem::take(&mut txn.markers) {
+                    let changes = self.on_marker(marker, ctx).await?;
+                    txn.changes.extend(changes);
                 }
                 debug_assert_eq!(txn.commit_lsn, commit_lsn);
                 let position = txn_position(commit_lsn, end_lsn);
@@ -294,9 +337,77 @@ impl Stream {
                     .collect::<Result<Vec<_>>>()?;
                 self.push(Change::Truncate { tables });
             }
-            PgOutput::Message | PgOutput::Other => {}
+            PgOutput::Message { prefix, content } => {
+                let text = || String::from_utf8_lossy(&content).into_owned();
+                let marker = if prefix == chunk_prefix(&self.prefix) {
+                    Some(Marker::Chunk(text()))
+                } else if prefix == recopy_prefix(&self.prefix) {
+                    Some(Marker::Recopy(text()))
+                } else {
+                    None
+                };
+                if let (Some(m), Some(txn)) = (marker, self.txn.as_mut()) {
+                    txn.markers.push(m);
+                }
+            }
+            PgOutput::Other => {}
         }
         Ok(())
+    }
+
+    /// The changes a marker stands for in its transaction.
+    async fn on_marker(&mut self, marker: Marker, ctx: &mut Context<'_>) -> Result<Vec<Change>> {
+        match marker {
+            Marker::Chunk(id) => {
+                // A marker without its rows was written by an earlier run.
+                if self.pending_chunk.as_ref().is_none_or(|p| p.id != id) {
+                    return Ok(Vec::new());
+                }
+                let chunk = self.pending_chunk.take().expect("checked above");
+                let oid = chunk.relation.oid;
+                // The table's structure here is the one the rows were read
+                // in (the read blocked structure changes): describe it, so
+                // a change pgoutput has not sent yet comes first.
+                let mut out: Vec<Change> = self
+                    .on_relation(chunk.relation, ctx)
+                    .await?
+                    .into_iter()
+                    .collect();
+                let table = self.rel(oid)?.table.clone();
+                if let Some(bad) = chunk.rows.iter().find(|r| r.len() != table.columns.len()) {
+                    return Err(Error::fatal(format!(
+                        "a re-copy chunk of {} has {} values per row for {} columns; this is a ferry bug",
+                        table.name,
+                        bad.len(),
+                        table.columns.len()
+                    )));
+                }
+                out.push(Change::RecopyRows {
+                    table,
+                    range: chunk.range,
+                    rows: chunk.rows,
+                });
+                Ok(out)
+            }
+            Marker::Recopy(name) => {
+                let table = self
+                    .relations
+                    .values()
+                    .map(|r| &r.table)
+                    .find(|t| t.name.to_string() == name)
+                    .or_else(|| ctx.known.values().find(|t| t.name.to_string() == name))
+                    .cloned();
+                let Some(table) = table else {
+                    tracing::warn!(table = %name, "ferry resync names a table this pipeline does not replicate; ignored");
+                    return Ok(Vec::new());
+                };
+                self.started.push(table.clone());
+                Ok(vec![Change::RecopyStart {
+                    table,
+                    reason: "ferry resync".into(),
+                }])
+            }
+        }
     }
 
     fn rel(&self, oid: u32) -> Result<&Rel> {

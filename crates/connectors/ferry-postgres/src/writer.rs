@@ -15,8 +15,8 @@ use async_trait::async_trait;
 use bytes::BytesMut;
 use ferry_core::value::display_key;
 use ferry_core::{
-    Checkpoint, CheckpointRecord, EncodedRows, Error, KeylessOp, Result, SinkWriter, Step,
-    TableName, TableOps, TableRef, Value,
+    Checkpoint, CheckpointRecord, EncodedRows, Error, KeyRange, KeylessOp, Result, SinkWriter,
+    Step, TableName, TableOps, TableRef, Value,
 };
 use futures_util::SinkExt;
 use tokio_postgres::Client;
@@ -392,6 +392,42 @@ impl PostgresWriter {
         Ok(())
     }
 
+    /// An online re-copy chunk: deletes the target's rows in `range` (in
+    /// ferry's key order, as the source read it), then writes `rows`.
+    async fn replace(
+        &mut self,
+        table: &TableRef,
+        range: &KeyRange,
+        rows: &[Vec<Value>],
+        keep_others: bool,
+    ) -> Result<()> {
+        let t = if table.is_keyless() {
+            self.target(table).await?
+        } else {
+            self.keyed_target(table).await?
+        };
+        if !keep_others {
+            let keys: Vec<&crate::reader::ReadColumn> = t.key_read.iter().collect();
+            let sql = match crate::reader::range_predicate(&keys, range)? {
+                Some(p) => format!("DELETE FROM {} WHERE {p}", t.qualified),
+                None => format!("DELETE FROM {}", t.qualified),
+            };
+            self.exec(&sql, &[])
+                .await
+                .map_err(|e| e.with("table", t.display.clone()))?;
+        }
+        if rows.is_empty() {
+            return Ok(());
+        }
+        if table.is_keyless() {
+            let rows: Vec<&Vec<Value>> = rows.iter().collect();
+            return self.insert_rows(&t, &rows).await;
+        }
+        let mut ops = TableOps::new(table.clone());
+        ops.upserts = rows.to_vec();
+        self.apply_rows(&ops).await
+    }
+
     /// Plain multi-row `INSERT`s (no conflict target: a keyless table).
     async fn insert_rows(&mut self, t: &Target, rows: &[&Vec<Value>]) -> Result<()> {
         let all: Vec<usize> = (0..t.cols.len()).collect();
@@ -628,6 +664,12 @@ impl SinkWriter for PostgresWriter {
                     row,
                 } => self.move_key(table, old_key, row).await?,
                 Step::Keyless { table, ops } => self.apply_keyless(table, ops).await?,
+                Step::Replace {
+                    table,
+                    range,
+                    rows,
+                    keep_others,
+                } => self.replace(table, range, rows, *keep_others).await?,
             }
         }
         Ok(())

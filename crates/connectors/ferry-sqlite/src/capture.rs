@@ -86,7 +86,18 @@ pub(crate) fn install(
     tables: &[TableRef],
     pipeline: &str,
 ) -> rusqlite::Result<Vec<String>> {
+    let fresh = !table_exists(conn, "_ferry_changes")?;
     conn.execute_batch(CREATE_CHANGES)?;
+    if fresh {
+        // Seqs of a new change table start at the current time in
+        // microseconds, so they keep growing across a teardown and a new
+        // install: a checkpoint taken before can never look like a
+        // position of the new table (see `Source::continuity`).
+        conn.execute(
+            "INSERT INTO sqlite_sequence(name, seq) VALUES ('_ferry_changes', ?1)",
+            [now_micros()],
+        )?;
+    }
     conn.execute_batch(CREATE_CONSUMERS)?;
     let mut recreated = Vec::new();
     for table in tables {
@@ -111,13 +122,50 @@ pub(crate) fn install(
             conn.execute_batch(&t.create)?;
         }
     }
+    // A new consumer starts after everything allocated so far: what came
+    // before was never captured for it.
     conn.execute(
-        "INSERT INTO _ferry_consumers(pipeline, acked_seq) \
-         VALUES (?1, (SELECT COALESCE(max(seq), 0) FROM _ferry_changes)) \
-         ON CONFLICT(pipeline) DO NOTHING",
+        &format!(
+            "INSERT INTO _ferry_consumers(pipeline, acked_seq) VALUES (?1, ({END_SQL})) \
+             ON CONFLICT(pipeline) DO NOTHING"
+        ),
         [pipeline],
     )?;
     Ok(recreated)
+}
+
+/// The position `pipeline` acknowledged (`None`: not a consumer).
+pub(crate) fn acked(conn: &Connection, pipeline: &str) -> rusqlite::Result<Option<i64>> {
+    conn.query_row(
+        "SELECT acked_seq FROM _ferry_consumers WHERE pipeline = ?1",
+        [pipeline],
+        |r| r.get(0),
+    )
+    .optional()
+}
+
+/// `ferry resync`: a change row asking `pipeline` to re-copy `table`.
+pub(crate) fn request_recopy(
+    conn: &Connection,
+    table: &str,
+    pipeline: &str,
+) -> rusqlite::Result<()> {
+    conn.execute(
+        &format!(
+            "INSERT INTO _ferry_changes(tbl, op, old_row, new_row, ts) VALUES (?1, '{RECOPY_OP}', NULL, ?2, {NOW_MICROS})"
+        ),
+        params![table, pipeline],
+    )?;
+    Ok(())
+}
+
+/// The `op` of a [`request_recopy`] row; its `new_row` names the pipeline.
+pub(crate) const RECOPY_OP: &str = "R";
+
+fn now_micros() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(1, |d| d.as_micros() as i64)
 }
 
 /// What [`uninstall`] did.
@@ -197,13 +245,17 @@ pub(crate) fn installed_triggers(
     Ok(n)
 }
 
+/// The change table's current end: the highest seq ever handed out (a
+/// new table's first seq comes after its seed, and pruning empties it).
+pub(crate) const END_SQL: &str = "SELECT max(\
+     COALESCE((SELECT max(seq) FROM _ferry_changes), 0), \
+     COALESCE((SELECT seq FROM sqlite_sequence WHERE name = '_ferry_changes'), 0))";
+
 /// The extent of the change table.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Extent {
     /// Lowest seq still present (`None`: the table is empty).
     pub(crate) min: Option<i64>,
-    /// Highest seq present, or 0.
-    pub(crate) max: i64,
     /// Highest seq ever handed out (`sqlite_sequence`), which survives pruning.
     pub(crate) allocated: i64,
 }
@@ -223,7 +275,6 @@ pub(crate) fn extent(conn: &Connection) -> rusqlite::Result<Extent> {
         .optional()?;
     Ok(Extent {
         min,
-        max,
         allocated: allocated.unwrap_or(0).max(max),
     })
 }

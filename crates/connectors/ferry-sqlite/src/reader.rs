@@ -107,40 +107,61 @@ pub(crate) async fn read_rows(
     let table = TableRef::clone(table);
     let after = after.map(<[Value]>::to_vec);
     let path = conn.path.clone();
-    conn.run(move |c| {
-        let n = table.key.len();
+    conn.run(move |c| read_rows_in(c, &path, &table, after.as_deref(), limit))
+        .await
+}
+
+/// Up to `limit` rows of `table` with key after `after`, in key order, on
+/// `c` (inside whatever transaction it has open). A table without a key
+/// is read whole, in rowid order.
+pub(crate) fn read_rows_in(
+    c: &Connection,
+    path: &std::path::Path,
+    table: &TableSchema,
+    after: Option<&[Value]>,
+    limit: usize,
+) -> Result<Vec<Vec<Value>>> {
+    let n = table.key.len();
+    let sql = if table.is_keyless() {
+        format!(
+            "SELECT {} FROM {} ORDER BY rowid",
+            column_list(table),
+            ident(&table.name.name)
+        )
+    } else {
         let filter = match after {
-            Some(_) => format!("WHERE {} > {}", key_tuple(&table), params_tuple(2, n)),
+            Some(_) => format!("WHERE {} > {}", key_tuple(table), params_tuple(2, n)),
             None => String::new(),
         };
-        let sql = format!(
+        format!(
             "SELECT {} FROM {} {filter} ORDER BY {} LIMIT ?1",
-            column_list(&table),
+            column_list(table),
             ident(&table.name.name),
-            key_order(&table)
-        );
-        let fail = |e| {
-            let mut err = db_error(&path, "reading rows", e)
-                .with("table", table.name.to_string())
-                .with("statement", sql.clone());
-            if let Some(k) = &after {
-                err = err.with("key", display_key(k));
-            }
-            err
-        };
-        let mut stmt = c.prepare_cached(&sql).map_err(fail)?;
+            key_order(table)
+        )
+    };
+    let fail = |e| {
+        let mut err = db_error(path, "reading rows", e)
+            .with("table", table.name.to_string())
+            .with("statement", sql.clone());
+        if let Some(k) = after {
+            err = err.with("key", display_key(k));
+        }
+        err
+    };
+    let mut stmt = c.prepare_cached(&sql).map_err(fail)?;
+    if !table.is_keyless() {
         stmt.raw_bind_parameter(1, limit as i64).map_err(fail)?;
-        for (i, v) in after.iter().flatten().enumerate() {
+        for (i, v) in after.iter().copied().flatten().enumerate() {
             stmt.raw_bind_parameter(i + 2, Param(v)).map_err(fail)?;
         }
-        let mut rows = stmt.raw_query();
-        let mut out = Vec::new();
-        while let Some(row) = rows.next().map_err(fail)? {
-            out.push(convert_row(&table, row)?);
-        }
-        Ok(out)
-    })
-    .await
+    }
+    let mut rows = stmt.raw_query();
+    let mut out = Vec::new();
+    while let Some(row) = rows.next().map_err(fail)? {
+        out.push(convert_row(table, row)?);
+    }
+    Ok(out)
 }
 
 /// Every row of a table without a key, in rowid order (every table ferry

@@ -1,7 +1,7 @@
 //! Consistent snapshots of a SQLite source.
 //!
 //! One dedicated thread and connection per snapshot: `BEGIN`, then as the
-//! *first* statement `SELECT max(seq) FROM _ferry_changes`. In WAL mode the
+//! *first* statement reading the change table's end (`capture::END_SQL`). In WAL mode the
 //! first read of a transaction fixes its view of the database, so the
 //! position and every table read afterwards in the same transaction come
 //! from one state. The triggers were installed by `prepare()` before, so a
@@ -139,11 +139,7 @@ fn begin(path: &std::path::Path) -> Result<(Connection, i64)> {
     conn.execute_batch("BEGIN")
         .map_err(|e| db_error(path, "starting the snapshot", e))?;
     let seq = conn
-        .query_row(
-            "SELECT COALESCE(max(seq), 0) FROM _ferry_changes",
-            [],
-            |r| r.get(0),
-        )
+        .query_row(crate::capture::END_SQL, [], |r| r.get(0))
         .map_err(|e| {
             db_error(path, "reading the snapshot position", e)
                 .with_fix("the capture tables are missing: prepare() must run before snapshot()")

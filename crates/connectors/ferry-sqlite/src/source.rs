@@ -21,8 +21,9 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use async_trait::async_trait;
 use ferry_core::{
-    CheckItem, Error, ErrorClass, Position, Result, Selection, SnapshotReader, SnapshotRequest,
-    Source, SourceEvent, SqlitePosition, TableReader, TableRef, Transaction, Value,
+    Change, CheckItem, Continuity, Error, ErrorClass, Position, Result, Selection, SnapshotReader,
+    SnapshotRequest, Source, SourceEvent, SqlitePosition, TableName, TableReader, TableRef,
+    Transaction, Value,
 };
 use rusqlite::{Connection, TransactionBehavior};
 
@@ -72,6 +73,11 @@ pub struct SqliteSource {
     tables: Option<(Vec<TableRef>, i64)>,
     stream: Option<Stream>,
     acks: Acks,
+    /// Online re-copies running: table and the last key copied.
+    recopies: std::collections::VecDeque<(TableRef, Option<Vec<Value>>)>,
+    /// A re-copy chunk read at seq `.0`, delivered once the stream has
+    /// delivered everything up to it.
+    pending_recopy: Option<(i64, ferry_core::Change)>,
 }
 
 struct Stream {
@@ -124,6 +130,8 @@ impl SqliteSource {
                 pending: None,
                 last_flush: None,
             },
+            recopies: Default::default(),
+            pending_recopy: None,
         })
     }
 
@@ -170,6 +178,7 @@ impl SqliteSource {
         let (after, hi) = (group.cursor, group.hi);
         let by_name = Arc::clone(&stream.by_name);
         let path = self.cfg.path.clone();
+        let pipeline = self.cfg.pipeline.clone();
         let (changes, last_seq, read, max_ts) = self
             .conn
             .run(move |c| {
@@ -179,13 +188,31 @@ impl SqliteSource {
                 let max_ts = rows.iter().filter_map(|r| r.ts).max();
                 let mut changes = Vec::with_capacity(rows.len());
                 for row in &rows {
-                    if let Some(table) = by_name.get(&row.table) {
-                        changes.push(decode_change(table, row)?);
+                    let Some(table) = by_name.get(&row.table) else {
+                        continue;
+                    };
+                    if row.op == capture::RECOPY_OP {
+                        // `ferry resync` of this pipeline (others ignore it).
+                        if row.new.as_deref() == Some(pipeline.as_str()) {
+                            changes.push(Change::RecopyStart {
+                                table: table.clone(),
+                                reason: "ferry resync".into(),
+                            });
+                        }
+                        continue;
                     }
+                    changes.push(decode_change(table, row)?);
                 }
                 Ok((changes, last, rows.len(), max_ts))
             })
             .await?;
+        // A re-copy requested in the stream runs from here on.
+        for c in &changes {
+            if let Change::RecopyStart { table, .. } = c {
+                self.recopies.retain(|(t, _)| t.name != table.name);
+                self.recopies.push_back((table.clone(), None));
+            }
+        }
         let stream = self.stream_mut()?;
         let group = stream.group.as_mut().expect("group checked above");
         group.cursor = last_seq;
@@ -317,6 +344,49 @@ impl SqliteSource {
     }
 }
 
+impl SqliteSource {
+    /// Reads the next chunk of the oldest re-copy in one read transaction
+    /// with the change table's end: the rows are exactly the table's state
+    /// after the change at that seq (SQLite has one writer, and triggers
+    /// write change rows in the writer's transaction).
+    async fn read_recopy_chunk(&mut self) -> Result<(i64, Change)> {
+        let (table, after) = self.recopies.front().cloned().expect("a re-copy runs");
+        let limit = self.cfg.max_chunk_rows.max(1);
+        let path = self.cfg.path.clone();
+        let t = table.clone();
+        let a = after.clone();
+        let (at, rows) = self
+            .conn
+            .run(move |c| {
+                let err = |e| db_error(&path, "reading a re-copy chunk", e);
+                let tx = c.transaction().map_err(err)?;
+                let at = capture::extent(&tx).map_err(err)?.allocated;
+                let rows = crate::reader::read_rows_in(&tx, &path, &t, a.as_deref(), limit)?;
+                tx.commit().map_err(err)?;
+                Ok((at, rows))
+            })
+            .await?;
+        let last = table.is_keyless() || rows.len() < limit;
+        let upper = if last {
+            self.recopies.pop_front();
+            None
+        } else {
+            let k = rows.last().map(|r| table.key_of(r));
+            self.recopies[0].1 = k.clone();
+            k
+        };
+        let lower = if table.is_keyless() { None } else { after };
+        Ok((
+            at,
+            Change::RecopyRows {
+                table,
+                range: ferry_core::KeyRange { lower, upper },
+                rows,
+            },
+        ))
+    }
+}
+
 fn schema_version(c: &Connection, path: &Path) -> Result<i64> {
     c.query_row("PRAGMA schema_version", [], |r| r.get(0))
         .map_err(|e| db_error(path, "reading the schema version", e))
@@ -427,7 +497,7 @@ impl Source for SqliteSource {
                 }
                 let extent = capture::extent(c).map_err(err)?;
                 let Some(from) = from else {
-                    return Ok(extent.max);
+                    return Ok(extent.allocated);
                 };
                 if from > extent.allocated {
                     return Err(Error::fatal(format!(
@@ -481,6 +551,39 @@ impl Source for SqliteSource {
                     Some(event) => return Ok(event),
                     None => continue,
                 }
+            }
+            let delivered = self.stream_mut()?.delivered;
+            // Groups end at the chunk's seq (a boundary), so the stream
+            // reaches it exactly.
+            if let Some((at, _)) = &self.pending_recopy
+                && *at == delivered
+            {
+                let (at, change) = self.pending_recopy.take().expect("checked above");
+                let stream = self.stream_mut()?;
+                stream.last_event = Instant::now();
+                return Ok(SourceEvent::Commit(Transaction {
+                    position: Position::Sqlite(SqlitePosition { seq: at }),
+                    commit_time_micros: Some(now_micros()),
+                    changes: vec![change],
+                }));
+            }
+            let caught_up = {
+                let stream = self.stream_mut()?;
+                stream.seen == stream.delivered
+            };
+            if self.pending_recopy.is_none() && !self.recopies.is_empty() && caught_up {
+                let (at, change) = self.read_recopy_chunk().await?;
+                let stream = self.stream_mut()?;
+                if at > stream.seen {
+                    // Deliver the changes up to the chunk's position first,
+                    // ending a group exactly there.
+                    stream.seen = at;
+                    if let Err(i) = stream.boundaries.binary_search(&at) {
+                        stream.boundaries.insert(i, at);
+                    }
+                }
+                self.pending_recopy = Some((at, change));
+                continue;
             }
             let stream = self.stream_mut()?;
             if stream.seen > stream.delivered {
@@ -548,6 +651,96 @@ impl Source for SqliteSource {
             }
             Err(e) => Err(e),
         }
+    }
+
+    /// A gap when the capture was removed and installed again, this
+    /// pipeline's consumer was registered after the checkpoint, or the
+    /// change rows after it were pruned.
+    async fn continuity(&mut self, from: &Position) -> Result<Continuity> {
+        let from = from.as_sqlite()?.seq;
+        let path = self.cfg.path.clone();
+        let pipeline = self.cfg.pipeline.clone();
+        self.conn
+            .run(move |c| {
+                let err = |e| db_error(&path, "reading the change table", e);
+                if !capture::table_exists(c, "_ferry_changes").map_err(err)? {
+                    return Ok(Continuity::Exact);
+                }
+                let extent = capture::extent(c).map_err(err)?;
+                let acked = capture::acked(c, &pipeline).map_err(err)?.unwrap_or(0);
+                let gap = |reason: String, resume: i64| Continuity::Gap {
+                    reason,
+                    resume: Position::Sqlite(SqlitePosition { seq: resume }),
+                };
+                if from > extent.allocated {
+                    return Ok(gap(
+                        format!(
+                            "the change table of {} only ever reached seq {}: the capture was \
+                             removed and installed again",
+                            path.display(),
+                            extent.allocated
+                        ),
+                        extent.allocated,
+                    ));
+                }
+                if acked > from {
+                    return Ok(gap(
+                        format!(
+                            "this pipeline's capture in {} starts at seq {acked} (it was removed, \
+                             e.g. by `ferry teardown`, and installed again)",
+                            path.display()
+                        ),
+                        acked,
+                    ));
+                }
+                if extent.allocated > from && extent.min.is_none_or(|m| m > from + 1) {
+                    let resume = extent.min.map_or(extent.allocated, |m| m - 1);
+                    return Ok(gap(
+                        format!(
+                            "the changes after seq {from} were pruned from the change table of {} \
+                             (another consumer acknowledged them)",
+                            path.display()
+                        ),
+                        resume,
+                    ));
+                }
+                Ok(Continuity::Exact)
+            })
+            .await
+    }
+
+    async fn recopy(&mut self, table: &TableRef, after: Option<Vec<Value>>) -> Result<()> {
+        self.recopies.retain(|(t, _)| t.name != table.name);
+        self.recopies.push_back((table.clone(), after));
+        Ok(())
+    }
+
+    /// A change row naming the table and this pipeline.
+    async fn request_recopy(&mut self, table: &TableName) -> Result<()> {
+        let (tables, _) = self.known_tables().await?;
+        if !tables.iter().any(|t| t.name == *table) {
+            return Err(Error::fatal(format!(
+                "table {table} is not replicated by pipeline {:?}",
+                self.cfg.pipeline
+            ))
+            .with_fix("name a table the pipeline selects (`ferry status` lists them)"));
+        }
+        let path = self.cfg.path.clone();
+        let pipeline = self.cfg.pipeline.clone();
+        let name = table.name.clone();
+        self.conn
+            .run(move |c| {
+                let err = |e| db_error(&path, "writing the re-copy request", e);
+                if !capture::table_exists(c, "_ferry_changes").map_err(err)? {
+                    return Err(Error::fatal(format!(
+                        "capture is not installed in {}",
+                        path.display()
+                    ))
+                    .with_fix("run the pipeline first (`ferry run`)"));
+                }
+                capture::request_recopy(c, &name, &pipeline).map_err(err)
+            })
+            .await
     }
 
     /// Unregisters this pipeline. When no other consumer remains, drops all

@@ -53,6 +53,18 @@ impl Db {
     }
 }
 
+impl Db {
+    /// The seq a freshly installed change table starts after (the capture
+    /// seeds it with the time): positions in tests are relative to it.
+    /// Read once capture is installed and before any change is captured.
+    pub fn base(&self) -> i64 {
+        count(
+            &self.path,
+            "SELECT seq FROM sqlite_sequence WHERE name = '_ferry_changes'",
+        )
+    }
+}
+
 pub fn writer(path: &Path) -> Connection {
     let c = Connection::open(path).unwrap();
     c.busy_timeout(Duration::from_secs(10)).unwrap();

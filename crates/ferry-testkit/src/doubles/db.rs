@@ -38,6 +38,9 @@ pub(crate) struct DbState {
     pub snapshots: Vec<Position>,
     pub prepares: u64,
     pub source_faults: VecDeque<ErrorClass>,
+    /// Transactions up to this seq can no longer be streamed (a purged
+    /// log, a dropped slot): see [`MemoryDb::forget_log_through`].
+    pub forgotten_through: i64,
 }
 
 #[derive(Default)]
@@ -143,7 +146,11 @@ fn apply(tables: &mut BTreeMap<TableName, Rows>, change: &Change, seq: i64) {
                 tables.entry(t.name.clone()).or_default().clear();
             }
         }
-        Change::Schema { .. } => {}
+        Change::Schema { .. } | Change::RecopyStart { .. } => {}
+        Change::RecopyRows { table, .. } => panic!(
+            "MemoryDb: transaction {seq} commits re-copy rows of {}: only a source delivers those",
+            table.name
+        ),
     }
 }
 
@@ -203,6 +210,26 @@ impl MemoryDb {
         drop(st);
         self.shared.changed.notify_waiters();
         seq_position(seq)
+    }
+
+    /// Makes the transactions up to and including `position` impossible to
+    /// stream, as a purged log or a dropped and recreated replication slot
+    /// would: [`MemorySource`](super::MemorySource) then reports a gap for
+    /// a checkpoint before it.
+    pub fn forget_log_through(&self, position: &Position) {
+        let seq = position.as_sqlite().expect("a MemoryDb position").seq;
+        let mut st = self.lock();
+        st.forgotten_through = st.forgotten_through.max(seq);
+    }
+
+    /// `ferry resync`: commits a transaction holding only a request to
+    /// re-copy `table`, which the [`MemorySource`](super::MemorySource)
+    /// streaming it starts.
+    pub fn request_recopy(&self, table: &TableRef) -> Position {
+        self.commit(vec![Change::RecopyStart {
+            table: table.clone(),
+            reason: "ferry resync".into(),
+        }])
     }
 
     /// Position of the newest transaction (`seq 0` when there is none).

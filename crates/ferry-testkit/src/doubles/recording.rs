@@ -35,6 +35,8 @@ pub enum StepSummary {
     MoveKey(String),
     /// A `Keyless` step: the table and its number of changes.
     Keyless(String, usize),
+    /// A `Replace` step (online re-copy chunk): the table and its rows.
+    Replace(String, usize),
 }
 
 impl StepSummary {
@@ -56,6 +58,9 @@ impl StepSummary {
             Step::Schema { table, .. } => StepSummary::Schema(table.name.to_string()),
             Step::MoveKey { table, .. } => StepSummary::MoveKey(table.name.to_string()),
             Step::Keyless { table, ops } => StepSummary::Keyless(table.name.to_string(), ops.len()),
+            Step::Replace { table, rows, .. } => {
+                StepSummary::Replace(table.name.to_string(), rows.len())
+            }
         }
     }
 }

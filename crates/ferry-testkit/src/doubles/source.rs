@@ -6,8 +6,9 @@ use std::time::Duration;
 use crate::doubles::{MEMORY_ROW_ENCODING, encode_rows};
 use async_trait::async_trait;
 use ferry_core::{
-    CheckItem, ChunkRows, EncodedRows, Error, KeyRange, Position, Result, SnapshotChunk,
-    SnapshotReader, SnapshotRequest, Source, SourceEvent, TableRef, Transaction, Value,
+    Change, CheckItem, ChunkRows, Continuity, EncodedRows, Error, KeyRange, Position, Result,
+    SnapshotChunk, SnapshotReader, SnapshotRequest, Source, SourceEvent, TableRef, Transaction,
+    Value,
 };
 
 use super::db::{MemoryDb, Rows};
@@ -30,6 +31,12 @@ use super::seq_position;
 /// * `ack` records the position in the database ([`MemoryDb::acks`]) and
 ///   panics if it goes backwards or past what was delivered (the task
 ///   running the source then fails, and the pipeline with it).
+/// * `continuity(from)` reports a gap when the database forgot the log
+///   after `from` ([`MemoryDb::forget_log_through`]).
+/// * Online re-copies ([`Source::recopy`], or a
+///   [`MemoryDb::request_recopy`] marker met in the stream) deliver one
+///   chunk of [`chunk_rows`](Self::chunk_rows) rows whenever the stream has
+///   caught up with the database, at the newest transaction's position.
 pub struct MemorySource {
     db: MemoryDb,
     tables: Vec<TableRef>,
@@ -44,6 +51,8 @@ pub struct MemorySource {
     pending: VecDeque<SourceEvent>,
     /// Offers [`MEMORY_ROW_ENCODING`](crate::doubles::MEMORY_ROW_ENCODING).
     encoded: bool,
+    /// Online re-copies running: table and the last key copied.
+    recopies: VecDeque<(TableRef, Option<Vec<Value>>)>,
 }
 
 impl MemorySource {
@@ -62,6 +71,7 @@ impl MemorySource {
             boundaries: Vec::new(),
             pending: VecDeque::new(),
             encoded: false,
+            recopies: VecDeque::new(),
         }
     }
 
@@ -129,6 +139,14 @@ impl MemorySource {
         st.deliveries.push(position.clone());
         drop(st);
         self.cursor = Some(seq);
+        // A re-copy requested in the stream runs from here on.
+        for c in &group {
+            if let Change::RecopyStart { table, .. } = c
+                && !self.recopies.iter().any(|(t, _)| t.name == table.name)
+            {
+                self.recopies.push_back((table.clone(), None));
+            }
+        }
         if let Some(n) = self.partial_after {
             while group.len() > n {
                 let rest = group.split_off(n);
@@ -144,6 +162,43 @@ impl MemorySource {
             changes: group,
         }));
         Ok(true)
+    }
+
+    /// The next chunk of the first running re-copy, read at the newest
+    /// transaction's position, if the stream has delivered up to it.
+    fn recopy_chunk(&mut self) -> Option<SourceEvent> {
+        let (table, after) = self.recopies.front()?.clone();
+        let st = self.db.lock();
+        let head = st.log.len() as i64;
+        if self.cursor != Some(head) {
+            return None;
+        }
+        let rows = super::db::read_rows(
+            st.tables.get(&table.name),
+            after.as_deref(),
+            self.chunk_rows,
+        );
+        drop(st);
+        let upper = (rows.len() == self.chunk_rows)
+            .then(|| table.key_of(rows.last().expect("a full chunk")));
+        match &upper {
+            Some(k) => self.recopies[0].1 = Some(k.clone()),
+            None => {
+                self.recopies.pop_front();
+            }
+        }
+        Some(SourceEvent::Commit(Transaction {
+            position: seq_position(head),
+            commit_time_micros: Some(super::now_micros()),
+            changes: vec![Change::RecopyRows {
+                table,
+                range: KeyRange {
+                    lower: after,
+                    upper,
+                },
+                rows,
+            }],
+        }))
     }
 }
 
@@ -219,6 +274,12 @@ impl Source for MemorySource {
             ))
             .with_fix("the checkpoint belongs to another database; reset the pipeline"));
         }
+        let forgotten = self.db.lock().forgotten_through;
+        if from < forgotten {
+            return Err(Error::fatal(format!(
+                "MemorySource: stream requested from seq {from}, but the log through seq {forgotten} is gone"
+            )));
+        }
         self.boundaries = boundaries
             .iter()
             .map(|b| b.as_sqlite().map(|p| p.seq))
@@ -231,6 +292,9 @@ impl Source for MemorySource {
         let shared = self.db.shared.clone();
         loop {
             if let Some(ev) = self.pending.pop_front() {
+                return Ok(ev);
+            }
+            if let Some(ev) = self.recopy_chunk() {
                 return Ok(ev);
             }
             // Registered before looking, so a commit right after the look
@@ -271,6 +335,35 @@ impl Source for MemorySource {
     }
 
     async fn teardown(&mut self) -> Result<()> {
+        Ok(())
+    }
+
+    async fn continuity(&mut self, from: &Position) -> Result<Continuity> {
+        let from = from.as_sqlite()?.seq;
+        let forgotten = self.db.lock().forgotten_through;
+        Ok(if from < forgotten {
+            Continuity::Gap {
+                reason: format!("the log through seq {forgotten} was forgotten"),
+                resume: seq_position(forgotten),
+            }
+        } else {
+            Continuity::Exact
+        })
+    }
+
+    async fn recopy(&mut self, table: &TableRef, after: Option<Vec<Value>>) -> Result<()> {
+        self.recopies.retain(|(t, _)| t.name != table.name);
+        self.recopies.push_back((table.clone(), after));
+        Ok(())
+    }
+
+    async fn request_recopy(&mut self, table: &ferry_core::TableName) -> Result<()> {
+        let t = self
+            .tables
+            .iter()
+            .find(|t| t.name == *table)
+            .ok_or_else(|| Error::fatal(format!("MemorySource: no table {table}")))?;
+        self.db.request_recopy(t);
         Ok(())
     }
 }

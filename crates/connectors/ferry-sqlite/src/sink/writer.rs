@@ -13,8 +13,8 @@ use std::sync::mpsc::{SyncSender, sync_channel};
 use async_trait::async_trait;
 use ferry_core::value::display_key;
 use ferry_core::{
-    CheckpointRecord, Error, ErrorClass, KeylessOp, Result, SinkWriter, Step, TableOps, TableRef,
-    TableSchema, Value,
+    CheckpointRecord, Error, ErrorClass, KeyRange, KeylessOp, Result, SinkWriter, Step, TableOps,
+    TableRef, TableSchema, Value,
 };
 use rusqlite::{CachedStatement, Connection, params};
 
@@ -442,7 +442,58 @@ fn apply_step(c: &Connection, path: &Path, step: &Step) -> Result<()> {
             row,
         } => move_key(c, path, table, old_key, row),
         Step::Keyless { table, ops } => apply_keyless(c, path, table, ops),
+        Step::Replace {
+            table,
+            range,
+            rows,
+            keep_others,
+        } => replace(c, path, table, range, rows, *keep_others),
     }
+}
+
+/// An online re-copy chunk: deletes the rows of `range` (row-value
+/// comparisons of the key: bytes for text, as ferry orders keys), then
+/// writes `rows`.
+fn replace(
+    c: &Connection,
+    path: &Path,
+    t: &TableRef,
+    range: &KeyRange,
+    rows: &[Vec<Value>],
+    keep_others: bool,
+) -> Result<()> {
+    if !keep_others {
+        let n = t.key.len();
+        let tuple = crate::reader::key_tuple(t);
+        let mut conds = Vec::new();
+        let mut values: Vec<&Value> = Vec::new();
+        if let Some(lower) = range.lower.as_ref().filter(|_| n > 0) {
+            conds.push(format!(
+                "{tuple} > {}",
+                crate::reader::params_tuple(values.len() + 1, n)
+            ));
+            values.extend(lower);
+        }
+        if let Some(upper) = range.upper.as_ref().filter(|_| n > 0) {
+            conds.push(format!(
+                "{tuple} <= {}",
+                crate::reader::params_tuple(values.len() + 1, n)
+            ));
+            values.extend(upper);
+        }
+        let mut sql = format!("DELETE FROM {}", ident(&t.name.name));
+        if !conds.is_empty() {
+            sql.push_str(&format!(" WHERE {}", conds.join(" AND ")));
+        }
+        let key = range.lower.clone().unwrap_or_default();
+        Statement::new(c, path, t, &sql)?.run(values, || key.clone())?;
+    }
+    if t.is_keyless() {
+        return load_rows(c, path, t, rows);
+    }
+    let mut ops = TableOps::new(t.clone());
+    ops.upserts = rows.to_vec();
+    apply_ops(c, path, &ops)
 }
 
 fn clear(c: &Connection, path: &Path, t: &TableSchema) -> Result<()> {

@@ -5,8 +5,8 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use ferry_core::{
-    CheckpointRecord, EncodedRows, Error, Result, SinkWriter, Step, TableName, TableRef, Value,
-    display_key,
+    CheckpointRecord, EncodedRows, Error, KeyRange, Result, SinkWriter, Step, TableName, TableRef,
+    Value, display_key,
 };
 
 use super::{CommitView, SinkShared, SinkState, Txn, applied_of, missing_table, no_txn};
@@ -50,6 +50,34 @@ impl SinkState {
             }
         }
         self.tables.get(table)?.rows.get(key).cloned()
+    }
+
+    /// Keys of `table` in `range` as transaction `me` sees them.
+    fn keys_in(&self, me: u64, table: &TableName, range: &KeyRange) -> Vec<Vec<Value>> {
+        let ov = self.open.get(&me).and_then(|t| t.tables.get(table));
+        let mut keys: std::collections::BTreeSet<Vec<Value>> = match ov {
+            Some(ov) if ov.truncated => Default::default(),
+            _ => self
+                .tables
+                .get(table)
+                .map(|t| {
+                    t.rows
+                        .keys()
+                        .filter(|k| range.contains(k))
+                        .cloned()
+                        .collect()
+                })
+                .unwrap_or_default(),
+        };
+        if let Some(ov) = ov {
+            for (k, row) in ov.rows.iter().filter(|(k, _)| range.contains(k)) {
+                match row {
+                    Some(_) => keys.insert(k.clone()),
+                    None => keys.remove(k),
+                };
+            }
+        }
+        keys.into_iter().collect()
     }
 
     fn stage(&mut self, me: u64, table: &TableName, key: Vec<Value>, row: Option<Vec<Value>>) {
@@ -211,6 +239,38 @@ impl MemWriter {
         }
     }
 
+    /// An online re-copy chunk: the rows of `range` become `rows`.
+    async fn replace(
+        &self,
+        table: &TableRef,
+        range: &KeyRange,
+        rows: &[Vec<Value>],
+        keep_others: bool,
+    ) -> Result<()> {
+        let name = &table.name;
+        self.locked(name, &[], |st, me| {
+            let schema = st.schema(name)?;
+            if !keep_others {
+                for k in st.keys_in(me, name, range) {
+                    st.stage(me, name, k, None);
+                }
+            }
+            for row in rows {
+                Self::check_width(&schema, row)?;
+                let key = schema.key_of(row);
+                if !range.contains(&key) {
+                    return Err(Error::fatal(format!(
+                        "MemorySink: a re-copy row of {name} (key {}) is outside its range",
+                        display_key(&key)
+                    )));
+                }
+                st.stage(me, name, key, Some(row.clone()));
+            }
+            Ok(())
+        })
+        .await
+    }
+
     async fn truncate(&self, table: &TableName) -> Result<()> {
         self.locked(table, &[], |st, me| {
             st.schema(table)?;
@@ -282,6 +342,12 @@ impl SinkWriter for MemWriter {
                 } => {
                     self.write(table, RowWrite::Move { old_key, row }).await?;
                 }
+                Step::Replace {
+                    table,
+                    range,
+                    rows,
+                    keep_others,
+                } => self.replace(table, range, rows, *keep_others).await?,
                 // Rows are held by key here; keyless tables are tested
                 // against real databases.
                 Step::Keyless { table, .. } => {
