@@ -6,10 +6,10 @@
 //!   tuples become [`Value::Unchanged`].
 //! * A transaction larger than [`PARTIAL_CHANGES`] changes or
 //!   [`PARTIAL_BYTES`] bytes is handed over in `Partial` pieces.
-//! * The slot is confirmed only up to what the pipeline acked, except
-//!   when nothing delivered is waiting for an ack: then a keepalive's
-//!   position is confirmed at once, so WAL never piles up behind ferry
-//!   while the source is idle or busy with other tables.
+//! * The slot is confirmed only up to what the pipeline acked, which never
+//!   passes the target's checkpoint. While the source is idle or busy with
+//!   other tables, keepalives become heartbeats, which the pipeline
+//!   records on the target and acks, so WAL does not pile up behind ferry.
 //! * Every `heartbeat` of silence, a transactional logical message is
 //!   emitted on the source: it comes back as a transaction without
 //!   changes, i.e. a `Heartbeat`, which bounds waits of consistent readers.
@@ -230,12 +230,11 @@ impl Stream {
 
     async fn on_keepalive(&mut self, wal_end: Lsn, reply: bool) -> Result<()> {
         if self.txn.is_none() {
-            // Nothing delivered waits for an ack: the server may release
-            // everything it has sent, which held nothing for us.
-            if self.delivered <= self.confirmed && wal_end > self.confirmed {
-                self.confirmed = wal_end;
-                self.send_status().await?;
-            }
+            // The slot is confirmed only up to what the target's checkpoint
+            // holds (through acks), never to a keepalive's position: a slot
+            // ahead of the checkpoint is how a lost stretch of the log is
+            // recognised (`Source::continuity`). The heartbeat below lets
+            // the pipeline record this position and ack it.
             let pos = point(wal_end);
             if self.emitted.as_ref().is_none_or(|e| &pos > e) {
                 self.emitted = Some(pos.clone());

@@ -135,7 +135,7 @@ pub fn source(db: &MemoryDb, tables: &[&TableRef]) -> MemorySource {
 
 /// A pipeline running in its own task.
 pub struct Running {
-    stop: watch::Sender<bool>,
+    stop: Arc<watch::Sender<bool>>,
     handle: Option<JoinHandle<Result<Outcome>>>,
     pub stats: Arc<Stats>,
 }
@@ -157,13 +157,19 @@ pub fn start(
         shutdown,
     };
     Running {
-        stop,
+        stop: Arc::new(stop),
         handle: Some(tokio::spawn(pipeline.run())),
         stats,
     }
 }
 
 impl Running {
+    /// A handle that asks the pipeline to stop (`send(true)`) from
+    /// anywhere, e.g. a sink's commit hook.
+    pub fn stop_handle(&self) -> Arc<watch::Sender<bool>> {
+        self.stop.clone()
+    }
+
     /// Asks the pipeline to stop, without waiting.
     pub fn request_stop(&self) {
         let _ = self.stop.send(true);
