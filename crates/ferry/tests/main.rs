@@ -4,4 +4,5 @@ mod bad_input;
 mod crash;
 mod e2e;
 mod kit;
+mod operations;
 mod postgres;
