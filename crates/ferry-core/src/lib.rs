@@ -21,7 +21,9 @@ pub use batch::{KeylessOp, RowOp, Step, TableOps};
 pub use change::{Change, SourceEvent, Transaction};
 pub use check::{CheckItem, CheckStatus};
 pub use checkpoint::{Checkpoint, CheckpointRecord, CopiedRange, KeyRange, TableProgress, gaps};
-pub use error::{Action, Error, ErrorClass, Result, policy};
+pub use error::{
+    Action, Error, ErrorClass, Level, MAX_BACKOFF, Result, RetryBudget, backoff, policy,
+};
 pub use position::{Lsn, MySqlPosition, PgPosition, Position, PositionError, SqlitePosition};
 pub use reader::TableReader;
 pub use schema::{Column, TableName, TableRef, TableSchema, UserType, UserTypeDef};

@@ -6,6 +6,7 @@ mod commits;
 mod dispatch;
 pub mod merge;
 pub mod options;
+pub mod ownership;
 pub mod predicate;
 pub mod queue;
 pub mod runtime;
@@ -16,6 +17,7 @@ pub mod transform;
 mod worker;
 
 pub use options::{Consistency, Options};
+pub use ownership::different_databases;
 pub use runtime::{Outcome, Pipeline};
 pub use stats::Stats;
 pub use transform::{Ops, TableRule, Transform, TransformSpec};

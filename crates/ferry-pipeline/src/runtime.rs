@@ -51,6 +51,7 @@ impl Pipeline {
             shutdown,
         } = self;
         stats.set_phase("starting");
+        crate::ownership::claim(source.as_mut(), sink.as_ref(), &options.pipeline).await?;
         let cp = sink.load().await?;
         let tables = source.tables().await?;
         if tables.is_empty() {
@@ -234,7 +235,7 @@ async fn stream(
             committed: committed.clone(),
             stats: stats.clone(),
             ordered_commit: options.consistency == Consistency::Transactional,
-            max_retries: options.max_retries,
+            retry: options.retry_budget(),
         };
         worker_handles.push(tokio::spawn(w.run(rx, done_tx.clone())));
     }

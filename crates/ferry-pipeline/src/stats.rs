@@ -44,12 +44,16 @@ pub struct Stats {
     pub snapshot_rows: AtomicU64,
     pub queue_items: AtomicU64,
     pub queue_bytes: AtomicU64,
+    /// Transient errors retried in place by apply workers.
     pub retries: AtomicU64,
+    /// Restarts of the whole pipeline after a transient error (`ferry run`).
+    pub restarts: AtomicU64,
     tables: Mutex<BTreeMap<String, TableStats>>,
     workers: Mutex<Vec<WorkerActivity>>,
     phase: Mutex<String>,
     received: Mutex<PositionInfo>,
     applied: Mutex<PositionInfo>,
+    last_error: Mutex<String>,
 }
 
 pub fn now_micros() -> i64 {
@@ -81,11 +85,13 @@ impl Stats {
             queue_items: AtomicU64::new(0),
             queue_bytes: AtomicU64::new(0),
             retries: AtomicU64::new(0),
+            restarts: AtomicU64::new(0),
             tables: Mutex::new(BTreeMap::new()),
             workers: Mutex::new(Vec::new()),
             phase: Mutex::new("starting".into()),
             received: Mutex::new(PositionInfo::default()),
             applied: Mutex::new(PositionInfo::default()),
+            last_error: Mutex::new(String::new()),
         }
     }
 
@@ -153,6 +159,16 @@ impl Stats {
             position,
             commit_time_micros: time,
         };
+    }
+
+    /// Records the error that made the pipeline restart (or retry).
+    pub fn set_last_error(&self, error: impl Into<String>) {
+        *self.last_error.lock().expect("stats") = error.into();
+    }
+
+    /// The last error that made the pipeline restart; empty if none.
+    pub fn last_error(&self) -> String {
+        self.last_error.lock().expect("stats").clone()
     }
 
     pub fn received(&self) -> PositionInfo {

@@ -45,6 +45,12 @@ pub struct StatusReport {
     pub ddl: u64,
     pub commits: u64,
     pub retries: u64,
+    /// Restarts of the whole pipeline after transient errors.
+    #[serde(default)]
+    pub restarts: u64,
+    /// The error behind the last restart; empty if none.
+    #[serde(default)]
+    pub last_error: String,
     pub tables: BTreeMap<String, TableReport>,
     pub workers: Vec<WorkerReport>,
 }
@@ -99,6 +105,8 @@ impl RateTracker {
             ddl: g(&stats.ddl),
             commits: g(&stats.commits),
             retries: g(&stats.retries),
+            restarts: g(&stats.restarts),
+            last_error: stats.last_error(),
             tables: tables
                 .into_iter()
                 .map(|(k, t)| {
@@ -207,9 +215,15 @@ pub fn prometheus(r: &StatusReport) -> String {
     );
     metric(
         "retries_total",
-        "Transient apply errors retried.",
+        "Transient apply errors retried in place by apply workers.",
         "counter",
         r.retries as f64,
+    );
+    metric(
+        "restarts_total",
+        "Restarts of the pipeline from its checkpoint after transient errors.",
+        "counter",
+        r.restarts as f64,
     );
     for (t, s) in &r.tables {
         out.push_str(&format!(
@@ -250,6 +264,12 @@ pub fn render(r: &StatusReport, live: bool) -> String {
         "  totals:    {} snapshot rows, {} inserts, {} updates, {} deletes, {} ddl, {} commits, {} retries\n",
         r.snapshot_rows, r.inserts, r.updates, r.deletes, r.ddl, r.commits, r.retries
     ));
+    if r.restarts > 0 {
+        out.push_str(&format!(
+            "  restarts:  {} (after transient errors; the last: {})\n",
+            r.restarts, r.last_error
+        ));
+    }
     if !r.tables.is_empty() {
         out.push_str("  tables:\n");
         for (t, s) in &r.tables {
