@@ -154,3 +154,40 @@ pub fn kill_after_copy_progress(
     let n = copied();
     n > 0 && n < total
 }
+
+/// Runs `ferry ARGS` expected to end on its own within `within`; returns
+/// its exit code and output. A process still running then is killed and
+/// the test fails (a second runner that was not refused, say).
+pub fn run_to_exit(args: &[&str], within: std::time::Duration) -> (i32, String) {
+    let mut child = Command::new(FERRY)
+        .args(args)
+        .env("FERRY_LOG", "warn")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn ferry");
+    let deadline = std::time::Instant::now() + within;
+    while child.try_wait().expect("poll ferry").is_none() {
+        if std::time::Instant::now() >= deadline {
+            let _ = child.kill();
+            let out = child.wait_with_output().expect("reap ferry");
+            panic!(
+                "`ferry {}` still ran after {within:?}:\n{}",
+                args.join(" "),
+                text(&out)
+            );
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let out = child.wait_with_output().expect("ferry output");
+    (out.status.code().unwrap_or(-1), text(&out))
+}
+
+/// How many runs logged to `log` reached the change stream.
+pub fn streams_started(log: &Path) -> usize {
+    std::fs::read_to_string(log)
+        .unwrap_or_default()
+        .matches("change stream started")
+        .count()
+}

@@ -3,5 +3,6 @@
 mod bad_input;
 mod crash;
 mod e2e;
+mod fence;
 mod kit;
 mod postgres;
