@@ -167,11 +167,15 @@ pub fn parse_duration(s: &str) -> Option<Duration> {
     Some(Duration::from_secs_f64(secs))
 }
 
-/// A duration as an operator writes it: `1h`, `2m30s`, `45s`, `250ms`.
+/// A duration as an operator writes it: `1h`, `2m30s`, `45s`, `1.6s`,
+/// `250ms`.
 pub fn humantime(d: Duration) -> String {
     let ms = d.as_millis();
     if ms < 1000 {
         return format!("{ms}ms");
+    }
+    if ms < 10_000 && ms % 1000 != 0 {
+        return format!("{:.1}s", d.as_secs_f64());
     }
     let secs = (ms + 500) / 1000;
     let (h, m, s) = (secs / 3600, secs / 60 % 60, secs % 60);
@@ -516,7 +520,9 @@ mod tests {
         assert_eq!(parse_duration("x"), None);
         assert_eq!(humantime(Duration::from_secs(3600)), "1h");
         assert_eq!(humantime(Duration::from_secs(150)), "2m30s");
-        assert_eq!(humantime(Duration::from_millis(1600)), "2s");
+        assert_eq!(humantime(Duration::from_millis(1600)), "1.6s");
+        assert_eq!(humantime(Duration::from_secs(2)), "2s");
+        assert_eq!(humantime(Duration::from_millis(25_600)), "26s");
         assert_eq!(humantime(Duration::from_millis(250)), "250ms");
     }
 }

@@ -300,3 +300,28 @@ pub fn render(r: &StatusReport, live: bool) -> String {
     }
     out
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn restarts_and_retries_are_exported_and_shown() {
+        let stats = Stats::new();
+        Stats::add(&stats.restarts, 3);
+        Stats::add(&stats.retries, 2);
+        stats.set_last_error("connection refused");
+        let r = RateTracker::default().report("shop", &stats);
+        let text = prometheus(&r);
+        assert!(
+            text.contains("ferry_restarts_total{pipeline=\"shop\"} 3")
+                && text.contains("ferry_retries_total{pipeline=\"shop\"} 2"),
+            "{text}"
+        );
+        let shown = render(&r, true);
+        assert!(
+            shown.contains("restarts:  3") && shown.contains("connection refused"),
+            "{shown}"
+        );
+    }
+}

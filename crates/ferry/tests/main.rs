@@ -5,4 +5,5 @@ mod crash;
 mod e2e;
 mod fence;
 mod kit;
+mod outage;
 mod postgres;
