@@ -1,12 +1,14 @@
 //! One runner per pipeline whatever the source (the target's fence), and
 //! a target that is its own source refused, on real processes.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Duration;
 
 use ferry_testkit::{PostgresServer, eventually_blocking};
 
-use crate::kit::{Dir, count, ferry, run_to_exit, spawn_run, streams_started, terminate, text};
+use crate::kit::{
+    Dir, count, ferry, pg_number, run_to_exit, spawn_run, streams_started, terminate, text,
+};
 
 /// A SQLite source with a table without a key: a second runner would
 /// insert every new row twice.
@@ -17,19 +19,6 @@ fn keyless_source(d: &Dir) {
              INSERT INTO ledger VALUES (1, 'seed'), (1, 'seed');",
         )
         .unwrap();
-}
-
-fn write_pipeline(d: &Dir, source: &str, target: &str) -> PathBuf {
-    let p = d.path("pipeline.toml");
-    std::fs::write(
-        &p,
-        format!(
-            "name = \"test\"\n[source]\nurl = \"{source}\"\npoll_interval = \"5ms\"\n\
-             [target]\nurl = \"{target}\"\n[apply]\nbatch_time = \"20ms\"\n"
-        ),
-    )
-    .unwrap();
-    p
 }
 
 /// Runs the pipeline, then a second runner of it: refused with exit 2
@@ -105,7 +94,11 @@ fn a_second_runner_is_refused(p: &Path, log: &Path, target: &str, rows: &dyn Fn(
 fn sqlite_to_sqlite_one_runner_per_pipeline() {
     let d = Dir::new();
     keyless_source(&d);
-    let p = d.pipeline("[apply]\nbatch_time = \"20ms\"\n");
+    let p = d.pipeline_between(
+        &d.source_url(),
+        &format!("sqlite:{}", d.path("target.db").display()),
+        "",
+    );
     let target = d.path("target.db");
     a_second_runner_is_refused(
         &p,
@@ -122,17 +115,8 @@ fn sqlite_to_postgres_one_runner_per_pipeline() {
     pg.create_database("dst");
     let d = Dir::new();
     keyless_source(&d);
-    let p = write_pipeline(
-        &d,
-        &format!("sqlite:{}", d.path("source.db").display()),
-        &pg.url_for("dst"),
-    );
-    let rows = || -> i64 {
-        pg.try_psql_in("dst", "SELECT count(*) FROM ledger")
-            .ok()
-            .and_then(|n| n.parse().ok())
-            .unwrap_or(0)
-    };
+    let p = d.pipeline_between(&d.source_url(), &pg.url_for("dst"), "");
+    let rows = || pg_number(&pg, "dst", "SELECT count(*) FROM ledger");
     a_second_runner_is_refused(
         &p,
         &d.path("ferry.log"),
@@ -173,7 +157,7 @@ fn postgres_same_database_by_another_host_name_is_refused() {
     );
     let d = Dir::new();
     let src = pg.url_for("src");
-    let p = write_pipeline(&d, &src, &src.replace("127.0.0.1", "localhost"));
+    let p = d.pipeline_between(&src, &src.replace("127.0.0.1", "localhost"), "");
     same_database_refused(&p);
     assert_eq!(
         pg.psql_in("src", "SELECT count(*) FROM pg_replication_slots"),
@@ -182,7 +166,7 @@ fn postgres_same_database_by_another_host_name_is_refused() {
     );
 
     // Another database of the same server is a legitimate target.
-    let p = write_pipeline(&d, &src, &pg.url_for("dst"));
+    let p = d.pipeline_between(&src, &pg.url_for("dst"), "");
     let check = ferry(&["check", p.to_str().unwrap()]);
     assert!(
         text(&check).contains("[ok  ] source and target are different databases"),
@@ -204,7 +188,7 @@ fn postgres_same_database_by_another_host_name_is_refused() {
 fn sqlite_same_file_by_another_path_is_refused() {
     let d = Dir::new();
     keyless_source(&d);
-    let source = format!("sqlite:{}", d.path("source.db").display());
+    let source = d.source_url();
     let link = d.path("link.db");
     std::os::unix::fs::symlink(d.path("source.db"), &link).unwrap();
     for target in [
@@ -214,7 +198,7 @@ fn sqlite_same_file_by_another_path_is_refused() {
         ),
         format!("sqlite:{}", link.display()),
     ] {
-        same_database_refused(&write_pipeline(&d, &source, &target));
+        same_database_refused(&d.pipeline_between(&source, &target, ""));
     }
     let captured: i64 = d
         .source()

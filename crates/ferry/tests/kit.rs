@@ -34,6 +34,23 @@ impl Dir {
         p
     }
 
+    /// Writes pipeline `test` from `source` to `target` (URLs), with quick
+    /// polls and batches, plus `apply` lines (TOML under `[apply]`).
+    pub fn pipeline_between(&self, source: &str, target: &str, apply: &str) -> PathBuf {
+        let p = self.path("pipeline.toml");
+        let text = format!(
+            "name = \"test\"\n[source]\nurl = \"{source}\"\npoll_interval = \"5ms\"\n\
+             [target]\nurl = \"{target}\"\n[apply]\nbatch_time = \"20ms\"\n{apply}"
+        );
+        std::fs::write(&p, text).expect("write pipeline");
+        p
+    }
+
+    /// `sqlite:` URL of `source.db`.
+    pub fn source_url(&self) -> String {
+        format!("sqlite:{}", self.path("source.db").display())
+    }
+
     pub fn source(&self) -> Connection {
         open(&self.path("source.db"))
     }
@@ -190,4 +207,12 @@ pub fn streams_started(log: &Path) -> usize {
         .unwrap_or_default()
         .matches("change stream started")
         .count()
+}
+
+/// A number `sql` returns in database `db`, or -1 while it cannot be read.
+pub fn pg_number(pg: &ferry_testkit::PostgresServer, db: &str, sql: &str) -> i64 {
+    pg.try_psql_in(db, sql)
+        .ok()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(-1)
 }

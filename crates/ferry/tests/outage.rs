@@ -7,23 +7,12 @@ use std::time::{Duration, Instant};
 
 use ferry_testkit::{PostgresServer, eventually_blocking, free_port};
 
-use crate::kit::{Dir, count, ferry, run_to_exit, spawn_run, streams_started, terminate, text};
+use crate::kit::{
+    Dir, count, ferry, pg_number, run_to_exit, spawn_run, streams_started, terminate, text,
+};
 
 /// Longer than the old retry budget (8 restarts, about 25 s of back-off).
 const OUTAGE: Duration = Duration::from_secs(40);
-
-fn write_pipeline(d: &Dir, source: &str, target: &str, extra: &str) -> std::path::PathBuf {
-    let p = d.path("pipeline.toml");
-    std::fs::write(
-        &p,
-        format!(
-            "name = \"test\"\n[source]\nurl = \"{source}\"\npoll_interval = \"5ms\"\n\
-             [target]\nurl = \"{target}\"\n[apply]\nbatch_time = \"20ms\"\n{extra}"
-        ),
-    )
-    .unwrap();
-    p
-}
 
 /// The restart attempts ferry logged so far.
 fn restarts(log: &Path) -> usize {
@@ -55,13 +44,6 @@ fn ride_out(child: &mut std::process::Child, log: &Path, down_since: Instant) {
     );
 }
 
-fn pg_count(pg: &PostgresServer, db: &str, sql: &str) -> i64 {
-    pg.try_psql_in(db, sql)
-        .ok()
-        .and_then(|n| n.parse().ok())
-        .unwrap_or(-1)
-}
-
 #[test]
 fn a_target_outage_longer_than_the_old_budget_is_ridden_out() {
     let mut pg = PostgresServer::start();
@@ -75,12 +57,7 @@ fn a_target_outage_longer_than_the_old_budget_is_ridden_out() {
              INSERT INTO accounts VALUES (1, 0);",
         )
         .unwrap();
-    let p = write_pipeline(
-        &d,
-        &format!("sqlite:{}", d.path("source.db").display()),
-        &pg.url_for("dst"),
-        "",
-    );
+    let p = d.pipeline_between(&d.source_url(), &pg.url_for("dst"), "");
     let log = d.path("ferry.log");
     let mut child = spawn_run(&p, &log);
     let src = d.source();
@@ -98,7 +75,7 @@ fn a_target_outage_longer_than_the_old_budget_is_ridden_out() {
         write(n);
     }
     eventually_blocking("changes arrive", Duration::from_secs(60), || {
-        (pg_count(&pg, "dst", "SELECT count(*) FROM ledger") == 21).then_some(())
+        (pg_number(&pg, "dst", "SELECT count(*) FROM ledger") == 21).then_some(())
     });
 
     pg.stop();
@@ -114,11 +91,11 @@ fn a_target_outage_longer_than_the_old_budget_is_ridden_out() {
         write(n);
     }
     eventually_blocking("ferry catches up", Duration::from_secs(120), || {
-        let got = pg_count(&pg, "dst", "SELECT count(*) FROM ledger");
+        let got = pg_number(&pg, "dst", "SELECT count(*) FROM ledger");
         (got == 61).then_some(()).ok_or(got)
     });
     assert_eq!(
-        pg_count(&pg, "dst", "SELECT count(DISTINCT n) FROM ledger"),
+        pg_number(&pg, "dst", "SELECT count(DISTINCT n) FROM ledger"),
         61,
         "no row doubled"
     );
@@ -151,8 +128,7 @@ fn a_source_outage_longer_than_the_old_budget_is_ridden_out() {
     );
     let d = Dir::new();
     let target = d.path("target.db");
-    let p = write_pipeline(
-        &d,
+    let p = d.pipeline_between(
         &pg.url_for("src"),
         &format!("sqlite:{}", target.display()),
         "",
@@ -194,12 +170,7 @@ fn give_up_after_is_honoured() {
         .unwrap();
     // Nothing listens there: every attempt is refused (transient).
     let target = format!("postgres://postgres@127.0.0.1:{}/dst", free_port());
-    let p = write_pipeline(
-        &d,
-        &format!("sqlite:{}", d.path("source.db").display()),
-        &target,
-        "give_up_after = \"2s\"\n",
-    );
+    let p = d.pipeline_between(&d.source_url(), &target, "give_up_after = \"2s\"\n");
     let started = Instant::now();
     let (code, out) = run_to_exit(&["run", p.to_str().unwrap()], Duration::from_secs(60));
     assert_eq!(code, 2, "{out}");
