@@ -292,9 +292,10 @@ mod tests {
 
     #[test]
     fn a_lost_connection_escalates_at_once() {
-        let e = Error::transient("connection closed").with_connection_lost();
-        assert!(e.reclassify(ErrorClass::Transient).connection_lost());
-        let e = Error::transient("connection closed").with_connection_lost();
+        let e = Error::fatal("connection closed")
+            .with_connection_lost()
+            .reclassify(ErrorClass::Transient);
+        assert!(e.connection_lost(), "reclassifying keeps it");
         assert_eq!(act(&e, Level::InPlace, 0, 0), Action::Escalate);
         assert_eq!(
             act(&e, Level::Restart, 0, 0),

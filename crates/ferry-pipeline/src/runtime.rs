@@ -41,6 +41,8 @@ pub struct Pipeline {
 impl Pipeline {
     /// Runs until stopped (`Ok`) or an error the pipeline cannot handle
     /// itself (`Err`: the caller decides whether to restart, by class).
+    /// First it claims the target (`ownership.rs`): the pipeline's fence,
+    /// and a target that is not the source.
     pub async fn run(self) -> Result<Outcome> {
         let Pipeline {
             mut source,
