@@ -23,7 +23,9 @@ pub use check::{CheckItem, CheckStatus};
 pub use checkpoint::{
     Checkpoint, CheckpointRecord, CopiedRange, KeyRange, RecopyProgress, TableProgress, gaps,
 };
-pub use error::{Action, Error, ErrorClass, Result, policy};
+pub use error::{
+    Action, Error, ErrorClass, Level, MAX_BACKOFF, Result, RetryBudget, backoff, policy,
+};
 pub use position::{Lsn, MySqlPosition, PgPosition, Position, PositionError, SqlitePosition};
 pub use reader::TableReader;
 pub use schema::{Column, TableName, TableRef, TableSchema, UserType, UserTypeDef};

@@ -37,6 +37,35 @@ pub trait CheckpointStore: Send + Sync {
 pub trait Sink: CheckpointStore {
     fn info(&self) -> SinkInfo;
 
+    /// Takes the pipeline's exclusive lock on the target: one runner per
+    /// pipeline, whatever the source (the target holds the checkpoint, so
+    /// it is where two runners would collide).
+    ///
+    /// * **When**: first thing in a run, before the checkpoint is loaded
+    ///   and before any writer is opened; also by `ferry reset` before it
+    ///   clears the checkpoint.
+    /// * **How long**: held until this sink is dropped (the end of the
+    ///   run), or until the process dies: a killed runner's lock must go
+    ///   with it, without an operator. Calling it again on the same sink
+    ///   succeeds at once.
+    /// * **A second caller** (another sink of the same pipeline on the same
+    ///   target, in this process or another) may wait a few seconds for a
+    ///   holder that is going away (a killed runner's session the server
+    ///   has not ended yet), then gets a [`Fatal`](crate::ErrorClass::Fatal)
+    ///   error naming the pipeline and the target, with a fix.
+    /// * Other pipelines on the same target are not affected.
+    async fn fence(&self) -> Result<()>;
+
+    /// An opaque string naming the database this sink writes, equal for
+    /// every way of reaching the same database (another host name, a
+    /// relative path, a symbolic link) and comparable with
+    /// [`Source::identity`](crate::Source::identity): equal identities
+    /// mean source and target are one database, which a pipeline refuses.
+    /// `None`: the connector cannot tell (nothing is compared).
+    async fn identity(&self) -> Result<Option<String>> {
+        Ok(None)
+    }
+
     /// Pre-flight checks: reachable, writable, privileges.
     async fn check(&self) -> Vec<CheckItem>;
 

@@ -194,6 +194,15 @@ pub trait Source: Send {
     /// Positions passed here never go backwards.
     async fn ack(&mut self, position: &Position) -> Result<()>;
 
+    /// An opaque string naming the database this source reads, equal for
+    /// every way of reaching it (another host name, a relative path, a
+    /// symbolic link); see [`Sink::identity`](crate::Sink::identity).
+    /// May be called at any time after opening; changes nothing. `None`:
+    /// the connector cannot tell.
+    async fn identity(&mut self) -> Result<Option<String>> {
+        Ok(None)
+    }
+
     /// Removes what [`prepare`](Source::prepare) installed. Used by
     /// `ferry teardown`; the pipeline must not be running.
     async fn teardown(&mut self) -> Result<()>;

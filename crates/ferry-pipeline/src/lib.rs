@@ -6,6 +6,7 @@ mod commits;
 mod dispatch;
 pub mod merge;
 pub mod options;
+pub mod ownership;
 pub mod predicate;
 pub mod queue;
 mod recopy;
@@ -18,6 +19,7 @@ pub mod transform;
 mod worker;
 
 pub use options::{Consistency, OnGap, Options};
+pub use ownership::different_databases;
 pub use runtime::{Outcome, Pipeline};
 pub use stats::{Stats, TargetConsistency};
 pub use transform::{Ops, TableRule, Transform, TransformSpec};

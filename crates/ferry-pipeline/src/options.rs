@@ -2,6 +2,8 @@
 
 use std::time::Duration;
 
+use ferry_core::RetryBudget;
+
 /// How the target may expose source transactions.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Consistency {
@@ -42,8 +44,12 @@ pub struct Options {
     /// Bytes buffered between the source and the appliers.
     pub queue_bytes: usize,
     pub consistency: Consistency,
-    /// Attempts for a transient apply error before the pipeline stops.
+    /// Retries of one group on its own, still open, connection before the
+    /// pipeline restarts from its checkpoint (`apply.max_retries`).
     pub max_retries: u32,
+    /// Transient failures following each other without progress for this
+    /// long make ferry give up (`apply.give_up_after`).
+    pub give_up_after: Duration,
     /// While the source is idle, record its position on the target this often.
     pub idle_checkpoint: Duration,
     pub on_gap: OnGap,
@@ -59,9 +65,18 @@ impl Options {
             queue_events: 1024,
             queue_bytes: 64 << 20,
             consistency: Consistency::Transactional,
-            max_retries: 8,
+            max_retries: 3,
+            give_up_after: Duration::from_secs(3600),
             idle_checkpoint: Duration::from_secs(5),
             on_gap: OnGap::Fail,
+        }
+    }
+
+    /// What [`ferry_core::policy`] needs of these options.
+    pub fn retry_budget(&self) -> RetryBudget {
+        RetryBudget {
+            give_up_after: self.give_up_after,
+            in_place: self.max_retries,
         }
     }
 }

@@ -43,6 +43,8 @@ pub struct Pipeline {
 impl Pipeline {
     /// Runs until stopped (`Ok`) or an error the pipeline cannot handle
     /// itself (`Err`: the caller decides whether to restart, by class).
+    /// First it claims the target (`ownership.rs`): the pipeline's fence,
+    /// and a target that is not the source.
     pub async fn run(self) -> Result<Outcome> {
         let Pipeline {
             mut source,
@@ -53,6 +55,7 @@ impl Pipeline {
             shutdown,
         } = self;
         stats.set_phase("starting");
+        crate::ownership::claim(source.as_mut(), sink.as_ref(), &options.pipeline).await?;
         let cp = sink.load().await?;
         let tables = source.tables().await?;
         if tables.is_empty() {
@@ -268,7 +271,7 @@ async fn stream(
             committed: committed.clone(),
             stats: stats.clone(),
             ordered_commit: options.consistency == Consistency::Transactional,
-            max_retries: options.max_retries,
+            retry: options.retry_budget(),
         };
         worker_handles.push(tokio::spawn(w.run(rx, done_tx.clone())));
     }

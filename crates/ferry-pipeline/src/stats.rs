@@ -61,15 +61,19 @@ pub struct Stats {
     pub snapshot_rows: AtomicU64,
     pub queue_items: AtomicU64,
     pub queue_bytes: AtomicU64,
+    /// Transient errors retried in place by apply workers.
     pub retries: AtomicU64,
     /// Rows written by online re-copies.
     pub recopy_rows: AtomicU64,
+    /// Restarts of the whole pipeline after a transient error (`ferry run`).
+    pub restarts: AtomicU64,
     tables: Mutex<BTreeMap<String, TableStats>>,
     workers: Mutex<Vec<WorkerActivity>>,
     phase: Mutex<String>,
     received: Mutex<PositionInfo>,
     applied: Mutex<PositionInfo>,
     consistency: Mutex<TargetConsistency>,
+    last_error: Mutex<String>,
 }
 
 pub fn now_micros() -> i64 {
@@ -102,12 +106,14 @@ impl Stats {
             queue_bytes: AtomicU64::new(0),
             retries: AtomicU64::new(0),
             recopy_rows: AtomicU64::new(0),
+            restarts: AtomicU64::new(0),
             tables: Mutex::new(BTreeMap::new()),
             workers: Mutex::new(Vec::new()),
             phase: Mutex::new("starting".into()),
             received: Mutex::new(PositionInfo::default()),
             applied: Mutex::new(PositionInfo::default()),
             consistency: Mutex::new(TargetConsistency::Unknown),
+            last_error: Mutex::new(String::new()),
         }
     }
 
@@ -183,6 +189,16 @@ impl Stats {
 
     pub fn consistency(&self) -> TargetConsistency {
         self.consistency.lock().expect("stats").clone()
+    }
+
+    /// Records the error that made the pipeline restart (or retry).
+    pub fn set_last_error(&self, error: impl Into<String>) {
+        *self.last_error.lock().expect("stats") = error.into();
+    }
+
+    /// The last error that made the pipeline restart; empty if none.
+    pub fn last_error(&self) -> String {
+        self.last_error.lock().expect("stats").clone()
     }
 
     pub fn received(&self) -> PositionInfo {

@@ -13,10 +13,16 @@
 //! is two rows): a group holding them whose commit failed is not retried
 //! here; the error ends the run, and the restart resumes from the
 //! checkpoint the target holds, which knows whether the commit landed.
+//!
+//! A group is retried in place only on a live connection (a deadlock, a
+//! lock timeout), a few times (`apply.max_retries`); an error that says the
+//! connection is gone ends the run at once, and `ferry run` restarts the
+//! pipeline on new connections (see [`ferry_core::policy`]).
 
 use std::sync::Arc;
+use std::time::Instant;
 
-use ferry_core::{Action, CheckpointRecord, Result, SinkWriter, Step, policy};
+use ferry_core::{Action, CheckpointRecord, Level, Result, RetryBudget, SinkWriter, Step, policy};
 use tokio::sync::{mpsc, watch};
 
 use crate::commits::Commits;
@@ -56,7 +62,7 @@ pub(crate) struct Worker {
     pub committed: Arc<watch::Sender<Commits>>,
     pub stats: Arc<Stats>,
     pub ordered_commit: bool,
-    pub max_retries: u32,
+    pub retry: RetryBudget,
 }
 
 /// Waits until group `seq` has committed (0: nothing to wait for).
@@ -122,6 +128,7 @@ impl Worker {
         self.stats
             .worker(self.id, format!("applying group {seq}: {summary}"));
         let mut attempts = 0;
+        let mut first_failure: Option<Instant> = None;
         loop {
             match self.apply_group(seq, &steps, &records).await {
                 Ok(()) => return Ok(()),
@@ -142,21 +149,37 @@ impl Worker {
                         }
                         GroupError::Commit(e) | GroupError::BeforeCommit(e) => e,
                     };
-                    match policy(e.class(), attempts, self.max_retries) {
+                    let failing_for = first_failure.get_or_insert_with(Instant::now).elapsed();
+                    match policy(&e, Level::InPlace, attempts, failing_for, &self.retry) {
                         Action::Retry(wait) => {
                             attempts += 1;
                             Stats::add(&self.stats.retries, 1);
                             tracing::warn!(
                                 worker = self.id,
                                 group = seq,
-                                attempt = attempts,
-                                "retrying after: {e}"
+                                "apply failed; retrying group {seq} on the same connection in \
+                                 {wait:?} (retry {attempts} of {}): {e}",
+                                self.retry.in_place
                             );
                             self.stats.worker(
                                 self.id,
                                 format!("retry {attempts} of group {seq} in {wait:?}: {e}"),
                             );
                             tokio::time::sleep(wait).await;
+                        }
+                        Action::Escalate => {
+                            tracing::warn!(
+                                worker = self.id,
+                                group = seq,
+                                "apply failed {}; restarting the pipeline from its checkpoint on \
+                                 new connections: {e}",
+                                if e.connection_lost() {
+                                    "on a lost connection".to_owned()
+                                } else {
+                                    format!("after {attempts} retries")
+                                }
+                            );
+                            return Err(e);
                         }
                         Action::Halt => return Err(e),
                     }
@@ -257,6 +280,7 @@ mod tests {
     struct FailFirstCommit {
         applies: Arc<AtomicUsize>,
         commits: usize,
+        lost: bool,
     }
 
     #[async_trait]
@@ -280,7 +304,12 @@ mod tests {
         async fn commit(&mut self, _records: &[CheckpointRecord]) -> Result<()> {
             self.commits += 1;
             if self.commits == 1 {
-                return Err(Error::transient("connection lost during COMMIT"));
+                let e = Error::transient("connection lost during COMMIT");
+                return Err(if self.lost {
+                    e.with_connection_lost()
+                } else {
+                    e
+                });
             }
             Ok(())
         }
@@ -305,17 +334,23 @@ mod tests {
     }
 
     async fn run(steps: Vec<Step>) -> (Result<()>, usize) {
+        run_on(steps, false).await
+    }
+
+    /// `lost`: the failed commit says its connection is gone.
+    async fn run_on(steps: Vec<Step>, lost: bool) -> (Result<()>, usize) {
         let applies = Arc::new(AtomicUsize::new(0));
         let mut w = Worker {
             id: 1,
             writer: Box::new(FailFirstCommit {
                 applies: applies.clone(),
                 commits: 0,
+                lost,
             }),
             committed: Arc::new(watch::channel(Commits::default()).0),
             stats: Arc::new(Stats::new()),
             ordered_commit: false,
-            max_retries: 3,
+            retry: RetryBudget::default(),
         };
         let r = w.run_group(1, 0, steps, Vec::new(), "test").await;
         (r, applies.load(Ordering::SeqCst))
@@ -337,5 +372,18 @@ mod tests {
         .await;
         assert!(r.is_err());
         assert_eq!(applies, 1);
+    }
+
+    #[tokio::test]
+    async fn a_lost_connection_is_not_retried_on() {
+        let mut ops = ferry_core::TableOps::new(table(vec![0]));
+        ops.upserts.push(vec![Value::Int(1)]);
+        let (r, applies) = run_on(vec![Step::Rows(vec![ops])], true).await;
+        let e = r.unwrap_err();
+        assert!(e.connection_lost(), "{e:?}");
+        assert_eq!(
+            applies, 1,
+            "the group is not applied again on a dead connection"
+        );
     }
 }

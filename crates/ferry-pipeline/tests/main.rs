@@ -13,6 +13,8 @@ mod support;
 mod errors;
 #[path = "pipeline/eventual.rs"]
 mod eventual;
+#[path = "pipeline/fence.rs"]
+mod fence;
 #[path = "pipeline/recopy.rs"]
 mod recopy;
 #[path = "pipeline/restart.rs"]

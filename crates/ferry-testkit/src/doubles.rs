@@ -20,7 +20,10 @@
 //!   commit after it committed (an ambiguous commit).
 //! * [`sink_conformance`]: the `Sink` contract as one test, run against
 //!   every sink (the in-memory one included); [`keyless_conformance`]: the
-//!   same for tables without a key, run against every database sink.
+//!   same for tables without a key, run against every database sink;
+//!   [`fence_conformance`]: one runner per pipeline ([`Sink::fence`]).
+//!
+//! [`Sink::fence`]: ferry_core::Sink::fence
 //!
 //! The doubles panic on misuse by *test code* (committing an update of a
 //! missing row to a `MemoryDb`, an ack going backwards) and return
@@ -29,6 +32,7 @@
 mod conformance;
 mod db;
 mod faulty;
+mod fence;
 mod recording;
 mod sink;
 mod source;
@@ -38,6 +42,7 @@ pub use conformance::{
 };
 pub use db::{DbView, LoggedTransaction, MemoryDb};
 pub use faulty::{FaultySink, SinkOp};
+pub use fence::fence_conformance;
 pub use recording::{OpsSummary, Recorded, RecordedTxn, RecordingSink, SinkCall, StepSummary};
 pub use sink::{CommitView, MemorySink};
 pub use source::MemorySource;

@@ -90,6 +90,7 @@ struct RawApply {
     queue_events: Option<usize>,
     queue_bytes: Option<String>,
     max_retries: Option<u32>,
+    give_up_after: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -146,6 +147,9 @@ pub struct PipelineConfig {
     pub options: Options,
     /// `snapshot.chunk_rows`; each source has its own default.
     pub chunk_rows: Option<usize>,
+    /// Valid but noteworthy settings (a key whose meaning changed), logged
+    /// when the pipeline starts.
+    pub warnings: Vec<String>,
 }
 
 fn config_error(path: &Path, msg: impl std::fmt::Display) -> Error {
@@ -165,6 +169,27 @@ pub fn parse_duration(s: &str) -> Option<Duration> {
         _ => return None,
     };
     Some(Duration::from_secs_f64(secs))
+}
+
+/// A duration as an operator writes it: `1h`, `2m30s`, `45s`, `1.6s`,
+/// `250ms`.
+pub fn humantime(d: Duration) -> String {
+    let ms = d.as_millis();
+    if ms < 1000 {
+        return format!("{ms}ms");
+    }
+    if ms < 10_000 && !ms.is_multiple_of(1000) {
+        return format!("{:.1}s", d.as_secs_f64());
+    }
+    let secs = (ms + 500) / 1000;
+    let (h, m, s) = (secs / 3600, secs / 60 % 60, secs % 60);
+    let mut out = String::new();
+    for (n, unit) in [(h, "h"), (m, "m"), (s, "s")] {
+        if n > 0 {
+            out.push_str(&format!("{n}{unit}"));
+        }
+    }
+    out
 }
 
 pub fn parse_size(s: &str) -> Option<usize> {
@@ -395,14 +420,31 @@ impl PipelineConfig {
         if let Some(n) = a.queue_events {
             options.queue_events = n.max(1);
         }
+        if let Some(s) = a.give_up_after {
+            options.give_up_after = parse_duration(&s).ok_or_else(|| {
+                config_error(
+                    path,
+                    format!("`apply.give_up_after` = {s:?} is not a duration"),
+                )
+                .with_fix("write it like \"1h\", \"30min\" or \"90s\"")
+            })?;
+        }
         if let Some(s) = a.queue_bytes {
             options.queue_bytes = parse_size(&s).ok_or_else(|| {
                 config_error(path, format!("`apply.queue_bytes` = {s:?} is not a size"))
                     .with_fix("write it like \"64MiB\"")
             })?;
         }
+        let mut warnings = Vec::new();
         if let Some(n) = a.max_retries {
             options.max_retries = n;
+            warnings.push(format!(
+                "`apply.max_retries` = {n} now only bounds how often a group is retried on a \
+                 live connection before the pipeline restarts from its checkpoint; ferry no \
+                 longer stops after it, but after `apply.give_up_after` (now {}) of continuous \
+                 failure: set that instead to choose when ferry gives up",
+                humantime(options.give_up_after)
+            ));
         }
         let chunk_rows = raw.snapshot.chunk_rows.map(|n| n.max(1));
         Ok(PipelineConfig {
@@ -417,6 +459,7 @@ impl PipelineConfig {
             transform,
             options,
             chunk_rows,
+            warnings,
         })
     }
 
@@ -478,10 +521,35 @@ mod tests {
     }
 
     #[test]
+    fn give_up_after_and_the_changed_max_retries() {
+        let c = parse(MIN).unwrap();
+        assert_eq!(c.options.give_up_after, Duration::from_secs(3600));
+        assert!(c.warnings.is_empty());
+        let c = parse(&format!("{MIN}[apply]\ngive_up_after = \"90s\"\n")).unwrap();
+        assert_eq!(c.options.give_up_after, Duration::from_secs(90));
+        let e = parse(&format!("{MIN}[apply]\ngive_up_after = \"forever\"\n")).unwrap_err();
+        assert!(e.report().contains("give_up_after") && e.report().contains("1h"));
+        // Still accepted, with a note on what it means now.
+        let c = parse(&format!("{MIN}[apply]\nmax_retries = 5\n")).unwrap();
+        assert_eq!(c.options.max_retries, 5);
+        assert!(
+            c.warnings.len() == 1 && c.warnings[0].contains("give_up_after"),
+            "{:?}",
+            c.warnings
+        );
+    }
+
+    #[test]
     fn durations_and_sizes() {
         assert_eq!(parse_duration("250ms"), Some(Duration::from_millis(250)));
         assert_eq!(parse_duration("2s"), Some(Duration::from_secs(2)));
         assert_eq!(parse_size("64MiB"), Some(64 << 20));
         assert_eq!(parse_duration("x"), None);
+        assert_eq!(humantime(Duration::from_secs(3600)), "1h");
+        assert_eq!(humantime(Duration::from_secs(150)), "2m30s");
+        assert_eq!(humantime(Duration::from_millis(1600)), "1.6s");
+        assert_eq!(humantime(Duration::from_secs(2)), "2s");
+        assert_eq!(humantime(Duration::from_millis(25_600)), "26s");
+        assert_eq!(humantime(Duration::from_millis(250)), "250ms");
     }
 }

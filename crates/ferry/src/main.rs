@@ -134,7 +134,10 @@ async fn dispatch(command: Command) -> Result<u8, Error> {
         } => resync(&PipelineConfig::load(&pipeline)?, &tables, all).await,
         Command::Reset { pipeline } => {
             let cfg = PipelineConfig::load(&pipeline)?;
-            connectors::open_sink(&cfg).await?.clear().await?;
+            let sink = connectors::open_sink(&cfg).await?;
+            // Not under a running pipeline: it would go on from where it is.
+            sink.fence().await?;
+            sink.clear().await?;
             println!(
                 "forgot the checkpoint of pipeline {} on {}; the next run copies every table again",
                 cfg.name,
@@ -241,13 +244,28 @@ async fn resync(cfg: &PipelineConfig, names: &[String], all: bool) -> Result<u8,
 
 async fn check(cfg: &PipelineConfig) -> Result<u8, Error> {
     let mut items = Vec::new();
-    match connectors::open_source(cfg).await {
-        Ok(mut s) => items.extend(s.check().await),
-        Err(e) => items.push(ferry_core::CheckItem::from_error("source: open", &e)),
-    }
-    match connectors::open_sink(cfg).await {
-        Ok(s) => items.extend(s.check().await),
-        Err(e) => items.push(ferry_core::CheckItem::from_error("target: open", &e)),
+    let mut source = match connectors::open_source(cfg).await {
+        Ok(mut s) => {
+            items.extend(s.check().await);
+            Some(s)
+        }
+        Err(e) => {
+            items.push(ferry_core::CheckItem::from_error("source: open", &e));
+            None
+        }
+    };
+    let sink = match connectors::open_sink(cfg).await {
+        Ok(s) => {
+            items.extend(s.check().await);
+            Some(s)
+        }
+        Err(e) => {
+            items.push(ferry_core::CheckItem::from_error("target: open", &e));
+            None
+        }
+    };
+    if let (Some(source), Some(sink)) = (source.as_mut(), sink.as_ref()) {
+        items.push(different_databases(cfg, source.as_mut(), sink.as_ref()).await);
     }
     for i in &items {
         println!("{i}");
@@ -258,6 +276,27 @@ async fn check(cfg: &PipelineConfig) -> Result<u8, Error> {
         .count();
     println!("{} checks, {} failed", items.len(), failed);
     Ok(if failed > 0 { 1 } else { 0 })
+}
+
+/// The check item saying whether source and target are two databases.
+async fn different_databases(
+    cfg: &PipelineConfig,
+    source: &mut dyn ferry_core::Source,
+    sink: &dyn ferry_core::Sink,
+) -> ferry_core::CheckItem {
+    const NAME: &str = "source and target are different databases";
+    let ids = async { Ok::<_, Error>((source.identity().await?, sink.identity().await?)) };
+    match ids.await.and_then(|(s, t)| {
+        ferry_pipeline::different_databases(&cfg.name, s.as_deref(), t.as_deref()).map(|()| (s, t))
+    }) {
+        Ok((Some(_), Some(_))) => ferry_core::CheckItem::ok(NAME, "their identities differ"),
+        Ok(_) => ferry_core::CheckItem::warn(
+            NAME,
+            "not compared: a connector cannot tell which database it reaches",
+            "make sure `source.url` and `target.url` name two different databases",
+        ),
+        Err(e) => ferry_core::CheckItem::from_error(NAME, &e),
+    }
 }
 
 async fn verify(cfg: &PipelineConfig) -> Result<u8, Error> {

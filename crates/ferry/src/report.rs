@@ -59,6 +59,12 @@ pub struct StatusReport {
     /// Since when, or why not yet.
     #[serde(default)]
     pub consistency: String,
+    /// Restarts of the whole pipeline after transient errors.
+    #[serde(default)]
+    pub restarts: u64,
+    /// The error behind the last restart; empty if none.
+    #[serde(default)]
+    pub last_error: String,
     pub tables: BTreeMap<String, TableReport>,
     pub workers: Vec<WorkerReport>,
 }
@@ -123,6 +129,8 @@ impl RateTracker {
                 TargetConsistency::Pending { at: None, why } => format!("not yet: {why}"),
                 TargetConsistency::Consistent { since } => format!("consistent since {since}"),
             },
+            restarts: g(&stats.restarts),
+            last_error: stats.last_error(),
             tables: tables
                 .into_iter()
                 .map(|(k, t)| {
@@ -233,7 +241,7 @@ pub fn prometheus(r: &StatusReport) -> String {
     );
     metric(
         "retries_total",
-        "Transient apply errors retried.",
+        "Transient apply errors retried in place by apply workers.",
         "counter",
         r.retries as f64,
     );
@@ -248,6 +256,12 @@ pub fn prometheus(r: &StatusReport) -> String {
         "1 when readers of the target see only states the source had, else 0.",
         "gauge",
         if r.consistent { 1.0 } else { 0.0 },
+    );
+    metric(
+        "restarts_total",
+        "Restarts of the pipeline from its checkpoint after transient errors.",
+        "counter",
+        r.restarts as f64,
     );
     for (t, s) in &r.tables {
         out.push_str(&format!(
@@ -289,6 +303,12 @@ pub fn render(r: &StatusReport, live: bool) -> String {
         "  totals:    {} snapshot rows, {} inserts, {} updates, {} deletes, {} ddl, {} commits, {} retries\n",
         r.snapshot_rows, r.inserts, r.updates, r.deletes, r.ddl, r.commits, r.retries
     ));
+    if r.restarts > 0 {
+        out.push_str(&format!(
+            "  restarts:  {} (after transient errors; the last: {})\n",
+            r.restarts, r.last_error
+        ));
+    }
     if !r.tables.is_empty() {
         out.push_str("  tables:\n");
         for (t, s) in &r.tables {
@@ -323,4 +343,29 @@ pub fn render(r: &StatusReport, live: bool) -> String {
         }
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn restarts_and_retries_are_exported_and_shown() {
+        let stats = Stats::new();
+        Stats::add(&stats.restarts, 3);
+        Stats::add(&stats.retries, 2);
+        stats.set_last_error("connection refused");
+        let r = RateTracker::default().report("shop", &stats);
+        let text = prometheus(&r);
+        assert!(
+            text.contains("ferry_restarts_total{pipeline=\"shop\"} 3")
+                && text.contains("ferry_retries_total{pipeline=\"shop\"} 2"),
+            "{text}"
+        );
+        let shown = render(&r, true);
+        assert!(
+            shown.contains("restarts:  3") && shown.contains("connection refused"),
+            "{shown}"
+        );
+    }
 }

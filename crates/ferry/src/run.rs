@@ -4,14 +4,14 @@
 use std::io::IsTerminal;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use ferry_core::{Action, Error, ErrorClass, policy};
+use ferry_core::{Action, Error, ErrorClass, Level, RetryBudget, policy};
 use ferry_pipeline::{Outcome, Pipeline, Stats, Transform};
 use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 use tokio::sync::watch;
 
-use crate::config::PipelineConfig;
+use crate::config::{PipelineConfig, humantime};
 use crate::connectors;
 use crate::report::{RateTracker, StatusReport, prometheus};
 
@@ -178,9 +178,15 @@ pub async fn run(cfg: PipelineConfig, metrics_addr: Option<SocketAddr>) -> Resul
     spawn_totals(&cfg, stats.clone(), transform.clone());
     tracing::info!(pipeline = %cfg.name, source = %cfg.source.display_url(), target = %cfg.target.display_url(), "starting");
 
-    let mut attempts = 0;
+    for w in &cfg.warnings {
+        tracing::warn!("{w}");
+    }
+
+    let budget = cfg.options.retry_budget();
+    let mut failing: Option<Failing> = None;
     loop {
-        let started = std::time::Instant::now();
+        let started = Instant::now();
+        let progress_before = progress(&stats);
         let result = async {
             let pipeline = Pipeline {
                 source: connectors::open_source(&cfg).await?,
@@ -193,7 +199,7 @@ pub async fn run(cfg: PipelineConfig, metrics_addr: Option<SocketAddr>) -> Resul
             pipeline.run().await
         }
         .await;
-        match result {
+        let e = match result {
             Ok(Outcome::Stopped) => {
                 let applied = stats.applied().position;
                 eprintln!(
@@ -207,25 +213,82 @@ pub async fn run(cfg: PipelineConfig, metrics_addr: Option<SocketAddr>) -> Resul
                 let _ = std::fs::remove_file(cfg.status_path());
                 return Ok(0);
             }
-            Err(e) if e.class() == ErrorClass::Transient && !*shutdown.borrow() => {
-                // A run that went well for a while starts the count afresh.
-                if started.elapsed() > Duration::from_secs(60) {
-                    attempts = 0;
-                }
-                match policy(e.class(), attempts, cfg.options.max_retries) {
-                    Action::Retry(wait) => {
-                        attempts += 1;
-                        eprintln!(
-                            "ferry: transient error, restarting from the last checkpoint in {wait:?} (attempt {attempts}): {}",
-                            e.report()
-                        );
-                        let mut sd = shutdown.clone();
-                        tokio::select! { _ = tokio::time::sleep(wait) => {}, _ = sd.wait_for(|s| *s) => return Ok(0) }
-                    }
-                    Action::Halt => return Err(e),
-                }
-            }
+            Err(e) if e.class() == ErrorClass::Transient && !*shutdown.borrow() => e,
             Err(e) => return Err(e),
-        }
+        };
+        // A run that made progress, or stayed up a while, ends a series of
+        // failures: the next one starts the clock afresh.
+        let healthy = progress(&stats) > progress_before || started.elapsed() >= HEALTHY_RUN;
+        let f = match &mut failing {
+            Some(f) if !healthy => f,
+            _ => failing.insert(Failing {
+                // A failed start counts from its start; a healthy run's
+                // failure from now.
+                since: if healthy { Instant::now() } else { started },
+                attempts: 0,
+            }),
+        };
+        let failing_for = f.since.elapsed();
+        let wait = match policy(&e, Level::Restart, f.attempts, failing_for, &budget) {
+            Action::Retry(wait) => wait,
+            Action::Escalate | Action::Halt => {
+                return Err(give_up(e, failing_for, f.attempts + 1, &budget));
+            }
+        };
+        f.attempts += 1;
+        Stats::add(&stats.restarts, 1);
+        stats.set_last_error(e.to_string());
+        let left = budget.give_up_after.saturating_sub(failing_for);
+        stats.set_phase(&format!(
+            "restarting in {} (attempt {}, giving up in {})",
+            humantime(wait),
+            f.attempts,
+            humantime(left)
+        ));
+        eprintln!(
+            "ferry: transient error (attempt {}, failing for {}); restarting from the last \
+             checkpoint in {}, giving up in {}: {}",
+            f.attempts,
+            humantime(failing_for),
+            humantime(wait),
+            humantime(left),
+            e.report()
+        );
+        let mut sd = shutdown.clone();
+        tokio::select! { _ = tokio::time::sleep(wait) => {}, _ = sd.wait_for(|s| *s) => return Ok(0) }
     }
+}
+
+/// A run that lasted this long counts as healthy even without a commit
+/// (an idle source).
+const HEALTHY_RUN: Duration = Duration::from_secs(60);
+
+/// A series of failed runs with no progress in between.
+struct Failing {
+    /// When the first run of the series started.
+    since: Instant,
+    /// Restarts so far.
+    attempts: u32,
+}
+
+/// What the target took so far: commits and copied rows.
+fn progress(stats: &Stats) -> u64 {
+    Stats::get(&stats.commits) + Stats::get(&stats.snapshot_rows)
+}
+
+/// The error ferry stops with once transient failures outlast
+/// `apply.give_up_after`.
+fn give_up(last: Error, failing_for: Duration, attempts: u32, budget: &RetryBudget) -> Error {
+    Error::fatal(format!(
+        "giving up: the pipeline kept failing for {} ({attempts} attempts), as long as \
+         apply.give_up_after = {} allows",
+        humantime(failing_for),
+        humantime(budget.give_up_after)
+    ))
+    .with_fix(format!(
+        "{}; then start ferry again (it resumes from the checkpoint). To keep trying longer \
+         through outages, raise apply.give_up_after",
+        last.fix().unwrap_or("fix the cause named above")
+    ))
+    .with_source(last)
 }

@@ -34,6 +34,23 @@ impl Dir {
         p
     }
 
+    /// Writes pipeline `test` from `source` to `target` (URLs), with quick
+    /// polls and batches, plus `apply` lines (TOML under `[apply]`).
+    pub fn pipeline_between(&self, source: &str, target: &str, apply: &str) -> PathBuf {
+        let p = self.path("pipeline.toml");
+        let text = format!(
+            "name = \"test\"\n[source]\nurl = \"{source}\"\npoll_interval = \"5ms\"\n\
+             [target]\nurl = \"{target}\"\n[apply]\nbatch_time = \"20ms\"\n{apply}"
+        );
+        std::fs::write(&p, text).expect("write pipeline");
+        p
+    }
+
+    /// `sqlite:` URL of `source.db`.
+    pub fn source_url(&self) -> String {
+        format!("sqlite:{}", self.path("source.db").display())
+    }
+
     pub fn source(&self) -> Connection {
         open(&self.path("source.db"))
     }
@@ -153,4 +170,49 @@ pub fn kill_after_copy_progress(
     child.wait().expect("reap");
     let n = copied();
     n > 0 && n < total
+}
+
+/// Runs `ferry ARGS` expected to end on its own within `within`; returns
+/// its exit code and output. A process still running then is killed and
+/// the test fails (a second runner that was not refused, say).
+pub fn run_to_exit(args: &[&str], within: std::time::Duration) -> (i32, String) {
+    let mut child = Command::new(FERRY)
+        .args(args)
+        .env("FERRY_LOG", "warn")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn ferry");
+    let deadline = std::time::Instant::now() + within;
+    while child.try_wait().expect("poll ferry").is_none() {
+        if std::time::Instant::now() >= deadline {
+            let _ = child.kill();
+            let out = child.wait_with_output().expect("reap ferry");
+            panic!(
+                "`ferry {}` still ran after {within:?}:\n{}",
+                args.join(" "),
+                text(&out)
+            );
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let out = child.wait_with_output().expect("ferry output");
+    (out.status.code().unwrap_or(-1), text(&out))
+}
+
+/// How many runs logged to `log` reached the change stream.
+pub fn streams_started(log: &Path) -> usize {
+    std::fs::read_to_string(log)
+        .unwrap_or_default()
+        .matches("change stream started")
+        .count()
+}
+
+/// A number `sql` returns in database `db`, or -1 while it cannot be read.
+pub fn pg_number(pg: &ferry_testkit::PostgresServer, db: &str, sql: &str) -> i64 {
+    pg.try_psql_in(db, sql)
+        .ok()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(-1)
 }

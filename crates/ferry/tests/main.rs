@@ -3,6 +3,8 @@
 mod bad_input;
 mod crash;
 mod e2e;
+mod fence;
 mod kit;
 mod operations;
+mod outage;
 mod postgres;

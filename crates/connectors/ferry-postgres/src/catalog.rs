@@ -291,6 +291,25 @@ pub(crate) async fn server_major(client: &Client) -> Result<u32> {
     Ok(v.parse::<u32>().unwrap_or(0) / 10_000)
 }
 
+/// The identity of the database `client` is connected to: the cluster's
+/// `system_identifier` (unique per `initdb`, the same for every address of
+/// the server) and the database's oid. A physical standby shares its
+/// primary's identity, rightly: replicating from a standby into its own
+/// primary would loop as well.
+pub(crate) async fn database_identity(client: &Client) -> Result<String> {
+    let row = client
+        .query_one(
+            "SELECT s.system_identifier::text, d.oid::int8 FROM pg_control_system() s, \
+               pg_database d WHERE d.datname = current_database()",
+            &[],
+        )
+        .await
+        .map_err(|e| pg_error(e, "reading the database's identity"))?;
+    let system: String = row.get(0);
+    let oid: i64 = row.get(1);
+    Ok(format!("postgres:system={system}:database={oid}"))
+}
+
 /// The row encoding of `table`'s rows as binary `COPY` tuples on a server
 /// of major version `major`, when every column has a built-in type: the
 /// binary forms of built-in types are fixed for a major version, and their

@@ -19,6 +19,13 @@ pub(crate) fn class_of(code: &str) -> ErrorClass {
     }
 }
 
+/// SQLSTATEs after which the session is gone: connection exceptions, and
+/// the server ending the session (shutdown, crash recovery, terminated
+/// backend).
+fn ends_session(code: &str) -> bool {
+    code.starts_with("08") || matches!(code, "57P01" | "57P02" | "57P03")
+}
+
 /// A fix for well-known SQLSTATEs.
 pub(crate) fn fix_for(code: &str) -> Option<&'static str> {
     Some(match code {
@@ -78,11 +85,15 @@ pub(crate) fn pg_error(e: tokio_postgres::Error, what: &str) -> Error {
         if let Some(f) = enum_label_fix(&code, db.message()) {
             err = err.with_fix(f);
         }
+        if ends_session(&code) {
+            err = err.with_connection_lost();
+        }
         return err;
     }
     if e.is_closed() {
         return Error::transient(format!("{what}: the connection to PostgreSQL was closed"))
-            .with_source(e);
+            .with_source(e)
+            .with_connection_lost();
     }
     let text = e.to_string();
     match e.into_source() {
@@ -90,13 +101,12 @@ pub(crate) fn pg_error(e: tokio_postgres::Error, what: &str) -> Error {
             // A value that could not be encoded (ToSql).
             Ok(ours) => *ours,
             Err(src) => {
-                let io = src.downcast_ref::<std::io::Error>().is_some();
-                let class = if io {
-                    ErrorClass::Transient
+                // An I/O error on the socket: the connection is broken.
+                if src.downcast_ref::<std::io::Error>().is_some() {
+                    Error::transient(format!("{what}: {text}: {src}")).with_connection_lost()
                 } else {
-                    ErrorClass::Fatal
-                };
-                Error::new(class, format!("{what}: {text}: {src}"))
+                    Error::fatal(format!("{what}: {text}: {src}"))
+                }
             }
         },
         None => Error::fatal(format!("{what}: {text}")),
@@ -115,5 +125,7 @@ mod tests {
         assert_eq!(class_of("22003"), ErrorClass::Data);
         assert_eq!(class_of("42501"), ErrorClass::Fatal);
         assert!(fix_for("28P01").is_some());
+        assert!(ends_session("08006") && ends_session("57P01"));
+        assert!(!ends_session("40001") && !ends_session("57014"));
     }
 }

@@ -16,6 +16,7 @@ mod check;
 mod connection;
 mod copy;
 mod error;
+mod fence;
 mod numeric;
 mod pgoutput;
 mod position;

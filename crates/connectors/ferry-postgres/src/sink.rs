@@ -16,6 +16,7 @@ use tokio_postgres::types::Type;
 use crate::catalog::{self, PgTable};
 use crate::connection::Endpoint;
 use crate::error::pg_error;
+use crate::fence::{self, Lock};
 use crate::reader::KeyOrderReads;
 use crate::types::{
     PgType, TypeCache, column_ddl_type, ident, quote_literal, type_ident, writable,
@@ -417,6 +418,9 @@ pub struct PostgresSink {
     types: tokio::sync::Mutex<TypeCache>,
     /// `TableReader::read_rows` (`ferry verify`).
     reads: KeyOrderReads,
+    /// The session holding the pipeline's lock on the target, once
+    /// [`Sink::fence`] took it; the lock goes with it.
+    fence: tokio::sync::Mutex<Option<Client>>,
 }
 
 impl std::fmt::Debug for PostgresSink {
@@ -463,6 +467,7 @@ impl PostgresSink {
             }),
             admin,
             types: tokio::sync::Mutex::new(TypeCache::default()),
+            fence: tokio::sync::Mutex::new(None),
         })
     }
 
@@ -510,6 +515,41 @@ impl CheckpointStore for PostgresSink {
 impl Sink for PostgresSink {
     fn info(&self) -> SinkInfo {
         SinkInfo { max_writers: 4 }
+    }
+
+    /// A session advisory lock keyed `ferry_target_<pipeline>`, taken on a
+    /// connection of its own that lives as long as this sink (see
+    /// `fence.rs`). It does not survive a restart of the target server;
+    /// nothing written after one goes through the old connections, and a
+    /// run that lost them fences again when it restarts.
+    async fn fence(&self) -> Result<()> {
+        let mut held = self.fence.lock().await;
+        if held.is_some() {
+            return Ok(());
+        }
+        let client = self.shared.endpoint.connect().await?;
+        let key = format!("ferry_target_{}", self.shared.pipeline);
+        match fence::lock(&client, &key, "the pipeline's lock on the target").await? {
+            Lock::Taken => {
+                *held = Some(client);
+                Ok(())
+            }
+            Lock::HeldBy(pid) => Err(Error::fatal(format!(
+                "another ferry runs pipeline {:?} into target {} (session PID {} holds the \
+                 pipeline's lock on the target)",
+                self.shared.pipeline,
+                self.shared.endpoint.describe(),
+                Lock::holder(pid)
+            ))
+            .with_fix(
+                "stop the other `ferry run` of this pipeline first (two runners would both apply \
+                 every change); a killed runner's lock goes with its session",
+            )),
+        }
+    }
+
+    async fn identity(&self) -> Result<Option<String>> {
+        catalog::database_identity(&self.admin).await.map(Some)
     }
 
     async fn check(&self) -> Vec<CheckItem> {

@@ -23,6 +23,7 @@ use tokio_postgres::Client;
 use crate::catalog::{self, PgTable};
 use crate::connection::Endpoint;
 use crate::error::pg_error;
+use crate::fence::{self, Lock};
 use crate::position::{point, start_lsn};
 use crate::reader::KeyOrderReads;
 use crate::replication::{CommandError, ReplicationConn};
@@ -163,42 +164,28 @@ impl PostgresSource {
         if self.fenced {
             return Ok(());
         }
-        let key = self.slot_name();
-        for attempt in 0..50 {
-            let got: bool = self
-                .client
-                .query_one("SELECT pg_try_advisory_lock(hashtext($1)::int8)", &[&key])
-                .await
-                .map_err(|e| pg_error(e, "taking the pipeline's lock on the source"))?
-                .get(0);
-            if got {
+        match fence::lock(
+            &self.client,
+            &self.slot_name(),
+            "the pipeline's lock on the source",
+        )
+        .await?
+        {
+            Lock::Taken => {
                 self.fenced = true;
-                return Ok(());
+                Ok(())
             }
-            if attempt == 0 {
-                tracing::info!(pipeline = %self.pipeline, "waiting for another session to release the pipeline's lock");
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
+            Lock::HeldBy(pid) => Err(Error::fatal(format!(
+                "another ferry runs pipeline {:?} on this source (session PID {} holds the \
+                 pipeline's lock)",
+                self.pipeline,
+                Lock::holder(pid)
+            ))
+            .with_fix(
+                "stop the other ferry of this pipeline; two runners of one pipeline would both \
+                 write the target",
+            )),
         }
-        let holder: Option<i32> = self
-            .client
-            .query_one(
-                "SELECT (SELECT pid FROM pg_locks WHERE locktype = 'advisory' AND granted \
-                   AND objid = (hashtext($1)::int8 & 4294967295)::oid LIMIT 1)",
-                &[&key],
-            )
-            .await
-            .ok()
-            .and_then(|r| r.get(0));
-        Err(Error::fatal(format!(
-            "another ferry runs pipeline {:?} on this source (session PID {} holds the \
-             pipeline's lock)",
-            self.pipeline,
-            holder.map_or("?".into(), |p| p.to_string())
-        ))
-        .with_fix(
-            "stop the other ferry of this pipeline; two runners of one pipeline would both write the target",
-        ))
     }
 
     async fn wal_level_logical(&self) -> Result<()> {
@@ -675,6 +662,10 @@ impl Source for PostgresSource {
             Some(s) => s.ack(&p).await,
             None => Ok(()),
         }
+    }
+
+    async fn identity(&mut self) -> Result<Option<String>> {
+        catalog::database_identity(&self.client).await.map(Some)
     }
 
     async fn teardown(&mut self) -> Result<()> {

@@ -11,6 +11,7 @@
 //! | change rows → `Change`s, structure drift | `change.rs` |
 //! | declared types ↔ `ColumnType`, values ↔ `Value` | `types.rs`, `temporal.rs` |
 //! | opening files, pragmas, blocking bridge, error classes | `connection.rs` |
+//! | one runner per pipeline (target lock file), database identity | `fence.rs` |
 //!
 //! Positions are [`ferry_core::SqlitePosition`]: the change-table sequence.
 //! The source delivers *groups of whole source transactions* (SQLite
@@ -26,6 +27,7 @@ mod capture;
 mod change;
 mod check;
 mod connection;
+mod fence;
 mod reader;
 mod schema;
 pub mod sink;

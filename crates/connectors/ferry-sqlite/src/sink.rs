@@ -41,6 +41,9 @@ pub struct SqliteSink {
     /// For checkpoint reads, structure changes, checks and verify reads;
     /// writes go through [`SinkWriter`]s, each with its own connection.
     conn: Blocking<Connection>,
+    /// The pipeline's lock file once [`Sink::fence`] locked it (see
+    /// `fence.rs`); closing it releases the lock.
+    fence: std::sync::Mutex<Option<std::fs::File>>,
 }
 
 impl SqliteSink {
@@ -54,6 +57,7 @@ impl SqliteSink {
         Ok(SqliteSink {
             conn: Blocking::new(conn, &cfg.path),
             cfg,
+            fence: std::sync::Mutex::new(None),
         })
     }
 }
@@ -193,6 +197,22 @@ impl Sink for SqliteSink {
     /// SQLite allows one writer at a time.
     fn info(&self) -> SinkInfo {
         SinkInfo { max_writers: 1 }
+    }
+
+    /// An exclusive `flock` on `<target file>.ferry-<pipeline>.lock`, held
+    /// until this sink is dropped; a second caller is refused at once (the
+    /// OS drops a dead process's locks itself, so there is nothing to wait
+    /// for). See `fence.rs`.
+    async fn fence(&self) -> Result<()> {
+        let mut held = self.fence.lock().unwrap_or_else(|p| p.into_inner());
+        if held.is_none() {
+            *held = Some(crate::fence::lock(&self.cfg.path, &self.cfg.pipeline)?);
+        }
+        Ok(())
+    }
+
+    async fn identity(&self) -> Result<Option<String>> {
+        crate::fence::identity(&self.cfg.path).map(Some)
     }
 
     async fn check(&self) -> Vec<CheckItem> {

@@ -743,6 +743,11 @@ impl Source for SqliteSource {
             .await
     }
 
+    /// Device and inode of the database file (see `fence.rs`).
+    async fn identity(&mut self) -> Result<Option<String>> {
+        crate::fence::identity(&self.cfg.path).map(Some)
+    }
+
     /// Unregisters this pipeline. When no other consumer remains, drops all
     /// ferry triggers and tables; otherwise leaves them (another pipeline
     /// may capture the same tables) and says so.

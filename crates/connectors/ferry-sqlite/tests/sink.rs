@@ -364,6 +364,32 @@ async fn sqlite_sink_passes_the_sink_conformance_suite() {
     ferry_testkit::doubles::sink_conformance(&sink, table).await;
 }
 
+/// One runner per pipeline: the shared fence suite, each sink opened
+/// through another path to the same file (`./` and a symbolic link).
+#[tokio::test]
+async fn sqlite_sink_passes_the_fence_conformance_suite() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("fenced.db");
+    let link = dir.path().join("link.db");
+    std::os::unix::fs::symlink(&file, &link).unwrap();
+    let opened = std::sync::atomic::AtomicUsize::new(0);
+    ferry_testkit::doubles::fence_conformance(async |pipeline: &str| {
+        let path = match opened.fetch_add(1, std::sync::atomic::Ordering::SeqCst) % 3 {
+            0 => file.clone(),
+            1 => dir.path().join(".").join("fenced.db"),
+            _ => link.clone(),
+        };
+        Box::new(
+            SqliteSink::open(SqliteSinkConfig {
+                path,
+                pipeline: pipeline.into(),
+            })
+            .unwrap(),
+        ) as Box<dyn Sink>
+    })
+    .await;
+}
+
 /// A failing row in the middle of a multi-row `INSERT` is still named:
 /// the statement is undone and its rows re-run one by one.
 #[tokio::test]

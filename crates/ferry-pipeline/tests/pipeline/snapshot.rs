@@ -252,6 +252,9 @@ impl Sink for ReorderingSink {
     fn info(&self) -> SinkInfo {
         self.inner.info()
     }
+    async fn fence(&self) -> Result<()> {
+        self.inner.fence().await
+    }
     async fn check(&self) -> Vec<CheckItem> {
         self.inner.check().await
     }

@@ -252,6 +252,14 @@ impl<S: Sink> Sink for FaultySink<S> {
         self.inner.info()
     }
 
+    async fn fence(&self) -> Result<()> {
+        self.inner.fence().await
+    }
+
+    async fn identity(&self) -> Result<Option<String>> {
+        self.inner.identity().await
+    }
+
     async fn check(&self) -> Vec<CheckItem> {
         self.inner.check().await
     }

@@ -76,6 +76,8 @@ pub enum SinkCall {
     ClearCheckpoint,
     /// `Sink::check`.
     Check,
+    /// `Sink::fence`.
+    Fence,
     /// `Sink::ensure_tables` with these tables.
     EnsureTables(Vec<String>),
     /// `Sink::writer` opened writer number `writer`.
@@ -331,6 +333,16 @@ impl<S: Sink> CheckpointStore for RecordingSink<S> {
 impl<S: Sink> Sink for RecordingSink<S> {
     fn info(&self) -> SinkInfo {
         self.inner.info()
+    }
+
+    async fn fence(&self) -> Result<()> {
+        let r = self.inner.fence().await;
+        push(&self.log, SinkCall::Fence, outcome(&r));
+        r
+    }
+
+    async fn identity(&self) -> Result<Option<String>> {
+        self.inner.identity().await
     }
 
     async fn check(&self) -> Vec<CheckItem> {

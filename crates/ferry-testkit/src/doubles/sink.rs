@@ -47,6 +47,9 @@ struct SinkState {
     live_writers: usize,
     peak_writers: usize,
     lock_waits: u64,
+    /// The runner handle holding the fence ([`Sink::fence`]).
+    fence_holder: Option<u64>,
+    next_runner: u64,
 }
 
 type Observer = Box<dyn FnMut(&CommitView<'_>) + Send>;
@@ -61,6 +64,8 @@ struct SinkShared {
     encoded: std::sync::atomic::AtomicBool,
     /// Chunks loaded through `load_encoded`.
     encoded_loads: std::sync::atomic::AtomicUsize,
+    /// The pipeline this is the target of, for messages.
+    pipeline: String,
 }
 
 impl SinkShared {
@@ -90,10 +95,34 @@ impl SinkShared {
 /// * `Schema` steps are no-ops; calls outside a transaction, or to tables
 ///   `ensure_tables` did not create, are fatal errors.
 ///
+///
+/// The fence ([`Sink::fence`]) belongs to a *runner handle*: clones share
+/// it (a test's clone and the pipeline's are one runner), while
+/// [`reopen`](MemorySink::reopen) gives another handle on the same data, as
+/// a second process opening the same database would have. A second handle
+/// is refused while the first holds the fence; dropping every clone of the
+/// holding handle releases it, as a dead process's lock goes.
+///
 /// [`lock_waits`]: MemorySink::lock_waits
 #[derive(Clone)]
 pub struct MemorySink {
     shared: Arc<SinkShared>,
+    runner: Arc<Runner>,
+}
+
+/// One runner's handle: releases the fence when its last clone goes.
+struct Runner {
+    id: u64,
+    shared: Arc<SinkShared>,
+}
+
+impl Drop for Runner {
+    fn drop(&mut self) {
+        let mut st = self.shared.lock();
+        if st.fence_holder == Some(self.id) {
+            st.fence_holder = None;
+        }
+    }
 }
 
 /// The sink's state right after a commit, handed to
@@ -143,16 +172,52 @@ impl MemorySink {
 
     /// An empty sink whose [`SinkInfo::max_writers`] is `max_writers`.
     pub fn with_max_writers(max_writers: usize) -> Self {
+        MemorySink::build(max_writers, "test")
+    }
+
+    /// An empty sink allowing 4 writers, the target of pipeline `pipeline`
+    /// (named in its errors; `test` otherwise).
+    pub fn named(pipeline: &str) -> Self {
+        MemorySink::build(4, pipeline)
+    }
+
+    fn build(max_writers: usize, pipeline: &str) -> Self {
+        let shared = Arc::new(SinkShared {
+            state: Mutex::new(SinkState::default()),
+            txn_ended: Notify::new(),
+            max_writers,
+            observers: Mutex::new(Vec::new()),
+            encoded: Default::default(),
+            encoded_loads: Default::default(),
+            pipeline: pipeline.to_owned(),
+        });
+        MemorySink::handle(shared)
+    }
+
+    fn handle(shared: Arc<SinkShared>) -> Self {
+        let id = {
+            let mut st = shared.lock();
+            st.next_runner += 1;
+            st.next_runner
+        };
         MemorySink {
-            shared: Arc::new(SinkShared {
-                state: Mutex::new(SinkState::default()),
-                txn_ended: Notify::new(),
-                max_writers,
-                observers: Mutex::new(Vec::new()),
-                encoded: Default::default(),
-                encoded_loads: Default::default(),
+            runner: Arc::new(Runner {
+                id,
+                shared: shared.clone(),
             }),
+            shared,
         }
+    }
+
+    /// Another runner's handle on the same data (see the type's docs): it
+    /// has its own fence.
+    pub fn reopen(&self) -> MemorySink {
+        MemorySink::handle(self.shared.clone())
+    }
+
+    /// Whether some handle holds the fence.
+    pub fn fenced(&self) -> bool {
+        self.lock().fence_holder.is_some()
     }
 
     fn lock(&self) -> MutexGuard<'_, SinkState> {
@@ -304,6 +369,23 @@ impl Sink for MemorySink {
     fn info(&self) -> SinkInfo {
         SinkInfo {
             max_writers: self.shared.max_writers,
+        }
+    }
+
+    /// Refused at once while another handle holds it; see the type's docs.
+    async fn fence(&self) -> Result<()> {
+        let mut st = self.lock();
+        match st.fence_holder {
+            Some(holder) if holder != self.runner.id => Err(Error::fatal(format!(
+                "another ferry runs pipeline {:?} into the memory target (runner {holder} holds \
+                 its lock)",
+                self.shared.pipeline
+            ))
+            .with_fix("stop the other runner of this pipeline first")),
+            _ => {
+                st.fence_holder = Some(self.runner.id);
+                Ok(())
+            }
         }
     }
 

@@ -368,7 +368,22 @@ impl PostgresServer {
 
     /// Stops the server (`pg_ctl -m fast -w stop`), keeping its data; the
     /// port then refuses connections. Panics if `pg_ctl` fails.
+    ///
+    /// A fast stop waits for each logical walsender until its client has
+    /// confirmed everything sent (up to `wal_sender_timeout`, 60 s):
+    /// [`crash`](Self::crash) does not.
     pub fn stop(&mut self) {
+        self.stop_with("fast");
+    }
+
+    /// Stops the server at once, as a crash would (`pg_ctl -m immediate`),
+    /// keeping its data: the next start runs crash recovery. Panics if
+    /// `pg_ctl` fails.
+    pub fn crash(&mut self) {
+        self.stop_with("immediate");
+    }
+
+    fn stop_with(&mut self, mode: &str) {
         if !self.running {
             return;
         }
@@ -376,17 +391,18 @@ impl PostgresServer {
             self.pg_command("pg_ctl")
                 .arg("-D")
                 .arg(self.data_dir())
-                .args(["-m", "fast", "-w", "stop"]),
+                .args(["-m", mode, "-w", "stop"]),
             "pg_ctl stop",
         );
         if let Err(e) = stopped {
-            panic!("PostgresServer::stop on port {}: {e}", self.port);
+            panic!("PostgresServer::stop ({mode}) on port {}: {e}", self.port);
         }
         self.running = false;
     }
 
     /// Starts the server again on the same port and data (after
-    /// [`stop`](Self::stop)), or restarts it if running.
+    /// [`stop`](Self::stop) or [`crash`](Self::crash)), or restarts it if
+    /// running.
     pub fn restart(&mut self) {
         self.stop();
         if let Err(e) = self.pg_ctl_start() {

@@ -513,3 +513,25 @@ async fn sink_applies_keyless_changes_one_row_at_a_time_in_order() {
         "json"
     );
 }
+
+/// One runner per pipeline: the shared fence suite, the second runner
+/// reaching the same database as `localhost` instead of `127.0.0.1`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_sink_passes_the_fence_conformance_suite() {
+    let (_pg, url) = server_with_db("fenced");
+    let opened = std::sync::atomic::AtomicUsize::new(0);
+    ferry_testkit::doubles::fence_conformance(async |pipeline: &str| {
+        let url = match opened.fetch_add(1, std::sync::atomic::Ordering::SeqCst) % 2 {
+            0 => url.clone(),
+            _ => url.replace("127.0.0.1", "localhost"),
+        };
+        let sink = PostgresSink::connect(PostgresSinkConfig {
+            url,
+            pipeline: pipeline.into(),
+        })
+        .await
+        .unwrap();
+        Box::new(sink) as Box<dyn Sink>
+    })
+    .await;
+}
