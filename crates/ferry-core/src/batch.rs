@@ -1,7 +1,7 @@
 //! What the pipeline hands to a sink after hot-row merge.
 
 use crate::checkpoint::KeyRange;
-use crate::schema::TableRef;
+use crate::schema::{Alteration, TableRef};
 use crate::value::Value;
 
 /// The net effect on one row of the changes merged into a batch.
@@ -53,10 +53,12 @@ impl TableOps {
 pub enum Step {
     Rows(Vec<TableOps>),
     Truncate(Vec<TableRef>),
-    /// A table's structure changed: the sink alters its table to match.
+    /// A table's structure changed: the sink alters its table to match —
+    /// renames first, then added columns (filled as `alter` says for the
+    /// rows already there), dropped columns and changed types.
     Schema {
         table: TableRef,
-        ddl: Option<String>,
+        alter: Alteration,
     },
     /// A change that must apply alone, in order: an update that moves a row
     /// to a new key while not every column is known.

@@ -2,7 +2,7 @@
 
 use crate::checkpoint::KeyRange;
 use crate::position::Position;
-use crate::schema::{TableName, TableRef};
+use crate::schema::{Alteration, TableName, TableRef};
 use crate::value::Value;
 
 /// One row-level or structural change, as captured at the source.
@@ -32,9 +32,10 @@ pub enum Change {
         tables: Vec<TableRef>,
     },
     /// The table's structure changed; changes after this one use `table`.
+    /// Columns are matched by name, except those `alter` says were renamed.
     Schema {
         table: TableRef,
-        ddl: Option<String>,
+        alter: Alteration,
     },
     /// Online re-copy (see [`Source::recopy`](crate::Source::recopy)): from
     /// this transaction on, the source re-copies `table` while the stream

@@ -28,7 +28,7 @@ pub use error::{
 };
 pub use position::{Lsn, MySqlPosition, PgPosition, Position, PositionError, SqlitePosition};
 pub use reader::TableReader;
-pub use schema::{Column, TableName, TableRef, TableSchema, UserType, UserTypeDef};
+pub use schema::{Alteration, Column, TableName, TableRef, TableSchema, UserType, UserTypeDef};
 pub use selection::Selection;
 pub use sink::{CheckpointStore, Sink, SinkInfo, SinkWriter};
 pub use source::{

@@ -5,6 +5,18 @@ use std::sync::Arc;
 
 use crate::value::{ColumnType, Value};
 
+/// What a structure change did that comparing the old and the new
+/// structure cannot tell (see [`Change::Schema`](crate::Change::Schema)).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Alteration {
+    /// Columns renamed, `(old name, new name)`: their values stay.
+    pub renamed: Vec<(String, String)>,
+    /// Added columns whose rows that existed before the change hold this
+    /// value rather than NULL (a constant default, as PostgreSQL records
+    /// it for such rows).
+    pub filled: Vec<(String, Value)>,
+}
+
 /// A table's name: an optional namespace (PostgreSQL schema, MySQL database)
 /// and the table name. SQLite tables have no namespace.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]

@@ -6,7 +6,7 @@ use crate::batch::Step;
 use crate::check::CheckItem;
 use crate::checkpoint::{Checkpoint, CheckpointRecord};
 use crate::error::{Error, Result};
-use crate::schema::TableRef;
+use crate::schema::{TableName, TableRef};
 use crate::source::EncodedRows;
 use crate::value::Value;
 
@@ -71,7 +71,16 @@ pub trait Sink: CheckpointStore {
 
     /// Makes sure each table exists with a compatible structure, creating
     /// missing ones (structure copy). Called once at start, before any writer.
-    async fn ensure_tables(&self, tables: &[TableRef]) -> Result<()>;
+    ///
+    /// An existing table that lacks columns of `table`, or holds one in a
+    /// type that cannot take the source's values (the source's structure
+    /// changed while ferry was stopped), is left as it is and returned: the
+    /// pipeline alters it with a [`Step::Schema`] in the same target
+    /// transaction that records its re-copy (its rows may not be the
+    /// source's: an added column is NULL where the source has values).
+    /// Extra target columns are left alone. A different key is a fatal
+    /// error.
+    async fn ensure_tables(&self, tables: &[TableRef]) -> Result<Vec<TableName>>;
 
     /// Opens a writer (its own connection). The pipeline opens at most
     /// `info().max_writers` of them.

@@ -191,9 +191,9 @@ impl Merger {
                 self.close_step();
                 self.steps.push(Step::Truncate(tables));
             }
-            Change::Schema { table, ddl } => {
+            Change::Schema { table, alter } => {
                 self.close_step();
-                self.steps.push(Step::Schema { table, ddl });
+                self.steps.push(Step::Schema { table, alter });
             }
             // Recorded by the dispatcher; nothing to write.
             Change::RecopyStart { .. } => {}

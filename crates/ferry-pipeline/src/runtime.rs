@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use ferry_core::{
-    Change, Checkpoint, Error, Position, Result, Sink, SnapshotRequest, Source, SourceEvent,
+    Change, Checkpoint, Error, Position, Result, Sink, SnapshotRequest, Source, SourceEvent, Step,
     TableProgress, TableRef,
 };
 use tokio::sync::{mpsc, watch};
@@ -66,12 +66,26 @@ impl Pipeline {
             .iter()
             .map(|t| transform.target_table(t))
             .collect::<Result<Vec<_>>>()?;
-        sink.ensure_tables(&targets).await?;
+        let altered = sink.ensure_tables(&targets).await?;
+        // Target tables whose columns differ: altered below, in the
+        // transaction that records what start-up decided about them.
+        let (sources, alter): (Vec<String>, Vec<Step>) = tables
+            .iter()
+            .zip(&targets)
+            .filter(|(_, t)| altered.contains(&t.name))
+            .map(|(s, t)| {
+                let step = Step::Schema {
+                    table: t.clone(),
+                    alter: Default::default(),
+                };
+                (s.name.to_string(), step)
+            })
+            .unzip();
         source.prepare().await?;
         let mut cp = cp;
-        let start = StartUp::plan(&mut cp, &tables, source.as_mut(), &options).await?;
-        if !start.records.is_empty() {
-            commit_records(sink.as_ref(), &start.records).await?;
+        let start = StartUp::plan(&mut cp, &tables, &sources, source.as_mut(), &options).await?;
+        if !start.records.is_empty() || !alter.is_empty() {
+            commit_records(sink.as_ref(), &alter, &start.records).await?;
         }
 
         let to_copy: Vec<&TableRef> = tables

@@ -15,6 +15,9 @@
 //!   the source can and re-copies every copied table online, so the target
 //!   converges; tables whose first copy was not finished are copied again
 //!   from the start.
+//! * A copied table whose target structure had to be altered at start (the
+//!   source's columns changed while ferry was stopped) is re-copied online:
+//!   an added column would otherwise stay NULL where the source has values.
 //! * An online re-copy of a table that is not selected, or that is being
 //!   copied from the start, is moot: it is recorded as ended.
 
@@ -22,7 +25,7 @@ use std::collections::BTreeSet;
 
 use ferry_core::{
     Checkpoint, CheckpointRecord, Continuity, Error, Position, RecopyProgress, Result, Sink,
-    Source, TableProgress, TableRef,
+    Source, Step, TableProgress, TableRef,
 };
 
 use crate::options::{OnGap, Options};
@@ -40,6 +43,7 @@ impl StartUp {
     pub(crate) async fn plan(
         cp: &mut Checkpoint,
         tables: &[TableRef],
+        altered: &[String],
         source: &mut dyn Source,
         options: &Options,
     ) -> Result<StartUp> {
@@ -67,6 +71,18 @@ impl StartUp {
             && let Continuity::Gap { reason, resume } = source.continuity(from).await?
         {
             records.extend(on_gap(cp, &selected, from, &reason, resume, options)?);
+        }
+
+        for name in altered {
+            let copied = cp.tables.get(name).is_some_and(|p| p.complete);
+            let running = cp.recopies.get(name).is_some_and(|r| !r.is_done());
+            if copied && !running {
+                let r = RecopyProgress::started(
+                    "its columns changed while ferry was stopped (the target table was altered to match)",
+                );
+                records.push(CheckpointRecord::recopy(name, &r));
+                cp.recopies.insert(name.clone(), r);
+            }
         }
 
         // Re-copies that no longer make sense end here.
@@ -139,9 +155,16 @@ fn on_gap(
     Ok(records)
 }
 
-/// Commits `records` alone, in one target transaction.
-pub(crate) async fn commit_records(sink: &dyn Sink, records: &[CheckpointRecord]) -> Result<()> {
+/// Applies `steps` and commits `records`, in one target transaction.
+pub(crate) async fn commit_records(
+    sink: &dyn Sink,
+    steps: &[Step],
+    records: &[CheckpointRecord],
+) -> Result<()> {
     let mut w = sink.writer().await?;
     w.begin().await?;
+    if !steps.is_empty() {
+        w.apply(steps).await?;
+    }
     w.commit(records).await
 }

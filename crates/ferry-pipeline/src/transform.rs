@@ -263,10 +263,17 @@ impl Transform {
                     .collect::<Result<Vec<_>>>()?;
                 Some(Change::Truncate { tables: targets })
             }
-            Change::Schema { table, ddl } => Some(Change::Schema {
-                table: self.target_table(&table)?,
-                ddl,
-            }),
+            Change::Schema { table, mut alter } => {
+                // Excluded columns are not on the target.
+                let target = self.target_table(&table)?;
+                let kept = |c: &str| target.column_index(c).is_some();
+                alter.renamed.retain(|(_, new)| kept(new));
+                alter.filled.retain(|(c, _)| kept(c));
+                Some(Change::Schema {
+                    table: target,
+                    alter,
+                })
+            }
             Change::RecopyStart { table, reason } => Some(Change::RecopyStart {
                 table: self.target_table(&table)?,
                 reason,

@@ -23,6 +23,11 @@ pub(crate) struct PgColumn {
     /// The enum or domain the column is declared with (or whose array it is).
     pub user_type: Option<UserType>,
     pub generated: bool,
+    /// `pg_attribute.attnum`: stays with the column through a rename.
+    pub attnum: i16,
+    /// Rows older than the column read it as this value (its text form):
+    /// it was added with a constant default (`atthasmissing`).
+    pub missing: Option<String>,
     /// Text compares by bytes here, as ferry orders keys: libc collation
     /// `C`, `POSIX` or `C.UTF-8` (code point order, which is UTF-8 byte
     /// order), or the database's default when it is one of them. An index
@@ -60,6 +65,9 @@ pub(crate) struct PgTable {
     pub comment: Option<String>,
     pub columns: Vec<PgColumn>,
     pub keys: Vec<PgKey>,
+    /// `pg_class.relfilenode`: changes when the table is rewritten (a
+    /// column type changed with new values, a volatile default added).
+    pub filenode: u32,
 }
 
 impl PgTable {
@@ -129,7 +137,7 @@ pub(crate) async fn describe(
     let what = format!("reading the structure of {schema}.{name}");
     let Some(rel) = client
         .query_opt(
-            "SELECT c.oid, c.relreplident::text, obj_description(c.oid, 'pg_class') \
+            "SELECT c.oid, c.relreplident::text, obj_description(c.oid, 'pg_class'), c.relfilenode \
              FROM pg_catalog.pg_class c \
              JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace \
              WHERE n.nspname = $1 AND c.relname = $2 AND c.relkind IN ('r', 'p')",
@@ -151,7 +159,8 @@ pub(crate) async fn describe(
                        FROM pg_catalog.pg_database d WHERE d.datname = current_database()) \
                     ELSE (SELECT c.collprovider = 'c' \
                                  AND c.collcollate IN ('C', 'POSIX', 'C.UTF-8', 'C.utf8') \
-                          FROM pg_catalog.pg_collation c WHERE c.oid = a.attcollation) END, false) \
+                          FROM pg_catalog.pg_collation c WHERE c.oid = a.attcollation) END, false), \
+                    a.attnum, CASE WHEN a.atthasmissing THEN (a.attmissingval::text::text[])[1] END \
              FROM pg_catalog.pg_attribute a \
              WHERE a.attrelid = $1 AND a.attnum > 0 AND NOT a.attisdropped ORDER BY a.attnum",
             &[&oid],
@@ -172,6 +181,8 @@ pub(crate) async fn describe(
             user_type: types.user_type(client, type_oid).await?,
             generated: !generated.is_empty(),
             bytewise: r.get(6),
+            attnum: r.get(7),
+            missing: r.get(8),
         });
     }
     let idx = client
@@ -204,6 +215,7 @@ pub(crate) async fn describe(
         comment: rel.get(2),
         columns,
         keys,
+        filenode: rel.get(3),
     }))
 }
 

@@ -15,6 +15,7 @@ mod catalog;
 mod check;
 mod connection;
 mod copy;
+mod ddl;
 mod error;
 mod fence;
 mod numeric;

@@ -556,7 +556,8 @@ impl Sink for PostgresSink {
         crate::check::sink_checks(&self.admin, &self.shared.endpoint).await
     }
 
-    async fn ensure_tables(&self, tables: &[TableRef]) -> Result<()> {
+    async fn ensure_tables(&self, tables: &[TableRef]) -> Result<Vec<TableName>> {
+        let mut altered = Vec::new();
         for table in tables {
             let pg = match self.describe(&table.name).await? {
                 Some(pg) => pg,
@@ -581,6 +582,17 @@ impl Sink for PostgresSink {
                     })?
                 }
             };
+            // Columns the source gained while ferry was stopped: the
+            // pipeline alters the table (writer `Step::Schema`) together
+            // with recording its re-copy.
+            let lacks = table.columns.iter().any(|c| {
+                pg.column(&c.name)
+                    .is_none_or(|tc| !tc.kind.as_ref().is_some_and(|k| writable(&c.ty, k)))
+            });
+            if lacks {
+                altered.push(table.name.clone());
+                continue;
+            }
             let target = map_target(table, &pg, self.shared.major)?;
             self.shared
                 .targets
@@ -588,7 +600,7 @@ impl Sink for PostgresSink {
                 .unwrap_or_else(|p| p.into_inner())
                 .insert(table.name.clone(), Arc::new(target));
         }
-        Ok(())
+        Ok(altered)
     }
 
     /// Binary `COPY` tuples, when every column of the target table has a

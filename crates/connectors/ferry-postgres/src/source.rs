@@ -585,6 +585,7 @@ impl Source for PostgresSource {
             client: &self.client,
             types: &mut self.types,
             known: &self.known,
+            described: &self.tables,
         };
         let event = stream.next(&mut ctx).await?;
         for table in std::mem::take(&mut stream.started) {

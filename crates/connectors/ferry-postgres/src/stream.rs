@@ -20,13 +20,15 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use ferry_core::{
-    Change, Column, Error, Lsn, PgPosition, Position, Result, SourceEvent, TableName, TableRef,
-    TableSchema, Transaction, Value,
+    Alteration, Change, Column, Error, Lsn, PgPosition, Position, Result, SourceEvent, TableName,
+    TableRef, TableSchema, Transaction, Value,
 };
 use tokio::task::JoinHandle;
 use tokio_postgres::Client;
 
 use crate::binary;
+use crate::catalog::{self, PgTable};
+use crate::ddl;
 use crate::error::pg_error;
 use crate::pgoutput::{self, Datum, OldTuple, PgOutput, Relation};
 use crate::position::{already_delivered, point, txn_position, unix_micros};
@@ -46,12 +48,17 @@ pub(crate) struct Context<'a> {
     pub types: &'a mut TypeCache,
     /// Tables as `tables()` described them.
     pub known: &'a HashMap<TableName, TableRef>,
+    /// Their catalog entries then.
+    pub described: &'a HashMap<TableName, (TableRef, PgTable)>,
 }
 
 struct Rel {
     table: TableRef,
     kinds: Vec<Kind>,
     type_oids: Vec<u32>,
+    /// The table's catalog entry when this structure was recorded (what a
+    /// later structure change is compared with; see `ddl.rs`).
+    pg: Option<PgTable>,
 }
 
 struct OpenTxn {
@@ -302,7 +309,7 @@ impl Stream {
                     });
             }
             PgOutput::Relation(r) => {
-                if let Some(change) = self.on_relation(r, ctx).await? {
+                for change in self.on_relation(r, ctx).await? {
                     self.push(change);
                 }
             }
@@ -437,9 +444,11 @@ impl Stream {
         }
     }
 
-    /// Records a relation; returns a schema change when its structure
-    /// differs from what ferry knew.
-    async fn on_relation(&mut self, r: Relation, ctx: &mut Context<'_>) -> Result<Option<Change>> {
+    /// Records a relation; returns the changes its structure change means
+    /// for the target, when it differs from what ferry knew (see `ddl.rs`):
+    /// a `Schema` change, and a `RecopyStart` when the rows cannot be
+    /// followed otherwise (the source then re-copies the table).
+    async fn on_relation(&mut self, r: Relation, ctx: &mut Context<'_>) -> Result<Vec<Change>> {
         let name = TableName::new(Some(&r.namespace), &r.name);
         let mut kinds = Vec::with_capacity(r.columns.len());
         for c in &r.columns {
@@ -455,11 +464,13 @@ impl Stream {
             kinds.push(kind);
         }
         let type_oids: Vec<u32> = r.columns.iter().map(|c| c.type_oid).collect();
-        let prev = self
-            .relations
-            .get(&r.oid)
-            .map(|x| x.table.clone())
-            .or_else(|| ctx.known.get(&name).cloned());
+        let (prev, prev_pg) = match self.relations.get(&r.oid) {
+            Some(x) => (Some(x.table.clone()), x.pg.clone()),
+            None => match ctx.described.get(&name) {
+                Some((t, pg)) => (Some(t.clone()), Some(pg.clone())),
+                None => (ctx.known.get(&name).cloned(), None),
+            },
+        };
         let types: Vec<_> = r
             .columns
             .iter()
@@ -481,15 +492,33 @@ impl Stream {
                     table: p.clone(),
                     kinds,
                     type_oids,
+                    pg: prev_pg,
                 },
             );
-            return Ok(None);
+            return Ok(Vec::new());
         }
+        let now = catalog::describe(ctx.client, ctx.types, &r.namespace, &r.name).await?;
+        let new_cols: Vec<(String, ferry_core::ColumnType)> = r
+            .columns
+            .iter()
+            .zip(&types)
+            .map(|(c, t)| (c.name.clone(), t.clone()))
+            .collect();
+        let plan = match &prev {
+            Some(p) => ddl::plan(p, prev_pg.as_ref(), &new_cols, now.as_ref()),
+            None => ddl::Plan::default(),
+        };
+        let old_name = |n: &str| -> String {
+            plan.renamed
+                .iter()
+                .find(|(_, new)| new == n)
+                .map_or_else(|| n.to_owned(), |(old, _)| old.clone())
+        };
         let mut columns = Vec::with_capacity(r.columns.len());
         for (c, ty) in r.columns.iter().zip(types) {
             let old = prev
                 .as_ref()
-                .and_then(|p| p.columns.iter().find(|pc| pc.name == c.name));
+                .and_then(|p| p.columns.iter().find(|pc| pc.name == old_name(&c.name)));
             let source_type: String = ctx
                 .client
                 .query_one("SELECT format_type($1, $2)", &[&c.type_oid, &c.typmod])
@@ -505,9 +534,19 @@ impl Stream {
             });
         }
         let by_name = |n: &str| columns.iter().position(|c| c.name == n);
-        let prev_key: Option<Vec<usize>> = prev
-            .as_ref()
-            .and_then(|p| p.key_names().iter().map(|n| by_name(n)).collect());
+        let prev_key: Option<Vec<usize>> = prev.as_ref().and_then(|p| {
+            p.key_names()
+                .iter()
+                .map(|n| {
+                    let renamed = plan
+                        .renamed
+                        .iter()
+                        .find(|(old, _)| old == n)
+                        .map_or(*n, |(_, new)| new.as_str());
+                    by_name(renamed)
+                })
+                .collect()
+        });
         let key = prev_key
             .unwrap_or_else(|| (0..r.columns.len()).filter(|&i| r.columns[i].key).collect());
         // A table ferry copies without a key stays keyless (its old rows
@@ -526,18 +565,41 @@ impl Stream {
             key,
             version,
         });
-        tracing::info!(table = %table.name, version, "source table structure changed");
+        let mut filled = Vec::with_capacity(plan.filled.len());
+        for (col, text) in &plan.filled {
+            if let Some(i) = table.column_index(col) {
+                filled.push((col.clone(), binary::decode_text(&kinds[i], text)?));
+            }
+        }
+        tracing::info!(table = %table.name, version, renamed = ?plan.renamed,
+            filled = ?plan.filled, recopy = ?plan.recopy, "source table structure changed");
         self.relations.insert(
             r.oid,
             Rel {
                 table: table.clone(),
                 kinds,
                 type_oids,
+                pg: now,
             },
         );
-        Ok(prev
-            .is_some()
-            .then_some(Change::Schema { table, ddl: None }))
+        if prev.is_none() {
+            return Ok(Vec::new());
+        }
+        let mut out = vec![Change::Schema {
+            table: table.clone(),
+            alter: Alteration {
+                renamed: plan.renamed,
+                filled,
+            },
+        }];
+        if let Some(why) = plan.recopy {
+            self.started.push(table.clone());
+            out.push(Change::RecopyStart {
+                table,
+                reason: format!("structure change: {why}"),
+            });
+        }
+        Ok(out)
     }
 }
 

@@ -15,8 +15,8 @@ use async_trait::async_trait;
 use bytes::BytesMut;
 use ferry_core::value::display_key;
 use ferry_core::{
-    Checkpoint, CheckpointRecord, EncodedRows, Error, KeyRange, KeylessOp, Result, SinkWriter,
-    Step, TableName, TableOps, TableRef, Value,
+    Alteration, Checkpoint, CheckpointRecord, EncodedRows, Error, KeyRange, KeylessOp, Result,
+    SinkWriter, Step, TableName, TableOps, TableRef, Value,
 };
 use futures_util::SinkExt;
 use tokio_postgres::Client;
@@ -563,18 +563,50 @@ impl PostgresWriter {
         Ok(())
     }
 
-    /// Alters the target table to the structure of `table`: adds new
-    /// columns, drops columns the previous structure had and this one does
-    /// not, and changes types the target column cannot hold.
-    async fn alter(&mut self, table: &TableRef) -> Result<()> {
+    /// Alters the target table to the structure of `table`: renames what
+    /// `alter` says was renamed, adds new columns (with the value `alter`
+    /// gives the existing rows, as their default), drops columns the
+    /// previous structure had and this one does not, and changes types the
+    /// target column cannot hold.
+    async fn alter(&mut self, table: &TableRef, alter: &Alteration) -> Result<()> {
         let (schema, name) = target_name(&table.name);
-        let pg = catalog::describe(&self.client, &mut self.types, &schema, &name)
+        let missing = || {
+            Error::fatal(format!(
+                "table {schema}.{name} does not exist on the target"
+            ))
+        };
+        let mut pg = catalog::describe(&self.client, &mut self.types, &schema, &name)
             .await?
-            .ok_or_else(|| {
-                Error::fatal(format!(
-                    "table {schema}.{name} does not exist on the target"
-                ))
-            })?;
+            .ok_or_else(missing)?;
+        // Renames come first and alone (one statement each), so the
+        // columns they name are found by their new names below.
+        let renames: Vec<String> = alter
+            .renamed
+            .iter()
+            .filter(|(old, new)| pg.column(old).is_some() && pg.column(new).is_none())
+            .map(|(old, new)| {
+                format!(
+                    "ALTER TABLE {} RENAME COLUMN {} TO {}",
+                    pg.qualified(),
+                    ident(old),
+                    ident(new)
+                )
+            })
+            .collect();
+        if !renames.is_empty() {
+            self.send_begin().await?;
+            self.restructured.push(table.name.clone());
+            for sql in &renames {
+                tracing::info!(table = %table.name, statement = %sql, "renaming a target column");
+                self.client.batch_execute(sql).await.map_err(|e| {
+                    pg_error(e, "renaming a target column").with("statement", sql.clone())
+                })?;
+            }
+            pg = catalog::describe(&self.client, &mut self.types, &schema, &name)
+                .await?
+                .ok_or_else(missing)?;
+        }
+        let renamed_from = |n: &str| alter.renamed.iter().any(|(old, _)| old == n);
         let previous: Vec<String> = self
             .shared
             .targets
@@ -599,11 +631,22 @@ impl PostgresWriter {
         for c in changed {
             let ty = column_ddl_type(c)?;
             actions.push(match pg.column(&c.name) {
-                None => format!("ADD COLUMN {} {ty}", ident(&c.name)),
+                None => match alter.filled.iter().find(|(n, _)| *n == c.name) {
+                    // Rows already there hold the source's constant default.
+                    Some((_, v)) => format!(
+                        "ADD COLUMN {} {ty} DEFAULT {}",
+                        ident(&c.name),
+                        crate::binary::literal(v, &ty)?
+                    ),
+                    None => format!("ADD COLUMN {} {ty}", ident(&c.name)),
+                },
                 Some(_) => format!("ALTER COLUMN {0} TYPE {ty} USING {0}::{ty}", ident(&c.name)),
             });
         }
-        for old in previous.iter().filter(|o| table.column_index(o).is_none()) {
+        for old in previous
+            .iter()
+            .filter(|o| table.column_index(o).is_none() && !renamed_from(o))
+        {
             if pg.column(old).is_some() {
                 actions.push(format!("DROP COLUMN {}", ident(old)));
             }
@@ -657,7 +700,7 @@ impl SinkWriter for PostgresWriter {
                         self.exec(&sql, &[]).await?;
                     }
                 }
-                Step::Schema { table, .. } => self.alter(table).await?,
+                Step::Schema { table, alter } => self.alter(table, alter).await?,
                 Step::MoveKey {
                     table,
                     old_key,

@@ -21,6 +21,16 @@ pub(crate) fn drift_error(table: &str) -> Error {
     ))
 }
 
+/// Whether the row images of `row` have as many values as `table` has
+/// columns (captured before a structure change, they do not).
+pub(crate) fn fits(table: &TableRef, row: &ChangeRow) -> bool {
+    [&row.old, &row.new].iter().all(|image| {
+        image.as_deref().is_none_or(|text| {
+            capture::decode_row(text).is_ok_and(|v| v.len() == table.columns.len())
+        })
+    })
+}
+
 /// Turns one change row into a [`Change`] of `table`.
 pub(crate) fn decode_change(table: &TableRef, row: &ChangeRow) -> Result<Change> {
     let image = |text: &Option<String>, which: &str| -> Result<Vec<Value>> {

@@ -15,7 +15,7 @@ use std::path::{Path, PathBuf};
 use async_trait::async_trait;
 use ferry_core::{
     CheckItem, Checkpoint, CheckpointRecord, CheckpointStore, Error, Result, Sink, SinkInfo,
-    SinkWriter, TableReader, TableRef, TableSchema, Value,
+    SinkWriter, TableName, TableReader, TableRef, TableSchema, Value,
 };
 use rusqlite::{Connection, TransactionBehavior};
 
@@ -127,7 +127,9 @@ pub(crate) fn target_columns(
     Ok((cols.into_iter().map(|c| c.0).collect(), key))
 }
 
-fn ensure_table(c: &Connection, path: &Path, table: &TableSchema) -> Result<()> {
+/// Creates `table` if missing. Returns whether an existing one lacks
+/// columns of it (the writer's `Step::Schema` adds them).
+fn ensure_table(c: &Connection, path: &Path, table: &TableSchema) -> Result<bool> {
     let name = &table.name.name;
     let sql = create_table_sql(table);
     c.execute_batch(&sql).map_err(|e| {
@@ -135,21 +137,7 @@ fn ensure_table(c: &Connection, path: &Path, table: &TableSchema) -> Result<()> 
     })?;
     let (existing, key) = target_columns(c, name)
         .map_err(|e| db_error(path, &format!("reading the structure of table {name}"), e))?;
-    for col in &table.columns {
-        if !existing.contains(&col.name) {
-            return Err(Error::fatal(format!(
-                "target table {name} exists but has no column {}",
-                col.name
-            ))
-            .with("table", name.as_str())
-            .with_fix(format!(
-                "add it (`ALTER TABLE {} ADD COLUMN {} {}`) or drop the target table so ferry recreates it",
-                ident(name),
-                ident(&col.name),
-                declared_type(&col.ty)
-            )));
-        }
-    }
+    let altered = table.columns.iter().any(|c| !existing.contains(&c.name));
     let want: Vec<&str> = table.key_names();
     if key != want {
         // Upserts name the key in ON CONFLICT; any other key makes them fail.
@@ -163,7 +151,7 @@ fn ensure_table(c: &Connection, path: &Path, table: &TableSchema) -> Result<()> 
             "drop the target table so ferry recreates it, or map the pipeline to another table",
         ));
     }
-    Ok(())
+    Ok(altered)
 }
 
 #[async_trait]
@@ -219,9 +207,10 @@ impl Sink for SqliteSink {
         crate::check::target(&self.conn, &self.cfg.pipeline).await
     }
 
-    /// Creates missing tables; an existing table must have every column
-    /// (by name) and the same primary key. One transaction for all tables.
-    async fn ensure_tables(&self, tables: &[TableRef]) -> Result<()> {
+    /// Creates missing tables and reports existing ones that lack columns;
+    /// an existing table must have the same primary key. One transaction
+    /// for all tables.
+    async fn ensure_tables(&self, tables: &[TableRef]) -> Result<Vec<TableName>> {
         let tables = tables.to_vec();
         let path = self.cfg.path.clone();
         self.conn
@@ -230,10 +219,14 @@ impl Sink for SqliteSink {
                 let tx = c
                     .transaction_with_behavior(TransactionBehavior::Immediate)
                     .map_err(err)?;
+                let mut altered = Vec::new();
                 for table in &tables {
-                    ensure_table(&tx, &path, table)?;
+                    if ensure_table(&tx, &path, table)? {
+                        altered.push(table.name.clone());
+                    }
                 }
-                tx.commit().map_err(err)
+                tx.commit().map_err(err)?;
+                Ok(altered)
             })
             .await
     }

@@ -78,6 +78,8 @@ pub struct SqliteSource {
     /// A re-copy chunk read at seq `.0`, delivered once the stream has
     /// delivered everything up to it.
     pending_recopy: Option<(i64, ferry_core::Change)>,
+    /// Structure changes to deliver before the next changes.
+    pending_schema: Option<Vec<Change>>,
 }
 
 struct Stream {
@@ -132,6 +134,7 @@ impl SqliteSource {
             },
             recopies: Default::default(),
             pending_recopy: None,
+            pending_schema: None,
         })
     }
 
@@ -179,6 +182,11 @@ impl SqliteSource {
         let by_name = Arc::clone(&stream.by_name);
         let path = self.cfg.path.clone();
         let pipeline = self.cfg.pipeline.clone();
+        let recopying: std::collections::HashSet<String> = self
+            .recopies
+            .iter()
+            .map(|(t, _)| t.name.name.clone())
+            .collect();
         let (changes, last_seq, read, max_ts) = self
             .conn
             .run(move |c| {
@@ -187,6 +195,7 @@ impl SqliteSource {
                 let last = rows.last().map_or(hi, |r| r.seq);
                 let max_ts = rows.iter().filter_map(|r| r.ts).max();
                 let mut changes = Vec::with_capacity(rows.len());
+                let mut restarted = std::collections::HashSet::new();
                 for row in &rows {
                     let Some(table) = by_name.get(&row.table) else {
                         continue;
@@ -197,6 +206,21 @@ impl SqliteSource {
                             changes.push(Change::RecopyStart {
                                 table: table.clone(),
                                 reason: "ferry resync".into(),
+                            });
+                        }
+                        continue;
+                    }
+                    if !crate::change::fits(table, row) {
+                        // Captured before the table's structure changed:
+                        // its effect is in the re-copy the change started,
+                        // whose chunks all come after this row.
+                        if !recopying.contains(&row.table) && restarted.insert(row.table.clone()) {
+                            changes.push(Change::RecopyStart {
+                                table: table.clone(),
+                                reason: format!(
+                                    "change {} was captured with another column list",
+                                    row.seq
+                                ),
                             });
                         }
                         continue;
@@ -279,17 +303,27 @@ impl SqliteSource {
             .await
     }
 
-    /// Fails when a captured table's columns differ from what `tables()`
-    /// reported (the triggers still encode the old column list), or when its
-    /// triggers are gone.
-    async fn check_drift(&mut self) -> Result<()> {
+    /// Follows structure changes of captured tables (the schema version
+    /// moved): a table whose columns changed gets its capture triggers
+    /// reinstalled for the new columns, and the changes `Schema` (the
+    /// target is altered) and `RecopyStart` (rows captured before cannot
+    /// tell the new columns' values) go out before the next changes. A
+    /// table dropped, or whose triggers are gone with the same columns
+    /// (recreated), stops the pipeline.
+    async fn follow_structure(&mut self) -> Result<()> {
         let tables: Vec<TableRef> = self.stream_mut()?.by_name.values().cloned().collect();
         let path = self.cfg.path.clone();
-        self.conn
+        let pipeline = self.cfg.pipeline.clone();
+        let changed = self
+            .conn
             .run(move |c| {
+                let mut changed = Vec::new();
                 for table in tables {
                     let now = read_table(c, &path, &table.name.name);
-                    if now.as_ref().is_ok_and(|n| n == &*table) {
+                    if now
+                        .as_ref()
+                        .is_ok_and(|n| n.columns == table.columns && n.key == table.key)
+                    {
                         // Same columns, but dropping and recreating a table
                         // drops its triggers too: capture would stop silently.
                         let triggers = capture::installed_triggers(c, &table)
@@ -304,24 +338,47 @@ impl SqliteSource {
                             ),
                         ));
                     }
-                    let names = |cols: &[ferry_core::Column]| {
-                        cols.iter()
-                            .map(|c| c.name.as_str())
-                            .collect::<Vec<_>>()
-                            .join(", ")
-                    };
-                    let current = match &now {
-                        Ok(n) => format!("({})", names(&n.columns)),
-                        Err(e) => e.message().to_owned(),
-                    };
-                    return Err(drift_error(&table.name.name).with(
-                        "columns",
-                        format!("captured ({}), now {current}", names(&table.columns)),
-                    ));
+                    let mut now = now.map_err(|e| {
+                        drift_error(&table.name.name).with("now", e.message().to_owned())
+                    })?;
+                    now.version = table.version + 1;
+                    let now = Arc::new(now);
+                    let err = |e| db_error(&path, "reinstalling capture triggers", e);
+                    let tx = c
+                        .transaction_with_behavior(TransactionBehavior::Immediate)
+                        .map_err(err)?;
+                    capture::install(&tx, std::slice::from_ref(&now), &pipeline).map_err(err)?;
+                    tx.commit().map_err(err)?;
+                    changed.push(now);
                 }
-                Ok(())
+                Ok(changed)
             })
-            .await
+            .await?;
+        if changed.is_empty() {
+            return Ok(());
+        }
+        let stream = self.stream_mut()?;
+        let mut by_name = (*stream.by_name).clone();
+        let mut pending = Vec::new();
+        for t in changed {
+            tracing::warn!(pipeline = %self.cfg.pipeline, table = %t.name,
+                "source table structure changed: the target table is altered and re-copied online");
+            by_name.insert(t.name.name.clone(), t.clone());
+            pending.push(Change::Schema {
+                table: t.clone(),
+                alter: Default::default(),
+            });
+            pending.push(Change::RecopyStart {
+                table: t.clone(),
+                reason: "its columns changed".into(),
+            });
+            self.recopies.retain(|(r, _)| r.name != t.name);
+            self.recopies.push_back((t, None));
+        }
+        let stream = self.stream_mut()?;
+        stream.by_name = Arc::new(by_name);
+        self.pending_schema = Some(pending);
+        Ok(())
     }
 
     async fn flush_acks(&mut self, seq: i64) -> Result<()> {
@@ -553,6 +610,17 @@ impl Source for SqliteSource {
                 }
             }
             let delivered = self.stream_mut()?.delivered;
+            if let Some(changes) = self.pending_schema.take() {
+                // A structure change met at the last poll: before any
+                // change captured after it (and before any re-copy chunk).
+                let stream = self.stream_mut()?;
+                stream.last_event = Instant::now();
+                return Ok(SourceEvent::Commit(Transaction {
+                    position: Position::Sqlite(SqlitePosition { seq: delivered }),
+                    commit_time_micros: Some(now_micros()),
+                    changes,
+                }));
+            }
             // Groups end at the chunk's seq (a boundary), so the stream
             // reaches it exactly.
             if let Some((at, _)) = &self.pending_recopy
@@ -606,7 +674,7 @@ impl Source for SqliteSource {
             self.stream_mut()?.data_version = Some(poll.data_version);
             if let Some((schema, hi)) = poll.state {
                 if schema != self.stream_mut()?.schema_version {
-                    self.check_drift().await?;
+                    self.follow_structure().await?;
                     self.stream_mut()?.schema_version = schema;
                 }
                 let stream = self.stream_mut()?;

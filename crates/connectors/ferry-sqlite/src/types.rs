@@ -303,9 +303,52 @@ impl ToSql for Param<'_> {
     }
 }
 
+/// `v` as a SQL literal, stored as [`Param`] would bind it (for a column
+/// default).
+pub(crate) fn sql_literal(v: &Value) -> rusqlite::Result<String> {
+    use rusqlite::types::ToSqlOutput;
+    let param = Param(v);
+    let out = param.to_sql()?;
+    let r = match &out {
+        ToSqlOutput::Borrowed(r) => *r,
+        ToSqlOutput::Owned(o) => ValueRef::from(o),
+        _ => ValueRef::Null,
+    };
+    Ok(match r {
+        ValueRef::Null => "NULL".into(),
+        ValueRef::Integer(i) => i.to_string(),
+        ValueRef::Real(f) => format!("{f:e}"),
+        ValueRef::Text(t) => crate::connection::literal(&String::from_utf8_lossy(t)),
+        ValueRef::Blob(b) => format!(
+            "X'{}'",
+            b.iter().map(|x| format!("{x:02x}")).collect::<String>()
+        ),
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn literals_read_back_as_the_values_bound() {
+        let c = rusqlite::Connection::open_in_memory().unwrap();
+        for v in [
+            Value::Int(-7),
+            Value::Float(0.1),
+            Value::Text("it's".into()),
+            Value::Bytes(vec![0, 255]),
+            Value::Null,
+        ] {
+            let lit = sql_literal(&v).unwrap();
+            let (a, b): (rusqlite::types::Value, rusqlite::types::Value) = c
+                .query_row(&format!("SELECT {lit}, ?1"), [Param(&v)], |r| {
+                    Ok((r.get(0)?, r.get(1)?))
+                })
+                .unwrap();
+            assert_eq!(a, b, "{lit}");
+        }
+    }
 
     #[test]
     fn declared_types_map_like_affinity() {

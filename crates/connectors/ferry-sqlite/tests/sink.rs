@@ -109,12 +109,23 @@ async fn ensure_tables_creates_and_checks() {
     );
     // Idempotent.
     t.sink.ensure_tables(&[orders()]).await.unwrap();
-    // A column the target lacks is fatal and named.
+    // A table lacking a column is reported, and a writer's schema step
+    // adds it.
     let mut wider = (*orders()).clone();
     wider.columns.push(col("note", ColumnType::Json, true));
-    let err = t.sink.ensure_tables(&[Arc::new(wider)]).await.unwrap_err();
-    assert_eq!(err.class(), ErrorClass::Fatal);
-    assert!(err.message().contains("no column note"), "{}", err.report());
+    let wider = Arc::new(wider);
+    let altered = t.sink.ensure_tables(&[wider.clone()]).await.unwrap();
+    assert_eq!(altered, vec![wider.name.clone()]);
+    let mut w = t.sink.writer().await.unwrap();
+    w.begin().await.unwrap();
+    w.apply(&[Step::Schema {
+        table: wider.clone(),
+        alter: Default::default(),
+    }])
+    .await
+    .unwrap();
+    w.commit(&[]).await.unwrap();
+    assert!(t.sink.ensure_tables(&[wider]).await.unwrap().is_empty());
     assert_eq!(t.sink.info().max_writers, 1);
 }
 
@@ -302,7 +313,7 @@ async fn schema_steps_add_columns() {
     w.begin().await.unwrap();
     w.apply(&[Step::Schema {
         table: wider.clone(),
-        ddl: None,
+        alter: Default::default(),
     }])
     .await
     .unwrap();

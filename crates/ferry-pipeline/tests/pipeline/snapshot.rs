@@ -258,7 +258,7 @@ impl Sink for ReorderingSink {
     async fn check(&self) -> Vec<CheckItem> {
         self.inner.check().await
     }
-    async fn ensure_tables(&self, tables: &[TableRef]) -> Result<()> {
+    async fn ensure_tables(&self, tables: &[TableRef]) -> Result<Vec<ferry_core::TableName>> {
         self.inner.ensure_tables(tables).await
     }
     async fn writer(&self) -> Result<Box<dyn SinkWriter>> {

@@ -207,7 +207,7 @@ pub async fn sink_conformance_with(sink: &dyn Sink, reader: &dyn TableReader, ta
         step_rows(vec![], vec![t.row(6, 3)]),
         Step::Schema {
             table: table.clone(),
-            ddl: None,
+            alter: Default::default(),
         },
     ];
     ok(w.apply(&steps).await, "apply steps in order");

@@ -264,7 +264,7 @@ impl<S: Sink> Sink for FaultySink<S> {
         self.inner.check().await
     }
 
-    async fn ensure_tables(&self, tables: &[TableRef]) -> Result<()> {
+    async fn ensure_tables(&self, tables: &[TableRef]) -> Result<Vec<ferry_core::TableName>> {
         self.inner.ensure_tables(tables).await
     }
 

@@ -351,7 +351,7 @@ impl<S: Sink> Sink for RecordingSink<S> {
         r
     }
 
-    async fn ensure_tables(&self, tables: &[TableRef]) -> Result<()> {
+    async fn ensure_tables(&self, tables: &[TableRef]) -> Result<Vec<ferry_core::TableName>> {
         let r = self.inner.ensure_tables(tables).await;
         let names = tables.iter().map(|t| t.name.to_string()).collect();
         push(&self.log, SinkCall::EnsureTables(names), outcome(&r));

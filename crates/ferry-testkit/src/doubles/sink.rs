@@ -393,22 +393,34 @@ impl Sink for MemorySink {
         vec![CheckItem::ok("target: memory", "in-memory test sink")]
     }
 
-    async fn ensure_tables(&self, tables: &[TableRef]) -> Result<()> {
+    /// Creates missing tables. An existing table whose columns are a
+    /// prefix of the wanted ones gets the rest at once (NULL in every row;
+    /// this double's `Step::Schema` changes nothing) and is reported; any
+    /// other difference is fatal.
+    async fn ensure_tables(&self, tables: &[TableRef]) -> Result<Vec<TableName>> {
         let mut st = self.lock();
+        let mut altered = Vec::new();
         for t in tables {
-            match st.tables.get(&t.name) {
+            match st.tables.get_mut(&t.name) {
                 Some(existing) => {
                     let names = |s: &TableRef| -> Vec<String> {
                         s.columns.iter().map(|c| c.name.clone()).collect()
                     };
-                    if names(&existing.schema) != names(t) || existing.schema.key != t.key {
+                    let (have, want) = (names(&existing.schema), names(t));
+                    if have == want && existing.schema.key == t.key {
+                        continue;
+                    }
+                    if !want.starts_with(&have) || existing.schema.key != t.key {
                         return Err(Error::fatal(format!(
-                            "MemorySink: table {} exists with other columns ({:?}) than wanted ({:?})",
-                            t.name,
-                            names(&existing.schema),
-                            names(t)
+                            "MemorySink: table {} exists with other columns ({have:?}) than wanted ({want:?})",
+                            t.name
                         )));
                     }
+                    for row in existing.rows.values_mut() {
+                        row.resize(want.len(), Value::Null);
+                    }
+                    existing.schema = t.clone();
+                    altered.push(t.name.clone());
                 }
                 None => {
                     st.tables.insert(
@@ -421,7 +433,7 @@ impl Sink for MemorySink {
                 }
             }
         }
-        Ok(())
+        Ok(altered)
     }
 
     async fn row_encoding(&self, _table: &TableRef) -> Result<Option<String>> {

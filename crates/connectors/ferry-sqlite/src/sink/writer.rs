@@ -13,8 +13,8 @@ use std::sync::mpsc::{SyncSender, sync_channel};
 use async_trait::async_trait;
 use ferry_core::value::display_key;
 use ferry_core::{
-    CheckpointRecord, Error, ErrorClass, KeyRange, KeylessOp, Result, SinkWriter, Step, TableOps,
-    TableRef, TableSchema, Value,
+    Alteration, CheckpointRecord, Error, ErrorClass, KeyRange, KeylessOp, Result, SinkWriter, Step,
+    TableOps, TableRef, TableSchema, Value,
 };
 use rusqlite::{CachedStatement, Connection, params};
 
@@ -22,7 +22,7 @@ use super::target_columns;
 use super::wal::{self, Checkpointer};
 use crate::connection::{Blocking, db_error, ident};
 use crate::temporal::temporal_text;
-use crate::types::{Param, declared_type};
+use crate::types::{Param, declared_type, sql_literal};
 
 const UPSERT_CHECKPOINT: &str = "INSERT INTO _ferry_checkpoint(pipeline, scope, value, updated_at) \
      VALUES (?1, ?2, ?3, strftime('%Y-%m-%d %H:%M:%f', 'now')) \
@@ -341,16 +341,47 @@ fn move_key(
     Ok(())
 }
 
-/// Adds the columns the new structure has and the target lacks. Added
-/// columns are nullable whatever the source says: SQLite cannot add a NOT
-/// NULL column without a default, and existing rows have no value.
-fn alter(c: &Connection, path: &Path, t: &TableSchema) -> Result<()> {
+/// Renames what `alter` says was renamed, then adds the columns the new
+/// structure has and the target lacks (with the value `alter` gives the
+/// rows already there as their default). Added columns are nullable
+/// whatever the source says: SQLite cannot add a NOT NULL column without a
+/// default.
+fn alter(c: &Connection, path: &Path, t: &TableSchema, alter: &Alteration) -> Result<()> {
     let name = &t.name.name;
-    let (existing, _) = target_columns(c, name)
-        .map_err(|e| db_error(path, &format!("reading the structure of table {name}"), e))?;
+    let read = |c: &Connection| {
+        target_columns(c, name)
+            .map(|(cols, _)| cols)
+            .map_err(|e| db_error(path, &format!("reading the structure of table {name}"), e))
+    };
+    let mut existing = read(c)?;
+    for (old, new) in &alter.renamed {
+        if existing.contains(old) && !existing.contains(new) {
+            let sql = format!(
+                "ALTER TABLE {} RENAME COLUMN {} TO {}",
+                ident(name),
+                ident(old),
+                ident(new)
+            );
+            c.execute_batch(&sql).map_err(|e| {
+                db_error(path, &format!("renaming column {name}.{old}"), e)
+                    .with("statement", sql.clone())
+            })?;
+            tracing::info!(table = %name, from = %old, to = %new, "sqlite target column renamed");
+        }
+    }
+    if !alter.renamed.is_empty() {
+        existing = read(c)?;
+    }
     for col in t.columns.iter().filter(|c| !existing.contains(&c.name)) {
+        let default = match alter.filled.iter().find(|(n, _)| *n == col.name) {
+            Some((_, v)) => format!(
+                " DEFAULT {}",
+                sql_literal(v).map_err(|e| db_error(path, "writing a default value", e))?
+            ),
+            None => String::new(),
+        };
         let sql = format!(
-            "ALTER TABLE {} ADD COLUMN {} {}",
+            "ALTER TABLE {} ADD COLUMN {} {}{default}",
             ident(name),
             ident(&col.name),
             declared_type(&col.ty)
@@ -435,7 +466,7 @@ fn apply_step(c: &Connection, path: &Path, step: &Step) -> Result<()> {
     match step {
         Step::Rows(ops) => ops.iter().try_for_each(|o| apply_ops(c, path, o)),
         Step::Truncate(tables) => tables.iter().try_for_each(|t| clear(c, path, t)),
-        Step::Schema { table, .. } => alter(c, path, table),
+        Step::Schema { table, alter: a } => alter(c, path, table, a),
         Step::MoveKey {
             table,
             old_key,
