@@ -315,3 +315,104 @@ fn sqlite_resync_repairs_a_table_while_changes_flow() {
     assert!(log_has(&log, "online re-copy done"));
     assert!(terminate(child).success());
 }
+
+/// Records the `recopy:` checkpoint records of the pipeline on a
+/// PostgreSQL target: which tables were re-copied, and why.
+fn recopies(pg: &PostgresServer) -> String {
+    pg.psql_in(
+        "dst",
+        "SELECT coalesce(string_agg(scope, ',' ORDER BY scope), '') FROM _ferry_checkpoint \
+         WHERE pipeline = 'ops' AND scope LIKE 'recopy:%'",
+    )
+}
+
+#[test]
+fn postgres_structure_changes_are_replayed_exactly_or_recopied() {
+    let pg = pg_with_tables();
+    let d = Dir::new();
+    let log = d.path("ferry.log");
+    let pipeline = pg_pipeline(&d, &pg, "", "");
+    let child = run_until_streaming(&pipeline, &log);
+    verified_equal(&pipeline);
+
+    // Exact replays: a constant default fills the old rows; a rename keeps
+    // the values (a drop + add would make them NULL). A change to each
+    // table makes pgoutput describe it again.
+    pg.psql_in(
+        "src",
+        "ALTER TABLE orders ADD COLUMN state text NOT NULL DEFAULT 'active';
+         UPDATE orders SET status = 'touched' WHERE id = 1;
+         ALTER TABLE notes RENAME COLUMN body TO text_body;
+         UPDATE notes SET text_body = 'renamed' WHERE id = 1;",
+    );
+    verified_equal(&pipeline);
+    assert_eq!(recopies(&pg), "", "no re-copy was needed");
+    assert_eq!(
+        pg.psql_in("dst", "SELECT count(*) FROM orders WHERE state = 'active'"),
+        "3000"
+    );
+
+    // A type change that rewrites the values, and a volatile default:
+    // the table is re-copied online.
+    pg.psql_in(
+        "src",
+        "ALTER TABLE orders ALTER COLUMN total TYPE text USING (total * 2)::text;
+         UPDATE orders SET status = 'after type change' WHERE id = 2;
+         ALTER TABLE notes ADD COLUMN at timestamptz DEFAULT clock_timestamp();
+         UPDATE notes SET text_body = 'x' WHERE id = 2;",
+    );
+    verified_equal(&pipeline);
+    assert_eq!(recopies(&pg), "recopy:public.notes,recopy:public.orders");
+    assert!(terminate(child).success());
+}
+
+#[test]
+fn postgres_a_column_added_while_ferry_is_stopped_is_copied_with_its_values() {
+    let pg = pg_with_tables();
+    let d = Dir::new();
+    let log = d.path("ferry.log");
+    let pipeline = pg_pipeline(&d, &pg, "", "");
+    let child = run_until_streaming(&pipeline, &log);
+    verified_equal(&pipeline);
+    assert!(terminate(child).success());
+    pg.psql_in(
+        "src",
+        "UPDATE orders SET status = 'before' WHERE id < 10;
+         ALTER TABLE orders ADD COLUMN region text NOT NULL DEFAULT 'eu';
+         UPDATE orders SET region = 'us' WHERE id % 2 = 0;",
+    );
+    let child = run_until_streaming(&pipeline, &log);
+    verified_equal(&pipeline);
+    assert!(terminate(child).success());
+}
+
+#[test]
+fn sqlite_structure_changes_while_running_and_while_stopped_converge() {
+    let d = Dir::new();
+    sqlite_source(&d);
+    let log = d.path("ferry.log");
+    let pipeline = d.pipeline("[snapshot]\nchunk_rows = 300\n");
+    let child = run_until_streaming(&pipeline, &log);
+    verified_equal(&pipeline);
+    // While running: a column with a default (old rows hold it), and a
+    // write in the same transaction as the ALTER.
+    d.source()
+        .execute_batch(
+            "BEGIN; ALTER TABLE items ADD COLUMN color TEXT DEFAULT 'red';
+             UPDATE items SET color = 'blue' WHERE id < 10; COMMIT;",
+        )
+        .unwrap();
+    verified_equal(&pipeline);
+    assert!(terminate(child).success());
+    // While stopped (ferry's old fix — add the column on the target —
+    // left NULL in every old row).
+    d.source()
+        .execute_batch(
+            "ALTER TABLE items ADD COLUMN size INTEGER NOT NULL DEFAULT 7;
+             UPDATE items SET size = 9 WHERE id BETWEEN 100 AND 120;",
+        )
+        .unwrap();
+    let child = run_until_streaming(&pipeline, &log);
+    verified_equal(&pipeline);
+    assert!(terminate(child).success());
+}

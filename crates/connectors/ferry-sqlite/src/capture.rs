@@ -144,23 +144,30 @@ pub(crate) fn acked(conn: &Connection, pipeline: &str) -> rusqlite::Result<Optio
     .optional()
 }
 
-/// `ferry resync`: a change row asking `pipeline` to re-copy `table`.
-pub(crate) fn request_recopy(
+/// A marker row for `pipeline` about `table` (`op`: [`RECOPY_OP`] or
+/// [`STRUCTURE_OP`]): it has a seq like any change, so the stream meets it
+/// exactly where it was written. `new_row` names the pipeline.
+pub(crate) fn mark(
     conn: &Connection,
     table: &str,
+    op: &str,
     pipeline: &str,
 ) -> rusqlite::Result<()> {
     conn.execute(
         &format!(
-            "INSERT INTO _ferry_changes(tbl, op, old_row, new_row, ts) VALUES (?1, '{RECOPY_OP}', NULL, ?2, {NOW_MICROS})"
+            "INSERT INTO _ferry_changes(tbl, op, old_row, new_row, ts) \
+             VALUES (?1, ?3, NULL, ?2, {NOW_MICROS})"
         ),
-        params![table, pipeline],
+        params![table, pipeline, op],
     )?;
     Ok(())
 }
 
-/// The `op` of a [`request_recopy`] row; its `new_row` names the pipeline.
+/// `ferry resync`: re-copy the table from here on.
 pub(crate) const RECOPY_OP: &str = "R";
+/// The table's columns changed here: the target is altered and the table
+/// re-copied (written by the source that met the change).
+pub(crate) const STRUCTURE_OP: &str = "S";
 
 fn now_micros() -> i64 {
     std::time::SystemTime::now()

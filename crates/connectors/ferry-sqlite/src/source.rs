@@ -78,8 +78,9 @@ pub struct SqliteSource {
     /// A re-copy chunk read at seq `.0`, delivered once the stream has
     /// delivered everything up to it.
     pending_recopy: Option<(i64, ferry_core::Change)>,
-    /// Structure changes to deliver before the next changes.
-    pending_schema: Option<Vec<Change>>,
+    /// Tables whose structure change this source marked in the change
+    /// table, until the stream meets the marker.
+    structure_marked: std::collections::HashSet<String>,
 }
 
 struct Stream {
@@ -134,7 +135,7 @@ impl SqliteSource {
             },
             recopies: Default::default(),
             pending_recopy: None,
-            pending_schema: None,
+            structure_marked: Default::default(),
         })
     }
 
@@ -182,10 +183,13 @@ impl SqliteSource {
         let by_name = Arc::clone(&stream.by_name);
         let path = self.cfg.path.clone();
         let pipeline = self.cfg.pipeline.clone();
+        // Tables whose misfit rows need no new re-copy: one runs, or the
+        // structure marker that starts one is on its way.
         let recopying: std::collections::HashSet<String> = self
             .recopies
             .iter()
             .map(|(t, _)| t.name.name.clone())
+            .chain(self.structure_marked.iter().cloned())
             .collect();
         let (changes, last_seq, read, max_ts) = self
             .conn
@@ -200,14 +204,26 @@ impl SqliteSource {
                     let Some(table) = by_name.get(&row.table) else {
                         continue;
                     };
-                    if row.op == capture::RECOPY_OP {
-                        // `ferry resync` of this pipeline (others ignore it).
-                        if row.new.as_deref() == Some(pipeline.as_str()) {
-                            changes.push(Change::RecopyStart {
-                                table: table.clone(),
-                                reason: "ferry resync".into(),
-                            });
+                    if row.op == capture::RECOPY_OP || row.op == capture::STRUCTURE_OP {
+                        // Markers of this pipeline (others ignore them):
+                        // `ferry resync`, or a structure change it met.
+                        if row.new.as_deref() != Some(pipeline.as_str()) {
+                            continue;
                         }
+                        let reason = if row.op == capture::RECOPY_OP {
+                            "ferry resync"
+                        } else {
+                            changes.push(Change::Schema {
+                                table: table.clone(),
+                                alter: Default::default(),
+                            });
+                            restarted.insert(row.table.clone());
+                            "its columns changed"
+                        };
+                        changes.push(Change::RecopyStart {
+                            table: table.clone(),
+                            reason: reason.into(),
+                        });
                         continue;
                     }
                     if !crate::change::fits(table, row) {
@@ -232,6 +248,9 @@ impl SqliteSource {
             .await?;
         // A re-copy requested in the stream runs from here on.
         for c in &changes {
+            if let Change::Schema { table, .. } = c {
+                self.structure_marked.remove(&table.name.name);
+            }
             if let Change::RecopyStart { table, .. } = c {
                 self.recopies.retain(|(t, _)| t.name != table.name);
                 self.recopies.push_back((table.clone(), None));
@@ -305,10 +324,11 @@ impl SqliteSource {
 
     /// Follows structure changes of captured tables (the schema version
     /// moved): a table whose columns changed gets its capture triggers
-    /// reinstalled for the new columns, and the changes `Schema` (the
-    /// target is altered) and `RecopyStart` (rows captured before cannot
-    /// tell the new columns' values) go out before the next changes. A
-    /// table dropped, or whose triggers are gone with the same columns
+    /// reinstalled for the new columns and, in the same transaction, a
+    /// structure marker in the change table, which the stream turns into
+    /// `Schema` (the target is altered) and `RecopyStart` (rows captured
+    /// before cannot tell the new columns' values) exactly there. A table
+    /// dropped, or whose triggers are gone with the same columns
     /// (recreated), stops the pipeline.
     async fn follow_structure(&mut self) -> Result<()> {
         let tables: Vec<TableRef> = self.stream_mut()?.by_name.values().cloned().collect();
@@ -348,6 +368,8 @@ impl SqliteSource {
                         .transaction_with_behavior(TransactionBehavior::Immediate)
                         .map_err(err)?;
                     capture::install(&tx, std::slice::from_ref(&now), &pipeline).map_err(err)?;
+                    capture::mark(&tx, &now.name.name, capture::STRUCTURE_OP, &pipeline)
+                        .map_err(err)?;
                     tx.commit().map_err(err)?;
                     changed.push(now);
                 }
@@ -359,25 +381,17 @@ impl SqliteSource {
         }
         let stream = self.stream_mut()?;
         let mut by_name = (*stream.by_name).clone();
-        let mut pending = Vec::new();
         for t in changed {
             tracing::warn!(pipeline = %self.cfg.pipeline, table = %t.name,
                 "source table structure changed: the target table is altered and re-copied online");
-            by_name.insert(t.name.name.clone(), t.clone());
-            pending.push(Change::Schema {
-                table: t.clone(),
-                alter: Default::default(),
-            });
-            pending.push(Change::RecopyStart {
-                table: t.clone(),
-                reason: "its columns changed".into(),
-            });
-            self.recopies.retain(|(r, _)| r.name != t.name);
-            self.recopies.push_back((t, None));
+            self.structure_marked.insert(t.name.name.clone());
+            by_name.insert(t.name.name.clone(), t);
         }
         let stream = self.stream_mut()?;
         stream.by_name = Arc::new(by_name);
-        self.pending_schema = Some(pending);
+        // The markers are this connection's own commit, which
+        // `data_version` does not report: look again at the next poll.
+        stream.data_version = None;
         Ok(())
     }
 
@@ -610,17 +624,6 @@ impl Source for SqliteSource {
                 }
             }
             let delivered = self.stream_mut()?.delivered;
-            if let Some(changes) = self.pending_schema.take() {
-                // A structure change met at the last poll: before any
-                // change captured after it (and before any re-copy chunk).
-                let stream = self.stream_mut()?;
-                stream.last_event = Instant::now();
-                return Ok(SourceEvent::Commit(Transaction {
-                    position: Position::Sqlite(SqlitePosition { seq: delivered }),
-                    commit_time_micros: Some(now_micros()),
-                    changes,
-                }));
-            }
             // Groups end at the chunk's seq (a boundary), so the stream
             // reaches it exactly.
             if let Some((at, _)) = &self.pending_recopy
@@ -806,7 +809,7 @@ impl Source for SqliteSource {
                     ))
                     .with_fix("run the pipeline first (`ferry run`)"));
                 }
-                capture::request_recopy(c, &name, &pipeline).map_err(err)
+                capture::mark(c, &name, capture::RECOPY_OP, &pipeline).map_err(err)
             })
             .await
     }

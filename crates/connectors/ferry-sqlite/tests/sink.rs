@@ -114,7 +114,11 @@ async fn ensure_tables_creates_and_checks() {
     let mut wider = (*orders()).clone();
     wider.columns.push(col("note", ColumnType::Json, true));
     let wider = Arc::new(wider);
-    let altered = t.sink.ensure_tables(std::slice::from_ref(&wider)).await.unwrap();
+    let altered = t
+        .sink
+        .ensure_tables(std::slice::from_ref(&wider))
+        .await
+        .unwrap();
     assert_eq!(altered, vec![wider.name.clone()]);
     let mut w = t.sink.writer().await.unwrap();
     w.begin().await.unwrap();

@@ -315,7 +315,10 @@ async fn sink_rejects_incompatible_existing_tables_with_a_fix() {
         "id bigint, name text, balance numeric(12,2), note text"
     );
     assert!(sink.ensure_tables(&[accounts()]).await.unwrap().is_empty());
-    pg.psql_in("target", "ALTER TABLE app.accounts DROP CONSTRAINT accounts_pkey");
+    pg.psql_in(
+        "target",
+        "ALTER TABLE app.accounts DROP CONSTRAINT accounts_pkey",
+    );
     let err = sink.ensure_tables(&[accounts()]).await.unwrap_err();
     assert!(
         err.fix().unwrap().contains("ADD PRIMARY KEY"),
