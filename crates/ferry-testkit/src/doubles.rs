@@ -21,6 +21,9 @@
 //! * [`sink_conformance`]: the `Sink` contract as one test, run against
 //!   every sink (the in-memory one included); [`keyless_conformance`]: the
 //!   same for tables without a key, run against every database sink.
+//! * [`source_conformance`]: the `Source` contract as one test, run
+//!   against every source through a [`SourceDriver`] (how to open it and
+//!   write to its database).
 //!
 //! The doubles panic on misuse by *test code* (committing an update of a
 //! missing row to a `MemoryDb`, an ack going backwards) and return
@@ -32,6 +35,7 @@ mod faulty;
 mod recording;
 mod sink;
 mod source;
+mod source_conformance;
 
 pub use conformance::{
     conformance_table, keyless_conformance, sink_conformance, sink_conformance_with,
@@ -41,6 +45,10 @@ pub use faulty::{FaultySink, SinkOp};
 pub use recording::{OpsSummary, Recorded, RecordedTxn, RecordingSink, SinkCall, StepSummary};
 pub use sink::{CommitView, MemorySink};
 pub use source::MemorySource;
+pub use source_conformance::{
+    SOURCE_CONFORMANCE_DDL, SourceDriver, SourceWrite, source_conformance,
+    source_conformance_tables, transaction_sql,
+};
 
 /// The row encoding [`MemorySource::row_encoding`] and
 /// [`MemorySink::accept_encoded_rows`] share: each row as one array item of
