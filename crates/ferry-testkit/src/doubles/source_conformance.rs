@@ -194,7 +194,8 @@ pub trait SourceDriver: Send {
 ///    overlap and `table_done` ends each table. `start_stream(snapshot
 ///    position)` then delivers exactly the transactions the snapshot lacks:
 ///    once each, whole (a large one as `Partial`s of one position closed by
-///    its `Commit`, nothing in between), in commit order, with exactly
+///    its `Commit`, at that position or just after it, nothing in
+///    between), in commit order, with exactly
 ///    their changes; positions grow, a heartbeat's never reaches the next
 ///    transaction's, and an idle source sends heartbeats.
 /// 2. After acks up to a mid-stream position P (never backwards, one

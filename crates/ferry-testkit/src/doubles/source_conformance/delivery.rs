@@ -341,17 +341,21 @@ impl Delivery {
             },
             SourceEvent::Commit(t) => {
                 let unit = match self.open.take() {
+                    // A source may not know the closing position exactly
+                    // while it hands the parts over (PostgreSQL: the commit
+                    // record's end); the parts' position must order like it.
                     Some(mut open) => {
-                        if open.position != t.position {
+                        if t.position < open.position {
                             fail(
                                 when,
                                 &format!(
-                                    "the Commit at {} closes Partials announced at {}",
+                                    "the Commit at {} closes Partials announced at the later {}",
                                     t.position, open.position
                                 ),
                             );
                         }
                         open.changes.extend(t.changes);
+                        open.position = t.position;
                         open
                     }
                     None => {
