@@ -236,6 +236,9 @@ mod tests {
         let listed = ALL.join(",");
         let parsed = parse_failpoints(&listed).unwrap();
         assert_eq!(parsed.len(), ALL.len());
-        assert!(ALL.iter().all(|n| n.chars().all(|c| c.is_ascii_lowercase() || c == '_')));
+        assert!(
+            ALL.iter()
+                .all(|n| n.chars().all(|c| c.is_ascii_lowercase() || c == '_'))
+        );
     }
 }

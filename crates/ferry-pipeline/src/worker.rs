@@ -182,7 +182,9 @@ impl Worker {
                 match part {
                     StreamPart::Steps(steps) => {
                         self.writer.apply(&steps).await?;
-                        ferry_core::failpoint::failpoint(ferry_core::failpoint::LARGE_TXN_PART_APPLIED);
+                        ferry_core::failpoint::failpoint(
+                            ferry_core::failpoint::LARGE_TXN_PART_APPLIED,
+                        );
                     }
                     StreamPart::Commit(records) => {
                         return self.writer.commit(&records).await.map(|()| true);

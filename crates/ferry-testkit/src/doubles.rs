@@ -21,6 +21,9 @@
 //! * [`sink_conformance`]: the `Sink` contract as one test, run against
 //!   every sink (the in-memory one included); [`keyless_conformance`]: the
 //!   same for tables without a key, run against every database sink.
+//! * [`checkpoint_store_conformance`]: the `CheckpointStore` contract
+//!   (records committed with the data, rollbacks, upserts by scope, `clear`,
+//!   one pipeline's records independent of another's), run by every sink.
 //! * [`source_conformance`]: the `Source` contract as one test, run
 //!   against every source through a [`SourceDriver`] (how to open it and
 //!   write to its database).
@@ -29,6 +32,7 @@
 //! missing row to a `MemoryDb`, an ack going backwards) and return
 //! classified errors for what the code under test could cause.
 
+mod checkpoint_conformance;
 mod conformance;
 mod db;
 mod faulty;
@@ -37,6 +41,7 @@ mod sink;
 mod source;
 mod source_conformance;
 
+pub use checkpoint_conformance::checkpoint_store_conformance;
 pub use conformance::{
     conformance_table, keyless_conformance, sink_conformance, sink_conformance_with,
 };

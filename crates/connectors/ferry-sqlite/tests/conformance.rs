@@ -73,3 +73,19 @@ async fn sqlite_source_passes_the_source_conformance_suite() {
     };
     source_conformance(&mut driver).await;
 }
+
+/// Two pipelines' sinks on one target file.
+#[tokio::test(flavor = "multi_thread")]
+async fn sqlite_sink_passes_the_checkpoint_store_conformance_suite() {
+    use ferry_sqlite::{SqliteSink, SqliteSinkConfig};
+    let dir = tempfile::tempdir().unwrap();
+    let sink = |pipeline: &str| {
+        SqliteSink::open(SqliteSinkConfig {
+            path: dir.path().join("target.db"),
+            pipeline: pipeline.into(),
+        })
+        .unwrap()
+    };
+    let table = ferry_testkit::doubles::conformance_table(ferry_core::TableName::bare("conf"));
+    ferry_testkit::doubles::checkpoint_store_conformance(&sink("p1"), &sink("p2"), table).await;
+}

@@ -211,7 +211,10 @@ pub async fn source_conformance(driver: &mut dyn SourceDriver) {
     let mut model = Model::default();
     let before = driver.installed().await;
     if !before.is_empty() {
-        fail("setup", &format!("the source already has capture: {before:?}"));
+        fail(
+            "setup",
+            &format!("the source already has capture: {before:?}"),
+        );
     }
 
     // Session 1: snapshot, hand-off, stream.
@@ -234,7 +237,10 @@ pub async fn source_conformance(driver: &mut dyn SourceDriver) {
     }
     ok(src.prepare().await, when, "prepare() a second time");
     same_installed(driver, &installed, when, "a second prepare()").await;
-    let again = suite_tables(ok(src.tables().await, when, "tables() after prepare()"), when);
+    let again = suite_tables(
+        ok(src.tables().await, when, "tables() after prepare()"),
+        when,
+    );
     if names(&again) != names(&tables) {
         fail(
             when,
@@ -312,7 +318,11 @@ pub async fn source_conformance(driver: &mut dyn SourceDriver) {
         ok(src.ack(&u.position).await, when, "ack()");
     }
     let resume_at = seen.units[resume_unit].position.clone();
-    ok(src.ack(&resume_at).await, when, "ack() of the same position again");
+    ok(
+        src.ack(&resume_at).await,
+        when,
+        "ack() of the same position again",
+    );
     let resume_after = model.newest_in(&seen.units[resume_unit]);
     drop(src);
 
@@ -377,7 +387,11 @@ pub async fn source_conformance(driver: &mut dyn SourceDriver) {
     let mut src = driver.open().await;
     suite_tables(ok(src.tables().await, when, "tables()"), when);
     ok(src.prepare().await, when, "prepare()");
-    ok(src.start_stream(None, &[]).await, when, "start_stream(None)");
+    ok(
+        src.start_stream(None, &[]).await,
+        when,
+        "start_stream(None)",
+    );
     let now = model.add(&[Op::Ins(A, 10, 100)]);
     driver.write(&now).await;
     let mut seen = Delivery::default();
@@ -471,8 +485,7 @@ async fn read_snapshot(
     let mut done = BTreeSet::new();
     let mut ranges: HashMap<String, Vec<KeyRange>> = HashMap::new();
     loop {
-        let chunk = match tokio::time::timeout(Duration::from_secs(60), reader.next_chunk()).await
-        {
+        let chunk = match tokio::time::timeout(Duration::from_secs(60), reader.next_chunk()).await {
             Err(_) => fail(when, "no snapshot chunk within 60 s"),
             Ok(r) => ok(r, when, "next_chunk()"),
         };
@@ -482,7 +495,10 @@ async fn read_snapshot(
             fail(when, &format!("a chunk of {t} after its table_done chunk"));
         }
         let ChunkRows::Values(values) = &chunk.rows else {
-            fail(when, "encoded rows, though no request asked for an encoding");
+            fail(
+                when,
+                "encoded rows, though no request asked for an encoding",
+            );
         };
         let col = |name: &str| chunk.table.columns.iter().position(|c| c.name == name);
         let (Some(n), Some(q)) = (col("name"), col("qty")) else {
@@ -493,7 +509,10 @@ async fn read_snapshot(
             if !chunk.range.contains(&key) {
                 fail(
                     when,
-                    &format!("{t} row {row:?} is outside its chunk's range {:?}", chunk.range),
+                    &format!(
+                        "{t} row {row:?} is outside its chunk's range {:?}",
+                        chunk.range
+                    ),
                 );
             }
             let (Value::Int(id), Value::Text(name), Value::Int(qty)) = (&row[0], &row[n], &row[q])
@@ -509,7 +528,11 @@ async fn read_snapshot(
         }
         let seen = ranges.entry(t.clone()).or_default();
         let skipped = skip.iter().filter(|(s, _)| *s == t).map(|(_, r)| r);
-        if let Some(other) = seen.iter().chain(skipped).find(|r| overlaps(r, &chunk.range)) {
+        if let Some(other) = seen
+            .iter()
+            .chain(skipped)
+            .find(|r| overlaps(r, &chunk.range))
+        {
             fail(
                 when,
                 &format!(
@@ -590,7 +613,11 @@ mod tests {
                         } => Change::Update {
                             table: table(t),
                             before: None,
-                            after: vec![Value::Int(*id), Value::Text(name.clone()), Value::Int(*qty)],
+                            after: vec![
+                                Value::Int(*id),
+                                Value::Text(name.clone()),
+                                Value::Int(*qty),
+                            ],
                         },
                         SourceWrite::Delete { table: t, id } => Change::Delete {
                             table: table(t),
@@ -619,7 +646,9 @@ mod tests {
 
     #[tokio::test(flavor = "multi_thread")]
     async fn memory_source_conforms() {
-        let mut driver = MemoryDriver { db: MemoryDb::new() };
+        let mut driver = MemoryDriver {
+            db: MemoryDb::new(),
+        };
         source_conformance(&mut driver).await;
         assert!(driver.db.prepares() >= 4);
     }

@@ -57,3 +57,35 @@ async fn postgres_source_passes_the_source_conformance_suite() {
     let mut driver = PgDriver { pg, url };
     source_conformance(&mut driver).await;
 }
+
+fn sink_config(url: &str, pipeline: &str) -> ferry_postgres::PostgresSinkConfig {
+    ferry_postgres::PostgresSinkConfig {
+        url: url.to_owned(),
+        pipeline: pipeline.to_owned(),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_sink_passes_the_sink_conformance_suite() {
+    let (_pg, url) = server_with_db("target");
+    let sink = ferry_postgres::PostgresSink::connect(sink_config(&url, "conformance"))
+        .await
+        .unwrap();
+    let table =
+        ferry_testkit::doubles::conformance_table(ferry_core::TableName::new(Some("app"), "conf"));
+    ferry_testkit::doubles::sink_conformance(&sink, table).await;
+}
+
+/// Two pipelines' sinks on one target database.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_sink_passes_the_checkpoint_store_conformance_suite() {
+    let (_pg, url) = server_with_db("target");
+    let sink = ferry_postgres::PostgresSink::connect(sink_config(&url, "p1"))
+        .await
+        .unwrap();
+    let other = ferry_postgres::PostgresSink::connect(sink_config(&url, "p2"))
+        .await
+        .unwrap();
+    let table = ferry_testkit::doubles::conformance_table(ferry_core::TableName::bare("conf"));
+    ferry_testkit::doubles::checkpoint_store_conformance(&sink, &other, table).await;
+}

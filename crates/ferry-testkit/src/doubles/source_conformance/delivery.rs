@@ -182,7 +182,10 @@ impl Model {
                 match runs.last_mut() {
                     Some((rk, ru, changes)) if *rk == k => {
                         if *ru != u {
-                            fail(when, &format!("transaction t{k} was split over two deliveries"));
+                            fail(
+                                when,
+                                &format!("transaction t{k} was split over two deliveries"),
+                            );
                         }
                         changes.push(s);
                     }
