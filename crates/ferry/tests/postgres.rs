@@ -245,7 +245,7 @@ pub fn caught_up(pg: &PostgresServer) -> bool {
 }
 
 /// Rows of `items` and `tags` on database `dst`.
-pub fn copied_to_dst(pg: &PostgresServer) -> i64 {
+fn copied_to_dst(pg: &PostgresServer) -> i64 {
     pg_rows(
         pg,
         "dst",
