@@ -132,7 +132,7 @@ fn postgres_crash(point: &str, hits: &[u64]) {
     w.stop();
     let child = spawn_run(&pipeline, &log);
     eventually_blocking("the target catches up", Duration::from_secs(120), || {
-        caught_up(&pg).then_some(())
+        caught_up(&pg)
     });
     stop_and_verify(child, &log, &pipeline);
 }
