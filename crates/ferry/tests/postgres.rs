@@ -212,6 +212,27 @@ fn kill_repeatedly(
     }
 }
 
+/// PostgreSQL → PostgreSQL (`src` → `dst`): kills as `kills` says while a
+/// writer writes, then runs `ferry run` until the target caught up.
+/// Returns that run and the writer's transfers.
+fn kill_then_catch_up(
+    pg: &PostgresServer,
+    pipeline: &Path,
+    log: &Path,
+    kills: &Kills,
+) -> (std::process::Child, u64) {
+    let w = Writer::start(pg, false);
+    kill_repeatedly(pipeline, log, kills, &|| copied_to_dst(pg), &|| {
+        newest_transfer(pg)
+    });
+    let transfers = w.stop();
+    let child = spawn_run(pipeline, log);
+    eventually_blocking("the target catches up", Duration::from_secs(120), || {
+        caught_up(pg)
+    });
+    (child, transfers)
+}
+
 /// SIGTERM must end `ferry run` with exit 0, and `ferry verify` must then
 /// find source and target equal.
 pub fn stop_and_verify(child: std::process::Child, log: &Path, pipeline: &Path) {
@@ -322,22 +343,13 @@ fn postgres_to_postgres_kill_9_loses_and_doubles_nothing() {
         })
     };
 
-    let w = Writer::start(&pg, false);
     let kills = Kills {
         start_up: 50,
         mid_copy: 5,
         copied_rows,
         streaming: 50,
     };
-    kill_repeatedly(&pipeline, &log, &kills, &|| copied_to_dst(&pg), &|| {
-        newest_transfer(&pg)
-    });
-    w.stop();
-
-    let child = spawn_run(&pipeline, &log);
-    eventually_blocking("the target catches up", Duration::from_secs(120), || {
-        caught_up(&pg)
-    });
+    let (child, _) = kill_then_catch_up(&pg, &pipeline, &log, &kills);
     stop.store(true, Ordering::Relaxed);
     reader.join().unwrap();
     stop_and_verify(child, &log, &pipeline);
@@ -378,21 +390,13 @@ fn postgres_to_postgres_eventual_kill_9_loses_and_doubles_nothing() {
         "workers = 4\nconsistency = \"eventual\"\n",
     );
     let log = d.path("ferry.log");
-    let w = Writer::start(&pg, false);
     let kills = Kills {
         start_up: 12,
         mid_copy: 2,
         copied_rows,
         streaming: 30,
     };
-    kill_repeatedly(&pipeline, &log, &kills, &|| copied_to_dst(&pg), &|| {
-        newest_transfer(&pg)
-    });
-    let transfers = w.stop();
-    let child = spawn_run(&pipeline, &log);
-    eventually_blocking("the target catches up", Duration::from_secs(120), || {
-        caught_up(&pg)
-    });
+    let (child, transfers) = kill_then_catch_up(&pg, &pipeline, &log, &kills);
     stop_and_verify(child, &log, &pipeline);
     assert!(
         transfers > 100,

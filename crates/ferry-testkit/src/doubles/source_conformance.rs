@@ -104,6 +104,27 @@ pub enum SourceWrite {
     },
 }
 
+impl SourceWrite {
+    /// The table, the key, and for an insert or update the values written.
+    pub fn parts(&self) -> (&'static str, i64, Option<(&str, i64)>) {
+        match self {
+            SourceWrite::Insert {
+                table,
+                id,
+                name,
+                qty,
+            }
+            | SourceWrite::Update {
+                table,
+                id,
+                name,
+                qty,
+            } => (table, *id, Some((name.as_str(), *qty))),
+            SourceWrite::Delete { table, id } => (table, *id, None),
+        }
+    }
+}
+
 /// `writes` as one SQL transaction (`BEGIN; ...; COMMIT;`), valid on SQLite
 /// and PostgreSQL. Consecutive inserts into one table share a multi-row
 /// `INSERT` of up to 500 rows.
@@ -119,16 +140,12 @@ pub fn transaction_sql(writes: &[SourceWrite]) -> String {
         }
     };
     for w in writes {
-        match w {
-            SourceWrite::Insert {
-                table,
-                id,
-                name,
-                qty,
-            } => {
+        let (table, id, values) = w.parts();
+        match (w, values) {
+            (SourceWrite::Insert { .. }, Some((name, qty))) => {
                 let same = insert
                     .as_ref()
-                    .is_some_and(|(t, rows)| t == table && rows.len() < 500);
+                    .is_some_and(|(t, rows)| *t == table && rows.len() < 500);
                 if !same {
                     flush(&mut insert, &mut sql);
                     insert = Some((table, Vec::new()));
@@ -136,18 +153,13 @@ pub fn transaction_sql(writes: &[SourceWrite]) -> String {
                 let row = format!("({id}, '{name}', {qty})");
                 insert.as_mut().expect("set above").1.push(row);
             }
-            SourceWrite::Update {
-                table,
-                id,
-                name,
-                qty,
-            } => {
+            (_, Some((name, qty))) => {
                 flush(&mut insert, &mut sql);
                 sql.push(format!(
                     "UPDATE {table} SET name = '{name}', qty = {qty} WHERE id = {id}"
                 ));
             }
-            SourceWrite::Delete { table, id } => {
+            (_, None) => {
                 flush(&mut insert, &mut sql);
                 sql.push(format!("DELETE FROM {table} WHERE id = {id}"));
             }

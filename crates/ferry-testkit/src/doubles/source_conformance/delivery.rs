@@ -80,23 +80,12 @@ impl Model {
     pub fn state(&self, k: usize) -> State {
         let mut rows = State::new();
         for w in self.txns.iter().take(k).flatten() {
-            match w {
-                SourceWrite::Insert {
-                    table,
-                    id,
-                    name,
-                    qty,
+            match w.parts() {
+                (table, id, Some((name, qty))) => {
+                    rows.insert((table.to_owned(), id), (name.to_owned(), qty));
                 }
-                | SourceWrite::Update {
-                    table,
-                    id,
-                    name,
-                    qty,
-                } => {
-                    rows.insert((table.to_string(), *id), (name.clone(), *qty));
-                }
-                SourceWrite::Delete { table, id } => {
-                    rows.remove(&(table.to_string(), *id));
+                (table, id, None) => {
+                    rows.remove(&(table.to_owned(), id));
                 }
             }
         }
@@ -106,20 +95,14 @@ impl Model {
     fn expected(&self, k: usize) -> Vec<Summary> {
         self.txns[k - 1]
             .iter()
-            .map(|w| match w {
-                SourceWrite::Insert {
-                    table,
-                    id,
-                    name,
-                    qty,
-                } => summary(table, 'I', *id, Some((name.clone(), *qty))),
-                SourceWrite::Update {
-                    table,
-                    id,
-                    name,
-                    qty,
-                } => summary(table, 'U', *id, Some((name.clone(), *qty))),
-                SourceWrite::Delete { table, id } => summary(table, 'D', *id, None),
+            .map(|w| {
+                let kind = match w {
+                    SourceWrite::Insert { .. } => 'I',
+                    SourceWrite::Update { .. } => 'U',
+                    SourceWrite::Delete { .. } => 'D',
+                };
+                let (table, id, values) = w.parts();
+                summary(table, kind, id, values.map(|(n, q)| (n.to_owned(), q)))
             })
             .collect()
     }
