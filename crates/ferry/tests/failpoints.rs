@@ -193,3 +193,25 @@ fn postgres_crash_inside_a_large_transaction() {
 fn postgres_crash_after_a_commit_before_its_ack() {
     postgres_crash(GROUP_COMMITTED, &[30, 5]);
 }
+
+/// A misspelt failpoint must fail the crash test, not let it run uncrashed.
+#[test]
+fn a_misspelt_or_malformed_failpoint_is_refused() {
+    use ferry_testkit::failpoint::FAILPOINTS_ENV;
+    for (spec, says) in [
+        ("group_comitted", "unknown failpoint(s) group_comitted"),
+        ("group_committed=0", "not a hit number"),
+    ] {
+        let out = std::process::Command::new(crate::kit::FERRY)
+            .args(["check", "no-such-pipeline.toml"])
+            .env(FAILPOINTS_ENV, spec)
+            .output()
+            .expect("run ferry");
+        let text = text(&out);
+        assert_eq!(out.status.code(), Some(2), "{text}");
+        assert!(
+            text.contains(says) && text.contains("FERRY_FAILPOINTS"),
+            "{text}"
+        );
+    }
+}
