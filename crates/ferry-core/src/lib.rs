@@ -8,6 +8,7 @@ pub mod check;
 pub mod checkpoint;
 pub mod codec;
 pub mod error;
+pub mod failpoint;
 pub mod position;
 pub mod reader;
 pub mod schema;

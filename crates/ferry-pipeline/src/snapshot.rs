@@ -6,6 +6,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
+use ferry_core::failpoint::{self, failpoint};
 use ferry_core::{
     CheckpointRecord, ChunkRows, Error, Result, SinkWriter, SnapshotChunk, SnapshotReader,
     TableProgress, TableRef,
@@ -68,6 +69,7 @@ async fn write_chunk(w: &mut dyn SinkWriter, shared: &Shared, chunk: SnapshotChu
             }
         }
     }
+    failpoint(failpoint::SNAPSHOT_CHUNK_LOADED);
     // Hold the progress lock across the commit so concurrent chunks of one
     // table never record ranges that are not committed.
     let mut all = shared.progress.lock().await;
@@ -95,6 +97,7 @@ async fn write_chunk(w: &mut dyn SinkWriter, shared: &Shared, chunk: SnapshotChu
     }
     all.insert(source_name, p);
     drop(all);
+    failpoint(failpoint::SNAPSHOT_CHUNK_COMMITTED);
     Stats::add(&shared.stats.snapshot_rows, n);
     shared.stats.table(&target.name.to_string(), |t| {
         t.snapshot_rows += n;

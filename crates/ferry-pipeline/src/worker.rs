@@ -101,6 +101,7 @@ impl Worker {
             if self.ordered_commit {
                 wait_turn(&self.committed.clone(), seq).await;
             }
+            ferry_core::failpoint::failpoint(ferry_core::failpoint::GROUP_EXECUTED);
             Ok(())
         };
         before_commit.await.map_err(GroupError::BeforeCommit)?;
@@ -202,7 +203,12 @@ impl Worker {
         let result = async {
             while let Some(part) = parts.recv().await {
                 match part {
-                    StreamPart::Steps(steps) => self.writer.apply(&steps).await?,
+                    StreamPart::Steps(steps) => {
+                        self.writer.apply(&steps).await?;
+                        ferry_core::failpoint::failpoint(
+                            ferry_core::failpoint::LARGE_TXN_PART_APPLIED,
+                        );
+                    }
                     StreamPart::Commit(records) => {
                         return self.writer.commit(&records).await.map(|()| true);
                     }
@@ -242,6 +248,7 @@ impl Worker {
             match result {
                 Ok(committed) => {
                     if committed {
+                        ferry_core::failpoint::failpoint(ferry_core::failpoint::GROUP_COMMITTED);
                         self.committed.send_modify(|c| c.mark(seq));
                         Stats::add(&self.stats.commits, 1);
                     }

@@ -20,8 +20,14 @@
 //!   commit after it committed (an ambiguous commit).
 //! * [`sink_conformance`]: the `Sink` contract as one test, run against
 //!   every sink (the in-memory one included); [`keyless_conformance`]: the
-//!   same for tables without a key, run against every database sink;
-//!   [`fence_conformance`]: one runner per pipeline ([`Sink::fence`]).
+//!   same for tables without a key, run against every database sink.
+//! * [`fence_conformance`]: one runner per pipeline ([`Sink::fence`]).
+//! * [`checkpoint_store_conformance`]: the `CheckpointStore` contract
+//!   (records committed with the data, rollbacks, upserts by scope, `clear`,
+//!   one pipeline's records independent of another's), run by every sink.
+//! * [`source_conformance`]: the `Source` contract as one test, run
+//!   against every source through a [`SourceDriver`] (how to open it and
+//!   write to its database).
 //!
 //! [`Sink::fence`]: ferry_core::Sink::fence
 //!
@@ -29,6 +35,7 @@
 //! missing row to a `MemoryDb`, an ack going backwards) and return
 //! classified errors for what the code under test could cause.
 
+mod checkpoint_conformance;
 mod conformance;
 mod db;
 mod faulty;
@@ -36,7 +43,9 @@ mod fence;
 mod recording;
 mod sink;
 mod source;
+mod source_conformance;
 
+pub use checkpoint_conformance::checkpoint_store_conformance;
 pub use conformance::{
     conformance_table, keyless_conformance, sink_conformance, sink_conformance_with,
 };
@@ -46,6 +55,10 @@ pub use fence::fence_conformance;
 pub use recording::{OpsSummary, Recorded, RecordedTxn, RecordingSink, SinkCall, StepSummary};
 pub use sink::{CommitView, MemorySink};
 pub use source::MemorySource;
+pub use source_conformance::{
+    SOURCE_CONFORMANCE_DDL, SourceDriver, SourceWrite, source_conformance,
+    source_conformance_tables, transaction_sql,
+};
 
 /// The row encoding [`MemorySource::row_encoding`] and
 /// [`MemorySink::accept_encoded_rows`] share: each row as one array item of

@@ -84,6 +84,10 @@ fn fail(e: &Error) -> ExitCode {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    // A crash test with a misspelt failpoint must fail, not run uncrashed.
+    if let Err(e) = ferry_core::failpoint::armed_in_env(&ferry_core::failpoint::ALL) {
+        return fail(&Error::fatal(e).with_fix("fix or unset FERRY_FAILPOINTS"));
+    }
     if let Err(e) = init_logging(&cli.log) {
         return fail(&e);
     }

@@ -11,14 +11,15 @@ use ferry_testkit::eventually_blocking;
 use rand::Rng;
 
 use crate::kit::{
-    Dir, count, dump, ferry, kill_after_copy_progress, open, spawn_run, terminate, text,
+    Dir, count, dump, ferry, kill_after_copy_progress, open, spawn_run, spawn_streaming, terminate,
+    text,
 };
 
 const ACCOUNTS: i64 = 200;
 const START_BALANCE: i64 = 1_000;
 const TOTAL: i64 = ACCOUNTS * START_BALANCE;
 
-fn setup(d: &Dir) {
+pub fn setup(d: &Dir) {
     let c = d.source();
     c.execute_batch(
         "CREATE TABLE accounts (id INTEGER PRIMARY KEY, balance INTEGER NOT NULL);
@@ -35,8 +36,14 @@ fn setup(d: &Dir) {
     tx.commit().unwrap();
 }
 
-/// Multi-row transactions that keep the sum of balances constant.
-fn writer(d: &Dir, stop: Arc<AtomicBool>, done: Arc<AtomicU64>) -> std::thread::JoinHandle<()> {
+/// Multi-row transactions that keep the sum of balances constant, until
+/// `stop`; with `large`, every 500th also inserts 1500 `ledger` rows.
+pub fn writer(
+    d: &Dir,
+    stop: Arc<AtomicBool>,
+    done: Arc<AtomicU64>,
+    large: bool,
+) -> std::thread::JoinHandle<()> {
     let path = d.path("source.db");
     std::thread::spawn(move || {
         let mut c = open(&path);
@@ -83,6 +90,16 @@ fn writer(d: &Dir, stop: Arc<AtomicBool>, done: Arc<AtomicU64>) -> std::thread::
                 tx.execute(
                     "DELETE FROM ledger WHERE rowid = (SELECT rowid FROM ledger WHERE account = ?1 LIMIT 1)",
                     [rng.random_range(1..=ACCOUNTS)],
+                )
+                .unwrap();
+            }
+            // A transaction larger than the pipeline's 1000-row chunks: the
+            // source hands it over in Partials.
+            if large && done.load(Ordering::Relaxed) % 500 == 250 {
+                tx.execute(
+                    "WITH RECURSIVE s(n) AS (SELECT 1 UNION ALL SELECT n + 1 FROM s WHERE n < 1500) \
+                     INSERT INTO ledger SELECT n % 200, 1, 'bulk' FROM s",
+                    [],
                 )
                 .unwrap();
             }
@@ -147,7 +164,7 @@ fn reader(
 }
 
 /// The keyless `ledger` as a multiset: its rows, sorted.
-fn ledger(path: &std::path::Path) -> Option<Vec<String>> {
+pub fn ledger(path: &std::path::Path) -> Option<Vec<String>> {
     let mut rows = dump(path, "ledger")?;
     rows.sort();
     Some(rows)
@@ -176,19 +193,33 @@ fn kill_9_run(consistency: &str, kills: usize, check_reads: bool) {
     let done = Arc::new(AtomicU64::new(0));
     let reads = Arc::new(AtomicU64::new(0));
     let bad = Arc::new(std::sync::Mutex::new(Vec::new()));
-    let w = writer(&d, stop.clone(), done.clone());
+    let w = writer(&d, stop.clone(), done.clone(), false);
     let r = reader(&d, stop.clone(), reads.clone(), bad.clone());
 
     let mut rng = rand::rng();
     for i in 0..kills {
-        let mut child = spawn_run(&pipeline, &log);
-        // Some kills land during start-up and the snapshot, most while streaming.
+        // The first kills land during start-up and the snapshot, the others
+        // while streaming, each while the writer still writes.
+        let (mut child, written) = if i < 5 {
+            (spawn_run(&pipeline, &log), None)
+        } else {
+            let child = spawn_streaming(&pipeline, &log);
+            (child, Some(done.load(Ordering::Relaxed)))
+        };
         let ms = if i < 5 {
             rng.random_range(0..60)
         } else {
-            rng.random_range(20..250)
+            rng.random_range(0..250)
         };
         std::thread::sleep(Duration::from_millis(ms)); // the random kill moment itself, not a wait for a condition
+        if let Some(before) = written {
+            // The writer still writes: the kill lands among live changes.
+            eventually_blocking(
+                "the writer to commit while ferry streams",
+                Duration::from_secs(30),
+                || (done.load(Ordering::Relaxed) > before).then_some(()),
+            );
+        }
         child.kill().expect("kill -9");
         child.wait().expect("reap");
     }

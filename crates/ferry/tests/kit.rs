@@ -74,6 +74,11 @@ pub fn ferry(args: &[&str]) -> Output {
 }
 
 pub fn spawn_run(pipeline: &Path, log: &Path) -> Child {
+    spawn_run_env(pipeline, log, &[])
+}
+
+/// [`spawn_run`] with extra environment variables (armed failpoints).
+pub fn spawn_run_env(pipeline: &Path, log: &Path, env: &[(&str, String)]) -> Child {
     let log = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
@@ -82,11 +87,76 @@ pub fn spawn_run(pipeline: &Path, log: &Path) -> Child {
     Command::new(FERRY)
         .args(["run", pipeline.to_str().expect("utf8 path")])
         .env("FERRY_LOG", "info")
+        .envs(env.iter().map(|(k, v)| (k, v)))
         .stdin(Stdio::null())
         .stdout(log.try_clone().expect("log"))
         .stderr(log)
         .spawn()
         .expect("spawn ferry run")
+}
+
+/// Occurrences of `needle` in the log file (0 while it does not exist).
+pub fn log_count(log: &Path, needle: &str) -> usize {
+    std::fs::read_to_string(log)
+        .unwrap_or_default()
+        .matches(needle)
+        .count()
+}
+
+/// The last 40 lines of the log file, for failure messages.
+pub fn log_tail(log: &Path) -> String {
+    let text = std::fs::read_to_string(log).unwrap_or_default();
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(40)..].join("\n")
+}
+
+/// Starts `ferry run` and waits until it has started streaming changes
+/// (a new "stream started" line in the log); fails with the log's tail if
+/// it exits first.
+pub fn spawn_streaming(pipeline: &Path, log: &Path) -> Child {
+    let before = log_count(log, "stream started");
+    let mut child = spawn_run(pipeline, log);
+    ferry_testkit::eventually_blocking(
+        "ferry streams changes",
+        std::time::Duration::from_secs(180),
+        || {
+            if let Ok(Some(status)) = child.try_wait() {
+                panic!(
+                    "ferry run exited ({status}) before streaming:\n{}",
+                    log_tail(log)
+                );
+            }
+            if log_count(log, "stream started") > before {
+                Ok(())
+            } else {
+                Err(log_tail(log))
+            }
+        },
+    );
+    child
+}
+
+/// Runs `ferry run` with failpoint `point` armed at hit `nth`, and waits
+/// until the process aborts there: killed by SIGABRT, with the failpoint's
+/// message in the log. Fails if it exits any other way.
+pub fn crash_at(pipeline: &Path, log: &Path, point: &str, nth: u64) {
+    use ferry_testkit::failpoint::{FAILPOINTS_ENV, FailpointSpec, env_value};
+    use std::os::unix::process::ExitStatusExt;
+    let spec = env_value(&[FailpointSpec::new(point, nth)]);
+    let message = format!("ferry failpoint {point:?}: hit {nth}, aborting");
+    let before = log_count(log, &message);
+    let mut child = spawn_run_env(pipeline, log, &[(FAILPOINTS_ENV, spec.clone())]);
+    let status = ferry_testkit::eventually_blocking(
+        &format!("ferry run to abort at {spec}"),
+        std::time::Duration::from_secs(180),
+        || child.try_wait().expect("wait for ferry run").ok_or(()),
+    );
+    const SIGABRT: i32 = 6;
+    assert!(
+        status.signal() == Some(SIGABRT) && log_count(log, &message) > before,
+        "ferry run with {spec} ended with {status:?}, not at the failpoint:\n{}",
+        log_tail(log)
+    );
 }
 
 pub fn text(o: &Output) -> String {

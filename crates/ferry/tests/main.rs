@@ -1,8 +1,10 @@
-//! End-to-end tests of the real `ferry` binary on real SQLite files.
+//! End-to-end tests of the real `ferry` binary on real SQLite files and
+//! real PostgreSQL servers, crash tests included.
 
 mod bad_input;
 mod crash;
 mod e2e;
+mod failpoints;
 mod fence;
 mod kit;
 mod operations;

@@ -201,9 +201,34 @@ impl PostgresWriter {
 
     async fn build_key(&mut self, name: &TableName, t: &Target) -> Result<()> {
         let sql = add_key_sql(t);
-        tracing::info!(table = %t.display, "building the primary key after the snapshot load");
         self.send_begin().await?;
         self.restructured.push(name.clone());
+        // Another sink writing this table (a second pipeline into it) may
+        // have built the key since this mapping was read: look under the
+        // lock the key build takes anyway, so two builders never race.
+        let lock = format!("LOCK TABLE {} IN ACCESS EXCLUSIVE MODE", t.qualified);
+        let failed =
+            |e| pg_error(e, "looking for the table's primary key").with("table", t.display.clone());
+        self.client.batch_execute(&lock).await.map_err(failed)?;
+        let built: bool = self
+            .client
+            .query_one(
+                "SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_constraint \
+                 WHERE conrelid = $1::text::regclass AND contype = 'p')",
+                &[&t.qualified],
+            )
+            .await
+            .map_err(failed)?
+            .get(0);
+        if built {
+            self.shared
+                .targets
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .remove(name);
+            return Ok(());
+        }
+        tracing::info!(table = %t.display, "building the primary key after the snapshot load");
         // The key's sort fits in memory with more than the default 64 MB
         // (5 M bigint keys need about 240 MB): raised for this transaction
         // only, never lowered.

@@ -4,6 +4,7 @@
 mod cdc;
 mod check;
 mod common;
+mod conformance;
 mod sink;
 mod source;
 mod types;

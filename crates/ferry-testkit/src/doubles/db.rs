@@ -37,6 +37,8 @@ pub(crate) struct DbState {
     pub deliveries: Vec<Position>,
     pub snapshots: Vec<Position>,
     pub prepares: u64,
+    /// `prepare` ran and `teardown` did not since.
+    pub installed: bool,
     pub source_faults: VecDeque<ErrorClass>,
     /// Transactions up to this seq can no longer be streamed (a purged
     /// log, a dropped slot): see [`MemoryDb::forget_log_through`].
@@ -293,6 +295,12 @@ impl MemoryDb {
     /// How many times a source ran `prepare`.
     pub fn prepares(&self) -> u64 {
         self.lock().prepares
+    }
+
+    /// Whether a source's `prepare` installed capture that no `teardown`
+    /// removed since.
+    pub fn capture_installed(&self) -> bool {
+        self.lock().installed
     }
 
     /// Makes the next [`Source::next`](ferry_core::Source::next) call of a

@@ -213,7 +213,9 @@ impl Source for MemorySource {
     }
 
     async fn prepare(&mut self) -> Result<()> {
-        self.db.lock().prepares += 1;
+        let mut st = self.db.lock();
+        st.prepares += 1;
+        st.installed = true;
         Ok(())
     }
 
@@ -335,6 +337,7 @@ impl Source for MemorySource {
     }
 
     async fn teardown(&mut self) -> Result<()> {
+        self.db.lock().installed = false;
         Ok(())
     }
 
