@@ -27,7 +27,7 @@ use ferry_core::{
 use rusqlite::{Connection, TransactionBehavior};
 
 use crate::capture;
-use crate::change::{decode_change, drift_error};
+use crate::change::{decode_change, drift_error, follow_unique_indexes};
 use crate::connection::{Blocking, db_error, open_source, set_wal};
 use crate::schema::{read_table, selected_tables};
 
@@ -254,9 +254,14 @@ impl SqliteSource {
 
     /// Fails when a captured table's columns differ from what `tables()`
     /// reported (the triggers still encode the old column list), or when its
-    /// triggers are gone.
+    /// triggers are gone. Follows a change of its unique indexes when that
+    /// provably lost nothing (see [`follow_unique_indexes`]).
     async fn check_drift(&mut self) -> Result<()> {
-        let tables: Vec<TableRef> = self.stream_mut()?.by_name.values().cloned().collect();
+        let stream = self.stream_mut()?;
+        let tables: Vec<TableRef> = stream.by_name.values().cloned().collect();
+        // Read together with the previous schema version: every change up
+        // to it was captured before the structure changed.
+        let since = stream.seen;
         let path = self.cfg.path.clone();
         self.conn
             .run(move |c| {
@@ -265,17 +270,21 @@ impl SqliteSource {
                     if now.as_ref().is_ok_and(|n| n == &*table) {
                         // Same columns, but dropping and recreating a table
                         // drops its triggers too: capture would stop silently.
-                        let triggers = capture::installed_triggers(c, &table)
+                        let state = capture::capture_state(c, &table)
                             .map_err(|e| db_error(&path, "reading triggers", e))?;
-                        if triggers == 3 {
-                            continue;
+                        if state.row_triggers != 3 {
+                            return Err(drift_error(&table.name.name).with(
+                                "triggers",
+                                format!(
+                                    "{} of 3 capture triggers left (was the table recreated?)",
+                                    state.row_triggers
+                                ),
+                            ));
                         }
-                        return Err(drift_error(&table.name.name).with(
-                            "triggers",
-                            format!(
-                                "{triggers} of 3 capture triggers left (was the table recreated?)"
-                            ),
-                        ));
+                        if !state.displacement_current {
+                            follow_unique_indexes(c, &path, &table, since)?;
+                        }
+                        continue;
                     }
                     let names = |cols: &[ferry_core::Column]| {
                         cols.iter()
@@ -352,7 +361,7 @@ impl Source for SqliteSource {
         let path = self.cfg.path.clone();
         let pipeline = self.cfg.pipeline.clone();
         let count = tables.len();
-        let recreated = self
+        let installed = self
             .conn
             .run(move |c| {
                 set_wal(c, &path)?;
@@ -360,16 +369,26 @@ impl Source for SqliteSource {
                 let tx = c
                     .transaction_with_behavior(TransactionBehavior::Immediate)
                     .map_err(err)?;
-                let recreated = capture::install(&tx, &tables, &pipeline).map_err(err)?;
+                let installed = capture::install(&tx, &tables, &pipeline).map_err(err)?;
                 tx.commit().map_err(err)?;
-                Ok(recreated)
+                Ok(installed)
             })
             .await?;
-        for table in &recreated {
+        for table in &installed.recreated {
             tracing::warn!(
                 pipeline = %self.cfg.pipeline, table = %table,
                 "capture triggers of {table} encoded other columns and were recreated; \
                  changes captured before cannot be decoded (reset the pipeline if it reports drift)"
+            );
+        }
+        for (table, unacknowledged) in installed.unique_changed.iter().filter(|t| t.1 > 0) {
+            tracing::warn!(
+                pipeline = %self.cfg.pipeline, table = %table, changes = unacknowledged,
+                "the unique indexes of {table} are not those its capture triggers covered (an index \
+                 changed while ferry was stopped, or capture was installed by an older ferry); the \
+                 triggers were updated, but {unacknowledged} changes captured before may miss rows \
+                 an INSERT/UPDATE OR REPLACE removed: run `ferry verify` once the pipeline caught up, \
+                 and `ferry reset` if it finds differences"
             );
         }
         tracing::info!(pipeline = %self.cfg.pipeline, path = %self.cfg.path.display(), tables = count,
@@ -417,7 +436,7 @@ impl Source for SqliteSource {
                     .with_fix("prepare() installs it; run the pipeline normally"));
                 }
                 for t in &check_tables {
-                    if capture::installed_triggers(c, t).map_err(err)? != 3 {
+                    if !capture::capture_state(c, t).map_err(err)?.complete() {
                         return Err(Error::fatal(format!(
                             "capture triggers of table {} are missing or outdated",
                             t.name

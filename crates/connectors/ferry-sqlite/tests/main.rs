@@ -2,6 +2,7 @@
 //! SQLite files in its own temporary directory; a second `rusqlite`
 //! connection plays the other process that writes to the source.
 
+mod replace;
 mod round_trip;
 mod sink;
 mod snapshot;
