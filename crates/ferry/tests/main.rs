@@ -5,3 +5,4 @@ mod crash;
 mod e2e;
 mod kit;
 mod postgres;
+mod replace;
