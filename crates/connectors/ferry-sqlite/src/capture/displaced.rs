@@ -39,7 +39,8 @@
 use ferry_core::TableSchema;
 use rusqlite::{Connection, OptionalExtension};
 
-use super::{NOW_MICROS, Trigger, image};
+use super::NOW_MICROS;
+use super::triggers::{Trigger, image};
 use crate::connection::{ident, literal};
 use crate::ddl;
 
