@@ -374,23 +374,7 @@ impl Source for SqliteSource {
                 Ok(installed)
             })
             .await?;
-        for table in &installed.recreated {
-            tracing::warn!(
-                pipeline = %self.cfg.pipeline, table = %table,
-                "capture triggers of {table} encoded other columns and were recreated; \
-                 changes captured before cannot be decoded (reset the pipeline if it reports drift)"
-            );
-        }
-        for (table, unacknowledged) in installed.unique_changed.iter().filter(|t| t.1 > 0) {
-            tracing::warn!(
-                pipeline = %self.cfg.pipeline, table = %table, changes = unacknowledged,
-                "the unique indexes of {table} are not those its capture triggers covered (an index \
-                 changed while ferry was stopped, or capture was installed by an older ferry); the \
-                 triggers were updated, but {unacknowledged} changes captured before may miss rows \
-                 an INSERT/UPDATE OR REPLACE removed: run `ferry verify` once the pipeline caught up, \
-                 and `ferry reset` if it finds differences"
-            );
-        }
+        installed.warn(&self.cfg.pipeline);
         tracing::info!(pipeline = %self.cfg.pipeline, path = %self.cfg.path.display(), tables = count,
             "sqlite capture installed");
         Ok(())

@@ -177,6 +177,30 @@ pub(crate) struct Installed {
     pub(crate) unique_changed: Vec<(String, i64)>,
 }
 
+impl Installed {
+    /// Logs what the operator must know: changes that cannot be decoded,
+    /// or that were captured without the triggers for removed rows.
+    pub(crate) fn warn(&self, pipeline: &str) {
+        for table in &self.recreated {
+            tracing::warn!(
+                pipeline, table = %table,
+                "capture triggers of {table} encoded other columns and were recreated; \
+                 changes captured before cannot be decoded (reset the pipeline if it reports drift)"
+            );
+        }
+        for (table, unacknowledged) in self.unique_changed.iter().filter(|t| t.1 > 0) {
+            tracing::warn!(
+                pipeline, table = %table, changes = unacknowledged,
+                "the unique indexes of {table} are not those its capture triggers covered (an index \
+                 changed while ferry was stopped, or capture was installed by an older ferry); the \
+                 triggers were updated, but {unacknowledged} changes captured before may miss rows \
+                 an INSERT/UPDATE OR REPLACE removed: run `ferry verify` once the pipeline caught up, \
+                 and `ferry reset` if it finds differences"
+            );
+        }
+    }
+}
+
 /// Installs the change and consumer tables, the triggers of `tables`, and
 /// registers `pipeline` as a consumer (its acked position starts at the
 /// current end of the change table). Runs inside the caller's transaction.
