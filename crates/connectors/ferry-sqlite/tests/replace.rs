@@ -207,8 +207,9 @@ async fn replace_into_on_the_key_and_a_unique_column_at_once() {
 }
 
 /// A row replaced through the key itself arrives deleted before its
-/// successor: hot-row merge may then drop an insert followed by a delete
-/// of the same key in one group, as the target then never had it.
+/// successor. Hot-row merge drops an insert followed by a delete of the
+/// same key in one group (the target never had that row); the delete
+/// first tells it the target had the key.
 #[tokio::test]
 async fn a_replace_on_the_key_delivers_the_replaced_row_deleted_first() {
     let mut r = seeded().await;

@@ -61,6 +61,10 @@ pub(crate) struct Displacement {
     /// written into `_bi`: installed triggers cover an index when their
     /// text contains it.
     pub(crate) conditions: Vec<String>,
+    /// A row of the table conflicts with NEW: any of `conditions`, equal
+    /// keys, or the rowid.
+    #[cfg(test)]
+    pub(crate) conflicts: String,
 }
 
 /// The pending table of `table`.
@@ -129,7 +133,10 @@ pub(crate) fn plan(
         let key = table
             .key_names()
             .iter()
-            .map(|k| format!("{t}.{} = {}", ident(k), new_value(&new_values, k)))
+            .map(|k| {
+                let v = new_value(&new_values, k);
+                format!("{t}.{} COLLATE BINARY = {v}", ident(k))
+            })
             .collect::<Vec<_>>()
             .join(" AND ");
         conflicts.push(format!("({key})"));
@@ -192,6 +199,8 @@ pub(crate) fn plan(
             s.pending_is(&s.identity_of("OLD"))
         ),
         conditions,
+        #[cfg(test)]
+        conflicts: s.conflicts.clone(),
     }))
 }
 
@@ -225,11 +234,13 @@ impl Sql<'_> {
             .join(" AND ")
     }
 
-    /// Row `a` of the table has the same identity as `b`'s.
+    /// Row `a` of the table has the same identity as `b`'s. Keys compare
+    /// by bytes, as their index does (a column may be declared with
+    /// another collation).
     fn same_identity(&self, a: &str, b: &str) -> String {
         self.identity
             .iter()
-            .map(|c| format!("{a}.{c} = {b}.{c}"))
+            .map(|c| format!("{a}.{c} COLLATE BINARY = {b}.{c}"))
             .collect::<Vec<_>>()
             .join(" AND ")
     }
@@ -257,7 +268,7 @@ impl Sql<'_> {
             .identity
             .iter()
             .enumerate()
-            .map(|(i, c)| format!("{}.{c} = {p}.i{i}", self.t))
+            .map(|(i, c)| format!("{}.{c} COLLATE BINARY = {p}.i{i}", self.t))
             .collect::<Vec<_>>()
             .join(" AND ");
         let replaced = self.pending_is(&self.identity_of("NEW"));
@@ -491,4 +502,95 @@ fn unreadable_index(index: &str, text: Option<&str>) -> rusqlite::Error {
             "cannot read the terms of unique index {index} from its definition {text:?}"
         )),
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use super::*;
+
+    /// `sql` with every `NEW.<column>` made a parameter.
+    fn with_parameters(sql: &str) -> String {
+        let mut out = String::new();
+        let mut rest = sql;
+        while let Some(at) = rest.find("NEW.") {
+            out.push_str(&rest[..at]);
+            let after = &rest[at + 4..];
+            let end = if let Some(quoted) = after.strip_prefix('"') {
+                quoted.find('"').map_or(after.len(), |e| e + 2)
+            } else {
+                after
+                    .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+                    .unwrap_or(after.len())
+            };
+            out.push('?');
+            rest = &after[end..];
+        }
+        out.push_str(rest);
+        out
+    }
+
+    /// The BEFORE triggers look up the rows a new row conflicts with on
+    /// every write: each lookup must use an index (a scan would make every
+    /// write as slow as the table is large), whatever the index's
+    /// collation, expression or predicate.
+    #[test]
+    fn conflict_lookups_use_indexes() {
+        let c = Connection::open_in_memory().unwrap();
+        c.execute_batch(
+            "CREATE TABLE a(id INTEGER PRIMARY KEY, email TEXT UNIQUE, n INT NOT NULL DEFAULT 0);
+             CREATE TABLE b(k TEXT COLLATE NOCASE NOT NULL, slug TEXT NOT NULL DEFAULT 'x', v INT);
+             CREATE UNIQUE INDEX b_k ON b(k COLLATE BINARY);
+             CREATE UNIQUE INDEX b_slug ON b(lower(slug), v DESC) WHERE v > 0;
+             CREATE TABLE w(x INT, y TEXT COLLATE NOCASE UNIQUE, z, PRIMARY KEY(x, z)) WITHOUT ROWID;
+             CREATE TABLE t(p TEXT PRIMARY KEY, q INT UNIQUE);
+             CREATE TABLE n(p TEXT UNIQUE, q);",
+        )
+        .unwrap();
+        for name in ["a", "b", "w", "t", "n"] {
+            let table = crate::schema::read_table(&c, Path::new("m"), name).unwrap();
+            let d = plan(&c, &table).unwrap().unwrap();
+            let sql = format!(
+                "EXPLAIN QUERY PLAN SELECT 1 FROM {} WHERE {}",
+                ident(name),
+                with_parameters(&d.conflicts)
+            );
+            // Unbound parameters are NULL; the plan does not depend on them.
+            let mut stmt = c.prepare(&sql).unwrap();
+            let mut rows = stmt.raw_query();
+            let mut steps: Vec<String> = Vec::new();
+            while let Some(row) = rows.next().unwrap() {
+                steps.push(row.get(3).unwrap());
+            }
+            assert!(
+                !steps.iter().any(|s| s.starts_with(&format!("SCAN {name}"))),
+                "{name}: {steps:?}\n{sql}"
+            );
+        }
+    }
+
+    #[test]
+    fn which_conflicts_each_table_looks_for() {
+        let c = Connection::open_in_memory().unwrap();
+        c.execute_batch(
+            "CREATE TABLE a(id INTEGER PRIMARY KEY, v);
+             CREATE TABLE t(k TEXT PRIMARY KEY, u INT, UNIQUE(k, u));
+             CREATE TABLE n(p TEXT, q);",
+        )
+        .unwrap();
+        let conflicts = |name: &str| {
+            let table = crate::schema::read_table(&c, Path::new("m"), name).unwrap();
+            plan(&c, &table).unwrap().unwrap().conflicts
+        };
+        // The key only: the rowid is the key.
+        assert_eq!(conflicts("a"), "(\"a\".\"id\" COLLATE BINARY = NEW.\"id\")");
+        // An index containing the key adds nothing; the rowid may be given.
+        assert_eq!(
+            conflicts("t"),
+            "(\"t\".\"k\" COLLATE BINARY = NEW.\"k\") OR \"t\".rowid = NEW.rowid"
+        );
+        // Without a key: the rowid.
+        assert_eq!(conflicts("n"), "\"n\".rowid = NEW.rowid");
+    }
 }
