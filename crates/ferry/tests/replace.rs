@@ -138,16 +138,21 @@ fn source_seq(source: &Path) -> i64 {
         .unwrap()
 }
 
-/// Writes `WRITES` while ferry runs, waits until the target applied them
+/// Writes `writes` while ferry runs, waits until the target applied them
 /// all (`applied` reads the target's applied seq), stops ferry and verifies.
-fn write_and_verify(d: &Dir, pipeline: &Path, applied: &dyn Fn() -> Option<i64>) {
+fn write_and_verify(
+    d: &Dir,
+    pipeline: &Path,
+    applied: &dyn Fn() -> Option<i64>,
+    writes: &[(&str, &str)],
+) {
     let log = d.path("ferry.log");
     let child = spawn_run(pipeline, &log);
     let source = d.path("source.db");
     eventually_blocking("the snapshot", Duration::from_secs(60), || {
         applied().map(|_| ())
     });
-    for (pragmas, sql) in WRITES {
+    for (pragmas, sql) in writes {
         let w = open(&source);
         w.execute_batch(pragmas).unwrap();
         w.execute_batch(sql).unwrap();
@@ -163,23 +168,25 @@ fn write_and_verify(d: &Dir, pipeline: &Path, applied: &dyn Fn() -> Option<i64>)
     );
     let v = ferry(&["verify", pipeline.to_str().unwrap()]);
     assert!(v.status.success(), "verify: {}", text(&v));
-    // Something was removed by REPLACE in every table.
-    let c = open(&source);
+}
+
+/// Rows of `table` on the source.
+fn source_rows(d: &Dir, table: &str) -> i64 {
+    open(&d.path("source.db"))
+        .query_row(&format!("SELECT count(*) FROM {table}"), [], |r| r.get(0))
+        .unwrap()
+}
+
+/// Something was removed by REPLACE in every table of `SCHEMA`.
+fn assert_writes_removed_rows(d: &Dir) {
     for (table, rows) in [("users", 2), ("tags", 2), ("loose", 4), ("parent", 3)] {
-        let n: i64 = c
-            .query_row(&format!("SELECT count(*) FROM {table}"), [], |r| r.get(0))
-            .unwrap();
-        assert_eq!(n, rows, "{table} on the source");
+        assert_eq!(source_rows(d, table), rows, "{table} on the source");
     }
 }
 
-#[test]
-fn sqlite_to_sqlite_converges_after_replace_upserts_and_foreign_key_actions() {
-    let d = Dir::new();
-    d.source().execute_batch(SCHEMA).unwrap();
-    let pipeline = d.pipeline("[apply]\nbatch_time = \"50ms\"\n");
-    let target = d.path("target.db");
-    let applied = || {
+/// The applied seq on a SQLite target.
+fn sqlite_applied(target: std::path::PathBuf) -> impl Fn() -> Option<i64> {
+    move || {
         let c = Connection::open_with_flags(&target, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
             .ok()?;
         let value: String = c
@@ -190,28 +197,12 @@ fn sqlite_to_sqlite_converges_after_replace_upserts_and_foreign_key_actions() {
             )
             .ok()?;
         applied_seq(&value)
-    };
-    write_and_verify(&d, &pipeline, &applied);
+    }
 }
 
-#[test]
-fn sqlite_to_postgres_converges_after_replace_upserts_and_foreign_key_actions() {
-    let pg = PostgresServer::start();
-    pg.create_database("dst");
-    let d = Dir::new();
-    d.source().execute_batch(SCHEMA).unwrap();
-    let pipeline = d.path("pipeline.toml");
-    std::fs::write(
-        &pipeline,
-        format!(
-            "name = \"test\"\n[source]\nurl = \"sqlite:{}\"\npoll_interval = \"5ms\"\n\
-             [target]\nurl = \"{}\"\n[apply]\nbatch_time = \"50ms\"\n",
-            d.path("source.db").display(),
-            pg.url_for("dst")
-        ),
-    )
-    .unwrap();
-    let applied = || {
+/// The applied seq on a PostgreSQL target.
+fn pg_applied(pg: &PostgresServer) -> impl Fn() -> Option<i64> + '_ {
+    move || {
         let out = pg
             .try_psql_in(
                 "dst",
@@ -219,6 +210,88 @@ fn sqlite_to_postgres_converges_after_replace_upserts_and_foreign_key_actions() 
             )
             .ok()?;
         applied_seq(&out)
-    };
-    write_and_verify(&d, &pipeline, &applied);
+    }
+}
+
+/// A pipeline from `source.db` to database `dst` of `pg`, plus `extra` TOML.
+fn pg_pipeline(d: &Dir, pg: &PostgresServer, extra: &str) -> std::path::PathBuf {
+    pg.create_database("dst");
+    let pipeline = d.path("pipeline.toml");
+    std::fs::write(
+        &pipeline,
+        format!(
+            "name = \"test\"\n[source]\nurl = \"sqlite:{}\"\npoll_interval = \"5ms\"\n\
+             [target]\nurl = \"{}\"\n{extra}",
+            d.path("source.db").display(),
+            pg.url_for("dst")
+        ),
+    )
+    .unwrap();
+    pipeline
+}
+
+const FAST_GROUPS: &str = "[apply]\nbatch_time = \"50ms\"\n";
+
+#[test]
+fn sqlite_to_sqlite_converges_after_replace_upserts_and_foreign_key_actions() {
+    let d = Dir::new();
+    d.source().execute_batch(SCHEMA).unwrap();
+    let pipeline = d.pipeline(FAST_GROUPS);
+    write_and_verify(&d, &pipeline, &sqlite_applied(d.path("target.db")), WRITES);
+    assert_writes_removed_rows(&d);
+}
+
+#[test]
+fn sqlite_to_postgres_converges_after_replace_upserts_and_foreign_key_actions() {
+    let pg = PostgresServer::start();
+    let d = Dir::new();
+    d.source().execute_batch(SCHEMA).unwrap();
+    let pipeline = pg_pipeline(&d, &pg, FAST_GROUPS);
+    write_and_verify(&d, &pipeline, &pg_applied(&pg), WRITES);
+    assert_writes_removed_rows(&d);
+}
+
+/// A row filter decides on the removed row's own image: a row replaced by
+/// one outside the filter leaves the target, a row outside the filter
+/// replaced by one inside arrives.
+const FILTERED: &str = "
+    CREATE TABLE orders(id INTEGER PRIMARY KEY, region TEXT NOT NULL, code TEXT UNIQUE);
+    INSERT INTO orders VALUES (1, 'eu', 'a'), (2, 'eu', 'b'), (3, 'us', 'c'), (6, 'eu', 'f');";
+const FILTERED_WRITES: &[(&str, &str)] = &[(
+    "",
+    "REPLACE INTO orders VALUES (1, 'us', 'a');
+     INSERT OR REPLACE INTO orders VALUES (4, 'us', 'b');
+     INSERT OR REPLACE INTO orders VALUES (5, 'eu', 'c');
+     BEGIN; REPLACE INTO orders VALUES (6, 'us', 'f'); UPDATE orders SET region = 'eu' WHERE id = 6; COMMIT;",
+)];
+const FILTER: &str =
+    "[tables]\nfilter = { orders = \"region = 'eu'\" }\n[apply]\nbatch_time = \"50ms\"\n";
+
+#[test]
+fn sqlite_to_sqlite_row_filters_see_the_rows_replace_removed() {
+    let d = Dir::new();
+    d.source().execute_batch(FILTERED).unwrap();
+    let pipeline = d.pipeline(FILTER);
+    write_and_verify(
+        &d,
+        &pipeline,
+        &sqlite_applied(d.path("target.db")),
+        FILTERED_WRITES,
+    );
+    assert_eq!(
+        crate::kit::dump(&d.path("target.db"), "orders")
+            .unwrap()
+            .len(),
+        2,
+        "rows 5 and 6"
+    );
+}
+
+#[test]
+fn sqlite_to_postgres_row_filters_see_the_rows_replace_removed() {
+    let pg = PostgresServer::start();
+    let d = Dir::new();
+    d.source().execute_batch(FILTERED).unwrap();
+    let pipeline = pg_pipeline(&d, &pg, FILTER);
+    write_and_verify(&d, &pipeline, &pg_applied(&pg), FILTERED_WRITES);
 }
