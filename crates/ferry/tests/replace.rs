@@ -232,23 +232,34 @@ fn pg_pipeline(d: &Dir, pg: &PostgresServer, extra: &str) -> std::path::PathBuf 
 
 const FAST_GROUPS: &str = "[apply]\nbatch_time = \"50ms\"\n";
 
+/// `schema` on a SQLite source, replicated to a SQLite target while
+/// `writes` run; the target must verify equal.
+fn to_sqlite(schema: &str, extra: &str, writes: &[(&str, &str)]) -> Dir {
+    let d = Dir::new();
+    d.source().execute_batch(schema).unwrap();
+    let pipeline = d.pipeline(extra);
+    write_and_verify(&d, &pipeline, &sqlite_applied(d.path("target.db")), writes);
+    d
+}
+
+/// The same to a PostgreSQL target.
+fn to_postgres(schema: &str, extra: &str, writes: &[(&str, &str)]) -> Dir {
+    let pg = PostgresServer::start();
+    let d = Dir::new();
+    d.source().execute_batch(schema).unwrap();
+    let pipeline = pg_pipeline(&d, &pg, extra);
+    write_and_verify(&d, &pipeline, &pg_applied(&pg), writes);
+    d
+}
+
 #[test]
 fn sqlite_to_sqlite_converges_after_replace_upserts_and_foreign_key_actions() {
-    let d = Dir::new();
-    d.source().execute_batch(SCHEMA).unwrap();
-    let pipeline = d.pipeline(FAST_GROUPS);
-    write_and_verify(&d, &pipeline, &sqlite_applied(d.path("target.db")), WRITES);
-    assert_writes_removed_rows(&d);
+    assert_writes_removed_rows(&to_sqlite(SCHEMA, FAST_GROUPS, WRITES));
 }
 
 #[test]
 fn sqlite_to_postgres_converges_after_replace_upserts_and_foreign_key_actions() {
-    let pg = PostgresServer::start();
-    let d = Dir::new();
-    d.source().execute_batch(SCHEMA).unwrap();
-    let pipeline = pg_pipeline(&d, &pg, FAST_GROUPS);
-    write_and_verify(&d, &pipeline, &pg_applied(&pg), WRITES);
-    assert_writes_removed_rows(&d);
+    assert_writes_removed_rows(&to_postgres(SCHEMA, FAST_GROUPS, WRITES));
 }
 
 /// A row filter decides on the removed row's own image: a row replaced by
@@ -269,29 +280,12 @@ const FILTER: &str =
 
 #[test]
 fn sqlite_to_sqlite_row_filters_see_the_rows_replace_removed() {
-    let d = Dir::new();
-    d.source().execute_batch(FILTERED).unwrap();
-    let pipeline = d.pipeline(FILTER);
-    write_and_verify(
-        &d,
-        &pipeline,
-        &sqlite_applied(d.path("target.db")),
-        FILTERED_WRITES,
-    );
-    assert_eq!(
-        crate::kit::dump(&d.path("target.db"), "orders")
-            .unwrap()
-            .len(),
-        2,
-        "rows 5 and 6"
-    );
+    let d = to_sqlite(FILTERED, FILTER, FILTERED_WRITES);
+    let target = crate::kit::dump(&d.path("target.db"), "orders").unwrap();
+    assert_eq!(target.len(), 2, "rows 5 and 6: {target:?}");
 }
 
 #[test]
 fn sqlite_to_postgres_row_filters_see_the_rows_replace_removed() {
-    let pg = PostgresServer::start();
-    let d = Dir::new();
-    d.source().execute_batch(FILTERED).unwrap();
-    let pipeline = pg_pipeline(&d, &pg, FILTER);
-    write_and_verify(&d, &pipeline, &pg_applied(&pg), FILTERED_WRITES);
+    to_postgres(FILTERED, FILTER, FILTERED_WRITES);
 }
