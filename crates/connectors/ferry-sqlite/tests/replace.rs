@@ -317,6 +317,35 @@ async fn statements_that_remove_nothing_capture_no_delete() {
     assert_eq!(r.deletes_captured(), 0);
 }
 
+/// An upsert workload leaves a pending row per statement that updated the
+/// conflicting row instead; the next such statement settles it, so the
+/// pending table stays small and lookups in it cheap.
+#[tokio::test]
+async fn upserts_leave_at_most_one_pending_row() {
+    let mut r = seeded().await;
+    let mut w = r.db.conn();
+    let tx = w.transaction().unwrap();
+    for i in 0..500 {
+        tx.execute(
+            "INSERT INTO users VALUES (?1, 'u' || ?1, 'n') ON CONFLICT(id) DO UPDATE SET name = 'again'",
+            [i % 50],
+        )
+        .unwrap();
+        tx.execute(
+            "INSERT OR IGNORE INTO tags VALUES ('t1', ?1, 0)",
+            [format!("s{i}")],
+        )
+        .unwrap();
+    }
+    tx.commit().unwrap();
+    for pending in ["_ferry_pending_users", "_ferry_pending_tags"] {
+        let n = count(&r.db.path, &format!("SELECT count(*) FROM {pending}"));
+        assert!(n <= 1, "{pending}: {n} rows");
+    }
+    r.assert_converged().await;
+    assert_eq!(r.deletes_captured(), 0);
+}
+
 #[tokio::test]
 async fn all_cases_in_one_transaction() {
     let mut r = seeded().await;

@@ -31,10 +31,10 @@
 //!   writer with `recursive_triggers` on gets one `D`, not two).
 //!
 //! A pending row outlives its statement only when no AFTER trigger of its
-//! owner fired; the next insert (owner `'i'`) or the next update of the
-//! same row clears it, and the source clears every pending table when it
-//! records an ack (its own write transaction: no statement of another
-//! writer can be half done then).
+//! owner fired; the next insert that conflicts with anything (owner
+//! `'i'`) or the next update of the same row clears it, and the source
+//! clears every pending table when it records an ack (its own write
+//! transaction: no statement of another writer can be half done then).
 
 use ferry_core::TableSchema;
 use rusqlite::{Connection, OptionalExtension};
@@ -172,7 +172,13 @@ pub(crate) fn plan(
             "bi",
             "BEFORE INSERT",
             Some(&any_conflict),
-            &s.record("'i'", ""),
+            // What an earlier insert left (it was ignored, or updated the
+            // row instead) is settled: the rows are still there.
+            &format!(
+                "DELETE FROM {} WHERE owner = 'i'; {}",
+                s.pending,
+                s.record("'i'", "")
+            ),
         ),
         Trigger::new(
             name,
@@ -184,11 +190,16 @@ pub(crate) fn plan(
     ];
     let slots: Vec<String> = (0..s.identity.len()).map(|i| format!("i{i}")).collect();
     Ok(Some(Displacement {
+        // Looked up by owner in every AFTER trigger: an index keeps that a
+        // seek however many leftovers an `UPDATE OR IGNORE` workload leaves
+        // until the next ack.
         create_pending: format!(
-            "CREATE TABLE IF NOT EXISTS {}(owner, old_row TEXT NOT NULL, {}, UNIQUE({}))",
-            s.pending,
+            "CREATE TABLE IF NOT EXISTS {p}(owner, old_row TEXT NOT NULL, {}, UNIQUE({})); \
+             CREATE INDEX IF NOT EXISTS {} ON {p}(owner)",
             slots.join(", "),
-            slots.join(", ")
+            slots.join(", "),
+            ident(&format!("{}_owner", pending_table(name))),
+            p = s.pending,
         ),
         before,
         after_insert: s.confirm("'i'"),
