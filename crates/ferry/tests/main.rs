@@ -10,3 +10,4 @@ mod kit;
 mod operations;
 mod outage;
 mod postgres;
+mod replace;

@@ -10,16 +10,24 @@
 //! and every committed state of the table is a prefix that ends on a
 //! transaction boundary (the reader relies on this; see `source.rs`).
 //!
+//! Rows that `REPLACE` conflict resolution removes fire no delete trigger;
+//! tables where that can remove a row other than the new row's own get
+//! more triggers and a pending table (see `capture/displaced.rs`).
+//!
 //! Row images are each column's `quote()` joined by `,`: `quote()` is
 //! SQLite's own literal syntax and round-trips integers, reals (switching to
 //! `%.20e` when 15 digits would lose bits), text, blobs and NULL. It does
 //! not keep the sign of `-0.0`.
 
-use ferry_core::{TableRef, TableSchema};
 use rusqlite::types::Value as Stored;
 use rusqlite::{Connection, OptionalExtension, params};
 
-use crate::connection::{ident, literal};
+use crate::connection::ident;
+
+mod displaced;
+mod triggers;
+
+pub(crate) use triggers::{DisplacementUpdate, capture_state, install, update_displacement};
 
 const CREATE_CHANGES: &str = "CREATE TABLE IF NOT EXISTS _ferry_changes(\
      seq INTEGER PRIMARY KEY AUTOINCREMENT, tbl TEXT NOT NULL, op TEXT NOT NULL, \
@@ -29,110 +37,6 @@ const CREATE_CONSUMERS: &str = "CREATE TABLE IF NOT EXISTS _ferry_consumers(\
 /// Wall-clock time of the writing statement in microseconds since the Unix
 /// epoch: the closest SQLite gets to a commit time inside a trigger.
 const NOW_MICROS: &str = "CAST((julianday('now') - 2440587.5) * 86400000000 AS INTEGER)";
-
-/// One trigger of a captured table.
-pub(crate) struct Trigger {
-    pub(crate) name: String,
-    /// The statement the trigger runs. SQLite keeps a trigger's body text
-    /// verbatim in `sqlite_schema.sql`, so comparing bodies tells whether an
-    /// installed trigger still matches the table's columns.
-    body: String,
-    create: String,
-}
-
-/// The three triggers of `table`, encoding its current columns.
-pub(crate) fn triggers(table: &TableSchema) -> [Trigger; 3] {
-    let name = &table.name.name;
-    let image = |prefix: &str| {
-        table
-            .columns
-            .iter()
-            .map(|c| format!("quote({prefix}.{})", ident(&c.name)))
-            .collect::<Vec<_>>()
-            .join("||','||")
-    };
-    let make = |suffix: &str, event: &str, op: &str, old: String, new: String| {
-        let trigger = format!("_ferry_{name}_{suffix}");
-        let body = format!(
-            "INSERT INTO _ferry_changes(tbl, op, old_row, new_row, ts) VALUES ({}, '{op}', {old}, {new}, {NOW_MICROS});",
-            literal(name)
-        );
-        Trigger {
-            create: format!(
-                "CREATE TRIGGER {} AFTER {event} ON {} FOR EACH ROW BEGIN {body} END",
-                ident(&trigger),
-                ident(name)
-            ),
-            name: trigger,
-            body,
-        }
-    };
-    [
-        make("ai", "INSERT", "I", "NULL".into(), image("NEW")),
-        make("au", "UPDATE", "U", image("OLD"), image("NEW")),
-        make("ad", "DELETE", "D", image("OLD"), "NULL".into()),
-    ]
-}
-
-/// Installs the change and consumer tables, the triggers of `tables`, and
-/// registers `pipeline` as a consumer (its acked position starts at the
-/// current end of the change table). Runs inside the caller's transaction.
-///
-/// Returns the tables whose triggers existed with another column list and
-/// were recreated: their earlier change rows have a different shape, which
-/// decoding then reports (see [`decode_row`]).
-pub(crate) fn install(
-    conn: &Connection,
-    tables: &[TableRef],
-    pipeline: &str,
-) -> rusqlite::Result<Vec<String>> {
-    let fresh = !table_exists(conn, "_ferry_changes")?;
-    conn.execute_batch(CREATE_CHANGES)?;
-    if fresh {
-        // Seqs of a new change table start at the current time in
-        // microseconds, so they keep growing across a teardown and a new
-        // install: a checkpoint taken before can never look like a
-        // position of the new table (see `Source::continuity`).
-        conn.execute(
-            "INSERT INTO sqlite_sequence(name, seq) VALUES ('_ferry_changes', ?1)",
-            [now_micros()],
-        )?;
-    }
-    conn.execute_batch(CREATE_CONSUMERS)?;
-    let mut recreated = Vec::new();
-    for table in tables {
-        for t in triggers(table) {
-            let existing: Option<(String, String)> = conn
-                .query_row(
-                    "SELECT tbl_name, sql FROM sqlite_schema WHERE type = 'trigger' AND name = ?1",
-                    [&t.name],
-                    |r| Ok((r.get(0)?, r.get(1)?)),
-                )
-                .optional()?;
-            match existing {
-                Some((tbl, sql)) if tbl == table.name.name && sql.contains(&t.body) => continue,
-                Some(_) => {
-                    conn.execute_batch(&format!("DROP TRIGGER {}", ident(&t.name)))?;
-                    if !recreated.contains(&table.name.name) {
-                        recreated.push(table.name.name.clone());
-                    }
-                }
-                None => {}
-            }
-            conn.execute_batch(&t.create)?;
-        }
-    }
-    // A new consumer starts after everything allocated so far: what came
-    // before was never captured for it.
-    conn.execute(
-        &format!(
-            "INSERT INTO _ferry_consumers(pipeline, acked_seq) VALUES (?1, ({END_SQL})) \
-             ON CONFLICT(pipeline) DO NOTHING"
-        ),
-        [pipeline],
-    )?;
-    Ok(recreated)
-}
 
 /// The position `pipeline` acknowledged (`None`: not a consumer).
 pub(crate) fn acked(conn: &Connection, pipeline: &str) -> rusqlite::Result<Option<i64>> {
@@ -169,7 +73,7 @@ pub(crate) const RECOPY_OP: &str = "R";
 /// re-copied (written by the source that met the change).
 pub(crate) const STRUCTURE_OP: &str = "S";
 
-fn now_micros() -> i64 {
+pub(crate) fn now_micros() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(1, |d| d.as_micros() as i64)
@@ -184,7 +88,7 @@ pub(crate) struct Uninstalled {
 }
 
 /// Unregisters `pipeline`; when no consumer remains, drops every ferry
-/// trigger and both ferry tables. All triggers go together with the change
+/// trigger, both ferry tables and the pending tables. All triggers go together with the change
 /// table: a trigger left behind would make every write to its table fail
 /// with "no such table: _ferry_changes".
 pub(crate) fn uninstall(conn: &Connection, pipeline: &str) -> rusqlite::Result<Uninstalled> {
@@ -208,12 +112,16 @@ pub(crate) fn uninstall(conn: &Connection, pipeline: &str) -> rusqlite::Result<U
     let names = conn
         .prepare(
             "SELECT name FROM sqlite_schema WHERE type = 'trigger' \
-             AND name LIKE '\\_ferry\\_%' ESCAPE '\\' AND sql LIKE '%_ferry_changes%'",
+             AND name LIKE '\\_ferry\\_%' ESCAPE '\\' \
+             AND (sql LIKE '%_ferry_changes%' OR sql LIKE '%_ferry_pending%')",
         )?
         .query_map([], |r| r.get(0))?
         .collect::<rusqlite::Result<Vec<String>>>()?;
     for name in &names {
         conn.execute_batch(&format!("DROP TRIGGER IF EXISTS {}", ident(name)))?;
+    }
+    for pending in pending_tables(conn)? {
+        conn.execute_batch(&format!("DROP TABLE {}", ident(&pending)))?;
     }
     conn.execute_batch(
         "DROP TABLE IF EXISTS _ferry_changes; DROP TABLE IF EXISTS _ferry_consumers;",
@@ -233,23 +141,23 @@ pub(crate) fn table_exists(conn: &Connection, name: &str) -> rusqlite::Result<bo
     .map(|n| n > 0)
 }
 
-/// How many of `table`'s three triggers are installed with its current columns.
-pub(crate) fn installed_triggers(
-    conn: &Connection,
-    table: &TableSchema,
-) -> rusqlite::Result<usize> {
-    let mut n = 0;
-    for t in triggers(table) {
-        let sql: Option<String> = conn
-            .query_row(
-                "SELECT sql FROM sqlite_schema WHERE type = 'trigger' AND name = ?1",
-                [&t.name],
-                |r| r.get(0),
-            )
-            .optional()?;
-        n += usize::from(sql.is_some_and(|s| s.contains(&t.body)));
+/// Empties every pending table (see `displaced.rs`). Only in a write
+/// transaction of ferry's own: no other writer's statement is then half
+/// done, so every pending row is a leftover.
+pub(crate) fn clear_pending(conn: &Connection) -> rusqlite::Result<()> {
+    for name in pending_tables(conn)? {
+        conn.execute_batch(&format!("DELETE FROM {}", ident(&name)))?;
     }
-    Ok(n)
+    Ok(())
+}
+
+fn pending_tables(conn: &Connection) -> rusqlite::Result<Vec<String>> {
+    conn.prepare(
+        "SELECT name FROM sqlite_schema WHERE type = 'table' \
+         AND name LIKE '\\_ferry\\_pending\\_%' ESCAPE '\\'",
+    )?
+    .query_map([], |r| r.get(0))?
+    .collect()
 }
 
 /// The change table's current end: the highest seq ever handed out (a
@@ -303,6 +211,7 @@ pub(crate) fn record_ack(
     if !prune {
         return Ok(0);
     }
+    clear_pending(conn)?;
     conn.execute(
         "DELETE FROM _ferry_changes WHERE seq <= (SELECT min(acked_seq) FROM _ferry_consumers)",
         [],

@@ -1,9 +1,13 @@
 //! Change rows of the capture table turned into ferry [`Change`]s.
 
-use ferry_core::{Change, Error, Result, TableRef, Value};
-use rusqlite::types::ValueRef;
+use std::path::Path;
 
-use crate::capture::{self, ChangeRow};
+use ferry_core::{Change, Error, Result, TableRef, TableSchema, Value};
+use rusqlite::types::ValueRef;
+use rusqlite::{Connection, TransactionBehavior};
+
+use crate::capture::{self, ChangeRow, DisplacementUpdate};
+use crate::connection::db_error;
 use crate::reader::value_error;
 use crate::types::{display_raw, to_value};
 
@@ -29,6 +33,41 @@ pub(crate) fn fits(table: &TableRef, row: &ChangeRow) -> bool {
             capture::decode_row(text).is_ok_and(|v| v.len() == table.columns.len())
         })
     })
+}
+
+/// A captured table's unique indexes changed while the stream runs: its
+/// triggers for rows `REPLACE` removes are brought up to date when that
+/// provably lost nothing (see [`capture::update_displacement`]; `since` is
+/// the last change seq known to be captured before the change), else this
+/// fails, since a row removed through the new index may have been missed.
+pub(crate) fn follow_unique_indexes(
+    c: &mut Connection,
+    path: &Path,
+    table: &TableSchema,
+    since: i64,
+) -> Result<()> {
+    let name = &table.name.name;
+    let err = |e| db_error(path, &format!("updating the capture triggers of {name}"), e);
+    let tx = c
+        .transaction_with_behavior(TransactionBehavior::Immediate)
+        .map_err(err)?;
+    match capture::update_displacement(&tx, table, since).map_err(err)? {
+        DisplacementUpdate::Updated => {
+            tx.commit().map_err(err)?;
+            tracing::info!(table = %name, "unique indexes of {name} changed; its capture triggers follow them");
+            Ok(())
+        }
+        DisplacementUpdate::Unsafe => Err(Error::fatal(format!(
+            "a unique index of table {name} was created or changed, and {name} was written \
+             before ferry could extend its capture triggers to it: a row an INSERT/UPDATE OR \
+             REPLACE removed through that index may not have been captured"
+        ))
+        .with("table", name.as_str())
+        .with_fix(format!(
+            "run `ferry reset <pipeline.toml>` and run again to re-copy {name}; create unique \
+             indexes on captured tables while nothing writes to them, and ferry follows by itself"
+        ))),
+    }
 }
 
 /// Turns one change row into a [`Change`] of `table`.

@@ -99,7 +99,7 @@ fn capture_item(c: &Connection, path: &Path, tables: &[ferry_core::TableSchema])
         }
         let mut n = 0;
         for t in tables {
-            n += usize::from(capture::installed_triggers(c, t)? == 3);
+            n += usize::from(capture::capture_state(c, t)?.complete());
         }
         Ok(n)
     };

@@ -6,6 +6,7 @@
 //! | --- | --- |
 //! | `Source`: tables, prepare, stream, ack, teardown | [`source`] |
 //! | triggers, change table, `quote()` images | `capture.rs` |
+//! | rows `REPLACE` removes without a delete trigger | `capture/displaced.rs` |
 //! | consistent snapshot on its own thread | `snapshot.rs` |
 //! | `Sink`, `CheckpointStore`, `SinkWriter` | [`sink`] |
 //! | change rows → `Change`s, structure drift | `change.rs` |
@@ -27,6 +28,7 @@ mod capture;
 mod change;
 mod check;
 mod connection;
+mod ddl;
 mod fence;
 mod reader;
 mod schema;

@@ -48,7 +48,7 @@ pub(crate) fn read_table(conn: &Connection, path: &Path, name: &str) -> Result<T
         ))
         .with_fix(exclude_fix));
     }
-    let without_rowid = upper_sql.contains("WITHOUT ROWID");
+    let without_rowid = crate::ddl::is_without_rowid(&sql);
 
     // (name, declared type, not null, position in the primary key)
     let raw: Vec<(String, String, bool, i64)> = conn

@@ -28,7 +28,7 @@ use ferry_core::{
 use rusqlite::{Connection, TransactionBehavior};
 
 use crate::capture;
-use crate::change::{decode_change, drift_error};
+use crate::change::{decode_change, drift_error, follow_unique_indexes};
 use crate::connection::{Blocking, db_error, open_source, set_wal};
 use crate::schema::{read_table, selected_tables};
 
@@ -327,11 +327,17 @@ impl SqliteSource {
     /// reinstalled for the new columns and, in the same transaction, a
     /// structure marker in the change table, which the stream turns into
     /// `Schema` (the target is altered) and `RecopyStart` (rows captured
-    /// before cannot tell the new columns' values) exactly there. A table
-    /// dropped, or whose triggers are gone with the same columns
-    /// (recreated), stops the pipeline.
+    /// before cannot tell the new columns' values) exactly there. A change
+    /// of a table's unique indexes is followed when that provably lost
+    /// nothing (see [`follow_unique_indexes`]). A table dropped, or whose
+    /// triggers are gone with the same columns (recreated), stops the
+    /// pipeline.
     async fn follow_structure(&mut self) -> Result<()> {
-        let tables: Vec<TableRef> = self.stream_mut()?.by_name.values().cloned().collect();
+        let stream = self.stream_mut()?;
+        let tables: Vec<TableRef> = stream.by_name.values().cloned().collect();
+        // Read together with the previous schema version: every change up
+        // to it was captured before the structure changed.
+        let since = stream.seen;
         let path = self.cfg.path.clone();
         let pipeline = self.cfg.pipeline.clone();
         let changed = self
@@ -346,17 +352,21 @@ impl SqliteSource {
                     {
                         // Same columns, but dropping and recreating a table
                         // drops its triggers too: capture would stop silently.
-                        let triggers = capture::installed_triggers(c, &table)
+                        let state = capture::capture_state(c, &table)
                             .map_err(|e| db_error(&path, "reading triggers", e))?;
-                        if triggers == 3 {
-                            continue;
+                        if state.row_triggers != 3 {
+                            return Err(drift_error(&table.name.name).with(
+                                "triggers",
+                                format!(
+                                    "{} of 3 capture triggers left (was the table recreated?)",
+                                    state.row_triggers
+                                ),
+                            ));
                         }
-                        return Err(drift_error(&table.name.name).with(
-                            "triggers",
-                            format!(
-                                "{triggers} of 3 capture triggers left (was the table recreated?)"
-                            ),
-                        ));
+                        if !state.displacement_current {
+                            follow_unique_indexes(c, &path, &table, since)?;
+                        }
+                        continue;
                     }
                     let mut now = now.map_err(|e| {
                         drift_error(&table.name.name).with("now", e.message().to_owned())
@@ -493,7 +503,7 @@ impl Source for SqliteSource {
         let path = self.cfg.path.clone();
         let pipeline = self.cfg.pipeline.clone();
         let count = tables.len();
-        let recreated = self
+        let installed = self
             .conn
             .run(move |c| {
                 set_wal(c, &path)?;
@@ -501,18 +511,12 @@ impl Source for SqliteSource {
                 let tx = c
                     .transaction_with_behavior(TransactionBehavior::Immediate)
                     .map_err(err)?;
-                let recreated = capture::install(&tx, &tables, &pipeline).map_err(err)?;
+                let installed = capture::install(&tx, &tables, &pipeline).map_err(err)?;
                 tx.commit().map_err(err)?;
-                Ok(recreated)
+                Ok(installed)
             })
             .await?;
-        for table in &recreated {
-            tracing::warn!(
-                pipeline = %self.cfg.pipeline, table = %table,
-                "capture triggers of {table} encoded other columns and were recreated; \
-                 changes captured before cannot be decoded (reset the pipeline if it reports drift)"
-            );
-        }
+        installed.warn(&self.cfg.pipeline);
         tracing::info!(pipeline = %self.cfg.pipeline, path = %self.cfg.path.display(), tables = count,
             "sqlite capture installed");
         Ok(())
@@ -558,7 +562,7 @@ impl Source for SqliteSource {
                     .with_fix("prepare() installs it; run the pipeline normally"));
                 }
                 for t in &check_tables {
-                    if capture::installed_triggers(c, t).map_err(err)? != 3 {
+                    if !capture::capture_state(c, t).map_err(err)?.complete() {
                         return Err(Error::fatal(format!(
                             "capture triggers of table {} are missing or outdated",
                             t.name

@@ -3,6 +3,7 @@
 //! connection plays the other process that writes to the source.
 
 mod conformance;
+mod replace;
 mod round_trip;
 mod sink;
 mod snapshot;

@@ -25,7 +25,9 @@ async fn prepare_installs_capture_idempotently() {
     src.prepare().await.unwrap();
     let triggers =
         "SELECT count(*) FROM sqlite_schema WHERE type = 'trigger' AND name LIKE '_ferry_%'";
-    assert_eq!(count(&db.path, triggers), 6);
+    // Five per table: three AFTER triggers that append row changes, two
+    // BEFORE triggers for rows REPLACE removes (see replace.rs).
+    assert_eq!(count(&db.path, triggers), 10);
     assert_eq!(
         count(
             &db.path,
@@ -482,7 +484,7 @@ async fn teardown_removes_capture_once_no_consumer_remains() {
     let mut b = db.streaming(cfg).await;
     let triggers = "SELECT count(*) FROM sqlite_schema WHERE type = 'trigger'";
     a.teardown().await.unwrap();
-    assert_eq!(count(&db.path, triggers), 6, "pipeline b still captures");
+    assert_eq!(count(&db.path, triggers), 10, "pipeline b still captures");
     b.teardown().await.unwrap();
     assert_eq!(count(&db.path, triggers), 0);
     assert_eq!(
