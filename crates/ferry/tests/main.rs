@@ -3,6 +3,7 @@
 mod bad_input;
 mod crash;
 mod e2e;
+mod exact;
 mod fence;
 mod kit;
 mod operations;
