@@ -152,6 +152,26 @@ pub struct PipelineConfig {
     pub warnings: Vec<String>,
 }
 
+/// The excluded columns no filter of their table reads: a source need not
+/// decode them (so a value of one it cannot read stops nothing).
+fn unread_columns(transform: &TransformSpec) -> Vec<String> {
+    let mut out = Vec::new();
+    for (table, rule) in &transform.tables {
+        let read = rule
+            .filter
+            .as_ref()
+            .map(|f| f.columns())
+            .unwrap_or_default();
+        for c in &rule.exclude_columns {
+            if !read.contains(&c.as_str()) {
+                out.push(format!("{table}.{c}"));
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
 fn config_error(path: &Path, msg: impl std::fmt::Display) -> Error {
     Error::fatal(format!("{}: {msg}", path.display()))
 }
@@ -455,6 +475,7 @@ impl PipelineConfig {
             selection: Selection {
                 include: raw.tables.include,
                 exclude: raw.tables.exclude,
+                unread_columns: unread_columns(&transform),
             },
             transform,
             options,

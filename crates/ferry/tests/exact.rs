@@ -203,3 +203,153 @@ fn numerics_with_a_negative_scale_and_at_the_size_limits_copy_exactly() {
     compare("the changes", 5);
     both.stop_and_verify(runs);
 }
+
+/// Waits until `child` exits by itself; its exit code.
+fn exit_code(child: &mut Child) -> i32 {
+    let status = eventually_blocking("ferry exits by itself", Duration::from_secs(90), || {
+        child.try_wait().ok().flatten()
+    });
+    status.code().unwrap_or(-1)
+}
+
+fn add_to_pipeline(p: &Path, toml: &str) {
+    let mut text = std::fs::read_to_string(p).unwrap();
+    text.push_str(toml);
+    std::fs::write(p, text).unwrap();
+}
+
+const M_SQL: &str = "SELECT id || '|' || v FROM m ORDER BY id";
+
+#[test]
+fn a_value_ferry_cannot_read_stops_naming_table_key_and_column_until_its_column_is_excluded() {
+    // A two-dimensional array: ferry carries one-dimensional ones only.
+    let both = Both::new(
+        "CREATE TABLE m (id int PRIMARY KEY, a int[], v text);
+         INSERT INTO m VALUES (1, '{1,2}', 'one'), (7, '{{1},{2}}', 'seven');",
+    );
+    let expect = |log: &str, key: &str| {
+        for part in [
+            &format!("cannot read column a of public.m at key ({key})"),
+            "one-dimensional arrays only",
+            "fix:",
+            "exclude_columns = [\"public.m.a\"]",
+        ] {
+            assert!(log.contains(part), "{part:?} not in:\n{log}");
+        }
+    };
+    // PostgreSQL → SQLite decodes the snapshot: it stops there, at key 7.
+    let (mut to_pg, mut to_sqlite) = both.run();
+    assert_eq!(exit_code(&mut to_sqlite), 2);
+    expect(&both.log("to_sqlite"), "7");
+    // PostgreSQL → PostgreSQL passes the snapshot through undecoded; a
+    // change carrying such a value stops it, at key 2, and again after a
+    // restart (the change is in the log).
+    eventually_blocking("the copy to PostgreSQL", Duration::from_secs(60), || {
+        let rows = both.pg.try_psql_in("dst", M_SQL).ok()?;
+        (rows == "1|one\n7|seven").then_some(())
+    });
+    both.pg
+        .psql_in("src", "INSERT INTO m VALUES (2, '{{3}}', 'two')");
+    assert_eq!(exit_code(&mut to_pg), 2);
+    expect(&both.log("to_pg"), "2");
+    let again = spawn_run(&both.to_pg, &both.dir.path("again.log"));
+    let mut again = again;
+    assert_eq!(exit_code(&mut again), 2);
+    expect(&both.log("again"), "2");
+
+    // The fix line's way out: exclude the column; both go on.
+    for p in [&both.to_pg, &both.to_sqlite] {
+        add_to_pipeline(p, "[tables]\nexclude_columns = [\"public.m.a\"]\n");
+    }
+    let runs = both.run();
+    both.pg
+        .psql_in("src", "INSERT INTO m VALUES (3, '{{4}}', 'three')");
+    eventually_blocking("every row on both targets", Duration::from_secs(60), || {
+        let pg = both.pg.try_psql_in("dst", M_SQL).ok()?;
+        let lite = both.sqlite("SELECT id, v FROM m ORDER BY id")?;
+        (pg == "1|one\n2|two\n3|three\n7|seven" && lite == pg).then_some(())
+    });
+    assert!(terminate(runs.0).success());
+    assert!(terminate(runs.1).success());
+}
+
+#[test]
+fn a_value_the_target_refuses_stops_naming_table_key_and_column() {
+    let pg = PostgresServer::start();
+    pg.create_database("src");
+    pg.create_database("dst");
+    pg.psql_in(
+        "src",
+        "CREATE TABLE s (id int PRIMARY KEY, v text);
+         INSERT INTO s VALUES (4, 'ok'), (5, 'too long');
+         CREATE TABLE m (id int PRIMARY KEY, v text, w int);
+         INSERT INTO m VALUES (1, 'abc', 1);",
+    );
+    // The target's tables exist already, with narrower columns.
+    pg.psql_in(
+        "dst",
+        "CREATE TABLE s (id int PRIMARY KEY, v varchar(3));
+         CREATE TABLE m (id int PRIMARY KEY, v varchar(3), w int);",
+    );
+    let d = Dir::new();
+    let p = d.path("p.toml");
+    std::fs::write(
+        &p,
+        format!(
+            "name = \"narrow\"\n[source]\nurl = \"{}\"\n[target]\nurl = \"{}\"\n\
+             [apply]\nbatch_time = \"20ms\"\n",
+            pg.url_for("src"),
+            pg.url_for("dst")
+        ),
+    )
+    .unwrap();
+    let expect = |log: &str, parts: &[&str]| {
+        for part in parts.iter().chain(&["fix:", "exclude_columns = [\""]) {
+            assert!(log.contains(part), "{part:?} not in:\n{log}");
+        }
+    };
+    // In the copy: the row's key and column, and the server's reason.
+    let (code, out) =
+        crate::kit::run_to_exit(&["run", p.to_str().unwrap()], Duration::from_secs(90));
+    assert_eq!(code, 2, "{out}");
+    expect(
+        &out,
+        &[
+            "the target refused the value of column v of public.s at key (5)",
+            "value too long for type character varying(3)",
+        ],
+    );
+    // Corrected on the source, the copy goes through.
+    pg.psql_in("src", "UPDATE s SET v = 'ok!' WHERE id = 5");
+    let mut run = spawn_run(&p, &d.path("run.log"));
+    eventually_blocking("the copy", Duration::from_secs(60), || {
+        let rows = pg.try_psql_in("dst", "SELECT count(*) FROM s").ok()?;
+        (rows == "2").then_some(())
+    });
+    // In a change: a multi-row statement fails; the row and column are
+    // found again one value at a time.
+    pg.psql_in(
+        "src",
+        "INSERT INTO m SELECT g, 'ok', g FROM generate_series(2, 40) g;
+         UPDATE m SET v = 'much too long' WHERE id = 17;",
+    );
+    assert_eq!(exit_code(&mut run), 2);
+    let log = std::fs::read_to_string(d.path("run.log")).unwrap();
+    expect(
+        &log,
+        &[
+            "the target refused the value of column v of public.m at key (17)",
+            "value too long for type character varying(3)",
+        ],
+    );
+    // Excluded, the column is left alone and the rest arrives.
+    add_to_pipeline(&p, "[tables]\nexclude_columns = [\"public.m.v\"]\n");
+    let run = spawn_run(&p, &d.path("run.log"));
+    eventually_blocking("the changes", Duration::from_secs(60), || {
+        let rows = pg
+            .try_psql_in("dst", "SELECT count(*) || '|' || sum(w) FROM m")
+            .ok()?;
+        (rows == "40|820").then_some(())
+    });
+    assert!(terminate(run).success());
+}

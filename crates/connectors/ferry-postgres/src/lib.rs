@@ -10,6 +10,7 @@
 //! errors are [`ferry_core::Error`]s.
 
 mod apply;
+mod bad_value;
 mod binary;
 mod catalog;
 mod check;

@@ -475,6 +475,7 @@ impl Source for PostgresSource {
             self.workers,
             self.chunk_rows,
             work,
+            &self.selection,
         )
         .await;
         // Every worker imported the snapshot: the exporting session may end.
@@ -585,6 +586,7 @@ impl Source for PostgresSource {
             client: &self.client,
             types: &mut self.types,
             known: &self.known,
+            selection: &self.selection,
         };
         let event = stream.next(&mut ctx).await?;
         for table in std::mem::take(&mut stream.started) {

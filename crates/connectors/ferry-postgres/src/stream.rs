@@ -20,12 +20,13 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use ferry_core::{
-    Change, Column, Error, Lsn, PgPosition, Position, Result, SourceEvent, TableName, TableRef,
-    TableSchema, Transaction, Value,
+    Change, Column, Error, Lsn, PgPosition, Position, Result, Selection, SourceEvent, TableName,
+    TableRef, TableSchema, Transaction, Value,
 };
 use tokio::task::JoinHandle;
 use tokio_postgres::Client;
 
+use crate::bad_value::decode_row;
 use crate::binary;
 use crate::error::pg_error;
 use crate::pgoutput::{self, Datum, OldTuple, PgOutput, Relation};
@@ -46,6 +47,8 @@ pub(crate) struct Context<'a> {
     pub types: &'a mut TypeCache,
     /// Tables as `tables()` described them.
     pub known: &'a HashMap<TableName, TableRef>,
+    /// Columns nothing reads: a value there that cannot be read is no error.
+    pub selection: &'a Selection,
 }
 
 struct Rel {
@@ -308,14 +311,14 @@ impl Stream {
             }
             PgOutput::Insert { rel, new } => {
                 let r = self.rel(rel)?;
-                let row = values(r, new, false)?;
+                let row = values(r, new, false, ctx.selection)?;
                 let table = r.table.clone();
                 self.push(Change::Insert { table, row });
             }
             PgOutput::Update { rel, old, new } => {
                 let r = self.rel(rel)?;
-                let before = old.map(|o| old_values(r, o)).transpose()?;
-                let after = values(r, new, false)?;
+                let before = old.map(|o| old_values(r, o, ctx.selection)).transpose()?;
+                let after = values(r, new, false, ctx.selection)?;
                 let table = r.table.clone();
                 self.push(Change::Update {
                     table,
@@ -325,7 +328,7 @@ impl Stream {
             }
             PgOutput::Delete { rel, old } => {
                 let r = self.rel(rel)?;
-                let before = old_values(r, old)?;
+                let before = old_values(r, old, ctx.selection)?;
                 let table = r.table.clone();
                 self.push(Change::Delete { table, before });
             }
@@ -541,16 +544,7 @@ impl Stream {
     }
 }
 
-fn decode_datum(r: &Rel, i: usize, d: Datum) -> Result<Value> {
-    let fail = |e: Error| {
-        e.with("table", r.table.name.to_string()).with(
-            "column",
-            r.table
-                .columns
-                .get(i)
-                .map_or(String::new(), |c| c.name.clone()),
-        )
-    };
+fn decode_datum(r: &Rel, i: usize, d: &Datum) -> Result<Value> {
     let kind = r
         .kinds
         .get(i)
@@ -558,16 +552,22 @@ fn decode_datum(r: &Rel, i: usize, d: Datum) -> Result<Value> {
     match d {
         Datum::Null => Ok(Value::Null),
         Datum::Unchanged => Ok(Value::Unchanged),
-        Datum::Binary(b) => binary::decode(kind, &b).map_err(fail),
+        Datum::Binary(b) => binary::decode(kind, b),
         Datum::Text(t) => {
-            let s = std::str::from_utf8(&t)
-                .map_err(|_| fail(Error::data("text value is not UTF-8")))?;
-            binary::decode_text(kind, s).map_err(fail)
+            let s = std::str::from_utf8(t).map_err(|_| Error::data("text value is not UTF-8"))?;
+            binary::decode_text(kind, s)
         }
     }
 }
 
-fn values(r: &Rel, datums: Vec<Datum>, key_only: bool) -> Result<Vec<Value>> {
+/// A tuple's values. A value that cannot be read is a data error naming
+/// table, key and column, unless nothing reads its column (`selection`).
+fn values(
+    r: &Rel,
+    datums: Vec<Datum>,
+    key_only: bool,
+    selection: &Selection,
+) -> Result<Vec<Value>> {
     if datums.len() != r.type_oids.len() {
         return Err(Error::fatal(format!(
             "pgoutput tuple of {} has {} columns, its relation {}",
@@ -576,17 +576,20 @@ fn values(r: &Rel, datums: Vec<Datum>, key_only: bool) -> Result<Vec<Value>> {
             r.type_oids.len()
         )));
     }
-    datums
-        .into_iter()
-        .enumerate()
-        .map(|(i, d)| match d {
-            // A key-only image sends the other columns as NULL.
-            Datum::Null if key_only && !r.table.is_key_column(i) => Ok(Value::Unchanged),
-            d => decode_datum(r, i, d),
-        })
-        .collect()
+    let table = &r.table;
+    let unread = |i: usize| {
+        table
+            .columns
+            .get(i)
+            .is_some_and(|c| selection.unread(&table.name, &c.name))
+    };
+    decode_row(table, datums.len(), unread, |i| match &datums[i] {
+        // A key-only image sends the other columns as NULL.
+        Datum::Null if key_only && !table.is_key_column(i) => Ok(Value::Unchanged),
+        d => decode_datum(r, i, d),
+    })
 }
 
-fn old_values(r: &Rel, old: OldTuple) -> Result<Vec<Value>> {
-    values(r, old.datums, old.key_only)
+fn old_values(r: &Rel, old: OldTuple, selection: &Selection) -> Result<Vec<Value>> {
+    values(r, old.datums, old.key_only, selection)
 }
