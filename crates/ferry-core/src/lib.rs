@@ -15,6 +15,7 @@ pub mod selection;
 pub mod sink;
 pub mod source;
 pub mod time;
+pub mod url;
 pub mod value;
 
 pub use batch::{KeylessOp, RowOp, Step, TableOps};

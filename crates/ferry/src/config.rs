@@ -122,18 +122,10 @@ impl std::fmt::Debug for Endpoint {
     }
 }
 
-/// Replaces the password of `scheme://user:password@host` with `***`.
+/// Replaces the password of `scheme://user:password@host` with `***`
+/// (the password may hold a raw `@`: see `ferry_core::url`).
 pub fn redact(url: &str) -> String {
-    let Some((scheme, rest)) = url.split_once("://") else {
-        return url.to_owned();
-    };
-    let Some((auth, host)) = rest.split_once('@') else {
-        return url.to_owned();
-    };
-    match auth.split_once(':') {
-        Some((user, _)) => format!("{scheme}://{user}:***@{host}"),
-        None => url.to_owned(),
-    }
+    ferry_core::url::redact(url)
 }
 
 #[derive(Debug, Clone)]
@@ -539,6 +531,20 @@ mod tests {
             redact("postgres://u:secret@h:5/db"),
             "postgres://u:***@h:5/db"
         );
+        // Passwords with characters a URL splits on: nothing of them shows.
+        for pw in ["p@ss", "a@b@c", "x:y/z@", "q?r@s", "@@", "h@st:1/db"] {
+            let c = parse(&format!(
+                "[source]\nurl = \"postgres://app:{pw}@db.example:5432/app\"\n\
+                 [target]\nurl = \"sqlite:b\"\n"
+            ))
+            .unwrap();
+            let shown = format!("{:?} {}", c.source, c.source.display_url());
+            assert!(!shown.contains(pw), "{pw:?} shows in {shown}");
+            assert!(
+                shown.contains("Endpoint(postgres://app:***@db.example:5432/app)"),
+                "{shown}"
+            );
+        }
     }
 
     #[test]

@@ -5,6 +5,7 @@ mod crash;
 mod e2e;
 mod exact;
 mod fence;
+mod help;
 mod kit;
 mod operations;
 mod outage;

@@ -18,6 +18,7 @@ mod connection;
 mod copy;
 mod error;
 mod fence;
+mod names;
 mod numeric;
 mod pgoutput;
 mod position;
@@ -31,5 +32,6 @@ mod stream;
 mod types;
 mod writer;
 
+pub use names::slot_name;
 pub use sink::{CHECKPOINT_TABLE, PostgresSink, PostgresSinkConfig};
 pub use source::{PostgresSource, PostgresSourceConfig};

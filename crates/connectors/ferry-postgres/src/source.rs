@@ -35,8 +35,8 @@ use crate::types::{TypeCache, ident, quote_literal};
 pub struct PostgresSourceConfig {
     /// `postgres://user:password@host:port/database`.
     pub url: String,
-    /// The pipeline's name: ferry's slot and publication are `ferry_<pipeline>`.
-    /// Lower-case letters, digits and `_`.
+    /// The pipeline's name: ferry's slot and publication are
+    /// `ferry_<pipeline>`, mapped to a valid slot name ([`crate::slot_name`]).
     pub pipeline: String,
     pub selection: Selection,
     /// Connections copying the snapshot in parallel (at least 1).
@@ -102,19 +102,10 @@ impl std::fmt::Debug for PostgresSource {
 }
 
 fn validate_pipeline(name: &str) -> Result<()> {
-    let ok = !name.is_empty()
-        && name.len() <= 40
-        && name
-            .bytes()
-            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == b'_');
-    if ok {
-        Ok(())
-    } else {
-        Err(Error::fatal(format!(
-            "pipeline name {name:?} cannot name a PostgreSQL replication slot"
-        ))
-        .with_fix("use 1 to 40 lower-case letters, digits and underscores"))
+    if name.is_empty() {
+        return Err(Error::fatal("the pipeline name is empty").with_fix("name the pipeline"));
     }
+    Ok(())
 }
 
 impl PostgresSource {
@@ -151,9 +142,10 @@ impl PostgresSource {
         self.heartbeat = every.max(Duration::from_millis(100));
     }
 
-    /// Name of ferry's replication slot and publication.
+    /// Name of ferry's replication slot and publication (see
+    /// [`crate::slot_name`] for how a pipeline name maps to it).
     pub fn slot_name(&self) -> String {
-        format!("ferry_{}", self.pipeline)
+        crate::names::slot_name(&self.pipeline)
     }
 
     /// Takes the pipeline's session advisory lock on the source, held as
@@ -576,7 +568,7 @@ impl Source for PostgresSource {
             Error::fatal("next() called before start_stream(); this is a ferry bug")
         })?;
         if stream.pending_chunk.is_none() {
-            let slot = format!("ferry_{}", self.pipeline);
+            let slot = crate::names::slot_name(&self.pipeline);
             stream.pending_chunk = self
                 .recopies
                 .read_chunk(&self.client, &mut self.types, &slot)

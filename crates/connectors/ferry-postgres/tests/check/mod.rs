@@ -124,12 +124,63 @@ async fn wrong_password_and_unreachable_host_are_clear() {
         err.report()
     );
     assert!(err.fix().is_some());
-    let err = PostgresSource::connect(source_config(&pg.url(), "Bad-Name"))
+    // A pipeline named after its file (`my-pipe.toml`) gets a valid slot.
+    let src = PostgresSource::connect(source_config(&pg.url(), "My-Pipe"))
+        .await
+        .unwrap();
+    assert_eq!(src.slot_name(), "ferry_my_pipe");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_missing_password_and_a_raw_at_in_a_password_are_clear() {
+    let pg = PostgresServer::builder().password("p@ss:w/rd@x").start();
+    let port = pg.port();
+    // The server asks for a password the URL does not have.
+    let url = format!("postgres://postgres@127.0.0.1:{port}/postgres");
+    let err = PostgresSource::connect(source_config(&url, "pw"))
         .await
         .unwrap_err();
+    assert_eq!(err.class(), ErrorClass::Fatal, "{}", err.report());
     assert!(
-        err.fix().unwrap().contains("lower-case"),
+        err.message()
+            .contains("asks user \"postgres\" for a password"),
         "{}",
         err.report()
     );
+    let fix = err.fix().unwrap();
+    assert!(
+        fix.contains("postgres://postgres:${PGPASSWORD}@127.0.0.1"),
+        "{}",
+        err.report()
+    );
+    let err = ferry_postgres::PostgresSink::connect(ferry_postgres::PostgresSinkConfig {
+        url: url.clone(),
+        pipeline: "pw".into(),
+    })
+    .await
+    .unwrap_err();
+    assert!(
+        err.fix().unwrap().contains("${PGPASSWORD}"),
+        "{}",
+        err.report()
+    );
+    // The password written raw, `@`, `:` and `/` and all: ferry reads it
+    // (the last `@` before the host ends it), the replication connection
+    // too, and a wrong one is never printed.
+    let raw = format!("postgres://postgres:p@ss:w/rd@x@127.0.0.1:{port}/postgres");
+    let mut src = PostgresSource::connect(source_config(&raw, "pw"))
+        .await
+        .unwrap();
+    src.tables().await.unwrap();
+    src.prepare().await.unwrap();
+    src.start_stream(None, &[]).await.unwrap();
+    let wrong = format!("postgres://postgres:p@ss:w/rd@y@127.0.0.1:{port}/postgres");
+    let err = PostgresSource::connect(source_config(&wrong, "pw"))
+        .await
+        .unwrap_err();
+    let report = err.report();
+    assert!(report.contains("28P01"), "{report}");
+    for piece in ["p@ss", "ss:w", "rd@y", "w/rd"] {
+        assert!(!report.contains(piece), "{piece:?} printed: {report}");
+    }
 }
