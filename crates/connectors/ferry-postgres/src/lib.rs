@@ -22,6 +22,7 @@ mod names;
 mod numeric;
 mod pgoutput;
 mod position;
+mod publication;
 mod reader;
 mod recopy;
 mod replication;

@@ -25,6 +25,7 @@ use crate::connection::Endpoint;
 use crate::error::pg_error;
 use crate::fence::{self, Lock};
 use crate::position::{point, start_lsn};
+use crate::publication::Publication;
 use crate::reader::KeyOrderReads;
 use crate::replication::{CommandError, ReplicationConn};
 use crate::stream::{Context, Stream};
@@ -217,41 +218,14 @@ impl PostgresSource {
         }))
     }
 
+    /// Creates ferry's publication, or sets its tables, unless it lists
+    /// exactly the selected tables already (see [`crate::publication`]).
     async fn ensure_publication(&self) -> Result<()> {
-        let name = self.slot_name();
-        let list: Vec<String> = {
-            let mut v: Vec<&(TableRef, PgTable)> = self.tables.values().collect();
-            v.sort_by(|a, b| a.0.name.cmp(&b.0.name));
-            v.iter().map(|(_, pg)| pg.qualified()).collect()
-        };
-        let exists: bool = self
-            .client
-            .query_one(
-                "SELECT EXISTS (SELECT 1 FROM pg_publication WHERE pubname = $1)",
-                &[&name],
-            )
+        let tables: Vec<TableName> = self.tables.values().map(|(t, _)| t.name.clone()).collect();
+        Publication::inspect(&self.client, &self.slot_name(), &tables)
+            .await?
+            .ensure(&self.client)
             .await
-            .map_err(|e| pg_error(e, "reading publications"))?
-            .get(0);
-        let sql = match (exists, list.is_empty()) {
-            (false, true) => format!("CREATE PUBLICATION {}", ident(&name)),
-            (false, false) => format!(
-                "CREATE PUBLICATION {} FOR TABLE {} WITH (publish_via_partition_root = true)",
-                ident(&name),
-                list.join(", ")
-            ),
-            (true, false) => format!(
-                "ALTER PUBLICATION {} SET TABLE {}",
-                ident(&name),
-                list.join(", ")
-            ),
-            (true, true) => return Ok(()),
-        };
-        self.client.batch_execute(&sql).await.map_err(|e| {
-            pg_error(e, &format!("creating publication {name}")).with_fix(
-                "ferry's user must own the replicated tables and have CREATE on the database",
-            )
-        })
     }
 
     /// Creates a logical slot with an exported snapshot on a new

@@ -184,3 +184,83 @@ async fn a_missing_password_and_a_raw_at_in_a_password_are_clear() {
         assert!(!report.contains(piece), "{piece:?} printed: {report}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_user_who_does_not_own_the_tables_fails_the_check_then_runs_on_a_publication_made_for_it()
+{
+    let (pg, _) = server_with_db("src");
+    pg.psql_in(
+        "src",
+        "CREATE ROLE app; CREATE ROLE rep LOGIN REPLICATION;
+         GRANT CREATE ON DATABASE src TO rep;
+         CREATE TABLE a (id int PRIMARY KEY, v text); CREATE TABLE b (id int PRIMARY KEY);
+         ALTER TABLE a OWNER TO app; ALTER TABLE b OWNER TO app;
+         GRANT SELECT ON a, b TO rep;
+         INSERT INTO a VALUES (1, 'x');",
+    );
+    let url = format!("postgres://rep@127.0.0.1:{}/src", pg.port());
+    let mut src = crate::common::source(&url, "np").await;
+    // `check` says what `run` will hit: the tables' owner is needed.
+    let items = src.check().await;
+    let rights = find(&items, "publication rights");
+    assert_eq!(rights.status, CheckStatus::Fail, "{items:#?}");
+    assert!(
+        rights
+            .detail
+            .contains("role rep does not own public.a (owner app), public.b (owner app)"),
+        "{rights:#?}"
+    );
+    let fix = rights.fix.as_deref().unwrap();
+    assert!(
+        fix.contains(
+            "CREATE PUBLICATION \"ferry_np\" FOR TABLE \"public\".\"a\", \"public\".\"b\""
+        ) && fix.contains("OWNER TO rep"),
+        "{rights:#?}"
+    );
+    // And `run` refuses the same way, before touching anything.
+    src.tables().await.unwrap();
+    let err = src.prepare().await.unwrap_err();
+    assert_eq!(err.class(), ErrorClass::Fatal);
+    assert!(
+        err.message().contains("does not own public.a")
+            && err.fix().unwrap().contains("CREATE PUBLICATION"),
+        "{}",
+        err.report()
+    );
+    assert_eq!(
+        pg.psql_in("src", "SELECT count(*) FROM pg_replication_slots"),
+        "0"
+    );
+
+    // An administrator creates the publication the fix names: the check
+    // passes and the run uses it as it is (rep cannot alter it).
+    pg.psql_in("src", "CREATE PUBLICATION ferry_np FOR TABLE a, b");
+    let items = src.check().await;
+    let rights = find(&items, "publication rights");
+    assert_eq!(rights.status, CheckStatus::Ok, "{items:#?}");
+    assert!(rights.detail.contains("used as it is"), "{rights:#?}");
+    src.prepare().await.unwrap();
+    src.start_stream(None, &[]).await.unwrap();
+    pg.psql_in("src", "INSERT INTO a VALUES (2, 'y')");
+    let t = crate::common::next_commit(&mut src).await;
+    assert_eq!(t.changes.len(), 1, "{:?}", t.changes);
+
+    // A publication that lists other tables, owned by someone else, is
+    // named with the statement that fixes it.
+    pg.psql_in("src", "ALTER PUBLICATION ferry_np SET TABLE a");
+    let items = src.check().await;
+    let rights = find(&items, "publication rights");
+    assert_eq!(rights.status, CheckStatus::Fail, "{items:#?}");
+    assert!(
+        rights
+            .detail
+            .contains("exists, owned by postgres, and lists public.a instead"),
+        "{rights:#?}"
+    );
+    assert!(
+        rights.fix.as_deref().unwrap().contains(
+            "ALTER PUBLICATION \"ferry_np\" SET TABLE \"public\".\"a\", \"public\".\"b\""
+        ),
+        "{rights:#?}"
+    );
+}
