@@ -92,15 +92,20 @@ pub(crate) fn decode_row(
 pub(crate) struct Refused {
     pub row: usize,
     pub column: usize,
-    pub why: String,
+    /// The error writing that value alone.
+    pub error: Error,
 }
 
 /// After a data error on a statement writing `rows` (columns `cols`) of
-/// `t`: which value the target refuses. Each row is tried on a fresh
-/// connection, into an empty table with the target's column types (a
-/// temporary one, in a transaction rolled back), then each of its values
-/// alone. `None` when no single value is refused (a constraint between
-/// rows, say) or the probe could not run.
+/// `t`: which value the target refuses. On a fresh connection, in a
+/// transaction rolled back, each column's values go into an empty
+/// temporary table of that column's type alone (so a value is judged by
+/// its own type, domain and length, not by the other columns), all at once
+/// and, when refused, one by one. The probe never reads the target table:
+/// the failed transaction may still hold a lock on it (a key built, a
+/// truncate) until this returns. `None` when no single value is refused
+/// (a constraint of the table, or between rows) or the probe could not
+/// run.
 pub(crate) async fn pinpoint(
     shared: &Shared,
     t: &Target,
@@ -108,20 +113,23 @@ pub(crate) async fn pinpoint(
     cols: &[usize],
 ) -> Option<Refused> {
     let client = shared.endpoint.connect().await.ok()?;
-    let names: Vec<&str> = cols.iter().map(|&i| t.cols[i].as_str()).collect();
-    client
-        .batch_execute(&format!(
-            "BEGIN; CREATE TEMPORARY TABLE ferry_probe ON COMMIT DROP AS \
-             SELECT {} FROM {} WITH NO DATA",
-            names.join(", "),
-            t.qualified
-        ))
-        .await
-        .ok()?;
+    let mut setup = vec![
+        "BEGIN; SET LOCAL lock_timeout = '5s'; SET LOCAL statement_timeout = '60s'".to_owned(),
+    ];
+    for &c in cols {
+        setup.push(format!(
+            "CREATE TEMPORARY TABLE ferry_probe_{c} (v {}) ON COMMIT DROP",
+            t.types[c].name
+        ));
+    }
+    client.batch_execute(&setup.join("; ")).await.ok()?;
     let found = probe(&client, t, rows, cols).await;
     let _ = client.batch_execute("ROLLBACK").await;
     found
 }
+
+/// Values per probing statement (PostgreSQL binds at most 65,535).
+const PROBE_VALUES: usize = 10_000;
 
 async fn probe(
     client: &Client,
@@ -129,70 +137,66 @@ async fn probe(
     rows: &[&Vec<Value>],
     cols: &[usize],
 ) -> Option<Refused> {
-    for (r, row) in rows.iter().enumerate() {
-        let present: Vec<usize> = cols
-            .iter()
-            .copied()
-            .filter(|&i| !matches!(row[i], Value::Unchanged))
+    for &c in cols {
+        let values: Vec<(usize, &Value)> = (rows.iter().enumerate())
+            .map(|(r, row)| (r, &row[c]))
+            .filter(|(_, v)| !matches!(v, Value::Unchanged))
             .collect();
-        if insert(client, t, row, &present).await.is_ok() {
-            continue;
-        }
-        for &c in &present {
-            if let Err(why) = insert(client, t, row, &[c]).await {
-                return Some(Refused {
-                    row: r,
-                    column: c,
-                    why,
-                });
+        for chunk in values.chunks(PROBE_VALUES) {
+            if insert(client, t, c, chunk).await.is_ok() {
+                continue;
+            }
+            for &(row, v) in chunk {
+                if let Err(error) = insert(client, t, c, &[(row, v)]).await {
+                    return Some(Refused {
+                        row,
+                        column: c,
+                        error,
+                    });
+                }
             }
         }
     }
     None
 }
 
-/// Inserts `row`'s values of `cols` into the probe table inside a
-/// savepoint; the server's (or the encoder's) message when refused.
-async fn insert(client: &Client, t: &Target, row: &[Value], cols: &[usize]) -> Result<(), String> {
-    let names: Vec<&str> = cols.iter().map(|&i| t.cols[i].as_str()).collect();
-    let marks: Vec<String> = (1..=cols.len()).map(|n| format!("${n}")).collect();
-    let params: Vec<Param> = cols
+/// Inserts `values` into column `c`'s probe table inside a savepoint; the
+/// server's (or the encoder's) error when one is refused.
+async fn insert(
+    client: &Client,
+    t: &Target,
+    c: usize,
+    values: &[(usize, &Value)],
+) -> Result<(), Error> {
+    let marks: Vec<String> = (1..=values.len()).map(|n| format!("(${n})")).collect();
+    let params: Vec<Param> = values
         .iter()
-        .map(|&i| Param {
-            value: &row[i],
-            kind: &t.types[i].kind,
+        .map(|&(_, value)| Param {
+            value,
+            kind: &t.types[c].kind,
         })
         .collect();
     let refs: Vec<(&(dyn ToSql + Sync), tokio_postgres::types::Type)> = params
         .iter()
-        .zip(cols)
-        .map(|(p, &i)| (p as &(dyn ToSql + Sync), t.params[i].clone()))
+        .map(|p| (p as &(dyn ToSql + Sync), t.params[c].clone()))
         .collect();
     let sql = format!(
-        "INSERT INTO ferry_probe ({}) VALUES ({})",
-        names.join(", "),
+        "INSERT INTO ferry_probe_{c} (v) VALUES {}",
         marks.join(", ")
     );
+    let probe = |e| crate::error::pg_error(e, "probing");
     client
         .batch_execute("SAVEPOINT ferry_probe")
         .await
-        .map_err(|e| e.to_string())?;
+        .map_err(probe)?;
     let result = client.execute_typed(&sql, &refs).await;
     let undo = if result.is_ok() {
         "RELEASE SAVEPOINT ferry_probe"
     } else {
         "ROLLBACK TO SAVEPOINT ferry_probe"
     };
-    client
-        .batch_execute(undo)
-        .await
-        .map_err(|e| e.to_string())?;
-    result.map(|_| ()).map_err(|e| {
-        crate::error::pg_error(e, "writing the value")
-            .message()
-            .trim_start_matches("writing the value: ")
-            .to_owned()
-    })
+    client.batch_execute(undo).await.map_err(probe)?;
+    result.map(|_| ()).map_err(probe)
 }
 
 /// For `e`, a data error writing `rows` of `t`: the error naming the
@@ -211,11 +215,11 @@ pub(crate) async fn refused(
     let row = rows[found.row];
     let key: Vec<Value> = t.key.iter().map(|&i| row[i].clone()).collect();
     let col = t.source_cols[found.column].as_str();
+    let why = found.error.message().trim_start_matches("probing: ");
     let mut out = Error::data(format!(
-        "the target refused the value of column {col} of {} at key {}: {}",
+        "the target refused the value of column {col} of {} at key {}: {why}",
         t.display,
         display_key(&key),
-        found.why
     ))
     .with("table", t.display.clone())
     .with("key", display_key(&key))
@@ -226,11 +230,18 @@ pub(crate) async fn refused(
             out = out.with(label, value.clone());
         }
     }
-    Some(out.with_fix(format!(
-        "correct the value on the source, widen the target column to take it, or exclude the \
-         column with {} (the source table's name) and run again",
+    let exclude = format!(
+        "exclude the column with {} (the source table's name) and run again",
         exclude_entry(&t.display, col)
-    )))
+    );
+    Some(out.with_fix(match found.error.fix() {
+        // The server's reason has a fix of its own (an enum label the
+        // target lacks, say).
+        Some(fix) => format!("{fix}; or {exclude}"),
+        None => format!(
+            "correct the value on the source, widen the target column to take it, or {exclude}"
+        ),
+    }))
 }
 
 fn abbreviated(v: &Value) -> String {
