@@ -15,9 +15,8 @@
 //! A fixed set of seeds keeps every run the same; a failure names its seed.
 
 use std::collections::BTreeMap;
-use std::sync::Arc;
 
-use ferry_core::{Change, Column, ColumnType, Step, TableName, TableRef, TableSchema, Value};
+use ferry_core::{Change, Step, TableName, TableRef, Value};
 
 use super::{is_full, merge, overlay};
 
@@ -71,19 +70,7 @@ struct Simulated {
 }
 
 fn schema(name: &str) -> TableRef {
-    let col = |n: &str| Column {
-        name: n.into(),
-        ty: ColumnType::Int64,
-        nullable: true,
-        source_type: "int".into(),
-        user_type: None,
-    };
-    Arc::new(TableSchema {
-        name: TableName::bare(name),
-        columns: vec![col("id"), col("a"), col("b")],
-        key: vec![0],
-        version: 1,
-    })
+    super::tests::int_table(name, &["id", "a", "b"])
 }
 
 fn key(row: &[Value]) -> i64 {

@@ -4,20 +4,25 @@ use super::*;
 use ferry_core::{Column, ColumnType, TableSchema};
 use std::sync::Arc;
 
-fn table() -> TableRef {
-    let col = |n: &str| Column {
-        name: n.into(),
+/// A table of integer `columns`, keyed by the first.
+pub(super) fn int_table(name: &str, columns: &[&str]) -> TableRef {
+    let col = |n: &&str| Column {
+        name: (*n).into(),
         ty: ColumnType::Int64,
         nullable: true,
         source_type: "int".into(),
         user_type: None,
     };
     Arc::new(TableSchema {
-        name: TableName::bare("t"),
-        columns: vec![col("id"), col("v")],
+        name: TableName::bare(name),
+        columns: columns.iter().map(col).collect(),
         key: vec![0],
         version: 1,
     })
+}
+
+fn table() -> TableRef {
+    int_table("t", &["id", "v"])
 }
 
 fn row(id: i64, v: i64) -> Vec<Value> {

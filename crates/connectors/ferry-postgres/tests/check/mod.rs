@@ -185,6 +185,17 @@ async fn a_missing_password_and_a_raw_at_in_a_password_are_clear() {
     }
 }
 
+/// The check item "publication rights", which must have `status`.
+async fn publication_rights(
+    src: &mut PostgresSource,
+    status: CheckStatus,
+) -> ferry_core::CheckItem {
+    let items = src.check().await;
+    let rights = find(&items, "publication rights").clone();
+    assert_eq!(rights.status, status, "{items:#?}");
+    rights
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_user_who_does_not_own_the_tables_fails_the_check_then_runs_on_a_publication_made_for_it()
 {
@@ -201,9 +212,7 @@ async fn a_user_who_does_not_own_the_tables_fails_the_check_then_runs_on_a_publi
     let url = format!("postgres://rep@127.0.0.1:{}/src", pg.port());
     let mut src = crate::common::source(&url, "np").await;
     // `check` says what `run` will hit: the tables' owner is needed.
-    let items = src.check().await;
-    let rights = find(&items, "publication rights");
-    assert_eq!(rights.status, CheckStatus::Fail, "{items:#?}");
+    let rights = publication_rights(&mut src, CheckStatus::Fail).await;
     assert!(
         rights
             .detail
@@ -235,9 +244,7 @@ async fn a_user_who_does_not_own_the_tables_fails_the_check_then_runs_on_a_publi
     // An administrator creates the publication the fix names: the check
     // passes and the run uses it as it is (rep cannot alter it).
     pg.psql_in("src", "CREATE PUBLICATION ferry_np FOR TABLE a, b");
-    let items = src.check().await;
-    let rights = find(&items, "publication rights");
-    assert_eq!(rights.status, CheckStatus::Ok, "{items:#?}");
+    let rights = publication_rights(&mut src, CheckStatus::Ok).await;
     assert!(rights.detail.contains("used as it is"), "{rights:#?}");
     src.prepare().await.unwrap();
     src.start_stream(None, &[]).await.unwrap();
@@ -248,9 +255,7 @@ async fn a_user_who_does_not_own_the_tables_fails_the_check_then_runs_on_a_publi
     // A publication that lists other tables, owned by someone else, is
     // named with the statement that fixes it.
     pg.psql_in("src", "ALTER PUBLICATION ferry_np SET TABLE a");
-    let items = src.check().await;
-    let rights = find(&items, "publication rights");
-    assert_eq!(rights.status, CheckStatus::Fail, "{items:#?}");
+    let rights = publication_rights(&mut src, CheckStatus::Fail).await;
     assert!(
         rights
             .detail
