@@ -18,8 +18,9 @@ pub enum RowOp {
 }
 
 /// Row operations on one table, in an order that is safe to apply: all
-/// deletes may run before all upserts (merge guarantees each key appears
-/// once).
+/// deletes may run before all upserts, and upserts before updates (merge
+/// guarantees each key appears once, in one of the three lists, so the
+/// order between keys is free: a swap of two keys is two upserts).
 #[derive(Debug, Clone)]
 pub struct TableOps {
     pub table: TableRef,

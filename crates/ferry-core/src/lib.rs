@@ -16,6 +16,7 @@ pub mod selection;
 pub mod sink;
 pub mod source;
 pub mod time;
+pub mod url;
 pub mod value;
 
 pub use batch::{KeylessOp, RowOp, Step, TableOps};

@@ -1,4 +1,5 @@
-//! Which source tables a pipeline replicates: include/exclude globs.
+//! Which source tables a pipeline replicates (include/exclude globs), and
+//! which of their columns nothing downstream reads.
 
 use crate::schema::TableName;
 
@@ -10,6 +11,11 @@ use crate::schema::TableName;
 pub struct Selection {
     pub include: Vec<String>,
     pub exclude: Vec<String>,
+    /// Columns no target gets and no filter reads, as `table.column`
+    /// (`name.column` or `ns.name.column`, as `exclude_columns` spells
+    /// them). A source may leave such a value unread: one it cannot decode
+    /// is then no error (see [`Selection::unread`]).
+    pub unread_columns: Vec<String>,
 }
 
 impl Selection {
@@ -26,6 +32,17 @@ impl Selection {
         };
         (self.include.is_empty() || self.include.iter().any(matches))
             && !self.exclude.iter().any(matches)
+    }
+
+    /// Whether nothing downstream reads `column` of `table` (an entry of
+    /// [`unread_columns`](Self::unread_columns) names it, by the table's
+    /// bare or namespaced name).
+    pub fn unread(&self, table: &TableName, column: &str) -> bool {
+        self.unread_columns.iter().any(|entry| {
+            entry
+                .rsplit_once('.')
+                .is_some_and(|(t, c)| c == column && (t == table.name || t == table.to_string()))
+        })
     }
 }
 
@@ -71,7 +88,12 @@ mod tests {
         let s = Selection {
             include: vec!["public.*".into()],
             exclude: vec!["*_log".into()],
+            unread_columns: vec!["users.secret".into(), "other.t.c".into()],
         };
+        let users = TableName::new(Some("public"), "users");
+        assert!(s.unread(&users, "secret") && !s.unread(&users, "name"));
+        assert!(s.unread(&TableName::new(Some("other"), "t"), "c"));
+        assert!(!s.unread(&TableName::new(Some("public"), "t"), "c"));
         assert!(s.selects(&TableName::new(Some("public"), "users")));
         assert!(!s.selects(&TableName::new(Some("public"), "audit_log")));
         assert!(!s.selects(&TableName::new(Some("other"), "users")));

@@ -18,10 +18,14 @@ pub enum ColumnType {
     Int64,
     Float32,
     Float64,
-    /// Exact decimal; `None` precision means unconstrained (PostgreSQL `numeric`).
+    /// Exact decimal; `None` precision means unconstrained (PostgreSQL
+    /// `numeric`). A negative scale rounds to tens, hundreds, ...
+    /// (PostgreSQL 15: `numeric(7,-3)` holds multiples of 1000 up to
+    /// 9,999,999,000); a scale above the precision leaves only fraction
+    /// digits (`numeric(3,5)`: up to 0.00999).
     Decimal {
         precision: Option<u32>,
-        scale: Option<u32>,
+        scale: Option<i32>,
     },
     /// Text, optionally length-limited (`varchar(n)`); `fixed` for `char(n)`.
     Text {

@@ -122,18 +122,10 @@ impl std::fmt::Debug for Endpoint {
     }
 }
 
-/// Replaces the password of `scheme://user:password@host` with `***`.
+/// Replaces the password of `scheme://user:password@host` with `***`
+/// (the password may hold a raw `@`: see `ferry_core::url`).
 pub fn redact(url: &str) -> String {
-    let Some((scheme, rest)) = url.split_once("://") else {
-        return url.to_owned();
-    };
-    let Some((auth, host)) = rest.split_once('@') else {
-        return url.to_owned();
-    };
-    match auth.split_once(':') {
-        Some((user, _)) => format!("{scheme}://{user}:***@{host}"),
-        None => url.to_owned(),
-    }
+    ferry_core::url::redact(url)
 }
 
 #[derive(Debug, Clone)]
@@ -150,6 +142,26 @@ pub struct PipelineConfig {
     /// Valid but noteworthy settings (a key whose meaning changed), logged
     /// when the pipeline starts.
     pub warnings: Vec<String>,
+}
+
+/// The excluded columns no filter of their table reads: a source need not
+/// decode them (so a value of one it cannot read stops nothing).
+fn unread_columns(transform: &TransformSpec) -> Vec<String> {
+    let mut out = Vec::new();
+    for (table, rule) in &transform.tables {
+        let read = rule
+            .filter
+            .as_ref()
+            .map(|f| f.columns())
+            .unwrap_or_default();
+        for c in &rule.exclude_columns {
+            if !read.contains(&c.as_str()) {
+                out.push(format!("{table}.{c}"));
+            }
+        }
+    }
+    out.sort();
+    out
 }
 
 fn config_error(path: &Path, msg: impl std::fmt::Display) -> Error {
@@ -455,6 +467,7 @@ impl PipelineConfig {
             selection: Selection {
                 include: raw.tables.include,
                 exclude: raw.tables.exclude,
+                unread_columns: unread_columns(&transform),
             },
             transform,
             options,
@@ -518,6 +531,20 @@ mod tests {
             redact("postgres://u:secret@h:5/db"),
             "postgres://u:***@h:5/db"
         );
+        // Passwords with characters a URL splits on: nothing of them shows.
+        for pw in ["p@ss", "a@b@c", "x:y/z@", "q?r@s", "@@", "h@st:1/db"] {
+            let c = parse(&format!(
+                "[source]\nurl = \"postgres://app:{pw}@db.example:5432/app\"\n\
+                 [target]\nurl = \"sqlite:b\"\n"
+            ))
+            .unwrap();
+            let shown = format!("{:?} {}", c.source, c.source.display_url());
+            assert!(!shown.contains(pw), "{pw:?} shows in {shown}");
+            assert!(
+                shown.contains("Endpoint(postgres://app:***@db.example:5432/app)"),
+                "{shown}"
+            );
+        }
     }
 
     #[test]

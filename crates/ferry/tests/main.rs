@@ -4,8 +4,10 @@
 mod bad_input;
 mod crash;
 mod e2e;
+mod exact;
 mod failpoints;
 mod fence;
+mod help;
 mod kit;
 mod operations;
 mod outage;

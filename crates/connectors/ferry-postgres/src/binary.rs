@@ -508,6 +508,33 @@ mod tests {
     }
 
     #[test]
+    fn numerics_at_postgres_limits_round_trip() {
+        use crate::numeric::{MAX_FRACTION_DIGITS, MAX_INTEGER_DIGITS};
+        // More than 32,767 base-10000 groups: the digit count is unsigned.
+        let widest = format!(
+            "-{}.{}",
+            "9".repeat(MAX_INTEGER_DIGITS),
+            "7".repeat(MAX_FRACTION_DIGITS)
+        );
+        let huge = format!("1{}", "0".repeat(MAX_INTEGER_DIGITS - 1));
+        let tiny = format!("0.{}1", "0".repeat(MAX_FRACTION_DIGITS - 1));
+        for s in [widest, huge, tiny, "1234000".to_owned()] {
+            let back = round(&Kind::Numeric, Value::Decimal(s.clone()));
+            assert!(back == Value::Decimal(s.clone()), "{} digits", s.len());
+        }
+        // Past them: refused, not wrapped or expanded without bound.
+        for s in [
+            format!("1{}", "0".repeat(MAX_INTEGER_DIGITS)),
+            format!("0.{}1", "0".repeat(MAX_FRACTION_DIGITS)),
+            "1e2000000000".to_owned(),
+            "1e-2000000000".to_owned(),
+        ] {
+            let mut b = BytesMut::new();
+            assert!(encode(&Value::Decimal(s.clone()), &Kind::Numeric, &mut b).is_err());
+        }
+    }
+
+    #[test]
     fn times_and_misc() {
         assert_eq!(round(&Kind::Date, Value::Date(19_000)), Value::Date(19_000));
         assert_eq!(

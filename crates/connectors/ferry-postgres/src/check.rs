@@ -1,12 +1,13 @@
 //! Pre-flight checks (`ferry check`): each finding is one [`CheckItem`]
 //! with what was found and, on a failure, the fix.
 
-use ferry_core::{CheckItem, Selection};
+use ferry_core::{CheckItem, Selection, TableName};
 use tokio_postgres::Client;
 
 use crate::catalog;
 use crate::connection::Endpoint;
 use crate::error::pg_error;
+use crate::publication::Publication;
 use crate::types::TypeCache;
 
 /// Checks of a target: reachable (the client exists), can create tables
@@ -180,7 +181,6 @@ pub(crate) async fn source_checks(
         )
     });
     let replication: bool = row.get::<_, Option<bool>>(5).unwrap_or(false);
-    let superuser: bool = row.get::<_, Option<bool>>(6).unwrap_or(false);
     items.push(if replication {
         CheckItem::ok(
             "source: REPLICATION privilege",
@@ -193,26 +193,24 @@ pub(crate) async fn source_checks(
             format!("ALTER ROLE {} WITH REPLICATION", endpoint.user()),
         )
     });
-    let create: bool = row.get(7);
-    items.push(if create || superuser {
-        CheckItem::ok("source: publication rights", "may create the publication")
-    } else {
-        CheckItem::fail(
-            "source: publication rights",
-            format!(
-                "role {} may not create publications in this database",
-                endpoint.user()
-            ),
-            format!(
-                "GRANT CREATE ON DATABASE {} TO {}; and make it owner of the replicated tables \
-                 (or create the publication as a superuser)",
-                endpoint.dbname(),
-                endpoint.user()
-            ),
-        )
-    });
+    // What a run will do with the publication, and whether it may.
+    let names = catalog::list_tables(client).await;
+    if let Ok(names) = &names {
+        let selected: Vec<TableName> = names
+            .iter()
+            .filter(|n| selection.selects(n))
+            .cloned()
+            .collect();
+        items.push(match Publication::inspect(client, slot, &selected).await {
+            Ok(p) => match p.check_detail() {
+                Ok(detail) => CheckItem::ok("source: publication rights", detail),
+                Err((why, fix)) => CheckItem::fail("source: publication rights", why, fix),
+            },
+            Err(e) => CheckItem::from_error("source: publication rights", &e),
+        });
+    }
     // Every selected table needs a key and supported types.
-    match catalog::list_tables(client).await {
+    match names {
         Ok(names) => {
             let mut types = TypeCache::default();
             let mut bad = 0;

@@ -21,8 +21,11 @@ impl std::fmt::Debug for Endpoint {
 }
 
 impl Endpoint {
-    /// Parses a `postgres://` URL or a `key=value` string.
+    /// Parses a `postgres://` URL or a `key=value` string. A password
+    /// may hold `@`, `:`, `/` or `?` without percent-encoding (see
+    /// `ferry_core::url`).
     pub fn parse(url: &str, role: &str) -> Result<Endpoint> {
+        let url = ferry_core::url::encode_userinfo(url);
         let mut config: Config = url.parse().map_err(|e| {
             Error::fatal(format!(
                 "the {role} URL is not a valid PostgreSQL connection string: {e}"
@@ -102,13 +105,40 @@ impl Endpoint {
         Ok(client)
     }
 
+    /// The server wants a password and the URL has none.
+    pub fn password_missing(&self) -> Error {
+        Error::fatal(format!(
+            "PostgreSQL at {}:{} asks user {:?} for a password, and the URL has none",
+            self.host(),
+            self.port(),
+            self.user()
+        ))
+        .with_fix(format!(
+            "put the password in the URL (postgres://{0}:PASSWORD@{1}:{2}/{3}), or read it from \
+             the environment: url = \"postgres://{0}:${{PGPASSWORD}}@{1}:{2}/{3}\" in the \
+             pipeline file (ferry expands ${{VAR}} in URLs; @, : and / in a password need no \
+             escaping)",
+            self.user(),
+            self.host(),
+            self.port(),
+            self.dbname()
+        ))
+    }
+
     /// Turns a failed connection attempt into an error naming the server.
     pub fn connect_error(&self, e: tokio_postgres::Error) -> Error {
         let target = self.describe();
         if e.as_db_error().is_some() {
             return pg_error(e, &format!("connecting to {target}"));
         }
-        let text = e.to_string();
+        // The driver's own text can be as vague as "invalid
+        // configuration"; the reason is in its sources.
+        let mut text = e.to_string();
+        let mut cause = std::error::Error::source(&e);
+        while let Some(c) = cause {
+            text.push_str(&format!(": {c}"));
+            cause = c.source();
+        }
         let io_kind = std::error::Error::source(&e)
             .and_then(|s| s.downcast_ref::<std::io::Error>())
             .map(std::io::Error::kind);
@@ -127,11 +157,7 @@ impl Endpoint {
             .with_fix(format!(
                 "check that {host}:{port} is reachable from this machine"
             )),
-            None if text.contains("password missing") => Error::fatal(format!(
-                "PostgreSQL at {host}:{port} asks user {:?} for a password, and the URL has none",
-                self.user()
-            ))
-            .with_fix("put the password in the URL (postgres://user:password@host/db)"),
+            None if text.contains("password missing") => self.password_missing(),
             None if text.contains("timeout") || text.contains("timed out") => Error::transient(
                 format!("cannot connect to PostgreSQL at {host}:{port}: timed out"),
             )

@@ -173,9 +173,9 @@ fn tuple_len(buf: &[u8], fields: usize) -> Result<Option<usize>> {
 
 /// Calls `f` with each field of a complete tuple: its index and bytes
 /// (`None` for NULL).
-pub(crate) fn for_each_field(
-    tuple: &[u8],
-    mut f: impl FnMut(usize, Option<&[u8]>) -> Result<()>,
+pub(crate) fn for_each_field<'a>(
+    tuple: &'a [u8],
+    mut f: impl FnMut(usize, Option<&'a [u8]>) -> Result<()>,
 ) -> Result<()> {
     let count = i16::from_be_bytes([tuple[0], tuple[1]]).max(0) as usize;
     let mut at = 2;

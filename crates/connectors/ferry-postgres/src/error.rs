@@ -76,6 +76,10 @@ pub(crate) fn pg_error(e: tokio_postgres::Error, what: &str) -> Error {
         if let Some(t) = db.table() {
             err = err.with("db table", t);
         }
+        if let Some(w) = db.where_() {
+            // "COPY t, line 2, column v: ...": where in the data.
+            err = err.with("where", w);
+        }
         if let Some(c) = db.constraint() {
             err = err.with("constraint", c);
         }

@@ -10,6 +10,7 @@
 //! errors are [`ferry_core::Error`]s.
 
 mod apply;
+mod bad_value;
 mod binary;
 mod catalog;
 mod check;
@@ -18,9 +19,11 @@ mod copy;
 mod ddl;
 mod error;
 mod fence;
+mod names;
 mod numeric;
 mod pgoutput;
 mod position;
+mod publication;
 mod reader;
 mod recopy;
 mod replication;
@@ -31,5 +34,6 @@ mod stream;
 mod types;
 mod writer;
 
+pub use names::slot_name;
 pub use sink::{CHECKPOINT_TABLE, PostgresSink, PostgresSinkConfig};
 pub use source::{PostgresSource, PostgresSourceConfig};

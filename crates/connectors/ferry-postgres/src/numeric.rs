@@ -7,6 +7,9 @@ const NUMERIC_NEG: u16 = 0x4000;
 const NUMERIC_NAN: u16 = 0xC000;
 const NUMERIC_PINF: u16 = 0xD000;
 const NUMERIC_NINF: u16 = 0xF000;
+/// PostgreSQL's limits: digits before and after the decimal point.
+pub(crate) const MAX_INTEGER_DIGITS: usize = 131_072;
+pub(crate) const MAX_FRACTION_DIGITS: usize = 16_383;
 
 fn take<const N: usize>(buf: &mut &[u8]) -> Option<[u8; N]> {
     let (head, rest) = buf.split_first_chunk::<N>()?;
@@ -17,7 +20,9 @@ fn take<const N: usize>(buf: &mut &[u8]) -> Option<[u8; N]> {
 /// Decodes a binary numeric into its canonical text (`-12.50`, `NaN`).
 pub(crate) fn decode(raw: &[u8]) -> Option<String> {
     let mut b = raw;
-    let ndigits = i16::from_be_bytes(take(&mut b)?) as usize;
+    // The digit count is unsigned: a value may have up to 131,072 digits
+    // before the point and 16,383 after, more than 32,767 groups.
+    let ndigits = u16::from_be_bytes(take(&mut b)?) as usize;
     let weight = i16::from_be_bytes(take(&mut b)?) as i32;
     let sign = u16::from_be_bytes(take(&mut b)?);
     let dscale = u16::from_be_bytes(take(&mut b)?) as usize;
@@ -116,8 +121,13 @@ pub(crate) fn encode(s: &str, out: &mut BytesMut) -> Option<()> {
         .chain(frac_part.bytes())
         .map(|c| c - b'0')
         .collect();
-    let mut point = int_part.len() as i32 + exp; // digits before the decimal point
-    let dscale = (frac_part.len() as i32 - exp).max(0) as u16;
+    // Digits before the decimal point; beyond PostgreSQL's limits nothing
+    // is expanded (an exponent of a billion would be a gigabyte of zeros).
+    let mut point = (int_part.len() as i32).checked_add(exp)?;
+    if !(-(MAX_FRACTION_DIGITS as i32)..=MAX_INTEGER_DIGITS as i32).contains(&point) {
+        return None;
+    }
+    let dscale = u16::try_from((frac_part.len() as i32 - exp).max(0)).ok()?;
     if point < 0 {
         let mut z = vec![0u8; (-point) as usize];
         z.extend(digits);
@@ -149,8 +159,15 @@ pub(crate) fn encode(s: &str, out: &mut BytesMut) -> Option<()> {
     if groups.is_empty() {
         weight = 0;
     }
-    out.put_i16(groups.len() as i16);
-    out.put_i16(weight as i16);
+    // Beyond PostgreSQL's own limits (131,072 digits before the point,
+    // 16,383 after) a value cannot be encoded.
+    let ndigits = u16::try_from(groups.len()).ok()?;
+    let weight = i16::try_from(weight).ok()?;
+    if dscale as usize > MAX_FRACTION_DIGITS {
+        return None;
+    }
+    out.put_u16(ndigits);
+    out.put_i16(weight);
     out.put_u16(if neg && !groups.is_empty() {
         NUMERIC_NEG
     } else {

@@ -165,15 +165,10 @@ impl ReplicationConn {
     }
 
     async fn authenticate(&mut self, endpoint: &Endpoint) -> Result<(), CommandError> {
-        let target = self.endpoint.clone();
         let password = || {
-            endpoint.password().ok_or_else(|| {
-                Error::fatal(format!(
-                    "PostgreSQL at {target} asks user {:?} for a password, and the URL has none",
-                    endpoint.user()
-                ))
-                .with_fix("put the password in the URL (postgres://user:password@host/db)")
-            })
+            endpoint
+                .password()
+                .ok_or_else(|| endpoint.password_missing())
         };
         let mut scram: Option<ScramSha256> = None;
         loop {

@@ -22,6 +22,9 @@ use crate::types::{
     PgType, TypeCache, column_ddl_type, ident, quote_literal, type_ident, writable,
 };
 
+/// The advisory lock every pipeline's structure copy on a database holds.
+const STRUCTURE_LOCK: &str = "ferry structure copy";
+
 /// Comment on a table ferry created without its primary key: the key is
 /// added once the table's snapshot is loaded (loading into a table without
 /// index and building the index once is faster, FIELD-NOTES.md).
@@ -471,6 +474,57 @@ impl PostgresSink {
         })
     }
 
+    /// Creates the tables of `tables` the target lacks (with their
+    /// schemas and types) and records every table's mapping.
+    /// Creates the missing tables; returns those whose columns differ
+    /// (see `Sink::ensure_tables`).
+    async fn create_missing(&self, tables: &[TableRef]) -> Result<Vec<TableName>> {
+        let mut altered = Vec::new();
+        for table in tables {
+            let pg = match self.describe(&table.name).await? {
+                Some(pg) => pg,
+                None => {
+                    let columns: Vec<&Column> = table.columns.iter().collect();
+                    ensure_user_types(&self.admin, &columns).await?;
+                    let (schema, _) = target_name(&table.name);
+                    let sql = match create_schema_sql(&self.admin, &schema).await? {
+                        Some(create) => format!("{create}; {}", create_table_sql(table, false)?),
+                        None => create_table_sql(table, false)?,
+                    };
+                    tracing::info!(table = %table.name, "creating the target table");
+                    self.admin
+                        .batch_execute(&sql)
+                        .await
+                        .map_err(|e| pg_error(e, &format!("creating table {}", table.name)))?;
+                    self.describe(&table.name).await?.ok_or_else(|| {
+                        Error::fatal(format!(
+                            "table {} vanished right after creation",
+                            table.name
+                        ))
+                    })?
+                }
+            };
+            // Columns the source gained while ferry was stopped: the
+            // pipeline alters the table (writer `Step::Schema`) together
+            // with recording its re-copy.
+            let lacks = table.columns.iter().any(|c| {
+                pg.column(&c.name)
+                    .is_none_or(|tc| !tc.kind.as_ref().is_some_and(|k| writable(&c.ty, k)))
+            });
+            if lacks {
+                altered.push(table.name.clone());
+                continue;
+            }
+            let target = map_target(table, &pg, self.shared.major)?;
+            self.shared
+                .targets
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .insert(table.name.clone(), Arc::new(target));
+        }
+        Ok(altered)
+    }
+
     async fn describe(&self, name: &TableName) -> Result<Option<PgTable>> {
         let (schema, table) = target_name(name);
         let mut types = self.types.lock().await;
@@ -556,50 +610,21 @@ impl Sink for PostgresSink {
         crate::check::sink_checks(&self.admin, &self.shared.endpoint).await
     }
 
+    /// Pipelines starting at once on one target would race to create the
+    /// same schema, type or table (`duplicate key value violates unique
+    /// constraint "pg_type_typname_nsp_index"`): the structure copy of
+    /// every ferry pipeline on a database holds one advisory lock, so the
+    /// second finds what the first created.
     async fn ensure_tables(&self, tables: &[TableRef]) -> Result<Vec<TableName>> {
-        let mut altered = Vec::new();
-        for table in tables {
-            let pg = match self.describe(&table.name).await? {
-                Some(pg) => pg,
-                None => {
-                    let columns: Vec<&Column> = table.columns.iter().collect();
-                    ensure_user_types(&self.admin, &columns).await?;
-                    let (schema, _) = target_name(&table.name);
-                    let sql = match create_schema_sql(&self.admin, &schema).await? {
-                        Some(create) => format!("{create}; {}", create_table_sql(table, false)?),
-                        None => create_table_sql(table, false)?,
-                    };
-                    tracing::info!(table = %table.name, "creating the target table");
-                    self.admin
-                        .batch_execute(&sql)
-                        .await
-                        .map_err(|e| pg_error(e, &format!("creating table {}", table.name)))?;
-                    self.describe(&table.name).await?.ok_or_else(|| {
-                        Error::fatal(format!(
-                            "table {} vanished right after creation",
-                            table.name
-                        ))
-                    })?
-                }
-            };
-            // Columns the source gained while ferry was stopped: the
-            // pipeline alters the table (writer `Step::Schema`) together
-            // with recording its re-copy.
-            let lacks = table.columns.iter().any(|c| {
-                pg.column(&c.name)
-                    .is_none_or(|tc| !tc.kind.as_ref().is_some_and(|k| writable(&c.ty, k)))
-            });
-            if lacks {
-                altered.push(table.name.clone());
-                continue;
-            }
-            let target = map_target(table, &pg, self.shared.major)?;
-            self.shared
-                .targets
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .insert(table.name.clone(), Arc::new(target));
-        }
+        let lock = |f: &str| format!("SELECT {f}(hashtext('{STRUCTURE_LOCK}')::int8)");
+        self.admin
+            .batch_execute(&lock("pg_advisory_lock"))
+            .await
+            .map_err(|e| pg_error(e, "taking the structure copy's lock"))?;
+        let created = self.create_missing(tables).await;
+        let released = self.admin.batch_execute(&lock("pg_advisory_unlock")).await;
+        let altered = created?;
+        released.map_err(|e| pg_error(e, "releasing the structure copy's lock"))?;
         Ok(altered)
     }
 

@@ -21,16 +21,17 @@ use std::sync::{Arc, Mutex};
 use async_trait::async_trait;
 use bytes::Bytes;
 use ferry_core::{
-    ChunkRows, EncodedRows, KeyRange, Position, Result, SnapshotChunk, SnapshotReader,
+    ChunkRows, EncodedRows, KeyRange, Position, Result, Selection, SnapshotChunk, SnapshotReader,
     SnapshotRequest, TableRef, Value,
 };
 use futures_util::StreamExt;
 use tokio::sync::mpsc;
 use tokio_postgres::Client;
 
+use crate::bad_value::decode_row;
 use crate::catalog::PgTable;
 use crate::connection::Endpoint;
-use crate::copy::{CopyDecoder, decode_fields};
+use crate::copy::{CopyDecoder, decode_fields, for_each_field};
 use crate::error::pg_error;
 use crate::reader::{
     ReadColumn, column_list, copy_out_rows, indexed_order, range_predicate, read_columns,
@@ -64,9 +65,32 @@ struct TableJob {
     key_cols: Vec<ReadColumn>,
     /// Pass rows through in this encoding (binary COPY tuples) undecoded.
     encoding: Option<String>,
+    /// Per column: nothing reads it, so a value that cannot be read there
+    /// becomes NULL instead of an error.
+    unread: Vec<bool>,
     /// Work items of this table not finished yet; held while sending a
     /// final chunk so the one that brings it to zero is sent last.
     remaining: tokio::sync::Mutex<usize>,
+}
+
+impl TableJob {
+    /// A tuple's values; see [`decode_row`] for a value that cannot be read.
+    fn decode(&self, tuple: &[u8]) -> Result<Vec<Value>> {
+        let mut fields: Vec<Option<&[u8]>> = Vec::with_capacity(self.kinds.len());
+        for_each_field(tuple, |_, f| {
+            fields.push(f);
+            Ok(())
+        })?;
+        decode_row(
+            &self.table,
+            fields.len(),
+            |i| self.unread.get(i).copied().unwrap_or(false),
+            |i| match fields[i] {
+                None => Ok(Value::Null),
+                Some(bytes) => crate::binary::decode(&self.kinds[i], bytes),
+            },
+        )
+    }
 }
 
 /// One key range of a table, read in key order by one worker: every chunk
@@ -87,6 +111,7 @@ pub(crate) async fn start(
     workers: usize,
     chunk_rows: Option<usize>,
     requests: Vec<(SnapshotRequest, PgTable)>,
+    selection: &Selection,
 ) -> Result<Box<dyn SnapshotReader>> {
     let workers = workers.clamp(1, 32).min(requests.len().max(1) * 8);
     let mut clients = Vec::with_capacity(workers);
@@ -107,7 +132,10 @@ pub(crate) async fn start(
     let mut done_now = Vec::new();
     for (req, pg) in requests {
         let chunk = chunk_rows.unwrap_or_else(|| default_chunk_rows(&req.encoding));
-        let planned = plan(&clients[0], &req, &pg, workers, chunk).await?;
+        let unread = (req.table.columns.iter())
+            .map(|c| selection.unread(&req.table.name, &c.name))
+            .collect();
+        let planned = plan(&clients[0], &req, &pg, workers, chunk, unread).await?;
         if planned.is_empty() {
             done_now.push(empty_done(&req));
         }
@@ -172,6 +200,7 @@ async fn plan(
     pg: &PgTable,
     workers: usize,
     chunk_rows: usize,
+    unread: Vec<bool>,
 ) -> Result<Vec<Work>> {
     let table = req.table.clone();
     let cols = read_columns(pg, &table)?;
@@ -264,6 +293,7 @@ async fn plan(
         cols,
         key_cols,
         encoding: req.encoding.clone(),
+        unread,
         remaining: tokio::sync::Mutex::new(ranges.len()),
     });
     Ok(ranges
@@ -526,8 +556,8 @@ impl Batch {
     /// none is buffered.
     fn read(&mut self, dec: &mut CopyDecoder, job: &TableJob) -> Result<bool> {
         match self {
-            Batch::Values(rows) => match dec.next_row(&job.kinds)? {
-                Some(row) => rows.push(row),
+            Batch::Values(rows) => match dec.next_tuple(job.kinds.len())? {
+                Some(tuple) => rows.push(job.decode(&tuple)?),
                 None => return Ok(false),
             },
             Batch::Encoded { data, rows, last } => match dec.next_tuple(job.kinds.len())? {

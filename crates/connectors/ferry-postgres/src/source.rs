@@ -25,6 +25,7 @@ use crate::connection::Endpoint;
 use crate::error::pg_error;
 use crate::fence::{self, Lock};
 use crate::position::{point, start_lsn};
+use crate::publication::Publication;
 use crate::reader::KeyOrderReads;
 use crate::replication::{CommandError, ReplicationConn};
 use crate::stream::{Context, Stream};
@@ -35,8 +36,8 @@ use crate::types::{TypeCache, ident, quote_literal};
 pub struct PostgresSourceConfig {
     /// `postgres://user:password@host:port/database`.
     pub url: String,
-    /// The pipeline's name: ferry's slot and publication are `ferry_<pipeline>`.
-    /// Lower-case letters, digits and `_`.
+    /// The pipeline's name: ferry's slot and publication are
+    /// `ferry_<pipeline>`, mapped to a valid slot name ([`crate::slot_name`]).
     pub pipeline: String,
     pub selection: Selection,
     /// Connections copying the snapshot in parallel (at least 1).
@@ -102,19 +103,10 @@ impl std::fmt::Debug for PostgresSource {
 }
 
 fn validate_pipeline(name: &str) -> Result<()> {
-    let ok = !name.is_empty()
-        && name.len() <= 40
-        && name
-            .bytes()
-            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == b'_');
-    if ok {
-        Ok(())
-    } else {
-        Err(Error::fatal(format!(
-            "pipeline name {name:?} cannot name a PostgreSQL replication slot"
-        ))
-        .with_fix("use 1 to 40 lower-case letters, digits and underscores"))
+    if name.is_empty() {
+        return Err(Error::fatal("the pipeline name is empty").with_fix("name the pipeline"));
     }
+    Ok(())
 }
 
 impl PostgresSource {
@@ -151,9 +143,10 @@ impl PostgresSource {
         self.heartbeat = every.max(Duration::from_millis(100));
     }
 
-    /// Name of ferry's replication slot and publication.
+    /// Name of ferry's replication slot and publication (see
+    /// [`crate::slot_name`] for how a pipeline name maps to it).
     pub fn slot_name(&self) -> String {
-        format!("ferry_{}", self.pipeline)
+        crate::names::slot_name(&self.pipeline)
     }
 
     /// Takes the pipeline's session advisory lock on the source, held as
@@ -225,41 +218,14 @@ impl PostgresSource {
         }))
     }
 
+    /// Creates ferry's publication, or sets its tables, unless it lists
+    /// exactly the selected tables already (see [`crate::publication`]).
     async fn ensure_publication(&self) -> Result<()> {
-        let name = self.slot_name();
-        let list: Vec<String> = {
-            let mut v: Vec<&(TableRef, PgTable)> = self.tables.values().collect();
-            v.sort_by(|a, b| a.0.name.cmp(&b.0.name));
-            v.iter().map(|(_, pg)| pg.qualified()).collect()
-        };
-        let exists: bool = self
-            .client
-            .query_one(
-                "SELECT EXISTS (SELECT 1 FROM pg_publication WHERE pubname = $1)",
-                &[&name],
-            )
+        let tables: Vec<TableName> = self.tables.values().map(|(t, _)| t.name.clone()).collect();
+        Publication::inspect(&self.client, &self.slot_name(), &tables)
+            .await?
+            .ensure(&self.client)
             .await
-            .map_err(|e| pg_error(e, "reading publications"))?
-            .get(0);
-        let sql = match (exists, list.is_empty()) {
-            (false, true) => format!("CREATE PUBLICATION {}", ident(&name)),
-            (false, false) => format!(
-                "CREATE PUBLICATION {} FOR TABLE {} WITH (publish_via_partition_root = true)",
-                ident(&name),
-                list.join(", ")
-            ),
-            (true, false) => format!(
-                "ALTER PUBLICATION {} SET TABLE {}",
-                ident(&name),
-                list.join(", ")
-            ),
-            (true, true) => return Ok(()),
-        };
-        self.client.batch_execute(&sql).await.map_err(|e| {
-            pg_error(e, &format!("creating publication {name}")).with_fix(
-                "ferry's user must own the replicated tables and have CREATE on the database",
-            )
-        })
     }
 
     /// Creates a logical slot with an exported snapshot on a new
@@ -475,6 +441,7 @@ impl Source for PostgresSource {
             self.workers,
             self.chunk_rows,
             work,
+            &self.selection,
         )
         .await;
         // Every worker imported the snapshot: the exporting session may end.
@@ -575,7 +542,7 @@ impl Source for PostgresSource {
             Error::fatal("next() called before start_stream(); this is a ferry bug")
         })?;
         if stream.pending_chunk.is_none() {
-            let slot = format!("ferry_{}", self.pipeline);
+            let slot = crate::names::slot_name(&self.pipeline);
             stream.pending_chunk = self
                 .recopies
                 .read_chunk(&self.client, &mut self.types, &slot)
@@ -586,6 +553,7 @@ impl Source for PostgresSource {
             types: &mut self.types,
             known: &self.known,
             described: &self.tables,
+            selection: &self.selection,
         };
         let event = stream.next(&mut ctx).await?;
         for table in std::mem::take(&mut stream.started) {

@@ -20,12 +20,13 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use ferry_core::{
-    Alteration, Change, Column, Error, Lsn, PgPosition, Position, Result, SourceEvent, TableName,
-    TableRef, TableSchema, Transaction, Value,
+    Alteration, Change, Column, Error, Lsn, PgPosition, Position, Result, Selection, SourceEvent,
+    TableName, TableRef, TableSchema, Transaction, Value,
 };
 use tokio::task::JoinHandle;
 use tokio_postgres::Client;
 
+use crate::bad_value::decode_row;
 use crate::binary;
 use crate::catalog::{self, PgTable};
 use crate::ddl;
@@ -50,6 +51,8 @@ pub(crate) struct Context<'a> {
     pub known: &'a HashMap<TableName, TableRef>,
     /// Their catalog entries then.
     pub described: &'a HashMap<TableName, (TableRef, PgTable)>,
+    /// Columns nothing reads: a value there that cannot be read is no error.
+    pub selection: &'a Selection,
 }
 
 struct Rel {
@@ -315,14 +318,14 @@ impl Stream {
             }
             PgOutput::Insert { rel, new } => {
                 let r = self.rel(rel)?;
-                let row = values(r, new, false)?;
+                let row = values(r, new, false, ctx.selection)?;
                 let table = r.table.clone();
                 self.push(Change::Insert { table, row });
             }
             PgOutput::Update { rel, old, new } => {
                 let r = self.rel(rel)?;
-                let before = old.map(|o| old_values(r, o)).transpose()?;
-                let after = values(r, new, false)?;
+                let before = old.map(|o| old_values(r, o, ctx.selection)).transpose()?;
+                let after = values(r, new, false, ctx.selection)?;
                 let table = r.table.clone();
                 self.push(Change::Update {
                     table,
@@ -332,7 +335,7 @@ impl Stream {
             }
             PgOutput::Delete { rel, old } => {
                 let r = self.rel(rel)?;
-                let before = old_values(r, old)?;
+                let before = old_values(r, old, ctx.selection)?;
                 let table = r.table.clone();
                 self.push(Change::Delete { table, before });
             }
@@ -603,16 +606,7 @@ impl Stream {
     }
 }
 
-fn decode_datum(r: &Rel, i: usize, d: Datum) -> Result<Value> {
-    let fail = |e: Error| {
-        e.with("table", r.table.name.to_string()).with(
-            "column",
-            r.table
-                .columns
-                .get(i)
-                .map_or(String::new(), |c| c.name.clone()),
-        )
-    };
+fn decode_datum(r: &Rel, i: usize, d: &Datum) -> Result<Value> {
     let kind = r
         .kinds
         .get(i)
@@ -620,16 +614,22 @@ fn decode_datum(r: &Rel, i: usize, d: Datum) -> Result<Value> {
     match d {
         Datum::Null => Ok(Value::Null),
         Datum::Unchanged => Ok(Value::Unchanged),
-        Datum::Binary(b) => binary::decode(kind, &b).map_err(fail),
+        Datum::Binary(b) => binary::decode(kind, b),
         Datum::Text(t) => {
-            let s = std::str::from_utf8(&t)
-                .map_err(|_| fail(Error::data("text value is not UTF-8")))?;
-            binary::decode_text(kind, s).map_err(fail)
+            let s = std::str::from_utf8(t).map_err(|_| Error::data("text value is not UTF-8"))?;
+            binary::decode_text(kind, s)
         }
     }
 }
 
-fn values(r: &Rel, datums: Vec<Datum>, key_only: bool) -> Result<Vec<Value>> {
+/// A tuple's values. A value that cannot be read is a data error naming
+/// table, key and column, unless nothing reads its column (`selection`).
+fn values(
+    r: &Rel,
+    datums: Vec<Datum>,
+    key_only: bool,
+    selection: &Selection,
+) -> Result<Vec<Value>> {
     if datums.len() != r.type_oids.len() {
         return Err(Error::fatal(format!(
             "pgoutput tuple of {} has {} columns, its relation {}",
@@ -638,17 +638,20 @@ fn values(r: &Rel, datums: Vec<Datum>, key_only: bool) -> Result<Vec<Value>> {
             r.type_oids.len()
         )));
     }
-    datums
-        .into_iter()
-        .enumerate()
-        .map(|(i, d)| match d {
-            // A key-only image sends the other columns as NULL.
-            Datum::Null if key_only && !r.table.is_key_column(i) => Ok(Value::Unchanged),
-            d => decode_datum(r, i, d),
-        })
-        .collect()
+    let table = &r.table;
+    let unread = |i: usize| {
+        table
+            .columns
+            .get(i)
+            .is_some_and(|c| selection.unread(&table.name, &c.name))
+    };
+    decode_row(table, datums.len(), unread, |i| match &datums[i] {
+        // A key-only image sends the other columns as NULL.
+        Datum::Null if key_only && !table.is_key_column(i) => Ok(Value::Unchanged),
+        d => decode_datum(r, i, d),
+    })
 }
 
-fn old_values(r: &Rel, old: OldTuple) -> Result<Vec<Value>> {
-    values(r, old.datums, old.key_only)
+fn old_values(r: &Rel, old: OldTuple, selection: &Selection) -> Result<Vec<Value>> {
+    values(r, old.datums, old.key_only, selection)
 }

@@ -239,10 +239,12 @@ pub(crate) fn column_type(kind: &Kind, oid: u32, typmod: i32) -> ColumnType {
         Kind::Float8 => ColumnType::Float64,
         Kind::Numeric => {
             if typmod >= 4 {
-                let m = (typmod - 4) as u32;
+                let m = typmod - 4;
                 ColumnType::Decimal {
-                    precision: Some((m >> 16) & 0xffff),
-                    scale: Some(m & 0x7ff),
+                    precision: Some(((m >> 16) & 0xffff) as u32),
+                    // An 11-bit two's complement number (PostgreSQL 15
+                    // allows -1000..=1000).
+                    scale: Some(((m & 0x7ff) ^ 1024) - 1024),
                 }
             } else {
                 ColumnType::Decimal {
@@ -391,6 +393,18 @@ mod tests {
             }
         );
         assert_eq!(ddl_type(&t, "").unwrap(), "numeric(12,2)");
+        // Scales are signed (PostgreSQL 15: -1000..=1000).
+        for (p, s) in [(7, -3), (3, 5), (1000, -1000), (1000, 1000)] {
+            let t = column_type(&Kind::Numeric, 1700, ((p << 16) | (s & 0x7ff)) + 4);
+            assert_eq!(
+                t,
+                ColumnType::Decimal {
+                    precision: Some(p as u32),
+                    scale: Some(s)
+                }
+            );
+            assert_eq!(ddl_type(&t, "").unwrap(), format!("numeric({p},{s})"));
+        }
     }
 
     #[test]

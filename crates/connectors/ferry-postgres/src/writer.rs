@@ -27,6 +27,7 @@ use crate::apply::{
     param_refs, row_params, rows_per_statement, update_one_sql, update_sql, upsert_from,
     upsert_sql,
 };
+use crate::bad_value;
 use crate::catalog;
 use crate::copy;
 use crate::error::pg_error;
@@ -502,18 +503,18 @@ impl PostgresWriter {
         updates.extend(ops.updates.iter());
         let all: Vec<usize> = (0..t.cols.len()).collect();
         if upserts.len() >= STAGE_MIN_ROWS {
-            self.upsert_staged(&t, &upserts)
-                .await
-                .map_err(|e| context(e, &upserts))?;
+            if let Err(e) = self.upsert_staged(&t, &upserts).await {
+                return Err(self.explain(e, &t, &upserts, &all, context).await);
+            }
             upserts.clear();
         }
         for chunk in upserts.chunks(rows_per_statement(t.cols.len())) {
             let sql = upsert_sql(&t, chunk.len());
             let params = row_params(&t, chunk, &all);
             let refs = param_refs(&params, &t, chunk.len(), &all);
-            self.exec(&sql, &refs)
-                .await
-                .map_err(|e| context(e, chunk))?;
+            if let Err(e) = self.exec(&sql, &refs).await {
+                return Err(self.explain(e, &t, chunk, &all, context).await);
+            }
         }
         // Partial updates, grouped by the set of columns they carry.
         let mut groups: HashMap<Vec<usize>, Vec<&Vec<Value>>> = HashMap::new();
@@ -531,12 +532,30 @@ impl PostgresWriter {
                 let sql = update_sql(&t, &present, chunk.len());
                 let params = row_params(&t, chunk, &present);
                 let refs = param_refs(&params, &t, chunk.len(), &present);
-                self.exec(&sql, &refs)
-                    .await
-                    .map_err(|e| context(e, chunk))?;
+                if let Err(e) = self.exec(&sql, &refs).await {
+                    return Err(self.explain(e, &t, chunk, &present, context).await);
+                }
             }
         }
         Ok(())
+    }
+
+    /// `e`, from writing `rows` (columns `cols`) of `t`: when it is a
+    /// data error one value explains, the error naming that value's table,
+    /// key and column ([`bad_value::refused`]); else `e` with `coarse`
+    /// context.
+    async fn explain(
+        &self,
+        e: Error,
+        t: &Target,
+        rows: &[&Vec<Value>],
+        cols: &[usize],
+        coarse: impl FnOnce(Error, &[&Vec<Value>]) -> Error,
+    ) -> Error {
+        match bad_value::refused(&e, &self.shared, t, rows, cols).await {
+            Some(pinned) => pinned,
+            None => coarse(e, rows),
+        }
     }
 
     async fn move_key(&mut self, table: &TableRef, old_key: &[Value], row: &[Value]) -> Result<()> {
@@ -753,7 +772,13 @@ impl SinkWriter for PostgresWriter {
             self.loaded.push(table.clone());
         }
         let rows: Vec<&Vec<Value>> = rows.iter().collect();
-        self.copy_rows(&t, &t.qualified, &rows).await
+        match self.copy_rows(&t, &t.qualified, &rows).await {
+            Ok(()) => Ok(()),
+            Err(e) => {
+                let all: Vec<usize> = (0..t.cols.len()).collect();
+                Err(self.explain(e, &t, &rows, &all, |e, _| e).await)
+            }
+        }
     }
 
     async fn load_encoded(&mut self, table: &TableRef, rows: EncodedRows) -> Result<()> {

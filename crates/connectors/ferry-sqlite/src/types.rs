@@ -54,8 +54,8 @@ pub(crate) fn column_type(declared: &str) -> Option<ColumnType> {
         "" => ColumnType::Dynamic,
         "BOOLEAN" | "BOOL" => ColumnType::Bool,
         "DECIMAL" | "NUMERIC" | "DECIMAL_TEXT" | "NUMBER" => ColumnType::Decimal {
-            precision: params.first().copied(),
-            scale: params.get(1).copied(),
+            precision: params.first().and_then(|&p| u32::try_from(p).ok()),
+            scale: params.get(1).and_then(|&s| i32::try_from(s).ok()),
         },
         "DATE" => ColumnType::Date,
         "DATETIME" | "TIMESTAMP" | "TIMESTAMP WITHOUT TIME ZONE" => ColumnType::Timestamp,
@@ -71,7 +71,7 @@ pub(crate) fn column_type(declared: &str) -> Option<ColumnType> {
             .iter()
             .any(|w| w.contains("CHAR") || w.contains("TEXT") || w.contains("CLOB")) =>
         {
-            text(params.first().copied())
+            text(params.first().and_then(|&n| u32::try_from(n).ok()))
         }
         _ if words.iter().any(|w| w.contains("BLOB")) => ColumnType::Bytes,
         _ if has("REAL")
@@ -85,7 +85,7 @@ pub(crate) fn column_type(declared: &str) -> Option<ColumnType> {
     })
 }
 
-fn parse_params(p: &str) -> Vec<u32> {
+fn parse_params(p: &str) -> Vec<i64> {
     p.trim_end()
         .trim_end_matches(')')
         .split(',')
@@ -398,6 +398,10 @@ mod tests {
             ColumnType::Decimal {
                 precision: Some(10),
                 scale: Some(2),
+            },
+            ColumnType::Decimal {
+                precision: Some(7),
+                scale: Some(-3),
             },
             ColumnType::Text {
                 max_len: Some(5),

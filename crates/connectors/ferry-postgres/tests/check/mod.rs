@@ -124,12 +124,148 @@ async fn wrong_password_and_unreachable_host_are_clear() {
         err.report()
     );
     assert!(err.fix().is_some());
-    let err = PostgresSource::connect(source_config(&pg.url(), "Bad-Name"))
+    // A pipeline named after its file (`my-pipe.toml`) gets a valid slot.
+    let src = PostgresSource::connect(source_config(&pg.url(), "My-Pipe"))
+        .await
+        .unwrap();
+    assert_eq!(src.slot_name(), "ferry_my_pipe");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_missing_password_and_a_raw_at_in_a_password_are_clear() {
+    let pg = PostgresServer::builder().password("p@ss:w/rd@x").start();
+    let port = pg.port();
+    // The server asks for a password the URL does not have.
+    let url = format!("postgres://postgres@127.0.0.1:{port}/postgres");
+    let err = PostgresSource::connect(source_config(&url, "pw"))
         .await
         .unwrap_err();
+    assert_eq!(err.class(), ErrorClass::Fatal, "{}", err.report());
     assert!(
-        err.fix().unwrap().contains("lower-case"),
+        err.message()
+            .contains("asks user \"postgres\" for a password"),
         "{}",
         err.report()
+    );
+    let fix = err.fix().unwrap();
+    assert!(
+        fix.contains("postgres://postgres:${PGPASSWORD}@127.0.0.1"),
+        "{}",
+        err.report()
+    );
+    let err = ferry_postgres::PostgresSink::connect(ferry_postgres::PostgresSinkConfig {
+        url: url.clone(),
+        pipeline: "pw".into(),
+    })
+    .await
+    .unwrap_err();
+    assert!(
+        err.fix().unwrap().contains("${PGPASSWORD}"),
+        "{}",
+        err.report()
+    );
+    // The password written raw, `@`, `:` and `/` and all: ferry reads it
+    // (the last `@` before the host ends it), the replication connection
+    // too, and a wrong one is never printed.
+    let raw = format!("postgres://postgres:p@ss:w/rd@x@127.0.0.1:{port}/postgres");
+    let mut src = PostgresSource::connect(source_config(&raw, "pw"))
+        .await
+        .unwrap();
+    src.tables().await.unwrap();
+    src.prepare().await.unwrap();
+    src.start_stream(None, &[]).await.unwrap();
+    let wrong = format!("postgres://postgres:p@ss:w/rd@y@127.0.0.1:{port}/postgres");
+    let err = PostgresSource::connect(source_config(&wrong, "pw"))
+        .await
+        .unwrap_err();
+    let report = err.report();
+    assert!(report.contains("28P01"), "{report}");
+    for piece in ["p@ss", "ss:w", "rd@y", "w/rd"] {
+        assert!(!report.contains(piece), "{piece:?} printed: {report}");
+    }
+}
+
+/// The check item "publication rights", which must have `status`.
+async fn publication_rights(
+    src: &mut PostgresSource,
+    status: CheckStatus,
+) -> ferry_core::CheckItem {
+    let items = src.check().await;
+    let rights = find(&items, "publication rights").clone();
+    assert_eq!(rights.status, status, "{items:#?}");
+    rights
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_user_who_does_not_own_the_tables_fails_the_check_then_runs_on_a_publication_made_for_it()
+{
+    let (pg, _) = server_with_db("src");
+    pg.psql_in(
+        "src",
+        "CREATE ROLE app; CREATE ROLE rep LOGIN REPLICATION;
+         GRANT CREATE ON DATABASE src TO rep;
+         CREATE TABLE a (id int PRIMARY KEY, v text); CREATE TABLE b (id int PRIMARY KEY);
+         ALTER TABLE a OWNER TO app; ALTER TABLE b OWNER TO app;
+         GRANT SELECT ON a, b TO rep;
+         INSERT INTO a VALUES (1, 'x');",
+    );
+    let url = format!("postgres://rep@127.0.0.1:{}/src", pg.port());
+    let mut src = crate::common::source(&url, "np").await;
+    // `check` says what `run` will hit: the tables' owner is needed.
+    let rights = publication_rights(&mut src, CheckStatus::Fail).await;
+    assert!(
+        rights
+            .detail
+            .contains("role rep does not own public.a (owner app), public.b (owner app)"),
+        "{rights:#?}"
+    );
+    let fix = rights.fix.as_deref().unwrap();
+    assert!(
+        fix.contains(
+            "CREATE PUBLICATION \"ferry_np\" FOR TABLE \"public\".\"a\", \"public\".\"b\""
+        ) && fix.contains("OWNER TO rep"),
+        "{rights:#?}"
+    );
+    // And `run` refuses the same way, before touching anything.
+    src.tables().await.unwrap();
+    let err = src.prepare().await.unwrap_err();
+    assert_eq!(err.class(), ErrorClass::Fatal);
+    assert!(
+        err.message().contains("does not own public.a")
+            && err.fix().unwrap().contains("CREATE PUBLICATION"),
+        "{}",
+        err.report()
+    );
+    assert_eq!(
+        pg.psql_in("src", "SELECT count(*) FROM pg_replication_slots"),
+        "0"
+    );
+
+    // An administrator creates the publication the fix names: the check
+    // passes and the run uses it as it is (rep cannot alter it).
+    pg.psql_in("src", "CREATE PUBLICATION ferry_np FOR TABLE a, b");
+    let rights = publication_rights(&mut src, CheckStatus::Ok).await;
+    assert!(rights.detail.contains("used as it is"), "{rights:#?}");
+    src.prepare().await.unwrap();
+    src.start_stream(None, &[]).await.unwrap();
+    pg.psql_in("src", "INSERT INTO a VALUES (2, 'y')");
+    let t = crate::common::next_commit(&mut src).await;
+    assert_eq!(t.changes.len(), 1, "{:?}", t.changes);
+
+    // A publication that lists other tables, owned by someone else, is
+    // named with the statement that fixes it.
+    pg.psql_in("src", "ALTER PUBLICATION ferry_np SET TABLE a");
+    let rights = publication_rights(&mut src, CheckStatus::Fail).await;
+    assert!(
+        rights
+            .detail
+            .contains("exists, owned by postgres, and lists public.a instead"),
+        "{rights:#?}"
+    );
+    assert!(
+        rights.fix.as_deref().unwrap().contains(
+            "ALTER PUBLICATION \"ferry_np\" SET TABLE \"public\".\"a\", \"public\".\"b\""
+        ),
+        "{rights:#?}"
     );
 }

@@ -546,3 +546,75 @@ async fn postgres_sink_passes_the_fence_conformance_suite() {
     })
     .await;
 }
+
+/// Tables in a schema the target lacks, with an enum and a domain over it.
+fn typed_tables() -> Vec<ferry_core::TableRef> {
+    let tier = ferry_core::UserType {
+        name: ferry_core::TableName::new(Some("shop"), "tier"),
+        def: ferry_core::UserTypeDef::Enum(vec!["free".into(), "pro".into()]),
+    };
+    let paid = ferry_core::UserType {
+        name: ferry_core::TableName::new(Some("shop"), "paid_tier"),
+        def: ferry_core::UserTypeDef::Domain {
+            base: "shop.tier".into(),
+            base_type: Some(Box::new(tier.clone())),
+            not_null: false,
+            checks: vec![(
+                "not_free".into(),
+                "CHECK ((VALUE <> 'free'::shop.tier))".into(),
+            )],
+        },
+    };
+    let typed = |name: &str, ut: &ferry_core::UserType| ferry_core::Column {
+        source_type: ut.name.to_string(),
+        user_type: Some(ut.clone()),
+        ..col(name, text(), true)
+    };
+    (0..4)
+        .map(|i| {
+            table(
+                Some("shop"),
+                &format!("t{i}"),
+                vec![
+                    col("id", ColumnType::Int64, false),
+                    typed("tier", &tier),
+                    typed("paid", &paid),
+                ],
+                vec![0],
+            )
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pipelines_starting_at_once_on_a_fresh_target_create_its_structure_once() {
+    // Each round a fresh database: every pipeline finds nothing there and
+    // creates the schema, the types and the tables at the same moment.
+    let pg = PostgresServer::start();
+    for round in 0..3 {
+        let url = pg.create_database(&format!("fresh{round}"));
+        let mut sinks = Vec::new();
+        for p in 0..6 {
+            let cfg = PostgresSinkConfig {
+                url: url.clone(),
+                pipeline: format!("p{p}"),
+            };
+            sinks.push(PostgresSink::connect(cfg).await.unwrap());
+        }
+        let tasks: Vec<_> = sinks
+            .into_iter()
+            .map(|s| tokio::spawn(async move { s.ensure_tables(&typed_tables()).await }))
+            .collect();
+        for t in tasks {
+            let r = t.await.unwrap();
+            r.unwrap_or_else(|e| panic!("round {round}: {}", e.report()));
+        }
+        assert_eq!(
+            pg.psql_in(
+                &format!("fresh{round}"),
+                "SELECT count(*) FROM pg_tables WHERE schemaname = 'shop'"
+            ),
+            "4"
+        );
+    }
+}
