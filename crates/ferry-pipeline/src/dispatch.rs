@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use ferry_core::{
-    Change, Checkpoint, CheckpointRecord, Error, Position, Result, SourceEvent, Step,
+    Change, Checkpoint, CheckpointRecord, Error, Position, Result, SourceEvent, Step, TableProgress,
 };
 use tokio::sync::{mpsc, watch};
 
@@ -195,8 +195,27 @@ impl Dispatcher {
         for c in changes.iter().filter(|c| c.is_recopy()) {
             let Some(t) = c.table() else { continue };
             let target = self.transform.target_table(t)?.name.to_string();
+            let part = if eventual {
+                target.clone()
+            } else {
+                String::new()
+            };
             if let Some(r) = self.recopies.observe(c, &position, &target) {
-                records.push((if eventual { target } else { String::new() }, r));
+                records.push((part.clone(), r));
+            }
+            // A table the pipeline never copied (new on the source) is
+            // copied once its re-copy ends: a restart must not copy it
+            // again from the start.
+            let name = t.name.to_string();
+            if let Change::RecopyRows { range, .. } = c
+                && (range.upper.is_none() || t.is_keyless())
+                && self.covered.tables.get(&name).is_none_or(|p| !p.complete)
+            {
+                let mut p = TableProgress::default();
+                p.add(ferry_core::KeyRange::all(), &position);
+                p.complete = true;
+                records.push((part, CheckpointRecord::table(&name, &p)));
+                self.covered.tables.insert(name, p);
             }
         }
         let changes = self.target_changes(&position, changes)?;

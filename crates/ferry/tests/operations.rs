@@ -46,15 +46,24 @@ fn run_until_streaming(pipeline: &Path, log: &Path) -> Child {
     child
 }
 
-/// Waits until `ferry verify` says the copies are equal.
+/// Waits until `ferry verify` says the copies are equal; on a timeout the
+/// failure shows the end of the runner's log (`ferry.log` beside the
+/// pipeline file).
 fn verified_equal(pipeline: &Path) {
     let p = pipeline.to_str().unwrap();
+    let log = pipeline.with_file_name("ferry.log");
     eventually_blocking("ferry verify finds source and target equal", WAIT, || {
         let out = ferry(&["verify", p]);
         if out.status.code() == Some(0) {
             Ok(())
         } else {
-            Err(text(&out))
+            let text_log = std::fs::read_to_string(&log).unwrap_or_default();
+            let lines: Vec<&str> = text_log
+                .lines()
+                .filter(|l| !l.starts_with("ferry: "))
+                .collect();
+            let tail = lines[lines.len().saturating_sub(15)..].join("\n");
+            Err(format!("{}\n--- runner log tail:\n{tail}", text(&out)))
         }
     });
 }
@@ -413,6 +422,57 @@ fn sqlite_structure_changes_while_running_and_while_stopped_converge() {
         )
         .unwrap();
     let child = run_until_streaming(&pipeline, &log);
+    verified_equal(&pipeline);
+    assert!(terminate(child).success());
+}
+
+#[test]
+fn a_table_created_while_running_is_copied_online() {
+    // PostgreSQL → PostgreSQL.
+    let pg = pg_with_tables();
+    let d = Dir::new();
+    let log = d.path("ferry.log");
+    let pipeline = pg_pipeline(&d, &pg, "", "");
+    let child = run_until_streaming(&pipeline, &log);
+    verified_equal(&pipeline);
+    pg.psql_in(
+        "src",
+        "CREATE TABLE late (id int PRIMARY KEY, v text);
+         INSERT INTO late SELECT g, 'v' || g FROM generate_series(1, 1500) g;",
+    );
+    eventually_blocking("the new table is picked up", WAIT, || {
+        if log_has(&log, "a new table matches the selection") {
+            Ok(())
+        } else {
+            Err(())
+        }
+    });
+    pg.psql_in("src", "UPDATE late SET v = 'changed' WHERE id % 10 = 0");
+    verified_equal(&pipeline);
+    assert!(terminate(child).success());
+    // A restart does not copy it again.
+    let child = run_until_streaming(&pipeline, &log);
+    pg.psql_in("src", "DELETE FROM late WHERE id > 1400");
+    verified_equal(&pipeline);
+    assert!(terminate(child).success());
+
+    // SQLite → SQLite.
+    let d = Dir::new();
+    sqlite_source(&d);
+    let log = d.path("ferry.log");
+    let pipeline = d.pipeline("[snapshot]\nchunk_rows = 300\n");
+    let child = run_until_streaming(&pipeline, &log);
+    verified_equal(&pipeline);
+    d.source()
+        .execute_batch(
+            "CREATE TABLE late (id INTEGER PRIMARY KEY, v TEXT);
+             WITH RECURSIVE g(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM g WHERE i < 700)
+             INSERT INTO late SELECT i, 'v' || i FROM g;",
+        )
+        .unwrap();
+    d.source()
+        .execute("UPDATE late SET v = 'changed' WHERE id < 5", [])
+        .unwrap();
     verified_equal(&pipeline);
     assert!(terminate(child).success());
 }

@@ -274,7 +274,7 @@ pub(crate) fn create_table_sql(table: &TableRef, with_key: bool) -> Result<Strin
 /// (`CREATE SCHEMA IF NOT EXISTS` would need the CREATE privilege on the
 /// database even for an existing schema: a user allowed to create tables
 /// in `public` only could not run it.)
-async fn create_schema_sql(client: &Client, schema: &str) -> Result<Option<String>> {
+pub(crate) async fn create_schema_sql(client: &Client, schema: &str) -> Result<Option<String>> {
     let exists: bool = client
         .query_one(
             "SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_namespace WHERE nspname = $1)",

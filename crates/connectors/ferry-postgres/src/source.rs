@@ -91,7 +91,14 @@ pub struct PostgresSource {
     /// Why `prepare` created the slot, when it did so with a checkpoint
     /// possibly older than it (`continuity` reports the gap).
     slot_created: Option<String>,
+    /// When the catalog was last looked at for new tables.
+    tables_checked: std::time::Instant,
+    /// New tables that cannot be replicated, reported once.
+    refused: std::collections::HashSet<TableName>,
 }
+
+/// How often a streaming source looks for new tables the selection matches.
+const NEW_TABLE_CHECK: Duration = Duration::from_secs(5);
 
 impl std::fmt::Debug for PostgresSource {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -134,6 +141,8 @@ impl PostgresSource {
             major,
             recopies: crate::recopy::Recopies::new(config.snapshot_chunk_rows),
             slot_created: None,
+            tables_checked: std::time::Instant::now(),
+            refused: Default::default(),
         })
     }
 
@@ -179,6 +188,56 @@ impl PostgresSource {
                  write the target",
             )),
         }
+    }
+
+    /// Tables created on the source while the pipeline streams that the
+    /// selection matches: each is added to the publication, in the same
+    /// transaction as a marker message, so the stream meets the marker
+    /// exactly where the table's changes start to flow; there the target
+    /// creates the table and it is copied online (`stream.rs`). A table
+    /// that cannot be replicated is reported once and left out.
+    async fn add_new_tables(&mut self) -> Result<()> {
+        let names = catalog::list_tables(&self.client).await?;
+        let new: Vec<TableName> = names
+            .into_iter()
+            .filter(|n| self.selection.selects(n) && !self.tables.contains_key(n))
+            .filter(|n| !self.refused.contains(n))
+            .collect();
+        for name in new {
+            let ns = name.namespace.clone().unwrap_or_default();
+            let Some(pg) =
+                catalog::describe(&self.client, &mut self.types, &ns, &name.name).await?
+            else {
+                continue;
+            };
+            let table = match catalog::source_schema(&pg) {
+                Ok(t) => t,
+                Err(e) => {
+                    tracing::warn!(table = %name, "a new table matches the selection but cannot be replicated: {}", e.report());
+                    self.refused.insert(name);
+                    continue;
+                }
+            };
+            let slot = self.slot_name();
+            let sql = format!(
+                "BEGIN; ALTER PUBLICATION {} ADD TABLE {}; SELECT pg_logical_emit_message(true, {}, {}); COMMIT",
+                ident(&slot),
+                pg.qualified(),
+                quote_literal(&crate::stream::new_table_prefix(&slot)),
+                quote_literal(&name.to_string())
+            );
+            if let Err(e) = self.client.batch_execute(&sql).await {
+                let _ = self.client.batch_execute("ROLLBACK").await;
+                tracing::warn!(table = %name, "a new table matches the selection but cannot be added to the publication: {}",
+                    pg_error(e, "adding the table to the publication").report());
+                self.refused.insert(name);
+                continue;
+            }
+            tracing::info!(table = %name, "a new table matches the selection: it is copied online");
+            self.known.insert(name.clone(), table.clone());
+            self.tables.insert(name, (table, pg));
+        }
+        Ok(())
     }
 
     async fn wal_level_logical(&self) -> Result<()> {
@@ -538,6 +597,10 @@ impl Source for PostgresSource {
     }
 
     async fn next(&mut self) -> Result<SourceEvent> {
+        if self.stream.is_some() && self.tables_checked.elapsed() >= NEW_TABLE_CHECK {
+            self.tables_checked = std::time::Instant::now();
+            self.add_new_tables().await?;
+        }
         let stream = self.stream.as_mut().ok_or_else(|| {
             Error::fatal("next() called before start_stream(); this is a ferry bug")
         })?;

@@ -80,6 +80,8 @@ enum Marker {
     Chunk(String),
     /// `ferry resync`: re-copy this table (display name).
     Recopy(String),
+    /// A new table (display name) is published from here on.
+    NewTable(String),
 }
 
 /// An online re-copy chunk read on the source, waiting for its marker's
@@ -127,6 +129,12 @@ pub(crate) fn chunk_prefix(slot: &str) -> String {
 /// Prefix of the logical message `ferry resync` writes.
 pub(crate) fn recopy_prefix(slot: &str) -> String {
     format!("{slot}.recopy")
+}
+
+/// Prefix of the logical message marking where a new table joined the
+/// publication.
+pub(crate) fn new_table_prefix(slot: &str) -> String {
+    format!("{slot}.newtable")
 }
 
 impl Drop for Stream {
@@ -352,6 +360,8 @@ impl Stream {
                     Some(Marker::Chunk(text()))
                 } else if prefix == recopy_prefix(&self.prefix) {
                     Some(Marker::Recopy(text()))
+                } else if prefix == new_table_prefix(&self.prefix) {
+                    Some(Marker::NewTable(text()))
                 } else {
                     None
                 };
@@ -397,6 +407,29 @@ impl Stream {
                     rows: chunk.rows,
                 });
                 Ok(out)
+            }
+            Marker::NewTable(name) => {
+                let found = ctx
+                    .described
+                    .values()
+                    .find(|(t, _)| t.name.to_string() == name);
+                let Some((table, _)) = found else {
+                    // Written by an earlier run; the restart copies the
+                    // table as a new one.
+                    return Ok(Vec::new());
+                };
+                let table = table.clone();
+                self.started.push(table.clone());
+                Ok(vec![
+                    Change::Schema {
+                        table: table.clone(),
+                        alter: Alteration::default(),
+                    },
+                    Change::RecopyStart {
+                        table,
+                        reason: "a new table matched the selection".into(),
+                    },
+                ])
             }
             Marker::Recopy(name) => {
                 let table = self

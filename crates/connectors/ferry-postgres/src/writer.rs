@@ -32,7 +32,8 @@ use crate::catalog;
 use crate::copy;
 use crate::error::pg_error;
 use crate::sink::{
-    CHECKPOINT_TABLE, Shared, Target, add_key_sql, ensure_user_types, map_target, target_name,
+    CHECKPOINT_TABLE, Shared, Target, add_key_sql, create_table_sql, ensure_user_types, map_target,
+    target_name,
 };
 use crate::types::{Kind, TypeCache, column_ddl_type, ident, writable};
 
@@ -619,9 +620,26 @@ impl PostgresWriter {
                 "table {schema}.{name} does not exist on the target"
             ))
         };
-        let mut pg = catalog::describe(&self.client, &mut self.types, &schema, &name)
-            .await?
-            .ok_or_else(missing)?;
+        let pg = catalog::describe(&self.client, &mut self.types, &schema, &name).await?;
+        let Some(mut pg) = pg else {
+            // A table new to the pipeline (created on the source while it
+            // runs): created here, in the transaction that starts its copy.
+            let columns: Vec<&ferry_core::Column> = table.columns.iter().collect();
+            self.send_begin().await?;
+            ensure_user_types(&self.client, &columns).await?;
+            let sql = match crate::sink::create_schema_sql(&self.client, &schema).await? {
+                Some(create) => format!("{create}; {}", create_table_sql(table, true)?),
+                None => create_table_sql(table, true)?,
+            };
+            tracing::info!(table = %table.name, "creating the target table");
+            self.restructured.push(table.name.clone());
+            self.client.batch_execute(&sql).await.map_err(|e| {
+                pg_error(e, &format!("creating table {}", table.name))
+                    .with("statement", sql.clone())
+            })?;
+            self.target(table).await?;
+            return Ok(());
+        };
         // Renames come first and alone (one statement each), so the
         // columns they name are found by their new names below.
         let renames: Vec<String> = alter

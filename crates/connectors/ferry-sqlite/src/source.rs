@@ -218,7 +218,7 @@ impl SqliteSource {
                                 alter: Default::default(),
                             });
                             restarted.insert(row.table.clone());
-                            "its columns changed"
+                            "its columns changed (or it is new to the pipeline)"
                         };
                         changes.push(Change::RecopyStart {
                             table: table.clone(),
@@ -340,10 +340,28 @@ impl SqliteSource {
         let since = stream.seen;
         let path = self.cfg.path.clone();
         let pipeline = self.cfg.pipeline.clone();
+        let selection = self.cfg.selection.clone();
         let changed = self
             .conn
             .run(move |c| {
                 let mut changed = Vec::new();
+                // Tables created since that the selection matches: captured
+                // from here on, created on the target and copied online.
+                for name in selected_tables(c, &path, &selection)? {
+                    if tables.iter().any(|t| t.name.name == name) {
+                        continue;
+                    }
+                    let table = Arc::new(read_table(c, &path, &name)?);
+                    let err = |e| db_error(&path, "installing capture triggers", e);
+                    let tx = c
+                        .transaction_with_behavior(TransactionBehavior::Immediate)
+                        .map_err(err)?;
+                    capture::install(&tx, std::slice::from_ref(&table), &pipeline).map_err(err)?;
+                    capture::mark(&tx, &name, capture::STRUCTURE_OP, &pipeline).map_err(err)?;
+                    tx.commit().map_err(err)?;
+                    tracing::info!(table = %name, "a new table matches the selection: it is copied online");
+                    changed.push(table);
+                }
                 for table in tables {
                     let now = read_table(c, &path, &table.name.name);
                     if now

@@ -348,6 +348,11 @@ fn move_key(
 /// default.
 fn alter(c: &Connection, path: &Path, t: &TableSchema, alter: &Alteration) -> Result<()> {
     let name = &t.name.name;
+    // A table new to the pipeline is created (`CREATE TABLE IF NOT EXISTS`).
+    let create = crate::sink::create_table_sql(t);
+    c.execute_batch(&create).map_err(|e| {
+        db_error(path, &format!("creating table {name}"), e).with("statement", create.clone())
+    })?;
     let read = |c: &Connection| {
         target_columns(c, name)
             .map(|(cols, _)| cols)

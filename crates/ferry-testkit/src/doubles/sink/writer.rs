@@ -333,7 +333,17 @@ impl SinkWriter for MemWriter {
                     }
                 }
                 Step::Schema { table, .. } => {
-                    self.shared.lock().schema(&table.name)?;
+                    // A table new to the pipeline is created.
+                    let mut st = self.shared.lock();
+                    if st.schema(&table.name).is_err() {
+                        st.tables.insert(
+                            table.name.clone(),
+                            super::MemTable {
+                                schema: table.clone(),
+                                rows: Default::default(),
+                            },
+                        );
+                    }
                 }
                 Step::MoveKey {
                     table,
