@@ -184,3 +184,97 @@ fn describe(p: &RecopyProgress) -> String {
         (None, None) => format!("re-copying online ({})", p.reason),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ferry_core::{Column, ColumnType, KeyRange, SqlitePosition, TableName, TableSchema, Value};
+
+    fn pos(seq: i64) -> Position {
+        Position::Sqlite(SqlitePosition { seq })
+    }
+
+    fn table() -> ferry_core::TableRef {
+        Arc::new(TableSchema {
+            name: TableName::bare("t"),
+            columns: vec![Column {
+                name: "id".into(),
+                ty: ColumnType::Int64,
+                nullable: false,
+                source_type: String::new(),
+                user_type: None,
+            }],
+            key: vec![0],
+            version: 1,
+        })
+    }
+
+    fn rows(upper: Option<i64>) -> Change {
+        Change::RecopyRows {
+            table: table(),
+            range: KeyRange {
+                lower: None,
+                upper: upper.map(|u| vec![Value::Int(u)]),
+            },
+            rows: vec![vec![Value::Int(1)]],
+        }
+    }
+
+    fn consistency(r: &Recopies) -> TargetConsistency {
+        r.stats.consistency()
+    }
+
+    #[test]
+    fn a_copy_from_two_snapshots_is_consistent_once_the_newer_is_applied() {
+        let stats = Arc::new(Stats::new());
+        let mut r = Recopies::new(BTreeMap::new(), Some(pos(20)), Some(pos(10)), stats);
+        assert!(matches!(
+            consistency(&r),
+            TargetConsistency::Pending { at: Some(_), .. }
+        ));
+        r.applied(&pos(19));
+        assert!(matches!(consistency(&r), TargetConsistency::Pending { .. }));
+        r.applied(&pos(20));
+        assert_eq!(
+            consistency(&r),
+            TargetConsistency::Consistent {
+                since: pos(20).to_string()
+            }
+        );
+    }
+
+    #[test]
+    fn a_running_recopy_keeps_the_target_inconsistent_until_its_last_chunk() {
+        let stats = Arc::new(Stats::new());
+        let mut r = Recopies::new(BTreeMap::new(), None, Some(pos(5)), stats);
+        assert!(matches!(consistency(&r), TargetConsistency::Consistent { .. }));
+        let start = Change::RecopyStart {
+            table: table(),
+            reason: "test".into(),
+        };
+        let rec = r.observe(&start, &pos(6), "t").expect("a record");
+        assert_eq!(rec.scope, "recopy:t");
+        assert!(matches!(
+            consistency(&r),
+            TargetConsistency::Pending { at: None, .. }
+        ));
+        r.observe(&rows(Some(10)), &pos(7), "t");
+        r.applied(&pos(7));
+        assert!(matches!(consistency(&r), TargetConsistency::Pending { .. }));
+        assert_eq!(r.tables["t"].after, Some(vec![Value::Int(10)]));
+        // The last chunk ends it; consistent once applied reaches it.
+        r.observe(&rows(None), &pos(9), "t");
+        assert_eq!(r.tables["t"].done, Some(pos(9)));
+        assert!(matches!(
+            consistency(&r),
+            TargetConsistency::Pending { at: Some(_), .. }
+        ));
+        r.applied(&pos(9));
+        assert_eq!(
+            consistency(&r),
+            TargetConsistency::Consistent {
+                since: pos(9).to_string()
+            }
+        );
+    }
+}

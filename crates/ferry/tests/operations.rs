@@ -476,3 +476,53 @@ fn a_table_created_while_running_is_copied_online() {
     verified_equal(&pipeline);
     assert!(terminate(child).success());
 }
+
+#[test]
+fn postgres_after_a_copy_interrupted_by_kill_9_the_target_is_consistent_from_the_newer_snapshot() {
+    let pg = pg_with_tables();
+    pg.psql_in(
+        "src",
+        "CREATE TABLE big (id int PRIMARY KEY, v text);
+         INSERT INTO big SELECT g, repeat('x', 50) FROM generate_series(1, 60000) g;",
+    );
+    let d = Dir::new();
+    let log = d.path("ferry.log");
+    let pipeline = pg_pipeline(&d, &pg, "", "");
+    let copied = || {
+        pg.try_psql_in("dst", "SELECT count(*) FROM big")
+            .ok()
+            .and_then(|s| s.trim().parse::<i64>().ok())
+            .unwrap_or(0)
+    };
+    let mut partial = false;
+    for _ in 0..10 {
+        if crate::kit::kill_after_copy_progress(&pipeline, &log, 60_000, &copied) {
+            partial = true;
+            break;
+        }
+    }
+    assert!(partial, "a kill must land in the middle of the copy");
+    let child = run_until_streaming(&pipeline, &log);
+    let text = std::fs::read_to_string(&log).unwrap();
+    // The restart copied the rest in a newer snapshot: the target is
+    // consistent only from there.
+    let newest = text
+        .lines()
+        .filter(|l| l.contains("snapshot started position="))
+        .last()
+        .and_then(|l| l.split("position=").nth(1))
+        .and_then(|s| s.split_whitespace().take(2).last())
+        .map(str::to_owned)
+        .expect("the restart took a snapshot");
+    eventually_blocking("the consistency signal", WAIT, || {
+        let s = crate::kit::text(&ferry(&["status", pipeline.to_str().unwrap()]));
+        if s.contains(&format!("target:    consistent since lsn {newest}")) {
+            Ok(())
+        } else {
+            Err(s)
+        }
+    });
+    assert!(log_has(&log, &format!("target consistent at lsn {newest}")));
+    verified_equal(&pipeline);
+    assert!(terminate(child).success());
+}
