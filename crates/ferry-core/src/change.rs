@@ -160,9 +160,11 @@ pub enum SourceEvent {
     Commit(Transaction),
     /// The leading part of a transaction too large to hold in memory; more
     /// `Partial` events and then one `Commit` (its tail) follow, with nothing
-    /// of any other transaction in between. `position` is the position the
-    /// closing `Commit` will carry (PostgreSQL's `final_lsn`, the SQLite
-    /// group's last sequence number).
+    /// of any other transaction in between. `position` orders like the
+    /// position the closing `Commit` will carry against every other
+    /// position (the SQLite group's last sequence number, equal to it;
+    /// PostgreSQL's `(commit_lsn, commit_lsn + 1)`, the commit record's end
+    /// not being known yet); the pipeline relies only on that ordering.
     Partial {
         position: Position,
         changes: Vec<Change>,
