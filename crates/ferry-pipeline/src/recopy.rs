@@ -247,7 +247,10 @@ mod tests {
     fn a_running_recopy_keeps_the_target_inconsistent_until_its_last_chunk() {
         let stats = Arc::new(Stats::new());
         let mut r = Recopies::new(BTreeMap::new(), None, Some(pos(5)), stats);
-        assert!(matches!(consistency(&r), TargetConsistency::Consistent { .. }));
+        assert!(matches!(
+            consistency(&r),
+            TargetConsistency::Consistent { .. }
+        ));
         let start = Change::RecopyStart {
             table: table(),
             reason: "test".into(),

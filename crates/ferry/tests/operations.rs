@@ -100,6 +100,30 @@ fn pg_with_tables() -> PostgresServer {
     pg
 }
 
+/// A PostgreSQL → PostgreSQL pipeline over `pg_with_tables`, its files in
+/// their own directory.
+struct PgCase {
+    pg: PostgresServer,
+    d: Dir,
+    log: PathBuf,
+    pipeline: PathBuf,
+}
+
+impl PgCase {
+    fn new() -> Self {
+        let pg = pg_with_tables();
+        let d = Dir::new();
+        let log = d.path("ferry.log");
+        let pipeline = pg_pipeline(&d, &pg, "", "");
+        PgCase {
+            pg,
+            d,
+            log,
+            pipeline,
+        }
+    }
+}
+
 #[test]
 fn postgres_a_dropped_slot_is_refused_then_resynced_online_with_on_gap() {
     let pg = pg_with_tables();
@@ -201,10 +225,12 @@ fn postgres_resync_repairs_a_table_while_changes_flow() {
 
 #[test]
 fn postgres_a_table_out_of_the_selection_and_back_is_copied_again() {
-    let pg = pg_with_tables();
-    let d = Dir::new();
-    let log = d.path("ferry.log");
-    let pipeline = pg_pipeline(&d, &pg, "", "");
+    let PgCase {
+        pg,
+        d,
+        log,
+        pipeline,
+    } = PgCase::new();
     let child = run_until_streaming(&pipeline, &log);
     verified_equal(&pipeline);
     assert!(terminate(child).success());
@@ -337,10 +363,12 @@ fn recopies(pg: &PostgresServer) -> String {
 
 #[test]
 fn postgres_structure_changes_are_replayed_exactly_or_recopied() {
-    let pg = pg_with_tables();
-    let d = Dir::new();
-    let log = d.path("ferry.log");
-    let pipeline = pg_pipeline(&d, &pg, "", "");
+    let PgCase {
+        pg,
+        d: _dir,
+        log,
+        pipeline,
+    } = PgCase::new();
     let child = run_until_streaming(&pipeline, &log);
     verified_equal(&pipeline);
 
@@ -377,10 +405,12 @@ fn postgres_structure_changes_are_replayed_exactly_or_recopied() {
 
 #[test]
 fn postgres_a_column_added_while_ferry_is_stopped_is_copied_with_its_values() {
-    let pg = pg_with_tables();
-    let d = Dir::new();
-    let log = d.path("ferry.log");
-    let pipeline = pg_pipeline(&d, &pg, "", "");
+    let PgCase {
+        pg,
+        d: _dir,
+        log,
+        pipeline,
+    } = PgCase::new();
     let child = run_until_streaming(&pipeline, &log);
     verified_equal(&pipeline);
     assert!(terminate(child).success());
@@ -429,10 +459,12 @@ fn sqlite_structure_changes_while_running_and_while_stopped_converge() {
 #[test]
 fn a_table_created_while_running_is_copied_online() {
     // PostgreSQL → PostgreSQL.
-    let pg = pg_with_tables();
-    let d = Dir::new();
-    let log = d.path("ferry.log");
-    let pipeline = pg_pipeline(&d, &pg, "", "");
+    let PgCase {
+        pg,
+        d: _dir,
+        log,
+        pipeline,
+    } = PgCase::new();
     let child = run_until_streaming(&pipeline, &log);
     verified_equal(&pipeline);
     pg.psql_in(
@@ -508,8 +540,7 @@ fn postgres_after_a_copy_interrupted_by_kill_9_the_target_is_consistent_from_the
     // consistent only from there.
     let newest = text
         .lines()
-        .filter(|l| l.contains("snapshot started position="))
-        .last()
+        .rfind(|l| l.contains("snapshot started position="))
         .and_then(|l| l.split("position=").nth(1))
         .and_then(|s| s.split_whitespace().take(2).last())
         .map(str::to_owned)
