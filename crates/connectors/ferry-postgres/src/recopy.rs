@@ -132,10 +132,16 @@ impl Recopies {
                 self.backoff = (self.backoff * 2).min(MAX_BACKOFF);
                 return Ok(None);
             }
-            return Err(pg_error(
-                e,
-                &format!("locking {name} to read a re-copy chunk"),
-            ));
+            let err = pg_error(e, &format!("locking {name} to read a re-copy chunk"));
+            return Err(if code.as_deref() == Some("42501") {
+                err.with_fix(format!(
+                    "an online re-copy reads {name} under a SHARE lock, which needs ferry's user \
+                     to own the table or hold UPDATE, DELETE or TRUNCATE on it: \
+                     GRANT UPDATE ON {name} TO <ferry's user>"
+                ))
+            } else {
+                err
+            });
         }
         self.retry_at = None;
         self.backoff = Duration::from_millis(100);
