@@ -16,6 +16,13 @@ use crate::value::Value;
 pub trait TableReader: Send + Sync {
     async fn count_rows(&self, table: &TableRef) -> Result<u64>;
 
+    /// Whether `table` exists here. `ferry verify` reports a table missing
+    /// on one side as a difference instead of failing on it.
+    async fn has_table(&self, table: &TableRef) -> Result<bool> {
+        let _ = table;
+        Ok(true)
+    }
+
     /// About how many rows `table` has, for progress bars: a database's
     /// statistics where counting would read the whole table. Defaults to
     /// [`count_rows`](Self::count_rows).

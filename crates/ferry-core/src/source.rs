@@ -203,6 +203,16 @@ pub trait Source: Send {
         Ok(None)
     }
 
+    /// Where the source's log is now: every change committed before the
+    /// call is at or before this position, so a target whose applied
+    /// position reaches it holds every such change. Used by `ferry verify`
+    /// to re-check rows that changed while it compared. Changes nothing;
+    /// `None` when the connector cannot tell (or ferry's capture is not
+    /// installed).
+    async fn current_position(&mut self) -> Result<Option<Position>> {
+        Ok(None)
+    }
+
     /// Removes what [`prepare`](Source::prepare) installed. Used by
     /// `ferry teardown`; the pipeline must not be running.
     async fn teardown(&mut self) -> Result<()>;

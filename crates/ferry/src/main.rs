@@ -10,11 +10,9 @@ mod verify;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::sync::Arc;
 
 use clap::{Parser, Subcommand};
 use ferry_core::{CheckStatus, Error};
-use ferry_pipeline::Transform;
 
 use crate::config::PipelineConfig;
 
@@ -45,8 +43,22 @@ enum Command {
     Status { pipeline: PathBuf },
     /// Check connectivity, privileges, keys and log settings without changing anything.
     Check { pipeline: PathBuf },
-    /// Compare source and target: row counts and checksums per table. Exit 0 when equal, 1 when not.
-    Verify { pipeline: PathBuf },
+    /// Compare source and target, row by row, and list what differs. Rows that changed while
+    /// verify read them are re-checked once the running pipeline has applied them.
+    /// Exit 0 when equal, 1 when not, 2 on an error.
+    Verify {
+        pipeline: PathBuf,
+        /// `text` (a line per table, the first differences) or `json` (every differing key
+        /// and field).
+        #[arg(long, value_enum, default_value = "text")]
+        format: verify::Format,
+        /// Only this table (repeatable): `schema.table` or `table`, as the source names it.
+        #[arg(long = "table", value_name = "TABLE")]
+        tables: Vec<String>,
+        /// Longest wait, in seconds, for the target to apply the rows being re-checked.
+        #[arg(long, value_name = "SECS", default_value_t = 120)]
+        settle: u64,
+    },
     /// Remove what ferry installed on the source for this pipeline (capture triggers, change table, slots).
     Teardown { pipeline: PathBuf },
     /// Forget the pipeline's checkpoint on the target: the next run copies every table again.
@@ -120,7 +132,19 @@ async fn dispatch(command: Command) -> Result<u8, Error> {
         }
         Command::Status { pipeline } => status(&PipelineConfig::load(&pipeline)?).await,
         Command::Check { pipeline } => check(&PipelineConfig::load(&pipeline)?).await,
-        Command::Verify { pipeline } => verify(&PipelineConfig::load(&pipeline)?).await,
+        Command::Verify {
+            pipeline,
+            format,
+            tables,
+            settle,
+        } => {
+            let opts = verify::Options {
+                format,
+                tables,
+                settle: std::time::Duration::from_secs(settle),
+            };
+            verify::run(&PipelineConfig::load(&pipeline)?, &opts).await
+        }
         Command::Teardown { pipeline } => {
             let cfg = PipelineConfig::load(&pipeline)?;
             connectors::open_source(&cfg).await?.teardown().await?;
@@ -301,47 +325,4 @@ async fn different_databases(
         ),
         Err(e) => ferry_core::CheckItem::from_error(NAME, &e),
     }
-}
-
-async fn verify(cfg: &PipelineConfig) -> Result<u8, Error> {
-    let mut source = connectors::open_source(cfg).await?;
-    let source_reader = connectors::open_source_reader(cfg).await?;
-    let target_reader = connectors::open_sink_reader(cfg).await?;
-    let transform = Arc::new(Transform::new(cfg.transform.clone()));
-    let mut all_equal = true;
-    for table in source.tables().await? {
-        let target = transform.target_table(&table)?;
-        let v = verify::verify_table(
-            source_reader.as_ref(),
-            target_reader.as_ref(),
-            &table,
-            &target,
-            &transform,
-        )
-        .await?;
-        let verdict = if v.equal() { "equal" } else { "DIFFERENT" };
-        println!(
-            "{:<24} {verdict:<9} source {} rows (checksum {:016x}), target {} rows (checksum {:016x})",
-            target.name, v.source_rows, v.source_checksum, v.target_rows, v.target_checksum
-        );
-        if !v.equal() {
-            all_equal = false;
-            println!(
-                "    {} missing, {} extra, {} different",
-                v.missing, v.extra, v.different
-            );
-            for e in &v.examples {
-                println!("    {e}");
-            }
-        }
-    }
-    println!(
-        "{}",
-        if all_equal {
-            "verify: source and target are equal"
-        } else {
-            "verify: source and target DIFFER"
-        }
-    );
-    Ok(if all_equal { 0 } else { 1 })
 }

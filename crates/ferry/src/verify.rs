@@ -1,21 +1,79 @@
-//! `ferry verify` (first version): per table, row counts and a checksum of
-//! every row, compared between source and target in key order, with the
-//! first differing keys listed; a table without a key is compared as a
-//! multiset of rows (see [`verify_keyless`]). Rows are read in chunks, so memory stays
-//! bounded; chunked in-database checksums with bisection come later.
+//! `ferry verify`: per table, row counts and a checksum of every row,
+//! compared between source and target in key order, with every differing
+//! key kept (up to [`KEEP`]); a table without a key is compared as a
+//! multiset of rows (see [`verify_keyless`]). Rows are read in chunks, so
+//! memory stays bounded by the differences, not the tables.
+//!
+//! While a pipeline replicates, a row can differ only because the target
+//! has not applied its latest change yet. Those rows are re-checked
+//! ([`settle`]): read again on the source, then on the target once the
+//! target's checkpoint has reached the source's position after that read.
+//! Only rows still different then are reported, with that position.
+//! Chunked in-database checksums with bisection come later.
 
 use std::collections::HashMap;
 use std::collections::hash_map::DefaultHasher;
 use std::hash::{Hash, Hasher};
+use std::io::Write;
+use std::time::{Duration, Instant};
 
-use ferry_core::{Error, TableReader, TableRef, Value, display_key, display_key_of};
+use ferry_core::{
+    Checkpoint, CheckpointStore, Error, Position, Source, TableReader, TableRef, Value, display_key,
+};
 use ferry_pipeline::Transform;
 
 const CHUNK: usize = 5_000;
+/// Differences shown per table in the text report.
 const SHOW: usize = 10;
+/// Differences kept per table (for re-checks and the JSON report); the
+/// counts go on beyond it.
+const KEEP: usize = 100_000;
+/// Re-check rounds at most: a difference still there after a round whose
+/// reads saw the same values as the round before is final.
+const ROUNDS: usize = 5;
+/// A checkpoint that has not moved for this long belongs to a pipeline
+/// that is not running (a running one records a heartbeat at least every
+/// 10 s): waiting longer for it to reach the source's position is useless.
+const STALLED: Duration = Duration::from_secs(25);
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DiffKind {
+    /// On the source, not on the target.
+    Missing,
+    /// On the target, not on the source.
+    Extra,
+    /// On both, with other values.
+    Different,
+}
+
+impl DiffKind {
+    fn as_str(self) -> &'static str {
+        match self {
+            DiffKind::Missing => "missing",
+            DiffKind::Extra => "extra",
+            DiffKind::Different => "different",
+        }
+    }
+}
+
+/// One differing row.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Difference {
+    pub kind: DiffKind,
+    /// The key (a table without a key: the whole row).
+    pub key: Vec<Value>,
+    /// The greatest key before `key` that the compare met, on either side:
+    /// reading after it finds the row again.
+    after: Option<Vec<Value>>,
+    /// The row's values on each side, when it is there.
+    source: Option<Vec<Value>>,
+    target: Option<Vec<Value>>,
+}
 
 #[derive(Debug, Default)]
 pub struct TableVerdict {
+    /// `false`: the table does not exist on the target.
+    pub on_target: bool,
     pub source_rows: u64,
     pub target_rows: u64,
     pub source_checksum: u64,
@@ -23,15 +81,35 @@ pub struct TableVerdict {
     pub missing: u64,
     pub extra: u64,
     pub different: u64,
-    pub examples: Vec<String>,
+    /// The first [`KEEP`] differences.
+    pub differences: Vec<Difference>,
+    /// Rows that differed during the compare, were re-checked once the
+    /// target had applied `settled_at`, and agreed then.
+    pub settled: u64,
+    /// The source position the last re-check waited for the target to reach.
+    pub settled_at: Option<Position>,
+    /// Why differences could not be re-checked, when they could not.
+    pub unsettled: Option<String>,
 }
 
 impl TableVerdict {
     pub fn equal(&self) -> bool {
-        self.missing == 0
-            && self.extra == 0
-            && self.different == 0
-            && self.source_rows == self.target_rows
+        self.on_target && self.missing == 0 && self.extra == 0 && self.different == 0
+    }
+
+    fn record(&mut self, d: Difference) {
+        match d.kind {
+            DiffKind::Missing => self.missing += 1,
+            DiffKind::Extra => self.extra += 1,
+            DiffKind::Different => self.different += 1,
+        }
+        if self.differences.len() < KEEP {
+            self.differences.push(d);
+        }
+    }
+
+    fn all_kept(&self) -> bool {
+        self.differences.len() as u64 == self.missing + self.extra + self.different
     }
 }
 
@@ -40,16 +118,23 @@ struct Cursor<'a> {
     table: &'a TableRef,
     buf: std::vec::IntoIter<Vec<Value>>,
     last: Option<Vec<Value>>,
+    chunk: usize,
     done: bool,
 }
 
 impl<'a> Cursor<'a> {
-    fn new(reader: &'a dyn TableReader, table: &'a TableRef) -> Self {
+    fn new(
+        reader: &'a dyn TableReader,
+        table: &'a TableRef,
+        after: Option<Vec<Value>>,
+        chunk: usize,
+    ) -> Self {
         Cursor {
             reader,
             table,
             buf: Vec::new().into_iter(),
-            last: None,
+            last: after,
+            chunk,
             done: false,
         }
     }
@@ -65,9 +150,9 @@ impl<'a> Cursor<'a> {
             }
             let rows = self
                 .reader
-                .read_rows(self.table, self.last.as_deref(), CHUNK)
+                .read_rows(self.table, self.last.as_deref(), self.chunk)
                 .await?;
-            self.done = rows.len() < CHUNK;
+            self.done = rows.len() < self.chunk;
             self.buf = rows.into_iter();
         }
     }
@@ -79,63 +164,87 @@ fn row_hash(row: &[Value]) -> u64 {
     h.finish()
 }
 
+/// The next source row that passes the pipeline's transform (filter,
+/// projection), in target shape.
+async fn next_source(
+    s: &mut Cursor<'_>,
+    transform: &Transform,
+    source_table: &TableRef,
+) -> Result<Option<Vec<Value>>, Error> {
+    while let Some(row) = s.next_raw().await? {
+        if let Some(r) = transform.rows(source_table, vec![row])?.pop() {
+            return Ok(Some(r));
+        }
+    }
+    Ok(None)
+}
+
+/// The two sides of one table, and how source rows become target rows.
+pub struct Sides<'a> {
+    pub source: &'a dyn TableReader,
+    pub target: &'a dyn TableReader,
+    pub source_table: &'a TableRef,
+    pub target_table: &'a TableRef,
+    pub transform: &'a Transform,
+}
+
 /// Compares one source table with its target table.
 pub async fn verify_table(
-    source: &dyn TableReader,
-    target: &dyn TableReader,
-    source_table: &TableRef,
-    target_table: &TableRef,
-    transform: &Transform,
+    sides: &Sides<'_>,
+    progress: &dyn Fn(u64),
 ) -> Result<TableVerdict, Error> {
-    if target_table.is_keyless() {
-        return verify_keyless(source, target, source_table, target_table, transform).await;
-    }
-    let mut v = TableVerdict::default();
-    let mut s = Cursor::new(source, source_table);
-    let mut t = Cursor::new(target, target_table);
-    // Source rows pass through the pipeline's transform (filter, projection).
-    let next_source = async |s: &mut Cursor<'_>| -> Result<Option<Vec<Value>>, Error> {
-        while let Some(row) = s.next_raw().await? {
-            if let Some(r) = transform.rows(source_table, vec![row])?.pop() {
-                return Ok(Some(r));
-            }
-        }
-        Ok(None)
+    let mut v = TableVerdict {
+        on_target: sides.target.has_table(sides.target_table).await?,
+        ..Default::default()
     };
-    let mut a = next_source(&mut s).await?;
+    if !v.on_target {
+        return Ok(v);
+    }
+    if sides.target_table.is_keyless() {
+        verify_keyless(sides, &mut v).await?;
+        return Ok(v);
+    }
+    let table = sides.target_table;
+    let mut s = Cursor::new(sides.source, sides.source_table, None, CHUNK);
+    let mut t = Cursor::new(sides.target, table, None, CHUNK);
+    let mut a = next_source(&mut s, sides.transform, sides.source_table).await?;
     let mut b = t.next_raw().await?;
+    let mut last: Option<Vec<Value>> = None;
     loop {
         let ord = match (&a, &b) {
             (None, None) => break,
             (Some(_), None) => std::cmp::Ordering::Less,
             (None, Some(_)) => std::cmp::Ordering::Greater,
-            (Some(x), Some(y)) => target_table.key_of(x).cmp(&target_table.key_of(y)),
+            (Some(x), Some(y)) => table.key_of(x).cmp(&table.key_of(y)),
         };
+        let key;
         match ord {
             std::cmp::Ordering::Less => {
                 let row = a.take().expect("row");
                 v.source_rows += 1;
                 v.source_checksum ^= row_hash(&row);
-                v.missing += 1;
-                if v.examples.len() < SHOW {
-                    v.examples.push(format!(
-                        "missing on target: key {}",
-                        display_key_of(target_table, &row)
-                    ));
-                }
-                a = next_source(&mut s).await?;
+                key = table.key_of(&row);
+                v.record(Difference {
+                    kind: DiffKind::Missing,
+                    key: key.clone(),
+                    after: last.clone(),
+                    source: Some(row),
+                    target: None,
+                });
+                a = next_source(&mut s, sides.transform, sides.source_table).await?;
             }
             std::cmp::Ordering::Greater => {
                 let row = b.take().expect("row");
                 v.target_rows += 1;
                 v.target_checksum ^= row_hash(&row);
-                v.extra += 1;
-                if v.examples.len() < SHOW {
-                    v.examples.push(format!(
-                        "extra on target: key {}",
-                        display_key_of(target_table, &row)
-                    ));
-                }
+                key = table.key_of(&row);
+                v.record(Difference {
+                    kind: DiffKind::Extra,
+                    key: key.clone(),
+                    after: last.clone(),
+                    source: None,
+                    target: Some(row),
+                });
                 b = t.next_raw().await?;
             }
             std::cmp::Ordering::Equal => {
@@ -144,28 +253,26 @@ pub async fn verify_table(
                 v.target_rows += 1;
                 v.source_checksum ^= row_hash(&x);
                 v.target_checksum ^= row_hash(&y);
+                key = table.key_of(&x);
                 if x != y {
-                    v.different += 1;
-                    if v.examples.len() < SHOW {
-                        let cols: Vec<String> = target_table
-                            .columns
-                            .iter()
-                            .zip(x.iter().zip(&y))
-                            .filter(|(_, (p, q))| p != q)
-                            .map(|(c, (p, q))| format!("{}: source {p} target {q}", c.name))
-                            .collect();
-                        v.examples.push(format!(
-                            "differs at key {}: {}",
-                            display_key_of(target_table, &x),
-                            cols.join("; ")
-                        ));
-                    }
+                    v.record(Difference {
+                        kind: DiffKind::Different,
+                        key: key.clone(),
+                        after: last.clone(),
+                        source: Some(x),
+                        target: Some(y),
+                    });
                 }
-                a = next_source(&mut s).await?;
+                a = next_source(&mut s, sides.transform, sides.source_table).await?;
                 b = t.next_raw().await?;
             }
         }
+        last = Some(key);
+        if v.source_rows.is_multiple_of(CHUNK as u64) {
+            progress(v.source_rows);
+        }
     }
+    progress(v.source_rows);
     Ok(v)
 }
 
@@ -173,18 +280,13 @@ pub async fn verify_table(
 /// identical rows: its rows are compared as multisets. Each side is
 /// scanned once, counting rows by their hash (memory: a few bytes per
 /// distinct row, not the rows); only when the counts differ are the sides
-/// scanned again for examples of the differing rows. Checksums add (an
-/// XOR would cancel identical rows out).
-async fn verify_keyless(
-    source: &dyn TableReader,
-    target: &dyn TableReader,
-    source_table: &TableRef,
-    target_table: &TableRef,
-    transform: &Transform,
-) -> Result<TableVerdict, Error> {
-    let mut v = TableVerdict::default();
+/// scanned again to find the differing rows. Checksums add (an XOR would
+/// cancel identical rows out).
+async fn verify_keyless(sides: &Sides<'_>, v: &mut TableVerdict) -> Result<(), Error> {
+    let (source_table, transform) = (sides.source_table, sides.transform);
     let mut counts: HashMap<u64, i64> = HashMap::new();
-    source
+    sides
+        .source
         .scan_rows(source_table, &mut |rows| {
             for row in transform.rows(source_table, rows)? {
                 let h = row_hash(&row);
@@ -195,8 +297,9 @@ async fn verify_keyless(
             Ok(())
         })
         .await?;
-    target
-        .scan_rows(target_table, &mut |rows| {
+    sides
+        .target
+        .scan_rows(sides.target_table, &mut |rows| {
             for row in rows {
                 let h = row_hash(&row);
                 v.target_rows += 1;
@@ -207,45 +310,571 @@ async fn verify_keyless(
         })
         .await?;
     counts.retain(|_, n| *n != 0);
-    for n in counts.values() {
-        if *n > 0 {
-            v.missing += *n as u64;
-        } else {
-            v.extra += n.unsigned_abs();
-        }
-    }
     if counts.is_empty() {
-        return Ok(v);
+        return Ok(());
     }
-    // Examples: rows whose count is off, as many times as it is off.
-    let mut examples = Vec::new();
-    let mut left = counts.clone();
-    source
+    // The rows whose count is off, as many times as it is off.
+    let mut left = counts;
+    let mut found = Vec::new();
+    sides
+        .source
         .scan_rows(source_table, &mut |rows| {
             for row in transform.rows(source_table, rows)? {
                 if let Some(n) = left.get_mut(&row_hash(&row)).filter(|n| **n > 0) {
                     *n -= 1;
-                    if examples.len() < SHOW {
-                        examples.push(format!("missing on target: row {}", display_key(&row)));
-                    }
+                    found.push((DiffKind::Missing, row));
                 }
             }
             Ok(())
         })
         .await?;
-    target
-        .scan_rows(target_table, &mut |rows| {
+    sides
+        .target
+        .scan_rows(sides.target_table, &mut |rows| {
             for row in rows {
                 if let Some(n) = left.get_mut(&row_hash(&row)).filter(|n| **n < 0) {
                     *n += 1;
-                    if examples.len() < SHOW {
-                        examples.push(format!("extra on target: row {}", display_key(&row)));
-                    }
+                    found.push((DiffKind::Extra, row));
                 }
             }
             Ok(())
         })
         .await?;
-    v.examples = examples;
-    Ok(v)
+    for (kind, row) in found {
+        v.record(Difference {
+            kind,
+            key: row.clone(),
+            after: None,
+            source: (kind == DiffKind::Missing).then(|| row.clone()),
+            target: (kind == DiffKind::Extra).then_some(row),
+        });
+    }
+    Ok(())
+}
+
+/// The row with `d.key`, read after the key before it, in target shape;
+/// `None` when it is not there (on the source: or the pipeline's filter
+/// drops it). The key's values are the same in source and target shape.
+async fn read_one(
+    reader: &dyn TableReader,
+    table: &TableRef,
+    transform: Option<&Transform>,
+    d: &Difference,
+) -> Result<Option<Vec<Value>>, Error> {
+    let mut c = Cursor::new(reader, table, d.after.clone(), 16);
+    while let Some(row) = c.next_raw().await? {
+        match table.key_of(&row).cmp(&d.key) {
+            std::cmp::Ordering::Less => continue,
+            std::cmp::Ordering::Greater => return Ok(None),
+            std::cmp::Ordering::Equal => {}
+        }
+        return Ok(match transform {
+            Some(t) => t.rows(table, vec![row])?.pop(),
+            None => Some(row),
+        });
+    }
+    Ok(None)
+}
+
+/// The position a table's rows on the target are applied up to.
+fn applied_for(cp: &Checkpoint, table: &str) -> Option<Position> {
+    let mut p = cp.applied.clone();
+    if let Some(t) = cp.table_applied.get(table)
+        && p.as_ref().is_none_or(|a| t > a)
+    {
+        p = Some(t.clone());
+    }
+    p
+}
+
+/// Waits until the target's checkpoint for `table` reaches `goal`.
+/// `Err(reason)` when it does not: the pipeline is not running, or
+/// `deadline` passed.
+async fn wait_applied(
+    store: &dyn CheckpointStore,
+    table: &str,
+    goal: &Position,
+    deadline: Instant,
+) -> Result<Result<(), String>, Error> {
+    let mut seen = applied_for(&store.load().await?, table);
+    let mut moved = Instant::now();
+    loop {
+        if seen.as_ref().is_some_and(|p| p >= goal) {
+            return Ok(Ok(()));
+        }
+        let behind = |why: &str| {
+            format!(
+                "the target has applied up to {}, the source is at {goal}: {why}",
+                seen.as_ref()
+                    .map_or_else(|| "nothing".to_owned(), |p| p.to_string())
+            )
+        };
+        if moved.elapsed() >= STALLED {
+            return Ok(Err(behind("the pipeline is not running, or stalled")));
+        }
+        if Instant::now() >= deadline {
+            return Ok(Err(behind("it did not catch up within --settle")));
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let now = applied_for(&store.load().await?, table);
+        if now != seen {
+            seen = now;
+            moved = Instant::now();
+        }
+    }
+}
+
+/// Re-checks the differences of a keyed table that a pipeline is
+/// replicating: each round reads the differing rows on the source, takes
+/// the source's position, waits until the target has applied it, reads the
+/// rows on the target. Rows equal then were only in flight. Rounds repeat
+/// while rows keep changing; a difference two rounds in a row saw with the
+/// same values is final.
+pub async fn settle(
+    sides: &Sides<'_>,
+    source: &mut dyn Source,
+    store: &dyn CheckpointStore,
+    v: &mut TableVerdict,
+    runner: &mut Runner<'_>,
+    deadline: Instant,
+) -> Result<(), Error> {
+    if v.differences.is_empty() {
+        return Ok(());
+    }
+    if !runner.active().await? {
+        v.unsettled = Some(
+            "no `ferry run` of this pipeline is running: rows it has not replicated yet \
+             show as differences"
+                .into(),
+        );
+        return Ok(());
+    }
+    if sides.target_table.is_keyless() {
+        v.unsettled = Some("a table without a key cannot be re-checked row by row".into());
+        return Ok(());
+    }
+    if !v.all_kept() {
+        v.unsettled = Some(format!("more than {KEEP} rows differ; not re-checked"));
+        return Ok(());
+    }
+    let name = sides.source_table.name.to_string();
+    let before = v.differences.len() as u64;
+    for _ in 0..ROUNDS {
+        let mut now = Vec::with_capacity(v.differences.len());
+        for d in &v.differences {
+            let row = read_one(sides.source, sides.source_table, Some(sides.transform), d).await?;
+            now.push(row);
+        }
+        let Some(goal) = source.current_position().await? else {
+            v.unsettled = Some("the source cannot tell its current position".into());
+            return Ok(());
+        };
+        if let Err(why) = wait_applied(store, &name, &goal, deadline).await? {
+            v.unsettled = Some(why);
+            return Ok(());
+        }
+        let mut still = Vec::new();
+        let mut same = true;
+        for (d, s) in v.differences.iter().zip(now) {
+            let t = read_one(sides.target, sides.target_table, None, d).await?;
+            if s == t {
+                continue;
+            }
+            let kind = match (&s, &t) {
+                (Some(_), None) => DiffKind::Missing,
+                (None, Some(_)) => DiffKind::Extra,
+                _ => DiffKind::Different,
+            };
+            same &= d.source == s && d.target == t;
+            still.push(Difference {
+                kind,
+                key: d.key.clone(),
+                after: d.after.clone(),
+                source: s,
+                target: t,
+            });
+        }
+        same &= still.len() == v.differences.len();
+        v.settled_at = Some(goal);
+        v.differences = still;
+        if v.differences.is_empty() || same {
+            break;
+        }
+    }
+    v.missing = 0;
+    v.extra = 0;
+    v.different = 0;
+    for d in &v.differences {
+        match d.kind {
+            DiffKind::Missing => v.missing += 1,
+            DiffKind::Extra => v.extra += 1,
+            DiffKind::Different => v.different += 1,
+        }
+    }
+    v.settled = before - v.differences.len() as u64;
+    Ok(())
+}
+
+/// Whether a `ferry run` of the pipeline is running, asked once: its lock
+/// on the target is held.
+pub struct Runner<'a> {
+    cfg: &'a crate::config::PipelineConfig,
+    active: Option<bool>,
+}
+
+impl Runner<'_> {
+    async fn active(&mut self) -> Result<bool, Error> {
+        if let Some(a) = self.active {
+            return Ok(a);
+        }
+        let probe = crate::connectors::open_sink(self.cfg).await?;
+        // Taken: nobody runs the pipeline (dropping the probe gives it back).
+        let a = probe.fence().await.is_err();
+        self.active = Some(a);
+        Ok(a)
+    }
+}
+
+/// One line of text for a difference.
+fn describe(table: &TableRef, d: &Difference) -> String {
+    let what = if table.is_keyless() { "row" } else { "key" };
+    match d.kind {
+        DiffKind::Missing => format!("missing on target: {what} {}", display_key(&d.key)),
+        DiffKind::Extra => format!("extra on target: {what} {}", display_key(&d.key)),
+        DiffKind::Different => {
+            let cols: Vec<String> = fields(table, d)
+                .map(|(c, p, q)| format!("{c}: source {p} target {q}"))
+                .collect();
+            format!(
+                "differs at key {}: {}",
+                display_key(&d.key),
+                cols.join("; ")
+            )
+        }
+    }
+}
+
+/// The columns in which a differing row's two sides disagree.
+fn fields<'a>(
+    table: &'a TableRef,
+    d: &'a Difference,
+) -> impl Iterator<Item = (&'a str, &'a Value, &'a Value)> + 'a {
+    let (s, t) = match (&d.source, &d.target) {
+        (Some(s), Some(t)) => (s.as_slice(), t.as_slice()),
+        _ => (&[][..], &[][..]),
+    };
+    table
+        .columns
+        .iter()
+        .zip(s.iter().zip(t))
+        .filter(|(_, (p, q))| p != q)
+        .map(|(c, (p, q))| (c.name.as_str(), p, q))
+}
+
+/// Output format of `ferry verify`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Format {
+    Text,
+    Json,
+}
+
+fn json_value(v: &Value) -> serde_json::Value {
+    match v {
+        Value::Null => serde_json::Value::Null,
+        Value::Bool(b) => (*b).into(),
+        Value::Int(i) => (*i).into(),
+        Value::Float(x) if x.is_finite() => (*x).into(),
+        Value::Text(s) | Value::Json(s) => s.clone().into(),
+        other => other.to_string().into(),
+    }
+}
+
+fn json_key(table: &TableRef, d: &Difference) -> serde_json::Value {
+    if table.is_keyless() {
+        return d.key.iter().map(json_value).collect();
+    }
+    let names = table.key.iter().map(|&i| table.columns[i].name.clone());
+    serde_json::Value::Object(names.zip(d.key.iter().map(json_value)).collect())
+}
+
+fn json_table(table: &TableRef, v: &TableVerdict) -> serde_json::Value {
+    let differences: Vec<serde_json::Value> = v
+        .differences
+        .iter()
+        .map(|d| {
+            let mut o = serde_json::json!({ "kind": d.kind.as_str(), "key": json_key(table, d) });
+            if d.kind == DiffKind::Different {
+                o["fields"] = fields(table, d)
+                    .map(|(c, p, q)| {
+                        serde_json::json!({ "column": c, "source": json_value(p), "target": json_value(q) })
+                    })
+                    .collect();
+            }
+            o
+        })
+        .collect();
+    serde_json::json!({
+        "table": table.name.to_string(),
+        "verdict": verdict(v),
+        "source_rows": v.source_rows,
+        "target_rows": v.target_rows,
+        "missing": v.missing,
+        "extra": v.extra,
+        "different": v.different,
+        "settled": v.settled,
+        "settled_at": v.settled_at.as_ref().map(|p| p.to_string()),
+        "unsettled": v.unsettled,
+        "differences": differences,
+        "all_differences_listed": v.all_kept(),
+    })
+}
+
+fn verdict(v: &TableVerdict) -> &'static str {
+    if !v.on_target {
+        "missing on target"
+    } else if v.equal() {
+        "equal"
+    } else {
+        "different"
+    }
+}
+
+/// Writes the report; a reader that went away (`ferry verify | head`)
+/// ends verify quietly.
+struct Out {
+    format: Format,
+    json: Vec<serde_json::Value>,
+}
+
+/// Exit code when the output pipe was closed: that of a program stopped by
+/// SIGPIPE.
+const CLOSED: u8 = 141;
+
+impl Out {
+    fn line(&self, s: &str) -> std::io::Result<()> {
+        let mut o = std::io::stdout().lock();
+        writeln!(o, "{s}")?;
+        o.flush()
+    }
+
+    fn table(&mut self, table: &TableRef, v: &TableVerdict) -> std::io::Result<()> {
+        if self.format == Format::Json {
+            self.json.push(json_table(table, v));
+            return Ok(());
+        }
+        let name = &table.name;
+        if !v.on_target {
+            return self.line(&format!(
+                "{name:<24} MISSING   on the target; the source has it (run the pipeline, or check `include`)"
+            ));
+        }
+        let verdict = if v.equal() { "equal" } else { "DIFFERENT" };
+        self.line(&format!(
+            "{name:<24} {verdict:<9} source {} rows (checksum {:016x}), target {} rows (checksum {:016x})",
+            v.source_rows, v.source_checksum, v.target_rows, v.target_checksum
+        ))?;
+        if let Some(at) = &v.settled_at {
+            self.line(&format!(
+                "    {} rows changed while verify compared; re-checked once the target had applied {at}",
+                v.settled + v.differences.len() as u64
+            ))?;
+        }
+        if v.equal() {
+            return Ok(());
+        }
+        self.line(&format!(
+            "    {} missing, {} extra, {} different",
+            v.missing, v.extra, v.different
+        ))?;
+        if let Some(why) = &v.unsettled {
+            self.line(&format!("    not re-checked: {why}"))?;
+        }
+        for d in v.differences.iter().take(SHOW) {
+            self.line(&format!("    {}", describe(table, d)))?;
+        }
+        Ok(())
+    }
+
+    fn end(&mut self, all_equal: bool) -> std::io::Result<()> {
+        match self.format {
+            Format::Text => self.line(if all_equal {
+                "verify: source and target are equal"
+            } else {
+                "verify: source and target DIFFER"
+            }),
+            Format::Json => {
+                let report = serde_json::json!({ "equal": all_equal, "tables": self.json });
+                self.line(&report.to_string())
+            }
+        }
+    }
+}
+
+/// What `ferry verify` was asked.
+pub struct Options {
+    pub format: Format,
+    /// Only these tables (source or target names); all when empty.
+    pub tables: Vec<String>,
+    /// Longest wait for the target to catch up with a re-check.
+    pub settle: Duration,
+}
+
+/// `ferry verify`: exit 0 when equal, 1 when not (2, an error, comes from
+/// the caller).
+pub async fn run(cfg: &crate::config::PipelineConfig, opts: &Options) -> Result<u8, Error> {
+    use crate::connectors;
+    let mut source = connectors::open_source(cfg).await?;
+    let source_reader = connectors::open_source_reader(cfg).await?;
+    let target_reader = connectors::open_sink_reader(cfg).await?;
+    let store = connectors::open_sink(cfg).await?;
+    let transform = Transform::new(cfg.transform.clone());
+    let mut out = Out {
+        format: opts.format,
+        json: Vec::new(),
+    };
+    let tables = source.tables().await?;
+    let wanted = |s: &TableRef, t: &TableRef| {
+        opts.tables.is_empty()
+            || opts.tables.iter().any(|w| {
+                [s, t]
+                    .iter()
+                    .any(|x| *w == x.name.to_string() || *w == x.name.name)
+            })
+    };
+    let unknown: Vec<&String> = opts
+        .tables
+        .iter()
+        .filter(|w| {
+            !tables
+                .iter()
+                .any(|s| *w == &s.name.to_string() || **w == s.name.name)
+        })
+        .collect();
+    if !unknown.is_empty() {
+        return Err(Error::fatal(format!(
+            "no selected source table is named {}",
+            unknown
+                .iter()
+                .map(|s| s.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        ))
+        .with_fix("name tables as `ferry status` lists them (schema.table or table)"));
+    }
+    let mut runner = Runner { cfg, active: None };
+    let mut all_equal = true;
+    for table in &tables {
+        let target = transform.target_table(table)?;
+        if !wanted(table, &target) {
+            continue;
+        }
+        let sides = Sides {
+            source: source_reader.as_ref(),
+            target: target_reader.as_ref(),
+            source_table: table,
+            target_table: &target,
+            transform: &transform,
+        };
+        let bar = progress_bar(&target, source_reader.estimate_rows(table).await.ok());
+        let mut v = verify_table(&sides, &|n| bar.set_position(n)).await?;
+        bar.finish_and_clear();
+        settle(
+            &sides,
+            source.as_mut(),
+            store.as_ref(),
+            &mut v,
+            &mut runner,
+            Instant::now() + opts.settle,
+        )
+        .await?;
+        all_equal &= v.equal();
+        if out.table(&target, &v).is_err() {
+            return Ok(CLOSED);
+        }
+    }
+    if out.end(all_equal).is_err() {
+        return Ok(CLOSED);
+    }
+    Ok(if all_equal { 0 } else { 1 })
+}
+
+/// Rows compared, rows/s and time left, on a terminal's stderr.
+fn progress_bar(table: &TableRef, estimate: Option<u64>) -> indicatif::ProgressBar {
+    use std::io::IsTerminal;
+    if !std::io::stderr().is_terminal() {
+        return indicatif::ProgressBar::hidden();
+    }
+    let bar = indicatif::ProgressBar::new(estimate.unwrap_or(0));
+    bar.set_style(
+        indicatif::ProgressStyle::with_template(
+            "{msg:24} {wide_bar} {pos}/{len} rows {per_sec} eta {eta}",
+        )
+        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+    );
+    bar.set_message(table.name.to_string());
+    bar
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ferry_core::{Column, ColumnType, TableName, TableSchema};
+
+    fn table() -> TableRef {
+        let col = |name: &str, ty: ColumnType| Column {
+            name: name.into(),
+            ty,
+            nullable: true,
+            source_type: String::new(),
+            user_type: None,
+        };
+        std::sync::Arc::new(TableSchema {
+            name: TableName::bare("t"),
+            columns: vec![
+                col("id", ColumnType::Int64),
+                col(
+                    "v",
+                    ColumnType::Text {
+                        max_len: None,
+                        fixed: false,
+                    },
+                ),
+            ],
+            key: vec![0],
+            version: 1,
+        })
+    }
+
+    #[test]
+    fn a_difference_is_described_by_its_key_and_fields() {
+        let t = table();
+        let d = Difference {
+            kind: DiffKind::Different,
+            key: vec![Value::Int(3)],
+            after: Some(vec![Value::Int(2)]),
+            source: Some(vec![Value::Int(3), Value::Text("a".into())]),
+            target: Some(vec![Value::Int(3), Value::Null]),
+        };
+        assert_eq!(
+            describe(&t, &d),
+            "differs at key (3): v: source \"a\" target NULL"
+        );
+        let j = json_table(
+            &t,
+            &TableVerdict {
+                on_target: true,
+                different: 1,
+                differences: vec![d],
+                ..Default::default()
+            },
+        );
+        assert_eq!(j["verdict"], "different");
+        assert_eq!(j["differences"][0]["key"]["id"], 3);
+        assert_eq!(j["differences"][0]["fields"][0]["column"], "v");
+        assert_eq!(
+            j["differences"][0]["fields"][0]["target"],
+            serde_json::Value::Null
+        );
+        assert_eq!(j["all_differences_listed"], true);
+    }
 }

@@ -13,3 +13,4 @@ mod operations;
 mod outage;
 mod postgres;
 mod replace;
+mod verify;

@@ -659,6 +659,10 @@ impl TableReader for PostgresSink {
         crate::reader::count_rows(&self.admin, &schema, &name).await
     }
 
+    async fn has_table(&self, table: &TableRef) -> Result<bool> {
+        Ok(self.describe(&table.name).await?.is_some())
+    }
+
     async fn read_rows(
         &self,
         table: &TableRef,

@@ -700,6 +700,22 @@ impl Source for PostgresSource {
         catalog::database_identity(&self.client).await.map(Some)
     }
 
+    async fn current_position(&mut self) -> Result<Option<Position>> {
+        let row = self
+            .client
+            .query_one("SELECT pg_current_wal_lsn()::text", &[])
+            .await
+            .map_err(|e| pg_error(e, "reading the current WAL position"))?;
+        let lsn: Lsn = row
+            .get::<_, String>(0)
+            .parse()
+            .map_err(|e| Error::fatal(format!("the server's WAL position: {e}")))?;
+        Ok(Some(Position::Postgres(ferry_core::PgPosition {
+            commit_lsn: lsn,
+            lsn,
+        })))
+    }
+
     async fn teardown(&mut self) -> Result<()> {
         self.stream = None;
         self.exported = None;

@@ -98,6 +98,16 @@ pub(crate) async fn count_rows(conn: &Blocking<Connection>, table: &TableRef) ->
     .await
 }
 
+pub(crate) async fn has_table(conn: &Blocking<Connection>, table: &TableRef) -> Result<bool> {
+    let name = table.name.name.clone();
+    let path = conn.path.clone();
+    conn.run(move |c| {
+        crate::capture::table_exists(c, &name)
+            .map_err(|e| db_error(&path, "looking the table up", e))
+    })
+    .await
+}
+
 pub(crate) async fn read_rows(
     conn: &Blocking<Connection>,
     table: &TableRef,

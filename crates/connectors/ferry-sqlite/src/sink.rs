@@ -250,6 +250,10 @@ impl TableReader for SqliteSink {
         crate::reader::count_rows(&self.conn, table).await
     }
 
+    async fn has_table(&self, table: &TableRef) -> Result<bool> {
+        crate::reader::has_table(&self.conn, table).await
+    }
+
     async fn read_rows(
         &self,
         table: &TableRef,

@@ -841,6 +841,28 @@ impl Source for SqliteSource {
         crate::fence::identity(&self.cfg.path).map(Some)
     }
 
+    /// The newest sequence number in the change table (shared by every
+    /// pipeline capturing from this file); `None` before capture is installed.
+    async fn current_position(&mut self) -> Result<Option<Position>> {
+        let path = self.cfg.path.clone();
+        self.conn
+            .run(move |c| {
+                let err = |e| db_error(&path, "reading the change table's newest position", e);
+                if !capture::table_exists(c, "_ferry_changes").map_err(err)? {
+                    return Ok(None);
+                }
+                let seq: i64 = c
+                    .query_row(
+                        "SELECT COALESCE(max(seq), 0) FROM _ferry_changes",
+                        [],
+                        |r| r.get(0),
+                    )
+                    .map_err(err)?;
+                Ok(Some(Position::Sqlite(SqlitePosition { seq })))
+            })
+            .await
+    }
+
     /// Unregisters this pipeline. When no other consumer remains, drops all
     /// ferry triggers and tables; otherwise leaves them (another pipeline
     /// may capture the same tables) and says so.

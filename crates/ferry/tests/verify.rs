@@ -1,0 +1,233 @@
+//! `ferry verify` on live systems: no false differences while a pipeline
+//! replicates a write load, every injected difference found, a table
+//! missing on the target reported (not an abort), a closed output pipe.
+
+use std::collections::BTreeSet;
+use std::process::Stdio;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::Duration;
+
+use ferry_testkit::eventually_blocking;
+use rand::Rng;
+
+use crate::kit::{Dir, FERRY, count, ferry, open, spawn_streaming, terminate, text};
+
+const ROWS: i64 = 2_000;
+
+/// Source `acct(id, n, note)` with ids 1..=ROWS.
+fn source(d: &Dir) {
+    d.source()
+        .execute_batch(&format!(
+            "CREATE TABLE acct (id INTEGER PRIMARY KEY, n INTEGER NOT NULL, note TEXT);
+             WITH RECURSIVE s(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM s WHERE i < {ROWS})
+             INSERT INTO acct SELECT i, i, 'row ' || i FROM s;"
+        ))
+        .unwrap();
+}
+
+/// Writes to the source until stopped: updates of ids above 10, inserts
+/// and deletes of ids above 100,000, a transaction each.
+struct Writer {
+    stop: Arc<AtomicBool>,
+    done: Arc<AtomicU64>,
+    handle: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Writer {
+    fn start(d: &Dir) -> Self {
+        let stop = Arc::new(AtomicBool::new(false));
+        let done = Arc::new(AtomicU64::new(0));
+        let (s, n) = (stop.clone(), done.clone());
+        let path = d.path("source.db");
+        let handle = std::thread::spawn(move || {
+            let c = open(&path);
+            c.busy_timeout(Duration::from_secs(10)).unwrap();
+            let mut rng = rand::rng();
+            let mut next = 100_001i64;
+            while !s.load(Ordering::Relaxed) {
+                match rng.random_range(0..10) {
+                    0..=5 => {
+                        let id = rng.random_range(11..=ROWS);
+                        c.execute("UPDATE acct SET n = n + 1 WHERE id = ?1", [id])
+                    }
+                    6..=7 => {
+                        next += 1;
+                        c.execute("INSERT INTO acct VALUES (?1, 0, 'new')", [next])
+                    }
+                    _ => c.execute("DELETE FROM acct WHERE id = ?1", [next]),
+                }
+                .unwrap();
+                n.fetch_add(1, Ordering::Relaxed);
+            }
+        });
+        Writer {
+            stop,
+            done,
+            handle: Some(handle),
+        }
+    }
+
+    /// Waits until the writer has made `more` more changes.
+    fn wait_for(&self, more: u64) {
+        let goal = self.done.load(Ordering::Relaxed) + more;
+        eventually_blocking("the writer writes", Duration::from_secs(60), || {
+            (self.done.load(Ordering::Relaxed) >= goal).then_some(())
+        });
+    }
+
+    fn stop(mut self) -> u64 {
+        self.stop.store(true, Ordering::Relaxed);
+        self.handle.take().unwrap().join().unwrap();
+        self.done.load(Ordering::Relaxed)
+    }
+}
+
+fn json(out: &std::process::Output) -> serde_json::Value {
+    serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("verify --format json: {e}\n{}", text(out)))
+}
+
+/// (kind, key id) of every difference in a JSON report.
+fn differences(report: &serde_json::Value) -> BTreeSet<(String, i64)> {
+    report["tables"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|t| t["differences"].as_array().unwrap().iter())
+        .map(|d| {
+            (
+                d["kind"].as_str().unwrap().to_owned(),
+                d["key"]["id"].as_i64().unwrap(),
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn verify_while_changes_flow_reports_only_real_differences() {
+    let d = Dir::new();
+    source(&d);
+    let p = d.pipeline("");
+    let ps = p.to_str().unwrap();
+    let log = d.path("ferry.log");
+    let child = spawn_streaming(&p, &log);
+    eventually_blocking("snapshot copied", Duration::from_secs(60), || {
+        (count(&d.path("target.db"), "acct") == ROWS).then_some(())
+    });
+    let writer = Writer::start(&d);
+
+    // Equal copies under load: rows read while their change was in
+    // flight are re-checked, never reported.
+    for _ in 0..3 {
+        writer.wait_for(200);
+        let out = ferry(&["verify", ps, "--format", "json"]);
+        let report = json(&out);
+        assert_eq!(out.status.code(), Some(0), "{report:#}\n{}", text(&out));
+        assert_eq!(report["equal"], true);
+    }
+
+    // Differences made on the target, in rows the writer does not touch:
+    // each is found, nothing else is reported.
+    let tgt = open(&d.path("target.db"));
+    tgt.busy_timeout(Duration::from_secs(10)).unwrap();
+    tgt.execute_batch(
+        "UPDATE acct SET note = 'tampered' WHERE id = 7;
+         DELETE FROM acct WHERE id = 8;
+         INSERT INTO acct VALUES (99999999, 0, 'extra');",
+    )
+    .unwrap();
+    writer.wait_for(200);
+    let out = ferry(&["verify", ps, "--format", "json"]);
+    let report = json(&out);
+    assert_eq!(out.status.code(), Some(1), "{report:#}");
+    let want: BTreeSet<(String, i64)> = [
+        ("different".to_owned(), 7),
+        ("missing".to_owned(), 8),
+        ("extra".to_owned(), 99_999_999),
+    ]
+    .into();
+    assert_eq!(differences(&report), want, "{report:#}");
+    let table = &report["tables"][0];
+    let field = &table["differences"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|d| d["kind"] == "different")
+        .unwrap()["fields"][0];
+    assert_eq!(field["column"], "note");
+    assert_eq!(field["source"], "row 7");
+    assert_eq!(field["target"], "tampered");
+    assert!(table["settled_at"].is_string(), "{table:#}");
+
+    assert!(writer.stop() > 600);
+    assert!(terminate(child).success());
+}
+
+#[test]
+fn verify_reports_a_missing_table_and_stops_quietly_on_a_closed_pipe() {
+    let d = Dir::new();
+    source(&d);
+    d.source()
+        .execute_batch("CREATE TABLE other (id INTEGER PRIMARY KEY); INSERT INTO other VALUES (1);")
+        .unwrap();
+    let p = d.pipeline("");
+    let ps = p.to_str().unwrap();
+    let log = d.path("ferry.log");
+    let child = spawn_streaming(&p, &log);
+    eventually_blocking("snapshot copied", Duration::from_secs(60), || {
+        (count(&d.path("target.db"), "acct") == ROWS && count(&d.path("target.db"), "other") == 1)
+            .then_some(())
+    });
+    assert!(terminate(child).success());
+
+    // Only one table, by name.
+    let out = ferry(&["verify", ps, "--table", "other"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert!(!text(&out).contains("acct"), "{}", text(&out));
+    let out = ferry(&["verify", ps, "--table", "nosuch"]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    assert!(text(&out).contains("no selected source table is named nosuch"));
+
+    // Without a runner, a difference is reported as read, and says why it
+    // was not re-checked.
+    let tgt = open(&d.path("target.db"));
+    tgt.execute("UPDATE acct SET n = -1 WHERE id = 5", [])
+        .unwrap();
+    let out = ferry(&["verify", ps]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(text(&out).contains("differs at key (5)"), "{}", text(&out));
+    assert!(text(&out).contains("no `ferry run` of this pipeline is running"));
+
+    // A table missing on the target is a difference, not an abort.
+    tgt.execute_batch("DROP TABLE other").unwrap();
+    let out = ferry(&["verify", ps]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(
+        text(&out).contains("other") && text(&out).contains("MISSING"),
+        "{}",
+        text(&out)
+    );
+    let out = ferry(&["verify", ps, "--format", "json"]);
+    let report = json(&out);
+    let other = report["tables"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["table"] == "other")
+        .unwrap();
+    assert_eq!(other["verdict"], "missing on target");
+
+    // `ferry verify | head -0`: the reader is gone before the first line.
+    let mut child = std::process::Command::new(FERRY)
+        .args(["verify", ps])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    drop(child.stdout.take());
+    let out = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!err.contains("panicked"), "{err}");
+    assert_eq!(out.status.code(), Some(141), "{err}");
+}
