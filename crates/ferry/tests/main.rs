@@ -11,5 +11,6 @@ mod help;
 mod kit;
 mod operations;
 mod outage;
+mod pg_to_sqlite;
 mod postgres;
 mod replace;

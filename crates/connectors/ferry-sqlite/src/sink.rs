@@ -20,7 +20,7 @@ use ferry_core::{
 use rusqlite::{Connection, TransactionBehavior};
 
 use crate::connection::{Blocking, db_error, ident, open_target};
-use crate::types::declared_type;
+use crate::types::{declared_type, has_text_affinity};
 
 const CREATE_CHECKPOINT: &str = "CREATE TABLE IF NOT EXISTS _ferry_checkpoint(\
      pipeline TEXT NOT NULL, scope TEXT NOT NULL, value TEXT NOT NULL, \
@@ -138,6 +138,7 @@ fn ensure_table(c: &Connection, path: &Path, table: &TableSchema) -> Result<bool
     let (existing, key) = target_columns(c, name)
         .map_err(|e| db_error(path, &format!("reading the structure of table {name}"), e))?;
     let altered = table.columns.iter().any(|c| !existing.contains(&c.name));
+    warn_numeric_json(c, path, table)?;
     let want: Vec<&str> = table.key_names();
     if key != want {
         // Upserts name the key in ON CONFLICT; any other key makes them fail.
@@ -152,6 +153,40 @@ fn ensure_table(c: &Connection, path: &Path, table: &TableSchema) -> Result<bool
         ));
     }
     Ok(altered)
+}
+
+/// A JSON column of an existing target (created by ferry before it
+/// declared `JSON_TEXT`, or by hand) whose affinity is not TEXT stores a
+/// document that is a bare number as a number: `12345678901234567890`
+/// would lose digits. SQLite cannot change a column's type in place, so
+/// this is a warning with the fix, not an error.
+fn warn_numeric_json(c: &Connection, path: &Path, table: &TableSchema) -> Result<()> {
+    let name = &table.name.name;
+    let declared: Vec<(String, String)> = c
+        .prepare("SELECT name, type FROM pragma_table_info(?1)")
+        .and_then(|mut s| {
+            s.query_map([name], |r| Ok((r.get(0)?, r.get(1)?)))?
+                .collect()
+        })
+        .map_err(|e| db_error(path, &format!("reading the structure of table {name}"), e))?;
+    for col in table
+        .columns
+        .iter()
+        .filter(|c| c.ty == ferry_core::ColumnType::Json)
+    {
+        if let Some((_, ty)) = declared
+            .iter()
+            .find(|(n, ty)| *n == col.name && !has_text_affinity(ty))
+        {
+            tracing::warn!(
+                table = %name, column = %col.name, declared = %ty,
+                "target column is not of TEXT affinity: a JSON document that is a bare number \
+                 is stored as a number and may lose digits; to keep it exactly, recreate the \
+                 table with the column declared JSON_TEXT (or drop it so ferry recreates it)"
+            );
+        }
+    }
+    Ok(())
 }
 
 #[async_trait]
@@ -256,7 +291,7 @@ impl TableReader for SqliteSink {
         after: Option<&[Value]>,
         limit: usize,
     ) -> Result<Vec<Vec<Value>>> {
-        crate::reader::read_rows(&self.conn, table, after, limit).await
+        crate::reader::read_rows(&self.conn, table, after, limit, crate::reader::Side::Target).await
     }
 
     async fn scan_rows(
@@ -264,7 +299,7 @@ impl TableReader for SqliteSink {
         table: &TableRef,
         on_rows: &mut (dyn FnMut(Vec<Vec<Value>>) -> Result<()> + Send),
     ) -> Result<()> {
-        crate::reader::scan_rows(&self.conn, table, on_rows).await
+        crate::reader::scan_rows(&self.conn, table, on_rows, crate::reader::Side::Target).await
     }
 }
 

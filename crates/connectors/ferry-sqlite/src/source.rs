@@ -460,7 +460,14 @@ impl SqliteSource {
                 let err = |e| db_error(&path, "reading a re-copy chunk", e);
                 let tx = c.transaction().map_err(err)?;
                 let at = capture::extent(&tx).map_err(err)?.allocated;
-                let rows = crate::reader::read_rows_in(&tx, &path, &t, a.as_deref(), limit)?;
+                let rows = crate::reader::read_rows_in(
+                    &tx,
+                    &path,
+                    &t,
+                    a.as_deref(),
+                    limit,
+                    crate::reader::Side::Source,
+                )?;
                 tx.commit().map_err(err)?;
                 Ok((at, rows))
             })
@@ -882,7 +889,7 @@ impl TableReader for SqliteSource {
         after: Option<&[Value]>,
         limit: usize,
     ) -> Result<Vec<Vec<Value>>> {
-        crate::reader::read_rows(&self.conn, table, after, limit).await
+        crate::reader::read_rows(&self.conn, table, after, limit, crate::reader::Side::Source).await
     }
 
     async fn scan_rows(
@@ -890,6 +897,6 @@ impl TableReader for SqliteSource {
         table: &TableRef,
         on_rows: &mut (dyn FnMut(Vec<Vec<Value>>) -> Result<()> + Send),
     ) -> Result<()> {
-        crate::reader::scan_rows(&self.conn, table, on_rows).await
+        crate::reader::scan_rows(&self.conn, table, on_rows, crate::reader::Side::Source).await
     }
 }
