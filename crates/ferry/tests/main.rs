@@ -14,3 +14,4 @@ mod outage;
 mod pg_to_sqlite;
 mod postgres;
 mod replace;
+mod sqlite_exact;

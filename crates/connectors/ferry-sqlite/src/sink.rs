@@ -7,8 +7,11 @@
 //! OS crash or power loss may lose the last commits, but data and
 //! checkpoint are lost together, so ferry resumes from what is there.
 
+mod indexes;
 mod wal;
 mod writer;
+
+pub use indexes::IndexSource;
 
 use std::path::{Path, PathBuf};
 
@@ -20,7 +23,7 @@ use ferry_core::{
 use rusqlite::{Connection, TransactionBehavior};
 
 use crate::connection::{Blocking, db_error, ident, open_target};
-use crate::types::{declared_type, has_text_affinity};
+use crate::types::{has_text_affinity, target_declared_type};
 
 const CREATE_CHECKPOINT: &str = "CREATE TABLE IF NOT EXISTS _ferry_checkpoint(\
      pipeline TEXT NOT NULL, scope TEXT NOT NULL, value TEXT NOT NULL, \
@@ -33,6 +36,10 @@ pub struct SqliteSinkConfig {
     pub path: PathBuf,
     /// Pipeline name: the key of this pipeline's checkpoint records.
     pub pipeline: String,
+    /// The SQLite source whose indexes each table the sink creates gets
+    /// too (SQLite → SQLite; see `sink/indexes.rs`). `None`: tables get
+    /// their columns and key only.
+    pub indexes_from: Option<IndexSource>,
 }
 
 /// A SQLite database written by ferry.
@@ -82,13 +89,16 @@ pub(crate) fn load_checkpoint(c: &Connection, path: &Path, pipeline: &str) -> Re
 }
 
 /// `CREATE TABLE` for a target table: logical types mapped by
-/// [`declared_type`], `NOT NULL` kept, the key (if any) as primary key.
-pub(crate) fn create_table_sql(table: &TableSchema) -> String {
+/// [`target_declared_type`] (a SQLite source's declared types verbatim),
+/// `NOT NULL` kept, the key (if any) as primary key. A one-column key
+/// declared `INTEGER` is the rowid, as it is on a SQLite source.
+/// `constraints` are more table constraints (`UNIQUE (...)`).
+fn create_table_sql(table: &TableSchema, constraints: &[String]) -> String {
     let mut parts: Vec<String> = table
         .columns
         .iter()
         .map(|c| {
-            let ty = declared_type(&c.ty);
+            let ty = target_declared_type(c);
             let mut def = ident(&c.name);
             if !ty.is_empty() {
                 def.push(' ');
@@ -105,6 +115,7 @@ pub(crate) fn create_table_sql(table: &TableSchema) -> String {
         let key: Vec<String> = table.key_names().iter().map(|k| ident(k)).collect();
         parts.push(format!("PRIMARY KEY ({})", key.join(", ")));
     }
+    parts.extend(constraints.iter().cloned());
     format!(
         "CREATE TABLE IF NOT EXISTS {} ({})",
         ident(&table.name.name),
@@ -127,14 +138,48 @@ pub(crate) fn target_columns(
     Ok((cols.into_iter().map(|c| c.0).collect(), key))
 }
 
-/// Creates `table` if missing. Returns whether an existing one lacks
-/// columns of it (the writer's `Step::Schema` adds them).
-fn ensure_table(c: &Connection, path: &Path, table: &TableSchema) -> Result<bool> {
+/// Creates `table` if missing, with the source's indexes when `indexes`
+/// says where they are. Returns whether the table was created.
+pub(crate) fn create_table(
+    c: &Connection,
+    path: &Path,
+    table: &TableSchema,
+    indexes: Option<&IndexSource>,
+) -> Result<bool> {
     let name = &table.name.name;
-    let sql = create_table_sql(table);
+    let exists = c
+        .query_row(
+            "SELECT count(*) FROM sqlite_schema WHERE type = 'table' AND name = ?1",
+            [name],
+            |r| r.get::<_, i64>(0),
+        )
+        .map_err(|e| db_error(path, &format!("looking for table {name}"), e))?
+        > 0;
+    if exists {
+        return Ok(false);
+    }
+    let found = match indexes {
+        Some(from) => indexes::SourceIndexes::read(from, table)?,
+        None => indexes::SourceIndexes::default(),
+    };
+    let sql = create_table_sql(table, &found.constraints(table));
     c.execute_batch(&sql).map_err(|e| {
         db_error(path, &format!("creating table {name}"), e).with("statement", sql.clone())
     })?;
+    found.create(c, path, table)?;
+    Ok(true)
+}
+
+/// Creates `table` if missing. Returns whether an existing one lacks
+/// columns of it (the writer's `Step::Schema` adds them).
+fn ensure_table(
+    c: &Connection,
+    path: &Path,
+    table: &TableSchema,
+    indexes: Option<&IndexSource>,
+) -> Result<bool> {
+    let name = &table.name.name;
+    create_table(c, path, table, indexes)?;
     let (existing, key) = target_columns(c, name)
         .map_err(|e| db_error(path, &format!("reading the structure of table {name}"), e))?;
     let altered = table.columns.iter().any(|c| !existing.contains(&c.name));
@@ -248,6 +293,7 @@ impl Sink for SqliteSink {
     async fn ensure_tables(&self, tables: &[TableRef]) -> Result<Vec<TableName>> {
         let tables = tables.to_vec();
         let path = self.cfg.path.clone();
+        let indexes = self.cfg.indexes_from.clone();
         self.conn
             .run(move |c| {
                 let err = |e| db_error(&path, "creating target tables", e);
@@ -256,7 +302,7 @@ impl Sink for SqliteSink {
                     .map_err(err)?;
                 let mut altered = Vec::new();
                 for table in &tables {
-                    if ensure_table(&tx, &path, table)? {
+                    if ensure_table(&tx, &path, table, indexes.as_ref())? {
                         altered.push(table.name.clone());
                     }
                 }
@@ -275,6 +321,7 @@ impl Sink for SqliteSink {
             conn,
             &self.cfg.path,
             &self.cfg.pipeline,
+            self.cfg.indexes_from.clone(),
         )))
     }
 }
@@ -337,14 +384,22 @@ mod tests {
                     source_type: String::new(),
                     user_type: None,
                 },
+                // A SQLite source's declared type, kept verbatim.
+                Column {
+                    name: "v".into(),
+                    ty: ColumnType::Dynamic,
+                    nullable: true,
+                    source_type: "varchar(20)".into(),
+                    user_type: None,
+                },
             ],
             key: vec![0],
             version: 1,
         };
         assert_eq!(
-            create_table_sql(&t),
+            create_table_sql(&t, &["UNIQUE (\"amount\")".to_owned()]),
             "CREATE TABLE IF NOT EXISTS \"or\"\"ders\" (\"id\" INTEGER NOT NULL, \
-             \"amount\" DECIMAL_TEXT(12,2), \"any\", PRIMARY KEY (\"id\"))"
+             \"amount\" DECIMAL_TEXT(12,2), \"any\", \"v\" varchar(20), PRIMARY KEY (\"id\"), UNIQUE (\"amount\"))"
         );
     }
 }

@@ -126,6 +126,18 @@ pub(crate) fn declared_type(ty: &ColumnType) -> String {
     }
 }
 
+/// The declared type a target column gets: a `Dynamic` column keeps the
+/// type its source declared, verbatim (`VARCHAR(20)`, `DECIMAL(10,2)`,
+/// none at all), so the target applies the same affinity to the same
+/// values; SQLite → SQLite reads every column that way. Other columns get
+/// [`declared_type`].
+pub(crate) fn target_declared_type(col: &ferry_core::Column) -> String {
+    match col.ty {
+        ColumnType::Dynamic => col.source_type.clone(),
+        ref ty => declared_type(ty),
+    }
+}
+
 /// Whether SQLite gives a column declared `declared` TEXT affinity (its
 /// rules: no `INT`, and `CHAR`, `CLOB` or `TEXT`), so text stays text.
 pub(crate) fn has_text_affinity(declared: &str) -> bool {
