@@ -55,7 +55,9 @@ pub(crate) fn format_timestamp_tz(micros: i64) -> String {
 /// `i64::MIN`). SQLite stores them as the text `infinity`/`-infinity`:
 /// as a date they would be year 5881580 or 294247, which no reader takes
 /// for infinity. As text of the column, `-infinity` sorts before every
-/// date (`-` < `0`) and `infinity` after (`i` > `9`), as in PostgreSQL.
+/// date of year 0 or later (`-` < `0`) and `infinity` after every date
+/// (`i` > `9`), as in PostgreSQL. (Dates before year 0 are written with a
+/// `-` and do not sort in time order as text in any case.)
 pub(crate) fn infinity_text(v: &Value) -> Option<&'static str> {
     match *v {
         Value::Date(i32::MAX) | Value::Timestamp(i64::MAX) | Value::TimestampTz(i64::MAX) => {
