@@ -179,7 +179,14 @@ impl Results {
 
         let _ = writeln!(
             o,
-            "\n\"ratio to ferry\" = ferry's snapshot rows/s ÷ that method's rows/s. \
+            "\nEvery snapshot target runs at ferry's durability ({}): the ATTACH copy is timed \
+             until its COMMIT returns, ferry until its checkpoint records the table copied (in \
+             the same transaction as the last rows), the dump until the loading sqlite3 exits.",
+            crate::sqlite_bench::durability()
+        );
+        let _ = writeln!(
+            o,
+            "\"ratio to ferry\" = ferry's snapshot rows/s ÷ that method's rows/s. \
              Rows ≈ {:.0} bytes each ({:.0} MiB source file). CDC \"rows\" are row changes \
              (60 % UPDATE, 20 % INSERT, 20 % DELETE).",
             self.source_mib * 1024.0 * 1024.0 / self.rows as f64,

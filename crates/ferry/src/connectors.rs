@@ -39,6 +39,9 @@ fn sqlite_source(cfg: &PipelineConfig) -> Result<ferry_sqlite::SqliteSource> {
         selection: cfg.selection.clone(),
         poll_interval: cfg.source.poll_interval,
         max_chunk_rows: cfg.chunk_rows.unwrap_or(10_000),
+        // SQLite → SQLite is exact: each value keeps its storage class and
+        // each column its declared type (docs/types.md).
+        keep_storage_classes: matches!(kind(&cfg.target.url), Kind::Sqlite),
     })
 }
 
@@ -54,9 +57,29 @@ async fn postgres_source(cfg: &PipelineConfig) -> Result<ferry_postgres::Postgre
 }
 
 fn sqlite_sink(cfg: &PipelineConfig, target: &Endpoint) -> Result<ferry_sqlite::SqliteSink> {
+    // SQLite → SQLite: the tables the sink creates get the source's indexes.
+    let indexes_from = match kind(&cfg.source.url) {
+        Kind::Sqlite => Some(ferry_sqlite::IndexSource {
+            path: ferry_sqlite::path_from_url(&cfg.source.url)?,
+            renamed: cfg
+                .transform
+                .tables
+                .iter()
+                .filter_map(|(source, rule)| {
+                    let target = rule.rename.as_ref()?;
+                    Some((
+                        ferry_core::TableName::parse(target).name,
+                        ferry_core::TableName::parse(source).name,
+                    ))
+                })
+                .collect(),
+        }),
+        _ => None,
+    };
     ferry_sqlite::SqliteSink::open(ferry_sqlite::SqliteSinkConfig {
         path: ferry_sqlite::path_from_url(&target.url)?,
         pipeline: cfg.name.clone(),
+        indexes_from,
     })
 }
 

@@ -158,10 +158,37 @@ impl<'a> Cursor<'a> {
     }
 }
 
+/// A row's hash for checksums and multiset counts: like [`identical`], it
+/// tells the kinds of values apart (`Int(3)` from `Float(3.0)`).
 fn row_hash(row: &[Value]) -> u64 {
+    fn add(v: &Value, h: &mut DefaultHasher) {
+        std::mem::discriminant(v).hash(h);
+        match v {
+            Value::Array(items) => items.iter().for_each(|i| add(i, h)),
+            v => v.hash(h),
+        }
+    }
     let mut h = DefaultHasher::new();
-    row.hash(&mut h);
+    row.iter().for_each(|v| add(v, &mut h));
     h.finish()
+}
+
+/// Equal values of the same kind. `Value`'s own equality takes `Int(3)`
+/// and `Float(3.0)` as equal (they are the same key); a copy is not the
+/// same if an INTEGER became a REAL, so verify compares kinds too. The
+/// SQLite → SQLite case: each value keeps its storage class, and text
+/// `'-1'` is not integer `-1`.
+fn identical(a: &Value, b: &Value) -> bool {
+    match (a, b) {
+        (Value::Array(x), Value::Array(y)) => {
+            x.len() == y.len() && x.iter().zip(y).all(|(p, q)| identical(p, q))
+        }
+        _ => std::mem::discriminant(a) == std::mem::discriminant(b) && a == b,
+    }
+}
+
+fn identical_rows(a: &[Value], b: &[Value]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).all(|(p, q)| identical(p, q))
 }
 
 /// The next source row that passes the pipeline's transform (filter,
@@ -254,7 +281,7 @@ pub async fn verify_table(
                 v.source_checksum ^= row_hash(&x);
                 v.target_checksum ^= row_hash(&y);
                 key = table.key_of(&x);
-                if x != y {
+                if !identical_rows(&x, &y) {
                     v.record(Difference {
                         kind: DiffKind::Different,
                         key: key.clone(),
@@ -477,7 +504,11 @@ pub async fn settle(
         let mut same = true;
         for (d, s) in v.differences.iter().zip(now) {
             let t = read_one(sides.target, sides.target_table, None, d).await?;
-            if s == t {
+            let same_row = match (&s, &t) {
+                (Some(x), Some(y)) => identical_rows(x, y),
+                (x, y) => x.is_none() && y.is_none(),
+            };
+            if same_row {
                 continue;
             }
             let kind = match (&s, &t) {
@@ -567,7 +598,7 @@ fn fields<'a>(
         .columns
         .iter()
         .zip(s.iter().zip(t))
-        .filter(|(_, (p, q))| p != q)
+        .filter(|(_, (p, q))| !identical(p, q))
         .map(|(c, (p, q))| (c.name.as_str(), p, q))
 }
 
@@ -843,6 +874,30 @@ mod tests {
             key: vec![0],
             version: 1,
         })
+    }
+
+    #[test]
+    fn values_of_another_kind_are_not_identical_even_when_equal() {
+        let (int, float) = (Value::Int(3), Value::Float(3.0));
+        assert_eq!(int, float);
+        assert!(!identical(&int, &float));
+        assert_ne!(
+            row_hash(std::slice::from_ref(&int)),
+            row_hash(std::slice::from_ref(&float))
+        );
+        assert!(!identical(&Value::Int(-1), &Value::Text("-1".into())));
+        assert!(!identical(
+            &Value::Array(vec![int.clone()]),
+            &Value::Array(vec![float])
+        ));
+        assert!(identical_rows(
+            &[int.clone(), Value::Null],
+            &[int.clone(), Value::Null]
+        ));
+        assert_eq!(
+            row_hash(std::slice::from_ref(&int)),
+            row_hash(&[Value::Int(3)])
+        );
     }
 
     #[test]

@@ -11,6 +11,8 @@ mod help;
 mod kit;
 mod operations;
 mod outage;
+mod pg_to_sqlite;
 mod postgres;
 mod replace;
+mod sqlite_exact;
 mod verify;

@@ -61,6 +61,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let sink = SqliteSink::open(SqliteSinkConfig {
         path: path.clone(),
         pipeline: "bench".into(),
+        indexes_from: None,
     })?;
     sink.ensure_tables(std::slice::from_ref(&table)).await?;
     let mut writer = sink.writer().await?;

@@ -2,11 +2,11 @@
 //! columns), elements in the text forms the scalar columns use, so the
 //! sink's table reader gets back the values that were written.
 
-use ferry_core::time::{format_date, format_time, format_timestamp, format_uuid};
+use ferry_core::time::{format_time, format_uuid};
 use ferry_core::{ColumnType, Value};
 use rusqlite::types::ValueRef;
 
-use crate::temporal::{format_interval, format_timestamp_tz};
+use crate::temporal::{format_interval, temporal_text};
 use crate::types::to_value;
 
 /// Encodes array items as a JSON array.
@@ -42,10 +42,12 @@ fn encode_item(v: &Value, out: &mut String) {
             let hex: String = b.iter().map(|x| format!("{x:02x}")).collect();
             string(&format!("\\x{hex}"), out)
         }
-        Value::Date(d) => string(&format_date(*d), out),
         Value::Time(t) => string(&format_time(*t), out),
-        Value::Timestamp(t) => string(&format_timestamp(*t), out),
-        Value::TimestampTz(t) => string(&format_timestamp_tz(*t), out),
+        Value::Date(_) | Value::Timestamp(_) | Value::TimestampTz(_) => {
+            let mut text = String::with_capacity(32);
+            temporal_text(v, &mut text);
+            string(&text, out)
+        }
         Value::Interval {
             months,
             days,
@@ -290,6 +292,18 @@ mod tests {
             ),
             (ColumnType::Bytes, vec![Value::Bytes(vec![0, 255])]),
             (ColumnType::Timestamp, vec![Value::Timestamp(123_456_789)]),
+            (
+                ColumnType::TimestampTz,
+                vec![
+                    Value::TimestampTz(i64::MIN),
+                    Value::TimestampTz(-1),
+                    Value::TimestampTz(i64::MAX),
+                ],
+            ),
+            (
+                ColumnType::Date,
+                vec![Value::Date(i32::MAX), Value::Date(0)],
+            ),
             (ColumnType::Uuid, vec![Value::Uuid([3; 16])]),
             (
                 ColumnType::Json,

@@ -8,7 +8,7 @@ use rusqlite::{Connection, TransactionBehavior};
 
 use crate::capture::{self, ChangeRow, DisplacementUpdate};
 use crate::connection::db_error;
-use crate::reader::value_error;
+use crate::reader::{Side, value_error};
 use crate::types::{display_raw, to_value};
 
 /// A captured table's columns no longer match what was copied. Raised when
@@ -108,7 +108,7 @@ pub(crate) fn decode_change(table: &TableRef, row: &ChangeRow) -> Result<Change>
                         .iter()
                         .map(|&k| display_raw((&stored[k]).into()))
                         .collect();
-                    return Err(value_error(table, i, raw, &why)
+                    return Err(value_error(table, i, raw, &why, Side::Source)
                         .with("key", format!("({})", key.join(", ")))
                         .with("position", format!("seq {}", row.seq)));
                 }

@@ -71,7 +71,7 @@ fn source_items(c: &Connection, cfg: &SqliteSourceConfig) -> Vec<CheckItem> {
     let mut tables = Vec::new();
     for name in &names {
         let label = format!("source: table {name}");
-        match read_table(c, path, name) {
+        match read_table(c, path, name, cfg.keep_storage_classes) {
             Ok(t) => {
                 let key = if t.is_keyless() {
                     "no key: copied whole, changed one row at a time".to_owned()

@@ -40,7 +40,7 @@ mod types;
 
 use std::path::PathBuf;
 
-pub use sink::{SqliteSink, SqliteSinkConfig};
+pub use sink::{IndexSource, SqliteSink, SqliteSinkConfig};
 pub use source::{SqliteSource, SqliteSourceConfig};
 
 const URL_FORMS: &str =

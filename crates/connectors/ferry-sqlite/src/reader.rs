@@ -41,9 +41,22 @@ pub(crate) fn params_tuple(first: usize, n: usize) -> String {
     format!("({})", p.join(", "))
 }
 
+/// Which database a reader reads: a value that does not fit its column is
+/// corrected where it is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Side {
+    Source,
+    /// A target ferry writes (read back by `ferry verify`).
+    Target,
+}
+
 /// Converts one result row (columns in schema order) to values, reporting
 /// a value that does not fit its column with table, column, key and value.
-pub(crate) fn convert_row(table: &TableSchema, row: &rusqlite::Row<'_>) -> Result<Vec<Value>> {
+pub(crate) fn convert_row(
+    table: &TableSchema,
+    row: &rusqlite::Row<'_>,
+    side: Side,
+) -> Result<Vec<Value>> {
     let mut out = Vec::with_capacity(table.columns.len());
     for (i, col) in table.columns.iter().enumerate() {
         let raw = row
@@ -57,9 +70,8 @@ pub(crate) fn convert_row(table: &TableSchema, row: &rusqlite::Row<'_>) -> Resul
                     .iter()
                     .map(|&k| row.get_ref(k).map(display_raw).unwrap_or_default())
                     .collect();
-                return Err(
-                    value_error(table, i, raw, &why).with("key", format!("({})", key.join(", ")))
-                );
+                return Err(value_error(table, i, raw, &why, side)
+                    .with("key", format!("({})", key.join(", "))));
             }
         }
     }
@@ -72,19 +84,36 @@ pub(crate) fn value_error(
     column: usize,
     raw: ValueRef<'_>,
     why: &str,
+    side: Side,
 ) -> Error {
     let col = &table.columns[column];
+    let (place, fix) = match side {
+        Side::Source => (
+            "",
+            format!(
+                "correct the value at the source, or exclude the column \
+                 (`exclude_columns = [\"{}.{}\"]`)",
+                table.name, col.name
+            ),
+        ),
+        Side::Target => (
+            "target ",
+            format!(
+                "the target holds a value ferry does not write in this form (changed on the \
+                 target, or written by an older ferry): correct it on the target, or re-copy \
+                 the table (`ferry resync <pipeline file> {}`)",
+                table.name
+            ),
+        ),
+    };
     Error::data(format!(
-        "value in {}.{} (declared {:?}) {why}",
+        "value in {place}{}.{} (declared {:?}) {why}",
         table.name, col.name, col.source_type
     ))
     .with("table", table.name.to_string())
     .with("column", col.name.as_str())
     .with("value", display_raw(raw))
-    .with_fix(format!(
-        "correct the value at the source, or exclude the column (`exclude_columns = [\"{}.{}\"]`)",
-        table.name, col.name
-    ))
+    .with_fix(fix)
 }
 
 pub(crate) async fn count_rows(conn: &Blocking<Connection>, table: &TableRef) -> Result<u64> {
@@ -113,11 +142,12 @@ pub(crate) async fn read_rows(
     table: &TableRef,
     after: Option<&[Value]>,
     limit: usize,
+    side: Side,
 ) -> Result<Vec<Vec<Value>>> {
     let table = TableRef::clone(table);
     let after = after.map(<[Value]>::to_vec);
     let path = conn.path.clone();
-    conn.run(move |c| read_rows_in(c, &path, &table, after.as_deref(), limit))
+    conn.run(move |c| read_rows_in(c, &path, &table, after.as_deref(), limit, side))
         .await
 }
 
@@ -130,6 +160,7 @@ pub(crate) fn read_rows_in(
     table: &TableSchema,
     after: Option<&[Value]>,
     limit: usize,
+    side: Side,
 ) -> Result<Vec<Vec<Value>>> {
     let n = table.key.len();
     let sql = if table.is_keyless() {
@@ -169,7 +200,7 @@ pub(crate) fn read_rows_in(
     let mut rows = stmt.raw_query();
     let mut out = Vec::new();
     while let Some(row) = rows.next().map_err(fail)? {
-        out.push(convert_row(table, row)?);
+        out.push(convert_row(table, row, side)?);
     }
     Ok(out)
 }
@@ -180,6 +211,7 @@ pub(crate) async fn scan_rows(
     conn: &Blocking<Connection>,
     table: &TableRef,
     on_rows: &mut (dyn FnMut(Vec<Vec<Value>>) -> Result<()> + Send),
+    side: Side,
 ) -> Result<()> {
     const PAGE: i64 = 5_000;
     let mut after = i64::MIN;
@@ -202,7 +234,7 @@ pub(crate) async fn scan_rows(
                 let mut rows = stmt.query(rusqlite::params![after, PAGE]).map_err(fail)?;
                 let (mut out, mut last) = (Vec::new(), after);
                 while let Some(row) = rows.next().map_err(fail)? {
-                    out.push(convert_row(&table, row)?);
+                    out.push(convert_row(&table, row, side)?);
                     last = row.get(table.columns.len()).map_err(fail)?;
                 }
                 Ok((out, last))

@@ -2,7 +2,7 @@
 
 use std::path::Path;
 
-use ferry_core::{Column, Error, Selection, TableName, TableSchema};
+use ferry_core::{Column, ColumnType, Error, Selection, TableName, TableSchema};
 use rusqlite::Connection;
 
 use crate::connection::db_error;
@@ -31,7 +31,16 @@ pub(crate) fn selected_tables(
 /// on NOT NULL columns, else none (a keyless table). A table ferry cannot
 /// replicate (virtual, unknown column type, non-binary primary key
 /// collation) is a fatal error naming the table and the fix.
-pub(crate) fn read_table(conn: &Connection, path: &Path, name: &str) -> Result<TableSchema, Error> {
+///
+/// With `keep_storage_classes` every column is `Dynamic` (each value keeps
+/// its storage class) and any declared type is accepted: it travels
+/// verbatim in `source_type` for a SQLite target to declare again.
+pub(crate) fn read_table(
+    conn: &Connection,
+    path: &Path,
+    name: &str,
+    keep_storage_classes: bool,
+) -> Result<TableSchema, Error> {
     let err = |e| db_error(path, &format!("reading the structure of table {name}"), e);
     let sql: String = conn
         .query_row(
@@ -86,7 +95,12 @@ pub(crate) fn read_table(conn: &Connection, path: &Path, name: &str) -> Result<T
 
     let mut columns = Vec::with_capacity(raw.len());
     for (cname, declared, not_null, pk) in &raw {
-        let ty = column_type(declared).ok_or_else(|| {
+        let ty = if keep_storage_classes {
+            Some(ColumnType::Dynamic)
+        } else {
+            column_type(declared)
+        };
+        let ty = ty.ok_or_else(|| {
             Error::fatal(format!(
                 "column {name}.{cname} has type {declared:?}, which ferry does not support"
             ))
@@ -97,7 +111,9 @@ pub(crate) fn read_table(conn: &Connection, path: &Path, name: &str) -> Result<T
                  (`exclude_columns = [\"{name}.{cname}\"]`)"
             ))
         })?;
-        let key_never_null = *pk > 0 && (without_rowid || rowid_alias);
+        // Kept as declared for a SQLite target, which reads the key the
+        // same way (an `INTEGER PRIMARY KEY` stays the rowid).
+        let key_never_null = *pk > 0 && (without_rowid || rowid_alias) && !keep_storage_classes;
         columns.push(Column {
             name: cname.clone(),
             ty,
@@ -186,7 +202,6 @@ fn check_key_collation(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use ferry_core::ColumnType;
 
     fn db(sql: &str) -> Connection {
         let c = Connection::open_in_memory().unwrap();
@@ -197,12 +212,12 @@ mod tests {
     #[test]
     fn reads_columns_and_key_order() {
         let c = db("CREATE TABLE t(b TEXT NOT NULL, a INT, x, PRIMARY KEY(a, b))");
-        let t = read_table(&c, Path::new("m"), "t").unwrap();
+        let t = read_table(&c, Path::new("m"), "t", false).unwrap();
         assert_eq!(t.key_names(), ["a", "b"]);
         assert_eq!(t.columns[2].ty, ColumnType::Dynamic);
         assert!(!t.columns[0].nullable);
         let c = db("CREATE TABLE u(id INTEGER PRIMARY KEY, v REAL)");
-        let u = read_table(&c, Path::new("m"), "u").unwrap();
+        let u = read_table(&c, Path::new("m"), "u", false).unwrap();
         assert!(!u.columns[0].nullable);
         assert_eq!(u.columns[1].ty, ColumnType::Float64);
     }
@@ -214,24 +229,59 @@ mod tests {
              CREATE UNIQUE INDEX uk_cb ON uk(c, b); \
              CREATE TABLE ci(a TEXT NOT NULL COLLATE NOCASE UNIQUE, b); \
              CREATE TABLE part(a INT NOT NULL, b); CREATE UNIQUE INDEX part_a ON part(a) WHERE a > 0;");
-        let t = read_table(&c, Path::new("m"), "nokey").unwrap();
+        let t = read_table(&c, Path::new("m"), "nokey", false).unwrap();
         assert!(t.is_keyless());
         // `UNIQUE(a)` is on a nullable column: the index on (c, b) is the key.
-        let t = read_table(&c, Path::new("m"), "uk").unwrap();
+        let t = read_table(&c, Path::new("m"), "uk", false).unwrap();
         assert_eq!(t.key_names(), ["c", "b"]);
         // Not ordered by bytes, or partial: no key.
-        assert!(read_table(&c, Path::new("m"), "ci").unwrap().is_keyless());
-        assert!(read_table(&c, Path::new("m"), "part").unwrap().is_keyless());
+        assert!(
+            read_table(&c, Path::new("m"), "ci", false)
+                .unwrap()
+                .is_keyless()
+        );
+        assert!(
+            read_table(&c, Path::new("m"), "part", false)
+                .unwrap()
+                .is_keyless()
+        );
+    }
+
+    #[test]
+    fn keeping_storage_classes_every_column_is_dynamic_with_its_declared_type() {
+        let c = db(
+            "CREATE TABLE t(id INTEGER PRIMARY KEY, v VARCHAR(20), d DECIMAL(10,2), \
+             p POINT, x)",
+        );
+        let t = read_table(&c, Path::new("m"), "t", true).unwrap();
+        let cols: Vec<(&str, &ColumnType)> = t
+            .columns
+            .iter()
+            .map(|c| (c.source_type.as_str(), &c.ty))
+            .collect();
+        assert_eq!(
+            cols,
+            [
+                ("INTEGER", &ColumnType::Dynamic),
+                ("VARCHAR(20)", &ColumnType::Dynamic),
+                ("DECIMAL(10,2)", &ColumnType::Dynamic),
+                ("POINT", &ColumnType::Dynamic),
+                ("", &ColumnType::Dynamic),
+            ]
+        );
+        assert_eq!(t.key_names(), ["id"]);
+        // As declared: no NOT NULL (the rowid cannot be NULL all the same).
+        assert!(t.columns[0].nullable);
     }
 
     #[test]
     fn unusable_tables_are_fatal_with_fixes() {
         let c = db("CREATE TABLE geo(id INTEGER PRIMARY KEY, p POINT); \
              CREATE TABLE ci(k TEXT COLLATE NOCASE PRIMARY KEY)");
-        let e = read_table(&c, Path::new("m"), "geo").unwrap_err();
+        let e = read_table(&c, Path::new("m"), "geo", false).unwrap_err();
         assert!(e.message().contains("geo.p") && e.message().contains("POINT"));
         assert!(e.fix().unwrap().contains("exclude_columns = [\"geo.p\"]"));
-        let e = read_table(&c, Path::new("m"), "ci").unwrap_err();
+        let e = read_table(&c, Path::new("m"), "ci", false).unwrap_err();
         assert!(e.message().contains("NOCASE"));
     }
 }

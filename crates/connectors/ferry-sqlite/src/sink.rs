@@ -7,8 +7,11 @@
 //! OS crash or power loss may lose the last commits, but data and
 //! checkpoint are lost together, so ferry resumes from what is there.
 
+mod indexes;
 mod wal;
 mod writer;
+
+pub use indexes::IndexSource;
 
 use std::path::{Path, PathBuf};
 
@@ -20,7 +23,7 @@ use ferry_core::{
 use rusqlite::{Connection, TransactionBehavior};
 
 use crate::connection::{Blocking, db_error, ident, open_target};
-use crate::types::declared_type;
+use crate::types::{has_text_affinity, target_declared_type};
 
 const CREATE_CHECKPOINT: &str = "CREATE TABLE IF NOT EXISTS _ferry_checkpoint(\
      pipeline TEXT NOT NULL, scope TEXT NOT NULL, value TEXT NOT NULL, \
@@ -33,6 +36,10 @@ pub struct SqliteSinkConfig {
     pub path: PathBuf,
     /// Pipeline name: the key of this pipeline's checkpoint records.
     pub pipeline: String,
+    /// The SQLite source whose indexes each table the sink creates gets
+    /// too (SQLite → SQLite; see `sink/indexes.rs`). `None`: tables get
+    /// their columns and key only.
+    pub indexes_from: Option<IndexSource>,
 }
 
 /// A SQLite database written by ferry.
@@ -82,13 +89,16 @@ pub(crate) fn load_checkpoint(c: &Connection, path: &Path, pipeline: &str) -> Re
 }
 
 /// `CREATE TABLE` for a target table: logical types mapped by
-/// [`declared_type`], `NOT NULL` kept, the key (if any) as primary key.
-pub(crate) fn create_table_sql(table: &TableSchema) -> String {
+/// [`target_declared_type`] (a SQLite source's declared types verbatim),
+/// `NOT NULL` kept, the key (if any) as primary key. A one-column key
+/// declared `INTEGER` is the rowid, as it is on a SQLite source.
+/// `constraints` are more table constraints (`UNIQUE (...)`).
+fn create_table_sql(table: &TableSchema, constraints: &[String]) -> String {
     let mut parts: Vec<String> = table
         .columns
         .iter()
         .map(|c| {
-            let ty = declared_type(&c.ty);
+            let ty = target_declared_type(c);
             let mut def = ident(&c.name);
             if !ty.is_empty() {
                 def.push(' ');
@@ -105,6 +115,7 @@ pub(crate) fn create_table_sql(table: &TableSchema) -> String {
         let key: Vec<String> = table.key_names().iter().map(|k| ident(k)).collect();
         parts.push(format!("PRIMARY KEY ({})", key.join(", ")));
     }
+    parts.extend(constraints.iter().cloned());
     format!(
         "CREATE TABLE IF NOT EXISTS {} ({})",
         ident(&table.name.name),
@@ -127,17 +138,52 @@ pub(crate) fn target_columns(
     Ok((cols.into_iter().map(|c| c.0).collect(), key))
 }
 
-/// Creates `table` if missing. Returns whether an existing one lacks
-/// columns of it (the writer's `Step::Schema` adds them).
-fn ensure_table(c: &Connection, path: &Path, table: &TableSchema) -> Result<bool> {
+/// Creates `table` if missing, with the source's indexes when `indexes`
+/// says where they are. Returns whether the table was created.
+pub(crate) fn create_table(
+    c: &Connection,
+    path: &Path,
+    table: &TableSchema,
+    indexes: Option<&IndexSource>,
+) -> Result<bool> {
     let name = &table.name.name;
-    let sql = create_table_sql(table);
+    let exists = c
+        .query_row(
+            "SELECT count(*) FROM sqlite_schema WHERE type = 'table' AND name = ?1",
+            [name],
+            |r| r.get::<_, i64>(0),
+        )
+        .map_err(|e| db_error(path, &format!("looking for table {name}"), e))?
+        > 0;
+    if exists {
+        return Ok(false);
+    }
+    let found = match indexes {
+        Some(from) => indexes::SourceIndexes::read(from, table)?,
+        None => indexes::SourceIndexes::default(),
+    };
+    let sql = create_table_sql(table, &found.constraints(table));
     c.execute_batch(&sql).map_err(|e| {
         db_error(path, &format!("creating table {name}"), e).with("statement", sql.clone())
     })?;
+    found.create(c, path, table)?;
+    Ok(true)
+}
+
+/// Creates `table` if missing. Returns whether an existing one lacks
+/// columns of it (the writer's `Step::Schema` adds them).
+fn ensure_table(
+    c: &Connection,
+    path: &Path,
+    table: &TableSchema,
+    indexes: Option<&IndexSource>,
+) -> Result<bool> {
+    let name = &table.name.name;
+    create_table(c, path, table, indexes)?;
     let (existing, key) = target_columns(c, name)
         .map_err(|e| db_error(path, &format!("reading the structure of table {name}"), e))?;
     let altered = table.columns.iter().any(|c| !existing.contains(&c.name));
+    warn_numeric_json(c, path, table)?;
     let want: Vec<&str> = table.key_names();
     if key != want {
         // Upserts name the key in ON CONFLICT; any other key makes them fail.
@@ -152,6 +198,40 @@ fn ensure_table(c: &Connection, path: &Path, table: &TableSchema) -> Result<bool
         ));
     }
     Ok(altered)
+}
+
+/// A JSON column of an existing target (created by ferry before it
+/// declared `JSON_TEXT`, or by hand) whose affinity is not TEXT stores a
+/// document that is a bare number as a number: `12345678901234567890`
+/// would lose digits. SQLite cannot change a column's type in place, so
+/// this is a warning with the fix, not an error.
+fn warn_numeric_json(c: &Connection, path: &Path, table: &TableSchema) -> Result<()> {
+    let name = &table.name.name;
+    let declared: Vec<(String, String)> = c
+        .prepare("SELECT name, type FROM pragma_table_info(?1)")
+        .and_then(|mut s| {
+            s.query_map([name], |r| Ok((r.get(0)?, r.get(1)?)))?
+                .collect()
+        })
+        .map_err(|e| db_error(path, &format!("reading the structure of table {name}"), e))?;
+    for col in table
+        .columns
+        .iter()
+        .filter(|c| c.ty == ferry_core::ColumnType::Json)
+    {
+        if let Some((_, ty)) = declared
+            .iter()
+            .find(|(n, ty)| *n == col.name && !has_text_affinity(ty))
+        {
+            tracing::warn!(
+                table = %name, column = %col.name, declared = %ty,
+                "target column is not of TEXT affinity: a JSON document that is a bare number \
+                 is stored as a number and may lose digits; to keep it exactly, recreate the \
+                 table with the column declared JSON_TEXT (or drop it so ferry recreates it)"
+            );
+        }
+    }
+    Ok(())
 }
 
 #[async_trait]
@@ -213,6 +293,7 @@ impl Sink for SqliteSink {
     async fn ensure_tables(&self, tables: &[TableRef]) -> Result<Vec<TableName>> {
         let tables = tables.to_vec();
         let path = self.cfg.path.clone();
+        let indexes = self.cfg.indexes_from.clone();
         self.conn
             .run(move |c| {
                 let err = |e| db_error(&path, "creating target tables", e);
@@ -221,7 +302,7 @@ impl Sink for SqliteSink {
                     .map_err(err)?;
                 let mut altered = Vec::new();
                 for table in &tables {
-                    if ensure_table(&tx, &path, table)? {
+                    if ensure_table(&tx, &path, table, indexes.as_ref())? {
                         altered.push(table.name.clone());
                     }
                 }
@@ -240,6 +321,7 @@ impl Sink for SqliteSink {
             conn,
             &self.cfg.path,
             &self.cfg.pipeline,
+            self.cfg.indexes_from.clone(),
         )))
     }
 }
@@ -260,7 +342,7 @@ impl TableReader for SqliteSink {
         after: Option<&[Value]>,
         limit: usize,
     ) -> Result<Vec<Vec<Value>>> {
-        crate::reader::read_rows(&self.conn, table, after, limit).await
+        crate::reader::read_rows(&self.conn, table, after, limit, crate::reader::Side::Target).await
     }
 
     async fn scan_rows(
@@ -268,7 +350,7 @@ impl TableReader for SqliteSink {
         table: &TableRef,
         on_rows: &mut (dyn FnMut(Vec<Vec<Value>>) -> Result<()> + Send),
     ) -> Result<()> {
-        crate::reader::scan_rows(&self.conn, table, on_rows).await
+        crate::reader::scan_rows(&self.conn, table, on_rows, crate::reader::Side::Target).await
     }
 }
 
@@ -306,14 +388,22 @@ mod tests {
                     source_type: String::new(),
                     user_type: None,
                 },
+                // A SQLite source's declared type, kept verbatim.
+                Column {
+                    name: "v".into(),
+                    ty: ColumnType::Dynamic,
+                    nullable: true,
+                    source_type: "varchar(20)".into(),
+                    user_type: None,
+                },
             ],
             key: vec![0],
             version: 1,
         };
         assert_eq!(
-            create_table_sql(&t),
+            create_table_sql(&t, &["UNIQUE (\"amount\")".to_owned()]),
             "CREATE TABLE IF NOT EXISTS \"or\"\"ders\" (\"id\" INTEGER NOT NULL, \
-             \"amount\" DECIMAL_TEXT(12,2), \"any\", PRIMARY KEY (\"id\"))"
+             \"amount\" DECIMAL_TEXT(12,2), \"any\", \"v\" varchar(20), PRIMARY KEY (\"id\"), UNIQUE (\"amount\"))"
         );
     }
 }

@@ -25,7 +25,7 @@ use rusqlite::Connection;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::connection::{db_error, ident, journal_mode, open_source};
-use crate::reader::{column_list, convert_row, key_order, key_tuple, params_tuple};
+use crate::reader::{Side, column_list, convert_row, key_order, key_tuple, params_tuple};
 use crate::types::Param;
 
 /// A chunk, the end of the snapshot (`None`), or the error that stopped it.
@@ -234,7 +234,7 @@ fn copy_table(
                     return Ok(false);
                 }
             }
-            buf.push(convert_row(table, row)?);
+            buf.push(convert_row(table, row, Side::Source)?);
         }
         let range = KeyRange {
             lower,

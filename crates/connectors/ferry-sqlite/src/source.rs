@@ -50,6 +50,15 @@ pub struct SqliteSourceConfig {
     pub poll_interval: Duration,
     /// Most changes per event, and most rows per snapshot chunk.
     pub max_chunk_rows: usize,
+    /// Carry every value with the storage class it has (INTEGER, REAL,
+    /// TEXT, BLOB) and every column's declared type verbatim: all columns
+    /// become [`ColumnType::Dynamic`](ferry_core::ColumnType::Dynamic) with
+    /// `source_type` the declared type, whatever it says. For a SQLite
+    /// target, which then reproduces `typeof()` and `quote()` of every
+    /// cell. Off (the default), each column is narrowed to the logical type
+    /// its declared type names and every value is checked against it, for
+    /// targets of other kinds (see `docs/types.md`).
+    pub keep_storage_classes: bool,
 }
 
 impl SqliteSourceConfig {
@@ -61,6 +70,7 @@ impl SqliteSourceConfig {
             selection: Selection::default(),
             poll_interval: Duration::from_millis(20),
             max_chunk_rows: 10_000,
+            keep_storage_classes: false,
         }
     }
 }
@@ -151,6 +161,7 @@ impl SqliteSource {
     async fn load_tables(&self) -> Result<(Vec<TableRef>, i64)> {
         let selection = self.cfg.selection.clone();
         let path = self.cfg.path.clone();
+        let keep = self.cfg.keep_storage_classes;
         self.conn
             .run(move |c| {
                 let tx = c
@@ -159,7 +170,7 @@ impl SqliteSource {
                 let version = schema_version(&tx, &path)?;
                 let mut out = Vec::new();
                 for name in selected_tables(&tx, &path, &selection)? {
-                    out.push(Arc::new(read_table(&tx, &path, &name)?));
+                    out.push(Arc::new(read_table(&tx, &path, &name, keep)?));
                 }
                 Ok((out, version))
             })
@@ -341,6 +352,7 @@ impl SqliteSource {
         let path = self.cfg.path.clone();
         let pipeline = self.cfg.pipeline.clone();
         let selection = self.cfg.selection.clone();
+        let keep = self.cfg.keep_storage_classes;
         let changed = self
             .conn
             .run(move |c| {
@@ -351,7 +363,7 @@ impl SqliteSource {
                     if tables.iter().any(|t| t.name.name == name) {
                         continue;
                     }
-                    let table = Arc::new(read_table(c, &path, &name)?);
+                    let table = Arc::new(read_table(c, &path, &name, keep)?);
                     let err = |e| db_error(&path, "installing capture triggers", e);
                     let tx = c
                         .transaction_with_behavior(TransactionBehavior::Immediate)
@@ -363,7 +375,7 @@ impl SqliteSource {
                     changed.push(table);
                 }
                 for table in tables {
-                    let now = read_table(c, &path, &table.name.name);
+                    let now = read_table(c, &path, &table.name.name, keep);
                     if now
                         .as_ref()
                         .is_ok_and(|n| n.columns == table.columns && n.key == table.key)
@@ -460,7 +472,14 @@ impl SqliteSource {
                 let err = |e| db_error(&path, "reading a re-copy chunk", e);
                 let tx = c.transaction().map_err(err)?;
                 let at = capture::extent(&tx).map_err(err)?.allocated;
-                let rows = crate::reader::read_rows_in(&tx, &path, &t, a.as_deref(), limit)?;
+                let rows = crate::reader::read_rows_in(
+                    &tx,
+                    &path,
+                    &t,
+                    a.as_deref(),
+                    limit,
+                    crate::reader::Side::Source,
+                )?;
                 tx.commit().map_err(err)?;
                 Ok((at, rows))
             })
@@ -904,7 +923,7 @@ impl TableReader for SqliteSource {
         after: Option<&[Value]>,
         limit: usize,
     ) -> Result<Vec<Vec<Value>>> {
-        crate::reader::read_rows(&self.conn, table, after, limit).await
+        crate::reader::read_rows(&self.conn, table, after, limit, crate::reader::Side::Source).await
     }
 
     async fn scan_rows(
@@ -912,6 +931,6 @@ impl TableReader for SqliteSource {
         table: &TableRef,
         on_rows: &mut (dyn FnMut(Vec<Vec<Value>>) -> Result<()> + Send),
     ) -> Result<()> {
-        crate::reader::scan_rows(&self.conn, table, on_rows).await
+        crate::reader::scan_rows(&self.conn, table, on_rows, crate::reader::Side::Source).await
     }
 }

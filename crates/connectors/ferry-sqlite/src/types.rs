@@ -14,7 +14,7 @@ use rusqlite::ToSql;
 use rusqlite::types::{ToSqlOutput, ValueRef};
 
 use crate::array;
-use crate::temporal::{format_interval, parse_interval, temporal_text};
+use crate::temporal::{format_interval, infinity_value, parse_interval, temporal_text};
 
 /// Declared types ferry understands, for messages.
 pub(crate) const SUPPORTED_TYPES: &str = "INTEGER (INT, BIGINT, ...), BOOLEAN, REAL (FLOAT, DOUBLE), \
@@ -62,7 +62,7 @@ pub(crate) fn column_type(declared: &str) -> Option<ColumnType> {
         "TIMESTAMPTZ" | "TIMESTAMP WITH TIME ZONE" => ColumnType::TimestampTz,
         "TIME" | "TIME WITHOUT TIME ZONE" => ColumnType::Time,
         "INTERVAL" => ColumnType::Interval,
-        "JSON" | "JSONB" | "ARRAY_JSON" => ColumnType::Json,
+        "JSON" | "JSONB" | "JSON_TEXT" | "ARRAY_JSON" => ColumnType::Json,
         "UUID" => ColumnType::Uuid,
         "BLOB" | "BYTEA" | "BINARY" | "VARBINARY" => ColumnType::Bytes,
         "TEXT" | "CLOB" => text(None),
@@ -93,9 +93,9 @@ fn parse_params(p: &str) -> Vec<i64> {
         .collect()
 }
 
-/// The declared type a target column gets. Affinities matter: decimals go
-/// to a TEXT-affinity type (`DECIMAL_TEXT`) because NUMERIC affinity would
-/// round them through a double; integers use exactly `INTEGER` so a
+/// The declared type a target column gets. Affinities matter: decimals and
+/// JSON go to TEXT-affinity types (`DECIMAL_TEXT`, `JSON_TEXT`) because
+/// NUMERIC affinity would round them through a double; integers use exactly `INTEGER` so a
 /// single-column integer key becomes the rowid.
 pub(crate) fn declared_type(ty: &ColumnType) -> String {
     match ty {
@@ -118,10 +118,31 @@ pub(crate) fn declared_type(ty: &ColumnType) -> String {
         ColumnType::TimestampTz => "TIMESTAMPTZ".into(),
         ColumnType::Interval => "INTERVAL".into(),
         ColumnType::Uuid => "UUID".into(),
-        ColumnType::Json => "JSON".into(),
+        // TEXT affinity: under `JSON` (NUMERIC affinity) a document that is
+        // a bare number would be stored as a number and lose digits.
+        ColumnType::Json => "JSON_TEXT".into(),
         ColumnType::Array(_) => "ARRAY_JSON".into(),
         ColumnType::Dynamic => String::new(),
     }
+}
+
+/// The declared type a target column gets: a `Dynamic` column keeps the
+/// type its source declared, verbatim (`VARCHAR(20)`, `DECIMAL(10,2)`,
+/// none at all), so the target applies the same affinity to the same
+/// values; SQLite → SQLite reads every column that way. Other columns get
+/// [`declared_type`].
+pub(crate) fn target_declared_type(col: &ferry_core::Column) -> String {
+    match col.ty {
+        ColumnType::Dynamic => col.source_type.clone(),
+        ref ty => declared_type(ty),
+    }
+}
+
+/// Whether SQLite gives a column declared `declared` TEXT affinity (its
+/// rules: no `INT`, and `CHAR`, `CLOB` or `TEXT`), so text stays text.
+pub(crate) fn has_text_affinity(declared: &str) -> bool {
+    let u = declared.to_ascii_uppercase();
+    !u.contains("INT") && (u.contains("CHAR") || u.contains("CLOB") || u.contains("TEXT"))
 }
 
 /// Converts a stored SQLite value to a [`Value`] of the column's type.
@@ -142,6 +163,15 @@ pub(crate) fn to_value(ty: &ColumnType, v: ValueRef<'_>) -> Result<Value, String
             .and_then(f)
             .ok_or_else(|| format!("is not a valid {what}"))
     };
+    // `infinity`/`-infinity` in a date or timestamp column (see
+    // `temporal::infinity_text`).
+    if let R::Text(t) = v
+        && let Some(inf) = std::str::from_utf8(t)
+            .ok()
+            .and_then(|s| infinity_value(ty, s))
+    {
+        return Ok(inf);
+    }
     let out = match (ty, v) {
         (ColumnType::Dynamic, R::Integer(i)) => Value::Int(i),
         (ColumnType::Dynamic, R::Real(f)) => Value::Float(f),
@@ -386,6 +416,8 @@ mod tests {
         assert_eq!(t("json"), Some(ColumnType::Json));
         assert_eq!(t("uuid"), Some(ColumnType::Uuid));
         assert_eq!(t("POINT"), None);
+        assert!(has_text_affinity("JSON_TEXT") && has_text_affinity("varchar(3)"));
+        assert!(!has_text_affinity("JSON") && !has_text_affinity("TINYTEXT_INT"));
         assert_eq!(t("GEOMETRY"), None);
     }
 
@@ -441,6 +473,10 @@ mod tests {
                 Value::Timestamp(1_700_000_000_000_001),
             ),
             (ColumnType::TimestampTz, Value::TimestampTz(-1)),
+            (ColumnType::TimestampTz, Value::TimestampTz(i64::MAX)),
+            (ColumnType::Timestamp, Value::Timestamp(i64::MIN)),
+            (ColumnType::Date, Value::Date(i32::MIN)),
+            (ColumnType::Json, Value::Json("12345678901234567890".into())),
             (
                 ColumnType::Interval,
                 Value::Interval {
@@ -471,6 +507,37 @@ mod tests {
             } else {
                 assert_eq!(back, v, "{ty:?}");
             }
+        }
+    }
+
+    /// Through a real column of the declared type the sink gives it, so
+    /// the column's affinity has its say: a JSON document that is a bare
+    /// number and infinite timestamps come back as they went in.
+    #[test]
+    fn values_survive_the_affinity_of_their_target_column() {
+        let c = rusqlite::Connection::open_in_memory().unwrap();
+        let cases = [
+            (ColumnType::Json, Value::Json("12345678901234567890".into())),
+            (ColumnType::Json, Value::Json("1.0".into())),
+            (ColumnType::Json, Value::Json("-0".into())),
+            (ColumnType::TimestampTz, Value::TimestampTz(i64::MAX)),
+            (ColumnType::TimestampTz, Value::TimestampTz(i64::MIN)),
+            (ColumnType::Timestamp, Value::Timestamp(i64::MAX)),
+            (ColumnType::Date, Value::Date(i32::MIN)),
+            (ColumnType::Date, Value::Date(i32::MAX)),
+        ];
+        for (i, (ty, v)) in cases.into_iter().enumerate() {
+            let table = format!("t{i}");
+            c.execute_batch(&format!("CREATE TABLE {table}(v {})", declared_type(&ty)))
+                .unwrap();
+            c.execute(&format!("INSERT INTO {table} VALUES (?1)"), [Param(&v)])
+                .unwrap();
+            let back = c
+                .query_row(&format!("SELECT v FROM {table}"), [], |r| {
+                    Ok(to_value(&ty, r.get_ref(0)?))
+                })
+                .unwrap();
+            assert_eq!(back, Ok(v), "{ty:?}");
         }
     }
 

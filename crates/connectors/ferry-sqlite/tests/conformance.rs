@@ -83,6 +83,7 @@ async fn sqlite_sink_passes_the_checkpoint_store_conformance_suite() {
         SqliteSink::open(SqliteSinkConfig {
             path: dir.path().join("target.db"),
             pipeline: pipeline.into(),
+            indexes_from: None,
         })
         .unwrap()
     };

@@ -49,6 +49,7 @@ impl Replica {
         let sink = SqliteSink::open(SqliteSinkConfig {
             path: db.dir.path().join("target.db"),
             pipeline: "test".into(),
+            indexes_from: None,
         })
         .unwrap();
         sink.ensure_tables(&tables).await.unwrap();

@@ -30,6 +30,7 @@ async fn snapshot_and_changes_round_trip_into_a_sqlite_target() {
     let sink = SqliteSink::open(SqliteSinkConfig {
         path: target_path,
         pipeline: "test".into(),
+        indexes_from: None,
     })
     .unwrap();
     sink.ensure_tables(&tables).await.unwrap();

@@ -73,6 +73,7 @@ async fn target() -> Target {
     let sink = SqliteSink::open(SqliteSinkConfig {
         path: path.clone(),
         pipeline: "p".into(),
+        indexes_from: None,
     })
     .unwrap();
     sink.ensure_tables(&[orders()]).await.unwrap();
@@ -335,6 +336,7 @@ async fn unwritable_targets_are_fatal_and_named() {
     let err = SqliteSink::open(SqliteSinkConfig {
         path: missing.clone(),
         pipeline: "p".into(),
+        indexes_from: None,
     })
     .err()
     .unwrap();
@@ -373,6 +375,7 @@ async fn sqlite_sink_passes_the_sink_conformance_suite() {
     let sink = SqliteSink::open(SqliteSinkConfig {
         path: dir.path().join("conformance.db"),
         pipeline: "conformance".into(),
+        indexes_from: None,
     })
     .unwrap();
     let table = ferry_testkit::doubles::conformance_table(ferry_core::TableName::bare("conf"));
@@ -398,6 +401,7 @@ async fn sqlite_sink_passes_the_fence_conformance_suite() {
             SqliteSink::open(SqliteSinkConfig {
                 path,
                 pipeline: pipeline.into(),
+                indexes_from: None,
             })
             .unwrap(),
         ) as Box<dyn Sink>

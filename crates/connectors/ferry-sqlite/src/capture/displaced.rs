@@ -560,7 +560,7 @@ mod tests {
         )
         .unwrap();
         for name in ["a", "b", "w", "t", "n"] {
-            let table = crate::schema::read_table(&c, Path::new("m"), name).unwrap();
+            let table = crate::schema::read_table(&c, Path::new("m"), name, false).unwrap();
             let d = plan(&c, &table).unwrap().unwrap();
             let sql = format!(
                 "EXPLAIN QUERY PLAN SELECT 1 FROM {} WHERE {}",
@@ -591,7 +591,7 @@ mod tests {
         )
         .unwrap();
         let conflicts = |name: &str| {
-            let table = crate::schema::read_table(&c, Path::new("m"), name).unwrap();
+            let table = crate::schema::read_table(&c, Path::new("m"), name, false).unwrap();
             plan(&c, &table).unwrap().unwrap().conflicts
         };
         // The key only: the rowid is the key.

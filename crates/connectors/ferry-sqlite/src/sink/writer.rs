@@ -18,11 +18,12 @@ use ferry_core::{
 };
 use rusqlite::{CachedStatement, Connection, params};
 
+use super::indexes::IndexSource;
 use super::target_columns;
 use super::wal::{self, Checkpointer};
 use crate::connection::{Blocking, db_error, ident};
 use crate::temporal::temporal_text;
-use crate::types::{Param, declared_type, sql_literal};
+use crate::types::{Param, sql_literal, target_declared_type};
 
 const UPSERT_CHECKPOINT: &str = "INSERT INTO _ferry_checkpoint(pipeline, scope, value, updated_at) \
      VALUES (?1, ?2, ?3, strftime('%Y-%m-%d %H:%M:%f', 'now')) \
@@ -31,16 +32,25 @@ const UPSERT_CHECKPOINT: &str = "INSERT INTO _ferry_checkpoint(pipeline, scope, 
 pub(crate) struct SqliteWriter {
     state: Blocking<Connection>,
     pipeline: String,
+    /// Where tables this writer creates (`Step::Schema` of a table new to
+    /// the pipeline) get their indexes from.
+    indexes: Option<Arc<IndexSource>>,
     dropper: Dropper,
     checkpointer: Arc<Checkpointer>,
 }
 
 impl SqliteWriter {
-    pub(crate) fn new(conn: Connection, path: &Path, pipeline: &str) -> Self {
+    pub(crate) fn new(
+        conn: Connection,
+        path: &Path,
+        pipeline: &str,
+        indexes: Option<IndexSource>,
+    ) -> Self {
         wal::install_hook(&conn);
         SqliteWriter {
             state: Blocking::new(conn, path),
             pipeline: pipeline.to_owned(),
+            indexes: indexes.map(Arc::new),
             dropper: Dropper::start(),
             checkpointer: Arc::new(Checkpointer::start(path)),
         }
@@ -306,6 +316,9 @@ fn apply_ops(c: &Connection, path: &Path, ops: &TableOps) -> Result<()> {
         Statement::new(c, path, t, sql)?.run(values, || key.clone())?;
         Ok(())
     };
+    if !ops.upserts.is_empty() && has_other_unique_index(c, path, t)? {
+        return apply_upserts_in_two_passes(c, path, ops, &mut update);
+    }
     if !ops.upserts.is_empty() {
         let sql = upsert_sql(t);
         let mut stmt = Statement::new(c, path, t, &sql)?;
@@ -320,6 +333,57 @@ fn apply_ops(c: &Connection, path: &Path, ops: &TableOps) -> Result<()> {
         }
     }
     for row in &ops.updates {
+        update(row)?;
+    }
+    Ok(())
+}
+
+/// Whether `t` has a unique index besides its key (a `UNIQUE` constraint
+/// or a `CREATE UNIQUE INDEX`, copied from a SQLite source or made by
+/// hand). Read from the schema SQLite holds in memory: cheap per batch.
+fn has_other_unique_index(c: &Connection, path: &Path, t: &TableSchema) -> Result<bool> {
+    c.prepare_cached(
+        "SELECT count(*) FROM pragma_index_list(?1) WHERE \"unique\" = 1 AND origin <> 'pk'",
+    )
+    .and_then(|mut s| s.query_row([&t.name.name], |r| r.get::<_, i64>(0)))
+    .map(|n| n > 0)
+    .map_err(|e| db_error(path, &format!("reading the indexes of {}", t.name.name), e))
+}
+
+/// Upserts of a table with another unique index. The merged rows are a
+/// state the source had, so their values are unique together; but one
+/// upsert at a time may pass through a state that is not (two rows that
+/// swapped a unique value: the first write collides with the second
+/// row's old value). So every upserted key is deleted first, then the
+/// rows are inserted: at each step the table holds only rows of the final
+/// state. Rows with unchanged columns (updates) follow, as before.
+fn apply_upserts_in_two_passes(
+    c: &Connection,
+    path: &Path,
+    ops: &TableOps,
+    update: &mut dyn FnMut(&[Value]) -> Result<()>,
+) -> Result<()> {
+    let t = &*ops.table;
+    let (full, partial): (Vec<&Vec<Value>>, Vec<&Vec<Value>>) = ops
+        .upserts
+        .iter()
+        .partition(|row| !row.iter().any(|v| matches!(v, Value::Unchanged)));
+    let sql = format!(
+        "DELETE FROM {} WHERE {}",
+        ident(&t.name.name),
+        key_match(t, 1)
+    );
+    let mut delete = Statement::new(c, path, t, &sql)?;
+    for row in &full {
+        let key = t.key_of(row);
+        delete.run(&key, || key.clone())?;
+    }
+    let insert = insert_sql(t, 1);
+    let mut stmt = Statement::new(c, path, t, &insert)?;
+    for row in &full {
+        stmt.run(row.iter(), || t.key_of(row))?;
+    }
+    for row in partial.into_iter().chain(&ops.updates) {
         update(row)?;
     }
     Ok(())
@@ -346,13 +410,16 @@ fn move_key(
 /// rows already there as their default). Added columns are nullable
 /// whatever the source says: SQLite cannot add a NOT NULL column without a
 /// default.
-fn alter(c: &Connection, path: &Path, t: &TableSchema, alter: &Alteration) -> Result<()> {
+fn alter(
+    c: &Connection,
+    path: &Path,
+    t: &TableSchema,
+    alter: &Alteration,
+    indexes: Option<&IndexSource>,
+) -> Result<()> {
     let name = &t.name.name;
-    // A table new to the pipeline is created (`CREATE TABLE IF NOT EXISTS`).
-    let create = crate::sink::create_table_sql(t);
-    c.execute_batch(&create).map_err(|e| {
-        db_error(path, &format!("creating table {name}"), e).with("statement", create.clone())
-    })?;
+    // A table new to the pipeline is created, with its source's indexes.
+    crate::sink::create_table(c, path, t, indexes)?;
     let read = |c: &Connection| {
         target_columns(c, name)
             .map(|(cols, _)| cols)
@@ -389,7 +456,7 @@ fn alter(c: &Connection, path: &Path, t: &TableSchema, alter: &Alteration) -> Re
             "ALTER TABLE {} ADD COLUMN {} {}{default}",
             ident(name),
             ident(&col.name),
-            declared_type(&col.ty)
+            target_declared_type(col)
         );
         c.execute_batch(&sql).map_err(|e| {
             db_error(path, &format!("adding column {}.{}", name, col.name), e)
@@ -467,11 +534,16 @@ fn apply_keyless(c: &Connection, path: &Path, t: &TableSchema, ops: &[KeylessOp]
     Ok(())
 }
 
-fn apply_step(c: &Connection, path: &Path, step: &Step) -> Result<()> {
+fn apply_step(
+    c: &Connection,
+    path: &Path,
+    step: &Step,
+    indexes: Option<&IndexSource>,
+) -> Result<()> {
     match step {
         Step::Rows(ops) => ops.iter().try_for_each(|o| apply_ops(c, path, o)),
         Step::Truncate(tables) => tables.iter().try_for_each(|t| clear(c, path, t)),
-        Step::Schema { table, alter: a } => alter(c, path, table, a),
+        Step::Schema { table, alter: a } => alter(c, path, table, a, indexes),
         Step::MoveKey {
             table,
             old_key,
@@ -560,8 +632,11 @@ impl SinkWriter for SqliteWriter {
 
     async fn apply(&mut self, steps: &[Step]) -> Result<()> {
         let steps = steps.to_vec();
+        let indexes = self.indexes.clone();
         self.in_txn("apply()", move |c, path| {
-            steps.iter().try_for_each(|s| apply_step(c, path, s))
+            steps
+                .iter()
+                .try_for_each(|s| apply_step(c, path, s, indexes.as_deref()))
         })
         .await
     }
