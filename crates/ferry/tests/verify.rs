@@ -231,3 +231,95 @@ fn verify_reports_a_missing_table_and_stops_quietly_on_a_closed_pipe() {
     assert!(!err.contains("panicked"), "{err}");
     assert_eq!(out.status.code(), Some(141), "{err}");
 }
+
+/// PostgreSQL → PostgreSQL: the target reaches the source's position
+/// through commits and, when the stream is quiet, through heartbeats.
+#[test]
+fn postgres_verify_while_changes_flow_reports_only_real_differences() {
+    let pg = ferry_testkit::PostgresServer::start();
+    pg.create_database("src");
+    pg.create_database("dst");
+    pg.psql_in(
+        "src",
+        &format!(
+            "CREATE TABLE acct (id int PRIMARY KEY, n int NOT NULL, note text);
+             INSERT INTO acct SELECT g, g, 'row ' || g FROM generate_series(1, {ROWS}) g;"
+        ),
+    );
+    let d = Dir::new();
+    let p = d.pipeline_between(&pg.url_for("src"), &pg.url_for("dst"), "");
+    let ps = p.to_str().unwrap();
+    let log = d.path("ferry.log");
+    let child = spawn_streaming(&p, &log);
+    eventually_blocking("snapshot copied", Duration::from_secs(60), || {
+        (crate::kit::pg_number(&pg, "dst", "SELECT count(*) FROM acct") == ROWS).then_some(())
+    });
+    // A writer: batches of 50 one-row transactions until stopped.
+    let stop = Arc::new(AtomicBool::new(false));
+    let batches = Arc::new(AtomicU64::new(0));
+    let writer = {
+        let (stop, batches, url) = (stop.clone(), batches.clone(), pg.url_for("src"));
+        std::thread::spawn(move || {
+            let sql = format!(
+                "DO $$ BEGIN FOR i IN 1..50 LOOP
+                   UPDATE acct SET n = n + 1 WHERE id = 11 + floor(random() * {})::int;
+                   COMMIT; END LOOP; END $$;",
+                ROWS - 10
+            );
+            while !stop.load(Ordering::Relaxed) {
+                let out = std::process::Command::new("psql")
+                    .args(["-X", "-q", "-v", "ON_ERROR_STOP=1", "-d", &url, "-c", &sql])
+                    .output()
+                    .unwrap();
+                assert!(
+                    out.status.success(),
+                    "{}",
+                    String::from_utf8_lossy(&out.stderr)
+                );
+                batches.fetch_add(1, Ordering::Relaxed);
+            }
+        })
+    };
+    let wait_batches = |more: u64| {
+        let goal = batches.load(Ordering::Relaxed) + more;
+        eventually_blocking("the writer writes", Duration::from_secs(60), || {
+            (batches.load(Ordering::Relaxed) >= goal).then_some(())
+        });
+    };
+    for _ in 0..2 {
+        wait_batches(3);
+        let out = ferry(&["verify", ps, "--format", "json"]);
+        let report = json(&out);
+        assert_eq!(out.status.code(), Some(0), "{report:#}\n{}", text(&out));
+    }
+    pg.psql_in(
+        "dst",
+        "UPDATE acct SET note = 'tampered' WHERE id = 7; DELETE FROM acct WHERE id = 8;
+         INSERT INTO acct VALUES (99999999, 0, 'extra');",
+    );
+    wait_batches(3);
+    let out = ferry(&["verify", ps, "--format", "json"]);
+    let report = json(&out);
+    assert_eq!(out.status.code(), Some(1), "{report:#}");
+    let want: BTreeSet<(String, i64)> = [
+        ("different".to_owned(), 7),
+        ("missing".to_owned(), 8),
+        ("extra".to_owned(), 99_999_999),
+    ]
+    .into();
+    assert_eq!(differences(&report), want, "{report:#}");
+    stop.store(true, Ordering::Relaxed);
+    writer.join().unwrap();
+
+    // Quiet source: the target reaches the source's position by a heartbeat.
+    pg.psql_in("dst", "UPDATE acct SET note = 'row 7' WHERE id = 7");
+    pg.psql_in("src", "UPDATE acct SET n = 0 WHERE id = 20");
+    let out = ferry(&["verify", ps, "--format", "json"]);
+    let report = json(&out);
+    assert_eq!(out.status.code(), Some(1), "{report:#}");
+    let want: BTreeSet<(String, i64)> =
+        [("missing".to_owned(), 8), ("extra".to_owned(), 99_999_999)].into();
+    assert_eq!(differences(&report), want, "{report:#}");
+    assert!(report["tables"][0]["settled_at"].is_string(), "{report:#}");
+    assert!(terminate(child).success());
+}
