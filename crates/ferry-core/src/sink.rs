@@ -93,6 +93,16 @@ pub trait Sink: CheckpointStore {
     async fn row_encoding(&self, _table: &TableRef) -> Result<Option<String>> {
         Ok(None)
     }
+
+    /// SQL in this target's dialect that does what [`Step::Rows`] and
+    /// [`Step::Keyless`] steps do, with the values as literals, for an
+    /// operator to review and run (`ferry verify --repair print`). Called
+    /// after [`ensure_tables`](Sink::ensure_tables).
+    async fn render_sql(&self, steps: &[Step]) -> Result<String> {
+        let _ = steps;
+        Err(Error::fatal("this target cannot print repairs as SQL")
+            .with_fix("use `ferry verify --repair apply`, which applies them directly"))
+    }
 }
 
 /// One connection to the target, applying one transaction at a time.

@@ -3,6 +3,7 @@
 
 mod config;
 mod connectors;
+mod repair;
 mod report;
 mod run;
 mod verify;
@@ -58,6 +59,11 @@ enum Command {
         /// Longest wait, in seconds, for the target to apply the rows being re-checked.
         #[arg(long, value_name = "SECS", default_value_t = 120)]
         settle: u64,
+        /// `print`: write SQL in the target's dialect that makes it match (the report becomes
+        /// SQL comments). `apply`: make the target match, then check again what differed;
+        /// needs the pipeline stopped.
+        #[arg(long, value_enum)]
+        repair: Option<repair::Repair>,
     },
     /// Remove what ferry installed on the source for this pipeline (capture triggers, change table, slots).
     Teardown { pipeline: PathBuf },
@@ -137,11 +143,13 @@ async fn dispatch(command: Command) -> Result<u8, Error> {
             format,
             tables,
             settle,
+            repair,
         } => {
             let opts = verify::Options {
                 format,
                 tables,
                 settle: std::time::Duration::from_secs(settle),
+                repair,
             };
             verify::run(&PipelineConfig::load(&pipeline)?, &opts).await
         }

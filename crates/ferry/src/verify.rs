@@ -22,6 +22,8 @@ use ferry_core::{
 };
 use ferry_pipeline::Transform;
 
+use crate::repair::Repair;
+
 const CHUNK: usize = 5_000;
 /// Differences shown per table in the text report.
 const SHOW: usize = 10;
@@ -64,10 +66,10 @@ pub struct Difference {
     pub key: Vec<Value>,
     /// The greatest key before `key` that the compare met, on either side:
     /// reading after it finds the row again.
-    after: Option<Vec<Value>>,
+    pub(crate) after: Option<Vec<Value>>,
     /// The row's values on each side, when it is there.
-    source: Option<Vec<Value>>,
-    target: Option<Vec<Value>>,
+    pub source: Option<Vec<Value>>,
+    pub target: Option<Vec<Value>>,
 }
 
 #[derive(Debug, Default)]
@@ -90,6 +92,11 @@ pub struct TableVerdict {
     pub settled_at: Option<Position>,
     /// Why differences could not be re-checked, when they could not.
     pub unsettled: Option<String>,
+    /// `--repair apply`: rows written or deleted on the target (the
+    /// differences then are those still there after it).
+    pub repaired: Option<u64>,
+    /// `--repair`: why this table was not repaired.
+    pub not_repaired: Option<String>,
 }
 
 impl TableVerdict {
@@ -108,8 +115,22 @@ impl TableVerdict {
         }
     }
 
-    fn all_kept(&self) -> bool {
+    pub fn all_kept(&self) -> bool {
         self.differences.len() as u64 == self.missing + self.extra + self.different
+    }
+
+    /// The counts of the differences kept (all of them, after a re-check).
+    pub(crate) fn recount(&mut self) {
+        self.missing = 0;
+        self.extra = 0;
+        self.different = 0;
+        for d in &self.differences {
+            match d.kind {
+                DiffKind::Missing => self.missing += 1,
+                DiffKind::Extra => self.extra += 1,
+                DiffKind::Different => self.different += 1,
+            }
+        }
     }
 }
 
@@ -189,6 +210,14 @@ fn identical(a: &Value, b: &Value) -> bool {
 
 fn identical_rows(a: &[Value], b: &[Value]) -> bool {
     a.len() == b.len() && a.iter().zip(b).all(|(p, q)| identical(p, q))
+}
+
+/// The same row on both sides, or absent on both.
+pub(crate) fn same_row(a: &Option<Vec<Value>>, b: &Option<Vec<Value>>) -> bool {
+    match (a, b) {
+        (Some(x), Some(y)) => identical_rows(x, y),
+        (x, y) => x.is_none() && y.is_none(),
+    }
 }
 
 /// The next source row that passes the pipeline's transform (filter,
@@ -382,7 +411,7 @@ async fn verify_keyless(sides: &Sides<'_>, v: &mut TableVerdict) -> Result<(), E
 /// The row with `d.key`, read after the key before it, in target shape;
 /// `None` when it is not there (on the source: or the pipeline's filter
 /// drops it). The key's values are the same in source and target shape.
-async fn read_one(
+pub(crate) async fn read_one(
     reader: &dyn TableReader,
     table: &TableRef,
     transform: Option<&Transform>,
@@ -504,11 +533,7 @@ pub async fn settle(
         let mut same = true;
         for (d, s) in v.differences.iter().zip(now) {
             let t = read_one(sides.target, sides.target_table, None, d).await?;
-            let same_row = match (&s, &t) {
-                (Some(x), Some(y)) => identical_rows(x, y),
-                (x, y) => x.is_none() && y.is_none(),
-            };
-            if same_row {
+            if same_row(&s, &t) {
                 continue;
             }
             let kind = match (&s, &t) {
@@ -532,16 +557,7 @@ pub async fn settle(
             break;
         }
     }
-    v.missing = 0;
-    v.extra = 0;
-    v.different = 0;
-    for d in &v.differences {
-        match d.kind {
-            DiffKind::Missing => v.missing += 1,
-            DiffKind::Extra => v.extra += 1,
-            DiffKind::Different => v.different += 1,
-        }
-    }
+    v.recount();
     v.settled = before - v.differences.len() as u64;
     Ok(())
 }
@@ -655,6 +671,8 @@ fn json_table(table: &TableRef, v: &TableVerdict) -> serde_json::Value {
         "settled": v.settled,
         "settled_at": v.settled_at.as_ref().map(|p| p.to_string()),
         "unsettled": v.unsettled,
+        "repaired": v.repaired,
+        "not_repaired": v.not_repaired,
         "differences": differences,
         "all_differences_listed": v.all_kept(),
     })
@@ -675,6 +693,9 @@ fn verdict(v: &TableVerdict) -> &'static str {
 struct Out {
     format: Format,
     json: Vec<serde_json::Value>,
+    /// `--repair print`: the report goes out as SQL comments between the
+    /// repair statements.
+    sql: bool,
 }
 
 /// Exit code when the output pipe was closed: that of a program stopped by
@@ -684,7 +705,18 @@ const CLOSED: u8 = 141;
 impl Out {
     fn line(&self, s: &str) -> std::io::Result<()> {
         let mut o = std::io::stdout().lock();
-        writeln!(o, "{s}")?;
+        if self.sql {
+            writeln!(o, "-- {s}")?;
+        } else {
+            writeln!(o, "{s}")?;
+        }
+        o.flush()
+    }
+
+    /// Text as it is (SQL statements).
+    fn raw(&self, s: &str) -> std::io::Result<()> {
+        let mut o = std::io::stdout().lock();
+        o.write_all(s.as_bytes())?;
         o.flush()
     }
 
@@ -710,12 +742,27 @@ impl Out {
                 v.settled + v.differences.len() as u64
             ))?;
         }
+        if let Some(n) = v.repaired {
+            self.line(&format!(
+                "    repaired: {n} rows written or deleted on the target, then checked again"
+            ))?;
+        }
+        if let Some(why) = &v.not_repaired {
+            self.line(&format!("    not repaired: {why}"))?;
+        }
         if v.equal() {
             return Ok(());
         }
         self.line(&format!(
-            "    {} missing, {} extra, {} different",
-            v.missing, v.extra, v.different
+            "    {} missing, {} extra, {} different{}",
+            v.missing,
+            v.extra,
+            v.different,
+            if v.repaired.is_some() {
+                " after the repair"
+            } else {
+                ""
+            }
         ))?;
         if let Some(why) = &v.unsettled {
             self.line(&format!("    not re-checked: {why}"))?;
@@ -748,6 +795,7 @@ pub struct Options {
     pub tables: Vec<String>,
     /// Longest wait for the target to catch up with a re-check.
     pub settle: Duration,
+    pub repair: Option<crate::repair::Repair>,
 }
 
 /// `ferry verify`: exit 0 when equal, 1 when not (2, an error, comes from
@@ -759,9 +807,29 @@ pub async fn run(cfg: &crate::config::PipelineConfig, opts: &Options) -> Result<
     let target_reader = connectors::open_sink_reader(cfg).await?;
     let store = connectors::open_sink(cfg).await?;
     let transform = Transform::new(cfg.transform.clone());
+    let mut runner = Runner { cfg, active: None };
+    if opts.repair == Some(Repair::Print) && opts.format == Format::Json {
+        return Err(Error::fatal("`--repair print` writes SQL, not JSON")
+            .with_fix("leave out `--format json`, or repair with `--repair apply`"));
+    }
+    if opts.repair == Some(Repair::Apply) {
+        // Held until verify ends: no `ferry run` starts while it repairs.
+        store.fence().await.map_err(|e| {
+            Error::fatal(format!(
+                "`--repair apply` needs the pipeline stopped, and it runs: {}",
+                e.message()
+            ))
+            .with_fix(
+                "stop `ferry run` of this pipeline first; while it runs, repair a table online \
+                 with `ferry resync TABLE`",
+            )
+        })?;
+        runner.active = Some(false);
+    }
     let mut out = Out {
         format: opts.format,
         json: Vec::new(),
+        sql: opts.repair == Some(Repair::Print),
     };
     let tables = source.tables().await?;
     let wanted = |s: &TableRef, t: &TableRef| {
@@ -792,7 +860,6 @@ pub async fn run(cfg: &crate::config::PipelineConfig, opts: &Options) -> Result<
         ))
         .with_fix("name tables as `ferry status` lists them (schema.table or table)"));
     }
-    let mut runner = Runner { cfg, active: None };
     let mut all_equal = true;
     for table in &tables {
         let target = transform.target_table(table)?;
@@ -818,8 +885,28 @@ pub async fn run(cfg: &crate::config::PipelineConfig, opts: &Options) -> Result<
             Instant::now() + opts.settle,
         )
         .await?;
+        let mut script = None;
+        if let Some(mode) = opts.repair.filter(|_| !v.equal()) {
+            match crate::repair::steps(&target, &v) {
+                Err(why) => v.not_repaired = Some(why),
+                Ok(steps) if mode == Repair::Print => match store.render_sql(&steps).await {
+                    Ok(sql) => script = Some(sql),
+                    Err(e) => v.not_repaired = Some(e.to_string()),
+                },
+                Ok(steps) => {
+                    crate::repair::apply(store.as_ref(), &target, &steps).await?;
+                    v.repaired = Some(steps.iter().map(|s| s.row_count() as u64).sum());
+                    crate::repair::recheck(&sides, &mut v).await?;
+                }
+            }
+        }
         all_equal &= v.equal();
         if out.table(&target, &v).is_err() {
+            return Ok(CLOSED);
+        }
+        if let Some(sql) = script
+            && out.raw(&sql).is_err()
+        {
             return Ok(CLOSED);
         }
     }

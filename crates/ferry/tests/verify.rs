@@ -323,3 +323,166 @@ fn postgres_verify_while_changes_flow_reports_only_real_differences() {
     assert!(report["tables"][0]["settled_at"].is_string(), "{report:#}");
     assert!(terminate(child).success());
 }
+
+/// Changes made behind ferry's back on the target: in a keyed table (a
+/// changed, a deleted and an extra row) and in a table without a key (a
+/// lost duplicate, an extra row).
+fn tamper_sqlite(target: &std::path::Path) {
+    open(target)
+        .execute_batch(
+            "UPDATE acct SET note = 'it''s wrong', n = -7 WHERE id = 7;
+             DELETE FROM acct WHERE id = 8;
+             INSERT INTO acct VALUES (99999999, 0, 'extra');
+             DELETE FROM log WHERE rowid = (SELECT max(rowid) FROM log WHERE v = 'twice');
+             INSERT INTO log VALUES ('stray', x'00ff');",
+        )
+        .unwrap();
+}
+
+#[test]
+fn repair_prints_sql_that_fixes_the_target_and_applies_it_with_the_pipeline_stopped() {
+    let d = Dir::new();
+    source(&d);
+    d.source()
+        .execute_batch(
+            "CREATE TABLE log (v TEXT, b BLOB);
+             INSERT INTO log VALUES ('twice', NULL), ('twice', NULL), ('once', x'01');",
+        )
+        .unwrap();
+    let p = d.pipeline("");
+    let ps = p.to_str().unwrap();
+    let log = d.path("ferry.log");
+    let tgt = d.path("target.db");
+    let child = spawn_streaming(&p, &log);
+    eventually_blocking("snapshot copied", Duration::from_secs(60), || {
+        (count(&tgt, "acct") == ROWS && count(&tgt, "log") == 3).then_some(())
+    });
+
+    // While the pipeline runs, applying is refused: it could write an
+    // older value over a newer one the pipeline applied.
+    let out = ferry(&["verify", ps, "--repair", "apply"]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    assert!(
+        text(&out).contains("needs the pipeline stopped"),
+        "{}",
+        text(&out)
+    );
+    assert!(text(&out).contains("ferry resync"), "{}", text(&out));
+    assert!(terminate(child).success());
+
+    // print: a SQL script (the report as comments) that the target's own
+    // client runs; then the copies are equal.
+    tamper_sqlite(&tgt);
+    let out = ferry(&["verify", ps, "--repair", "print"]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    let script = String::from_utf8(out.stdout.clone()).unwrap();
+    assert!(script.lines().all(|l| !l.is_empty()), "{script}");
+    assert!(
+        script.contains("-- acct") && script.contains("BEGIN;"),
+        "{script}"
+    );
+    let run = std::process::Command::new("sqlite3")
+        .arg(&tgt)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .and_then(|mut c| {
+            use std::io::Write;
+            c.stdin.take().unwrap().write_all(script.as_bytes())?;
+            c.wait_with_output()
+        })
+        .unwrap();
+    assert!(
+        run.status.success(),
+        "{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+    let out = ferry(&["verify", ps]);
+    assert_eq!(out.status.code(), Some(0), "{}\n{script}", text(&out));
+
+    // apply: ferry writes the repair itself and checks again.
+    tamper_sqlite(&tgt);
+    let out = ferry(&["verify", ps, "--repair", "apply"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert!(text(&out).contains("repaired: 3 rows"), "{}", text(&out));
+    assert!(text(&out).contains("repaired: 2 rows"), "{}", text(&out));
+    let out = ferry(&["verify", ps]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+}
+
+#[test]
+fn postgres_repair_print_runs_in_psql_and_apply_fixes_the_target() {
+    let pg = ferry_testkit::PostgresServer::start();
+    pg.create_database("src");
+    pg.create_database("dst");
+    pg.psql_in(
+        "src",
+        "CREATE TABLE acct (id int PRIMARY KEY, n numeric(12,2), note text, at timestamptz,
+                            tags text[], doc jsonb, total int GENERATED ALWAYS AS (id * 2) STORED);
+         INSERT INTO acct (id, n, note, at, tags, doc)
+           SELECT g, g / 3.0, 'row ' || g, '2024-01-01 00:00:00+00'::timestamptz + g * interval '1 hour',
+                  ARRAY['a', NULL, 'it''s'], jsonb_build_object('k', g)
+           FROM generate_series(1, 200) g;
+         CREATE TABLE log (v text, n int);
+         ALTER TABLE log REPLICA IDENTITY FULL;
+         INSERT INTO log VALUES ('twice', 1), ('twice', 1), ('once', 2);",
+    );
+    let d = Dir::new();
+    let p = d.pipeline_between(&pg.url_for("src"), &pg.url_for("dst"), "");
+    let ps = p.to_str().unwrap();
+    let log = d.path("ferry.log");
+    let child = spawn_streaming(&p, &log);
+    eventually_blocking("snapshot copied", Duration::from_secs(60), || {
+        (crate::kit::pg_number(&pg, "dst", "SELECT count(*) FROM acct") == 200
+            && crate::kit::pg_number(&pg, "dst", "SELECT count(*) FROM log") == 3)
+            .then_some(())
+    });
+    assert!(terminate(child).success());
+    let tamper = || {
+        pg.psql_in(
+            "dst",
+            "UPDATE acct SET note = NULL, n = -1, tags = '{}', doc = '[]' WHERE id = 7;
+             DELETE FROM acct WHERE id = 8;
+             INSERT INTO acct (id, n, note) VALUES (99999, 0, 'extra');
+             DELETE FROM log WHERE ctid = (SELECT max(ctid) FROM log WHERE v = 'twice');
+             INSERT INTO log VALUES ('stray', 3);",
+        );
+    };
+    tamper();
+    let out = ferry(&["verify", ps, "--repair", "print"]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    let script = String::from_utf8(out.stdout.clone()).unwrap();
+    let run = std::process::Command::new("psql")
+        .args([
+            "-X",
+            "-q",
+            "-v",
+            "ON_ERROR_STOP=1",
+            "-d",
+            &pg.url_for("dst"),
+        ])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .and_then(|mut c| {
+            use std::io::Write;
+            c.stdin.take().unwrap().write_all(script.as_bytes())?;
+            c.wait_with_output()
+        })
+        .unwrap();
+    assert!(
+        run.status.success(),
+        "{}\n{script}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+    let out = ferry(&["verify", ps]);
+    assert_eq!(out.status.code(), Some(0), "{}\n{script}", text(&out));
+
+    tamper();
+    let out = ferry(&["verify", ps, "--repair", "apply"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let out = ferry(&["verify", ps]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+}

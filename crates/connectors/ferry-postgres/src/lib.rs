@@ -26,6 +26,7 @@ mod position;
 mod publication;
 mod reader;
 mod recopy;
+mod repair;
 mod replication;
 mod sink;
 mod snapshot;

@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex};
 use async_trait::async_trait;
 use ferry_core::{
     CheckItem, Checkpoint, CheckpointRecord, CheckpointStore, Column, Error, Result, Sink,
-    SinkInfo, SinkWriter, TableName, TableReader, TableRef, UserType, UserTypeDef, Value,
+    SinkInfo, SinkWriter, Step, TableName, TableReader, TableRef, UserType, UserTypeDef, Value,
 };
 use tokio_postgres::Client;
 use tokio_postgres::types::Type;
@@ -641,6 +641,23 @@ impl Sink for PostgresSink {
             .get(&table.name)
             .filter(|t| t.matches(table))
             .and_then(|t| t.encoding.clone()))
+    }
+
+    async fn render_sql(&self, steps: &[Step]) -> Result<String> {
+        let mut tables = HashMap::new();
+        for step in steps {
+            let touched: Vec<&TableRef> = match step {
+                Step::Rows(ops) => ops.iter().map(|t| &t.table).collect(),
+                Step::Keyless { table, .. } => vec![table],
+                _ => Vec::new(),
+            };
+            for t in touched {
+                if let Some(pg) = self.describe(&t.name).await? {
+                    tables.insert(t.name.clone(), pg);
+                }
+            }
+        }
+        crate::repair::render(steps, &tables)
     }
 
     async fn writer(&self) -> Result<Box<dyn SinkWriter>> {

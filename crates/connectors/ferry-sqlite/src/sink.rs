@@ -8,6 +8,7 @@
 //! checkpoint are lost together, so ferry resumes from what is there.
 
 mod indexes;
+mod repair;
 mod wal;
 mod writer;
 
@@ -310,6 +311,10 @@ impl Sink for SqliteSink {
                 Ok(altered)
             })
             .await
+    }
+
+    async fn render_sql(&self, steps: &[ferry_core::Step]) -> Result<String> {
+        repair::render(steps)
     }
 
     async fn writer(&self) -> Result<Box<dyn SinkWriter>> {

@@ -1,0 +1,154 @@
+//! Repairs as SQL (`ferry verify --repair print`): row steps rendered with
+//! literals, for an operator to review and run with `psql`.
+//!
+//! Each row is deleted by its key and inserted again, rather than upserted
+//! with `ON CONFLICT`, so that the script also works on a pre-created
+//! table with a deferrable key; `OVERRIDING SYSTEM VALUE` writes identity
+//! columns as the source has them, and generated columns are left to the
+//! target to compute.
+
+use std::collections::HashMap;
+use std::fmt::Write;
+
+use ferry_core::{Error, KeylessOp, Result, Step, TableName, TableRef, Value};
+
+use crate::catalog::PgTable;
+use crate::types::ident;
+
+/// The script for `steps`, one transaction. `tables` holds the target's
+/// description of every table the steps touch.
+pub(crate) fn render(steps: &[Step], tables: &HashMap<TableName, PgTable>) -> Result<String> {
+    let mut out = String::from("BEGIN;\n");
+    for step in steps {
+        match step {
+            Step::Rows(ops) => {
+                for t in ops {
+                    let pg = table(tables, &t.table)?;
+                    for key in &t.deletes {
+                        writeln!(out, "{}", delete_by_key(pg, &t.table, key)?).ok();
+                    }
+                    for row in t.upserts.iter().chain(&t.updates) {
+                        let key = t.table.key_of(row);
+                        writeln!(out, "{}", delete_by_key(pg, &t.table, &key)?).ok();
+                        writeln!(out, "{}", insert(pg, &t.table, row)?).ok();
+                    }
+                }
+            }
+            Step::Keyless { table: t, ops } => {
+                let pg = table(tables, t)?;
+                for op in ops {
+                    match op {
+                        KeylessOp::Insert(row) => writeln!(out, "{}", insert(pg, t, row)?).ok(),
+                        KeylessOp::Delete(row) => writeln!(
+                            out,
+                            "DELETE FROM {q} WHERE ctid = (SELECT ctid FROM {q} WHERE {} LIMIT 1);",
+                            matching(pg, t, row, &(0..t.columns.len()).collect::<Vec<_>>())?,
+                            q = pg.qualified()
+                        )
+                        .ok(),
+                        KeylessOp::Update { .. } => {
+                            return Err(Error::fatal("a keyless update cannot be printed"));
+                        }
+                    };
+                }
+            }
+            _ => return Err(Error::fatal("only row changes can be printed as SQL")),
+        }
+    }
+    out.push_str("COMMIT;\n");
+    Ok(out)
+}
+
+fn table<'a>(tables: &'a HashMap<TableName, PgTable>, t: &TableRef) -> Result<&'a PgTable> {
+    tables
+        .get(&t.name)
+        .ok_or_else(|| Error::fatal(format!("table {} does not exist on the target", t.name)))
+}
+
+/// The literal of `v` for column `name` of the target table.
+fn literal(pg: &PgTable, name: &str, v: &Value) -> Result<String> {
+    let col = pg.column(name).ok_or_else(|| {
+        Error::fatal(format!(
+            "column {name} does not exist in target table {}",
+            pg.qualified()
+        ))
+    })?;
+    if let Value::Array(items) = v {
+        let text = array_text(items).ok_or_else(|| cannot(name, v))?;
+        return Ok(format!(
+            "{}::{}",
+            crate::types::quote_literal(&text),
+            col.type_name
+        ));
+    }
+    crate::binary::literal(v, &col.type_name).map_err(|_| cannot(name, v))
+}
+
+/// The array's text form (`{"a",NULL,"it's"}`): every element quoted,
+/// `NULL` bare, nested arrays as nested braces.
+fn array_text(items: &[Value]) -> Option<String> {
+    let mut s = String::from("{");
+    for (i, item) in items.iter().enumerate() {
+        if i > 0 {
+            s.push(',');
+        }
+        match item {
+            Value::Null => s.push_str("NULL"),
+            Value::Array(inner) => s.push_str(&array_text(inner)?),
+            other => {
+                let text = crate::binary::text_of(other)?;
+                s.push('"');
+                s.push_str(&text.replace('\\', "\\\\").replace('"', "\\\""));
+                s.push('"');
+            }
+        }
+    }
+    s.push('}');
+    Some(s)
+}
+
+fn cannot(name: &str, v: &Value) -> Error {
+    Error::fatal(format!(
+        "the value {v} of column {name} cannot be written as a SQL literal"
+    ))
+    .with_fix("repair with `ferry verify --repair apply`, or re-copy the table with `ferry resync`")
+}
+
+fn matching(pg: &PgTable, t: &TableRef, values: &[Value], columns: &[usize]) -> Result<String> {
+    let mut parts = Vec::new();
+    for (&i, v) in columns.iter().zip(values) {
+        let name = &t.columns[i].name;
+        parts.push(format!(
+            "{} IS NOT DISTINCT FROM {}",
+            ident(name),
+            literal(pg, name, v)?
+        ));
+    }
+    Ok(parts.join(" AND "))
+}
+
+fn delete_by_key(pg: &PgTable, t: &TableRef, key: &[Value]) -> Result<String> {
+    Ok(format!(
+        "DELETE FROM {} WHERE {};",
+        pg.qualified(),
+        matching(pg, t, key, &t.key)?
+    ))
+}
+
+fn insert(pg: &PgTable, t: &TableRef, row: &[Value]) -> Result<String> {
+    let mut names = Vec::new();
+    let mut values = Vec::new();
+    for (c, v) in t.columns.iter().zip(row) {
+        if matches!(v, Value::Unchanged) || pg.column(&c.name).is_some_and(|p| p.generated) {
+            continue;
+        }
+        names.push(ident(&c.name));
+        values.push(literal(pg, &c.name, v)?);
+    }
+    Ok(format!(
+        "INSERT INTO {} ({}) OVERRIDING SYSTEM VALUE VALUES ({});",
+        pg.qualified(),
+        names.join(", "),
+        values.join(", ")
+    ))
+}
