@@ -486,3 +486,104 @@ fn postgres_repair_print_runs_in_psql_and_apply_fixes_the_target() {
     let out = ferry(&["verify", ps]);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
 }
+
+/// Every kind of small difference, each in its own row of a PostgreSQL
+/// target: found, and nothing else reported.
+#[test]
+fn postgres_verify_finds_every_kind_of_difference_and_nothing_else() {
+    let pg = ferry_testkit::PostgresServer::start();
+    pg.create_database("src");
+    pg.create_database("dst");
+    pg.psql_in(
+        "src",
+        "CREATE TABLE v (id int PRIMARY KEY, t text, f float8, r real, n numeric, ts timestamptz,
+                         d date, b bytea, j jsonb, a int[], u uuid, bo boolean, i interval);
+         INSERT INTO v SELECT g, 'text', 0.0, 1.5, 1.50, '2024-01-01 12:00:00+00', '2024-01-01',
+                              '\\x00', '{\"k\": 1}', ARRAY[1, 2], '00000000-0000-0000-0000-000000000001',
+                              true, '1 day'
+                       FROM generate_series(1, 40) g;
+         CREATE TABLE k (v text, n int);
+         ALTER TABLE k REPLICA IDENTITY FULL;
+         INSERT INTO k VALUES ('dup', 1), ('dup', 1), ('one', 2);",
+    );
+    let d = Dir::new();
+    let p = d.pipeline_between(&pg.url_for("src"), &pg.url_for("dst"), "");
+    let ps = p.to_str().unwrap();
+    let log = d.path("ferry.log");
+    let child = spawn_streaming(&p, &log);
+    eventually_blocking("snapshot copied", Duration::from_secs(60), || {
+        (crate::kit::pg_number(&pg, "dst", "SELECT count(*) FROM v") == 40
+            && crate::kit::pg_number(&pg, "dst", "SELECT count(*) FROM k") == 3)
+            .then_some(())
+    });
+    assert!(terminate(child).success());
+    let out = ferry(&["verify", ps]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    // One difference per row: (id, what).
+    let injected = [
+        (1, "t = 'text '"),
+        (2, "t = ''"),
+        (3, "t = NULL"),
+        (4, "f = '-0'"),
+        (5, "f = 'NaN'"),
+        (6, "f = 'Infinity'"),
+        (7, "f = 5e-324"),
+        (8, "r = 1.5000001"),
+        (9, "n = 1.51"),
+        (10, "ts = '2024-01-01 12:00:00.000001+00'"),
+        (11, "ts = '2024-01-01 12:00:00+01'"),
+        (12, "d = '2024-01-01 BC'"),
+        (13, "b = '\\x'"),
+        (14, "j = '{\"k\": 1.0}'"),
+        (15, "a = ARRAY[1, NULL]"),
+        (16, "a = ARRAY[2, 1]"),
+        (17, "u = '00000000-0000-0000-0000-000000000002'"),
+        (18, "bo = NULL"),
+        (19, "i = '24 hours'"),
+    ];
+    let sql: String = injected
+        .iter()
+        .map(|(id, set)| format!("UPDATE v SET {set} WHERE id = {id};\n"))
+        .collect();
+    pg.psql_in("dst", &sql);
+    pg.psql_in(
+        "dst",
+        "DELETE FROM k WHERE ctid = (SELECT max(ctid) FROM k WHERE v = 'dup');
+         INSERT INTO k VALUES ('one', 2);",
+    );
+    let out = ferry(&["verify", ps, "--format", "json"]);
+    let report = json(&out);
+    assert_eq!(out.status.code(), Some(1), "{report:#}");
+    let v = report["tables"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["table"] == "public.v")
+        .unwrap();
+    let found: BTreeSet<i64> = v["differences"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| {
+            assert_eq!(d["kind"], "different", "{d:#}");
+            assert_eq!(d["fields"].as_array().unwrap().len(), 1, "{d:#}");
+            d["key"]["id"].as_i64().unwrap()
+        })
+        .collect();
+    // `'24 hours'` is not `'1 day'` (months, days and microseconds are
+    // kept apart), a timestamptz one hour off is another instant, and a
+    // jsonb 1.0 keeps its text.
+    let want: BTreeSet<i64> = injected.iter().map(|(id, _)| *id).collect();
+    assert_eq!(found, want, "{v:#}");
+    let k = report["tables"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["table"] == "public.k")
+        .unwrap();
+    assert_eq!(
+        (k["missing"].as_i64(), k["extra"].as_i64()),
+        (Some(1), Some(1)),
+        "{k:#}"
+    );
+}
