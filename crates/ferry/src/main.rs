@@ -64,6 +64,10 @@ enum Command {
         /// needs the pipeline stopped.
         #[arg(long, value_enum)]
         repair: Option<repair::Repair>,
+        /// Read at most this many rows per second from each side, to spare a busy database
+        /// (tables with a key).
+        #[arg(long, value_name = "ROWS")]
+        max_rows_per_sec: Option<u64>,
     },
     /// Remove what ferry installed on the source for this pipeline (capture triggers, change table, slots).
     Teardown { pipeline: PathBuf },
@@ -144,12 +148,14 @@ async fn dispatch(command: Command) -> Result<u8, Error> {
             tables,
             settle,
             repair,
+            max_rows_per_sec,
         } => {
             let opts = verify::Options {
                 format,
                 tables,
                 settle: std::time::Duration::from_secs(settle),
                 repair,
+                max_rows_per_sec,
             };
             verify::run(&PipelineConfig::load(&pipeline)?, &opts).await
         }

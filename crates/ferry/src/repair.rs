@@ -78,7 +78,12 @@ pub async fn apply(sink: &dyn Sink, table: &TableRef, steps: &[Step]) -> Result<
 /// those still different.
 pub async fn recheck(sides: &Sides<'_>, v: &mut TableVerdict) -> Result<(), Error> {
     if sides.target_table.is_keyless() {
-        let again = crate::verify::verify_table(sides, &|_| {}).await?;
+        let pace = crate::verify::Pace {
+            progress: &|_| {},
+            max_rows_per_sec: None,
+            start: std::time::Instant::now(),
+        };
+        let again = crate::verify::verify_table(sides, &pace).await?;
         v.differences = again.differences;
     } else {
         let mut still = Vec::new();

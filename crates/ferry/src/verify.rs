@@ -244,11 +244,36 @@ pub struct Sides<'a> {
     pub transform: &'a Transform,
 }
 
+/// How fast a compare may read, and where it reports how far it got.
+pub struct Pace<'a> {
+    pub progress: &'a dyn Fn(u64),
+    /// Rows per second read from each side at most (`--max-rows-per-sec`).
+    pub max_rows_per_sec: Option<u64>,
+    pub start: Instant,
+}
+
+impl Pace<'_> {
+    /// Every [`PACE_EVERY`] rows: reports progress and, when reading
+    /// faster than allowed, waits until the pace is kept.
+    async fn tick(&self, rows: u64) {
+        if !rows.is_multiple_of(PACE_EVERY) {
+            return;
+        }
+        (self.progress)(rows);
+        if let Some(limit) = self.max_rows_per_sec.filter(|l| *l > 0) {
+            let due = Duration::from_secs_f64(rows as f64 / limit as f64);
+            if let Some(wait) = due.checked_sub(self.start.elapsed()) {
+                tokio::time::sleep(wait).await;
+            }
+        }
+    }
+}
+
+/// Rows between two progress reports and pace checks.
+const PACE_EVERY: u64 = 500;
+
 /// Compares one source table with its target table.
-pub async fn verify_table(
-    sides: &Sides<'_>,
-    progress: &dyn Fn(u64),
-) -> Result<TableVerdict, Error> {
+pub async fn verify_table(sides: &Sides<'_>, pace: &Pace<'_>) -> Result<TableVerdict, Error> {
     let mut v = TableVerdict {
         on_target: sides.target.has_table(sides.target_table).await?,
         ..Default::default()
@@ -324,11 +349,9 @@ pub async fn verify_table(
             }
         }
         last = Some(key);
-        if v.source_rows.is_multiple_of(CHUNK as u64) {
-            progress(v.source_rows);
-        }
+        pace.tick(v.source_rows.max(v.target_rows)).await;
     }
-    progress(v.source_rows);
+    (pace.progress)(v.source_rows);
     Ok(v)
 }
 
@@ -796,6 +819,8 @@ pub struct Options {
     /// Longest wait for the target to catch up with a re-check.
     pub settle: Duration,
     pub repair: Option<crate::repair::Repair>,
+    /// Rows per second read from each side at most.
+    pub max_rows_per_sec: Option<u64>,
 }
 
 /// `ferry verify`: exit 0 when equal, 1 when not (2, an error, comes from
@@ -874,7 +899,12 @@ pub async fn run(cfg: &crate::config::PipelineConfig, opts: &Options) -> Result<
             transform: &transform,
         };
         let bar = progress_bar(&target, source_reader.estimate_rows(table).await.ok());
-        let mut v = verify_table(&sides, &|n| bar.set_position(n)).await?;
+        let pace = Pace {
+            progress: &|n| bar.set_position(n),
+            max_rows_per_sec: opts.max_rows_per_sec,
+            start: Instant::now(),
+        };
+        let mut v = verify_table(&sides, &pace).await?;
         bar.finish_and_clear();
         settle(
             &sides,

@@ -181,6 +181,23 @@ fn verify_reports_a_missing_table_and_stops_quietly_on_a_closed_pipe() {
     });
     assert!(terminate(child).success());
 
+    // Paced: 2,000 rows at 1,000 rows/s take two seconds at least.
+    let start = std::time::Instant::now();
+    let out = ferry(&[
+        "verify",
+        ps,
+        "--table",
+        "acct",
+        "--max-rows-per-sec",
+        "1000",
+    ]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert!(
+        start.elapsed() >= Duration::from_millis(1_900),
+        "{:?}",
+        start.elapsed()
+    );
+
     // Only one table, by name.
     let out = ferry(&["verify", ps, "--table", "other"]);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
