@@ -6,6 +6,15 @@ use crate::error::Result;
 use crate::schema::TableRef;
 use crate::value::Value;
 
+/// A table as its database declares it: each column's name and type text
+/// (PostgreSQL: `format_type`; SQLite: the declared type), and the key's
+/// columns. `ferry verify` compares it with the source's.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct DeclaredShape {
+    pub columns: Vec<(String, String)>,
+    pub key: Vec<String>,
+}
+
 /// Reads rows of a table in key order. Implemented by sources (reading the
 /// source tables) and sinks (reading the target tables).
 ///
@@ -15,6 +24,13 @@ use crate::value::Value;
 #[async_trait]
 pub trait TableReader: Send + Sync {
     async fn count_rows(&self, table: &TableRef) -> Result<u64>;
+
+    /// How `table` is declared here; `None` when it does not exist or the
+    /// connector cannot tell.
+    async fn declared_shape(&self, table: &TableRef) -> Result<Option<DeclaredShape>> {
+        let _ = table;
+        Ok(None)
+    }
 
     /// Whether `table` exists here. `ferry verify` reports a table missing
     /// on one side as a difference instead of failing on it.

@@ -24,6 +24,11 @@ fn kind(url: &str) -> Kind {
     }
 }
 
+/// Source and target are databases of the same engine.
+pub fn same_engine(cfg: &PipelineConfig) -> bool {
+    std::mem::discriminant(&kind(&cfg.source.url)) == std::mem::discriminant(&kind(&cfg.target.url))
+}
+
 fn not_built(url: &str, what: &str) -> Error {
     Error::fatal(format!(
         "{} as a {what} is not built yet in this version of ferry",

@@ -18,7 +18,8 @@ use std::io::Write;
 use std::time::{Duration, Instant};
 
 use ferry_core::{
-    Checkpoint, CheckpointStore, Error, Position, Source, TableReader, TableRef, Value, display_key,
+    Checkpoint, CheckpointStore, DeclaredShape, Error, Position, Source, TableReader, TableRef,
+    Value, display_key,
 };
 use ferry_pipeline::Transform;
 
@@ -97,11 +98,21 @@ pub struct TableVerdict {
     pub repaired: Option<u64>,
     /// `--repair`: why this table was not repaired.
     pub not_repaired: Option<String>,
+    /// Differences of structure: a column missing on the target, another
+    /// type (same engine on both sides), another primary key.
+    pub structure: Vec<String>,
+    /// What the structure compare noticed that is not a difference (extra
+    /// target columns, which ferry leaves alone; no primary key).
+    pub notes: Vec<String>,
 }
 
 impl TableVerdict {
     pub fn equal(&self) -> bool {
-        self.on_target && self.missing == 0 && self.extra == 0 && self.different == 0
+        self.on_target
+            && self.structure.is_empty()
+            && self.missing == 0
+            && self.extra == 0
+            && self.different == 0
     }
 
     fn record(&mut self, d: Difference) {
@@ -242,6 +253,75 @@ pub struct Sides<'a> {
     pub source_table: &'a TableRef,
     pub target_table: &'a TableRef,
     pub transform: &'a Transform,
+    /// Source and target are databases of one engine: types compare by name.
+    pub same_engine: bool,
+}
+
+/// Compares the source table (in target shape) with the target's
+/// declaration. Types are compared only between two databases of the same
+/// engine, by their text; across engines `docs/types.md` gives the
+/// mapping. Returns whether rows can be compared (every column is there).
+fn compare_structure(
+    table: &TableRef,
+    shape: &DeclaredShape,
+    same_engine: bool,
+    v: &mut TableVerdict,
+) -> bool {
+    let norm = |t: &str| {
+        t.split_whitespace()
+            .collect::<Vec<_>>()
+            .join(" ")
+            .to_ascii_lowercase()
+    };
+    let mut comparable = true;
+    for c in &table.columns {
+        match shape.columns.iter().find(|(n, _)| *n == c.name) {
+            None => {
+                comparable = false;
+                v.structure
+                    .push(format!("column {} is missing on the target", c.name));
+            }
+            Some((_, ty)) if same_engine && norm(ty) != norm(&c.source_type) => {
+                v.structure.push(format!(
+                    "column {}: type {} on the source, {} on the target",
+                    c.name, c.source_type, ty
+                ));
+            }
+            Some(_) => {}
+        }
+    }
+    let extra: Vec<&str> = shape
+        .columns
+        .iter()
+        .filter(|(n, _)| table.column_index(n).is_none())
+        .map(|(n, _)| n.as_str())
+        .collect();
+    if !extra.is_empty() {
+        v.notes.push(format!(
+            "the target has columns the source does not send, left alone: {}",
+            extra.join(", ")
+        ));
+    }
+    let key: Vec<&str> = table.key_names();
+    if !key.is_empty() {
+        if shape.key.is_empty() {
+            v.notes.push(format!(
+                "the target has no primary key (the source's key is ({}))",
+                key.join(", ")
+            ));
+        } else if shape.key.iter().map(String::as_str).ne(key.iter().copied()) {
+            v.structure.push(format!(
+                "primary key ({}) on the target, key ({}) on the source",
+                shape.key.join(", "),
+                key.join(", ")
+            ));
+        }
+    }
+    if !comparable {
+        v.notes
+            .push("rows not compared: add the missing columns, or re-copy the table".into());
+    }
+    comparable
 }
 
 /// How fast a compare may read, and where it reports how far it got.
@@ -280,6 +360,12 @@ pub async fn verify_table(sides: &Sides<'_>, pace: &Pace<'_>) -> Result<TableVer
     };
     if !v.on_target {
         return Ok(v);
+    }
+    if let Some(shape) = sides.target.declared_shape(sides.target_table).await? {
+        let comparable = compare_structure(sides.target_table, &shape, sides.same_engine, &mut v);
+        if !comparable {
+            return Ok(v);
+        }
     }
     if sides.target_table.is_keyless() {
         verify_keyless(sides, &mut v).await?;
@@ -693,6 +779,8 @@ fn json_table(table: &TableRef, v: &TableVerdict) -> serde_json::Value {
         "different": v.different,
         "settled": v.settled,
         "settled_at": v.settled_at.as_ref().map(|p| p.to_string()),
+        "structure": v.structure,
+        "notes": v.notes,
         "unsettled": v.unsettled,
         "repaired": v.repaired,
         "not_repaired": v.not_repaired,
@@ -759,6 +847,12 @@ impl Out {
             "{name:<24} {verdict:<9} source {} rows (checksum {:016x}), target {} rows (checksum {:016x})",
             v.source_rows, v.source_checksum, v.target_rows, v.target_checksum
         ))?;
+        for s in &v.structure {
+            self.line(&format!("    structure: {s}"))?;
+        }
+        for n in &v.notes {
+            self.line(&format!("    note: {n}"))?;
+        }
         if let Some(at) = &v.settled_at {
             self.line(&format!(
                 "    {} rows changed while verify compared; re-checked once the target had applied {at}",
@@ -897,6 +991,7 @@ pub async fn run(cfg: &crate::config::PipelineConfig, opts: &Options) -> Result<
             source_table: table,
             target_table: &target,
             transform: &transform,
+            same_engine: connectors::same_engine(cfg),
         };
         let bar = progress_bar(&target, source_reader.estimate_rows(table).await.ok());
         let pace = Pace {

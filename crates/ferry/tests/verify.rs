@@ -604,3 +604,75 @@ fn postgres_verify_finds_every_kind_of_difference_and_nothing_else() {
         "{k:#}"
     );
 }
+
+/// The structure compare: a column missing on the target, another type,
+/// another primary key are differences; an extra target column is a note.
+#[test]
+fn postgres_verify_compares_structure() {
+    let pg = ferry_testkit::PostgresServer::start();
+    pg.create_database("src");
+    pg.create_database("dst");
+    pg.psql_in(
+        "src",
+        "CREATE TABLE a (id int PRIMARY KEY, name varchar(20), note text);
+         INSERT INTO a VALUES (1, 'x', 'y');
+         CREATE TABLE b (id int PRIMARY KEY, code int NOT NULL);
+         INSERT INTO b VALUES (1, 10);
+         CREATE TABLE c (id int PRIMARY KEY, v text);
+         INSERT INTO c VALUES (1, 'v');",
+    );
+    let d = Dir::new();
+    let p = d.pipeline_between(&pg.url_for("src"), &pg.url_for("dst"), "");
+    let ps = p.to_str().unwrap();
+    let log = d.path("ferry.log");
+    let child = spawn_streaming(&p, &log);
+    eventually_blocking("snapshot copied", Duration::from_secs(60), || {
+        (crate::kit::pg_number(&pg, "dst", "SELECT count(*) FROM c") == 1).then_some(())
+    });
+    assert!(terminate(child).success());
+    let out = ferry(&["verify", ps]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert!(!text(&out).contains("structure:"), "{}", text(&out));
+
+    pg.psql_in(
+        "dst",
+        "ALTER TABLE a DROP COLUMN note; ALTER TABLE a ALTER COLUMN name TYPE text;
+         ALTER TABLE b DROP CONSTRAINT b_pkey; ALTER TABLE b ADD PRIMARY KEY (code);
+         ALTER TABLE c ADD COLUMN local_only int;",
+    );
+    let out = ferry(&["verify", ps, "--format", "json"]);
+    let report = json(&out);
+    assert_eq!(out.status.code(), Some(1), "{report:#}");
+    let table = |name: &str| {
+        report["tables"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|t| t["table"] == name)
+            .unwrap()
+            .clone()
+    };
+    let structure = |name: &str| -> Vec<String> {
+        table(name)["structure"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|s| s.as_str().unwrap().to_owned())
+            .collect()
+    };
+    assert_eq!(
+        structure("public.a"),
+        [
+            "column name: type character varying(20) on the source, text on the target",
+            "column note is missing on the target"
+        ]
+    );
+    assert_eq!(
+        structure("public.b"),
+        ["primary key (code) on the target, key (id) on the source"]
+    );
+    assert!(structure("public.c").is_empty());
+    assert_eq!(table("public.c")["verdict"], "equal");
+    let notes = table("public.c")["notes"].to_string();
+    assert!(notes.contains("local_only"), "{notes}");
+}

@@ -680,6 +680,23 @@ impl TableReader for PostgresSink {
         Ok(self.describe(&table.name).await?.is_some())
     }
 
+    async fn declared_shape(&self, table: &TableRef) -> Result<Option<ferry_core::DeclaredShape>> {
+        Ok(self
+            .describe(&table.name)
+            .await?
+            .map(|pg| ferry_core::DeclaredShape {
+                columns: pg
+                    .columns
+                    .iter()
+                    .map(|c| (c.name.clone(), c.type_name.clone()))
+                    .collect(),
+                key: pg
+                    .primary_key()
+                    .map(|k| k.columns.clone())
+                    .unwrap_or_default(),
+            }))
+    }
+
     async fn read_rows(
         &self,
         table: &TableRef,

@@ -137,6 +137,41 @@ pub(crate) async fn has_table(conn: &Blocking<Connection>, table: &TableRef) -> 
     .await
 }
 
+pub(crate) async fn declared_shape(
+    conn: &Blocking<Connection>,
+    table: &TableRef,
+) -> Result<Option<ferry_core::DeclaredShape>> {
+    let name = table.name.name.clone();
+    let path = conn.path.clone();
+    conn.run(move |c| {
+        let err = |e| db_error(&path, "reading the table's structure", e);
+        if !crate::capture::table_exists(c, &name).map_err(err)? {
+            return Ok(None);
+        }
+        // (name, declared type, position in the primary key)
+        let raw: Vec<(String, String, i64)> = c
+            .prepare(
+                "SELECT name, type, pk FROM pragma_table_xinfo(?1) WHERE hidden <> 1 ORDER BY cid",
+            )
+            .and_then(|mut s| {
+                s.query_map([&name], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
+                    .collect()
+            })
+            .map_err(err)?;
+        let mut key: Vec<(i64, String)> = raw
+            .iter()
+            .filter(|c| c.2 > 0)
+            .map(|c| (c.2, c.0.clone()))
+            .collect();
+        key.sort();
+        Ok(Some(ferry_core::DeclaredShape {
+            columns: raw.into_iter().map(|(n, t, _)| (n, t)).collect(),
+            key: key.into_iter().map(|(_, n)| n).collect(),
+        }))
+    })
+    .await
+}
+
 pub(crate) async fn read_rows(
     conn: &Blocking<Connection>,
     table: &TableRef,

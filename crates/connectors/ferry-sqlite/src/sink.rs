@@ -341,6 +341,10 @@ impl TableReader for SqliteSink {
         crate::reader::has_table(&self.conn, table).await
     }
 
+    async fn declared_shape(&self, table: &TableRef) -> Result<Option<ferry_core::DeclaredShape>> {
+        crate::reader::declared_shape(&self.conn, table).await
+    }
+
     async fn read_rows(
         &self,
         table: &TableRef,
