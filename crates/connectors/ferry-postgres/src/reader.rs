@@ -23,6 +23,9 @@ pub(crate) struct ReadColumn {
     /// Text that already compares by bytes (see `PgColumn::bytewise`):
     /// compared and ordered as it is, so its index serves key ranges.
     pub bytewise: bool,
+    /// Nothing reads the column (excluded, no filter uses it): selected as
+    /// `NULL`, so its values are never read at all.
+    pub unread: bool,
 }
 
 /// The columns of `table` (ferry's order) as they are in `pg`.
@@ -47,6 +50,7 @@ pub(crate) fn read_columns(pg: &PgTable, table: &TableRef) -> Result<Vec<ReadCol
                 kind,
                 type_name: pc.type_name.clone(),
                 bytewise: pc.bytewise,
+                unread: false,
             })
         })
         .collect()
@@ -282,6 +286,7 @@ pub(crate) async fn scan_rows(
 pub(crate) fn column_list(cols: &[ReadColumn]) -> String {
     cols.iter()
         .map(|c| match c.kind {
+            _ if c.unread => "NULL".to_owned(),
             Kind::Other => format!("{}::text", c.quoted),
             _ => c.quoted.clone(),
         })

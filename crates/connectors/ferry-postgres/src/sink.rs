@@ -257,6 +257,7 @@ pub(crate) fn map_target(table: &TableRef, pg: &PgTable, major: u32) -> Result<T
             bytewise: pg
                 .column(&table.columns[k].name)
                 .is_some_and(|tc| tc.bytewise),
+            unread: false,
         })
         .collect();
     Ok(Target {
