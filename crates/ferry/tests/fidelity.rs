@@ -175,6 +175,33 @@ INSERT INTO odd VALUES
   (SELECT hstore(array_agg('k' || g), array_agg(repeat('v', 10))) FROM generate_series(1, 2000) g),
   repeat('Ü', 10000), NULL, '{}');";
 
+/// A key of a type carried as text (`citext`: compared by the type's own
+/// equality on the target, ordered by text in `ferry verify`), and a table
+/// without a key whose rows are found by every column, `point` (no `=`)
+/// and `hstore` among them.
+const PG_OTHER_KEYS: &str = "
+CREATE TABLE ck (k citext PRIMARY KEY, v int);
+CREATE TABLE kl (p point, h hstore, n int);
+ALTER TABLE kl REPLICA IDENTITY FULL;";
+
+const PG_OTHER_KEY_ROWS: &str = "
+INSERT INTO ck VALUES ('a', 1), ('B', 2), ('c', 3), ('É', 4), ('', 5);
+INSERT INTO kl VALUES ('(1,1)', 'a=>1', 1), ('(1,1)', 'a=>1', 1), ('(2,2)', NULL, 2), (NULL, '', 3);";
+
+const PG_OTHER_KEY_CHANGES: &str = "
+UPDATE ck SET v = v + 10 WHERE k = 'b';
+UPDATE ck SET k = 'zz' WHERE k = 'A';
+DELETE FROM ck WHERE k = 'C';
+INSERT INTO ck VALUES ('Ñ', 9);
+UPDATE kl SET n = n + 10 WHERE ctid = (SELECT min(ctid) FROM kl WHERE p ~= '(1,1)');
+UPDATE kl SET h = h || 'b=>2'::hstore WHERE n = 2;
+DELETE FROM kl WHERE n = 3;
+INSERT INTO kl VALUES ('(5,5)', 'x=>y', 5);";
+
+const PG_OTHER_KEY_SQL: &str = "
+SELECT k::text || '|' || v FROM ck ORDER BY k::text COLLATE \"C\";
+SELECT coalesce(p::text, '-') || '|' || coalesce(h::text, '-') || '|' || n FROM kl ORDER BY 1";
+
 /// Each row of `table` in `db`, every column by its text output, quoted
 /// (`NULL` for NULL), in key order.
 fn pg_render(pg: &PostgresServer, db: &str, table: &Table) -> Result<String, String> {
@@ -233,10 +260,15 @@ fn pg_to_pg(precreate: bool) {
     let pg = PostgresServer::start();
     pg.create_database("src");
     pg.create_database("dst");
-    let ddl = format!("{PG_ODD_TYPES}{}{}", PG_EDGE.create(), PG_ODD.create());
+    let ddl = format!(
+        "{PG_ODD_TYPES}{}{}{PG_OTHER_KEYS}",
+        PG_EDGE.create(),
+        PG_ODD.create()
+    );
     pg.psql_in("src", &ddl);
     pg.psql_in("src", PG_EDGE_ROWS);
     pg.psql_in("src", PG_ODD_ROWS);
+    pg.psql_in("src", PG_OTHER_KEY_ROWS);
     if precreate {
         pg.psql_in("dst", &ddl);
     }
@@ -276,6 +308,14 @@ fn pg_to_pg(precreate: bool) {
             &format!("odd after {phase}"),
             || lossy(pg_render(&pg, "src", &PG_ODD).unwrap()),
             || pg_render(&pg, "dst", &PG_ODD),
+        );
+        if !sql.is_empty() {
+            pg.psql_in("src", PG_OTHER_KEY_CHANGES);
+        }
+        converge(
+            &format!("a citext key and a keyless table after {phase}"),
+            || pg.psql_in("src", PG_OTHER_KEY_SQL),
+            || pg.try_psql_in("dst", PG_OTHER_KEY_SQL),
         );
     }
     let types = |db: &str| {
