@@ -191,8 +191,9 @@ impl TypeCache {
                               WHERE a.attrelid = t.typrelid AND a.attnum > 0 \
                                 AND NOT a.attisdropped ORDER BY a.attnum), \
                         r.rngsubtype, format_type(r.rngsubtype, NULL), \
-                        format_type(r.rngmultitypid, NULL), \
-                        (SELECT m.rngtypid FROM pg_catalog.pg_range m WHERE m.rngmultitypid = t.oid) \
+                        format_type((to_jsonb(r) ->> 'rngmultitypid')::oid, NULL), \
+                        (SELECT m.rngtypid FROM pg_catalog.pg_range m \
+                          WHERE (to_jsonb(m) ->> 'rngmultitypid')::oid = t.oid) \
                  FROM pg_catalog.pg_type t \
                  JOIN pg_catalog.pg_namespace n ON n.oid = t.typnamespace \
                  LEFT JOIN pg_catalog.pg_range r ON r.rngtypid = t.oid WHERE t.oid = $1",
@@ -263,14 +264,16 @@ impl TypeCache {
                     let subtype: u32 = r.get(15);
                     let uses = Box::pin(self.user_type(client, subtype)).await?;
                     let subtype_name: String = r.get(16);
-                    let multirange: String = r.get(17);
+                    // Multiranges exist from PostgreSQL 14 on (read through
+                    // `to_jsonb` so older servers answer too).
+                    let multirange = match r.get::<_, Option<String>>(17) {
+                        Some(m) => format!(", MULTIRANGE_TYPE_NAME = {m}"),
+                        None => String::new(),
+                    };
                     Some(UserType {
                         name,
                         def: UserTypeDef::Defined {
-                            body: format!(
-                                "AS RANGE (SUBTYPE = {subtype_name}, \
-                                 MULTIRANGE_TYPE_NAME = {multirange})"
-                            ),
+                            body: format!("AS RANGE (SUBTYPE = {subtype_name}{multirange})"),
                             uses: uses.into_iter().collect(),
                         },
                     })
