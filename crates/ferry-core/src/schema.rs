@@ -92,6 +92,14 @@ pub enum UserTypeDef {
         /// `(constraint name, definition)`, e.g. `("positive", "CHECK ((VALUE > 0))")`.
         checks: Vec<(String, String)>,
     },
+    /// A composite or range type, as the source's SQL defines it: `body`
+    /// follows `CREATE TYPE <name>` (`AS (x integer, y text)`, `AS RANGE
+    /// (SUBTYPE = ...)`); `uses` are the named types it refers to, which a
+    /// target creates first.
+    Defined { body: String, uses: Vec<UserType> },
+    /// A type an extension provides (`hstore`, `citext`): a target of the
+    /// same kind installs the extension (`extension`) in the type's schema.
+    Extension { extension: String },
 }
 
 /// The structure of one table at one point of the stream.

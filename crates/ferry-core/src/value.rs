@@ -47,6 +47,16 @@ pub enum ColumnType {
     /// A value whose type the source could not narrow down (SQLite columns
     /// declared without a type): each value keeps its own storage class.
     Dynamic,
+    /// A type ferry carries by its text form only (`Value::Text`, as the
+    /// source's output function writes it): PostgreSQL types without a
+    /// native ferry type (`xml`, ranges, geometric types, composites,
+    /// extension types, ...). `type_name` is the source's name of the type
+    /// (`format_type`, e.g. `bit(8)`, `hstore`, `point[]`): a target of the
+    /// same kind creates the column with it and parses the text back with
+    /// the type's input function; other targets store the text.
+    Other {
+        type_name: String,
+    },
 }
 
 /// One value, in ferry's intermediate representation.

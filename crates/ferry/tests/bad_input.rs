@@ -1,7 +1,7 @@
 //! Bad input gets a clear error naming the problem and the fix, a non-zero
 //! exit, and loses nothing.
 
-use crate::kit::{Dir, dump, ferry, text};
+use crate::kit::{Dir, dump, ferry, spawn_run, terminate, text};
 
 fn run(pipeline: &std::path::Path) -> (i32, String) {
     let o = ferry(&["run", pipeline.to_str().unwrap()]);
@@ -169,6 +169,36 @@ fn unsupported_column_type() {
         t.contains("places") && t.contains("shape") && t.contains("GEOMETRY"),
         "{t}"
     );
+}
+
+#[test]
+fn check_names_every_unsupported_column_at_once_and_excluding_them_runs() {
+    let d = Dir::new();
+    d.source()
+        .execute_batch(
+            "CREATE TABLE places (id INTEGER PRIMARY KEY, shape GEOMETRY, name TEXT, spot POINT);
+             INSERT INTO places VALUES (1, x'00ff', 'home', 'p(1 2)');",
+        )
+        .unwrap();
+    let c = ferry(&["check", d.pipeline("").to_str().unwrap()]);
+    let t = text(&c);
+    assert_eq!(c.status.code(), Some(1), "{t}");
+    assert!(
+        t.contains("places.shape (GEOMETRY)")
+            && t.contains("places.spot (POINT)")
+            && t.contains("exclude_columns = [\"places.shape\", \"places.spot\"]"),
+        "{t}"
+    );
+    // Excluded, they are never a reason to stop: read as stored, dropped.
+    let p = d.pipeline("[tables]\nexclude_columns = [\"places.shape\", \"places.spot\"]\n");
+    let run = spawn_run(&p, &d.path("run.log"));
+    let rows = ferry_testkit::eventually_blocking(
+        "the copy without the excluded columns",
+        std::time::Duration::from_secs(60),
+        || dump(&d.path("target.db"), "places").filter(|r| !r.is_empty()),
+    );
+    assert!(terminate(run).success());
+    assert_eq!(rows, vec!["Integer(1)|Text(\"home\")"]);
 }
 
 #[test]

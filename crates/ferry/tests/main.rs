@@ -7,6 +7,7 @@ mod e2e;
 mod exact;
 mod failpoints;
 mod fence;
+mod fidelity;
 mod help;
 mod kit;
 mod operations;

@@ -63,19 +63,21 @@ pub(crate) fn rows_per_statement(cols: usize) -> usize {
     (MAX_PARAMS / cols.max(1)).clamp(1, MAX_ROWS_PER_STATEMENT)
 }
 
-pub(crate) fn placeholders(rows: usize, width: usize) -> String {
+/// `($1,$2),($3,$4),...`: `rows` tuples of the columns `cols` of `t`
+/// (each placeholder as [`Target::placeholder`] writes it).
+pub(crate) fn placeholders(t: &Target, rows: usize, cols: &[usize]) -> String {
+    let width = cols.len();
     let mut s = String::with_capacity(rows * width * 6);
     for r in 0..rows {
         if r > 0 {
             s.push(',');
         }
         s.push('(');
-        for c in 0..width {
+        for (c, &col) in cols.iter().enumerate() {
             if c > 0 {
                 s.push(',');
             }
-            s.push('$');
-            s.push_str(&(r * width + c + 1).to_string());
+            s.push_str(&t.placeholder(col, r * width + c + 1));
         }
         s.push(')');
     }
@@ -95,12 +97,13 @@ pub(crate) fn delete_sql(t: &Target, rows: usize) -> String {
         "DELETE FROM {} WHERE ({}) IN (VALUES {})",
         t.qualified,
         key_list(t),
-        placeholders(rows, t.key.len())
+        placeholders(t, rows, &t.key)
     )
 }
 
 pub(crate) fn upsert_sql(t: &Target, rows: usize) -> String {
-    upsert_from(t, &format!("VALUES {}", placeholders(rows, t.cols.len())))
+    let all: Vec<usize> = (0..t.cols.len()).collect();
+    upsert_from(t, &format!("VALUES {}", placeholders(t, rows, &all)))
 }
 
 /// `INSERT ... <source> ON CONFLICT (key) DO UPDATE SET` every non-key column.
@@ -139,7 +142,7 @@ pub(crate) fn update_sql(t: &Target, present: &[usize], rows: usize) -> String {
         "UPDATE {} AS t SET {} FROM (VALUES {}) AS v({}) WHERE {}",
         t.qualified,
         set.join(", "),
-        placeholders(rows, present.len()),
+        placeholders(t, rows, present),
         names.join(", "),
         cond.join(" AND ")
     )
@@ -186,11 +189,12 @@ pub(crate) fn param_refs<'a>(
 /// `INSERT INTO t (cols) VALUES ...` without a conflict target: rows of a
 /// keyless table, where identical rows are each a row.
 pub(crate) fn insert_sql(t: &Target, rows: usize) -> String {
+    let all: Vec<usize> = (0..t.cols.len()).collect();
     format!(
         "INSERT INTO {} ({}) VALUES {}",
         t.qualified,
         t.cols.join(", "),
-        placeholders(rows, t.cols.len())
+        placeholders(t, rows, &all)
     )
 }
 
@@ -245,7 +249,7 @@ pub(crate) fn update_one_sql(t: &Target, set: &[usize], matched: &[usize]) -> St
     let assignments: Vec<String> = set
         .iter()
         .enumerate()
-        .map(|(n, &i)| format!("{} = ${}", t.cols[i], n + 1))
+        .map(|(n, &i)| format!("{} = {}", t.cols[i], t.placeholder(i, n + 1)))
         .collect();
     format!(
         "UPDATE {} SET {} WHERE {}",

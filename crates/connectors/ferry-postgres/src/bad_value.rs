@@ -168,7 +168,9 @@ async fn insert(
     c: usize,
     values: &[(usize, &Value)],
 ) -> Result<(), Error> {
-    let marks: Vec<String> = (1..=values.len()).map(|n| format!("(${n})")).collect();
+    let marks: Vec<String> = (1..=values.len())
+        .map(|n| format!("({})", t.placeholder(c, n)))
+        .collect();
     let params: Vec<Param> = values
         .iter()
         .map(|&(_, value)| Param {

@@ -68,7 +68,9 @@ pub(crate) fn decode(kind: &Kind, raw: &[u8]) -> Result<Value> {
         Kind::Numeric => {
             Value::Decimal(crate::numeric::decode(raw).ok_or_else(|| bad(kind, "malformed"))?)
         }
-        Kind::Text | Kind::Enum => Value::Text(text()?),
+        // `Other` columns are read as `col::text` (see `reader::column_list`)
+        // and turned into text in the stream (`stream::textify`).
+        Kind::Text | Kind::Enum | Kind::Other => Value::Text(text()?),
         Kind::Json => Value::Json(text()?),
         Kind::Jsonb => match raw.split_first() {
             Some((1, rest)) => Value::Json(
@@ -179,7 +181,9 @@ fn decode_inet(raw: &[u8]) -> Option<String> {
 /// binary send function; only text-like kinds arrive that way).
 pub(crate) fn decode_text(kind: &Kind, s: &str) -> Result<Value> {
     Ok(match kind {
-        Kind::Text | Kind::Enum | Kind::Inet | Kind::Cidr => Value::Text(s.to_owned()),
+        Kind::Text | Kind::Enum | Kind::Inet | Kind::Cidr | Kind::Other => {
+            Value::Text(s.to_owned())
+        }
         Kind::Json | Kind::Jsonb => Value::Json(s.to_owned()),
         Kind::Numeric => Value::Decimal(s.to_owned()),
         Kind::Int2 | Kind::Int4 | Kind::Int8 => Value::Int(
@@ -304,14 +308,16 @@ pub(crate) fn encode(v: &Value, kind: &Kind, out: &mut BytesMut) -> Result<()> {
             };
             crate::numeric::encode(s.trim(), out).ok_or_else(|| cannot(v, kind))?
         }
-        Kind::Text | Kind::Enum | Kind::Json => match v {
+        // `Other` travels as a text parameter, cast to the column's type
+        // in the statement (see `Target::placeholder`).
+        Kind::Text | Kind::Enum | Kind::Json | Kind::Other => match v {
             Value::Text(s) | Value::Json(s) | Value::Decimal(s) => out.put_slice(s.as_bytes()),
             Value::Bytes(b) if *kind == Kind::Text => out.put_slice(
                 std::str::from_utf8(b)
                     .map_err(|_| cannot(v, kind))?
                     .as_bytes(),
             ),
-            other if *kind == Kind::Text => {
+            other if matches!(kind, Kind::Text | Kind::Other) => {
                 out.put_slice(text_of(other).ok_or_else(|| cannot(v, kind))?.as_bytes())
             }
             _ => return Err(cannot(v, kind)),

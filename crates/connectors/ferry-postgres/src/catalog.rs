@@ -221,28 +221,25 @@ pub(crate) async fn describe(
 
 /// The ferry schema of a source table. Generated columns are left out
 /// (pgoutput does not send them; the target computes its own). A table
-/// without a usable key or with an unsupported column type is a fatal
-/// error naming table, column and fix.
+/// without a usable key is a fatal error naming table and fix.
 pub(crate) fn source_schema(t: &PgTable) -> Result<TableRef> {
     let mut columns = Vec::new();
     for c in t.columns.iter().filter(|c| !c.generated) {
+        // Every type resolves (to text for a type ferry has no codec
+        // for); a missing one means the catalog changed under the read.
         let Some(kind) = &c.kind else {
-            return Err(Error::fatal(format!(
-                "column {}.{} has type {}, which ferry cannot replicate",
+            return Err(Error::transient(format!(
+                "the type of column {}.{} ({}) vanished while the table was read",
                 t.display(),
                 c.name,
                 c.type_name
             ))
             .with("table", t.display())
-            .with("column", c.name.clone())
-            .with_fix(
-                "exclude the table from the pipeline, or change the column to a supported type \
-                 (see docs/types.md; e.g. ALTER TABLE ... ALTER COLUMN ... TYPE text)",
-            ));
+            .with("column", c.name.clone()));
         };
         columns.push(Column {
             name: c.name.clone(),
-            ty: column_type(kind, c.type_oid, c.typmod),
+            ty: column_type(kind, c.type_oid, c.typmod, &c.type_name),
             nullable: !c.not_null,
             source_type: c.type_name.clone(),
             user_type: c.user_type.clone(),
@@ -332,7 +329,11 @@ pub(crate) fn binary_copy_encoding(major: u32, pg: &PgTable, table: &TableRef) -
     let mut types = Vec::with_capacity(table.columns.len());
     for c in &table.columns {
         let pc = pg.column(&c.name)?;
-        if pc.type_oid >= FIRST_USER_OID || pc.kind.is_none() || pc.generated {
+        // `Other` columns are read as text, not in their binary form.
+        if pc.type_oid >= FIRST_USER_OID
+            || pc.kind.as_ref().is_none_or(|k| *k == Kind::Other)
+            || pc.generated
+        {
             return None;
         }
         types.push(format!("{}/{}", pc.type_oid, pc.typmod));

@@ -216,11 +216,23 @@ pub(crate) async fn source_checks(
             let mut bad = 0;
             let mut count = 0;
             let mut keyless = Vec::new();
+            let mut as_text = Vec::new();
             for name in names.iter().filter(|n| selection.selects(n)) {
                 count += 1;
                 let ns = name.namespace.as_deref().unwrap_or("public");
                 let described = catalog::describe(client, &mut types, ns, &name.name).await;
-                let problem = match described.map(|t| t.map(|t| catalog::source_schema(&t))) {
+                let described = described.map(|t| t.map(|t| catalog::source_schema(&t)));
+                if let Ok(Some(Ok(t))) = &described {
+                    as_text.extend(t.columns.iter().filter_map(|c| match &c.ty {
+                        ferry_core::ColumnType::Other { type_name }
+                            if !selection.unread(&t.name, &c.name) =>
+                        {
+                            Some(format!("{name}.{} ({type_name})", c.name))
+                        }
+                        _ => None,
+                    }));
+                }
+                let problem = match described {
                     Ok(Some(Ok(t))) if t.is_keyless() => {
                         keyless.push(name.to_string());
                         None
@@ -245,6 +257,17 @@ pub(crate) async fn source_checks(
                     )
                 };
                 items.push(CheckItem::ok("source: tables", detail));
+            }
+            // Every type is carried; these by their text form.
+            if !as_text.is_empty() {
+                items.push(CheckItem::ok(
+                    "source: column types",
+                    format!(
+                        "carried by their text form (the same type on a PostgreSQL target, \
+                         text on other targets; docs/types.md): {}",
+                        as_text.join(", ")
+                    ),
+                ));
             }
         }
         Err(e) => items.push(CheckItem::from_error("source: tables", &e)),

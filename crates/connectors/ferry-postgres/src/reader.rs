@@ -23,6 +23,9 @@ pub(crate) struct ReadColumn {
     /// Text that already compares by bytes (see `PgColumn::bytewise`):
     /// compared and ordered as it is, so its index serves key ranges.
     pub bytewise: bool,
+    /// Nothing reads the column (excluded, no filter uses it): selected as
+    /// `NULL`, so its values are never read at all.
+    pub unread: bool,
 }
 
 /// The columns of `table` (ferry's order) as they are in `pg`.
@@ -35,8 +38,8 @@ pub(crate) fn read_columns(pg: &PgTable, table: &TableRef) -> Result<Vec<ReadCol
                 Error::fatal(format!("table {} has no column {}", pg.display(), c.name))
             })?;
             let kind = pc.kind.clone().ok_or_else(|| {
-                Error::fatal(format!(
-                    "column {}.{} has unsupported type {}",
+                Error::transient(format!(
+                    "the type of column {}.{} ({}) vanished while the table was read",
                     pg.display(),
                     c.name,
                     pc.type_name
@@ -47,6 +50,7 @@ pub(crate) fn read_columns(pg: &PgTable, table: &TableRef) -> Result<Vec<ReadCol
                 kind,
                 type_name: pc.type_name.clone(),
                 bytewise: pc.bytewise,
+                unread: false,
             })
         })
         .collect()
@@ -58,7 +62,9 @@ pub(crate) fn key_expr(c: &ReadColumn) -> String {
     match c.kind {
         Kind::Text if c.bytewise => c.quoted.clone(),
         Kind::Text => format!("{} COLLATE \"C\"", c.quoted),
-        Kind::Enum | Kind::Inet | Kind::Cidr => format!("({}::text) COLLATE \"C\"", c.quoted),
+        Kind::Enum | Kind::Inet | Kind::Cidr | Kind::Other => {
+            format!("({}::text) COLLATE \"C\"", c.quoted)
+        }
         _ => c.quoted.clone(),
     }
 }
@@ -69,7 +75,7 @@ fn key_literals(cols: &[&ReadColumn], key: &[Value]) -> Result<String> {
         .zip(key)
         .map(|(c, v)| {
             let ty = match c.kind {
-                Kind::Enum | Kind::Inet | Kind::Cidr => "text",
+                Kind::Enum | Kind::Inet | Kind::Cidr | Kind::Other => "text",
                 _ => c.type_name.as_str(),
             };
             let lit = binary::literal(v, ty)?;
@@ -102,7 +108,7 @@ pub(crate) fn range_predicate(cols: &[&ReadColumn], range: &KeyRange) -> Result<
 pub(crate) fn indexed_order(cols: &[ReadColumn]) -> bool {
     cols.iter().all(|c| match c.kind {
         Kind::Text => c.bytewise,
-        Kind::Enum | Kind::Inet | Kind::Cidr => false,
+        Kind::Enum | Kind::Inet | Kind::Cidr | Kind::Other => false,
         _ => true,
     })
 }
@@ -275,10 +281,15 @@ pub(crate) async fn scan_rows(
     Ok(())
 }
 
-/// `c1, c2, ...`: the quoted names of `cols`.
+/// `c1, c2, ...`: the quoted names of `cols`, a column of a type ferry
+/// carries as text read through the type's output function (`c3::text`).
 pub(crate) fn column_list(cols: &[ReadColumn]) -> String {
     cols.iter()
-        .map(|c| c.quoted.as_str())
+        .map(|c| match c.kind {
+            _ if c.unread => "NULL".to_owned(),
+            Kind::Other => format!("{}::text", c.quoted),
+            _ => c.quoted.clone(),
+        })
         .collect::<Vec<_>>()
         .join(", ")
 }

@@ -19,7 +19,7 @@ use crate::error::pg_error;
 use crate::fence::{self, Lock};
 use crate::reader::KeyOrderReads;
 use crate::types::{
-    PgType, TypeCache, column_ddl_type, ident, quote_literal, type_ident, writable,
+    Kind, PgType, TypeCache, column_ddl_type, ident, quote_literal, type_ident, writable,
 };
 
 /// The advisory lock every pipeline's structure copy on a database holds.
@@ -76,6 +76,50 @@ pub(crate) struct Target {
 }
 
 impl Target {
+    /// Parameter `$n` bound to column `i`: a column of a type ferry
+    /// carries as text gets a text parameter cast to the column's type
+    /// (its input function reads it), `$n::bit(8)`.
+    pub fn placeholder(&self, i: usize, n: usize) -> String {
+        match self.types[i].kind {
+            Kind::Other => format!("${n}::{}", self.types[i].name),
+            _ => format!("${n}"),
+        }
+    }
+
+    /// Whether a column has a type ferry carries as text: binary `COPY`
+    /// cannot take its values, which then go through a staging table.
+    pub fn has_text_columns(&self) -> bool {
+        self.types.iter().any(|t| t.kind == Kind::Other)
+    }
+
+    /// `SELECT` list of a staging table for this target: its columns, a
+    /// column of a type carried as text as `text`.
+    pub fn stage_columns(&self) -> String {
+        self.cols
+            .iter()
+            .zip(&self.types)
+            .map(|(c, t)| match t.kind {
+                Kind::Other => format!("{c}::text AS {c}"),
+                _ => c.clone(),
+            })
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
+
+    /// `SELECT` list reading a staging table into this target: text cast
+    /// back to the column's type.
+    pub fn unstage_columns(&self) -> String {
+        self.cols
+            .iter()
+            .zip(&self.types)
+            .map(|(c, t)| match t.kind {
+                Kind::Other => format!("{c}::{}", t.name),
+                _ => c.clone(),
+            })
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
+
     pub fn matches(&self, table: &TableRef) -> bool {
         self.source_cols.len() == table.columns.len()
             && self
@@ -105,6 +149,9 @@ pub(crate) fn target_name(name: &TableName) -> (String, String) {
 }
 
 fn param_type(t: &PgType) -> Type {
+    if t.kind == Kind::Other {
+        return Type::TEXT;
+    }
     Type::from_oid(t.oid).unwrap_or_else(|| {
         Type::new(
             t.name.clone(),
@@ -210,6 +257,7 @@ pub(crate) fn map_target(table: &TableRef, pg: &PgTable, major: u32) -> Result<T
             bytewise: pg
                 .column(&table.columns[k].name)
                 .is_some_and(|tc| tc.bytewise),
+            unread: false,
         })
         .collect();
     Ok(Target {
@@ -309,12 +357,20 @@ async fn ensure_user_type(
     if !done.insert(ut.name.clone()) {
         return Ok(());
     }
-    if let UserTypeDef::Domain {
-        base_type: Some(base),
-        ..
-    } = &ut.def
-    {
-        Box::pin(ensure_user_type(client, base, done)).await?;
+    match &ut.def {
+        UserTypeDef::Domain {
+            base_type: Some(base),
+            ..
+        } => Box::pin(ensure_user_type(client, base, done)).await?,
+        UserTypeDef::Defined { uses, .. } => {
+            for used in uses {
+                Box::pin(ensure_user_type(client, used, done)).await?;
+            }
+        }
+        UserTypeDef::Extension { extension } => {
+            return ensure_extension(client, ut, extension).await;
+        }
+        _ => {}
     }
     let q = type_ident(&ut.name);
     let schema = ut.name.namespace.as_deref().unwrap_or("public");
@@ -331,9 +387,12 @@ async fn ensure_user_type(
         .await
         .map_err(failed)?
         .map(|r| (r.get(0), r.get(1)));
-    let (want, kind) = match ut.def {
+    let (want, kind) = match &ut.def {
         UserTypeDef::Enum(_) => ("e", "an enum"),
         UserTypeDef::Domain { .. } => ("d", "a domain"),
+        UserTypeDef::Defined { body, .. } if body.starts_with("AS RANGE") => ("r", "a range type"),
+        UserTypeDef::Defined { .. } => ("c", "a composite type"),
+        UserTypeDef::Extension { .. } => return Ok(()),
     };
     let mut sql = Vec::new();
     match (&ut.def, existing) {
@@ -349,7 +408,7 @@ async fn ensure_user_type(
             )));
         }
         (UserTypeDef::Enum(labels), Some((_, have))) => sql = missing_labels_sql(&q, labels, &have),
-        // An existing domain is used as it is.
+        // An existing domain, composite or range type is used as it is.
         (_, Some(_)) => {}
         (def, None) => {
             sql.extend(create_schema_sql(client, schema).await?);
@@ -366,9 +425,53 @@ async fn ensure_user_type(
     Ok(())
 }
 
-/// `CREATE TYPE ... AS ENUM` or `CREATE DOMAIN` for the named type `q`.
+/// Installs the extension that provides type `ut` (`hstore`, `citext`)
+/// when the target lacks it, in the type's schema.
+async fn ensure_extension(client: &Client, ut: &UserType, extension: &str) -> Result<()> {
+    let failed = |e| {
+        pg_error(e, &format!("installing extension {extension}"))
+            .with("type", ut.name.to_string())
+            .with_fix(format!(
+                "install the extension on the target (CREATE EXTENSION {} on its database, as a \
+                 user allowed to; its files come with the server's contrib package), or create \
+                 the target table beforehand with the column types you want",
+                ident(extension)
+            ))
+    };
+    let installed: bool = client
+        .query_one(
+            "SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_extension WHERE extname = $1)",
+            &[&extension],
+        )
+        .await
+        .map_err(failed)?
+        .get(0);
+    if installed {
+        return Ok(());
+    }
+    let schema = ut.name.namespace.as_deref().unwrap_or("public");
+    let mut sql: Vec<String> = create_schema_sql(client, schema)
+        .await?
+        .into_iter()
+        .collect();
+    sql.push(format!(
+        "CREATE EXTENSION IF NOT EXISTS {} SCHEMA {}",
+        ident(extension),
+        ident(schema)
+    ));
+    tracing::info!(extension, r#type = %ut.name, "installing the extension on the target");
+    client.batch_execute(&sql.join("; ")).await.map_err(failed)
+}
+
+/// `CREATE TYPE ... AS ENUM`, `CREATE DOMAIN` or `CREATE TYPE ... AS
+/// (...)`/`AS RANGE (...)` for the named type `q`.
 fn create_type_sql(q: &str, def: &UserTypeDef) -> String {
     match def {
+        UserTypeDef::Defined { body, .. } => format!("CREATE TYPE {q} {body}"),
+        // Installed, not created (see `ensure_extension`).
+        UserTypeDef::Extension { extension } => {
+            format!("CREATE EXTENSION IF NOT EXISTS {}", ident(extension))
+        }
         UserTypeDef::Enum(labels) => {
             let list: Vec<String> = labels.iter().map(|l| quote_literal(l)).collect();
             format!("CREATE TYPE {q} AS ENUM ({})", list.join(", "))

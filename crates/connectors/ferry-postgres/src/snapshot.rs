@@ -203,7 +203,11 @@ async fn plan(
     unread: Vec<bool>,
 ) -> Result<Vec<Work>> {
     let table = req.table.clone();
-    let cols = read_columns(pg, &table)?;
+    let mut cols = read_columns(pg, &table)?;
+    // A column nothing reads is not read at all (a key column always is).
+    for (i, c) in cols.iter_mut().enumerate() {
+        c.unread = unread.get(i).copied().unwrap_or(false) && !table.is_key_column(i);
+    }
     let key_cols: Vec<ReadColumn> = table.key.iter().map(|&i| cols[i].clone()).collect();
     let gaps = ferry_core::gaps(&req.skip);
     let int_key =

@@ -324,14 +324,23 @@ impl Stream {
                     self.push(change);
                 }
             }
-            PgOutput::Insert { rel, new } => {
+            PgOutput::Insert { rel, mut new } => {
                 let r = self.rel(rel)?;
+                textify(ctx.client, r, &mut new, ctx.selection).await?;
                 let row = values(r, new, false, ctx.selection)?;
                 let table = r.table.clone();
                 self.push(Change::Insert { table, row });
             }
-            PgOutput::Update { rel, old, new } => {
+            PgOutput::Update {
+                rel,
+                mut old,
+                mut new,
+            } => {
                 let r = self.rel(rel)?;
+                if let Some(o) = old.as_mut() {
+                    textify(ctx.client, r, &mut o.datums, ctx.selection).await?;
+                }
+                textify(ctx.client, r, &mut new, ctx.selection).await?;
                 let before = old.map(|o| old_values(r, o, ctx.selection)).transpose()?;
                 let after = values(r, new, false, ctx.selection)?;
                 let table = r.table.clone();
@@ -341,8 +350,9 @@ impl Stream {
                     after,
                 });
             }
-            PgOutput::Delete { rel, old } => {
+            PgOutput::Delete { rel, mut old } => {
                 let r = self.rel(rel)?;
+                textify(ctx.client, r, &mut old.datums, ctx.selection).await?;
                 let before = old_values(r, old, ctx.selection)?;
                 let table = r.table.clone();
                 self.push(Change::Delete { table, before });
@@ -487,16 +497,28 @@ impl Stream {
     async fn on_relation(&mut self, r: Relation, ctx: &mut Context<'_>) -> Result<Vec<Change>> {
         let name = TableName::new(Some(&r.namespace), &r.name);
         let mut kinds = Vec::with_capacity(r.columns.len());
+        let mut types = Vec::with_capacity(r.columns.len());
         for c in &r.columns {
-            let kind = ctx.types.kind(ctx.client, c.type_oid).await?.ok_or_else(|| {
-                Error::fatal(format!(
-                    "column {name}.{} has a type (oid {}) that ferry cannot replicate",
-                    c.name, c.type_oid
-                ))
-                .with("table", name.to_string())
-                .with("column", c.name.clone())
-                .with_fix("exclude the table, or change the column to a supported type (docs/types.md)")
-            })?;
+            let kind = ctx
+                .types
+                .kind(ctx.client, c.type_oid)
+                .await?
+                .ok_or_else(|| {
+                    Error::transient(format!(
+                        "column {name}.{} has a type (oid {}) the source no longer knows",
+                        c.name, c.type_oid
+                    ))
+                    .with("table", name.to_string())
+                    .with("column", c.name.clone())
+                })?;
+            // A type carried as text is named by the server (its name is
+            // part of the column type, so a change of it is a change).
+            let type_name = if kind == Kind::Other {
+                type_name(ctx.client, c.type_oid, c.typmod).await?
+            } else {
+                String::new()
+            };
+            types.push(column_type(&kind, c.type_oid, c.typmod, &type_name));
             kinds.push(kind);
         }
         let type_oids: Vec<u32> = r.columns.iter().map(|c| c.type_oid).collect();
@@ -507,12 +529,6 @@ impl Stream {
                 None => (ctx.known.get(&name).cloned(), None),
             },
         };
-        let types: Vec<_> = r
-            .columns
-            .iter()
-            .zip(&kinds)
-            .map(|(c, k)| column_type(k, c.type_oid, c.typmod))
-            .collect();
         let unchanged = prev.as_ref().is_some_and(|p| {
             p.columns.len() == r.columns.len()
                 && p.columns
@@ -555,12 +571,7 @@ impl Stream {
             let old = prev
                 .as_ref()
                 .and_then(|p| p.columns.iter().find(|pc| pc.name == old_name(&c.name)));
-            let source_type: String = ctx
-                .client
-                .query_one("SELECT format_type($1, $2)", &[&c.type_oid, &c.typmod])
-                .await
-                .map_err(|e| pg_error(e, "naming a column type"))?
-                .get(0);
+            let source_type = type_name(ctx.client, c.type_oid, c.typmod).await?;
             columns.push(Column {
                 name: c.name.clone(),
                 ty,
@@ -637,6 +648,113 @@ impl Stream {
         }
         Ok(out)
     }
+}
+
+/// `format_type(oid, typmod)`: the server's name of a column type.
+async fn type_name(client: &Client, oid: u32, typmod: i32) -> Result<String> {
+    Ok(client
+        .query_one("SELECT format_type($1, $2)", &[&oid, &typmod])
+        .await
+        .map_err(|e| pg_error(e, "naming a column type"))?
+        .get(0))
+}
+
+/// A binary value of a type with no ferry codec, as it arrives in the
+/// stream (pgoutput sends the binary form of every type that has one).
+#[derive(Debug)]
+struct RawValue<'a>(&'a [u8]);
+
+impl tokio_postgres::types::ToSql for RawValue<'_> {
+    fn to_sql(
+        &self,
+        _ty: &tokio_postgres::types::Type,
+        out: &mut bytes::BytesMut,
+    ) -> std::result::Result<tokio_postgres::types::IsNull, Box<dyn std::error::Error + Sync + Send>>
+    {
+        out.extend_from_slice(self.0);
+        Ok(tokio_postgres::types::IsNull::No)
+    }
+
+    fn accepts(_ty: &tokio_postgres::types::Type) -> bool {
+        true
+    }
+
+    tokio_postgres::types::to_sql_checked!();
+}
+
+/// Turns the binary values of [`Kind::Other`] columns in `datums` into
+/// their text forms, by the source's own functions: one round trip that
+/// hands each value back to the server in binary (its receive function)
+/// and reads `$n::text` (its output function). Values of the same type
+/// read back the same on any server, which the binary form (OIDs inside
+/// composites and arrays, extension versions) does not promise.
+/// A column nothing reads (`selection`) is not sent to the server: its
+/// value becomes NULL.
+async fn textify(
+    client: &Client,
+    r: &Rel,
+    datums: &mut [Datum],
+    selection: &Selection,
+) -> Result<()> {
+    let mut at = Vec::new();
+    for (i, datum) in datums.iter_mut().enumerate() {
+        if r.kinds.get(i) != Some(&Kind::Other) || !matches!(datum, Datum::Binary(_)) {
+            continue;
+        }
+        let unread =
+            (r.table.columns.get(i)).is_some_and(|c| selection.unread(&r.table.name, &c.name));
+        if unread {
+            *datum = Datum::Null;
+        } else {
+            at.push(i);
+        }
+    }
+    if at.is_empty() {
+        return Ok(());
+    }
+    let raws: Vec<RawValue> = at
+        .iter()
+        .map(|&i| match &datums[i] {
+            Datum::Binary(b) => RawValue(b),
+            _ => RawValue(&[]),
+        })
+        .collect();
+    let params: Vec<(
+        &(dyn tokio_postgres::types::ToSql + Sync),
+        tokio_postgres::types::Type,
+    )> = raws
+        .iter()
+        .zip(&at)
+        .map(|(raw, &i)| {
+            let oid = r.type_oids[i];
+            let ty = tokio_postgres::types::Type::from_oid(oid).unwrap_or_else(|| {
+                tokio_postgres::types::Type::new(
+                    format!("oid {oid}"),
+                    oid,
+                    tokio_postgres::types::Kind::Simple,
+                    "pg_catalog".into(),
+                )
+            });
+            (raw as &(dyn tokio_postgres::types::ToSql + Sync), ty)
+        })
+        .collect();
+    let list: Vec<String> = (1..=at.len()).map(|n| format!("${n}::text")).collect();
+    let sql = format!("SELECT {}", list.join(", "));
+    let rows = client.query_typed(&sql, &params).await.map_err(|e| {
+        pg_error(e, "reading values of a type ferry carries as text")
+            .with("table", r.table.name.to_string())
+    })?;
+    let row = rows
+        .first()
+        .ok_or_else(|| Error::fatal("SELECT of values returned no row"))?;
+    for (n, &i) in at.iter().enumerate() {
+        let text: Option<String> = row.get(n);
+        datums[i] = match text {
+            Some(t) => Datum::Text(bytes::Bytes::from(t)),
+            None => Datum::Null,
+        };
+    }
+    Ok(())
 }
 
 fn decode_datum(r: &Rel, i: usize, d: &Datum) -> Result<Value> {

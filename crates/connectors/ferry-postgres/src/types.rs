@@ -40,6 +40,12 @@ pub(crate) enum Kind {
         elem_oid: u32,
         elem: Box<Kind>,
     },
+    /// Any other type (`xml`, ranges, geometric, composite, extension
+    /// types, arrays of them): carried by its text form, which the server's
+    /// output function writes and its input function reads back. Read as
+    /// `col::text`; written as a text parameter cast to the column's type
+    /// (see `Target::placeholder`).
+    Other,
 }
 
 impl Kind {
@@ -47,7 +53,8 @@ impl Kind {
     /// by their text.
     pub(crate) fn has_no_equality(&self) -> bool {
         match self {
-            Kind::Json => true,
+            // Some have none (`point`, `xml`); their text is compared.
+            Kind::Json | Kind::Other => true,
             Kind::Array { elem, .. } => elem.has_no_equality(),
             _ => false,
         }
@@ -93,7 +100,9 @@ fn builtin(oid: u32) -> Option<Kind> {
 pub(crate) const FIRST_USER_OID: u32 = 16_384;
 
 /// Resolves type OIDs (built-in, enums, domains, arrays) against one
-/// database, caching what it learnt. `None` = unsupported type.
+/// database, caching what it learnt. Every type of the database resolves
+/// (to [`Kind::Other`] when ferry has no codec for it); `None` = no such
+/// type.
 #[derive(Debug, Default)]
 pub(crate) struct TypeCache {
     known: HashMap<u32, Option<Kind>>,
@@ -128,15 +137,18 @@ impl TypeCache {
             kind = match typtype.as_str() {
                 "e" => Some(Kind::Enum),
                 "d" => Box::pin(self.kind(client, base)).await?,
+                // An array of a type ferry carries as text is text as a
+                // whole (`{"(1,2)","(3,4)"}`), as is an array of arrays.
                 "b" if category == "A" && elem != 0 && typlen == -1 => {
-                    Box::pin(self.kind(client, elem)).await?.and_then(|k| {
-                        (!matches!(k, Kind::Array { .. })).then(|| Kind::Array {
+                    Box::pin(self.kind(client, elem)).await?.map(|k| match k {
+                        Kind::Array { .. } | Kind::Other => Kind::Other,
+                        k => Kind::Array {
                             elem_oid: elem,
                             elem: Box::new(k),
-                        })
+                        },
                     })
                 }
-                _ => None,
+                _ => Some(Kind::Other),
             };
         }
         self.known.insert(oid, kind.clone());
@@ -162,9 +174,29 @@ impl TypeCache {
                         ARRAY(SELECT c.conname::text FROM pg_catalog.pg_constraint c \
                               WHERE c.contypid = t.oid AND c.contype = 'c' ORDER BY c.conname), \
                         ARRAY(SELECT pg_get_constraintdef(c.oid) FROM pg_catalog.pg_constraint c \
-                              WHERE c.contypid = t.oid AND c.contype = 'c' ORDER BY c.conname) \
+                              WHERE c.contypid = t.oid AND c.contype = 'c' ORDER BY c.conname), \
+                        (SELECT e.extname::text FROM pg_catalog.pg_depend d \
+                           JOIN pg_catalog.pg_extension e ON e.oid = d.refobjid \
+                          WHERE d.classid = 'pg_catalog.pg_type'::regclass AND d.objid = t.oid \
+                            AND d.refclassid = 'pg_catalog.pg_extension'::regclass \
+                            AND d.deptype = 'e' LIMIT 1), \
+                        ARRAY(SELECT a.attname::text FROM pg_catalog.pg_attribute a \
+                              WHERE a.attrelid = t.typrelid AND a.attnum > 0 \
+                                AND NOT a.attisdropped ORDER BY a.attnum), \
+                        ARRAY(SELECT format_type(a.atttypid, a.atttypmod) \
+                              FROM pg_catalog.pg_attribute a \
+                              WHERE a.attrelid = t.typrelid AND a.attnum > 0 \
+                                AND NOT a.attisdropped ORDER BY a.attnum), \
+                        ARRAY(SELECT a.atttypid FROM pg_catalog.pg_attribute a \
+                              WHERE a.attrelid = t.typrelid AND a.attnum > 0 \
+                                AND NOT a.attisdropped ORDER BY a.attnum), \
+                        r.rngsubtype, format_type(r.rngsubtype, NULL), \
+                        format_type((to_jsonb(r) ->> 'rngmultitypid')::oid, NULL), \
+                        (SELECT m.rngtypid FROM pg_catalog.pg_range m \
+                          WHERE (to_jsonb(m) ->> 'rngmultitypid')::oid = t.oid) \
                  FROM pg_catalog.pg_type t \
-                 JOIN pg_catalog.pg_namespace n ON n.oid = t.typnamespace WHERE t.oid = $1",
+                 JOIN pg_catalog.pg_namespace n ON n.oid = t.typnamespace \
+                 LEFT JOIN pg_catalog.pg_range r ON r.rngtypid = t.oid WHERE t.oid = $1",
                 &[&oid],
             )
             .await
@@ -175,7 +207,16 @@ impl TypeCache {
             let name = TableName::new(Some(r.get::<_, String>(1).as_str()), r.get(2));
             let elem: u32 = r.get(3);
             let category: String = r.get(4);
+            let extension: Option<String> = r.get(11);
             named = match typtype.as_str() {
+                // An extension's type comes with its extension, whatever
+                // kind of type it is.
+                _ if extension.is_some() => Some(UserType {
+                    name,
+                    def: UserTypeDef::Extension {
+                        extension: extension.unwrap_or_default(),
+                    },
+                }),
                 "e" => Some(UserType {
                     name,
                     def: UserTypeDef::Enum(r.get(8)),
@@ -198,6 +239,50 @@ impl TypeCache {
                 "b" if category == "A" && elem != 0 => {
                     Box::pin(self.user_type(client, elem)).await?
                 }
+                "c" => {
+                    let names: Vec<String> = r.get(12);
+                    let types: Vec<String> = r.get(13);
+                    let oids: Vec<u32> = r.get(14);
+                    let mut uses = Vec::new();
+                    for o in oids {
+                        uses.extend(Box::pin(self.user_type(client, o)).await?);
+                    }
+                    let attrs: Vec<String> = names
+                        .iter()
+                        .zip(&types)
+                        .map(|(n, t)| format!("{} {t}", ident(n)))
+                        .collect();
+                    Some(UserType {
+                        name,
+                        def: UserTypeDef::Defined {
+                            body: format!("AS ({})", attrs.join(", ")),
+                            uses,
+                        },
+                    })
+                }
+                "r" => {
+                    let subtype: u32 = r.get(15);
+                    let uses = Box::pin(self.user_type(client, subtype)).await?;
+                    let subtype_name: String = r.get(16);
+                    // Multiranges exist from PostgreSQL 14 on (read through
+                    // `to_jsonb` so older servers answer too).
+                    let multirange = match r.get::<_, Option<String>>(17) {
+                        Some(m) => format!(", MULTIRANGE_TYPE_NAME = {m}"),
+                        None => String::new(),
+                    };
+                    Some(UserType {
+                        name,
+                        def: UserTypeDef::Defined {
+                            body: format!("AS RANGE (SUBTYPE = {subtype_name}{multirange})"),
+                            uses: uses.into_iter().collect(),
+                        },
+                    })
+                }
+                // A multirange comes with its range.
+                "m" => match r.get::<_, Option<u32>>(18) {
+                    Some(range) => Box::pin(self.user_type(client, range)).await?,
+                    None => None,
+                },
                 _ => None,
             };
         }
@@ -218,6 +303,9 @@ pub(crate) fn type_ident(name: &TableName) -> String {
 /// enum or domain when it names one (created beforehand, see
 /// `sink::ensure_user_types`), else [`ddl_type`].
 pub(crate) fn column_ddl_type(c: &Column) -> Result<String> {
+    if let ColumnType::Other { type_name } = &c.ty {
+        return Ok(type_name.clone());
+    }
     match &c.user_type {
         // `format_type` spells an array of the named type `name[]`; a
         // domain over an array is the domain itself.
@@ -228,9 +316,12 @@ pub(crate) fn column_ddl_type(c: &Column) -> Result<String> {
 }
 
 /// The ferry column type of a PostgreSQL column of type `oid` (`typmod`
-/// as in `pg_attribute.atttypmod`).
-pub(crate) fn column_type(kind: &Kind, oid: u32, typmod: i32) -> ColumnType {
+/// as in `pg_attribute.atttypmod`, `type_name` its `format_type`).
+pub(crate) fn column_type(kind: &Kind, oid: u32, typmod: i32, type_name: &str) -> ColumnType {
     match kind {
+        Kind::Other => ColumnType::Other {
+            type_name: type_name.to_owned(),
+        },
         Kind::Bool => ColumnType::Bool,
         Kind::Int2 => ColumnType::Int16,
         Kind::Int4 => ColumnType::Int32,
@@ -274,7 +365,7 @@ pub(crate) fn column_type(kind: &Kind, oid: u32, typmod: i32) -> ColumnType {
         Kind::Uuid => ColumnType::Uuid,
         Kind::Json | Kind::Jsonb => ColumnType::Json,
         Kind::Array { elem, elem_oid } => {
-            ColumnType::Array(Box::new(column_type(elem, *elem_oid, typmod)))
+            ColumnType::Array(Box::new(column_type(elem, *elem_oid, typmod, type_name)))
         }
     }
 }
@@ -309,6 +400,9 @@ pub(crate) fn ddl_type(ty: &ColumnType, source_type: &str) -> Result<String> {
             fixed: false,
         } if matches!(base_type(source_type).as_str(), "inet" | "cidr") => base_type(source_type),
         ColumnType::Text { .. } | ColumnType::Dynamic => "text".into(),
+        // The source's own type (a PostgreSQL source: its named types are
+        // created beforehand, see `sink::ensure_user_types`).
+        ColumnType::Other { type_name } => type_name.clone(),
         ColumnType::Bytes => "bytea".into(),
         ColumnType::Date => "date".into(),
         ColumnType::Time => "time without time zone".into(),
@@ -348,6 +442,11 @@ pub(crate) fn writable(from: &ColumnType, to: &Kind) -> bool {
     use ColumnType as C;
     match (from, to) {
         (_, Kind::Text) => !matches!(from, C::Array(_) | C::Bytes),
+        // Text goes through the column type's input function; a value
+        // of another kind through its text form (a data error names the
+        // value the type's input function refuses).
+        (C::Array(_) | C::Bytes, Kind::Other) => false,
+        (_, Kind::Other) => true,
         (C::Dynamic, _) => true,
         (C::Bool, Kind::Bool) => true,
         (C::Bool | C::Int16 | C::Int32 | C::Int64, Kind::Int2 | Kind::Int4 | Kind::Int8) => true,
@@ -384,7 +483,7 @@ mod tests {
 
     #[test]
     fn numeric_typmod_gives_precision_and_scale() {
-        let t = column_type(&Kind::Numeric, 1700, (12 << 16 | 2) + 4);
+        let t = column_type(&Kind::Numeric, 1700, (12 << 16 | 2) + 4, "");
         assert_eq!(
             t,
             ColumnType::Decimal {
@@ -395,7 +494,7 @@ mod tests {
         assert_eq!(ddl_type(&t, "").unwrap(), "numeric(12,2)");
         // Scales are signed (PostgreSQL 15: -1000..=1000).
         for (p, s) in [(7, -3), (3, 5), (1000, -1000), (1000, 1000)] {
-            let t = column_type(&Kind::Numeric, 1700, ((p << 16) | (s & 0x7ff)) + 4);
+            let t = column_type(&Kind::Numeric, 1700, ((p << 16) | (s & 0x7ff)) + 4, "");
             assert_eq!(
                 t,
                 ColumnType::Decimal {
@@ -409,7 +508,7 @@ mod tests {
 
     #[test]
     fn text_lengths() {
-        let v = column_type(&Kind::Text, 1043, 24);
+        let v = column_type(&Kind::Text, 1043, 24, "");
         assert_eq!(
             v,
             ColumnType::Text {
@@ -417,7 +516,7 @@ mod tests {
                 fixed: false
             }
         );
-        let c = column_type(&Kind::Text, 1042, 7);
+        let c = column_type(&Kind::Text, 1042, 7, "");
         assert_eq!(ddl_type(&c, "").unwrap(), "character(3)");
         assert_eq!(ident("a\"b"), "\"a\"\"b\"");
     }

@@ -153,8 +153,9 @@ impl PostgresWriter {
         Ok(())
     }
 
-    /// Large upsert batch: COPY into a staging table, one merge statement.
-    async fn upsert_staged(&mut self, t: &Target, rows: &[&Vec<Value>]) -> Result<()> {
+    /// The staging table of `t` (created on first use): the target's
+    /// columns, a column of a type carried as text as `text`.
+    async fn stage(&mut self, t: &Target) -> Result<String> {
         self.send_begin().await?;
         let types: Vec<&str> = t.types.iter().map(|ty| ty.name.as_str()).collect();
         let signature = format!("{}({})({})", t.qualified, t.cols.join(","), types.join(","));
@@ -168,7 +169,7 @@ impl PostgresWriter {
             let sql = format!(
                 "CREATE TEMP TABLE IF NOT EXISTS {stage} ON COMMIT DELETE ROWS AS \
                  SELECT {} FROM {} WITH NO DATA",
-                t.cols.join(", "),
+                t.stage_columns(),
                 t.qualified
             );
             self.client.batch_execute(&sql).await.map_err(|e| {
@@ -176,8 +177,14 @@ impl PostgresWriter {
             })?;
             self.stages_ready.insert(signature);
         }
+        Ok(stage)
+    }
+
+    /// Large upsert batch: COPY into a staging table, one merge statement.
+    async fn upsert_staged(&mut self, t: &Target, rows: &[&Vec<Value>]) -> Result<()> {
+        let stage = self.stage(t).await?;
         self.copy_rows(t, &stage, rows).await?;
-        let merge = upsert_from(t, &format!("SELECT {} FROM {stage}", t.cols.join(", ")));
+        let merge = upsert_from(t, &format!("SELECT {} FROM {stage}", t.unstage_columns()));
         self.client
             .batch_execute(&format!("{merge}; TRUNCATE {stage}"))
             .await
@@ -185,6 +192,29 @@ impl PostgresWriter {
                 pg_error(e, "applying changes")
                     .with("table", t.display.clone())
                     .with("statement", abbreviate(&merge))
+            })?;
+        Ok(())
+    }
+
+    /// Snapshot rows into a table with columns of types carried as text:
+    /// binary `COPY` into the staging table, then one `INSERT ... SELECT`
+    /// that casts the text to each column's type.
+    async fn load_staged(&mut self, t: &Target, rows: &[&Vec<Value>]) -> Result<()> {
+        let stage = self.stage(t).await?;
+        self.copy_rows(t, &stage, rows).await?;
+        let insert = format!(
+            "INSERT INTO {} ({}) SELECT {} FROM {stage}",
+            t.qualified,
+            t.cols.join(", "),
+            t.unstage_columns()
+        );
+        self.client
+            .batch_execute(&format!("{insert}; TRUNCATE {stage}"))
+            .await
+            .map_err(|e| {
+                pg_error(e, "loading rows")
+                    .with("table", t.display.clone())
+                    .with("statement", abbreviate(&insert))
             })?;
         Ok(())
     }
@@ -567,13 +597,19 @@ impl PostgresWriter {
         let set: Vec<String> = present
             .iter()
             .enumerate()
-            .map(|(n, &i)| format!("{} = ${}", t.cols[i], n + 1))
+            .map(|(n, &i)| format!("{} = {}", t.cols[i], t.placeholder(i, n + 1)))
             .collect();
         let cond: Vec<String> = t
             .key
             .iter()
             .enumerate()
-            .map(|(n, &i)| format!("{} = ${}", t.cols[i], present.len() + n + 1))
+            .map(|(n, &i)| {
+                format!(
+                    "{} = {}",
+                    t.cols[i],
+                    t.placeholder(i, present.len() + n + 1)
+                )
+            })
             .collect();
         let sql = format!(
             "UPDATE {} SET {} WHERE {}",
@@ -790,7 +826,12 @@ impl SinkWriter for PostgresWriter {
             self.loaded.push(table.clone());
         }
         let rows: Vec<&Vec<Value>> = rows.iter().collect();
-        match self.copy_rows(&t, &t.qualified, &rows).await {
+        let loaded = if t.has_text_columns() {
+            self.load_staged(&t, &rows).await
+        } else {
+            self.copy_rows(&t, &t.qualified, &rows).await
+        };
+        match loaded {
             Ok(()) => Ok(()),
             Err(e) => {
                 let all: Vec<usize> = (0..t.cols.len()).collect();

@@ -10,7 +10,7 @@ use rusqlite::Connection;
 
 use crate::capture;
 use crate::connection::{BUSY_TIMEOUT, Blocking, db_error, ensure_writable, journal_mode};
-use crate::schema::{read_table, selected_tables};
+use crate::schema::{read_selected_table, selected_tables};
 use crate::source::SqliteSourceConfig;
 
 /// How long the lock probe waits: long enough to skip a short commit, short
@@ -71,7 +71,7 @@ fn source_items(c: &Connection, cfg: &SqliteSourceConfig) -> Vec<CheckItem> {
     let mut tables = Vec::new();
     for name in &names {
         let label = format!("source: table {name}");
-        match read_table(c, path, name, cfg.keep_storage_classes) {
+        match read_selected_table(c, path, name, &cfg.selection, cfg.keep_storage_classes) {
             Ok(t) => {
                 let key = if t.is_keyless() {
                     "no key: copied whole, changed one row at a time".to_owned()

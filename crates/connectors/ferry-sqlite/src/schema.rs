@@ -30,15 +30,30 @@ pub(crate) fn selected_tables(
 /// Reads one table's columns and key: its primary key, else a unique index
 /// on NOT NULL columns, else none (a keyless table). A table ferry cannot
 /// replicate (virtual, unknown column type, non-binary primary key
-/// collation) is a fatal error naming the table and the fix.
-///
-/// With `keep_storage_classes` every column is `Dynamic` (each value keeps
-/// its storage class) and any declared type is accepted: it travels
-/// verbatim in `source_type` for a SQLite target to declare again.
+/// collation) is a fatal error naming the table and the fix; every column
+/// of a type ferry does not support is named at once.
+#[cfg(test)]
 pub(crate) fn read_table(
     conn: &Connection,
     path: &Path,
     name: &str,
+    keep_storage_classes: bool,
+) -> Result<TableSchema, Error> {
+    read_selected_table(conn, path, name, &Selection::default(), keep_storage_classes)
+}
+
+/// [`read_table`], where a column `selection` leaves unread (excluded, no
+/// filter reads it) may have any declared type: it is read as `Dynamic`
+/// (each value as stored), and the transform drops it.
+///
+/// With `keep_storage_classes` every column is `Dynamic` (each value keeps
+/// its storage class) and any declared type is accepted: it travels
+/// verbatim in `source_type` for a SQLite target to declare again.
+pub(crate) fn read_selected_table(
+    conn: &Connection,
+    path: &Path,
+    name: &str,
+    selection: &Selection,
     keep_storage_classes: bool,
 ) -> Result<TableSchema, Error> {
     let err = |e| db_error(path, &format!("reading the structure of table {name}"), e);
@@ -94,23 +109,17 @@ pub(crate) fn read_table(
     let rowid_alias = key.len() == 1 && raw[key[0].1].1.eq_ignore_ascii_case("INTEGER");
 
     let mut columns = Vec::with_capacity(raw.len());
+    let mut unsupported = Vec::new();
     for (cname, declared, not_null, pk) in &raw {
-        let ty = if keep_storage_classes {
-            Some(ColumnType::Dynamic)
-        } else {
-            column_type(declared)
+        let ty = match column_type(declared) {
+            _ if keep_storage_classes => ColumnType::Dynamic,
+            Some(ty) => ty,
+            None if selection.unread(&TableName::bare(name), cname) => ColumnType::Dynamic,
+            None => {
+                unsupported.push((cname.as_str(), declared.as_str()));
+                continue;
+            }
         };
-        let ty = ty.ok_or_else(|| {
-            Error::fatal(format!(
-                "column {name}.{cname} has type {declared:?}, which ferry does not support"
-            ))
-            .with("table", name)
-            .with("column", cname.as_str())
-            .with_fix(format!(
-                "declare the column with a supported type ({SUPPORTED_TYPES}) or exclude it \
-                 (`exclude_columns = [\"{name}.{cname}\"]`)"
-            ))
-        })?;
         // Kept as declared for a SQLite target, which reads the key the
         // same way (an `INTEGER PRIMARY KEY` stays the rowid).
         let key_never_null = *pk > 0 && (without_rowid || rowid_alias) && !keep_storage_classes;
@@ -121,6 +130,25 @@ pub(crate) fn read_table(
             source_type: declared.clone(),
             user_type: None,
         });
+    }
+    if !unsupported.is_empty() {
+        let list: Vec<String> = (unsupported.iter())
+            .map(|(c, d)| format!("{name}.{c} ({d})"))
+            .collect();
+        let entries: Vec<String> = (unsupported.iter())
+            .map(|(c, _)| format!("\"{name}.{c}\""))
+            .collect();
+        return Err(Error::fatal(format!(
+            "table {name} has columns of types ferry does not support: {}",
+            list.join(", ")
+        ))
+        .with("table", name)
+        .with("column", unsupported[0].0)
+        .with_fix(format!(
+            "declare the columns with supported types ({SUPPORTED_TYPES}) or exclude them \
+             (`exclude_columns = [{}]` in the table's transform)",
+            entries.join(", ")
+        )));
     }
     check_key_collation(conn, path, name, &columns)?;
     Ok(TableSchema {
@@ -283,5 +311,23 @@ mod tests {
         assert!(e.fix().unwrap().contains("exclude_columns = [\"geo.p\"]"));
         let e = read_table(&c, Path::new("m"), "ci", false).unwrap_err();
         assert!(e.message().contains("NOCASE"));
+    }
+
+    #[test]
+    fn every_unsupported_column_is_named_and_excluded_ones_are_read_as_stored() {
+        let c = db("CREATE TABLE geo(id INTEGER PRIMARY KEY, p POINT, a TEXT, g GEOMETRY)");
+        let e = read_table(&c, Path::new("m"), "geo", false).unwrap_err();
+        assert!(
+            e.message().contains("geo.p (POINT)") && e.message().contains("geo.g (GEOMETRY)"),
+            "{e}"
+        );
+        assert!(e.fix().unwrap().contains("[\"geo.p\", \"geo.g\"]"), "{e}");
+        let selection = Selection {
+            unread_columns: vec!["geo.p".into(), "geo.g".into()],
+            ..Selection::default()
+        };
+        let t = read_selected_table(&c, Path::new("m"), "geo", &selection).unwrap();
+        assert_eq!(t.columns[1].ty, ColumnType::Dynamic);
+        assert_eq!(t.columns[3].ty, ColumnType::Dynamic);
     }
 }

@@ -30,7 +30,7 @@ use rusqlite::{Connection, TransactionBehavior};
 use crate::capture;
 use crate::change::{decode_change, drift_error, follow_unique_indexes};
 use crate::connection::{Blocking, db_error, open_source, set_wal};
-use crate::schema::{read_table, selected_tables};
+use crate::schema::{read_selected_table, selected_tables};
 
 /// How long the source may stay silent before it sends a heartbeat.
 const HEARTBEAT_EVERY: Duration = Duration::from_secs(1);
@@ -170,7 +170,9 @@ impl SqliteSource {
                 let version = schema_version(&tx, &path)?;
                 let mut out = Vec::new();
                 for name in selected_tables(&tx, &path, &selection)? {
-                    out.push(Arc::new(read_table(&tx, &path, &name, keep)?));
+                    out.push(Arc::new(read_selected_table(
+                        &tx, &path, &name, &selection, keep,
+                    )?));
                 }
                 Ok((out, version))
             })
@@ -363,7 +365,8 @@ impl SqliteSource {
                     if tables.iter().any(|t| t.name.name == name) {
                         continue;
                     }
-                    let table = Arc::new(read_table(c, &path, &name, keep)?);
+                    let table =
+                        Arc::new(read_selected_table(c, &path, &name, &selection, keep)?);
                     let err = |e| db_error(&path, "installing capture triggers", e);
                     let tx = c
                         .transaction_with_behavior(TransactionBehavior::Immediate)
@@ -375,7 +378,7 @@ impl SqliteSource {
                     changed.push(table);
                 }
                 for table in tables {
-                    let now = read_table(c, &path, &table.name.name, keep);
+                    let now = read_selected_table(c, &path, &table.name.name, &selection, keep);
                     if now
                         .as_ref()
                         .is_ok_and(|n| n.columns == table.columns && n.key == table.key)

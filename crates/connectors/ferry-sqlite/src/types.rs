@@ -110,7 +110,9 @@ pub(crate) fn declared_type(ty: &ColumnType) -> String {
         ColumnType::Text {
             max_len: Some(n), ..
         } => format!("VARCHAR({n})"),
-        ColumnType::Text { .. } => "TEXT".into(),
+        // A type without a SQLite match (PostgreSQL `xml`, ranges, ...) is
+        // stored as its source's text form.
+        ColumnType::Text { .. } | ColumnType::Other { .. } => "TEXT".into(),
         ColumnType::Bytes => "BLOB".into(),
         ColumnType::Date => "DATE".into(),
         ColumnType::Time => "TIME".into(),
@@ -203,7 +205,7 @@ pub(crate) fn to_value(ty: &ColumnType, v: ValueRef<'_>) -> Result<Value, String
         (ColumnType::Decimal { .. }, R::Text(t)) => parsed(t, "decimal number", &|s| {
             is_decimal(s).then(|| Value::Decimal(s.to_owned()))
         })?,
-        (ColumnType::Text { .. }, R::Text(t)) => Value::Text(text(t)?),
+        (ColumnType::Text { .. } | ColumnType::Other { .. }, R::Text(t)) => Value::Text(text(t)?),
         (ColumnType::Text { .. }, R::Integer(i)) => Value::Text(i.to_string()),
         (ColumnType::Json, R::Text(t)) => Value::Json(text(t)?),
         // JSON's NUMERIC affinity turns a bare JSON number into a number.

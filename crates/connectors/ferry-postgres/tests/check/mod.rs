@@ -16,12 +16,21 @@ fn find<'a>(items: &'a [ferry_core::CheckItem], name: &str) -> &'a ferry_core::C
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn check_passes_on_a_ready_source() {
     let (pg, url) = server_with_db("src");
-    pg.psql_in("src", "CREATE TABLE t (id int PRIMARY KEY)");
+    pg.psql_in(
+        "src",
+        "CREATE TABLE t (id int PRIMARY KEY, x xml, p point, n int)",
+    );
     let mut src = source(&url, "ok").await;
     let items = src.check().await;
     assert!(
         items.iter().all(|i| i.status == CheckStatus::Ok),
         "{items:#?}"
+    );
+    // Columns carried by their text form are named, all at once.
+    let types = &find(&items, "column types").detail;
+    assert!(
+        types.contains("public.t.x (xml)") && types.contains("public.t.p (point)"),
+        "{types}"
     );
 }
 
