@@ -12,4 +12,7 @@ mod kit;
 mod operations;
 mod outage;
 mod postgres;
+mod precreated;
+mod refused;
 mod replace;
+mod shape;

@@ -27,6 +27,7 @@ mod publication;
 mod reader;
 mod recopy;
 mod replication;
+mod shape;
 mod sink;
 mod snapshot;
 mod source;
