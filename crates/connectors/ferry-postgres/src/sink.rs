@@ -596,15 +596,31 @@ impl PostgresSink {
                 None => create_table_sql(table, false)?,
             };
             tracing::info!(table = %table.name, "creating the target table");
-            self.admin
-                .batch_execute(&sql)
-                .await
-                .map_err(|e| pg_error(e, &format!("creating table {}", table.name)))?;
-            if let Some(shape) = self.shared.shape(&table.name) {
-                let (schema, name) = target_name(&table.name);
-                let q = format!("{}.{}", ident(&schema), ident(&name));
-                let statements = crate::shape::with_table(table, &q, &shape);
-                crate::shape::run_each(&self.admin, &q, &statements, false).await?;
+            // The table and what comes with it (`shape.rs`) in one
+            // transaction: a crash between them would leave a table that
+            // a restart, finding it, never completes.
+            let (schema, name) = target_name(&table.name);
+            let q = format!("{}.{}", ident(&schema), ident(&name));
+            let statements = self
+                .shared
+                .shape(&table.name)
+                .map(|shape| crate::shape::with_table(table, &q, &shape))
+                .unwrap_or_default();
+            let created = async {
+                self.admin
+                    .batch_execute(&format!("BEGIN; {sql}"))
+                    .await
+                    .map_err(|e| pg_error(e, &format!("creating table {}", table.name)))?;
+                crate::shape::run_each(&self.admin, &q, &statements, true).await?;
+                self.admin
+                    .batch_execute("COMMIT")
+                    .await
+                    .map_err(|e| pg_error(e, &format!("creating table {}", table.name)))
+            }
+            .await;
+            if let Err(e) = created {
+                let _ = self.admin.batch_execute("ROLLBACK").await;
+                return Err(e);
             }
             let pg = self.describe(&table.name).await?.ok_or_else(|| {
                 Error::fatal(format!(
