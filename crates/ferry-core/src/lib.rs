@@ -13,6 +13,7 @@ pub mod position;
 pub mod reader;
 pub mod schema;
 pub mod selection;
+pub mod shape;
 pub mod sink;
 pub mod source;
 pub mod time;
@@ -32,6 +33,7 @@ pub use position::{Lsn, MySqlPosition, PgPosition, Position, PositionError, Sqli
 pub use reader::{DeclaredShape, TableReader};
 pub use schema::{Alteration, Column, TableName, TableRef, TableSchema, UserType, UserTypeDef};
 pub use selection::Selection;
+pub use shape::{SequenceValue, ShapeItem, TableShape};
 pub use sink::{CheckpointStore, Sink, SinkInfo, SinkWriter};
 pub use source::{
     ChunkRows, Continuity, EncodedRows, SnapshotChunk, SnapshotReader, SnapshotRequest, Source,

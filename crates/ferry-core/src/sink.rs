@@ -7,6 +7,7 @@ use crate::check::CheckItem;
 use crate::checkpoint::{Checkpoint, CheckpointRecord};
 use crate::error::{Error, Result};
 use crate::schema::{TableName, TableRef};
+use crate::shape::{SequenceValue, TableShape};
 use crate::source::EncodedRows;
 use crate::value::Value;
 
@@ -81,6 +82,23 @@ pub trait Sink: CheckpointStore {
     /// Extra target columns are left alone. A different key is a fatal
     /// error.
     async fn ensure_tables(&self, tables: &[TableRef]) -> Result<Vec<TableName>>;
+
+    /// The source's shape of tables beyond columns and key
+    /// ([`Source::shapes`](crate::Source::shapes)), by target table name,
+    /// for the tables whose target name and columns are the source's.
+    /// Called before [`ensure_tables`](Sink::ensure_tables). A sink of the
+    /// shape's engine gives the tables it creates that shape: defaults and
+    /// `CHECK`s with the table, indexes once its copy is loaded. Tables
+    /// that exist already are left as they are. The default ignores it.
+    async fn set_shapes(&self, _shapes: Vec<(TableName, TableShape)>) {}
+
+    /// Sets the target's sequences to the source's `values` (at the end of
+    /// a copy, and `ferry sync-sequences`), so that a switchover to the
+    /// target does not hand out used values. A sequence the target lacks
+    /// is skipped. The default does nothing.
+    async fn set_sequences(&self, _values: &[SequenceValue]) -> Result<()> {
+        Ok(())
+    }
 
     /// Opens a writer (its own connection). The pipeline opens at most
     /// `info().max_writers` of them.

@@ -8,6 +8,7 @@ use crate::checkpoint::KeyRange;
 use crate::error::Result;
 use crate::position::Position;
 use crate::schema::{TableName, TableRef};
+use crate::shape::{SequenceValue, TableShape};
 use crate::value::Value;
 
 /// A table to copy, and the key ranges of it already on the target.
@@ -121,7 +122,7 @@ pub enum Continuity {
 /// A source of changes.
 ///
 /// Call order: [`check`](Source::check) (optional), [`tables`](Source::tables),
-/// [`prepare`](Source::prepare), then [`snapshot`](Source::snapshot) if tables
+/// [`preflight`](Source::preflight), [`prepare`](Source::prepare), then [`snapshot`](Source::snapshot) if tables
 /// need copying, then [`start_stream`](Source::start_stream) once, then
 /// [`next`](Source::next) repeatedly with [`ack`](Source::ack) interleaved.
 /// Calls never overlap (`&mut self`).
@@ -135,6 +136,32 @@ pub trait Source: Send {
     /// that cannot be replicated (no usable key, unsupported column type) is
     /// a fatal error naming the table, column and fix.
     async fn tables(&mut self) -> Result<Vec<TableRef>>;
+
+    /// Verifies, without changing the source, that [`prepare`](Source::prepare)
+    /// and capture can work: log settings, privileges, the right to set up
+    /// what `prepare` installs. Called after [`tables`](Source::tables) and
+    /// before the pipeline writes anything to the target, so a run refused
+    /// for a bad source changes neither side. An error is what `prepare`
+    /// would have failed with, fix included. The default checks nothing.
+    async fn preflight(&mut self) -> Result<()> {
+        Ok(())
+    }
+
+    /// The shape of each of `tables` beyond columns and key (defaults,
+    /// constraints, indexes, owned sequences), for a target of the same
+    /// engine ([`Sink::set_shapes`](crate::Sink::set_shapes)). Called
+    /// after [`tables`](Source::tables); changes nothing. The default
+    /// knows none.
+    async fn shapes(&mut self, _tables: &[TableRef]) -> Result<Vec<(TableName, TableShape)>> {
+        Ok(Vec::new())
+    }
+
+    /// The current values of the sequences `shapes` named, for
+    /// [`Sink::set_sequences`](crate::Sink::set_sequences) at the end of a
+    /// copy and for `ferry sync-sequences`. The default knows none.
+    async fn sequence_values(&mut self, _sequences: &[TableName]) -> Result<Vec<SequenceValue>> {
+        Ok(Vec::new())
+    }
 
     /// Installs what capture needs (triggers, slot, publication). Idempotent:
     /// a restart calls it again on an already prepared source.

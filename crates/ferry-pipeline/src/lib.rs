@@ -20,6 +20,6 @@ mod worker;
 
 pub use options::{Consistency, OnGap, Options};
 pub use ownership::different_databases;
-pub use runtime::{Outcome, Pipeline};
+pub use runtime::{Outcome, Pipeline, share_shapes, sync_sequences};
 pub use stats::{Stats, TargetConsistency};
 pub use transform::{Ops, TableRule, Transform, TransformSpec};

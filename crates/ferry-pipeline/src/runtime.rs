@@ -7,8 +7,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use ferry_core::{
-    Change, Checkpoint, Error, Position, Result, Sink, SnapshotRequest, Source, SourceEvent, Step,
-    TableProgress, TableRef,
+    Change, Checkpoint, Error, Position, Result, SequenceValue, Sink, SnapshotRequest, Source,
+    SourceEvent, Step, TableName, TableProgress, TableRef, TableShape,
 };
 use tokio::sync::{mpsc, watch};
 
@@ -66,6 +66,13 @@ impl Pipeline {
             .iter()
             .map(|t| transform.target_table(t))
             .collect::<Result<Vec<_>>>()?;
+        // Nothing is written to either side before both are known good:
+        // the source is checked here, before the target's structure copy
+        // (which also creates its checkpoint table); the target is
+        // written before the source is prepared (slot, publication,
+        // triggers), so a target that refuses leaves the source as it was.
+        source.preflight().await?;
+        let sequences = share_shapes(source.as_mut(), sink.as_ref(), &tables, &targets).await?;
         let altered = sink.ensure_tables(&targets).await?;
         // Target tables whose columns differ: altered below, in the
         // transaction that records what start-up decided about them.
@@ -135,6 +142,9 @@ impl Pipeline {
                 SnapshotEnd::Done(p) => progress = p,
                 SnapshotEnd::Stopped => return Ok(Outcome::Stopped),
             }
+            // The copy is loaded: the target's sequences continue after
+            // the source's (`ferry sync-sequences` does it again later).
+            sync_sequences(source.as_mut(), sink.as_ref(), &sequences).await?;
         }
 
         // Stream from the applied position, or (first run) from the oldest
@@ -438,4 +448,46 @@ async fn shared_encoding(
             "snapshot: rows decoded (the target loads another encoding)");
     }
     Ok(shared.then_some(encoding))
+}
+
+/// Hands the sink the source's shape of each table whose target keeps
+/// the source's name (a renamed table's definitions name the source
+/// table); returns the sequences those shapes own.
+pub async fn share_shapes(
+    source: &mut dyn Source,
+    sink: &dyn Sink,
+    tables: &[TableRef],
+    targets: &[TableRef],
+) -> Result<Vec<TableName>> {
+    let shapes = source.shapes(tables).await?;
+    let shapes: Vec<(TableName, TableShape)> = shapes
+        .into_iter()
+        .filter(|(name, _)| {
+            targets
+                .iter()
+                .zip(tables)
+                .any(|(t, s)| s.name == *name && t.name == *name)
+        })
+        .collect();
+    let sequences = shapes
+        .iter()
+        .flat_map(|(_, s)| s.sequences.iter().chain(&s.identity))
+        .map(|q| TableName::parse(&q.name))
+        .collect();
+    sink.set_shapes(shapes).await;
+    Ok(sequences)
+}
+
+/// Sets the target's `sequences` to the source's values.
+pub async fn sync_sequences(
+    source: &mut dyn Source,
+    sink: &dyn Sink,
+    sequences: &[TableName],
+) -> Result<Vec<SequenceValue>> {
+    if sequences.is_empty() {
+        return Ok(Vec::new());
+    }
+    let values = source.sequence_values(sequences).await?;
+    sink.set_sequences(&values).await?;
+    Ok(values)
 }

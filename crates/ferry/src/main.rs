@@ -73,6 +73,10 @@ enum Command {
     Teardown { pipeline: PathBuf },
     /// Forget the pipeline's checkpoint on the target: the next run copies every table again.
     Reset { pipeline: PathBuf },
+    /// Set the target's sequences (PostgreSQL → PostgreSQL: those owned by the copied tables'
+    /// columns) to the source's current values, so that a switchover to the target does not hand
+    /// out used ids. Run it right before switching over; the copy does it once when it ends.
+    SyncSequences { pipeline: PathBuf },
     /// Re-copy tables online: the running pipeline (or its next run) copies them again while
     /// changes keep flowing, and the target converges.
     Resync {
@@ -174,6 +178,9 @@ async fn dispatch(command: Command) -> Result<u8, Error> {
             tables,
             all,
         } => resync(&PipelineConfig::load(&pipeline)?, &tables, all).await,
+        Command::SyncSequences { pipeline } => {
+            sync_sequences(&PipelineConfig::load(&pipeline)?).await
+        }
         Command::Reset { pipeline } => {
             let cfg = PipelineConfig::load(&pipeline)?;
             let sink = connectors::open_sink(&cfg).await?;
@@ -188,6 +195,37 @@ async fn dispatch(command: Command) -> Result<u8, Error> {
             Ok(0)
         }
     }
+}
+
+/// `ferry sync-sequences`: changes only sequence values, so it may run
+/// beside the running pipeline.
+async fn sync_sequences(cfg: &PipelineConfig) -> Result<u8, Error> {
+    let mut source = connectors::open_source(cfg).await?;
+    let sink = connectors::open_sink(cfg).await?;
+    let transform = Transform::new(cfg.transform.clone());
+    let tables = source.tables().await?;
+    let targets = tables
+        .iter()
+        .map(|t| transform.target_table(t))
+        .collect::<Result<Vec<_>, Error>>()?;
+    let sequences =
+        ferry_pipeline::share_shapes(source.as_mut(), sink.as_ref(), &tables, &targets).await?;
+    let values = ferry_pipeline::sync_sequences(source.as_mut(), sink.as_ref(), &sequences).await?;
+    if values.is_empty() {
+        println!(
+            "no sequence to synchronise: the source's tables own none, or source and target are \
+             not both PostgreSQL"
+        );
+    }
+    for v in &values {
+        println!(
+            "sequence {}: {}{}",
+            v.name,
+            v.last_value,
+            if v.is_called { "" } else { " (not used yet)" }
+        );
+    }
+    Ok(0)
 }
 
 async fn status(cfg: &PipelineConfig) -> Result<u8, Error> {

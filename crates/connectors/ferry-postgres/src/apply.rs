@@ -106,10 +106,35 @@ pub(crate) fn upsert_sql(t: &Target, rows: usize) -> String {
     upsert_from(t, &format!("VALUES {}", placeholders(t, rows, &all)))
 }
 
+/// `OVERRIDING SYSTEM VALUE` when the target has a column `GENERATED
+/// ALWAYS AS IDENTITY`: the source's value goes in, as `COPY` does.
+pub(crate) fn overriding(t: &Target) -> &'static str {
+    if t.always_identity.is_empty() {
+        ""
+    } else {
+        " OVERRIDING SYSTEM VALUE"
+    }
+}
+
+/// Whether an update may set column `i`: not a key column (the key finds
+/// the row) and not an identity `GENERATED ALWAYS` (PostgreSQL refuses
+/// any value but `DEFAULT`; the source cannot change such a value either
+/// but by a key change, which [`move_by_delete_insert_sql`] applies).
+pub(crate) fn settable(t: &Target, i: usize) -> bool {
+    !t.key.contains(&i) && !t.always_identity.contains(&i)
+}
+
 /// `INSERT ... <source> ON CONFLICT (key) DO UPDATE SET` every non-key column.
+///
+/// A target whose key is `DEFERRABLE` cannot be an `ON CONFLICT` arbiter:
+/// there one statement updates the rows of `source` whose key exists and
+/// inserts the others ([`update_then_insert`]).
 pub(crate) fn upsert_from(t: &Target, source: &str) -> String {
+    if t.deferrable_key {
+        return update_then_insert(t, source);
+    }
     let updates: Vec<String> = (0..t.cols.len())
-        .filter(|i| !t.key.contains(i))
+        .filter(|&i| settable(t, i))
         .map(|i| format!("{0} = EXCLUDED.{0}", t.cols[i]))
         .collect();
     let action = if updates.is_empty() {
@@ -118,10 +143,97 @@ pub(crate) fn upsert_from(t: &Target, source: &str) -> String {
         format!("UPDATE SET {}", updates.join(", "))
     };
     format!(
-        "INSERT INTO {} ({}) {source} ON CONFLICT ({}) DO {action}",
+        "INSERT INTO {} ({}){} {source} ON CONFLICT ({}) DO {action}",
         t.qualified,
         t.cols.join(", "),
+        overriding(t),
         key_list(t)
+    )
+}
+
+/// The upsert of [`upsert_from`] without `ON CONFLICT`: `source`'s rows
+/// (each key once, as merged batches are) update the existing rows, and
+/// those whose key no row has are inserted, in one statement.
+fn update_then_insert(t: &Target, source: &str) -> String {
+    let alias = |i: usize| format!("c{i}");
+    let names: Vec<String> = (0..t.cols.len()).map(alias).collect();
+    let on = |left: &str| -> String {
+        t.key
+            .iter()
+            .map(|&i| format!("{left}.{} = v.{}", t.cols[i], alias(i)))
+            .collect::<Vec<_>>()
+            .join(" AND ")
+    };
+    let set: Vec<String> = (0..t.cols.len())
+        .filter(|&i| settable(t, i))
+        .map(|i| format!("{} = v.{}", t.cols[i], alias(i)))
+        .collect();
+    let (updated, present) = if set.is_empty() {
+        (String::new(), format!("{} AS t", t.qualified))
+    } else {
+        let keys: Vec<String> = t.key.iter().map(|&i| format!("v.{}", alias(i))).collect();
+        let key_names: Vec<String> = t.key.iter().map(|&i| alias(i)).collect();
+        (
+            format!(
+                ", u AS (UPDATE {} AS t SET {} FROM v WHERE {} RETURNING {})",
+                t.qualified,
+                set.join(", "),
+                on("t"),
+                keys.join(", ")
+            ),
+            // `u` returns the key columns under their aliases.
+            format!("u AS t({})", key_names.join(", ")),
+        )
+    };
+    let cond = if set.is_empty() {
+        on("t")
+    } else {
+        t.key
+            .iter()
+            .map(|&i| format!("t.{0} = v.{0}", alias(i)))
+            .collect::<Vec<_>>()
+            .join(" AND ")
+    };
+    format!(
+        "WITH v({}) AS ({source}){updated} INSERT INTO {} ({}){} SELECT {} FROM v \
+         WHERE NOT EXISTS (SELECT 1 FROM {present} WHERE {cond})",
+        names.join(", "),
+        t.qualified,
+        t.cols.join(", "),
+        overriding(t),
+        names
+            .iter()
+            .map(|n| format!("v.{n}"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    )
+}
+
+/// Moves a row to a new key by deleting it and inserting it again, in one
+/// statement: for a key with an identity column `GENERATED ALWAYS`, which
+/// no `UPDATE` may set. The new row takes the columns `present` (bound
+/// first, in order) from the change and the others from the old row; the
+/// old key is bound after them.
+pub(crate) fn move_by_delete_insert_sql(t: &Target, present: &[usize]) -> String {
+    let values: Vec<String> = (0..t.cols.len())
+        .map(|i| match present.iter().position(|&p| p == i) {
+            Some(n) => format!("${}", n + 1),
+            None => format!("old.{}", t.cols[i]),
+        })
+        .collect();
+    let cond: Vec<String> = t
+        .key
+        .iter()
+        .enumerate()
+        .map(|(n, &i)| format!("{} = ${}", t.cols[i], present.len() + n + 1))
+        .collect();
+    format!(
+        "WITH old AS (DELETE FROM {q} WHERE {} RETURNING *) INSERT INTO {q} ({}){} SELECT {} FROM old",
+        cond.join(" AND "),
+        t.cols.join(", "),
+        overriding(t),
+        values.join(", "),
+        q = t.qualified
     )
 }
 
@@ -129,7 +241,7 @@ pub(crate) fn update_sql(t: &Target, present: &[usize], rows: usize) -> String {
     let alias = |i: usize| format!("c{i}");
     let set: Vec<String> = present
         .iter()
-        .filter(|i| !t.key.contains(i))
+        .filter(|&&i| settable(t, i))
         .map(|&i| format!("{} = v.{}", t.cols[i], alias(i)))
         .collect();
     let cond: Vec<String> = t
@@ -191,9 +303,10 @@ pub(crate) fn param_refs<'a>(
 pub(crate) fn insert_sql(t: &Target, rows: usize) -> String {
     let all: Vec<usize> = (0..t.cols.len()).collect();
     format!(
-        "INSERT INTO {} ({}) VALUES {}",
+        "INSERT INTO {} ({}){} VALUES {}",
         t.qualified,
         t.cols.join(", "),
+        overriding(t),
         placeholders(t, rows, &all)
     )
 }

@@ -343,3 +343,321 @@ pub(crate) fn binary_copy_encoding(major: u32, pg: &PgTable, table: &TableRef) -
         types.join(",")
     ))
 }
+
+/// What an existing target table's own structure asks of the statements
+/// that write it (a table created beforehand by the operator).
+#[derive(Debug, Clone, Default)]
+pub(crate) struct WriteTraits {
+    /// Column lists of the table's unique indexes that are `DEFERRABLE`:
+    /// `INSERT ... ON CONFLICT` refuses them as arbiters.
+    pub deferrable_unique: Vec<Vec<String>>,
+    /// Columns `GENERATED ALWAYS AS IDENTITY`: an `INSERT` gives them a
+    /// value only with `OVERRIDING SYSTEM VALUE`, and no `UPDATE` may.
+    pub always_identity: Vec<String>,
+    /// The current user may read, insert, update and delete its rows.
+    pub writable: bool,
+}
+
+/// Reads the [`WriteTraits`] of table `oid`.
+pub(crate) async fn write_traits(client: &Client, oid: u32) -> Result<WriteTraits> {
+    let what = "reading the target table's unique indexes and identity columns";
+    let deferrable = client
+        .query(
+            "SELECT ARRAY(SELECT a.attname::text FROM unnest(i.indkey::int2[]) WITH ORDINALITY k(n, o) \
+                    JOIN pg_catalog.pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.n \
+                    ORDER BY k.o) \
+             FROM pg_catalog.pg_index i \
+             WHERE i.indrelid = $1 AND i.indisunique AND NOT i.indimmediate",
+            &[&oid],
+        )
+        .await
+        .map_err(|e| pg_error(e, what))?;
+    let identity = client
+        .query(
+            "SELECT attname::text FROM pg_catalog.pg_attribute \
+             WHERE attrelid = $1 AND attnum > 0 AND NOT attisdropped AND attidentity = 'a' \
+             ORDER BY attnum",
+            &[&oid],
+        )
+        .await
+        .map_err(|e| pg_error(e, what))?;
+    let writable: bool = client
+        .query_one(
+            // A list of privileges asks for any one of them: each alone.
+            "SELECT has_table_privilege($1::oid, 'SELECT') \
+                    AND has_table_privilege($1::oid, 'INSERT') \
+                    AND has_table_privilege($1::oid, 'UPDATE') \
+                    AND has_table_privilege($1::oid, 'DELETE')",
+            &[&oid],
+        )
+        .await
+        .map_err(|e| pg_error(e, what))?
+        .get(0);
+    Ok(WriteTraits {
+        writable,
+        deferrable_unique: deferrable.iter().map(|r| r.get(0)).collect(),
+        always_identity: identity.iter().map(|r| r.get(0)).collect(),
+    })
+}
+
+/// The shape of table `oid` beyond columns and key (see
+/// [`ferry_core::TableShape`]): defaults, `CHECK`s, unique and exclusion
+/// constraints, secondary indexes, owned sequences. The indexes behind
+/// the primary key and behind ferry's key (`key`, which the target gets
+/// as its primary key) are left out; so are foreign keys and generated
+/// columns (not copied: see docs/types.md). Identity columns' statements
+/// name `table` as the source qualifies it, which is the target's name
+/// too (shapes go only to targets that keep the source's names).
+pub(crate) async fn table_shape(
+    client: &Client,
+    table: &PgTable,
+    key: &[String],
+) -> Result<ferry_core::TableShape> {
+    let oid = table.oid;
+    use ferry_core::ShapeItem;
+    let what = "reading the table's defaults, constraints and indexes";
+    let failed = |e| pg_error(e, what);
+    let defaults = client
+        .query(
+            "SELECT a.attname::text, pg_get_expr(d.adbin, d.adrelid) \
+             FROM pg_catalog.pg_attrdef d \
+             JOIN pg_catalog.pg_attribute a ON a.attrelid = d.adrelid AND a.attnum = d.adnum \
+             WHERE d.adrelid = $1 AND a.attgenerated = '' AND NOT a.attisdropped \
+             ORDER BY a.attnum",
+            &[&oid],
+        )
+        .await
+        .map_err(failed)?
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect();
+    let constraints = client
+        .query(
+            "SELECT c.conname::text, c.contype::text, pg_get_constraintdef(c.oid), \
+                    ARRAY(SELECT a.attname::text FROM unnest(c.conkey) k(n) \
+                          JOIN pg_catalog.pg_attribute a ON a.attrelid = c.conrelid AND a.attnum = k.n \
+                          ORDER BY a.attnum) \
+             FROM pg_catalog.pg_constraint c \
+             WHERE c.conrelid = $1 AND c.contype IN ('c', 'u', 'x') \
+             ORDER BY c.conname",
+            &[&oid],
+        )
+        .await
+        .map_err(failed)?;
+    let mut checks = Vec::new();
+    let mut indexes = Vec::new();
+    for r in &constraints {
+        let kind: String = r.get(1);
+        let columns: Vec<String> = r.get(3);
+        let item = ShapeItem {
+            name: r.get(0),
+            sql: r.get(2),
+            columns,
+        };
+        if kind == "c" {
+            checks.push(item);
+        } else if !same_columns(&item.columns, key) {
+            indexes.push(ShapeItem {
+                sql: format!("CONSTRAINT {} {}", ident(&item.name), item.sql),
+                ..item
+            });
+        }
+    }
+    // Plain indexes: not behind a constraint, not the key.
+    let plain = client
+        .query(
+            "SELECT ci.relname::text, pg_get_indexdef(i.indexrelid), \
+                    ARRAY(SELECT a.attname::text FROM pg_catalog.pg_attribute a \
+                          WHERE a.attrelid = i.indrelid AND a.attnum > 0 \
+                            AND (a.attnum = ANY (i.indkey::int2[]) \
+                                 OR a.attnum IN (SELECT d.refobjsubid FROM pg_catalog.pg_depend d \
+                                                 WHERE d.classid = 'pg_catalog.pg_class'::regclass \
+                                                   AND d.objid = i.indexrelid \
+                                                   AND d.refobjid = i.indrelid)) \
+                          ORDER BY a.attnum), \
+                    i.indisunique AND i.indpred IS NULL AND i.indexprs IS NULL \
+                      AND i.indimmediate, \
+                    ARRAY(SELECT a.attname::text FROM unnest(i.indkey::int2[]) k(n) \
+                          JOIN pg_catalog.pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.n) \
+             FROM pg_catalog.pg_index i \
+             JOIN pg_catalog.pg_class ci ON ci.oid = i.indexrelid \
+             WHERE i.indrelid = $1 AND NOT i.indisprimary AND i.indisvalid \
+               AND NOT EXISTS (SELECT 1 FROM pg_catalog.pg_constraint c \
+                               WHERE c.conindid = i.indexrelid AND c.conrelid = i.indrelid \
+                                 AND c.contype IN ('p', 'u', 'x')) \
+             ORDER BY ci.relname",
+            &[&oid],
+        )
+        .await
+        .map_err(failed)?;
+    for r in &plain {
+        let plain_unique: bool = r.get(3);
+        let key_columns: Vec<String> = r.get(4);
+        if plain_unique && same_columns(&key_columns, key) {
+            // The index ferry keys the table by: the target's primary key.
+            continue;
+        }
+        let def: String = r.get(1);
+        indexes.push(ShapeItem {
+            name: r.get(0),
+            sql: def.replacen(" INDEX ", " INDEX IF NOT EXISTS ", 1),
+            columns: r.get(2),
+        });
+    }
+    let sequences = client
+        .query(
+            "SELECT n.nspname::text, s.relname::text, a.attname::text, \
+                    format_type(q.seqtypid, NULL), q.seqstart, q.seqincrement, q.seqmax, \
+                    q.seqmin, q.seqcache, q.seqcycle \
+             FROM pg_catalog.pg_depend d \
+             JOIN pg_catalog.pg_class s ON s.oid = d.objid AND s.relkind = 'S' \
+             JOIN pg_catalog.pg_namespace n ON n.oid = s.relnamespace \
+             JOIN pg_catalog.pg_sequence q ON q.seqrelid = s.oid \
+             JOIN pg_catalog.pg_attribute a ON a.attrelid = d.refobjid AND a.attnum = d.refobjsubid \
+             WHERE d.classid = 'pg_catalog.pg_class'::regclass AND d.refobjid = $1 \
+               AND d.deptype = 'a' \
+             ORDER BY 1, 2",
+            &[&oid],
+        )
+        .await
+        .map_err(failed)?
+        .iter()
+        .map(|r| {
+            let (schema, name, column): (String, String, String) = (r.get(0), r.get(1), r.get(2));
+            let (start, inc, max, min, cache, cycle): (i64, i64, i64, i64, i64, bool) =
+                (r.get(4), r.get(5), r.get(6), r.get(7), r.get(8), r.get(9));
+            let ty: String = r.get(3);
+            ShapeItem {
+                name: format!("{schema}.{name}"),
+                sql: format!(
+                    "CREATE SEQUENCE IF NOT EXISTS {}.{} AS {ty} INCREMENT BY {inc} \
+                     MINVALUE {min} MAXVALUE {max} START WITH {start} CACHE {cache}{}",
+                    ident(&schema),
+                    ident(&name),
+                    if cycle { " CYCLE" } else { "" }
+                ),
+                columns: vec![column],
+            }
+        })
+        .collect();
+    let identity = client
+        .query(
+            "SELECT a.attname::text, a.attidentity = 'a', n.nspname::text, s.relname::text, \
+                    q.seqstart, q.seqincrement, q.seqmax, q.seqmin, q.seqcache, q.seqcycle \
+             FROM pg_catalog.pg_attribute a \
+             JOIN pg_catalog.pg_depend d ON d.refobjid = a.attrelid AND d.refobjsubid = a.attnum \
+               AND d.classid = 'pg_catalog.pg_class'::regclass AND d.deptype = 'i' \
+             JOIN pg_catalog.pg_class s ON s.oid = d.objid AND s.relkind = 'S' \
+             JOIN pg_catalog.pg_namespace n ON n.oid = s.relnamespace \
+             JOIN pg_catalog.pg_sequence q ON q.seqrelid = s.oid \
+             WHERE a.attrelid = $1 AND a.attidentity IN ('a', 'd') AND NOT a.attisdropped \
+             ORDER BY a.attnum",
+            &[&oid],
+        )
+        .await
+        .map_err(failed)?
+        .iter()
+        .map(|r| {
+            let (column, always, schema, name): (String, bool, String, String) =
+                (r.get(0), r.get(1), r.get(2), r.get(3));
+            let (start, inc, max, min, cache, cycle): (i64, i64, i64, i64, i64, bool) =
+                (r.get(4), r.get(5), r.get(6), r.get(7), r.get(8), r.get(9));
+            ShapeItem {
+                name: format!("{schema}.{name}"),
+                sql: format!(
+                    "ALTER TABLE {} ALTER COLUMN {} ADD GENERATED {} AS IDENTITY \
+                     (SEQUENCE NAME {}.{} INCREMENT BY {inc} MINVALUE {min} MAXVALUE {max} \
+                     START WITH {start} CACHE {cache}{})",
+                    table.qualified(),
+                    ident(&column),
+                    if always { "ALWAYS" } else { "BY DEFAULT" },
+                    ident(&schema),
+                    ident(&name),
+                    if cycle { " CYCLE" } else { "" }
+                ),
+                columns: vec![column],
+            }
+        })
+        .collect();
+    let generated = client
+        .query(
+            "SELECT a.attname::text, format_type(a.atttypid, a.atttypmod), \
+                    pg_get_expr(d.adbin, d.adrelid), \
+                    ARRAY(SELECT b.attname::text FROM pg_catalog.pg_depend x \
+                          JOIN pg_catalog.pg_attribute b ON b.attrelid = x.refobjid \
+                            AND b.attnum = x.refobjsubid \
+                          WHERE x.refobjid = a.attrelid AND x.refobjsubid > 0 \
+                            AND x.refobjsubid <> a.attnum \
+                            AND ((x.classid = 'pg_catalog.pg_attrdef'::regclass AND x.objid = d.oid) \
+                                 OR (x.classid = 'pg_catalog.pg_class'::regclass \
+                                     AND x.objid = a.attrelid AND x.objsubid = a.attnum))) \
+             FROM pg_catalog.pg_attribute a \
+             JOIN pg_catalog.pg_attrdef d ON d.adrelid = a.attrelid AND d.adnum = a.attnum \
+             WHERE a.attrelid = $1 AND a.attgenerated = 's' AND NOT a.attisdropped \
+             ORDER BY a.attnum",
+            &[&oid],
+        )
+        .await
+        .map_err(failed)?
+        .iter()
+        .map(|r| {
+            let (column, ty, expr): (String, String, String) = (r.get(0), r.get(1), r.get(2));
+            ShapeItem {
+                sql: format!(
+                    "ALTER TABLE {} ADD COLUMN {} {ty} GENERATED ALWAYS AS ({expr}) STORED",
+                    table.qualified(),
+                    ident(&column)
+                ),
+                name: column,
+                columns: r.get(3),
+            }
+        })
+        .collect();
+    Ok(ferry_core::TableShape {
+        generated,
+        dialect: "postgresql".into(),
+        defaults,
+        checks,
+        indexes,
+        sequences,
+        identity,
+    })
+}
+
+fn same_columns(a: &[String], b: &[String]) -> bool {
+    a.len() == b.len() && a.iter().all(|c| b.contains(c))
+}
+
+/// `(last_value, is_called)` of sequence `schema.name`, `None` when there
+/// is no such sequence.
+pub(crate) async fn sequence_value(
+    client: &Client,
+    schema: &str,
+    name: &str,
+) -> Result<Option<(i64, bool)>> {
+    let exists: bool = client
+        .query_one(
+            "SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_class c \
+             JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace \
+             WHERE n.nspname = $1 AND c.relname = $2 AND c.relkind = 'S')",
+            &[&schema, &name],
+        )
+        .await
+        .map_err(|e| pg_error(e, "looking for a sequence"))?
+        .get(0);
+    if !exists {
+        return Ok(None);
+    }
+    let row = client
+        .query_one(
+            &format!(
+                "SELECT last_value, is_called FROM {}.{}",
+                ident(schema),
+                ident(name)
+            ),
+            &[],
+        )
+        .await
+        .map_err(|e| pg_error(e, &format!("reading sequence {schema}.{name}")))?;
+    Ok(Some((row.get(0), row.get(1))))
+}

@@ -21,7 +21,10 @@ pub(crate) async fn sink_checks(client: &Client, endpoint: &Endpoint) -> Vec<Che
         .query_one(
             "SELECT current_setting('server_version_num')::int, \
                     has_schema_privilege('public', 'CREATE'), \
-                    has_table_privilege('public._ferry_checkpoint', 'INSERT, UPDATE')",
+                    CASE WHEN to_regclass('public._ferry_checkpoint') IS NULL \
+                         THEN has_schema_privilege('public', 'CREATE') \
+                         ELSE has_table_privilege('public._ferry_checkpoint', 'INSERT, UPDATE') END, \
+                    to_regclass('public._ferry_checkpoint') IS NOT NULL",
             &[],
         )
         .await
@@ -54,17 +57,28 @@ pub(crate) async fn sink_checks(client: &Client, endpoint: &Endpoint) -> Vec<Che
                 )
             });
             let write: bool = row.get(2);
-            items.push(if write {
-                CheckItem::ok("target: checkpoint", "may write public._ferry_checkpoint")
-            } else {
-                CheckItem::fail(
+            let exists: bool = row.get(3);
+            items.push(match (write, exists) {
+                (true, true) => {
+                    CheckItem::ok("target: checkpoint", "may write public._ferry_checkpoint")
+                }
+                (true, false) => CheckItem::ok(
+                    "target: checkpoint",
+                    "public._ferry_checkpoint will be created by the first run",
+                ),
+                (false, true) => CheckItem::fail(
                     "target: checkpoint",
                     "may not write public._ferry_checkpoint",
                     format!(
                         "GRANT INSERT, UPDATE, SELECT, DELETE ON public._ferry_checkpoint TO {}",
                         endpoint.user()
                     ),
-                )
+                ),
+                (false, false) => CheckItem::fail(
+                    "target: checkpoint",
+                    "public._ferry_checkpoint does not exist and may not be created in schema public",
+                    format!("GRANT CREATE ON SCHEMA public TO {}", endpoint.user()),
+                ),
             });
         }
         Err(e) => items.push(CheckItem::from_error(

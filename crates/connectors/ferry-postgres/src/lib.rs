@@ -28,6 +28,7 @@ mod reader;
 mod recopy;
 mod repair;
 mod replication;
+mod shape;
 mod sink;
 mod snapshot;
 mod source;

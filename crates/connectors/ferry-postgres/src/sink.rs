@@ -7,13 +7,15 @@ use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
 use ferry_core::{
-    CheckItem, Checkpoint, CheckpointRecord, CheckpointStore, Column, Error, Result, Sink,
-    SinkInfo, SinkWriter, Step, TableName, TableReader, TableRef, UserType, UserTypeDef, Value,
+    CheckItem, Checkpoint, CheckpointRecord, CheckpointStore, Column, Error, Result, SequenceValue,
+    Sink, SinkInfo, SinkWriter, Step, TableName, TableReader, TableRef, TableShape, UserType,
+    UserTypeDef, Value,
 };
 use tokio_postgres::Client;
+use tokio_postgres::error::SqlState;
 use tokio_postgres::types::Type;
 
-use crate::catalog::{self, PgTable};
+use crate::catalog::{self, PgTable, WriteTraits};
 use crate::connection::Endpoint;
 use crate::error::pg_error;
 use crate::fence::{self, Lock};
@@ -73,6 +75,15 @@ pub(crate) struct Target {
     /// The key columns as key-range predicates compare them (online
     /// re-copy chunks replace the target's rows of a key range).
     pub key_read: Vec<crate::reader::ReadColumn>,
+    /// A unique index on the key columns is `DEFERRABLE` (a table the
+    /// operator created): `ON CONFLICT` refuses it as arbiter, so upserts
+    /// update the rows that exist and insert the others instead.
+    pub deferrable_key: bool,
+    /// Indexes of the columns `GENERATED ALWAYS AS IDENTITY` on the
+    /// target: inserts override the identity with the source's value, and
+    /// since PostgreSQL lets no `UPDATE` set them, updates leave them out
+    /// (a key change moves the row by delete and insert).
+    pub always_identity: Vec<usize>,
 }
 
 impl Target {
@@ -138,6 +149,20 @@ pub(crate) struct Shared {
     pub major: u32,
     pub pipeline: String,
     pub targets: Mutex<HashMap<TableName, Arc<Target>>>,
+    /// The source's shape of each table beyond columns and key, for the
+    /// tables this sink creates (`shape.rs`).
+    pub shapes: Mutex<HashMap<TableName, TableShape>>,
+}
+
+impl Shared {
+    /// The source's shape of `name`, if known.
+    pub fn shape(&self, name: &TableName) -> Option<TableShape> {
+        self.shapes
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(name)
+            .cloned()
+    }
 }
 
 /// Where a ferry table lives on the target: its namespace, else `public`.
@@ -164,7 +189,12 @@ fn param_type(t: &PgType) -> Type {
 
 /// Builds the mapping of `table` onto the existing target table `pg`,
 /// failing with a fix when the target cannot take the table's rows.
-pub(crate) fn map_target(table: &TableRef, pg: &PgTable, major: u32) -> Result<Target> {
+pub(crate) fn map_target(
+    table: &TableRef,
+    pg: &PgTable,
+    traits: &WriteTraits,
+    major: u32,
+) -> Result<Target> {
     let display = pg.display();
     let mut cols = Vec::new();
     let mut types = Vec::new();
@@ -260,7 +290,20 @@ pub(crate) fn map_target(table: &TableRef, pg: &PgTable, major: u32) -> Result<T
             unread: false,
         })
         .collect();
+    let same_columns = |cols: &Vec<String>| {
+        cols.len() == key_names.len() && key_names.iter().all(|n| cols.iter().any(|c| c == n))
+    };
+    let deferrable_key = !table.is_keyless() && traits.deferrable_unique.iter().any(same_columns);
+    let always_identity = table
+        .columns
+        .iter()
+        .enumerate()
+        .filter(|(_, c)| traits.always_identity.contains(&c.name))
+        .map(|(i, _)| i)
+        .collect();
     Ok(Target {
+        deferrable_key,
+        always_identity,
         qualified: pg.qualified(),
         display,
         params: types.iter().map(param_type).collect(),
@@ -527,6 +570,8 @@ pub struct PostgresSink {
     /// The session holding the pipeline's lock on the target, once
     /// [`Sink::fence`] took it; the lock goes with it.
     fence: tokio::sync::Mutex<Option<Client>>,
+    /// The checkpoint table is known to exist.
+    checkpoint_ready: std::sync::atomic::AtomicBool,
 }
 
 impl std::fmt::Debug for PostgresSink {
@@ -539,29 +584,16 @@ impl std::fmt::Debug for PostgresSink {
 }
 
 impl PostgresSink {
-    /// Connects to the target and makes sure the checkpoint table exists.
+    /// Connects to the target. Nothing is created yet: the checkpoint
+    /// table comes with the structure copy ([`Sink::ensure_tables`]) or
+    /// the first writer, so a run refused before either leaves the target
+    /// as it was.
     pub async fn connect(config: PostgresSinkConfig) -> Result<PostgresSink> {
         if config.pipeline.is_empty() {
             return Err(Error::fatal("the pipeline name is empty").with_fix("name the pipeline"));
         }
         let endpoint = Endpoint::parse(&config.url, "target")?;
         let admin = endpoint.connect().await?;
-        let exists: bool = admin
-            .query_one("SELECT to_regclass($1) IS NOT NULL", &[&CHECKPOINT_TABLE])
-            .await
-            .map_err(|e| pg_error(e, "looking for the checkpoint table"))?
-            .get(0);
-        if !exists {
-            admin
-                .batch_execute(&format!(
-                    "CREATE TABLE IF NOT EXISTS {CHECKPOINT_TABLE} (\
-                       pipeline text NOT NULL, scope text NOT NULL, value text NOT NULL, \
-                       updated_at timestamptz NOT NULL DEFAULT now(), \
-                       PRIMARY KEY (pipeline, scope))"
-                ))
-                .await
-                .map_err(|e| pg_error(e, &format!("creating {CHECKPOINT_TABLE}")))?;
-        }
         let major = catalog::server_major(&admin).await?;
         Ok(PostgresSink {
             reads: KeyOrderReads::new(endpoint.clone()),
@@ -570,62 +602,178 @@ impl PostgresSink {
                 major,
                 pipeline: config.pipeline,
                 targets: Mutex::new(HashMap::new()),
+                shapes: Mutex::new(HashMap::new()),
             }),
             admin,
             types: tokio::sync::Mutex::new(TypeCache::default()),
             fence: tokio::sync::Mutex::new(None),
+            checkpoint_ready: std::sync::atomic::AtomicBool::new(false),
         })
     }
 
-    /// Creates the tables of `tables` the target lacks (with their
-    /// schemas and types) and records every table's mapping.
-    /// Creates the missing tables; returns those whose columns differ
-    /// (see `Sink::ensure_tables`).
-    async fn create_missing(&self, tables: &[TableRef]) -> Result<Vec<TableName>> {
-        let mut altered = Vec::new();
-        for table in tables {
-            let pg = match self.describe(&table.name).await? {
-                Some(pg) => pg,
-                None => {
-                    let columns: Vec<&Column> = table.columns.iter().collect();
-                    ensure_user_types(&self.admin, &columns).await?;
-                    let (schema, _) = target_name(&table.name);
-                    let sql = match create_schema_sql(&self.admin, &schema).await? {
-                        Some(create) => format!("{create}; {}", create_table_sql(table, false)?),
-                        None => create_table_sql(table, false)?,
-                    };
-                    tracing::info!(table = %table.name, "creating the target table");
-                    self.admin
-                        .batch_execute(&sql)
-                        .await
-                        .map_err(|e| pg_error(e, &format!("creating table {}", table.name)))?;
-                    self.describe(&table.name).await?.ok_or_else(|| {
-                        Error::fatal(format!(
-                            "table {} vanished right after creation",
-                            table.name
-                        ))
-                    })?
-                }
-            };
-            // Columns the source gained while ferry was stopped: the
-            // pipeline alters the table (writer `Step::Schema`) together
-            // with recording its re-copy.
-            let lacks = table.columns.iter().any(|c| {
-                pg.column(&c.name)
-                    .is_none_or(|tc| !tc.kind.as_ref().is_some_and(|k| writable(&c.ty, k)))
-            });
-            if lacks {
-                altered.push(table.name.clone());
-                continue;
-            }
-            let target = map_target(table, &pg, self.shared.major)?;
-            self.shared
-                .targets
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .insert(table.name.clone(), Arc::new(target));
+    /// Creates the checkpoint table if the target lacks it.
+    async fn ensure_checkpoint_table(&self) -> Result<()> {
+        use std::sync::atomic::Ordering;
+        if self.checkpoint_ready.load(Ordering::Acquire) {
+            return Ok(());
         }
+        if !self.checkpoint_table_usable().await? {
+            self.create_checkpoint_table().await?;
+        }
+        self.checkpoint_ready.store(true, Ordering::Release);
+        Ok(())
+    }
+
+    /// Whether the checkpoint table exists; an error naming the grant
+    /// when this user could neither write it nor create it.
+    async fn checkpoint_table_usable(&self) -> Result<bool> {
+        let row = self
+            .admin
+            .query_one(
+                "SELECT to_regclass($1) IS NOT NULL, \
+                        CASE WHEN to_regclass($1) IS NULL THEN has_schema_privilege('public', 'CREATE') \
+                        ELSE has_table_privilege($1, 'SELECT') AND has_table_privilege($1, 'INSERT') \
+                         AND has_table_privilege($1, 'UPDATE') AND has_table_privilege($1, 'DELETE') END",
+                &[&CHECKPOINT_TABLE],
+            )
+            .await
+            .map_err(|e| pg_error(e, "looking for the checkpoint table"))?;
+        let (exists, allowed): (bool, bool) = (row.get(0), row.get(1));
+        let user = self.shared.endpoint.user();
+        match (exists, allowed) {
+            (_, true) => Ok(exists),
+            (true, false) => Err(Error::fatal(format!(
+                "role {user} may not write the checkpoint table {CHECKPOINT_TABLE}"
+            ))
+            .with_fix(format!(
+                "GRANT SELECT, INSERT, UPDATE, DELETE ON {CHECKPOINT_TABLE} TO {user}"
+            ))),
+            (false, false) => Err(Error::fatal(format!(
+                "role {user} may not create the checkpoint table {CHECKPOINT_TABLE}"
+            ))
+            .with_fix(format!(
+                "GRANT CREATE ON SCHEMA public TO {user}; or have an administrator create \
+                 {CHECKPOINT_TABLE} (see README.md) and grant SELECT, INSERT, UPDATE, DELETE on it"
+            ))),
+        }
+    }
+
+    async fn create_checkpoint_table(&self) -> Result<()> {
+        self.admin
+            .batch_execute(&format!(
+                "CREATE TABLE IF NOT EXISTS {CHECKPOINT_TABLE} (\
+                   pipeline text NOT NULL, scope text NOT NULL, value text NOT NULL, \
+                   updated_at timestamptz NOT NULL DEFAULT now(), \
+                   PRIMARY KEY (pipeline, scope))"
+            ))
+            .await
+            .map_err(|e| pg_error(e, &format!("creating {CHECKPOINT_TABLE}")))
+    }
+
+    /// The structure copy: checks every existing target table, then
+    /// creates the missing ones (with their schemas and types) and the
+    /// checkpoint table, and records every table's mapping. Nothing is
+    /// created unless every existing table can take its rows. Returns the
+    /// tables whose columns differ (see `Sink::ensure_tables`).
+    async fn create_missing(&self, tables: &[TableRef]) -> Result<Vec<TableName>> {
+        use std::sync::atomic::Ordering;
+        let checkpoint_exists = self.checkpoint_table_usable().await?;
+        let mut altered = Vec::new();
+        let mut missing = Vec::new();
+        for table in tables {
+            match self.describe(&table.name).await? {
+                Some(pg) => {
+                    if self.map_existing(table, &pg).await? {
+                        altered.push(table.name.clone());
+                    }
+                }
+                None => missing.push(table),
+            }
+        }
+        for table in missing {
+            let columns: Vec<&Column> = table.columns.iter().collect();
+            ensure_user_types(&self.admin, &columns).await?;
+            let (schema, _) = target_name(&table.name);
+            let sql = match create_schema_sql(&self.admin, &schema).await? {
+                Some(create) => format!("{create}; {}", create_table_sql(table, false)?),
+                None => create_table_sql(table, false)?,
+            };
+            tracing::info!(table = %table.name, "creating the target table");
+            // The table and what comes with it (`shape.rs`) in one
+            // transaction: a crash between them would leave a table that
+            // a restart, finding it, never completes.
+            let (schema, name) = target_name(&table.name);
+            let q = format!("{}.{}", ident(&schema), ident(&name));
+            let statements = self
+                .shared
+                .shape(&table.name)
+                .map(|shape| crate::shape::with_table(table, &q, &shape))
+                .unwrap_or_default();
+            let created = async {
+                self.admin
+                    .batch_execute(&format!("BEGIN; {sql}"))
+                    .await
+                    .map_err(|e| pg_error(e, &format!("creating table {}", table.name)))?;
+                crate::shape::run_each(&self.admin, &q, &statements, true).await?;
+                self.admin
+                    .batch_execute("COMMIT")
+                    .await
+                    .map_err(|e| pg_error(e, &format!("creating table {}", table.name)))
+            }
+            .await;
+            if let Err(e) = created {
+                let _ = self.admin.batch_execute("ROLLBACK").await;
+                return Err(e);
+            }
+            let pg = self.describe(&table.name).await?.ok_or_else(|| {
+                Error::fatal(format!(
+                    "table {} vanished right after creation",
+                    table.name
+                ))
+            })?;
+            self.map_existing(table, &pg).await?;
+        }
+        if !checkpoint_exists {
+            self.create_checkpoint_table().await?;
+        }
+        self.checkpoint_ready.store(true, Ordering::Release);
         Ok(altered)
+    }
+
+    /// Records the mapping of `table` onto the existing target table `pg`,
+    /// or returns `true` when the target lacks columns of it (or holds one
+    /// in a type that cannot take its values): the pipeline alters such a
+    /// table (writer `Step::Schema`) together with recording its re-copy.
+    async fn map_existing(&self, table: &TableRef, pg: &PgTable) -> Result<bool> {
+        let lacks = table.columns.iter().any(|c| {
+            pg.column(&c.name)
+                .is_none_or(|tc| !tc.kind.as_ref().is_some_and(|k| writable(&c.ty, k)))
+        });
+        if lacks {
+            return Ok(true);
+        }
+        let traits = catalog::write_traits(&self.admin, pg.oid).await?;
+        if !traits.writable {
+            // Found now, before the source is prepared, rather than by the
+            // first load after a slot and a publication exist.
+            let user = self.shared.endpoint.user();
+            return Err(Error::fatal(format!(
+                "role {user} may not write target table {}",
+                pg.display()
+            ))
+            .with("table", pg.display())
+            .with_fix(format!(
+                "GRANT SELECT, INSERT, UPDATE, DELETE, TRUNCATE ON {} TO {user}",
+                pg.qualified()
+            )));
+        }
+        let target = map_target(table, pg, &traits, self.shared.major)?;
+        self.shared
+            .targets
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(table.name.clone(), Arc::new(target));
+        Ok(false)
     }
 
     async fn describe(&self, name: &TableName) -> Result<Option<PgTable>> {
@@ -637,15 +785,19 @@ impl PostgresSink {
 
 #[async_trait]
 impl CheckpointStore for PostgresSink {
+    /// A target without the checkpoint table holds no checkpoint.
     async fn load(&self) -> Result<Checkpoint> {
-        let rows = self
+        let rows = match self
             .admin
             .query(
                 &format!("SELECT scope, value FROM {CHECKPOINT_TABLE} WHERE pipeline = $1"),
                 &[&self.shared.pipeline],
             )
             .await
-            .map_err(|e| pg_error(e, "reading the checkpoint"))?;
+        {
+            Err(e) if e.code() == Some(&SqlState::UNDEFINED_TABLE) => Vec::new(),
+            r => r.map_err(|e| pg_error(e, "reading the checkpoint"))?,
+        };
         let records: Vec<CheckpointRecord> = rows
             .iter()
             .map(|r| CheckpointRecord {
@@ -657,14 +809,19 @@ impl CheckpointStore for PostgresSink {
     }
 
     async fn clear(&self) -> Result<()> {
-        self.admin
+        match self
+            .admin
             .execute(
                 &format!("DELETE FROM {CHECKPOINT_TABLE} WHERE pipeline = $1"),
                 &[&self.shared.pipeline],
             )
             .await
-            .map_err(|e| pg_error(e, "clearing the checkpoint"))?;
-        Ok(())
+        {
+            Err(e) if e.code() == Some(&SqlState::UNDEFINED_TABLE) => Ok(()),
+            r => r
+                .map(|_| ())
+                .map_err(|e| pg_error(e, "clearing the checkpoint")),
+        }
     }
 }
 
@@ -763,7 +920,23 @@ impl Sink for PostgresSink {
         crate::repair::render(steps, &tables)
     }
 
+    /// Kept for the tables this sink creates: see `shape.rs`.
+    async fn set_shapes(&self, shapes: Vec<(TableName, TableShape)>) {
+        let mut map = self.shared.shapes.lock().unwrap_or_else(|p| p.into_inner());
+        map.clear();
+        map.extend(
+            shapes
+                .into_iter()
+                .filter(|(_, s)| s.dialect == crate::shape::DIALECT),
+        );
+    }
+
+    async fn set_sequences(&self, values: &[SequenceValue]) -> Result<()> {
+        crate::shape::set_sequences(&self.admin, values).await
+    }
+
     async fn writer(&self) -> Result<Box<dyn SinkWriter>> {
+        self.ensure_checkpoint_table().await?;
         let client = self.shared.endpoint.connect().await?;
         Ok(Box::new(crate::writer::PostgresWriter::new(
             self.shared.clone(),

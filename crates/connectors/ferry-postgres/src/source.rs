@@ -15,8 +15,8 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use ferry_core::{
-    CheckItem, Continuity, Error, Lsn, Position, Result, Selection, SnapshotReader,
-    SnapshotRequest, Source, SourceEvent, TableName, TableReader, TableRef, Value,
+    CheckItem, Continuity, Error, Lsn, Position, Result, Selection, SequenceValue, SnapshotReader,
+    SnapshotRequest, Source, SourceEvent, TableName, TableReader, TableRef, TableShape, Value,
 };
 use tokio_postgres::Client;
 
@@ -405,6 +405,85 @@ impl Source for PostgresSource {
             .map(|(n, (t, _))| (n.clone(), t.clone()))
             .collect();
         Ok(out)
+    }
+
+    async fn shapes(&mut self, tables: &[TableRef]) -> Result<Vec<(TableName, TableShape)>> {
+        let mut out = Vec::new();
+        for t in tables {
+            let Some((_, pg)) = self.tables.get(&t.name) else {
+                continue;
+            };
+            let key: Vec<String> = t.key_names().iter().map(|k| k.to_string()).collect();
+            out.push((
+                t.name.clone(),
+                catalog::table_shape(&self.client, pg, &key).await?,
+            ));
+        }
+        Ok(out)
+    }
+
+    async fn sequence_values(&mut self, sequences: &[TableName]) -> Result<Vec<SequenceValue>> {
+        let mut out = Vec::new();
+        for name in sequences {
+            let schema = name.namespace.as_deref().unwrap_or("public");
+            if let Some((last_value, is_called)) =
+                catalog::sequence_value(&self.client, schema, &name.name).await?
+            {
+                out.push(SequenceValue {
+                    name: name.clone(),
+                    last_value,
+                    is_called,
+                });
+            }
+        }
+        Ok(out)
+    }
+
+    /// `wal_level`, the REPLICATION attribute, a free slot when ferry's
+    /// does not exist yet, and the rights the publication needs: what
+    /// [`prepare`](Source::prepare) would otherwise find out after the
+    /// target was touched.
+    async fn preflight(&mut self) -> Result<()> {
+        self.wal_level_logical().await?;
+        let slot = self.slot_name();
+        let row = self
+            .client
+            .query_one(
+                "SELECT (SELECT rolreplication OR rolsuper FROM pg_catalog.pg_roles \
+                         WHERE rolname = current_user), \
+                        EXISTS (SELECT 1 FROM pg_catalog.pg_replication_slots WHERE slot_name = $1), \
+                        (SELECT count(*) FROM pg_catalog.pg_replication_slots)::int \
+                          >= current_setting('max_replication_slots')::int",
+                &[&slot],
+            )
+            .await
+            .map_err(|e| pg_error(e, "reading the source's replication settings"))?;
+        let (replication, slot_exists, slots_full): (Option<bool>, bool, bool) =
+            (row.get(0), row.get(1), row.get(2));
+        if !replication.unwrap_or(false) {
+            let user = self.endpoint.user();
+            return Err(Error::fatal(format!(
+                "role {user} lacks the REPLICATION attribute, which change capture needs"
+            ))
+            .with_fix(format!("ALTER ROLE {user} WITH REPLICATION")));
+        }
+        if !slot_exists && slots_full {
+            return Err(Error::fatal(format!(
+                "all replication slots of the source are in use, so ferry cannot create {slot}"
+            ))
+            .with_fix(
+                "drop unused slots (SELECT pg_drop_replication_slot(name)) or raise \
+                 max_replication_slots and restart PostgreSQL",
+            ));
+        }
+        let tables: Vec<TableName> = self.tables.values().map(|(t, _)| t.name.clone()).collect();
+        let publication = Publication::inspect(&self.client, &slot, &tables).await?;
+        if let Some((why, fix)) = publication.refusal() {
+            return Err(
+                Error::fatal(format!("cannot set up publication {slot}: {why}")).with_fix(fix),
+            );
+        }
+        Ok(())
     }
 
     async fn prepare(&mut self) -> Result<()> {

@@ -24,8 +24,8 @@ use tokio_postgres::types::{ToSql, Type};
 
 use crate::apply::{
     Param, abbreviate, delete_one_sql, delete_sql, insert_sql, key_params, match_columns,
-    param_refs, row_params, rows_per_statement, update_one_sql, update_sql, upsert_from,
-    upsert_sql,
+    move_by_delete_insert_sql, param_refs, row_params, rows_per_statement, settable,
+    update_one_sql, update_sql, upsert_from, upsert_sql,
 };
 use crate::bad_value;
 use crate::catalog;
@@ -276,6 +276,12 @@ impl PostgresWriter {
                 .with("table", t.display.clone())
                 .with("statement", sql.clone())
         })?;
+        // The source's other indexes and unique constraints, built now
+        // that the table is loaded (`shape.rs`).
+        if let Some(shape) = self.shared.shape(name) {
+            let statements = crate::shape::after_load(&t.source_cols, &t.qualified, &shape);
+            crate::shape::run_each(&self.client, &t.display, &statements, true).await?;
+        }
         self.shared
             .targets
             .lock()
@@ -341,7 +347,8 @@ impl PostgresWriter {
                 ))
                 .with_fix("restart the pipeline so it creates the target tables")
             })?;
-        let target = Arc::new(map_target(table, &pg, self.shared.major)?);
+        let traits = catalog::write_traits(&self.client, pg.oid).await?;
+        let target = Arc::new(map_target(table, &pg, &traits, self.shared.major)?);
         self.shared
             .targets
             .lock()
@@ -427,7 +434,8 @@ impl PostgresWriter {
                     )
                 }
                 KeylessOp::Update { before, after } => {
-                    let set = match_columns(after);
+                    let mut set = match_columns(after);
+                    set.retain(|i| !t.always_identity.contains(i));
                     if set.is_empty() {
                         continue;
                     }
@@ -556,7 +564,7 @@ impl PostgresWriter {
             groups.entry(present).or_default().push(row);
         }
         for (present, rows) in groups {
-            if present.iter().all(|i| t.key.contains(i)) {
+            if !present.iter().any(|&i| settable(&t, i)) {
                 continue;
             }
             for chunk in rows.chunks(rows_per_statement(present.len())) {
@@ -611,12 +619,18 @@ impl PostgresWriter {
                 )
             })
             .collect();
-        let sql = format!(
-            "UPDATE {} SET {} WHERE {}",
-            t.qualified,
-            set.join(", "),
-            cond.join(" AND ")
-        );
+        // PostgreSQL lets no UPDATE set an identity column GENERATED
+        // ALWAYS: such a key moves by delete and insert.
+        let sql = if t.key.iter().any(|k| t.always_identity.contains(k)) {
+            move_by_delete_insert_sql(&t, &present)
+        } else {
+            format!(
+                "UPDATE {} SET {} WHERE {}",
+                t.qualified,
+                set.join(", "),
+                cond.join(" AND ")
+            )
+        };
         let mut params: Vec<Param> = present
             .iter()
             .map(|&i| Param {
@@ -673,6 +687,16 @@ impl PostgresWriter {
                 pg_error(e, &format!("creating table {}", table.name))
                     .with("statement", sql.clone())
             })?;
+            // Empty, and keyed already: its whole shape at once.
+            if let Some(shape) = self.shared.shape(&table.name) {
+                let q = format!("{}.{}", ident(&schema), ident(&name));
+                let columns: Vec<String> = table.columns.iter().map(|c| c.name.clone()).collect();
+                let mut statements = crate::shape::with_table(table, &q, &shape);
+                if !table.is_keyless() {
+                    statements.extend(crate::shape::after_load(&columns, &q, &shape));
+                }
+                crate::shape::run_each(&self.client, &q, &statements, true).await?;
+            }
             self.target(table).await?;
             return Ok(());
         };

@@ -55,13 +55,13 @@ pub struct SqliteSink {
 }
 
 impl SqliteSink {
-    /// Opens (creating if needed) the target and its checkpoint table. A
-    /// read-only file or an unwritable directory is a fatal error naming
-    /// the path.
+    /// Opens (creating if needed) the target. A read-only file or an
+    /// unwritable directory is a fatal error naming the path. The
+    /// checkpoint table comes with the structure copy
+    /// ([`Sink::ensure_tables`]) or the first writer, so a run refused
+    /// before either leaves no trace of ferry in the target.
     pub fn open(cfg: SqliteSinkConfig) -> Result<Self> {
         let conn = open_target(&cfg.path)?;
-        conn.execute_batch(CREATE_CHECKPOINT)
-            .map_err(|e| db_error(&cfg.path, "creating the checkpoint table", e))?;
         Ok(SqliteSink {
             conn: Blocking::new(conn, &cfg.path),
             cfg,
@@ -70,8 +70,22 @@ impl SqliteSink {
     }
 }
 
+fn checkpoint_table_exists(c: &Connection, path: &Path) -> Result<bool> {
+    c.query_row(
+        "SELECT EXISTS (SELECT 1 FROM sqlite_master WHERE type = 'table' \
+         AND name = '_ferry_checkpoint')",
+        [],
+        |r| r.get(0),
+    )
+    .map_err(|e| db_error(path, "looking for the checkpoint table", e))
+}
+
 /// This pipeline's checkpoint records, decoded.
+/// A target without the checkpoint table holds no checkpoint.
 pub(crate) fn load_checkpoint(c: &Connection, path: &Path, pipeline: &str) -> Result<Checkpoint> {
+    if !checkpoint_table_exists(c, path)? {
+        return Ok(Checkpoint::default());
+    }
     let records = c
         .prepare_cached(
             "SELECT scope, value FROM _ferry_checkpoint WHERE pipeline = ?1 ORDER BY scope",
@@ -250,6 +264,9 @@ impl CheckpointStore for SqliteSink {
         let pipeline = self.cfg.pipeline.clone();
         self.conn
             .run(move |c| {
+                if !checkpoint_table_exists(c, &path)? {
+                    return Ok(());
+                }
                 c.execute(
                     "DELETE FROM _ferry_checkpoint WHERE pipeline = ?1",
                     [&pipeline],
@@ -301,6 +318,7 @@ impl Sink for SqliteSink {
                 let tx = c
                     .transaction_with_behavior(TransactionBehavior::Immediate)
                     .map_err(err)?;
+                tx.execute_batch(CREATE_CHECKPOINT).map_err(err)?;
                 let mut altered = Vec::new();
                 for table in &tables {
                     if ensure_table(&tx, &path, table, indexes.as_ref())? {
@@ -319,9 +337,14 @@ impl Sink for SqliteSink {
 
     async fn writer(&self) -> Result<Box<dyn SinkWriter>> {
         let path = self.cfg.path.clone();
-        let conn = tokio::task::spawn_blocking(move || open_target(&path))
-            .await
-            .map_err(|e| Error::fatal(format!("SQLite worker task failed: {e}")))??;
+        let conn = tokio::task::spawn_blocking(move || {
+            let conn = open_target(&path)?;
+            conn.execute_batch(CREATE_CHECKPOINT)
+                .map_err(|e| db_error(&path, "creating the checkpoint table", e))?;
+            Ok::<_, Error>(conn)
+        })
+        .await
+        .map_err(|e| Error::fatal(format!("SQLite worker task failed: {e}")))??;
         Ok(Box::new(writer::SqliteWriter::new(
             conn,
             &self.cfg.path,

@@ -1,6 +1,8 @@
 //! The sink: structure copy, binary COPY load, batched apply, checkpoint
 //! in the same transaction, error classes.
 
+mod precreated;
+
 use ferry_core::{
     CheckpointRecord, CheckpointStore, ColumnType, ErrorClass, KeyRange, Lsn, PgPosition, Position,
     Sink, Step, TableOps, TableProgress, TableReader, Value,
@@ -371,6 +373,20 @@ async fn sink_classifies_errors() {
     );
     let weak_url = url.replace("postgres@", "weak@");
     let weak = PostgresSink::connect(config(&weak_url)).await.unwrap();
+    let err = weak.ensure_tables(&[accounts()]).await.unwrap_err();
+    assert_eq!(err.class(), ErrorClass::Fatal);
+    // Found before anything is created, naming the grant.
+    assert!(
+        err.message()
+            .contains("may not write the checkpoint table public._ferry_checkpoint")
+            && err.fix().is_some_and(|f| f.contains("GRANT")),
+        "{}",
+        err.report()
+    );
+    pg.psql_in(
+        "target",
+        "GRANT SELECT, INSERT, UPDATE, DELETE ON public._ferry_checkpoint TO weak",
+    );
     let err = weak.ensure_tables(&[accounts()]).await.unwrap_err();
     assert_eq!(err.class(), ErrorClass::Fatal);
     assert!(
