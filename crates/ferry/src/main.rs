@@ -14,6 +14,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use ferry_core::{CheckStatus, Error};
+use ferry_pipeline::Transform;
 
 use crate::config::PipelineConfig;
 

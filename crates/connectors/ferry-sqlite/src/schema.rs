@@ -39,7 +39,13 @@ pub(crate) fn read_table(
     name: &str,
     keep_storage_classes: bool,
 ) -> Result<TableSchema, Error> {
-    read_selected_table(conn, path, name, &Selection::default(), keep_storage_classes)
+    read_selected_table(
+        conn,
+        path,
+        name,
+        &Selection::default(),
+        keep_storage_classes,
+    )
 }
 
 /// [`read_table`], where a column `selection` leaves unread (excluded, no
@@ -326,7 +332,7 @@ mod tests {
             unread_columns: vec!["geo.p".into(), "geo.g".into()],
             ..Selection::default()
         };
-        let t = read_selected_table(&c, Path::new("m"), "geo", &selection).unwrap();
+        let t = read_selected_table(&c, Path::new("m"), "geo", &selection, false).unwrap();
         assert_eq!(t.columns[1].ty, ColumnType::Dynamic);
         assert_eq!(t.columns[3].ty, ColumnType::Dynamic);
     }
