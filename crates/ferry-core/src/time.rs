@@ -28,7 +28,8 @@ pub fn days_from_civil(y: i64, m: u32, d: u32) -> i64 {
     era * 146_097 + doe - 719_468
 }
 
-/// `YYYY-MM-DD` (years outside 0..=9999 as `format!` prints them).
+/// `YYYY-MM-DD`; a year before 0 (1 BC is year 0) as `-YYYY`, a year
+/// after 9999 with all its digits (ISO 8601's expanded years).
 pub fn format_date(days: i32) -> String {
     let mut out = String::with_capacity(10);
     push_date(&mut out, days);
@@ -53,8 +54,12 @@ pub fn format_timestamp(micros: i64) -> String {
 /// has room): snapshot loads format every date they write.
 pub fn push_date(out: &mut String, days: i32) {
     let (y, m, d) = civil_from_days(days as i64);
-    if !(0..=9999).contains(&y) {
-        out.push_str(&format!("{y:04}-{m:02}-{d:02}"));
+    if y < 0 {
+        out.push_str(&format!("-{:04}-{m:02}-{d:02}", -y));
+        return;
+    }
+    if y > 9999 {
+        out.push_str(&format!("{y}-{m:02}-{d:02}"));
         return;
     }
     let mut b = *b"0000-00-00";
@@ -229,8 +234,12 @@ fn canonical_time(b: &[u8]) -> Option<i64> {
 
 fn parse_date_general(s: &str) -> Option<i32> {
     let s = s.trim();
+    let (sign, s) = match s.strip_prefix('-') {
+        Some(rest) => (-1, rest),
+        None => (1, s),
+    };
     let mut it = s.splitn(3, '-');
-    let y: i64 = it.next()?.parse().ok()?;
+    let y: i64 = sign * it.next()?.parse::<i64>().ok()?;
     let m: u32 = it.next()?.parse().ok()?;
     let d: u32 = it.next()?.get(..2)?.parse().ok()?;
     if !(1..=12).contains(&m) || !(1..=31).contains(&d) {
@@ -266,10 +275,14 @@ fn parse_time_general(s: &str) -> Option<i64> {
 
 fn parse_timestamp_general(s: &str) -> Option<i64> {
     let s = s.trim();
-    if s.len() == 10 {
+    // `[-]Y…Y-MM-DD`: ten characters for years 0 to 9999, more before and
+    // after them.
+    let neg = usize::from(s.starts_with('-'));
+    let date_len = neg + s[neg..].bytes().take_while(u8::is_ascii_digit).count() + 6;
+    if s.len() == date_len {
         return (parse_date(s)? as i64).checked_mul(MICROS_PER_DAY);
     }
-    let (date, rest) = s.split_at_checked(10)?;
+    let (date, rest) = s.split_at_checked(date_len)?;
     let days = parse_date(date)? as i64;
     let rest = rest.strip_prefix([' ', 'T'])?;
     // Split off a zone suffix.
@@ -332,6 +345,35 @@ mod tests {
         assert_eq!(parse_date("2000-02-29"), Some(11_016));
     }
 
+    /// Years before 1 AD (PostgreSQL's BC dates; 1 BC is year 0) and
+    /// after 9999 read back as written.
+    #[test]
+    fn far_years_round_trip() {
+        let bc_44 = days_from_civil(-43, 3, 15) as i32;
+        assert_eq!(format_date(bc_44), "-0043-03-15");
+        assert_eq!(parse_date("-0043-03-15"), Some(bc_44));
+        let year_0 = days_from_civil(0, 1, 1) as i32;
+        assert_eq!(format_date(year_0), "0000-01-01");
+        let t = bc_44 as i64 * MICROS_PER_DAY + 3_600_000_001;
+        assert_eq!(format_timestamp(t), "-0043-03-15 01:00:00.000001");
+        assert_eq!(parse_timestamp("-0043-03-15 01:00:00.000001"), Some(t));
+        assert_eq!(
+            parse_timestamp("-0043-03-15 02:00:00.000001+01:00"),
+            Some(t)
+        );
+        assert_eq!(
+            parse_timestamp("-0043-03-15"),
+            Some(bc_44 as i64 * MICROS_PER_DAY)
+        );
+        let far = days_from_civil(294_276, 12, 31) as i32;
+        assert_eq!(format_date(far), "294276-12-31");
+        assert_eq!(parse_date("294276-12-31"), Some(far));
+        let t = days_from_civil(200_000, 6, 1) * MICROS_PER_DAY + 1;
+        assert_eq!(format_timestamp(t), "200000-06-01 00:00:00.000001");
+        assert_eq!(parse_timestamp(&format_timestamp(t)), Some(t));
+        assert_eq!(parse_timestamp("2024-03-01x12:00"), None);
+    }
+
     #[test]
     fn timestamps_parse_with_zones() {
         let t = parse_timestamp("2024-03-01 12:00:00.5+02:00").unwrap();
@@ -351,6 +393,9 @@ mod tests {
 
         pub fn format_date(days: i32) -> String {
             let (y, m, d) = civil_from_days(days as i64);
+            if y < 0 {
+                return format!("-{:04}-{m:02}-{d:02}", -y);
+            }
             format!("{y:04}-{m:02}-{d:02}")
         }
 
@@ -378,8 +423,12 @@ mod tests {
 
         pub fn parse_date(s: &str) -> Option<i32> {
             let s = s.trim();
+            let (sign, s) = match s.strip_prefix('-') {
+                Some(rest) => (-1, rest),
+                None => (1, s),
+            };
             let mut it = s.splitn(3, '-');
-            let y: i64 = it.next()?.parse().ok()?;
+            let y: i64 = sign * it.next()?.parse::<i64>().ok()?;
             let m: u32 = it.next()?.parse().ok()?;
             let d: u32 = it.next()?.get(..2)?.parse().ok()?;
             if !(1..=12).contains(&m) || !(1..=31).contains(&d) {
@@ -414,10 +463,14 @@ mod tests {
 
         pub fn parse_timestamp(s: &str) -> Option<i64> {
             let s = s.trim();
-            if s.len() == 10 {
+            // `[-]Y…Y-MM-DD`: ten characters for years 0 to 9999, more before and
+            // after them.
+            let neg = usize::from(s.starts_with('-'));
+            let date_len = neg + s[neg..].bytes().take_while(u8::is_ascii_digit).count() + 6;
+            if s.len() == date_len {
                 return (parse_date(s)? as i64).checked_mul(MICROS_PER_DAY);
             }
-            let (date, rest) = s.split_at_checked(10)?;
+            let (date, rest) = s.split_at_checked(date_len)?;
             let days = parse_date(date)? as i64;
             let rest = rest.strip_prefix([' ', 'T'])?;
             let (time, offset_secs) = if let Some(t) = rest.strip_suffix('Z') {

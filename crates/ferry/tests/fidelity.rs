@@ -611,7 +611,7 @@ const TO_LITE: Table = Table {
 const TO_LITE_ROWS: &str = "
 INSERT INTO tolite VALUES
  (1, -32768, -9223372036854775808, 'NaN', 'NaN', repeat('9', 1000)::numeric, -999999999.999, '', '',
-  '', '\\x', false, '0001-01-01', '00:00', '0001-01-01 00:00:00.000001',
+  '', '\\x', false, '0044-03-15 BC', '00:00', '0044-03-15 00:00:00.000001 BC',
   '1999-12-31 23:59:59.999999-12:00', '-178000000 years', '00000000-0000-0000-0000-000000000000',
   '{\"a\":  1}', '{\"k\": [1, \"é\", null]}', '{1,NULL,3}', '{\"\",NULL}', '<a b=\"1\">t&amp;</a>',
   '(1.5,-2)', '[1,5)', '-92233720368547758.08', 'a=>1, \"b c\"=>NULL'),
@@ -645,7 +645,7 @@ fn to_lite_in_lite() -> Vec<String> {
         format!(
             "integer:-32768 | integer:-9223372036854775808 | text:'NaN' | text:'NaN' | \
              text:'{nines}' | text:'-999999999.999' | text:'' | text:'' | text:'   ' | blob:X'' | \
-             integer:0 | text:'0001-01-01' | text:'00:00:00' | text:'0001-01-01 00:00:00.000001' | \
+             integer:0 | text:'-0043-03-15' | text:'00:00:00' | text:'-0043-03-15 00:00:00.000001' | \
              text:'2000-01-01 11:59:59.999999+00:00' | text:'P-2136000000M0DT0S' | \
              text:'00000000-0000-0000-0000-000000000000' | text:'{{\"a\":  1}}' | \
              text:'{{\"k\": [1, \"é\", null]}}' | text:'[1,null,3]' | text:'[\"\",null]' | \
@@ -687,7 +687,7 @@ fn to_lite_in_lite() -> Vec<String> {
 const TO_LITE_IN_LITE: &str = "CREATE TABLE tolite (id INTEGER PRIMARY KEY, i2 INTEGER, \
     i8 INTEGER, f4 REAL, f8 REAL, n DECIMAL_TEXT, n2 DECIMAL_TEXT(12,3), t TEXT, vc VARCHAR(5), \
     c VARCHAR(3), b BLOB, bo BOOLEAN, d DATE, tm TIME, ts DATETIME, tstz TIMESTAMPTZ, \
-    iv INTERVAL, u UUID, j JSON, jb JSON, ai ARRAY_JSON, at ARRAY_JSON, x TEXT, pt TEXT, r TEXT, \
+    iv INTERVAL, u UUID, j JSON_TEXT, jb JSON_TEXT, ai ARRAY_JSON, at ARRAY_JSON, x TEXT, pt TEXT, r TEXT, \
     m TEXT, h TEXT)";
 
 fn pg_to_lite(precreate: bool) {

@@ -225,12 +225,12 @@ pub(crate) fn text_of(v: &Value) -> Option<String> {
         }
         Value::Date(d) if *d == i32::MAX => "infinity".into(),
         Value::Date(d) if *d == i32::MIN => "-infinity".into(),
-        Value::Date(d) => format_date(*d),
+        Value::Date(d) => bc_era(format_date(*d)),
         Value::Time(t) => format_time(*t),
         Value::Timestamp(t) | Value::TimestampTz(t) if *t == i64::MAX => "infinity".into(),
         Value::Timestamp(t) | Value::TimestampTz(t) if *t == i64::MIN => "-infinity".into(),
-        Value::Timestamp(t) => format_timestamp(*t),
-        Value::TimestampTz(t) => format!("{}+00", format_timestamp(*t)),
+        Value::Timestamp(t) => bc_era(format_timestamp(*t)),
+        Value::TimestampTz(t) => bc_era(format!("{}+00", format_timestamp(*t))),
         Value::Interval {
             months,
             days,
@@ -239,6 +239,17 @@ pub(crate) fn text_of(v: &Value) -> Option<String> {
         Value::Uuid(u) => format_uuid(u),
         Value::Null | Value::Array(_) | Value::Unchanged => return None,
     })
+}
+
+/// ferry's text of a date or timestamp (`-0043-03-15 …`: ISO 8601's
+/// astronomical years, 1 BC being year 0) in the form PostgreSQL reads
+/// (`0044-03-15 … BC`).
+fn bc_era(text: String) -> String {
+    let (year, rest) = text.split_at(text[1..].find('-').map_or(0, |i| i + 1));
+    match year.parse::<i64>() {
+        Ok(y) if y <= 0 => format!("{:04}{rest} BC", 1 - y),
+        _ => text,
+    }
 }
 
 fn float_text(f: f64) -> String {
@@ -487,6 +498,20 @@ mod tests {
         let mut b = BytesMut::new();
         encode(&v, kind, &mut b).unwrap();
         decode(kind, &b).unwrap()
+    }
+
+    #[test]
+    fn dates_before_year_one_are_written_as_bc() {
+        let bc_44 = ferry_core::time::days_from_civil(-43, 3, 15) as i32;
+        assert_eq!(text_of(&Value::Date(bc_44)).unwrap(), "0044-03-15 BC");
+        let t = bc_44 as i64 * 86_400_000_000 + 1;
+        assert_eq!(
+            text_of(&Value::TimestampTz(t)).unwrap(),
+            "0044-03-15 00:00:00.000001+00 BC"
+        );
+        assert_eq!(text_of(&Value::Date(0)).unwrap(), "1970-01-01");
+        let year_0 = ferry_core::time::days_from_civil(0, 6, 1) as i32;
+        assert_eq!(text_of(&Value::Date(year_0)).unwrap(), "0001-06-01 BC");
     }
 
     #[test]

@@ -214,7 +214,7 @@ pub(crate) fn to_value(ty: &ColumnType, v: ValueRef<'_>) -> Result<Value, String
         (ColumnType::Bytes, R::Blob(b)) => Value::Bytes(b.to_vec()),
         (ColumnType::Bytes, R::Text(t)) => Value::Bytes(t.to_vec()),
         (ColumnType::Date, R::Text(t)) => parsed(t, "date (YYYY-MM-DD)", &|s| {
-            (s.len() == 10)
+            date_shaped(s)
                 .then(|| parse_date(s).map(Value::Date))
                 .flatten()
         })?,
@@ -278,6 +278,17 @@ pub(crate) fn display_raw(v: ValueRef<'_>) -> String {
 }
 
 /// `[-+]digits[.digits][e[-+]digits]`, or `NaN`/`Infinity` (PostgreSQL numeric).
+/// `YYYY-MM-DD`, the year possibly negative or longer than four digits
+/// (how ferry writes dates outside years 0 to 9999): nothing after the day.
+fn date_shaped(s: &str) -> bool {
+    let body = s.strip_prefix('-').unwrap_or(s).as_bytes();
+    let n = body.len();
+    n >= 10
+        && body[n - 6] == b'-'
+        && body[n - 3] == b'-'
+        && body[..n - 6].iter().all(u8::is_ascii_digit)
+}
+
 fn is_decimal(s: &str) -> bool {
     if matches!(s, "NaN" | "Infinity" | "-Infinity") {
         return true;
@@ -361,6 +372,17 @@ pub(crate) fn sql_literal(v: &Value) -> rusqlite::Result<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn dates_before_year_zero_and_after_9999_read_back() {
+        let date = |s: &str| to_value(&ColumnType::Date, ValueRef::Text(s.as_bytes()));
+        let bc_44 = ferry_core::time::days_from_civil(-43, 3, 15) as i32;
+        assert_eq!(date("-0043-03-15"), Ok(Value::Date(bc_44)));
+        let far = ferry_core::time::days_from_civil(10_000, 1, 1) as i32;
+        assert_eq!(date("10000-01-01"), Ok(Value::Date(far)));
+        assert!(date("2024-01-01 12:00").is_err());
+        assert!(date("-2024-1-01").is_err());
+    }
 
     #[test]
     fn literals_read_back_as_the_values_bound() {
