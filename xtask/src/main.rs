@@ -8,6 +8,11 @@
 //! [--live-secs N] [--keep]` measures ferry PostgreSQL → PostgreSQL against
 //! the binary COPY pipe, `pg_dump | psql`, pgcopydb and native logical
 //! replication, on two clusters it starts itself.
+//!
+//! `cargo xtask bench verify [--rows N] [--keep]` measures `ferry verify`
+//! between two PostgreSQL databases holding the same table: row by row,
+//! by in-database range digests (equal, and with 10 rows changed), beside
+//! `pgcopydb compare data` and one in-database pass over the table.
 
 mod data;
 mod machine;
@@ -18,6 +23,7 @@ mod pg_server;
 mod process;
 mod report;
 mod sqlite_bench;
+mod verify_bench;
 
 use std::process::ExitCode;
 
@@ -38,6 +44,7 @@ impl<T, E: std::fmt::Display> Ctx<T> for Result<T, E> {
 const USAGE: &str = "\
 usage: cargo xtask bench sqlite [--rows N] [--changes N] [--runs N] [--keep]
        cargo xtask bench postgres [--rows N] [--changes N] [--clients N] [--live-secs N] [--keep]
+       cargo xtask bench verify [--rows N] [--keep]
 
 bench sqlite:
   --rows N       rows in the source table (default 1000000; 250k, 1M, 1_000_000 also work)
@@ -52,6 +59,12 @@ pgbench and pgcopydb: apt-get install -y postgresql pgcopydb):
   --clients N    pgbench clients (default 4)
   --live-secs N  seconds of pgbench with ferry running, for rate and lag (default 15; 0 skips)
   --keep         keep the work directory (clusters, pipeline files, logs)
+
+bench verify (starts its own source and target clusters, the same table in
+each; needs PostgreSQL; pgcopydb 0.13 or later for `compare data`, else that
+baseline is skipped):
+  --rows N       rows in the table on each side (default 1000000, at least 10)
+  --keep         keep the work directory (clusters, pipeline file, verify output)
 
 Builds ferry (`cargo build --release -p ferry` into $CARGO_TARGET_DIR, default
 ~/.cache/ferry-target), then prints a markdown report on stdout; progress goes
@@ -169,6 +182,30 @@ fn parse_bench_postgres(args: &[String], command: String) -> Res<pg_bench::PgOpt
     Ok(opts)
 }
 
+fn parse_bench_verify(args: &[String], command: String) -> Res<verify_bench::VerifyOpts> {
+    let mut opts = verify_bench::VerifyOpts {
+        rows: 1_000_000,
+        keep: false,
+        command,
+    };
+    each_flag(args, |flag, value| {
+        match flag {
+            "--rows" => opts.rows = parse_count(flag, &value()?)?,
+            "--keep" => opts.keep = true,
+            "-h" | "--help" => return Err(USAGE.to_owned()),
+            other => return Err(format!("unknown argument {other:?}\n{USAGE}")),
+        }
+        Ok(())
+    })?;
+    if opts.rows < verify_bench::CHANGED {
+        return Err(format!(
+            "--rows must be at least {} (the bench changes that many rows)",
+            verify_bench::CHANGED
+        ));
+    }
+    Ok(opts)
+}
+
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let command = format!("cargo xtask {}", args.join(" "));
@@ -185,6 +222,10 @@ fn main() -> ExitCode {
         ["bench", "postgres", rest @ ..] => {
             let rest: Vec<String> = rest.iter().map(|s| (*s).to_owned()).collect();
             parse_bench_postgres(&rest, command).and_then(|o| pg_bench::run(&o))
+        }
+        ["bench", "verify", rest @ ..] => {
+            let rest: Vec<String> = rest.iter().map(|s| (*s).to_owned()).collect();
+            parse_bench_verify(&rest, command).and_then(|o| verify_bench::run(&o))
         }
         _ => Err(USAGE.to_owned()),
     };
@@ -263,6 +304,25 @@ mod tests {
         assert!(parse(&["--rows", "2"]).is_ok());
         assert!(
             parse(&["--runs", "3"])
+                .unwrap_err()
+                .contains("unknown argument")
+        );
+    }
+
+    #[test]
+    fn verify_options() {
+        let parse = |args: &[&str]| {
+            let args: Vec<String> = args.iter().map(|s| (*s).to_owned()).collect();
+            parse_bench_verify(&args, String::new())
+        };
+        let o = parse(&[]).unwrap();
+        assert_eq!((o.rows, o.keep), (1_000_000, false));
+        let o = parse(&["--rows=20k", "--keep"]).unwrap();
+        assert_eq!((o.rows, o.keep), (20_000, true));
+        assert!(parse(&["--rows", "9"]).is_err());
+        assert!(parse(&["--rows", "10"]).is_ok());
+        assert!(
+            parse(&["--changes", "5"])
                 .unwrap_err()
                 .contains("unknown argument")
         );

@@ -89,19 +89,19 @@ fn poll_until(what: &str, timeout: Duration, mut cond: impl FnMut() -> Res<bool>
 }
 
 /// Generous: a stuck method fails the run instead of hanging it.
-fn timeout_for(units: u64, per_unit: Duration) -> Duration {
+pub(crate) fn timeout_for(units: u64, per_unit: Duration) -> Duration {
     Duration::from_secs(60) + per_unit * u32::try_from(units).unwrap_or(u32::MAX)
 }
 
 /// A child process killed if dropped while running (error paths).
-struct Guarded(Option<Child>);
+pub(crate) struct Guarded(Option<Child>);
 
 impl Guarded {
-    fn new(child: Child) -> Guarded {
+    pub(crate) fn new(child: Child) -> Guarded {
         Guarded(Some(child))
     }
 
-    fn child(&mut self) -> &mut Child {
+    pub(crate) fn child(&mut self) -> &mut Child {
         self.0
             .as_mut()
             .expect("a guarded child is present until taken")
@@ -278,12 +278,7 @@ impl Bench {
         let log = std::fs::File::create(&log_path).ctx(|| "creating pgcopydb.log".into())?;
         let err = log.try_clone().ctx(|| "log handle".into())?;
         let mut probe = self.dst.connect(db)?;
-        // pgcopydb runs pg_dump and pg_restore: the server's own first.
-        let path = format!(
-            "{}:{}",
-            self.pg_bin.display(),
-            std::env::var("PATH").unwrap_or_default()
-        );
+        let path = path_with_server_bin(&self.pg_bin);
         let t = Instant::now();
         let mut child = Guarded::new(
             Command::new("pgcopydb")
@@ -664,8 +659,18 @@ fn pgbench_output(child: Child, started: Instant) -> Res<Pgbench> {
     parse_pgbench(&text, secs)
 }
 
+/// `$PATH` with the server's binaries first: pgcopydb runs `pg_dump` and
+/// `pg_restore` found there, and those must match the server.
+pub(crate) fn path_with_server_bin(pg_bin: &Path) -> String {
+    format!(
+        "{}:{}",
+        pg_bin.display(),
+        std::env::var("PATH").unwrap_or_default()
+    )
+}
+
 /// A work directory, removed at the end unless `--keep` or an error.
-fn work_dir() -> Res<PathBuf> {
+pub(crate) fn work_dir() -> Res<PathBuf> {
     let path = std::env::temp_dir().join(format!("ferry-bench-pg-{}", std::process::id()));
     if path.exists() {
         std::fs::remove_dir_all(&path).ctx(|| format!("clearing {}", path.display()))?;
@@ -674,7 +679,7 @@ fn work_dir() -> Res<PathBuf> {
     Ok(path)
 }
 
-fn pgcopydb_version() -> String {
+pub(crate) fn pgcopydb_version() -> String {
     Command::new("pgcopydb")
         .arg("--version")
         .output()
@@ -744,7 +749,7 @@ pub fn run(opts: &PgOpts) -> Res<()> {
 
 /// The source table in `db`: rows loaded, key built, `VACUUM ANALYZE`.
 /// Returns (average row size in bytes, heap size in MiB).
-fn create_source(src: &Cluster, db: &str, rows: u64) -> Res<(f64, f64)> {
+pub(crate) fn create_source(src: &Cluster, db: &str, rows: u64) -> Res<(f64, f64)> {
     src.create_database(db)?;
     let mut c = src.connect(db)?;
     c.exec(&ddl(false))?;
@@ -1171,7 +1176,7 @@ fn live(
 }
 
 /// `sync`: writes the OS's dirty pages out and waits for it.
-fn sync_os() -> Res<()> {
+pub(crate) fn sync_os() -> Res<()> {
     let status = Command::new("sync")
         .status()
         .ctx(|| "running sync".into())?;

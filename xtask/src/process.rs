@@ -112,13 +112,7 @@ impl Ferry {
 
     /// Peak resident set size so far (`VmHWM`), in KiB.
     pub fn peak_rss_kib(&self) -> Res<u64> {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid()))
-            .ctx(|| format!("reading /proc/{}/status", self.pid()))?;
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix("VmHWM:"))
-            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-            .ok_or_else(|| format!("no VmHWM in /proc/{}/status", self.pid()))
+        peak_rss_kib_of(self.pid())
     }
 
     /// CPU time used so far, user + system, all threads (`/proc/<pid>/stat`
@@ -322,6 +316,18 @@ impl Probe {
             )),
         }
     }
+}
+
+/// Peak resident set size of process `pid` so far (`VmHWM`), in KiB; an
+/// error once it has exited (a zombie has no memory left to report).
+pub fn peak_rss_kib_of(pid: u32) -> Res<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ctx(|| format!("reading /proc/{pid}/status"))?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .ok_or_else(|| format!("no VmHWM in /proc/{pid}/status"))
 }
 
 /// CPU time process `pid` has used so far, user + system, all threads.

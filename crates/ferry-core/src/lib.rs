@@ -30,7 +30,7 @@ pub use error::{
     Action, Error, ErrorClass, Level, MAX_BACKOFF, Result, RetryBudget, backoff, policy,
 };
 pub use position::{Lsn, MySqlPosition, PgPosition, Position, PositionError, SqlitePosition};
-pub use reader::{DeclaredShape, TableReader};
+pub use reader::{DeclaredShape, RangeDigest, TableReader};
 pub use schema::{Alteration, Column, TableName, TableRef, TableSchema, UserType, UserTypeDef};
 pub use selection::Selection;
 pub use shape::{SequenceValue, ShapeItem, TableShape};

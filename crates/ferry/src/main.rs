@@ -69,6 +69,11 @@ enum Command {
         /// (tables with a key).
         #[arg(long, value_name = "ROWS")]
         max_rows_per_sec: Option<u64>,
+        /// `auto`: where both databases can digest rows (PostgreSQL ↔ PostgreSQL, rows
+        /// unchanged), compare digests of key ranges computed in each database and read only
+        /// the ranges that differ; else stream every row. `rows`: always stream every row.
+        #[arg(long, value_enum, default_value = "auto")]
+        method: verify::Method,
     },
     /// Remove what ferry installed on the source for this pipeline (capture triggers, change table, slots).
     Teardown { pipeline: PathBuf },
@@ -154,6 +159,7 @@ async fn dispatch(command: Command) -> Result<u8, Error> {
             settle,
             repair,
             max_rows_per_sec,
+            method,
         } => {
             let opts = verify::Options {
                 format,
@@ -161,6 +167,7 @@ async fn dispatch(command: Command) -> Result<u8, Error> {
                 settle: std::time::Duration::from_secs(settle),
                 repair,
                 max_rows_per_sec,
+                method,
             };
             verify::run(&PipelineConfig::load(&pipeline)?, &opts).await
         }

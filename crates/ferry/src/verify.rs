@@ -9,7 +9,13 @@
 //! ([`settle`]): read again on the source, then on the target once the
 //! target's checkpoint has reached the source's position after that read.
 //! Only rows still different then are reported, with that position.
-//! Chunked in-database checksums with bisection come later.
+//!
+//! Between two databases that can digest rows themselves
+//! ([`TableReader::row_digest`]: PostgreSQL ↔ PostgreSQL) a table whose
+//! rows travel unchanged is compared by digests of key ranges computed in
+//! each database ([`verify_by_digests`]); only ranges whose digests differ
+//! are split further, and only the smallest of those are read and compared
+//! row by row. Everything else streams both sides.
 
 use std::collections::HashMap;
 use std::collections::hash_map::DefaultHasher;
@@ -18,14 +24,19 @@ use std::io::Write;
 use std::time::{Duration, Instant};
 
 use ferry_core::{
-    Checkpoint, CheckpointStore, DeclaredShape, Error, Position, Source, TableReader, TableRef,
-    Value, display_key,
+    Checkpoint, CheckpointStore, DeclaredShape, Error, KeyRange, Position, RangeDigest, Source,
+    TableReader, TableRef, Value, display_key,
 };
 use ferry_pipeline::Transform;
 
 use crate::repair::Repair;
 
 const CHUNK: usize = 5_000;
+/// Rows per key range digested in each database.
+const DIGEST_RANGE: u64 = 20_000;
+/// A range whose digests differ is read row by row once its source side
+/// has at most this many rows; a larger one is split in eight first.
+const FETCH_AT_MOST: u64 = 1_000;
 /// Differences shown per table in the text report.
 const SHOW: usize = 10;
 /// Differences kept per table (for re-checks and the JSON report); the
@@ -104,6 +115,15 @@ pub struct TableVerdict {
     /// What the structure compare noticed that is not a difference (extra
     /// target columns, which ferry leaves alone; no primary key).
     pub notes: Vec<String>,
+    /// Compared by in-database digests: how many key ranges, and how many
+    /// of them were read row by row. `None`: every row was streamed.
+    pub digests: Option<DigestStats>,
+}
+
+#[derive(Debug, Default, Clone, Copy)]
+pub struct DigestStats {
+    pub ranges: u64,
+    pub fetched: u64,
 }
 
 impl TableVerdict {
@@ -124,6 +144,16 @@ impl TableVerdict {
         if self.differences.len() < KEEP {
             self.differences.push(d);
         }
+    }
+
+    /// Takes in the differences found by a compare of one key range.
+    fn absorb(&mut self, part: TableVerdict) {
+        self.missing += part.missing;
+        self.extra += part.extra;
+        self.different += part.different;
+        let room = KEEP - self.differences.len().min(KEEP);
+        self.differences
+            .extend(part.differences.into_iter().take(room));
     }
 
     pub fn all_kept(&self) -> bool {
@@ -150,6 +180,8 @@ struct Cursor<'a> {
     table: &'a TableRef,
     buf: std::vec::IntoIter<Vec<Value>>,
     last: Option<Vec<Value>>,
+    /// Rows end after this key.
+    upto: Option<Vec<Value>>,
     chunk: usize,
     done: bool,
 }
@@ -166,15 +198,29 @@ impl<'a> Cursor<'a> {
             table,
             buf: Vec::new().into_iter(),
             last: after,
+            upto: None,
             chunk,
             done: false,
         }
     }
 
+    /// A cursor over the rows of `range` only.
+    fn range(reader: &'a dyn TableReader, table: &'a TableRef, range: &KeyRange) -> Self {
+        let mut c = Cursor::new(reader, table, range.lower.clone(), CHUNK);
+        c.upto = range.upper.clone();
+        c
+    }
+
     async fn next_raw(&mut self) -> Result<Option<Vec<Value>>, Error> {
         loop {
             if let Some(row) = self.buf.next() {
-                self.last = Some(self.table.key_of(&row));
+                let key = self.table.key_of(&row);
+                if self.upto.as_ref().is_some_and(|u| key > *u) {
+                    self.done = true;
+                    self.buf = Vec::new().into_iter();
+                    return Ok(None);
+                }
+                self.last = Some(key);
                 return Ok(Some(row));
             }
             if self.done {
@@ -255,6 +301,8 @@ pub struct Sides<'a> {
     pub transform: &'a Transform,
     /// Source and target are databases of one engine: types compare by name.
     pub same_engine: bool,
+    /// Stream every row even where both databases can digest them.
+    pub rows_only: bool,
 }
 
 /// Compares the source table (in target shape) with the target's
@@ -336,9 +384,14 @@ impl Pace<'_> {
     /// Every [`PACE_EVERY`] rows: reports progress and, when reading
     /// faster than allowed, waits until the pace is kept.
     async fn tick(&self, rows: u64) {
-        if !rows.is_multiple_of(PACE_EVERY) {
-            return;
+        if rows.is_multiple_of(PACE_EVERY) {
+            self.at(rows).await;
         }
+    }
+
+    /// Reports `rows` and, when reading faster than allowed, waits until
+    /// the pace is kept.
+    async fn at(&self, rows: u64) {
         (self.progress)(rows);
         if let Some(limit) = self.max_rows_per_sec.filter(|l| *l > 0) {
             let due = Duration::from_secs_f64(rows as f64 / limit as f64);
@@ -371,12 +424,185 @@ pub async fn verify_table(sides: &Sides<'_>, pace: &Pace<'_>) -> Result<TableVer
         verify_keyless(sides, &mut v).await?;
         return Ok(v);
     }
+    if digestible(sides, &v)? && verify_by_digests(sides, &mut v, pace).await? {
+        return Ok(v);
+    }
+    compare_rows(sides, &mut v, &KeyRange::all(), pace).await?;
+    (pace.progress)(v.source_rows);
+    Ok(v)
+}
+
+/// Both databases digest rows the same way, and the source's rows reach
+/// the target unchanged into columns of the same declared types.
+fn digestible(sides: &Sides<'_>, v: &TableVerdict) -> Result<bool, Error> {
+    let same_digest = match (sides.source.row_digest(), sides.target.row_digest()) {
+        (Some(a), Some(b)) => a == b,
+        _ => false,
+    };
+    Ok(!sides.rows_only
+        && same_digest
+        && sides.same_engine
+        && v.structure.is_empty()
+        && sides.transform.keeps_rows(sides.source_table)?)
+}
+
+/// An order-dependent fold of range digests: equal sequences of ranges
+/// give equal checksums.
+fn fold(acc: u64, d: &RangeDigest) -> u64 {
+    let mut h = DefaultHasher::new();
+    (acc, d.rows, &d.sum).hash(&mut h);
+    h.finish()
+}
+
+fn differ(a: &RangeDigest, b: &RangeDigest) -> bool {
+    a.rows != b.rows || a.sum != b.sum
+}
+
+/// Compares a table by digests of key ranges: [`DIGEST_RANGE`] source rows
+/// at a time, the target digesting the same range of keys; a range whose
+/// digests differ is narrowed down ([`narrow_down`]). `false` when either
+/// database cannot digest this table (then nothing was counted).
+async fn verify_by_digests(
+    sides: &Sides<'_>,
+    v: &mut TableVerdict,
+    pace: &Pace<'_>,
+) -> Result<bool, Error> {
+    let mut stats = DigestStats::default();
+    let mut lower: Option<Vec<Value>> = None;
+    loop {
+        let open = KeyRange {
+            lower: lower.clone(),
+            upper: None,
+        };
+        let Some(s) = sides
+            .source
+            .digest_range(sides.source_table, &open, Some(DIGEST_RANGE))
+            .await?
+        else {
+            return not_digestible(stats);
+        };
+        // The last range is open above: target rows past the source's
+        // last key are in it.
+        let last_range = s.rows < DIGEST_RANGE;
+        let range = KeyRange {
+            lower: lower.clone(),
+            upper: if last_range { None } else { s.last.clone() },
+        };
+        let Some(t) = sides
+            .target
+            .digest_range(sides.target_table, &range, None)
+            .await?
+        else {
+            return not_digestible(stats);
+        };
+        stats.ranges += 1;
+        v.source_rows += s.rows;
+        v.target_rows += t.rows;
+        v.source_checksum = fold(v.source_checksum, &s);
+        v.target_checksum = fold(v.target_checksum, &t);
+        if differ(&s, &t) {
+            stats.fetched += narrow_down(sides, v, range.clone(), s.rows).await?;
+        }
+        pace.at(v.source_rows.max(v.target_rows)).await;
+        if last_range {
+            break;
+        }
+        lower = range.upper;
+    }
+    v.digests = Some(stats);
+    Ok(true)
+}
+
+fn not_digestible(stats: DigestStats) -> Result<bool, Error> {
+    if stats.ranges == 0 {
+        return Ok(false);
+    }
+    Err(Error::fatal(
+        "a database stopped digesting a table part way through the compare; this is a ferry bug",
+    )
+    .with_fix("compare row by row with `ferry verify --method rows`"))
+}
+
+/// Splits a range whose digests differ into eight by its source rows, and
+/// those whose digests differ again, until a range has at most
+/// [`FETCH_AT_MOST`] source rows; those are compared row by row. Returns
+/// how many ranges were read row by row.
+async fn narrow_down(
+    sides: &Sides<'_>,
+    v: &mut TableVerdict,
+    range: KeyRange,
+    source_rows: u64,
+) -> Result<u64, Error> {
+    let quiet = Pace {
+        progress: &|_| {},
+        max_rows_per_sec: None,
+        start: Instant::now(),
+    };
+    let mut fetched = 0;
+    // Ranges still to look at, the next one last.
+    let mut todo = vec![(range, source_rows)];
+    while let Some((range, rows)) = todo.pop() {
+        if rows <= FETCH_AT_MOST {
+            let mut part = TableVerdict::default();
+            compare_rows(sides, &mut part, &range, &quiet).await?;
+            v.absorb(part);
+            fetched += 1;
+            continue;
+        }
+        let step = (rows / 8).max(FETCH_AT_MOST);
+        let mut pieces = Vec::new();
+        let mut lower = range.lower.clone();
+        loop {
+            let rest = KeyRange {
+                lower: lower.clone(),
+                upper: range.upper.clone(),
+            };
+            let s = sides
+                .source
+                .digest_range(sides.source_table, &rest, Some(step))
+                .await?
+                .ok_or_else(|| Error::fatal("a database stopped digesting a table"))?;
+            let last_piece = s.rows < step || s.last == range.upper;
+            let piece = KeyRange {
+                lower: lower.clone(),
+                upper: if last_piece {
+                    range.upper.clone()
+                } else {
+                    s.last.clone()
+                },
+            };
+            let t = sides
+                .target
+                .digest_range(sides.target_table, &piece, None)
+                .await?
+                .ok_or_else(|| Error::fatal("a database stopped digesting a table"))?;
+            if differ(&s, &t) {
+                pieces.push((piece.clone(), s.rows));
+            }
+            if last_piece {
+                break;
+            }
+            lower = piece.upper;
+        }
+        todo.extend(pieces.into_iter().rev());
+    }
+    Ok(fetched)
+}
+
+/// Streams both sides of `range` in key order and records every
+/// difference in `v`.
+async fn compare_rows(
+    sides: &Sides<'_>,
+    v: &mut TableVerdict,
+    range: &KeyRange,
+    pace: &Pace<'_>,
+) -> Result<(), Error> {
     let table = sides.target_table;
-    let mut s = Cursor::new(sides.source, sides.source_table, None, CHUNK);
-    let mut t = Cursor::new(sides.target, table, None, CHUNK);
+    let mut s = Cursor::range(sides.source, sides.source_table, range);
+    let mut t = Cursor::range(sides.target, table, range);
     let mut a = next_source(&mut s, sides.transform, sides.source_table).await?;
     let mut b = t.next_raw().await?;
-    let mut last: Option<Vec<Value>> = None;
+    let mut last: Option<Vec<Value>> = range.lower.clone();
     loop {
         let ord = match (&a, &b) {
             (None, None) => break,
@@ -437,8 +663,7 @@ pub async fn verify_table(sides: &Sides<'_>, pace: &Pace<'_>) -> Result<TableVer
         last = Some(key);
         pace.tick(v.source_rows.max(v.target_rows)).await;
     }
-    (pace.progress)(v.source_rows);
-    Ok(v)
+    Ok(())
 }
 
 /// A table without a key has no order to walk both sides in, and may hold
@@ -781,6 +1006,9 @@ fn json_table(table: &TableRef, v: &TableVerdict) -> serde_json::Value {
         "settled_at": v.settled_at.as_ref().map(|p| p.to_string()),
         "structure": v.structure,
         "notes": v.notes,
+        "method": if v.digests.is_some() { "digests" } else { "rows" },
+        "digest_ranges": v.digests.map(|d| d.ranges),
+        "ranges_read": v.digests.map(|d| d.fetched),
         "unsettled": v.unsettled,
         "repaired": v.repaired,
         "not_repaired": v.not_repaired,
@@ -853,6 +1081,12 @@ impl Out {
         for n in &v.notes {
             self.line(&format!("    note: {n}"))?;
         }
+        if let Some(d) = v.digests {
+            self.line(&format!(
+                "    compared by digests computed in each database: {} key ranges, {} read row by row",
+                d.ranges, d.fetched
+            ))?;
+        }
         if let Some(at) = &v.settled_at {
             self.line(&format!(
                 "    {} rows changed while verify compared; re-checked once the target had applied {at}",
@@ -915,6 +1149,16 @@ pub struct Options {
     pub repair: Option<crate::repair::Repair>,
     /// Rows per second read from each side at most.
     pub max_rows_per_sec: Option<u64>,
+    pub method: Method,
+}
+
+/// How tables with a key are compared.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Method {
+    /// In-database digests of key ranges where both databases can, else rows.
+    Auto,
+    /// Every row streamed from both sides.
+    Rows,
 }
 
 /// `ferry verify`: exit 0 when equal, 1 when not (2, an error, comes from
@@ -992,6 +1236,7 @@ pub async fn run(cfg: &crate::config::PipelineConfig, opts: &Options) -> Result<
             target_table: &target,
             transform: &transform,
             same_engine: connectors::same_engine(cfg),
+            rows_only: opts.method == Method::Rows,
         };
         let bar = progress_bar(&target, source_reader.estimate_rows(table).await.ok());
         let pace = Pace {

@@ -3,7 +3,7 @@
 //! snapshot. Key order follows ferry's `Value` order: text keys compare
 //! with `COLLATE "C"` (bytes), enums and addresses by their text.
 
-use ferry_core::{Error, KeyRange, Result, TableName, TableRef, Value};
+use ferry_core::{Error, KeyRange, RangeDigest, Result, TableName, TableRef, Value};
 use futures_util::StreamExt;
 use tokio_postgres::{Client, CopyOutStream};
 
@@ -167,7 +167,21 @@ pub(crate) async fn count_rows(client: &Client, schema: &str, name: &str) -> Res
 pub(crate) struct KeyOrderReads {
     endpoint: Endpoint,
     open: tokio::sync::Mutex<Option<SortedStream>>,
+    /// The connection row digests are computed on, its text output fixed
+    /// ([`DIGEST_SETTINGS`]); `None` inside when the server has no
+    /// `hashtextextended` (before PostgreSQL 11).
+    digests: tokio::sync::OnceCell<Option<Client>>,
 }
+
+/// The digest PostgreSQL readers compute: `hashtextextended` of the row's
+/// text, summed. Equal for equal rows of equal types whatever the two
+/// servers' settings, because the digest connection fixes every setting
+/// that changes a value's text.
+pub(crate) const ROW_DIGEST: &str = "postgresql: sum of hashtextextended(row text)";
+
+const DIGEST_SETTINGS: &str = "SET DateStyle = 'ISO, YMD'; SET IntervalStyle = 'postgres'; \
+     SET TimeZone = 'UTC'; SET extra_float_digits = 1; SET bytea_output = 'hex'; \
+     SET lc_monetary = 'C'; SET xmloption = 'content'";
 
 struct SortedStream {
     table: TableName,
@@ -185,7 +199,118 @@ impl KeyOrderReads {
         KeyOrderReads {
             endpoint,
             open: tokio::sync::Mutex::new(None),
+            digests: tokio::sync::OnceCell::new(),
         }
+    }
+
+    async fn digest_client(&self) -> Result<Option<&Client>> {
+        let c = self
+            .digests
+            .get_or_try_init(|| async {
+                let c = self.endpoint.connect().await?;
+                let version: String = c
+                    .query_one("SELECT current_setting('server_version_num')", &[])
+                    .await
+                    .map_err(|e| pg_error(e, "reading the server version"))?
+                    .get(0);
+                if version.parse::<u32>().unwrap_or(0) < 110_000 {
+                    return Ok(None);
+                }
+                c.batch_execute(DIGEST_SETTINGS)
+                    .await
+                    .map_err(|e| pg_error(e, "preparing a connection for row digests"))?;
+                Ok::<_, Error>(Some(c))
+            })
+            .await?;
+        Ok(c.as_ref())
+    }
+
+    /// Serves [`ferry_core::TableReader::digest_range`]; `None` for a key
+    /// no index orders as ferry does (each range would be a full scan) and
+    /// on servers before PostgreSQL 11.
+    pub async fn digest_range(
+        &self,
+        pg: &PgTable,
+        table: &TableRef,
+        range: &KeyRange,
+        limit: Option<u64>,
+    ) -> Result<Option<RangeDigest>> {
+        let cols = read_columns(pg, table)?;
+        let key_cols: Vec<ReadColumn> = table.key.iter().map(|&i| cols[i].clone()).collect();
+        if key_cols.is_empty() || !indexed_order(&key_cols) {
+            return Ok(None);
+        }
+        let Some(client) = self.digest_client().await? else {
+            return Ok(None);
+        };
+        let key_refs: Vec<&ReadColumn> = key_cols.iter().collect();
+        let row_text = format!(
+            "hashtextextended(ROW({})::text, 0)",
+            cols.iter()
+                .map(|c| c.quoted.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+        let mut from = pg.qualified();
+        if let Some(p) = range_predicate(&key_refs, range)? {
+            from.push_str(&format!(" WHERE {p}"));
+        }
+        let failed = |sql: &str| {
+            let sql = sql.to_owned();
+            move |e| pg_error(e, "digesting rows").with("statement", sql)
+        };
+        let Some(limit) = limit else {
+            let sql = format!("SELECT count(*), coalesce(sum({row_text}), 0)::text FROM {from}");
+            let row = client
+                .query_one(sql.as_str(), &[])
+                .await
+                .map_err(failed(&sql))?;
+            return Ok(Some(RangeDigest {
+                rows: row.get::<_, i64>(0) as u64,
+                sum: row.get(1),
+                last: None,
+            }));
+        };
+        // The first `limit` rows, then the last of them with the count and
+        // the sum: one pass over the range, its key columns decoded as the
+        // rows' are.
+        let keys: Vec<&str> = key_cols.iter().map(|c| c.quoted.as_str()).collect();
+        let order = order_by(&key_refs);
+        let desc: Vec<String> = key_refs
+            .iter()
+            .map(|c| format!("{} DESC", key_expr(c)))
+            .collect();
+        let sql = format!(
+            "WITH c AS MATERIALIZED (SELECT {}, {row_text} AS ferry_h FROM {from} ORDER BY {order} \
+             LIMIT {limit}) \
+             SELECT {}, (SELECT count(*) FROM c), (SELECT coalesce(sum(ferry_h), 0)::text FROM c) \
+             FROM c ORDER BY {} LIMIT 1",
+            keys.join(", "),
+            column_list(&key_cols),
+            desc.join(", ")
+        );
+        let mut kinds: Vec<Kind> = key_cols.iter().map(|c| c.kind.clone()).collect();
+        kinds.extend([Kind::Int8, Kind::Text]);
+        let mut out = RangeDigest {
+            rows: 0,
+            sum: "0".into(),
+            last: None,
+        };
+        copy_out_rows(client, &sql, &kinds, |mut row| {
+            let (Some(Value::Text(sum)), Some(Value::Int(n))) = (row.pop(), row.pop()) else {
+                return Err(Error::fatal(
+                    "a row digest came back in another shape; this is a ferry bug",
+                ));
+            };
+            out = RangeDigest {
+                rows: n as u64,
+                sum,
+                last: Some(row),
+            };
+            Ok(())
+        })
+        .await?;
+        Ok(Some(out))
     }
 
     pub async fn read_rows(

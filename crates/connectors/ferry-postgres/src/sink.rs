@@ -987,6 +987,22 @@ impl TableReader for PostgresSink {
             .await
     }
 
+    fn row_digest(&self) -> Option<&'static str> {
+        Some(crate::reader::ROW_DIGEST)
+    }
+
+    async fn digest_range(
+        &self,
+        table: &TableRef,
+        range: &ferry_core::KeyRange,
+        limit: Option<u64>,
+    ) -> Result<Option<ferry_core::RangeDigest>> {
+        let pg = self.describe(&table.name).await?.ok_or_else(|| {
+            Error::fatal(format!("table {} does not exist on the target", table.name))
+        })?;
+        self.reads.digest_range(&pg, table, range, limit).await
+    }
+
     async fn scan_rows(
         &self,
         table: &TableRef,

@@ -862,6 +862,20 @@ impl TableReader for PostgresSource {
             .await
     }
 
+    fn row_digest(&self) -> Option<&'static str> {
+        Some(crate::reader::ROW_DIGEST)
+    }
+
+    async fn digest_range(
+        &self,
+        table: &TableRef,
+        range: &ferry_core::KeyRange,
+        limit: Option<u64>,
+    ) -> Result<Option<ferry_core::RangeDigest>> {
+        let pg = self.describe_for_reading(table).await?;
+        self.reads.digest_range(&pg, table, range, limit).await
+    }
+
     async fn scan_rows(
         &self,
         table: &TableRef,
