@@ -454,73 +454,114 @@ fn fold(acc: u64, d: &RangeDigest) -> u64 {
     h.finish()
 }
 
-fn differ(a: &RangeDigest, b: &RangeDigest) -> bool {
-    a.rows != b.rows || a.sum != b.sum
+/// One key range and its digests on both sides.
+struct Piece {
+    range: KeyRange,
+    source: RangeDigest,
+    target: RangeDigest,
 }
 
-/// Compares a table by digests of key ranges: [`DIGEST_RANGE`] source rows
-/// at a time, the target digesting the same range of keys; a range whose
-/// digests differ is narrowed down ([`narrow_down`]). `false` when either
-/// database cannot digest this table (then nothing was counted).
+impl Piece {
+    fn differs(&self) -> bool {
+        self.source.rows != self.target.rows || self.source.sum != self.target.sum
+    }
+}
+
+/// Cuts `range` into pieces of `step` source rows and digests each piece
+/// on both sides, the target digesting one piece while the source digests
+/// the next. The last piece reaches the range's upper end, so target rows
+/// past the source's last key are in it. `None` when either database
+/// cannot digest this table. With `pace`, reports the rows digested.
+async fn digest_pieces(
+    sides: &Sides<'_>,
+    range: &KeyRange,
+    step: u64,
+    pace: Option<&Pace<'_>>,
+) -> Result<Option<Vec<Piece>>, Error> {
+    let digest_source = |lower: Option<Vec<Value>>| {
+        let rest = KeyRange {
+            lower,
+            upper: range.upper.clone(),
+        };
+        async move {
+            sides
+                .source
+                .digest_range(sides.source_table, &rest, Some(step))
+                .await
+        }
+    };
+    let mut pieces = Vec::new();
+    let (mut source_rows, mut target_rows) = (0, 0);
+    let mut lower = range.lower.clone();
+    let mut next = digest_source(lower.clone()).await?;
+    loop {
+        let Some(source) = next.take() else {
+            return Ok(None);
+        };
+        let last = source.rows < step || source.last == range.upper;
+        let piece = KeyRange {
+            lower: lower.clone(),
+            upper: if last {
+                range.upper.clone()
+            } else {
+                source.last.clone()
+            },
+        };
+        let digest_target = sides.target.digest_range(sides.target_table, &piece, None);
+        let target = if last {
+            digest_target.await?
+        } else {
+            let (target, following) =
+                tokio::join!(digest_target, digest_source(piece.upper.clone()));
+            next = following?;
+            target?
+        };
+        let Some(target) = target else {
+            return Ok(None);
+        };
+        source_rows += source.rows;
+        target_rows += target.rows;
+        if let Some(pace) = pace {
+            pace.at(source_rows.max(target_rows)).await;
+        }
+        lower = piece.upper.clone();
+        pieces.push(Piece {
+            range: piece,
+            source,
+            target,
+        });
+        if last {
+            return Ok(Some(pieces));
+        }
+    }
+}
+
+/// Compares a table by digests of key ranges of [`DIGEST_RANGE`] source
+/// rows; a range whose digests differ is narrowed down
+/// ([`narrow_down`]). `false` when either database cannot digest this
+/// table (then nothing was counted).
 async fn verify_by_digests(
     sides: &Sides<'_>,
     v: &mut TableVerdict,
     pace: &Pace<'_>,
 ) -> Result<bool, Error> {
+    let Some(pieces) = digest_pieces(sides, &KeyRange::all(), DIGEST_RANGE, Some(pace)).await?
+    else {
+        return Ok(false);
+    };
     let mut stats = DigestStats::default();
-    let mut lower: Option<Vec<Value>> = None;
-    loop {
-        let open = KeyRange {
-            lower: lower.clone(),
-            upper: None,
-        };
-        let Some(s) = sides
-            .source
-            .digest_range(sides.source_table, &open, Some(DIGEST_RANGE))
-            .await?
-        else {
-            return not_digestible(stats);
-        };
-        // The last range is open above: target rows past the source's
-        // last key are in it.
-        let last_range = s.rows < DIGEST_RANGE;
-        let range = KeyRange {
-            lower: lower.clone(),
-            upper: if last_range { None } else { s.last.clone() },
-        };
-        let Some(t) = sides
-            .target
-            .digest_range(sides.target_table, &range, None)
-            .await?
-        else {
-            return not_digestible(stats);
-        };
+    for p in &pieces {
         stats.ranges += 1;
-        v.source_rows += s.rows;
-        v.target_rows += t.rows;
-        v.source_checksum = fold(v.source_checksum, &s);
-        v.target_checksum = fold(v.target_checksum, &t);
-        if differ(&s, &t) {
-            stats.fetched += narrow_down(sides, v, range.clone(), s.rows).await?;
-        }
-        pace.at(v.source_rows.max(v.target_rows)).await;
-        if last_range {
-            break;
-        }
-        lower = range.upper;
+        v.source_rows += p.source.rows;
+        v.target_rows += p.target.rows;
+        v.source_checksum = fold(v.source_checksum, &p.source);
+        v.target_checksum = fold(v.target_checksum, &p.target);
+    }
+    for p in pieces.into_iter().filter(Piece::differs) {
+        stats.fetched += narrow_down(sides, v, p.range, p.source.rows).await?;
     }
     v.digests = Some(stats);
     Ok(true)
-}
-
-fn not_digestible(stats: DigestStats) -> Result<bool, Error> {
-    if stats.ranges == 0 {
-        return Ok(false);
-    }
-    Err(Error::fatal(
-        "a database stopped digesting a table part way through the compare; this is a ferry bug",
-    )
-    .with_fix("compare row by row with `ferry verify --method rows`"))
 }
 
 /// Splits a range whose digests differ into eight by its source rows, and
@@ -550,41 +591,19 @@ async fn narrow_down(
             continue;
         }
         let step = (rows / 8).max(FETCH_AT_MOST);
-        let mut pieces = Vec::new();
-        let mut lower = range.lower.clone();
-        loop {
-            let rest = KeyRange {
-                lower: lower.clone(),
-                upper: range.upper.clone(),
-            };
-            let s = sides
-                .source
-                .digest_range(sides.source_table, &rest, Some(step))
-                .await?
-                .ok_or_else(|| Error::fatal("a database stopped digesting a table"))?;
-            let last_piece = s.rows < step || s.last == range.upper;
-            let piece = KeyRange {
-                lower: lower.clone(),
-                upper: if last_piece {
-                    range.upper.clone()
-                } else {
-                    s.last.clone()
-                },
-            };
-            let t = sides
-                .target
-                .digest_range(sides.target_table, &piece, None)
-                .await?
-                .ok_or_else(|| Error::fatal("a database stopped digesting a table"))?;
-            if differ(&s, &t) {
-                pieces.push((piece.clone(), s.rows));
-            }
-            if last_piece {
-                break;
-            }
-            lower = piece.upper;
-        }
-        todo.extend(pieces.into_iter().rev());
+        let pieces = digest_pieces(sides, &range, step, None)
+            .await?
+            .ok_or_else(|| {
+                Error::fatal("a database stopped digesting a table part way through the compare")
+                    .with_fix("compare row by row with `ferry verify --method rows`")
+            })?;
+        todo.extend(
+            pieces
+                .into_iter()
+                .filter(Piece::differs)
+                .map(|p| (p.range, p.source.rows))
+                .rev(),
+        );
     }
     Ok(fetched)
 }

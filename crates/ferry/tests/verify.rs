@@ -776,3 +776,146 @@ fn postgres_verify_by_digests_reads_only_the_ranges_that_differ() {
         "{text_out}"
     );
 }
+
+/// (kind, id) pairs: `different` for each injected id, then a missing and
+/// an extra row.
+fn expected(
+    different: std::ops::RangeInclusive<i64>,
+    missing: i64,
+    extra: i64,
+) -> BTreeSet<(String, i64)> {
+    different
+        .map(|id| ("different".to_owned(), id))
+        .chain([("missing".to_owned(), missing), ("extra".to_owned(), extra)])
+        .collect()
+}
+
+/// Across engines (SQLite → PostgreSQL), every kind of difference made on
+/// the target is found, and nothing else: values compare through the
+/// type mapping, by value and kind.
+#[test]
+fn sqlite_to_postgres_verify_finds_every_kind_of_difference_and_nothing_else() {
+    let d = Dir::new();
+    d.source()
+        .execute_batch(
+            "CREATE TABLE v (id INTEGER PRIMARY KEY, t TEXT, f REAL, n DECIMAL_TEXT(10,2),
+                             ts DATETIME, tz TIMESTAMPTZ, dt DATE, b BLOB, j JSON, bo BOOLEAN,
+                             u UUID);
+             WITH RECURSIVE s(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM s WHERE i < 40)
+             INSERT INTO v SELECT i, 'text', 0.0, '1.50', '2024-01-01 12:00:00',
+                                  '2024-01-01 12:00:00+00:00', '2024-01-01', x'00', '{\"k\": 1}', 1,
+                                  '00000000-0000-0000-0000-000000000001' FROM s;",
+        )
+        .unwrap();
+    let pg = ferry_testkit::PostgresServer::start();
+    pg.create_database("dst");
+    let p = d.pipeline_between(&d.source_url(), &pg.url_for("dst"), "");
+    let ps = p.to_str().unwrap();
+    let child = spawn_streaming(&p, &d.path("ferry.log"));
+    eventually_blocking("snapshot copied", Duration::from_secs(60), || {
+        (crate::kit::pg_number(&pg, "dst", "SELECT count(*) FROM v") == 40).then_some(())
+    });
+    assert!(terminate(child).success());
+    let out = ferry(&["verify", ps]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let injected = [
+        "t = 'text '",
+        "t = ''",
+        "t = NULL",
+        "f = '-0'",
+        "f = 'NaN'",
+        "f = 'Infinity'",
+        "f = 5e-324",
+        "n = 1.51",
+        "ts = ts + interval '1 microsecond'",
+        "tz = '2024-01-01 12:00:00+01'",
+        "dt = '2024-01-01 BC'",
+        "b = '\\x'",
+        "j = '{\"k\": 1.0}'",
+        "bo = false",
+        "u = '00000000-0000-0000-0000-000000000002'",
+    ];
+    let sql: String = (1..)
+        .zip(injected)
+        .map(|(id, set)| format!("UPDATE v SET {set} WHERE id = {id};\n"))
+        .collect();
+    pg.psql_in(
+        "dst",
+        &format!("{sql} DELETE FROM v WHERE id = 20; INSERT INTO v SELECT 100, t, f, n, ts, tz, dt, b, j, bo, u FROM v WHERE id = 21;"),
+    );
+    let out = ferry(&["verify", ps, "--format", "json"]);
+    let report = json(&out);
+    assert_eq!(out.status.code(), Some(1), "{report:#}");
+    assert_eq!(
+        differences(&report),
+        expected(1..=injected.len() as i64, 20, 100),
+        "{report:#}"
+    );
+}
+
+/// Across engines (PostgreSQL → SQLite), every kind of difference made
+/// on the target is found, and nothing else.
+#[test]
+fn postgres_to_sqlite_verify_finds_every_kind_of_difference_and_nothing_else() {
+    let pg = ferry_testkit::PostgresServer::start();
+    pg.create_database("src");
+    pg.psql_in(
+        "src",
+        "CREATE TABLE v (id int PRIMARY KEY, t text, f float8, n numeric, ts timestamptz,
+                         d date, b bytea, j jsonb, a int[], u uuid, bo boolean, i interval);
+         INSERT INTO v SELECT g, 'text', 0.0, 1.50, '2024-01-01 12:00:00+00', '2024-01-01',
+                              '\\x00', '{\"k\": 1}', ARRAY[1, 2], '00000000-0000-0000-0000-000000000001',
+                              true, '1 day'
+                       FROM generate_series(1, 40) g;",
+    );
+    let d = Dir::new();
+    let target = d.path("target.db");
+    let p = d.pipeline_between(
+        &pg.url_for("src"),
+        &format!("sqlite:{}", target.display()),
+        "",
+    );
+    let ps = p.to_str().unwrap();
+    let child = spawn_streaming(&p, &d.path("ferry.log"));
+    eventually_blocking("snapshot copied", Duration::from_secs(60), || {
+        (count(&target, "v") == 40).then_some(())
+    });
+    assert!(terminate(child).success());
+    let out = ferry(&["verify", ps]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let injected = [
+        "t = 'text '",
+        "t = ''",
+        "t = NULL",
+        "f = 1e308",
+        "f = 'NaN'",
+        "f = 9e999",
+        "n = '1.51'",
+        "ts = '2024-01-01 12:00:00.000001+00:00'",
+        "d = '-0043-01-01'",
+        "b = x''",
+        "j = '{\"k\": 1.0}'",
+        "a = '[1,null]'",
+        "u = '00000000-0000-0000-0000-000000000002'",
+        "bo = NULL",
+        "i = 'P0M0DT86400S'",
+    ];
+    let sql: String = (1..)
+        .zip(injected)
+        .map(|(id, set)| format!("UPDATE v SET {set} WHERE id = {id};\n"))
+        .collect();
+    open(&target)
+        .execute_batch(&format!(
+            "{sql} DELETE FROM v WHERE id = 20;
+             INSERT INTO v SELECT 100, t, f, n, ts, d, b, j, a, u, bo, i FROM v WHERE id = 21;"
+        ))
+        .unwrap();
+    let out = ferry(&["verify", ps, "--format", "json"]);
+    let report = json(&out);
+    assert_eq!(out.status.code(), Some(1), "{report:#}");
+    assert_eq!(
+        differences(&report),
+        expected(1..=injected.len() as i64, 20, 100),
+        "{report:#}"
+    );
+}

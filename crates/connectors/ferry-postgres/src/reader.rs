@@ -3,6 +3,9 @@
 //! snapshot. Key order follows ferry's `Value` order: text keys compare
 //! with `COLLATE "C"` (bytes), enums and addresses by their text.
 
+use std::collections::HashMap;
+use std::sync::Arc;
+
 use ferry_core::{Error, KeyRange, RangeDigest, Result, TableName, TableRef, Value};
 use futures_util::StreamExt;
 use tokio_postgres::{Client, CopyOutStream};
@@ -171,6 +174,16 @@ pub(crate) struct KeyOrderReads {
     /// ([`DIGEST_SETTINGS`]); `None` inside when the server has no
     /// `hashtextextended` (before PostgreSQL 11).
     digests: tokio::sync::OnceCell<Option<Client>>,
+    /// What digesting each table needs, by table and structure version;
+    /// `None`: the table cannot be digested.
+    plans: tokio::sync::Mutex<HashMap<(TableName, u32), Option<Arc<DigestPlan>>>>,
+}
+
+/// A table's columns as digests read them.
+struct DigestPlan {
+    from: String,
+    cols: Vec<ReadColumn>,
+    key_cols: Vec<ReadColumn>,
 }
 
 /// The digest PostgreSQL readers compute: `hashtextextended` of the row's
@@ -200,6 +213,7 @@ impl KeyOrderReads {
             endpoint,
             open: tokio::sync::Mutex::new(None),
             digests: tokio::sync::OnceCell::new(),
+            plans: tokio::sync::Mutex::new(HashMap::new()),
         }
     }
 
@@ -228,21 +242,43 @@ impl KeyOrderReads {
     /// Serves [`ferry_core::TableReader::digest_range`]; `None` for a key
     /// no index orders as ferry does (each range would be a full scan) and
     /// on servers before PostgreSQL 11.
+    ///
+    /// `describe` reads the table's catalog entry; it runs once per table
+    /// (a compare digests hundreds of ranges of one table).
     pub async fn digest_range(
         &self,
-        pg: &PgTable,
+        describe: impl std::future::Future<Output = Result<PgTable>>,
         table: &TableRef,
         range: &KeyRange,
         limit: Option<u64>,
     ) -> Result<Option<RangeDigest>> {
-        let cols = read_columns(pg, table)?;
-        let key_cols: Vec<ReadColumn> = table.key.iter().map(|&i| cols[i].clone()).collect();
-        if key_cols.is_empty() || !indexed_order(&key_cols) {
+        let plan_key = (table.name.clone(), table.version);
+        let known = self.plans.lock().await.get(&plan_key).cloned();
+        let plan = match known {
+            Some(plan) => plan,
+            None => {
+                let pg = describe.await?;
+                let cols = read_columns(&pg, table)?;
+                let key_cols: Vec<ReadColumn> =
+                    table.key.iter().map(|&i| cols[i].clone()).collect();
+                let plan = (!key_cols.is_empty() && indexed_order(&key_cols)).then(|| {
+                    Arc::new(DigestPlan {
+                        from: pg.qualified(),
+                        cols,
+                        key_cols,
+                    })
+                });
+                self.plans.lock().await.insert(plan_key, plan.clone());
+                plan
+            }
+        };
+        let Some(plan) = plan else {
             return Ok(None);
-        }
+        };
         let Some(client) = self.digest_client().await? else {
             return Ok(None);
         };
+        let (cols, key_cols) = (&plan.cols, &plan.key_cols);
         let key_refs: Vec<&ReadColumn> = key_cols.iter().collect();
         let row_text = format!(
             "hashtextextended(ROW({})::text, 0)",
@@ -251,7 +287,7 @@ impl KeyOrderReads {
                 .collect::<Vec<_>>()
                 .join(", ")
         );
-        let mut from = pg.qualified();
+        let mut from = plan.from.clone();
         if let Some(p) = range_predicate(&key_refs, range)? {
             from.push_str(&format!(" WHERE {p}"));
         }
@@ -286,7 +322,7 @@ impl KeyOrderReads {
              SELECT {}, (SELECT count(*) FROM c), (SELECT coalesce(sum(ferry_h), 0)::text FROM c) \
              FROM c ORDER BY {} LIMIT 1",
             keys.join(", "),
-            column_list(&key_cols),
+            column_list(key_cols),
             desc.join(", ")
         );
         let mut kinds: Vec<Kind> = key_cols.iter().map(|c| c.kind.clone()).collect();

@@ -997,10 +997,12 @@ impl TableReader for PostgresSink {
         range: &ferry_core::KeyRange,
         limit: Option<u64>,
     ) -> Result<Option<ferry_core::RangeDigest>> {
-        let pg = self.describe(&table.name).await?.ok_or_else(|| {
-            Error::fatal(format!("table {} does not exist on the target", table.name))
-        })?;
-        self.reads.digest_range(&pg, table, range, limit).await
+        let describe = async {
+            self.describe(&table.name).await?.ok_or_else(|| {
+                Error::fatal(format!("table {} does not exist on the target", table.name))
+            })
+        };
+        self.reads.digest_range(describe, table, range, limit).await
     }
 
     async fn scan_rows(

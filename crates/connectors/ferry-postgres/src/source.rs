@@ -872,8 +872,9 @@ impl TableReader for PostgresSource {
         range: &ferry_core::KeyRange,
         limit: Option<u64>,
     ) -> Result<Option<ferry_core::RangeDigest>> {
-        let pg = self.describe_for_reading(table).await?;
-        self.reads.digest_range(&pg, table, range, limit).await
+        self.reads
+            .digest_range(self.describe_for_reading(table), table, range, limit)
+            .await
     }
 
     async fn scan_rows(
