@@ -176,8 +176,11 @@ pub(crate) struct KeyOrderReads {
     digests: tokio::sync::OnceCell<Option<Client>>,
     /// What digesting each table needs, by table and structure version;
     /// `None`: the table cannot be digested.
-    plans: tokio::sync::Mutex<HashMap<(TableName, u32), Option<Arc<DigestPlan>>>>,
+    plans: tokio::sync::Mutex<HashMap<TableVersion, Option<Arc<DigestPlan>>>>,
 }
+
+/// A table and the version of its structure.
+type TableVersion = (TableName, u32);
 
 /// A table's columns as digests read them.
 struct DigestPlan {
