@@ -777,17 +777,43 @@ fn postgres_verify_by_digests_reads_only_the_ranges_that_differ() {
     );
 }
 
-/// (kind, id) pairs: `different` for each injected id, then a missing and
-/// an extra row.
-fn expected(
-    different: std::ops::RangeInclusive<i64>,
-    missing: i64,
-    extra: i64,
-) -> BTreeSet<(String, i64)> {
-    different
+/// Copies a table `v` (ids 1 to 40, all alike) with the pipeline `p`
+/// until `copied`, checks verify finds it equal, then runs on the target
+/// (through `tamper`) one UPDATE per `injected` assignment (ids 1, 2, …),
+/// a DELETE of id 20 and an INSERT of id 100 copied from id 21 (columns
+/// `columns`), and checks that verify reports exactly those rows.
+fn injected_differences_are_found(
+    p: &std::path::Path,
+    log: &std::path::Path,
+    copied: impl Fn() -> bool,
+    injected: &[&str],
+    columns: &str,
+    tamper: impl FnOnce(&str),
+) {
+    let ps = p.to_str().unwrap();
+    let child = spawn_streaming(p, log);
+    eventually_blocking("snapshot copied", Duration::from_secs(60), || {
+        copied().then_some(())
+    });
+    assert!(terminate(child).success());
+    let out = ferry(&["verify", ps]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let mut sql: String = (1..)
+        .zip(injected)
+        .map(|(id, set)| format!("UPDATE v SET {set} WHERE id = {id};\n"))
+        .collect();
+    sql.push_str(&format!(
+        "DELETE FROM v WHERE id = 20; INSERT INTO v SELECT 100, {columns} FROM v WHERE id = 21;"
+    ));
+    tamper(&sql);
+    let out = ferry(&["verify", ps, "--format", "json"]);
+    let report = json(&out);
+    assert_eq!(out.status.code(), Some(1), "{report:#}");
+    let want: BTreeSet<(String, i64)> = (1..=injected.len() as i64)
         .map(|id| ("different".to_owned(), id))
-        .chain([("missing".to_owned(), missing), ("extra".to_owned(), extra)])
-        .collect()
+        .chain([("missing".to_owned(), 20), ("extra".to_owned(), 100)])
+        .collect();
+    assert_eq!(differences(&report), want, "{report:#}");
 }
 
 /// Across engines (SQLite → PostgreSQL), every kind of difference made on
@@ -810,46 +836,31 @@ fn sqlite_to_postgres_verify_finds_every_kind_of_difference_and_nothing_else() {
     let pg = ferry_testkit::PostgresServer::start();
     pg.create_database("dst");
     let p = d.pipeline_between(&d.source_url(), &pg.url_for("dst"), "");
-    let ps = p.to_str().unwrap();
-    let child = spawn_streaming(&p, &d.path("ferry.log"));
-    eventually_blocking("snapshot copied", Duration::from_secs(60), || {
-        (crate::kit::pg_number(&pg, "dst", "SELECT count(*) FROM v") == 40).then_some(())
-    });
-    assert!(terminate(child).success());
-    let out = ferry(&["verify", ps]);
-    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
-    let injected = [
-        "t = 'text '",
-        "t = ''",
-        "t = NULL",
-        "f = '-0'",
-        "f = 'NaN'",
-        "f = 'Infinity'",
-        "f = 5e-324",
-        "n = 1.51",
-        "ts = ts + interval '1 microsecond'",
-        "tz = '2024-01-01 12:00:00+01'",
-        "dt = '2024-01-01 BC'",
-        "b = '\\x'",
-        "j = '{\"k\": 1.0}'",
-        "bo = false",
-        "u = '00000000-0000-0000-0000-000000000002'",
-    ];
-    let sql: String = (1..)
-        .zip(injected)
-        .map(|(id, set)| format!("UPDATE v SET {set} WHERE id = {id};\n"))
-        .collect();
-    pg.psql_in(
-        "dst",
-        &format!("{sql} DELETE FROM v WHERE id = 20; INSERT INTO v SELECT 100, t, f, n, ts, tz, dt, b, j, bo, u FROM v WHERE id = 21;"),
-    );
-    let out = ferry(&["verify", ps, "--format", "json"]);
-    let report = json(&out);
-    assert_eq!(out.status.code(), Some(1), "{report:#}");
-    assert_eq!(
-        differences(&report),
-        expected(1..=injected.len() as i64, 20, 100),
-        "{report:#}"
+    injected_differences_are_found(
+        &p,
+        &d.path("ferry.log"),
+        || crate::kit::pg_number(&pg, "dst", "SELECT count(*) FROM v") == 40,
+        &[
+            "t = 'text '",
+            "t = ''",
+            "t = NULL",
+            "f = '-0'",
+            "f = 'NaN'",
+            "f = 'Infinity'",
+            "f = 5e-324",
+            "n = 1.51",
+            "ts = ts + interval '1 microsecond'",
+            "tz = '2024-01-01 12:00:00+01'",
+            "dt = '2024-01-01 BC'",
+            "b = '\\x'",
+            "j = '{\"k\": 1.0}'",
+            "bo = false",
+            "u = '00000000-0000-0000-0000-000000000002'",
+        ],
+        "t, f, n, ts, tz, dt, b, j, bo, u",
+        |sql| {
+            pg.psql_in("dst", sql);
+        },
     );
 }
 
@@ -870,52 +881,29 @@ fn postgres_to_sqlite_verify_finds_every_kind_of_difference_and_nothing_else() {
     );
     let d = Dir::new();
     let target = d.path("target.db");
-    let p = d.pipeline_between(
-        &pg.url_for("src"),
-        &format!("sqlite:{}", target.display()),
-        "",
-    );
-    let ps = p.to_str().unwrap();
-    let child = spawn_streaming(&p, &d.path("ferry.log"));
-    eventually_blocking("snapshot copied", Duration::from_secs(60), || {
-        (count(&target, "v") == 40).then_some(())
-    });
-    assert!(terminate(child).success());
-    let out = ferry(&["verify", ps]);
-    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
-    let injected = [
-        "t = 'text '",
-        "t = ''",
-        "t = NULL",
-        "f = 1e308",
-        "f = 'NaN'",
-        "f = 9e999",
-        "n = '1.51'",
-        "ts = '2024-01-01 12:00:00.000001+00:00'",
-        "d = '-0043-01-01'",
-        "b = x''",
-        "j = '{\"k\": 1.0}'",
-        "a = '[1,null]'",
-        "u = '00000000-0000-0000-0000-000000000002'",
-        "bo = NULL",
-        "i = 'P0M0DT86400S'",
-    ];
-    let sql: String = (1..)
-        .zip(injected)
-        .map(|(id, set)| format!("UPDATE v SET {set} WHERE id = {id};\n"))
-        .collect();
-    open(&target)
-        .execute_batch(&format!(
-            "{sql} DELETE FROM v WHERE id = 20;
-             INSERT INTO v SELECT 100, t, f, n, ts, d, b, j, a, u, bo, i FROM v WHERE id = 21;"
-        ))
-        .unwrap();
-    let out = ferry(&["verify", ps, "--format", "json"]);
-    let report = json(&out);
-    assert_eq!(out.status.code(), Some(1), "{report:#}");
-    assert_eq!(
-        differences(&report),
-        expected(1..=injected.len() as i64, 20, 100),
-        "{report:#}"
+    let p = d.pipeline_between(&pg.url_for("src"), &format!("sqlite:{}", target.display()), "");
+    injected_differences_are_found(
+        &p,
+        &d.path("ferry.log"),
+        || count(&target, "v") == 40,
+        &[
+            "t = 'text '",
+            "t = ''",
+            "t = NULL",
+            "f = 1e308",
+            "f = 'NaN'",
+            "f = 9e999",
+            "n = '1.51'",
+            "ts = '2024-01-01 12:00:00.000001+00:00'",
+            "d = '-0043-01-01'",
+            "b = x''",
+            "j = '{\"k\": 1.0}'",
+            "a = '[1,null]'",
+            "u = '00000000-0000-0000-0000-000000000002'",
+            "bo = NULL",
+            "i = 'P0M0DT86400S'",
+        ],
+        "t, f, n, ts, d, b, j, a, u, bo, i",
+        |sql| open(&target).execute_batch(sql).unwrap(),
     );
 }
