@@ -881,7 +881,11 @@ fn postgres_to_sqlite_verify_finds_every_kind_of_difference_and_nothing_else() {
     );
     let d = Dir::new();
     let target = d.path("target.db");
-    let p = d.pipeline_between(&pg.url_for("src"), &format!("sqlite:{}", target.display()), "");
+    let p = d.pipeline_between(
+        &pg.url_for("src"),
+        &format!("sqlite:{}", target.display()),
+        "",
+    );
     injected_differences_are_found(
         &p,
         &d.path("ferry.log"),
