@@ -36,7 +36,7 @@ const CHUNK: usize = 5_000;
 const DIGEST_RANGE: u64 = 20_000;
 /// A range whose digests differ is read row by row once its source side
 /// has at most this many rows; a larger one is split in eight first.
-const FETCH_AT_MOST: u64 = 1_000;
+const FETCH_AT_MOST: u64 = 2_500;
 /// Differences shown per table in the text report.
 const SHOW: usize = 10;
 /// Differences kept per table (for re-checks and the JSON report); the
