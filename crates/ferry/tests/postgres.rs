@@ -177,7 +177,10 @@ fn kill_repeatedly(
     let mut rng = rand::rng();
     let mut mid_copy = 0;
     for i in 0..kills.start_up {
-        let partial = if i % 2 == 0 {
+        // Kills right after copy progress come first, until enough have
+        // landed mid-copy: a kill at a random moment may let a run finish
+        // the copy, after which no kill can land in it.
+        let partial = if i % 2 == 0 || mid_copy < kills.mid_copy {
             kill_after_copy_progress(pipeline, log, kills.copied_rows, copied)
         } else {
             let mut child = spawn_run(pipeline, log);
