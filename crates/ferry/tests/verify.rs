@@ -104,6 +104,23 @@ fn differences(report: &serde_json::Value) -> BTreeSet<(String, i64)> {
         .collect()
 }
 
+/// Replicates database `src` of `pg` to `dst` until `count_sql` on `dst`
+/// reads `rows`, then stops the pipeline; returns the pipeline file.
+fn copied_pg_to_pg(
+    pg: &ferry_testkit::PostgresServer,
+    d: &Dir,
+    count_sql: &str,
+    rows: i64,
+) -> std::path::PathBuf {
+    let p = d.pipeline_between(&pg.url_for("src"), &pg.url_for("dst"), "");
+    let child = spawn_streaming(&p, &d.path("ferry.log"));
+    eventually_blocking("snapshot copied", Duration::from_secs(120), || {
+        (crate::kit::pg_number(pg, "dst", count_sql) == rows).then_some(())
+    });
+    assert!(terminate(child).success());
+    p
+}
+
 #[test]
 fn verify_while_changes_flow_reports_only_real_differences() {
     let d = Dir::new();
@@ -446,16 +463,13 @@ fn postgres_repair_print_runs_in_psql_and_apply_fixes_the_target() {
          INSERT INTO log VALUES ('twice', 1), ('twice', 1), ('once', 2);",
     );
     let d = Dir::new();
-    let p = d.pipeline_between(&pg.url_for("src"), &pg.url_for("dst"), "");
+    let p = copied_pg_to_pg(
+        &pg,
+        &d,
+        "SELECT (SELECT count(*) FROM acct) + (SELECT count(*) FROM log)",
+        203,
+    );
     let ps = p.to_str().unwrap();
-    let log = d.path("ferry.log");
-    let child = spawn_streaming(&p, &log);
-    eventually_blocking("snapshot copied", Duration::from_secs(60), || {
-        (crate::kit::pg_number(&pg, "dst", "SELECT count(*) FROM acct") == 200
-            && crate::kit::pg_number(&pg, "dst", "SELECT count(*) FROM log") == 3)
-            .then_some(())
-    });
-    assert!(terminate(child).success());
     let tamper = || {
         pg.psql_in(
             "dst",
@@ -524,16 +538,13 @@ fn postgres_verify_finds_every_kind_of_difference_and_nothing_else() {
          INSERT INTO k VALUES ('dup', 1), ('dup', 1), ('one', 2);",
     );
     let d = Dir::new();
-    let p = d.pipeline_between(&pg.url_for("src"), &pg.url_for("dst"), "");
+    let p = copied_pg_to_pg(
+        &pg,
+        &d,
+        "SELECT (SELECT count(*) FROM v) + (SELECT count(*) FROM k)",
+        43,
+    );
     let ps = p.to_str().unwrap();
-    let log = d.path("ferry.log");
-    let child = spawn_streaming(&p, &log);
-    eventually_blocking("snapshot copied", Duration::from_secs(60), || {
-        (crate::kit::pg_number(&pg, "dst", "SELECT count(*) FROM v") == 40
-            && crate::kit::pg_number(&pg, "dst", "SELECT count(*) FROM k") == 3)
-            .then_some(())
-    });
-    assert!(terminate(child).success());
     let out = ferry(&["verify", ps]);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
     // One difference per row: (id, what).
@@ -631,14 +642,8 @@ fn postgres_verify_compares_structure() {
          INSERT INTO c VALUES (1, 'v');",
     );
     let d = Dir::new();
-    let p = d.pipeline_between(&pg.url_for("src"), &pg.url_for("dst"), "");
+    let p = copied_pg_to_pg(&pg, &d, "SELECT count(*) FROM c", 1);
     let ps = p.to_str().unwrap();
-    let log = d.path("ferry.log");
-    let child = spawn_streaming(&p, &log);
-    eventually_blocking("snapshot copied", Duration::from_secs(60), || {
-        (crate::kit::pg_number(&pg, "dst", "SELECT count(*) FROM c") == 1).then_some(())
-    });
-    assert!(terminate(child).success());
     let out = ferry(&["verify", ps]);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
     assert!(!text(&out).contains("structure:"), "{}", text(&out));
@@ -712,14 +717,8 @@ fn postgres_verify_by_digests_reads_only_the_ranges_that_differ() {
                          FROM generate_series(1, 50000) g;",
     );
     let d = Dir::new();
-    let p = d.pipeline_between(&pg.url_for("src"), &pg.url_for("dst"), "");
+    let p = copied_pg_to_pg(&pg, &d, "SELECT count(*) FROM big", 50_000);
     let ps = p.to_str().unwrap();
-    let log = d.path("ferry.log");
-    let child = spawn_streaming(&p, &log);
-    eventually_blocking("snapshot copied", Duration::from_secs(120), || {
-        (crate::kit::pg_number(&pg, "dst", "SELECT count(*) FROM big") == 50_000).then_some(())
-    });
-    assert!(terminate(child).success());
     let table = |report: &serde_json::Value| report["tables"][0].clone();
 
     let out = ferry(&["verify", ps, "--format", "json"]);
