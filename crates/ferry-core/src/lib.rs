@@ -11,6 +11,7 @@ pub mod error;
 pub mod failpoint;
 pub mod position;
 pub mod reader;
+pub mod repair;
 pub mod schema;
 pub mod selection;
 pub mod shape;
@@ -31,6 +32,7 @@ pub use error::{
 };
 pub use position::{Lsn, MySqlPosition, PgPosition, Position, PositionError, SqlitePosition};
 pub use reader::{DeclaredShape, RangeDigest, TableReader};
+pub use repair::{RepairSql, render_repair};
 pub use schema::{Alteration, Column, TableName, TableRef, TableSchema, UserType, UserTypeDef};
 pub use selection::Selection;
 pub use shape::{SequenceValue, ShapeItem, TableShape};

@@ -104,6 +104,26 @@ fn differences(report: &serde_json::Value) -> BTreeSet<(String, i64)> {
         .collect()
 }
 
+/// Runs `cmd` with `script` on its standard input; it must succeed.
+fn run_script(cmd: &mut std::process::Command, script: &str) {
+    let run = cmd
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .and_then(|mut c| {
+            use std::io::Write;
+            c.stdin.take().unwrap().write_all(script.as_bytes())?;
+            c.wait_with_output()
+        })
+        .unwrap();
+    assert!(
+        run.status.success(),
+        "{}\n{script}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+}
+
 /// Replicates database `src` of `pg` to `dst` until `count_sql` on `dst`
 /// reads `rows`, then stops the pipeline; returns the pipeline file.
 fn copied_pg_to_pg(
@@ -415,23 +435,7 @@ fn repair_prints_sql_that_fixes_the_target_and_applies_it_with_the_pipeline_stop
         script.contains("-- acct") && script.contains("BEGIN;"),
         "{script}"
     );
-    let run = std::process::Command::new("sqlite3")
-        .arg(&tgt)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .and_then(|mut c| {
-            use std::io::Write;
-            c.stdin.take().unwrap().write_all(script.as_bytes())?;
-            c.wait_with_output()
-        })
-        .unwrap();
-    assert!(
-        run.status.success(),
-        "{}",
-        String::from_utf8_lossy(&run.stderr)
-    );
+    run_script(std::process::Command::new("sqlite3").arg(&tgt), &script);
     let out = ferry(&["verify", ps]);
     assert_eq!(out.status.code(), Some(0), "{}\n{script}", text(&out));
 
@@ -484,29 +488,16 @@ fn postgres_repair_print_runs_in_psql_and_apply_fixes_the_target() {
     let out = ferry(&["verify", ps, "--repair", "print"]);
     assert_eq!(out.status.code(), Some(1), "{}", text(&out));
     let script = String::from_utf8(out.stdout.clone()).unwrap();
-    let run = std::process::Command::new("psql")
-        .args([
+    run_script(
+        std::process::Command::new("psql").args([
             "-X",
             "-q",
             "-v",
             "ON_ERROR_STOP=1",
             "-d",
             &pg.url_for("dst"),
-        ])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .and_then(|mut c| {
-            use std::io::Write;
-            c.stdin.take().unwrap().write_all(script.as_bytes())?;
-            c.wait_with_output()
-        })
-        .unwrap();
-    assert!(
-        run.status.success(),
-        "{}\n{script}",
-        String::from_utf8_lossy(&run.stderr)
+        ]),
+        &script,
     );
     let out = ferry(&["verify", ps]);
     assert_eq!(out.status.code(), Some(0), "{}\n{script}", text(&out));

@@ -8,9 +8,8 @@
 //! target to compute.
 
 use std::collections::HashMap;
-use std::fmt::Write;
 
-use ferry_core::{Error, KeylessOp, Result, Step, TableName, TableRef, Value};
+use ferry_core::{Error, RepairSql, Result, Step, TableName, TableRef, Value};
 
 use crate::catalog::PgTable;
 use crate::types::ident;
@@ -18,45 +17,30 @@ use crate::types::ident;
 /// The script for `steps`, one transaction. `tables` holds the target's
 /// description of every table the steps touch.
 pub(crate) fn render(steps: &[Step], tables: &HashMap<TableName, PgTable>) -> Result<String> {
-    let mut out = String::from("BEGIN;\n");
-    for step in steps {
-        match step {
-            Step::Rows(ops) => {
-                for t in ops {
-                    let pg = table(tables, &t.table)?;
-                    for key in &t.deletes {
-                        writeln!(out, "{}", delete_by_key(pg, &t.table, key)?).ok();
-                    }
-                    for row in t.upserts.iter().chain(&t.updates) {
-                        let key = t.table.key_of(row);
-                        writeln!(out, "{}", delete_by_key(pg, &t.table, &key)?).ok();
-                        writeln!(out, "{}", insert(pg, &t.table, row)?).ok();
-                    }
-                }
-            }
-            Step::Keyless { table: t, ops } => {
-                let pg = table(tables, t)?;
-                for op in ops {
-                    match op {
-                        KeylessOp::Insert(row) => writeln!(out, "{}", insert(pg, t, row)?).ok(),
-                        KeylessOp::Delete(row) => writeln!(
-                            out,
-                            "DELETE FROM {q} WHERE ctid = (SELECT ctid FROM {q} WHERE {} LIMIT 1);",
-                            matching(pg, t, row, &(0..t.columns.len()).collect::<Vec<_>>())?,
-                            q = pg.qualified()
-                        )
-                        .ok(),
-                        KeylessOp::Update { .. } => {
-                            return Err(Error::fatal("a keyless update cannot be printed"));
-                        }
-                    };
-                }
-            }
-            _ => return Err(Error::fatal("only row changes can be printed as SQL")),
-        }
+    ferry_core::render_repair(steps, &Dialect { tables })
+}
+
+struct Dialect<'a> {
+    tables: &'a HashMap<TableName, PgTable>,
+}
+
+impl RepairSql for Dialect<'_> {
+    fn delete_by_key(&self, t: &TableRef, key: &[Value]) -> Result<String> {
+        delete_by_key(table(self.tables, t)?, t, key)
     }
-    out.push_str("COMMIT;\n");
-    Ok(out)
+
+    fn insert(&self, t: &TableRef, row: &[Value]) -> Result<String> {
+        insert(table(self.tables, t)?, t, row)
+    }
+
+    fn delete_one(&self, t: &TableRef, row: &[Value]) -> Result<String> {
+        let pg = table(self.tables, t)?;
+        Ok(format!(
+            "DELETE FROM {q} WHERE ctid = (SELECT ctid FROM {q} WHERE {} LIMIT 1);",
+            matching(pg, t, row, &(0..t.columns.len()).collect::<Vec<_>>())?,
+            q = pg.qualified()
+        ))
+    }
 }
 
 fn table<'a>(tables: &'a HashMap<TableName, PgTable>, t: &TableRef) -> Result<&'a PgTable> {

@@ -5,7 +5,7 @@
 
 use std::fmt::Write;
 
-use ferry_core::{Error, KeylessOp, Result, Step, TableRef, Value};
+use ferry_core::{Error, RepairSql, Result, Step, TableRef, Value};
 use rusqlite::ToSql;
 use rusqlite::types::{ToSqlOutput, ValueRef};
 
@@ -14,42 +14,27 @@ use crate::types::Param;
 
 /// The script for `steps`, one transaction.
 pub(crate) fn render(steps: &[Step]) -> Result<String> {
-    let mut out = String::from("BEGIN;\n");
-    for step in steps {
-        match step {
-            Step::Rows(ops) => {
-                for t in ops {
-                    for key in &t.deletes {
-                        writeln!(out, "{}", delete_by_key(&t.table, key)?).ok();
-                    }
-                    for row in t.upserts.iter().chain(&t.updates) {
-                        writeln!(out, "{}", delete_by_key(&t.table, &t.table.key_of(row))?).ok();
-                        writeln!(out, "{}", insert(&t.table, row)?).ok();
-                    }
-                }
-            }
-            Step::Keyless { table: t, ops } => {
-                for op in ops {
-                    match op {
-                        KeylessOp::Insert(row) => writeln!(out, "{}", insert(t, row)?).ok(),
-                        KeylessOp::Delete(row) => writeln!(
-                            out,
-                            "DELETE FROM {q} WHERE rowid = (SELECT rowid FROM {q} WHERE {} LIMIT 1);",
-                            matching(t, row, &(0..t.columns.len()).collect::<Vec<_>>())?,
-                            q = ident(&t.name.name)
-                        )
-                        .ok(),
-                        KeylessOp::Update { .. } => {
-                            return Err(Error::fatal("a keyless update cannot be printed"));
-                        }
-                    };
-                }
-            }
-            _ => return Err(Error::fatal("only row changes can be printed as SQL")),
-        }
+    ferry_core::render_repair(steps, &Dialect)
+}
+
+struct Dialect;
+
+impl RepairSql for Dialect {
+    fn delete_by_key(&self, t: &TableRef, key: &[Value]) -> Result<String> {
+        delete_by_key(t, key)
     }
-    out.push_str("COMMIT;\n");
-    Ok(out)
+
+    fn insert(&self, t: &TableRef, row: &[Value]) -> Result<String> {
+        insert(t, row)
+    }
+
+    fn delete_one(&self, t: &TableRef, row: &[Value]) -> Result<String> {
+        Ok(format!(
+            "DELETE FROM {q} WHERE rowid = (SELECT rowid FROM {q} WHERE {} LIMIT 1);",
+            matching(t, row, &(0..t.columns.len()).collect::<Vec<_>>())?,
+            q = ident(&t.name.name)
+        ))
+    }
 }
 
 /// A SQLite literal for `v` as the writer binds it.
