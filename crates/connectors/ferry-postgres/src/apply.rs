@@ -3,7 +3,7 @@
 
 use bytes::BytesMut;
 use ferry_core::{Error, Value};
-use tokio_postgres::types::{IsNull, ToSql, Type, to_sql_checked};
+use tokio_postgres::types::{Format, IsNull, ToSql, Type, to_sql_checked};
 
 use crate::binary;
 use crate::sink::Target;
@@ -21,6 +21,27 @@ pub(crate) struct Param<'a> {
     pub kind: &'a Kind,
 }
 
+impl Param<'_> {
+    /// An array the source could only describe by its text
+    /// ([`binary::decode`]: lower bounds other than 1) goes as a text
+    /// parameter, which the column type's input function reads.
+    fn array_text(&self) -> Option<&str> {
+        match (self.kind, self.value) {
+            (Kind::Array { .. }, Value::Text(text)) => Some(text),
+            _ => None,
+        }
+    }
+}
+
+/// Whether a row holds an array only a text parameter can carry
+/// ([`Param::array_text`]): binary `COPY` cannot take it.
+pub(crate) fn has_array_text(t: &Target, row: &[Value]) -> bool {
+    t.types
+        .iter()
+        .zip(row)
+        .any(|(ty, v)| matches!((&ty.kind, v), (Kind::Array { .. }, Value::Text(_))))
+}
+
 impl ToSql for Param<'_> {
     fn to_sql(
         &self,
@@ -35,6 +56,10 @@ impl ToSql for Param<'_> {
                 "an unchanged value reached a statement parameter; this is a ferry bug",
             )));
         }
+        if let Some(text) = self.array_text() {
+            out.extend_from_slice(text.as_bytes());
+            return Ok(IsNull::No);
+        }
         match binary::encode(self.value, self.kind, out) {
             Ok(()) => Ok(IsNull::No),
             Err(e) => Err(Box::new(e)),
@@ -43,6 +68,14 @@ impl ToSql for Param<'_> {
 
     fn accepts(_ty: &Type) -> bool {
         true
+    }
+
+    fn encode_format(&self, _ty: &Type) -> Format {
+        if self.array_text().is_some() {
+            Format::Text
+        } else {
+            Format::Binary
+        }
     }
 
     to_sql_checked!();

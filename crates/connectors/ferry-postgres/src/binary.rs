@@ -131,34 +131,92 @@ pub(crate) fn decode(kind: &Kind, raw: &[u8]) -> Result<Value> {
     })
 }
 
+/// Decodes a binary array. One dimension is a [`Value::Array`] of its
+/// elements, several are nested arrays (row-major); an array whose lower
+/// bounds are not all 1 (`'[0:2]={1,2,3}'`) has no place for them in a
+/// [`Value::Array`] and becomes the text PostgreSQL reads it back from
+/// ([`Value::Text`]), which the sink sends in text format.
 fn decode_array(elem: &Kind, raw: &[u8]) -> Result<Value> {
     let mut b = raw;
     let malformed = || Error::data("cannot decode an array value: malformed");
     let ndim = i32::from_be_bytes(take(&mut b).ok_or_else(malformed)?);
     let _has_null = take::<4>(&mut b).ok_or_else(malformed)?;
     let _elem_oid = take::<4>(&mut b).ok_or_else(malformed)?;
-    if ndim == 0 {
+    if !(0..=6).contains(&ndim) {
+        return Err(malformed());
+    }
+    let mut dims = Vec::with_capacity(ndim as usize);
+    for _ in 0..ndim {
+        let n = i32::from_be_bytes(take(&mut b).ok_or_else(malformed)?);
+        let lower = i32::from_be_bytes(take(&mut b).ok_or_else(malformed)?);
+        dims.push((usize::try_from(n).map_err(|_| malformed())?, lower));
+    }
+    let total = dims.iter().map(|d| d.0).product::<usize>();
+    if ndim == 0 || total == 0 {
         return Ok(Value::Array(Vec::new()));
     }
-    if ndim != 1 {
-        return Err(Error::data(format!(
-            "a {ndim}-dimensional array cannot be replicated: ferry carries one-dimensional arrays only"
-        )));
-    }
-    let n = i32::from_be_bytes(take(&mut b).ok_or_else(malformed)?);
-    let _lower = take::<4>(&mut b).ok_or_else(malformed)?;
-    let mut items = Vec::with_capacity(n.max(0) as usize);
-    for _ in 0..n {
+    let mut flat = Vec::with_capacity(total.min(raw.len()));
+    for _ in 0..total {
         let len = i32::from_be_bytes(take(&mut b).ok_or_else(malformed)?);
         if len < 0 {
-            items.push(Value::Null);
+            flat.push(Value::Null);
             continue;
         }
         let (v, rest) = b.split_at_checked(len as usize).ok_or_else(malformed)?;
         b = rest;
-        items.push(decode(elem, v)?);
+        flat.push(decode(elem, v)?);
     }
-    Ok(Value::Array(items))
+    let lengths: Vec<usize> = dims.iter().map(|d| d.0).collect();
+    let nested = nest(&mut flat.into_iter(), &lengths);
+    if dims.iter().all(|d| d.1 == 1) {
+        return Ok(nested);
+    }
+    let Value::Array(items) = &nested else {
+        return Err(malformed());
+    };
+    let mut text = String::new();
+    for (n, lower) in &dims {
+        let upper = i64::from(*lower) + *n as i64 - 1;
+        text.push_str(&format!("[{lower}:{upper}]"));
+    }
+    text.push('=');
+    text.push_str(
+        &array_text(items)
+            .ok_or_else(|| Error::data("cannot decode an array value: an element has no text"))?,
+    );
+    Ok(Value::Text(text))
+}
+
+/// Row-major `items` as arrays nested `lengths.len()` deep.
+fn nest(items: &mut impl Iterator<Item = Value>, lengths: &[usize]) -> Value {
+    match lengths {
+        [] => items.next().unwrap_or(Value::Null),
+        [n, inner @ ..] => Value::Array((0..*n).map(|_| nest(items, inner)).collect()),
+    }
+}
+
+/// An array's text form as PostgreSQL's input function reads it
+/// (`{"a",NULL,"it's"}`): every element quoted, `NULL` bare, nested arrays
+/// as nested braces; `None` when an element has no text form.
+pub(crate) fn array_text(items: &[Value]) -> Option<String> {
+    let mut s = String::from("{");
+    for (i, item) in items.iter().enumerate() {
+        if i > 0 {
+            s.push(',');
+        }
+        match item {
+            Value::Null => s.push_str("NULL"),
+            Value::Array(inner) => s.push_str(&array_text(inner)?),
+            other => {
+                let text = text_of(other)?;
+                s.push('"');
+                s.push_str(&text.replace('\\', "\\\\").replace('"', "\\\""));
+                s.push('"');
+            }
+        }
+    }
+    s.push('}');
+    Some(s)
 }
 
 fn decode_inet(raw: &[u8]) -> Option<String> {
@@ -412,17 +470,12 @@ pub(crate) fn encode(v: &Value, kind: &Kind, out: &mut BytesMut) -> Result<()> {
         },
         Kind::Array { elem_oid, elem } => match v {
             Value::Array(items) => {
-                let has_null = items.iter().any(Value::is_null);
-                out.put_i32(if items.is_empty() { 0 } else { 1 });
-                out.put_i32(has_null as i32);
-                out.put_u32(*elem_oid);
-                if !items.is_empty() {
-                    out.put_i32(items.len() as i32);
-                    out.put_i32(1);
-                }
-                for item in items {
-                    encode_field(item, elem, out)?;
-                }
+                encode_array(items, *elem_oid, elem, out).ok_or_else(|| {
+                    Error::data(format!(
+                        "value {v} cannot be written to an array column: its nested arrays \
+                         differ in length (PostgreSQL arrays are rectangular)"
+                    ))
+                })??
             }
             _ => return Err(cannot(v, kind)),
         },
@@ -432,6 +485,66 @@ pub(crate) fn encode(v: &Value, kind: &Kind, out: &mut BytesMut) -> Result<()> {
 
 fn out_of_range(v: &Value, ty: &str) -> Error {
     Error::data(format!("value {v} is out of range for type {ty}"))
+}
+
+/// Appends a binary array of `items`, nested arrays being further
+/// dimensions; `None` when they are not rectangular.
+fn encode_array(
+    items: &[Value],
+    elem_oid: u32,
+    elem: &Kind,
+    out: &mut BytesMut,
+) -> Option<Result<()>> {
+    // The lengths along the first item of each level; every other item
+    // must agree with them.
+    let mut lengths = vec![items.len()];
+    let mut first = items.first();
+    while let Some(Value::Array(inner)) = first {
+        lengths.push(inner.len());
+        first = inner.first();
+    }
+    fn rectangular(items: &[Value], lengths: &[usize]) -> bool {
+        match lengths {
+            [n] => items.len() == *n && !items.iter().any(|v| matches!(v, Value::Array(_))),
+            [n, inner @ ..] => {
+                items.len() == *n
+                    && items
+                        .iter()
+                        .all(|v| matches!(v, Value::Array(i) if rectangular(i, inner)))
+            }
+            [] => false,
+        }
+    }
+    if !rectangular(items, &lengths) {
+        return None;
+    }
+    let empty = lengths.contains(&0);
+    let mut flat = Vec::new();
+    fn flatten<'a>(items: &'a [Value], flat: &mut Vec<&'a Value>) {
+        for v in items {
+            match v {
+                Value::Array(inner) => flatten(inner, flat),
+                v => flat.push(v),
+            }
+        }
+    }
+    flatten(items, &mut flat);
+    out.put_i32(if empty { 0 } else { lengths.len() as i32 });
+    out.put_i32(flat.iter().any(|v| v.is_null()) as i32);
+    out.put_u32(elem_oid);
+    if empty {
+        return Some(Ok(()));
+    }
+    for n in &lengths {
+        out.put_i32(*n as i32);
+        out.put_i32(1);
+    }
+    for item in flat {
+        if let Err(e) = encode_field(item, elem, out) {
+            return Some(Err(e));
+        }
+    }
+    Some(Ok(()))
 }
 
 /// Appends a length-prefixed field (`-1` for NULL), as in COPY and arrays.
@@ -591,5 +704,62 @@ mod tests {
         };
         assert_eq!(round(&k, arr.clone()), arr);
         assert_eq!(round(&k, Value::Array(vec![])), Value::Array(vec![]));
+    }
+
+    fn int4_array() -> Kind {
+        Kind::Array {
+            elem_oid: 23,
+            elem: Box::new(Kind::Int4),
+        }
+    }
+
+    #[test]
+    fn multi_dimensional_arrays_round_trip_as_nested_arrays() {
+        let k = int4_array();
+        let row = |a: i64, b: Value| Value::Array(vec![Value::Int(a), b]);
+        let matrix = Value::Array(vec![row(1, Value::Null), row(3, Value::Int(4))]);
+        assert_eq!(round(&k, matrix.clone()), matrix);
+        let cube = Value::Array(vec![Value::Array(vec![row(1, Value::Int(2))])]);
+        assert_eq!(round(&k, cube.clone()), cube);
+        let ragged = Value::Array(vec![row(1, Value::Int(2)), Value::Array(vec![])]);
+        let mut b = BytesMut::new();
+        let e = encode(&ragged, &k, &mut b).unwrap_err();
+        assert!(e.to_string().contains("rectangular"), "{e}");
+    }
+
+    #[test]
+    fn arrays_with_other_lower_bounds_become_their_text() {
+        // '[0:1][-1:0]={{1,NULL},{3,4}}'::int4[] as array_send writes it.
+        let mut raw = BytesMut::new();
+        for word in [2, 1, 23, 2, 0, 2, -1] {
+            raw.put_i32(word);
+        }
+        for v in [Some(1), None, Some(3), Some(4)] {
+            match v {
+                Some(v) => {
+                    raw.put_i32(4);
+                    raw.put_i32(v);
+                }
+                None => raw.put_i32(-1),
+            }
+        }
+        assert_eq!(
+            decode(&int4_array(), &raw).unwrap(),
+            Value::Text("[0:1][-1:0]={{\"1\",NULL},{\"3\",\"4\"}}".into())
+        );
+        let text = Kind::Array {
+            elem_oid: 25,
+            elem: Box::new(Kind::Text),
+        };
+        let mut raw = BytesMut::new();
+        for word in [1, 0, 25, 1, 7] {
+            raw.put_i32(word);
+        }
+        raw.put_i32(4);
+        raw.put_slice(b"a\"\\b");
+        assert_eq!(
+            decode(&text, &raw).unwrap(),
+            Value::Text("[7:7]={\"a\\\"\\\\b\"}".into())
+        );
     }
 }

@@ -58,7 +58,7 @@ fn literal(pg: &PgTable, name: &str, v: &Value) -> Result<String> {
         ))
     })?;
     if let Value::Array(items) = v {
-        let text = array_text(items).ok_or_else(|| cannot(name, v))?;
+        let text = crate::binary::array_text(items).ok_or_else(|| cannot(name, v))?;
         return Ok(format!(
             "{}::{}",
             crate::types::quote_literal(&text),
@@ -66,29 +66,6 @@ fn literal(pg: &PgTable, name: &str, v: &Value) -> Result<String> {
         ));
     }
     crate::binary::literal(v, &col.type_name).map_err(|_| cannot(name, v))
-}
-
-/// The array's text form (`{"a",NULL,"it's"}`): every element quoted,
-/// `NULL` bare, nested arrays as nested braces.
-fn array_text(items: &[Value]) -> Option<String> {
-    let mut s = String::from("{");
-    for (i, item) in items.iter().enumerate() {
-        if i > 0 {
-            s.push(',');
-        }
-        match item {
-            Value::Null => s.push_str("NULL"),
-            Value::Array(inner) => s.push_str(&array_text(inner)?),
-            other => {
-                let text = crate::binary::text_of(other)?;
-                s.push('"');
-                s.push_str(&text.replace('\\', "\\\\").replace('"', "\\\""));
-                s.push('"');
-            }
-        }
-    }
-    s.push('}');
-    Some(s)
 }
 
 fn cannot(name: &str, v: &Value) -> Error {

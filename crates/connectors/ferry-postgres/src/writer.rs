@@ -23,8 +23,8 @@ use tokio_postgres::Client;
 use tokio_postgres::types::{ToSql, Type};
 
 use crate::apply::{
-    Param, abbreviate, delete_one_sql, delete_sql, insert_sql, key_params, match_columns,
-    move_by_delete_insert_sql, param_refs, row_params, rows_per_statement, settable,
+    Param, abbreviate, delete_one_sql, delete_sql, has_array_text, insert_sql, key_params,
+    match_columns, move_by_delete_insert_sql, param_refs, row_params, rows_per_statement, settable,
     update_one_sql, update_sql, upsert_from, upsert_sql,
 };
 use crate::bad_value;
@@ -542,10 +542,15 @@ impl PostgresWriter {
         updates.extend(ops.updates.iter());
         let all: Vec<usize> = (0..t.cols.len()).collect();
         if upserts.len() >= STAGE_MIN_ROWS {
-            if let Err(e) = self.upsert_staged(&t, &upserts).await {
-                return Err(self.explain(e, &t, &upserts, &all, context).await);
+            // Rows with an array binary COPY cannot carry stay statements.
+            let (by_text, staged): (Vec<&Vec<Value>>, Vec<&Vec<Value>>) =
+                upserts.iter().partition(|r| has_array_text(&t, r));
+            if !staged.is_empty()
+                && let Err(e) = self.upsert_staged(&t, &staged).await
+            {
+                return Err(self.explain(e, &t, &staged, &all, context).await);
             }
-            upserts.clear();
+            upserts = by_text;
         }
         for chunk in upserts.chunks(rows_per_statement(t.cols.len())) {
             let sql = upsert_sql(&t, chunk.len());
@@ -849,11 +854,24 @@ impl SinkWriter for PostgresWriter {
         if !self.loaded.iter().any(|l| l.name == table.name) {
             self.loaded.push(table.clone());
         }
-        let rows: Vec<&Vec<Value>> = rows.iter().collect();
-        let loaded = if t.has_text_columns() {
+        // Rows with an array binary COPY cannot carry go in by INSERT.
+        let (by_text, rows): (Vec<&Vec<Value>>, Vec<&Vec<Value>>) =
+            rows.iter().partition(|r| has_array_text(&t, r));
+        let loaded = if rows.is_empty() {
+            Ok(())
+        } else if t.has_text_columns() {
             self.load_staged(&t, &rows).await
         } else {
             self.copy_rows(&t, &t.qualified, &rows).await
+        };
+        let loaded = match loaded {
+            Ok(()) if !by_text.is_empty() => self.insert_rows(&t, &by_text).await,
+            other => other,
+        };
+        let rows = if by_text.is_empty() {
+            rows
+        } else {
+            [rows, by_text].concat()
         };
         match loaded {
             Ok(()) => Ok(()),

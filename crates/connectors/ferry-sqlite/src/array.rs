@@ -85,6 +85,29 @@ pub(crate) fn decode(text: &str, elem: &ColumnType) -> Option<Vec<Value>> {
     (p.i == p.s.len()).then_some(items)
 }
 
+/// Whether `text` is PostgreSQL's text of an array whose lower bounds
+/// are not all 1 (`[0:2]={1,NULL,3}`): a PostgreSQL source carries such an
+/// array as that text, which a JSON array cannot hold, and the sink
+/// stores it as it came.
+pub(crate) fn is_bounded_literal(text: &str) -> bool {
+    let mut rest = text;
+    let mut dims = 0;
+    while let Some(after) = rest.strip_prefix('[') {
+        let Some((bounds, tail)) = after.split_once(']') else {
+            return false;
+        };
+        let Some((lower, upper)) = bounds.split_once(':') else {
+            return false;
+        };
+        if lower.parse::<i32>().is_err() || upper.parse::<i64>().is_err() {
+            return false;
+        }
+        dims += 1;
+        rest = tail;
+    }
+    dims > 0 && rest.starts_with("={") && rest.ends_with('}')
+}
+
 struct Parser<'a> {
     s: &'a [u8],
     i: usize,
@@ -128,6 +151,8 @@ impl Parser<'_> {
         let start = self.i;
         match (self.s.get(self.i)?, elem) {
             (b'[', ColumnType::Array(inner)) => self.array(inner).map(Value::Array),
+            // A further dimension of a multi-dimensional array.
+            (b'[', _) => self.array(elem).map(Value::Array),
             (b'"', ColumnType::Bytes) => {
                 let s = self.string()?;
                 let hex = s.strip_prefix("\\x")?;
@@ -324,5 +349,26 @@ mod tests {
         }
         assert_eq!(decode("[1,", &ColumnType::Int64), None);
         assert_eq!(decode("[1] x", &ColumnType::Int64), None);
+    }
+
+    #[test]
+    fn multi_dimensional_arrays_nest_under_one_element_type() {
+        let matrix = vec![
+            Value::Array(vec![Value::Int(1), Value::Null]),
+            Value::Array(vec![Value::Int(3), Value::Int(4)]),
+        ];
+        let text = encode(&matrix);
+        assert_eq!(text, "[[1,null],[3,4]]");
+        assert_eq!(decode(&text, &ColumnType::Int32), Some(matrix));
+    }
+
+    #[test]
+    fn bounded_literals_are_recognised() {
+        assert!(is_bounded_literal("[0:2]={1,NULL,3}"));
+        assert!(is_bounded_literal("[-5:-5][1:2]={{7,8}}"));
+        assert!(!is_bounded_literal("[1,2]"));
+        assert!(!is_bounded_literal("{1,2}"));
+        assert!(!is_bounded_literal("[0:x]={1}"));
+        assert!(!is_bounded_literal("[0:1]="));
     }
 }

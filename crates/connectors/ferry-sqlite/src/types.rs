@@ -241,7 +241,9 @@ pub(crate) fn to_value(ty: &ColumnType, v: ValueRef<'_>) -> Result<Value, String
             Value::Uuid(b.try_into().expect("length checked"))
         }
         (ColumnType::Array(elem), R::Text(t)) => parsed(t, "JSON array", &|s| {
-            array::decode(s, elem).map(Value::Array)
+            array::decode(s, elem)
+                .map(Value::Array)
+                .or_else(|| array::is_bounded_literal(s).then(|| Value::Text(s.to_owned())))
         })?,
         (ty, v) => {
             return Err(format!(
