@@ -117,6 +117,12 @@ pub struct TableSchema {
     pub key: Vec<usize>,
     /// Bumped by the source each time it reports a new structure for the table.
     pub version: u32,
+    /// The key is a unique constraint checked at commit (PostgreSQL
+    /// `DEFERRABLE`): inside a transaction a key may hold two rows for a
+    /// while (a swap of keys), so the pipeline holds a key's rows until
+    /// it holds one again before writing them to a target, even across
+    /// the parts of a transaction too large for memory.
+    pub key_deferrable: bool,
 }
 
 /// Shared handle on a table schema; cheap to clone into every change.

@@ -76,11 +76,21 @@ pub(crate) struct Dispatcher {
     pub(crate) durable: Option<Position>,
     pub(crate) next_seq: u64,
     pub(crate) open: Option<OpenGroup>,
-    pub(crate) stream: Option<mpsc::Sender<StreamPart>>,
+    /// The transaction too large for memory being applied, if any.
+    pub(crate) stream: Option<OpenStream>,
     pub(crate) acks: watch::Sender<Option<Position>>,
     pub(crate) last_checkpoint: Instant,
     pub(crate) last_applied: Option<Position>,
     pub(crate) recopies: Recopies,
+}
+
+/// A transaction too large for memory, streaming into one target
+/// transaction part by part.
+pub(crate) struct OpenStream {
+    parts: mpsc::Sender<StreamPart>,
+    /// Rows of keys a part could not settle (a deferrable key holding two
+    /// rows at the part's end), merged on with the next part.
+    merger: Merger,
 }
 
 impl Dispatcher {
@@ -432,10 +442,11 @@ pub(crate) async fn handle_event(
         SourceEvent::Commit(tx) => {
             d.stats
                 .set_received(tx.position.to_string(), tx.commit_time_micros);
-            if let Some(parts) = d.stream.take() {
-                let changes = d.target_changes(&tx.position, tx.changes)?;
-                let steps = crate::merge::merge(changes);
-                let _ = parts.send(StreamPart::Steps(steps)).await;
+            if let Some(OpenStream { parts, mut merger }) = d.stream.take() {
+                for c in d.target_changes(&tx.position, tx.changes)? {
+                    merger.push(c);
+                }
+                let _ = parts.send(StreamPart::Steps(merger.finish())).await;
                 let _ = parts
                     .send(StreamPart::Commit(vec![CheckpointRecord::applied(
                         &tx.position,
@@ -476,13 +487,40 @@ pub(crate) async fn handle_event(
                     .send(Job::Stream { seq, parts: rx })
                     .await
                     .map_err(|_| Error::fatal("apply worker stopped unexpectedly"))?;
-                d.stream = Some(tx);
+                d.stream = Some(OpenStream {
+                    parts: tx,
+                    merger: Merger::new(),
+                });
             }
             let changes = d.target_changes(&position, changes)?;
             Stats::add(&d.stats.rows_applied, changes.len() as u64);
-            let steps = crate::merge::merge(changes);
-            if let Some(parts) = &d.stream {
-                let _ = parts.send(StreamPart::Steps(steps)).await;
+            let budget = d.options.queue_bytes;
+            if let Some(stream) = &mut d.stream {
+                for c in changes {
+                    stream.merger.push(c);
+                }
+                let steps = stream.merger.finish_part();
+                let held = stream.merger.held_bytes();
+                if held > budget {
+                    let tables: Vec<String> = stream
+                        .merger
+                        .held_tables()
+                        .iter()
+                        .map(ToString::to_string)
+                        .collect();
+                    return Err(Error::fatal(format!(
+                        "the transaction ending at {position} writes more rows ({held} bytes) \
+                         under the DEFERRABLE key of {} than ferry holds in memory \
+                         (`apply.queue_bytes` = {budget}): a key there may hold two rows until \
+                         the transaction commits, so ferry must hold them until then",
+                        tables.join(", ")
+                    ))
+                    .with_fix(
+                        "raise `apply.queue_bytes` in the pipeline file (the memory ferry may \
+                         use for this), then restart; or make the key NOT DEFERRABLE",
+                    ));
+                }
+                let _ = stream.parts.send(StreamPart::Steps(steps)).await;
             }
             Ok(())
         }

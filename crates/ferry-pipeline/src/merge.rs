@@ -57,14 +57,50 @@ impl TableEntries {
             let Some(slot) = self.slots.remove(&key) else {
                 continue;
             };
-            match slot.net() {
-                Net::Nothing => {}
-                Net::Upsert(row) => out.upserts.push(row),
-                Net::Update(row) => out.updates.push(row),
-                Net::Delete => out.deletes.push(key),
-            }
+            slot_ops(key, slot, &mut out);
         }
         out
+    }
+
+    /// Takes out the keys known to hold at most one row; under a
+    /// deferrable key, a key the batch put a row under while the target
+    /// may still hold one there stays open (see [`Merger::finish_part`]).
+    fn take_settled(&mut self) -> TableOps {
+        let mut out = TableOps::new(self.table.clone());
+        let deferrable = self.table.key_deferrable;
+        let mut open = Vec::new();
+        for key in std::mem::take(&mut self.order) {
+            let Some(slot) = self.slots.remove(&key) else {
+                continue;
+            };
+            if deferrable && !slot.settled() {
+                self.slots.insert(key.clone(), slot);
+                open.push(key);
+            } else {
+                slot_ops(key, slot, &mut out);
+            }
+        }
+        self.order = open;
+        out
+    }
+
+    /// Approximate bytes of the rows held open.
+    fn held_bytes(&self) -> usize {
+        self.slots
+            .values()
+            .flat_map(|s| &s.arrived)
+            .flatten()
+            .map(Value::approx_size)
+            .sum()
+    }
+}
+
+fn slot_ops(key: Vec<Value>, slot: Slot, out: &mut TableOps) {
+    match slot.net() {
+        Net::Nothing => {}
+        Net::Upsert(row) => out.upserts.push(row),
+        Net::Update(row) => out.updates.push(row),
+        Net::Delete => out.deletes.push(key),
     }
 }
 
@@ -258,6 +294,48 @@ impl Merger {
                 row: after,
             });
         }
+    }
+
+    /// The steps of one part of a transaction too large for memory, more
+    /// parts of which follow: everything merged so far, except, under a
+    /// deferrable key, the keys that may hold two rows at this point (a
+    /// swap half done): a target with a unique key cannot hold both, so
+    /// those keys stay open until a later part or [`Merger::finish`]
+    /// settles them. Other keys of those tables are written now; a later
+    /// change to one starts from what the target then holds.
+    pub fn finish_part(&mut self) -> Vec<Step> {
+        let mut ops = Vec::new();
+        for t in &mut self.tables {
+            let o = t.take_settled();
+            if !o.is_empty() {
+                ops.push(o);
+            }
+        }
+        self.tables.retain(|t| !t.slots.is_empty());
+        let mut steps = std::mem::take(&mut self.steps);
+        if !ops.is_empty() {
+            steps.push(Step::Rows(ops));
+        }
+        for (table, ops) in self.keyless.drain(..) {
+            steps.push(Step::Keyless { table, ops });
+        }
+        self.index = self
+            .tables
+            .iter()
+            .enumerate()
+            .map(|(i, t)| (t.table.name.clone(), i))
+            .collect();
+        steps
+    }
+
+    /// Approximate bytes of the rows [`Merger::finish_part`] held open.
+    pub fn held_bytes(&self) -> usize {
+        self.tables.iter().map(TableEntries::held_bytes).sum()
+    }
+
+    /// The tables with rows held open, for an error message.
+    pub fn held_tables(&self) -> Vec<TableName> {
+        self.tables.iter().map(|t| t.table.name.clone()).collect()
     }
 
     /// The merged steps, in the order they must be applied.

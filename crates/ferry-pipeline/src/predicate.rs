@@ -359,6 +359,7 @@ mod tests {
             columns: vec![col("id"), col("region"), col("amount")],
             key: vec![0],
             version: 1,
+            key_deferrable: false,
         }
     }
 

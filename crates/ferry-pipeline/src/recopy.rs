@@ -206,6 +206,7 @@ mod tests {
             }],
             key: vec![0],
             version: 1,
+            key_deferrable: false,
         })
     }
 

@@ -146,6 +146,7 @@ mod tests {
             columns: vec![col],
             key: vec![0],
             version: 1,
+            key_deferrable: false,
         });
         Change::Insert {
             table: t,

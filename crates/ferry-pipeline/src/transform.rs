@@ -135,6 +135,7 @@ impl Transform {
             columns: columns.iter().map(|&i| source.columns[i].clone()).collect(),
             key,
             version: source.version,
+            key_deferrable: source.key_deferrable,
         });
         let m = Arc::new(Mapping {
             target,
@@ -314,6 +315,7 @@ mod tests {
             columns: vec![col("id"), col("secret"), col("region")],
             key: vec![0],
             version: 1,
+            key_deferrable: false,
         })
     }
 

@@ -337,6 +337,7 @@ mod tests {
             }],
             key,
             version: 1,
+            key_deferrable: false,
         })
     }
 

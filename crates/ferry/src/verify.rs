@@ -1349,6 +1349,7 @@ mod tests {
             ],
             key: vec![0],
             version: 1,
+            key_deferrable: false,
         })
     }
 

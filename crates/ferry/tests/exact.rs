@@ -124,7 +124,8 @@ fn key_swaps_and_cycles_under_a_deferred_key_reach_both_targets() {
          INSERT INTO swap VALUES (1, 'was one'), (2, 'was two');
          CREATE TABLE cycle (id int PRIMARY KEY DEFERRABLE INITIALLY DEFERRED, v text);
          ALTER TABLE cycle REPLICA IDENTITY FULL;
-         INSERT INTO cycle VALUES (1, 'a'), (2, 'b'), (3, 'c'), (4, 'd');",
+         INSERT INTO cycle VALUES (1, 'a'), (2, 'b'), (3, 'c'), (4, 'd');
+         CREATE TABLE filler (id int PRIMARY KEY);",
     );
     let runs = both.run();
     eventually_blocking("the snapshot", Duration::from_secs(60), || {
@@ -150,17 +151,33 @@ fn key_swaps_and_cycles_under_a_deferred_key_reach_both_targets() {
     );
     assert_eq!(swap, "1|was one!\n2|was two!");
     assert_eq!(cycle, "1|c\n2|a\n3|b\n4|d");
-    eventually_blocking("the swaps on both targets", Duration::from_secs(60), || {
-        let pg = (
-            both.pg.try_psql_in("dst", SWAP_SQL).ok()?,
-            both.pg.try_psql_in("dst", CYCLE_SQL).ok()?,
-        );
-        let lite = (
-            both.sqlite("SELECT id, v FROM swap ORDER BY id")?,
-            both.sqlite("SELECT id, v FROM cycle ORDER BY id")?,
-        );
-        (pg == (swap.clone(), cycle.clone()) && lite == pg).then_some(())
-    });
+    let on_both = |what: &str, swap: &str, cycle: &str| {
+        eventually_blocking(what, Duration::from_secs(60), || {
+            let pg = (
+                both.pg.try_psql_in("dst", SWAP_SQL).ok()?,
+                both.pg.try_psql_in("dst", CYCLE_SQL).ok()?,
+            );
+            let lite = (
+                both.sqlite("SELECT id, v FROM swap ORDER BY id")?,
+                both.sqlite("SELECT id, v FROM cycle ORDER BY id")?,
+            );
+            (pg == (swap.to_owned(), cycle.to_owned()) && lite == pg).then_some(())
+        })
+    };
+    on_both("the swaps on both targets", &swap, &cycle);
+    // A transaction too large for memory streams in parts of 10,000
+    // changes: the swap's first row is the 10,000th change, so a part ends
+    // with key 2 holding two rows, which neither target can hold.
+    both.pg.psql_in(
+        "src",
+        "BEGIN;
+         INSERT INTO filler SELECT g FROM generate_series(1, 9999) g;
+         UPDATE swap SET id = 3 - id, v = v || '?';
+         COMMIT;",
+    );
+    let swap = both.source_and_pg_target(SWAP_SQL).0;
+    assert_eq!(swap, "1|was two!?\n2|was one!?");
+    on_both("a swap across two parts of a transaction", &swap, &cycle);
     both.stop_and_verify(runs);
 }
 

@@ -51,6 +51,8 @@ pub(crate) struct PgKey {
     pub columns: Vec<String>,
     pub primary: bool,
     pub replica_identity: bool,
+    /// `DEFERRABLE`: checked at the end of the statement or transaction.
+    pub deferrable: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -190,7 +192,8 @@ pub(crate) async fn describe(
             "SELECT i.indisprimary, i.indisreplident, \
                     ARRAY(SELECT a.attname::text FROM unnest(i.indkey::int2[]) WITH ORDINALITY k(n, o) \
                           JOIN pg_catalog.pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.n \
-                          ORDER BY k.o) \
+                          ORDER BY k.o), \
+                    NOT i.indimmediate \
              FROM pg_catalog.pg_index i \
              WHERE i.indrelid = $1 AND i.indisunique AND i.indisvalid \
                AND i.indpred IS NULL AND i.indexprs IS NULL \
@@ -205,6 +208,7 @@ pub(crate) async fn describe(
             primary: r.get(0),
             replica_identity: r.get(1),
             columns: r.get(2),
+            deferrable: r.get(3),
         })
         .collect();
     Ok(Some(PgTable {
@@ -257,6 +261,7 @@ pub(crate) fn source_schema(t: &PgTable) -> Result<TableRef> {
                 q = t.qualified()
             ))
     };
+    let key_deferrable = t.replication_key().is_some_and(|k| k.deferrable);
     let key: &[String] = match (t.replident.as_str(), t.replication_key()) {
         ("n", _) => {
             return Err(no_key(
@@ -287,6 +292,7 @@ pub(crate) fn source_schema(t: &PgTable) -> Result<TableRef> {
         columns,
         key,
         version: 1,
+        key_deferrable,
     }))
 }
 

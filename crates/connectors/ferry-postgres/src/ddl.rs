@@ -158,6 +158,7 @@ mod tests {
                 .collect(),
             key: vec![0],
             version: 1,
+            key_deferrable: false,
         }
     }
 

@@ -200,6 +200,7 @@ mod tests {
                 .collect(),
             key,
             version: 1,
+            key_deferrable: false,
         })
     }
 

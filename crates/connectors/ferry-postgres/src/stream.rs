@@ -611,6 +611,11 @@ impl Stream {
             columns,
             key,
             version,
+            // What the catalogue says now, else what ferry knew.
+            key_deferrable: match now.as_ref() {
+                Some(pg) => pg.replication_key().is_some_and(|k| k.deferrable),
+                None => prev.as_ref().is_some_and(|p| p.key_deferrable),
+            },
         });
         let mut filled = Vec::with_capacity(plan.filled.len());
         for (col, text) in &plan.filled {

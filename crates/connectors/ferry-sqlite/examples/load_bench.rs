@@ -57,6 +57,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         ],
         key: vec![0],
         version: 1,
+        key_deferrable: false,
     });
     let sink = SqliteSink::open(SqliteSinkConfig {
         path: path.clone(),

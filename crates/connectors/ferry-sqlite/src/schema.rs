@@ -162,6 +162,7 @@ pub(crate) fn read_selected_table(
         columns,
         key: key.into_iter().map(|(_, i)| i).collect(),
         version: 1,
+        key_deferrable: false,
     })
 }
 

@@ -431,6 +431,7 @@ mod tests {
             ],
             key: vec![0],
             version: 1,
+            key_deferrable: false,
         };
         assert_eq!(
             create_table_sql(&t, &["UNIQUE (\"amount\")".to_owned()]),

@@ -48,6 +48,7 @@ fn orders() -> TableRef {
         ],
         key: vec![0],
         version: 1,
+        key_deferrable: false,
     })
 }
 
@@ -510,6 +511,7 @@ async fn keyless_changes_apply_one_row_at_a_time_in_order() {
         ],
         key: vec![],
         version: 1,
+        key_deferrable: false,
     });
     ferry_testkit::doubles::keyless_conformance(&t.sink, log, |n, note| {
         vec![

@@ -136,9 +136,21 @@ impl Slot {
         }
     }
 
+    /// Whether the key holds at most one row: the batch put no row under
+    /// it, or the target's row is gone and one row took its place.
+    pub fn settled(&self) -> bool {
+        match self.arrived.len() {
+            0 => true,
+            1 => matches!(self.base, Base::Gone),
+            _ => false,
+        }
+    }
+
     /// What the sink must do under this key. A key still holding several
-    /// rows (a deferred unique key between two parts of one transaction)
-    /// cannot be written to a target with a unique key; the newest wins.
+    /// rows cannot be written to a target with a unique key; the newest
+    /// wins. It does not happen at the end of a transaction (the source
+    /// checked its key), and between the parts of a large one such keys
+    /// stay open ([`super::Merger::finish_part`]).
     pub fn net(mut self) -> Net {
         match (self.arrived.pop(), self.base) {
             (Some(row), _) => Net::Upsert(row),

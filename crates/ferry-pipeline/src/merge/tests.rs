@@ -18,6 +18,7 @@ pub(super) fn int_table(name: &str, columns: &[&str]) -> TableRef {
         columns: columns.iter().map(col).collect(),
         key: vec![0],
         version: 1,
+        key_deferrable: false,
     })
 }
 

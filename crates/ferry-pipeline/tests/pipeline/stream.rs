@@ -393,3 +393,38 @@ async fn renames_excluded_columns_and_filters_apply_to_snapshot_and_stream() {
     assert!(run.stats.tables().contains_key("orders_copy"));
     assert_eq!(run.stop().await.unwrap(), Outcome::Stopped);
 }
+
+/// A large transaction's rows under a deferrable key wait for the key to
+/// hold one row again, across parts (a swap half done at a part's end);
+/// more such rows than `queue_bytes` stop the pipeline with the fix, and
+/// nothing of the transaction reaches the target.
+#[tokio::test(flavor = "multi_thread")]
+async fn rows_held_under_a_deferrable_key_are_bounded_by_the_queue_bytes() {
+    let it = Arc::new(ferry_core::TableSchema {
+        key_deferrable: true,
+        ..(*items("items")).clone()
+    });
+    for (budget, fits) in [(1 << 20, true), (4000, false)] {
+        let db = MemoryDb::new();
+        db.commit(vec![ins(&it, item(1000, "seed", 0))]);
+        let sink = MemorySink::new();
+        let mut o = options(2);
+        o.queue_bytes = budget;
+        let src = source(&db, &[&it]).partial_after(10);
+        let mut run = start(src, Arc::new(sink.clone()), TransformSpec::default(), o);
+        streaming(&run).await;
+        db.commit((1..=95).map(|i| ins(&it, item(i, "big", i))).collect());
+        if fits {
+            run.synced(&db, &sink, &["items"]).await;
+            assert_eq!(run.stop().await.unwrap(), Outcome::Stopped);
+            continue;
+        }
+        let e = run.join().await.unwrap_err();
+        let text = format!("{e} {}", e.fix().unwrap_or_default());
+        assert!(
+            text.contains("DEFERRABLE") && text.contains("apply.queue_bytes"),
+            "{text}"
+        );
+        assert_eq!(sink.rows("items"), vec![item(1000, "seed", 0)]);
+    }
+}

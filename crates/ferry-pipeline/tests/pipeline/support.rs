@@ -48,6 +48,7 @@ pub fn table(name: &str, columns: &[&str]) -> TableRef {
         columns: cols,
         key: vec![0],
         version: 1,
+        key_deferrable: false,
     })
 }
 

@@ -45,6 +45,7 @@ pub fn conformance_table(name: TableName) -> TableRef {
         ],
         key: vec![0],
         version: 1,
+        key_deferrable: false,
     })
 }
 

@@ -67,6 +67,7 @@ pub fn source_conformance_tables() -> Vec<TableRef> {
                 ],
                 key: vec![0],
                 version: 1,
+                key_deferrable: false,
             })
         })
         .collect()

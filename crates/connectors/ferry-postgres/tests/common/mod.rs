@@ -30,6 +30,7 @@ pub fn table(ns: Option<&str>, name: &str, columns: Vec<Column>, key: Vec<usize>
         columns,
         key,
         version: 1,
+        key_deferrable: false,
     })
 }
 

@@ -251,6 +251,7 @@ async fn sink_applies_schema_changes_to_the_target() {
     let t2 = std::sync::Arc::new(ferry_core::TableSchema {
         columns: cols,
         version: 2,
+        key_deferrable: false,
         ..(*t).clone()
     });
     let mut w = sink.writer().await.unwrap();

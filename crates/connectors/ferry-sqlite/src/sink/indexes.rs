@@ -345,6 +345,7 @@ mod tests {
                 .collect(),
             key: vec![0],
             version: 1,
+            key_deferrable: false,
         };
         let from = IndexSource {
             path: src.clone(),

@@ -717,6 +717,7 @@ mod tests {
             columns: vec![col("a"), col("b"), col("c")],
             key: vec![1, 0],
             version: 1,
+            key_deferrable: false,
         }
     }
 
