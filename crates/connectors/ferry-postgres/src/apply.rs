@@ -36,7 +36,8 @@ impl Param<'_> {
 /// Whether a row holds an array only a text parameter can carry
 /// ([`Param::array_text`]): binary `COPY` cannot take it.
 pub(crate) fn has_array_text(t: &Target, row: &[Value]) -> bool {
-    t.types
+    t.has_arrays
+        && t.types
         .iter()
         .zip(row)
         .any(|(ty, v)| matches!((&ty.kind, v), (Kind::Array { .. }, Value::Text(_))))

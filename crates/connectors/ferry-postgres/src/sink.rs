@@ -84,6 +84,9 @@ pub(crate) struct Target {
     /// since PostgreSQL lets no `UPDATE` set them, updates leave them out
     /// (a key change moves the row by delete and insert).
     pub always_identity: Vec<usize>,
+    /// Some column is an array (whose value may come as text, see
+    /// [`crate::apply::has_array_text`]).
+    pub has_arrays: bool,
 }
 
 impl Target {
@@ -304,6 +307,7 @@ pub(crate) fn map_target(
     Ok(Target {
         deferrable_key,
         always_identity,
+        has_arrays: types.iter().any(|t| matches!(t.kind, Kind::Array { .. })),
         qualified: pg.qualified(),
         display,
         params: types.iter().map(param_type).collect(),
