@@ -235,61 +235,6 @@ fn add_to_pipeline(p: &Path, toml: &str) {
     std::fs::write(p, text).unwrap();
 }
 
-const M_SQL: &str = "SELECT id || '|' || v FROM m ORDER BY id";
-
-#[test]
-fn a_value_ferry_cannot_read_stops_naming_table_key_and_column_until_its_column_is_excluded() {
-    // A two-dimensional array: ferry carries one-dimensional ones only.
-    let both = Both::new(
-        "CREATE TABLE m (id int PRIMARY KEY, a int[], v text);
-         INSERT INTO m VALUES (1, '{1,2}', 'one'), (7, '{{1},{2}}', 'seven');",
-    );
-    let expect = |log: &str, key: &str| {
-        for part in [
-            &format!("cannot read column a of public.m at key ({key})"),
-            "one-dimensional arrays only",
-            "fix:",
-            "exclude_columns = [\"public.m.a\"]",
-        ] {
-            assert!(log.contains(part), "{part:?} not in:\n{log}");
-        }
-    };
-    // PostgreSQL → SQLite decodes the snapshot: it stops there, at key 7.
-    let (mut to_pg, mut to_sqlite) = both.run();
-    assert_eq!(exit_code(&mut to_sqlite), 2);
-    expect(&both.log("to_sqlite"), "7");
-    // PostgreSQL → PostgreSQL passes the snapshot through undecoded; a
-    // change carrying such a value stops it, at key 2, and again after a
-    // restart (the change is in the log).
-    eventually_blocking("the copy to PostgreSQL", Duration::from_secs(60), || {
-        let rows = both.pg.try_psql_in("dst", M_SQL).ok()?;
-        (rows == "1|one\n7|seven").then_some(())
-    });
-    both.pg
-        .psql_in("src", "INSERT INTO m VALUES (2, '{{3}}', 'two')");
-    assert_eq!(exit_code(&mut to_pg), 2);
-    expect(&both.log("to_pg"), "2");
-    let again = spawn_run(&both.to_pg, &both.dir.path("again.log"));
-    let mut again = again;
-    assert_eq!(exit_code(&mut again), 2);
-    expect(&both.log("again"), "2");
-
-    // The fix line's way out: exclude the column; both go on.
-    for p in [&both.to_pg, &both.to_sqlite] {
-        add_to_pipeline(p, "[tables]\nexclude_columns = [\"public.m.a\"]\n");
-    }
-    let runs = both.run();
-    both.pg
-        .psql_in("src", "INSERT INTO m VALUES (3, '{{4}}', 'three')");
-    eventually_blocking("every row on both targets", Duration::from_secs(60), || {
-        let pg = both.pg.try_psql_in("dst", M_SQL).ok()?;
-        let lite = both.sqlite("SELECT id, v FROM m ORDER BY id")?;
-        (pg == "1|one\n2|two\n3|three\n7|seven" && lite == pg).then_some(())
-    });
-    assert!(terminate(runs.0).success());
-    assert!(terminate(runs.1).success());
-}
-
 #[test]
 fn a_value_the_target_refuses_stops_naming_table_key_and_column() {
     let pg = PostgresServer::start();

@@ -38,9 +38,9 @@ impl Param<'_> {
 pub(crate) fn has_array_text(t: &Target, row: &[Value]) -> bool {
     t.has_arrays
         && t.types
-        .iter()
-        .zip(row)
-        .any(|(ty, v)| matches!((&ty.kind, v), (Kind::Array { .. }, Value::Text(_))))
+            .iter()
+            .zip(row)
+            .any(|(ty, v)| matches!((&ty.kind, v), (Kind::Array { .. }, Value::Text(_))))
 }
 
 impl ToSql for Param<'_> {

@@ -253,3 +253,65 @@ fn abbreviated(v: &Value) -> String {
         None => s,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use ferry_core::{Column, ColumnType, TableName};
+
+    use super::*;
+
+    fn table() -> TableSchema {
+        let col = |name: &str| Column {
+            name: name.into(),
+            ty: ColumnType::Int64,
+            nullable: true,
+            source_type: "int".into(),
+            user_type: None,
+        };
+        TableSchema {
+            name: TableName::new(Some("public"), "m"),
+            columns: vec![col("id"), col("a"), col("v")],
+            key: vec![0],
+            version: 1,
+            key_deferrable: false,
+        }
+    }
+
+    /// Every PostgreSQL value decodes today; a codec failure (a future
+    /// type, a malformed message) must still name table, key and column
+    /// with the way past it, and an unread column must not stop anything.
+    #[test]
+    fn a_value_that_does_not_decode_names_table_key_and_column() {
+        let t = table();
+        let decode = |i: usize| match i {
+            1 => Err(Error::data("malformed")),
+            i => Ok(Value::Int(i as i64 + 6)),
+        };
+        let e = decode_row(&t, 3, |_| false, decode).unwrap_err();
+        let text = format!("{e} {}", e.fix().unwrap_or_default());
+        for part in [
+            "cannot read column a of public.m at key (6): malformed",
+            "exclude_columns = [\"public.m.a\"]",
+        ] {
+            assert!(text.contains(part), "{part:?} not in {text}");
+        }
+        let row = decode_row(&t, 3, |i| i == 1, decode).unwrap();
+        assert_eq!(row, vec![Value::Int(6), Value::Null, Value::Int(8)]);
+        // A key that did not decode is not named.
+        let e = decode_row(
+            &t,
+            3,
+            |_| false,
+            |i| match i {
+                0 => Err(Error::data("malformed")),
+                _ => Ok(Value::Int(1)),
+            },
+        )
+        .unwrap_err();
+        assert!(
+            e.to_string()
+                .starts_with("cannot read column id of public.m: "),
+            "{e}"
+        );
+    }
+}
