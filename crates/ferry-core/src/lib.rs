@@ -3,6 +3,7 @@
 //! error classes. No I/O and no database drivers live here.
 
 pub mod batch;
+pub mod canonical;
 pub mod change;
 pub mod check;
 pub mod checkpoint;

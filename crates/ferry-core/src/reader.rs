@@ -74,26 +74,31 @@ pub trait TableReader: Send + Sync {
         )))
     }
 
-    /// The name of the row digest [`digest_range`](Self::digest_range)
-    /// computes: readers that give the same name give equal digests for
-    /// equal rows of tables of the same declared types. `None`: this
-    /// reader cannot digest rows where they are.
-    fn row_digest(&self) -> Option<&'static str> {
-        None
+    /// The row digests [`digest_range`](Self::digest_range) can compute,
+    /// preferred first: two readers giving the same name give equal
+    /// digests for equal rows. An engine's own digest (equal only between
+    /// tables of the same declared types of that engine) comes before
+    /// [`CANONICAL_DIGEST`](crate::canonical::CANONICAL_DIGEST), which
+    /// every engine computes alike. Empty: this reader cannot digest rows
+    /// where they are.
+    fn row_digests(&self) -> Vec<&'static str> {
+        Vec::new()
     }
 
-    /// The digest of the rows of `table` in `range`, the first `limit` of
-    /// them in key order when a limit is given (then `last` is where the
-    /// next range starts). `None` when this table cannot be digested here
-    /// (for instance a key no index orders as ferry does, which would
-    /// make every range a full scan).
+    /// The `digest` (one of [`row_digests`](Self::row_digests)) of the
+    /// rows of `table` in `range`, the first `limit` of them in key order
+    /// when a limit is given (then `last` is where the next range starts).
+    /// `None` when this table cannot be digested so here (for instance a
+    /// key no index orders as ferry does, which would make every range a
+    /// full scan, or a column the digest cannot encode).
     async fn digest_range(
         &self,
         table: &TableRef,
         range: &KeyRange,
         limit: Option<u64>,
+        digest: &str,
     ) -> Result<Option<RangeDigest>> {
-        let _ = (table, range, limit);
+        let _ = (table, range, limit, digest);
         Ok(None)
     }
 

@@ -10,12 +10,13 @@
 //! target's checkpoint has reached the source's position after that read.
 //! Only rows still different then are reported, with that position.
 //!
-//! Between two databases that can digest rows themselves
-//! ([`TableReader::row_digest`]: PostgreSQL ↔ PostgreSQL) a table whose
-//! rows travel unchanged is compared by digests of key ranges computed in
-//! each database ([`verify_by_digests`]); only ranges whose digests differ
-//! are split further, and only the smallest of those are read and compared
-//! row by row. Everything else streams both sides.
+//! Between two databases that digest rows alike ([`TableReader::row_digests`]:
+//! PostgreSQL's own digest between two PostgreSQL databases; the canonical
+//! digest of [`ferry_core::canonical`] between any two, SQLite included) a
+//! table whose rows travel unchanged is compared by digests of key ranges
+//! computed in each database ([`verify_by_digests`]); only ranges whose
+//! digests differ are split further, and only the smallest of those are
+//! read and compared row by row. Everything else streams both sides.
 
 use std::collections::HashMap;
 use std::collections::hash_map::DefaultHasher;
@@ -23,6 +24,7 @@ use std::hash::{Hash, Hasher};
 use std::io::Write;
 use std::time::{Duration, Instant};
 
+use ferry_core::canonical::CANONICAL_DIGEST;
 use ferry_core::{
     Checkpoint, CheckpointStore, DeclaredShape, Error, KeyRange, Position, RangeDigest, Source,
     TableReader, TableRef, Value, display_key,
@@ -432,16 +434,27 @@ pub async fn verify_table(sides: &Sides<'_>, pace: &Pace<'_>) -> Result<TableVer
     Ok(v)
 }
 
+/// The row digest both databases compute, the source's preference first
+/// ([`TableReader::row_digests`]).
+fn shared_digest(sides: &Sides<'_>) -> Option<&'static str> {
+    let target = sides.target.row_digests();
+    sides
+        .source
+        .row_digests()
+        .into_iter()
+        .find(|d| target.contains(d))
+}
+
 /// Both databases digest rows the same way, and the source's rows reach
-/// the target unchanged into columns of the same declared types.
+/// the target unchanged: an engine's own digest needs columns of the same
+/// declared types on both sides; the canonical digest
+/// ([`ferry_core::canonical`]) compares values, whatever the engines.
 fn digestible(sides: &Sides<'_>, v: &TableVerdict) -> Result<bool, Error> {
-    let same_digest = match (sides.source.row_digest(), sides.target.row_digest()) {
-        (Some(a), Some(b)) => a == b,
-        _ => false,
+    let Some(digest) = shared_digest(sides) else {
+        return Ok(false);
     };
     Ok(!sides.rows_only
-        && same_digest
-        && sides.same_engine
+        && (sides.same_engine || digest == CANONICAL_DIGEST)
         && v.structure.is_empty()
         && sides.transform.keeps_rows(sides.source_table)?)
 }
@@ -478,6 +491,9 @@ async fn digest_pieces(
     step: u64,
     pace: Option<&Pace<'_>>,
 ) -> Result<Option<Vec<Piece>>, Error> {
+    let Some(digest) = shared_digest(sides) else {
+        return Ok(None);
+    };
     let digest_source = |lower: Option<Vec<Value>>| {
         let rest = KeyRange {
             lower,
@@ -486,7 +502,7 @@ async fn digest_pieces(
         async move {
             sides
                 .source
-                .digest_range(sides.source_table, &rest, Some(step))
+                .digest_range(sides.source_table, &rest, Some(step), digest)
                 .await
         }
     };
@@ -507,7 +523,9 @@ async fn digest_pieces(
                 source.last.clone()
             },
         };
-        let digest_target = sides.target.digest_range(sides.target_table, &piece, None);
+        let digest_target = sides
+            .target
+            .digest_range(sides.target_table, &piece, None, digest);
         let target = if last {
             digest_target.await?
         } else {

@@ -772,10 +772,15 @@ fn postgres_verify_by_digests_reads_only_the_ranges_that_differ() {
 /// (through `tamper`) one UPDATE per `injected` assignment (ids 1, 2, …),
 /// a DELETE of id 20 and an INSERT of id 100 copied from id 21 (columns
 /// `columns`), and checks that verify reports exactly those rows.
+/// Copies, checks that `ferry verify` finds table `v` equal by `method`
+/// (by digests: without reading a single range row by row, so equal rows
+/// digest alike on both engines), then makes each `injected` change on
+/// the target and checks that exactly those rows are reported.
 fn injected_differences_are_found(
     p: &std::path::Path,
     log: &std::path::Path,
     copied: impl Fn() -> bool,
+    method: &str,
     injected: &[&str],
     columns: &str,
     tamper: impl FnOnce(&str),
@@ -786,8 +791,22 @@ fn injected_differences_are_found(
         copied().then_some(())
     });
     assert!(terminate(child).success());
-    let out = ferry(&["verify", ps]);
-    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let out = ferry(&["verify", ps, "--format", "json"]);
+    let report = json(&out);
+    assert_eq!(out.status.code(), Some(0), "{report:#}");
+    let v = report["tables"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["table"].as_str().is_some_and(|n| n.ends_with('v')))
+        .unwrap();
+    assert_eq!(v["method"], method, "{v:#}");
+    if method == "digests" {
+        assert_eq!(
+            v["ranges_read"], 0,
+            "equal rows digested differently: {v:#}"
+        );
+    }
     let mut sql: String = (1..)
         .zip(injected)
         .map(|(id, set)| format!("UPDATE v SET {set} WHERE id = {id};\n"))
@@ -830,6 +849,7 @@ fn sqlite_to_postgres_verify_finds_every_kind_of_difference_and_nothing_else() {
         &p,
         &d.path("ferry.log"),
         || crate::kit::pg_number(&pg, "dst", "SELECT count(*) FROM v") == 40,
+        "digests",
         &[
             "t = 'text '",
             "t = ''",
@@ -855,19 +875,27 @@ fn sqlite_to_postgres_verify_finds_every_kind_of_difference_and_nothing_else() {
 }
 
 /// Across engines (PostgreSQL → SQLite), every kind of difference made
-/// on the target is found, and nothing else.
-#[test]
-fn postgres_to_sqlite_verify_finds_every_kind_of_difference_and_nothing_else() {
+/// on the target is found, and nothing else: by digests computed on each
+/// side, or (with an array column, which has no canonical encoding) by
+/// streaming every row.
+fn postgres_to_sqlite_injection(with_array: bool) {
     let pg = ferry_testkit::PostgresServer::start();
     pg.create_database("src");
+    let (array_col, array_value) = if with_array {
+        (", a int[]", ", ARRAY[1, 2]")
+    } else {
+        ("", "")
+    };
     pg.psql_in(
         "src",
-        "CREATE TABLE v (id int PRIMARY KEY, t text, f float8, n numeric, ts timestamptz,
-                         d date, b bytea, j jsonb, a int[], u uuid, bo boolean, i interval);
-         INSERT INTO v SELECT g, 'text', 0.0, 1.50, '2024-01-01 12:00:00+00', '2024-01-01',
-                              '\\x00', '{\"k\": 1}', ARRAY[1, 2], '00000000-0000-0000-0000-000000000001',
-                              true, '1 day'
-                       FROM generate_series(1, 40) g;",
+        &format!(
+            "CREATE TABLE v (id int PRIMARY KEY, t text, f float8, n numeric, ts timestamptz,
+                             d date, b bytea, j jsonb, u uuid, bo boolean, i interval{array_col});
+             INSERT INTO v SELECT g, 'text', 0.0, 1.50, '2024-01-01 12:00:00+00', '2024-01-01',
+                                  '\\x00', '{{\"k\": 1}}', '00000000-0000-0000-0000-000000000001',
+                                  true, '1 day'{array_value}
+                           FROM generate_series(1, 40) g;"
+        ),
     );
     let d = Dir::new();
     let target = d.path("target.db");
@@ -876,28 +904,44 @@ fn postgres_to_sqlite_verify_finds_every_kind_of_difference_and_nothing_else() {
         &format!("sqlite:{}", target.display()),
         "",
     );
+    let mut injected = vec![
+        "t = 'text '",
+        "t = ''",
+        "t = NULL",
+        "f = 1e308",
+        "f = 'NaN'",
+        "f = 9e999",
+        "n = '1.51'",
+        "ts = '2024-01-01 12:00:00.000001+00:00'",
+        "d = '-0043-01-01'",
+        "b = x''",
+        "j = '{\"k\": 1.0}'",
+        "u = '00000000-0000-0000-0000-000000000002'",
+        "bo = NULL",
+        "i = 'P0M0DT86400S'",
+    ];
+    let mut columns = "t, f, n, ts, d, b, j, u, bo, i".to_owned();
+    if with_array {
+        injected.push("a = '[1,null]'");
+        columns.push_str(", a");
+    }
     injected_differences_are_found(
         &p,
         &d.path("ferry.log"),
         || count(&target, "v") == 40,
-        &[
-            "t = 'text '",
-            "t = ''",
-            "t = NULL",
-            "f = 1e308",
-            "f = 'NaN'",
-            "f = 9e999",
-            "n = '1.51'",
-            "ts = '2024-01-01 12:00:00.000001+00:00'",
-            "d = '-0043-01-01'",
-            "b = x''",
-            "j = '{\"k\": 1.0}'",
-            "a = '[1,null]'",
-            "u = '00000000-0000-0000-0000-000000000002'",
-            "bo = NULL",
-            "i = 'P0M0DT86400S'",
-        ],
-        "t, f, n, ts, d, b, j, a, u, bo, i",
+        if with_array { "rows" } else { "digests" },
+        &injected,
+        &columns,
         |sql| open(&target).execute_batch(sql).unwrap(),
     );
+}
+
+#[test]
+fn postgres_to_sqlite_verify_finds_every_kind_of_difference_and_nothing_else() {
+    postgres_to_sqlite_injection(true);
+}
+
+#[test]
+fn postgres_to_sqlite_verify_by_digests_finds_every_kind_of_difference() {
+    postgres_to_sqlite_injection(false);
 }

@@ -6,6 +6,7 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
+use ferry_core::canonical::{CANONICAL_DIGEST, hash64};
 use ferry_core::{Error, KeyRange, RangeDigest, Result, TableName, TableRef, Value};
 use futures_util::StreamExt;
 use tokio_postgres::{Client, CopyOutStream};
@@ -173,7 +174,7 @@ pub(crate) struct KeyOrderReads {
     /// The connection row digests are computed on, its text output fixed
     /// ([`DIGEST_SETTINGS`]); `None` inside when the server has no
     /// `hashtextextended` (before PostgreSQL 11).
-    digests: tokio::sync::OnceCell<Option<Client>>,
+    digests: tokio::sync::OnceCell<Option<DigestConnection>>,
     /// What digesting each table needs, by table and structure version;
     /// `None`: the table cannot be digested.
     plans: tokio::sync::Mutex<HashMap<TableVersion, Option<Arc<DigestPlan>>>>,
@@ -187,13 +188,93 @@ struct DigestPlan {
     from: String,
     cols: Vec<ReadColumn>,
     key_cols: Vec<ReadColumn>,
+    /// The row's canonical encoding as a SQL expression
+    /// ([`canonical_row`]); `None` when a column has none.
+    canonical: Option<String>,
 }
 
-/// The digest PostgreSQL readers compute: `hashtextextended` of the row's
-/// text, summed. Equal for equal rows of equal types whatever the two
-/// servers' settings, because the digest connection fixes every setting
-/// that changes a value's text.
+struct DigestConnection {
+    client: Client,
+    /// `hashtextextended` computes [`ferry_core::canonical::hash64`] here
+    /// (a little-endian server), so the canonical digest can be offered.
+    canonical: bool,
+}
+
+/// The digest PostgreSQL readers prefer between themselves:
+/// `hashtextextended` of the row's text, summed. Equal for equal rows of
+/// equal types whatever the two servers' settings, because the digest
+/// connection fixes every setting that changes a value's text.
 pub(crate) const ROW_DIGEST: &str = "postgresql: sum of hashtextextended(row text)";
+
+/// Every digest a PostgreSQL reader offers, preferred first.
+pub(crate) const ROW_DIGESTS: [&str; 2] = [ROW_DIGEST, CANONICAL_DIGEST];
+
+/// Text whose hash tells whether the server hashes as ferry does.
+const HASH_PROBE: &str = "ferry: does this server hash like lookup3 on little-endian?";
+
+/// The SQL expression of column `c`'s canonical encoding
+/// ([`ferry_core::canonical`]), never NULL; `None` for a column without
+/// one (arrays).
+fn canonical_column(c: &ReadColumn) -> Option<String> {
+    let q = &c.quoted;
+    let with = |tag: &str, payload: String| format!("coalesce('{tag}' || {payload} || ';', 'N;')");
+    let sized = |tag: &str, text: String| {
+        format!("coalesce('{tag}' || octet_length({text})::text || ':' || {text}, 'N;')")
+    };
+    let micros = |of: &str| format!("(EXTRACT(EPOCH FROM {of}) * 1000000)::bigint::text");
+    let finite_or_text =
+        |finite: String| format!("CASE WHEN isfinite({q}) THEN {finite} ELSE {q}::text END");
+    // `format` (the type's output function) turns NULL into ''.
+    let output = format!("CASE WHEN {q} IS NOT NULL THEN format('%s', {q}) END");
+    Some(match &c.kind {
+        Kind::Bool => format!("CASE WHEN {q} IS NULL THEN 'N;' WHEN {q} THEN 'Bt;' ELSE 'Bf;' END"),
+        Kind::Int2 | Kind::Int4 | Kind::Int8 => with("I", format!("{q}::text")),
+        Kind::Float4 | Kind::Float8 => with(
+            "F",
+            format!(
+                "CASE WHEN {q} = 'NaN' THEN '7ff8000000000000' \
+                 ELSE encode(float8send({q}::float8), 'hex') END"
+            ),
+        ),
+        Kind::Numeric => with("D", format!("{q}::text")),
+        // `char(n)` keeps its padding (its cast to text would drop it);
+        // addresses print as their output function does.
+        Kind::Text if c.type_name.starts_with("character(") || c.type_name == "character" => {
+            sized("S", output)
+        }
+        Kind::Inet | Kind::Cidr => sized("S", output),
+        Kind::Text | Kind::Enum | Kind::Other => sized("S", format!("{q}::text")),
+        Kind::Json | Kind::Jsonb => sized("J", format!("{q}::text")),
+        Kind::Bytea => with("X", format!("encode({q}, 'hex')")),
+        Kind::Date => with(
+            "A",
+            finite_or_text(format!("({q} - DATE '1970-01-01')::text")),
+        ),
+        Kind::Time => with("T", micros(q)),
+        Kind::Timestamp => with("P", finite_or_text(micros(q))),
+        Kind::TimestampTz => with("Z", finite_or_text(micros(q))),
+        Kind::Interval => with(
+            "V",
+            format!(
+                "(EXTRACT(YEAR FROM {q}) * 12 + EXTRACT(MONTH FROM {q}))::bigint::text || ',' || \
+                 EXTRACT(DAY FROM {q})::bigint::text || ',' || \
+                 (EXTRACT(HOUR FROM {q}) * 3600000000 + EXTRACT(MINUTE FROM {q}) * 60000000 \
+                  + EXTRACT(MICROSECONDS FROM {q}))::bigint::text"
+            ),
+        ),
+        Kind::Uuid => with("U", format!("{q}::text")),
+        Kind::Array { .. } => return None,
+    })
+}
+
+/// A row's canonical encoding: its columns' one after the other.
+fn canonical_row(cols: &[ReadColumn]) -> Option<String> {
+    let parts = cols
+        .iter()
+        .map(canonical_column)
+        .collect::<Option<Vec<_>>>()?;
+    Some(format!("concat({})", parts.join(", ")))
+}
 
 const DIGEST_SETTINGS: &str = "SET DateStyle = 'ISO, YMD'; SET IntervalStyle = 'postgres'; \
      SET TimeZone = 'UTC'; SET extra_float_digits = 1; SET bytea_output = 'hex'; \
@@ -220,7 +301,7 @@ impl KeyOrderReads {
         }
     }
 
-    async fn digest_client(&self) -> Result<Option<&Client>> {
+    async fn digest_client(&self) -> Result<Option<&DigestConnection>> {
         let c = self
             .digests
             .get_or_try_init(|| async {
@@ -236,7 +317,16 @@ impl KeyOrderReads {
                 c.batch_execute(DIGEST_SETTINGS)
                     .await
                     .map_err(|e| pg_error(e, "preparing a connection for row digests"))?;
-                Ok::<_, Error>(Some(c))
+                let probe: i64 = c
+                    .query_one("SELECT hashtextextended($1, 0)", &[&HASH_PROBE])
+                    .await
+                    .map_err(|e| pg_error(e, "probing the server's hash function"))?
+                    .get(0);
+                let canonical = probe == hash64(HASH_PROBE.as_bytes(), 0) as i64;
+                Ok::<_, Error>(Some(DigestConnection {
+                    client: c,
+                    canonical,
+                }))
             })
             .await?;
         Ok(c.as_ref())
@@ -254,6 +344,7 @@ impl KeyOrderReads {
         table: &TableRef,
         range: &KeyRange,
         limit: Option<u64>,
+        digest: &str,
     ) -> Result<Option<RangeDigest>> {
         let plan_key = (table.name.clone(), table.version);
         let known = self.plans.lock().await.get(&plan_key).cloned();
@@ -267,6 +358,7 @@ impl KeyOrderReads {
                 let plan = (!key_cols.is_empty() && indexed_order(&key_cols)).then(|| {
                     Arc::new(DigestPlan {
                         from: pg.qualified(),
+                        canonical: canonical_row(&cols),
                         cols,
                         key_cols,
                     })
@@ -278,18 +370,26 @@ impl KeyOrderReads {
         let Some(plan) = plan else {
             return Ok(None);
         };
-        let Some(client) = self.digest_client().await? else {
+        let Some(conn) = self.digest_client().await? else {
             return Ok(None);
         };
+        let client = &conn.client;
         let (cols, key_cols) = (&plan.cols, &plan.key_cols);
         let key_refs: Vec<&ReadColumn> = key_cols.iter().collect();
-        let row_text = format!(
-            "hashtextextended(ROW({})::text, 0)",
-            cols.iter()
-                .map(|c| c.quoted.as_str())
-                .collect::<Vec<_>>()
-                .join(", ")
-        );
+        let row_text = match digest {
+            ROW_DIGEST => format!(
+                "hashtextextended(ROW({})::text, 0)",
+                cols.iter()
+                    .map(|c| c.quoted.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+            CANONICAL_DIGEST => match (&plan.canonical, conn.canonical) {
+                (Some(row), true) => format!("hashtextextended({row}, 0)"),
+                _ => return Ok(None),
+            },
+            _ => return Ok(None),
+        };
         let mut from = plan.from.clone();
         if let Some(p) = range_predicate(&key_refs, range)? {
             from.push_str(&format!(" WHERE {p}"));

@@ -991,8 +991,8 @@ impl TableReader for PostgresSink {
             .await
     }
 
-    fn row_digest(&self) -> Option<&'static str> {
-        Some(crate::reader::ROW_DIGEST)
+    fn row_digests(&self) -> Vec<&'static str> {
+        crate::reader::ROW_DIGESTS.to_vec()
     }
 
     async fn digest_range(
@@ -1000,13 +1000,16 @@ impl TableReader for PostgresSink {
         table: &TableRef,
         range: &ferry_core::KeyRange,
         limit: Option<u64>,
+        digest: &str,
     ) -> Result<Option<ferry_core::RangeDigest>> {
         let describe = async {
             self.describe(&table.name).await?.ok_or_else(|| {
                 Error::fatal(format!("table {} does not exist on the target", table.name))
             })
         };
-        self.reads.digest_range(describe, table, range, limit).await
+        self.reads
+            .digest_range(describe, table, range, limit, digest)
+            .await
     }
 
     async fn scan_rows(

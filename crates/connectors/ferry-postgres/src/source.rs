@@ -866,8 +866,8 @@ impl TableReader for PostgresSource {
             .await
     }
 
-    fn row_digest(&self) -> Option<&'static str> {
-        Some(crate::reader::ROW_DIGEST)
+    fn row_digests(&self) -> Vec<&'static str> {
+        crate::reader::ROW_DIGESTS.to_vec()
     }
 
     async fn digest_range(
@@ -875,9 +875,16 @@ impl TableReader for PostgresSource {
         table: &TableRef,
         range: &ferry_core::KeyRange,
         limit: Option<u64>,
+        digest: &str,
     ) -> Result<Option<ferry_core::RangeDigest>> {
         self.reads
-            .digest_range(self.describe_for_reading(table), table, range, limit)
+            .digest_range(
+                self.describe_for_reading(table),
+                table,
+                range,
+                limit,
+                digest,
+            )
             .await
     }
 

@@ -2,8 +2,9 @@
 //! conversion, and the [`TableReader`](ferry_core::TableReader) queries the
 //! source and the sink share.
 
+use ferry_core::canonical::{CANONICAL_DIGEST, HashSum, row_hash};
 use ferry_core::value::display_key;
-use ferry_core::{Error, Result, TableRef, TableSchema, Value};
+use ferry_core::{ColumnType, Error, KeyRange, RangeDigest, Result, TableRef, TableSchema, Value};
 use rusqlite::Connection;
 use rusqlite::types::ValueRef;
 
@@ -284,4 +285,98 @@ pub(crate) async fn scan_rows(
         }
         after = last;
     }
+}
+
+/// Serves [`ferry_core::TableReader::digest_range`] for
+/// [`CANONICAL_DIGEST`], the one digest a SQLite reader offers: the rows of
+/// `range` (the first `limit` in key order) are read in-process (SQLite is
+/// embedded: no row crosses a link) and each row's canonical encoding is
+/// hashed as a PostgreSQL server hashes it in SQL. `None` for a table
+/// without a key or with an array column (no canonical encoding).
+pub(crate) async fn digest_range(
+    conn: &Blocking<Connection>,
+    table: &TableRef,
+    range: &KeyRange,
+    limit: Option<u64>,
+    digest: &str,
+    side: Side,
+) -> Result<Option<RangeDigest>> {
+    let arrays = table
+        .columns
+        .iter()
+        .any(|c| matches!(c.ty, ColumnType::Array(_)));
+    if digest != CANONICAL_DIGEST || table.is_keyless() || arrays {
+        return Ok(None);
+    }
+    let table = TableRef::clone(table);
+    let range = range.clone();
+    let path = conn.path.clone();
+    conn.run(move |c| digest_range_in(c, &path, &table, &range, limit, side))
+        .await
+}
+
+fn digest_range_in(
+    c: &Connection,
+    path: &std::path::Path,
+    table: &TableSchema,
+    range: &KeyRange,
+    limit: Option<u64>,
+    side: Side,
+) -> Result<Option<RangeDigest>> {
+    let n = table.key.len();
+    let mut conds = Vec::new();
+    let mut bound: Vec<&Value> = Vec::new();
+    if let Some(lower) = &range.lower {
+        conds.push(format!("{} > {}", key_tuple(table), params_tuple(1, n)));
+        bound.extend(lower);
+    }
+    if let Some(upper) = &range.upper {
+        let first = bound.len() + 1;
+        conds.push(format!(
+            "{} <= {}",
+            key_tuple(table),
+            params_tuple(first, n)
+        ));
+        bound.extend(upper);
+    }
+    let filter = if conds.is_empty() {
+        String::new()
+    } else {
+        format!("WHERE {}", conds.join(" AND "))
+    };
+    let sql = format!(
+        "SELECT {} FROM {} {filter} ORDER BY {}{}",
+        column_list(table),
+        ident(&table.name.name),
+        key_order(table),
+        limit.map(|l| format!(" LIMIT {l}")).unwrap_or_default()
+    );
+    let fail = |e| {
+        db_error(path, "digesting rows", e)
+            .with("table", table.name.to_string())
+            .with("statement", sql.clone())
+    };
+    let mut stmt = c.prepare_cached(&sql).map_err(fail)?;
+    for (i, v) in bound.iter().enumerate() {
+        stmt.raw_bind_parameter(i + 1, Param(v)).map_err(fail)?;
+    }
+    let mut rows = stmt.raw_query();
+    let (mut count, mut sum, mut buf) = (0u64, HashSum::default(), Vec::new());
+    let mut last = None;
+    while let Some(row) = rows.next().map_err(fail)? {
+        let values = convert_row(table, row, side)?;
+        let Some(h) = row_hash(&values, &mut buf) else {
+            return Ok(None);
+        };
+        sum.add(h);
+        count += 1;
+        if limit.is_some() {
+            last = Some(table.key_of(&values));
+        }
+    }
+    Ok(Some(RangeDigest {
+        rows: count,
+        sum: sum.to_string(),
+        last: if count == 0 { None } else { last },
+    }))
 }

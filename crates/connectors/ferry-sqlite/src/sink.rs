@@ -384,6 +384,28 @@ impl TableReader for SqliteSink {
     ) -> Result<()> {
         crate::reader::scan_rows(&self.conn, table, on_rows, crate::reader::Side::Target).await
     }
+
+    fn row_digests(&self) -> Vec<&'static str> {
+        vec![ferry_core::canonical::CANONICAL_DIGEST]
+    }
+
+    async fn digest_range(
+        &self,
+        table: &TableRef,
+        range: &ferry_core::KeyRange,
+        limit: Option<u64>,
+        digest: &str,
+    ) -> Result<Option<ferry_core::RangeDigest>> {
+        crate::reader::digest_range(
+            &self.conn,
+            table,
+            range,
+            limit,
+            digest,
+            crate::reader::Side::Target,
+        )
+        .await
+    }
 }
 
 #[cfg(test)]

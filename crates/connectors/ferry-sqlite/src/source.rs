@@ -936,4 +936,26 @@ impl TableReader for SqliteSource {
     ) -> Result<()> {
         crate::reader::scan_rows(&self.conn, table, on_rows, crate::reader::Side::Source).await
     }
+
+    fn row_digests(&self) -> Vec<&'static str> {
+        vec![ferry_core::canonical::CANONICAL_DIGEST]
+    }
+
+    async fn digest_range(
+        &self,
+        table: &TableRef,
+        range: &ferry_core::KeyRange,
+        limit: Option<u64>,
+        digest: &str,
+    ) -> Result<Option<ferry_core::RangeDigest>> {
+        crate::reader::digest_range(
+            &self.conn,
+            table,
+            range,
+            limit,
+            digest,
+            crate::reader::Side::Source,
+        )
+        .await
+    }
 }
