@@ -6,7 +6,10 @@
 //! find, key by key, in about the time an equal table takes.
 //!
 //! Both tables come from the same deterministic `INSERT … SELECT`, so they
-//! are equal without a copy. Progress goes to stderr, the report to stdout.
+//! are equal without a copy. Then the same across engines: a SQLite file
+//! copied into the target cluster by `ferry run`, verified row by row and
+//! by the canonical digests (SQLite in-process, PostgreSQL in SQL), equal
+//! and with rows changed. Progress goes to stderr, the report to stdout.
 
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
@@ -163,8 +166,8 @@ fn digests(run: Timed, code: i32, what: &str) -> Res<Digests> {
     let method = json_field(&run.stdout, "method");
     if method != Some("digests") {
         return Err(format!(
-            "{what} compared t by {method:?}, not by digests: `--method auto` between two \
-             PostgreSQL databases should digest ranges in each database; output: {}",
+            "{what} compared t by {method:?}, not by digests: `--method auto` should digest \
+             ranges in each database; output: {}",
             run.stdout.trim()
         ));
     }
@@ -181,8 +184,101 @@ struct Results {
     pgcopydb: Result<Timed, String>,
     equal: Digests,
     different: Digests,
+    /// The target reached through a cross-region link: by rows, by digests.
+    far: (Timed, Digests),
     /// Seconds of one `count(*), sum(hashtextextended(t::text, 0))` pass.
     floor: f64,
+    cross: CrossEngine,
+}
+
+/// SQLite → PostgreSQL: the same compare across engines.
+struct CrossEngine {
+    /// `ferry run` until the copy was complete.
+    copy_secs: f64,
+    by_rows: Timed,
+    equal: Digests,
+    different: Digests,
+}
+
+/// Copies a SQLite table of `rows` rows into database `lite` of `dst` with
+/// `ferry run`, then verifies it row by row and by digests, equal and with
+/// [`CHANGED`] rows changed on the target.
+fn measure_cross_engine(
+    rows: u64,
+    ferry: &Path,
+    work: &Path,
+    dst: &Cluster,
+    timeout: Duration,
+) -> Res<CrossEngine> {
+    eprintln!("== across engines: t in a SQLite file, copied by ferry run into dst.lite");
+    let file = work.join("lite-source.db");
+    crate::data::create_source(&file, rows, 42)?;
+    dst.create_database("lite")?;
+    let name = "verify_bench_lite";
+    let pipeline = work.join(format!("{name}.toml"));
+    let text = format!(
+        "name = \"{name}\"\n[source]\nurl = \"sqlite:{}\"\n[target]\nurl = \"{}\"\n",
+        file.display(),
+        dst.url("lite")
+    );
+    std::fs::write(&pipeline, text).ctx(|| format!("writing {}", pipeline.display()))?;
+    let mut probe = dst.connect("lite")?;
+    let copied = format!(
+        "SELECT (SELECT count(*) FROM t) = {rows} AND EXISTS (SELECT 1 FROM pg_constraint \
+           WHERE conrelid = to_regclass('public.t') AND contype = 'p')"
+    );
+    let mut run = process::Ferry::start(ferry, &pipeline, &work.join("lite-run.log"))?;
+    let done = run.wait_for("the copy of t into PostgreSQL", timeout, || {
+        match probe.try_query(&copied)? {
+            Ok(r) => Ok(r.first().and_then(|r| r[0].as_deref()) == Some("t")),
+            // t is not created yet.
+            Err(e) if e.code == "42P01" => Ok(false),
+            Err(e) => Err(format!("polling the copy: {}", e.message)),
+        }
+    })?;
+    let copy_secs = done.duration_since(run.started).as_secs_f64();
+    run.stop()?;
+    probe.exec("VACUUM ANALYZE t")?;
+    dst.checkpoint()?;
+    sync_os()?;
+    let verify = |name: &str, method: &[&str]| {
+        let mut cmd = Command::new(ferry);
+        cmd.arg("verify")
+            .arg(&pipeline)
+            .args(method)
+            .args(["--format", "json", "--settle", "0"])
+            .env("FERRY_LOG", "warn")
+            .env("NO_COLOR", "1");
+        timed(cmd, name, work, timeout)
+    };
+    let by_rows = verify("e-rows", &["--method", "rows"])?;
+    by_rows.expect_code(0, "ferry verify --method rows, SQLite → PostgreSQL, equal")?;
+    eprintln!("   rows: {:.2} s", by_rows.secs);
+    let equal = digests(
+        verify("f-digests", &[])?,
+        0,
+        "ferry verify, SQLite → PostgreSQL, equal",
+    )?;
+    eprintln!("   digests, equal: {:.2} s", equal.run.secs);
+    let ids = changed_ids(rows);
+    let list: Vec<String> = ids.iter().map(u64::to_string).collect();
+    probe.exec(&format!(
+        "UPDATE t SET b = b || 'x' WHERE id IN ({})",
+        list.join(", ")
+    ))?;
+    let what = format!("ferry verify, SQLite → PostgreSQL, {CHANGED} rows changed");
+    let different = digests(verify("g-digests", &[])?, 1, &what)?;
+    let found = difference_ids(&different.run.stdout);
+    if found != ids {
+        return Err(format!("{what} listed ids {found:?}, expected {ids:?}"));
+    }
+    eprintln!("   digests, different: {:.2} s", different.run.secs);
+    Ok(CrossEngine {
+        copy_secs,
+        by_rows,
+        equal,
+        different,
+    })
 }
 
 /// Whether this pgcopydb has `compare data` (0.13 and later), or why not.
@@ -308,12 +404,62 @@ fn measure(
     }
     show("digests, different", &different.run);
 
+    let link = ferry_testkit::Link::cross_region();
+    eprintln!(
+        "== (c) the target across a link of {} Mbit/s and {} ms each way (the test kit's proxy), \
+         {CHANGED} rows changed",
+        link.bits_per_sec.unwrap_or(0) / 1_000_000,
+        link.latency.as_millis()
+    );
+    let proxy =
+        ferry_testkit::LinkProxy::start(dst.port, link).ctx(|| "starting the link proxy".into())?;
+    let far_pipeline = work.join(format!("{PIPELINE}_far.toml"));
+    let text = format!(
+        "name = \"{PIPELINE}\"\n[source]\nurl = \"{}\"\n[target]\nurl = \
+         \"postgres://postgres@127.0.0.1:{}/dst\"\n",
+        src.url("src"),
+        proxy.port()
+    );
+    std::fs::write(&far_pipeline, text).ctx(|| format!("writing {}", far_pipeline.display()))?;
+    let far = |name: &str, method: &[&str]| {
+        let mut cmd = Command::new(ferry);
+        cmd.arg("verify")
+            .arg(&far_pipeline)
+            .args(method)
+            .args(["--format", "json", "--settle", "0"])
+            .env("FERRY_LOG", "warn")
+            .env("NO_COLOR", "1");
+        timed(cmd, name, work, timeout * 4)
+    };
+    let far_rows = far("c-far-rows", &["--method", "rows"])?;
+    far_rows.expect_code(1, "ferry verify --method rows across the link")?;
+    show("rows across the link", &far_rows);
+    let far_digests = digests(
+        far("c-far-digests", &[])?,
+        1,
+        "ferry verify across the link",
+    )?;
+    show("digests across the link", &far_digests.run);
+    for (what, out) in [
+        ("rows", &far_rows.stdout),
+        ("digests", &far_digests.run.stdout),
+    ] {
+        let found = difference_ids(out);
+        if found != ids {
+            return Err(format!(
+                "{what} across the link listed ids {found:?}, expected {ids:?}"
+            ));
+        }
+    }
+    drop(proxy);
+
     eprintln!("== one in-database pass over t on the source alone");
     let mut c = src.connect("src")?;
     let t = Instant::now();
     c.exec("SELECT count(*), sum(hashtextextended(t::text, 0)) FROM t")?;
     let floor = t.elapsed().as_secs_f64();
     eprintln!("   {floor:.2} s ({} rows/s)", rate(rows, floor));
+    let cross = measure_cross_engine(rows, ferry, work, dst, timeout)?;
     Ok(Results {
         row_bytes,
         table_mib,
@@ -321,7 +467,9 @@ fn measure(
         pgcopydb,
         equal,
         different,
+        far: (far_rows, far_digests),
         floor,
+        cross,
     })
 }
 
@@ -387,15 +535,65 @@ impl Results {
             self.floor,
             rate(rows, self.floor)
         );
+        let x = &self.cross;
+        let cross = |t: &Timed| {
+            format!(
+                "{:.2} | {} | {:.2} | {}",
+                t.secs,
+                rate(rows, t.secs),
+                t.secs / x.by_rows.secs,
+                mib(t.rss_kib)
+            )
+        };
+        let _ = writeln!(
+            o,
+            "\nAcross engines, SQLite → PostgreSQL (the same {} rows generated into a SQLite \
+             file, copied by `ferry run` in {:.1} s):\n",
+            thousands(rows),
+            x.copy_secs
+        );
+        o.push_str("| method | seconds | row pairs/s | ratio to (e) | peak RSS |\n");
+        o.push_str("| --- | ---: | ---: | ---: | ---: |\n");
+        let _ = writeln!(
+            o,
+            "| (e) `ferry verify --method rows` | {} |\n\
+             | (f) **`ferry verify`** (canonical digests: SQLite in-process, PostgreSQL in SQL), \
+             tables equal ({} ranges, {} read row by row) | {} |\n\
+             | (g) **`ferry verify`**, {CHANGED} rows changed on the target ({} ranges, {} read \
+             row by row; all {CHANGED} keys listed) | {} |",
+            cross(&x.by_rows),
+            x.equal.ranges,
+            x.equal.read,
+            cross(&x.equal.run),
+            x.different.ranges,
+            x.different.read,
+            cross(&x.different.run),
+        );
         let _ = writeln!(o, "\nTargets:\n");
         let _ = writeln!(
             o,
             "- (d) within {DIFFERENT_VS_EQUAL}× of (c): {d_vs_c:.2}× → {}",
             verdict(d_vs_c <= DIFFERENT_VS_EQUAL)
         );
+        let f_vs_e = x.equal.run.secs / x.by_rows.secs;
         let _ = writeln!(
             o,
-            "- (c) throttled link (100 Mbit/s, 20 ms) not measured: no proxy in the bench yet"
+            "- across engines, (f) at least as fast as (e): {:.2}× faster → {}",
+            1.0 / f_vs_e,
+            verdict(f_vs_e <= 1.0)
+        );
+        let (far_rows, far_digests) = &self.far;
+        let far_ratio = far_rows.secs / far_digests.run.secs;
+        let _ = writeln!(
+            o,
+            "- the target across a link of 100 Mbit/s and 20 ms each way ({CHANGED} rows \
+             changed, all listed by both): rows {:.2} s, digests {:.2} s ({} ranges, {} read \
+             row by row); digests at least 10× faster: {far_ratio:.1}× → {}",
+            far_rows.secs,
+            far_digests.run.secs,
+            far_digests.ranges,
+            far_digests.read,
+            verdict(far_ratio >= 10.0)
         );
         let _ = writeln!(o, "\n- machine: {}", Machine::read().line());
         let _ = writeln!(

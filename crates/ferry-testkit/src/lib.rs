@@ -9,6 +9,8 @@
 //! * [`doubles`]: in-memory, recording and fault-injecting doubles of the
 //!   `ferry-core` contracts.
 //! * [`failpoint`]: named failure points.
+//! * [`link`]: a proxy that makes a loopback connection a slow, distant
+//!   link (bandwidth, latency, a cut on command).
 //!
 //! The servers' binaries are installed by `scripts/install-test-deps.sh`.
 
@@ -17,10 +19,12 @@
 pub mod doubles;
 pub mod eventually;
 pub mod failpoint;
+pub mod link;
 pub mod port;
 pub mod server;
 
 pub use eventually::{Attempt, eventually, eventually_blocking};
+pub use link::{Link, LinkProxy};
 pub use port::{free_port, port_is_open};
 pub use server::{
     MariaDbBuilder, MariaDbServer, NatsBuilder, NatsServer, PostgresBuilder, PostgresServer,

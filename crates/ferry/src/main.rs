@@ -69,9 +69,10 @@ enum Command {
         /// (tables with a key).
         #[arg(long, value_name = "ROWS")]
         max_rows_per_sec: Option<u64>,
-        /// `auto`: where both databases can digest rows (PostgreSQL ↔ PostgreSQL, rows
-        /// unchanged), compare digests of key ranges computed in each database and read only
-        /// the ranges that differ; else stream every row. `rows`: always stream every row.
+        /// `auto`: where both databases can digest rows (rows unchanged by the pipeline; across
+        /// engines, no array column), compare digests of key ranges computed in each database
+        /// and read only the ranges that differ; else stream every row. `rows`: always stream
+        /// every row.
         #[arg(long, value_enum, default_value = "auto")]
         method: verify::Method,
     },

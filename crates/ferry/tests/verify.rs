@@ -945,3 +945,65 @@ fn postgres_to_sqlite_verify_finds_every_kind_of_difference_and_nothing_else() {
 fn postgres_to_sqlite_verify_by_digests_finds_every_kind_of_difference() {
     postgres_to_sqlite_injection(false);
 }
+
+/// Over a slow, distant link to the target (the test kit's proxy), digests
+/// move a small fraction of the bytes streaming every row moves, and find
+/// the same difference; a cut link is an error (exit 2) naming the
+/// unreachable address, not a report of differences.
+#[test]
+fn over_a_distant_link_digests_move_a_fraction_of_the_bytes() {
+    use ferry_testkit::{Link, LinkProxy};
+    let pg = ferry_testkit::PostgresServer::start();
+    pg.create_database("src");
+    pg.create_database("dst");
+    let rows = 100_000;
+    let fill = format!(
+        "CREATE TABLE t (id int PRIMARY KEY, b text);
+         INSERT INTO t SELECT g, repeat(md5(g::text), 3) FROM generate_series(1, {rows}) g;"
+    );
+    pg.psql_in("src", &fill);
+    pg.psql_in("dst", &fill);
+    pg.psql_in("dst", "UPDATE t SET b = b || 'x' WHERE id = 12345");
+    let link = LinkProxy::start(
+        pg.port(),
+        Link {
+            bits_per_sec: Some(50_000_000),
+            latency: Duration::from_millis(2),
+        },
+    )
+    .unwrap();
+    let far = pg
+        .url_for("dst")
+        .replace(&format!(":{}/", pg.port()), &format!(":{}/", link.port()));
+    let d = Dir::new();
+    let p = d.pipeline_between(&pg.url_for("src"), &far, "");
+    let ps = p.to_str().unwrap();
+    let mut carried = Vec::new();
+    for method in ["rows", "auto"] {
+        let before = link.bytes();
+        let out = ferry(&["verify", ps, "--format", "json", "--method", method]);
+        let report = json(&out);
+        assert_eq!(out.status.code(), Some(1), "{report:#}");
+        assert_eq!(
+            differences(&report),
+            BTreeSet::from([("different".to_owned(), 12345)]),
+            "{report:#}"
+        );
+        let after = link.bytes();
+        carried.push((after.0 - before.0) + (after.1 - before.1));
+    }
+    let (by_rows, by_digests) = (carried[0], carried[1]);
+    assert!(
+        by_digests * 10 < by_rows,
+        "digests moved {by_digests} bytes over the link, rows {by_rows}"
+    );
+    link.cut();
+    let out = ferry(&["verify", ps]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    let at = format!("127.0.0.1:{}", link.port());
+    assert!(
+        text(&out).contains(&format!("cannot connect to PostgreSQL at {at}")),
+        "{}",
+        text(&out)
+    );
+}
