@@ -481,16 +481,20 @@ impl Piece {
 }
 
 /// Cuts `range` into pieces of `step` source rows and digests each piece
-/// on both sides, the target digesting one piece while the source digests
-/// the next. The last piece reaches the range's upper end, so target rows
-/// past the source's last key are in it. `None` when either database
-/// cannot digest this table. With `pace`, reports the rows digested.
+/// on both sides. The source's digests run one after the other (each
+/// piece starts where the previous one ended); the target digests each
+/// piece as soon as it is cut, all of them in flight together, so a
+/// distant target pays about one round trip, not one per piece. The last
+/// piece reaches the range's upper end, so target rows past the source's
+/// last key are in it. `None` when either database cannot digest this
+/// table. With `pace`, reports the rows digested.
 async fn digest_pieces(
     sides: &Sides<'_>,
     range: &KeyRange,
     step: u64,
     pace: Option<&Pace<'_>>,
 ) -> Result<Option<Vec<Piece>>, Error> {
+    use futures_util::StreamExt;
     let Some(digest) = shared_digest(sides) else {
         return Ok(None);
     };
@@ -506,50 +510,58 @@ async fn digest_pieces(
                 .await
         }
     };
-    let mut pieces = Vec::new();
-    let (mut source_rows, mut target_rows) = (0, 0);
-    let mut lower = range.lower.clone();
-    let mut next = digest_source(lower.clone()).await?;
-    loop {
-        let Some(source) = next.take() else {
-            return Ok(None);
-        };
-        let last = source.rows < step || source.last == range.upper;
-        let piece = KeyRange {
-            lower: lower.clone(),
-            upper: if last {
-                range.upper.clone()
-            } else {
-                source.last.clone()
-            },
-        };
-        let digest_target = sides
+    let digest_target = |piece: KeyRange, source: RangeDigest| async move {
+        let target = sides
             .target
-            .digest_range(sides.target_table, &piece, None, digest);
-        let target = if last {
-            digest_target.await?
-        } else {
-            let (target, following) =
-                tokio::join!(digest_target, digest_source(piece.upper.clone()));
-            next = following?;
-            target?
-        };
-        let Some(target) = target else {
-            return Ok(None);
-        };
-        source_rows += source.rows;
-        target_rows += target.rows;
-        if let Some(pace) = pace {
-            pace.at(source_rows.max(target_rows)).await;
-        }
-        lower = piece.upper.clone();
-        pieces.push(Piece {
-            range: piece,
-            source,
-            target,
-        });
-        if last {
-            return Ok(Some(pieces));
+            .digest_range(sides.target_table, &piece, None, digest)
+            .await;
+        (piece, source, target)
+    };
+    let mut pieces = Vec::new();
+    let mut in_flight = futures_util::stream::FuturesOrdered::new();
+    let (mut source_rows, mut target_rows) = (0, 0);
+    let mut next_source = Some(Box::pin(digest_source(range.lower.clone())));
+    let mut lower = range.lower.clone();
+    loop {
+        tokio::select! {
+            done = in_flight.next(), if !in_flight.is_empty() => {
+                let done: Option<(KeyRange, RangeDigest, Result<Option<RangeDigest>, Error>)> =
+                    done;
+                let Some((piece, source, target)) = done else { continue };
+                let Some(target) = target? else {
+                    return Ok(None);
+                };
+                source_rows += source.rows;
+                target_rows += target.rows;
+                if let Some(pace) = pace {
+                    pace.at(source_rows.max(target_rows)).await;
+                }
+                pieces.push(Piece {
+                    range: piece,
+                    source,
+                    target,
+                });
+            }
+            source = async { next_source.as_mut().expect("guarded").await },
+                if next_source.is_some() =>
+            {
+                let Some(source) = source? else {
+                    return Ok(None);
+                };
+                let last = source.rows < step || source.last == range.upper;
+                let piece = KeyRange {
+                    lower: lower.clone(),
+                    upper: if last {
+                        range.upper.clone()
+                    } else {
+                        source.last.clone()
+                    },
+                };
+                lower = piece.upper.clone();
+                next_source = (!last).then(|| Box::pin(digest_source(piece.upper.clone())));
+                in_flight.push_back(digest_target(piece, source));
+            }
+            else => return Ok(Some(pieces)),
         }
     }
 }

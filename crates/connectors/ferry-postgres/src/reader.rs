@@ -151,6 +151,66 @@ pub(crate) async fn copy_out_rows(
     Ok(())
 }
 
+/// A field's raw binary value, as the server sent it.
+struct Raw<'a>(Option<&'a [u8]>);
+
+impl<'a> tokio_postgres::types::FromSql<'a> for Raw<'a> {
+    fn from_sql(
+        _: &tokio_postgres::types::Type,
+        raw: &'a [u8],
+    ) -> std::result::Result<Self, Box<dyn std::error::Error + Sync + Send>> {
+        Ok(Raw(Some(raw)))
+    }
+
+    fn from_sql_null(
+        _: &tokio_postgres::types::Type,
+    ) -> std::result::Result<Self, Box<dyn std::error::Error + Sync + Send>> {
+        Ok(Raw(None))
+    }
+
+    fn accepts(_: &tokio_postgres::types::Type) -> bool {
+        true
+    }
+}
+
+/// Runs `query` (no parameters) in one round trip (parse, bind and
+/// execute sent together, results in binary) and calls `on_row` for every
+/// decoded row, in order. For the many small reads of `ferry verify`,
+/// where a round trip to a distant server costs more than the rows; bulk
+/// reads go through [`copy_out_rows`].
+pub(crate) async fn query_rows(
+    client: &Client,
+    query: &str,
+    kinds: &[Kind],
+    mut on_row: impl FnMut(Vec<Value>) -> Result<()>,
+) -> Result<()> {
+    let failed = |e| pg_error(e, "reading rows").with("statement", query.to_owned());
+    let stream = client
+        .query_typed_raw(
+            query,
+            std::iter::empty::<(
+                &(dyn tokio_postgres::types::ToSql + Sync),
+                tokio_postgres::types::Type,
+            )>(),
+        )
+        .await
+        .map_err(failed)?;
+    futures_util::pin_mut!(stream);
+    while let Some(row) = stream.next().await {
+        let row = row.map_err(failed)?;
+        let mut out = Vec::with_capacity(kinds.len());
+        for (i, kind) in kinds.iter().enumerate() {
+            let Raw(raw) = row.try_get(i).map_err(failed)?;
+            out.push(match raw {
+                None => Value::Null,
+                Some(bytes) => binary::decode(kind, bytes)?,
+            });
+        }
+        on_row(out)?;
+    }
+    Ok(())
+}
+
 pub(crate) async fn count_rows(client: &Client, schema: &str, name: &str) -> Result<u64> {
     let sql = format!("SELECT count(*) FROM {}.{}", ident(schema), ident(name));
     let n: i64 = client
@@ -178,6 +238,9 @@ pub(crate) struct KeyOrderReads {
     /// What digesting each table needs, by table and structure version;
     /// `None`: the table cannot be digested.
     plans: tokio::sync::Mutex<HashMap<TableVersion, Option<Arc<DigestPlan>>>>,
+    /// Catalog entries read for reading rows, by table and structure
+    /// version: a compare reads hundreds of ranges of one table.
+    described: tokio::sync::Mutex<HashMap<TableVersion, PgTable>>,
 }
 
 /// A table and the version of its structure.
@@ -298,7 +361,27 @@ impl KeyOrderReads {
             open: tokio::sync::Mutex::new(None),
             digests: tokio::sync::OnceCell::new(),
             plans: tokio::sync::Mutex::new(HashMap::new()),
+            described: tokio::sync::Mutex::new(HashMap::new()),
         }
+    }
+
+    /// `table`'s catalog entry: from `describe` the first time, then as
+    /// it was read (for this structure version of the table).
+    pub async fn described(
+        &self,
+        table: &TableRef,
+        describe: impl std::future::Future<Output = Result<PgTable>>,
+    ) -> Result<PgTable> {
+        let key = (table.name.clone(), table.version);
+        // Held while describing: reads of one table in flight together
+        // wait for one description.
+        let mut described = self.described.lock().await;
+        if let Some(pg) = described.get(&key) {
+            return Ok(pg.clone());
+        }
+        let pg = describe.await?;
+        described.insert(key, pg.clone());
+        Ok(pg)
     }
 
     async fn digest_client(&self) -> Result<Option<&DigestConnection>> {
@@ -347,7 +430,10 @@ impl KeyOrderReads {
         digest: &str,
     ) -> Result<Option<RangeDigest>> {
         let plan_key = (table.name.clone(), table.version);
-        let known = self.plans.lock().await.get(&plan_key).cloned();
+        // Held while planning: digests of one table in flight together
+        // wait for one plan.
+        let mut plans = self.plans.lock().await;
+        let known = plans.get(&plan_key).cloned();
         let plan = match known {
             Some(plan) => plan,
             None => {
@@ -363,10 +449,11 @@ impl KeyOrderReads {
                         key_cols,
                     })
                 });
-                self.plans.lock().await.insert(plan_key, plan.clone());
+                plans.insert(plan_key, plan.clone());
                 plan
             }
         };
+        drop(plans);
         let Some(plan) = plan else {
             return Ok(None);
         };
@@ -401,7 +488,7 @@ impl KeyOrderReads {
         let Some(limit) = limit else {
             let sql = format!("SELECT count(*), coalesce(sum({row_text}), 0)::text FROM {from}");
             let row = client
-                .query_one(sql.as_str(), &[])
+                .query_typed_one(sql.as_str(), &[])
                 .await
                 .map_err(failed(&sql))?;
             return Ok(Some(RangeDigest {
@@ -435,7 +522,7 @@ impl KeyOrderReads {
             sum: "0".into(),
             last: None,
         };
-        copy_out_rows(client, &sql, &kinds, |mut row| {
+        query_rows(client, &sql, &kinds, |mut row| {
             let (Some(Value::Text(sum)), Some(Value::Int(n))) = (row.pop(), row.pop()) else {
                 return Err(Error::fatal(
                     "a row digest came back in another shape; this is a ferry bug",
@@ -470,7 +557,7 @@ impl KeyOrderReads {
         let sql = select_range(&pg.qualified(), &cols, &key_cols, &after_range)?;
         if indexed_order(&key_cols) {
             let mut rows = Vec::new();
-            copy_out_rows(client, &format!("{sql} LIMIT {limit}"), &kinds, |r| {
+            query_rows(client, &format!("{sql} LIMIT {limit}"), &kinds, |r| {
                 rows.push(r);
                 Ok(())
             })

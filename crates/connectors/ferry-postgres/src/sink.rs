@@ -983,9 +983,7 @@ impl TableReader for PostgresSink {
         after: Option<&[Value]>,
         limit: usize,
     ) -> Result<Vec<Vec<Value>>> {
-        let pg = self.describe(&table.name).await?.ok_or_else(|| {
-            Error::fatal(format!("table {} does not exist on the target", table.name))
-        })?;
+        let pg = self.describe_for_reading(table).await?;
         self.reads
             .read_rows(&self.admin, &pg, table, after, limit)
             .await
@@ -1002,13 +1000,14 @@ impl TableReader for PostgresSink {
         limit: Option<u64>,
         digest: &str,
     ) -> Result<Option<ferry_core::RangeDigest>> {
-        let describe = async {
-            self.describe(&table.name).await?.ok_or_else(|| {
-                Error::fatal(format!("table {} does not exist on the target", table.name))
-            })
-        };
         self.reads
-            .digest_range(describe, table, range, limit, digest)
+            .digest_range(
+                self.describe_for_reading(table),
+                table,
+                range,
+                limit,
+                digest,
+            )
             .await
     }
 
@@ -1021,5 +1020,18 @@ impl TableReader for PostgresSink {
             Error::fatal(format!("table {} does not exist on the target", table.name))
         })?;
         crate::reader::scan_rows(&self.admin, &pg, table, on_rows).await
+    }
+}
+
+impl PostgresSink {
+    /// The catalog entry of a target table `ferry verify` reads, read once
+    /// per structure version.
+    async fn describe_for_reading(&self, table: &TableRef) -> Result<PgTable> {
+        let describe = async {
+            self.describe(&table.name).await?.ok_or_else(|| {
+                Error::fatal(format!("table {} does not exist on the target", table.name))
+            })
+        };
+        self.reads.described(table, describe).await
     }
 }

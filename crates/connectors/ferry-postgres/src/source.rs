@@ -86,9 +86,6 @@ pub struct PostgresSource {
     major: u32,
     /// `TableReader::read_rows` (`ferry verify`).
     reads: KeyOrderReads,
-    /// Catalog entries of the tables `ferry verify` reads, by table and
-    /// structure version: a compare reads a table in hundreds of pages.
-    read_tables: tokio::sync::Mutex<HashMap<(TableName, u32), catalog::PgTable>>,
     /// Online re-copies (see `recopy.rs`).
     recopies: crate::recopy::Recopies,
     /// Why `prepare` created the slot, when it did so with a checkpoint
@@ -128,7 +125,6 @@ impl PostgresSource {
         let major = catalog::server_major(&client).await?;
         Ok(PostgresSource {
             reads: KeyOrderReads::new(endpoint.clone()),
-            read_tables: tokio::sync::Mutex::new(HashMap::new()),
             endpoint,
             pipeline: config.pipeline,
             selection: config.selection,
@@ -901,23 +897,20 @@ impl TableReader for PostgresSource {
 impl PostgresSource {
     /// The catalog entry of a source table `ferry verify` reads.
     async fn describe_for_reading(&self, table: &TableRef) -> Result<catalog::PgTable> {
-        let key = (table.name.clone(), table.version);
-        if let Some(pg) = self.read_tables.lock().await.get(&key) {
-            return Ok(pg.clone());
-        }
-        let mut types = TypeCache::default();
-        let pg = catalog::describe(
-            &self.client,
-            &mut types,
-            &namespace(table),
-            &table.name.name,
-        )
-        .await?
-        .ok_or_else(|| {
-            Error::fatal(format!("table {} does not exist on the source", table.name))
-        })?;
-        self.read_tables.lock().await.insert(key, pg.clone());
-        Ok(pg)
+        let describe = async {
+            let mut types = TypeCache::default();
+            catalog::describe(
+                &self.client,
+                &mut types,
+                &namespace(table),
+                &table.name.name,
+            )
+            .await?
+            .ok_or_else(|| {
+                Error::fatal(format!("table {} does not exist on the source", table.name))
+            })
+        };
+        self.reads.described(table, describe).await
     }
 }
 
