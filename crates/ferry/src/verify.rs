@@ -39,6 +39,9 @@ const DIGEST_RANGE: u64 = 20_000;
 /// A range whose digests differ is read row by row once its source side
 /// has at most this many rows; a larger one is split in eight first.
 const FETCH_AT_MOST: u64 = 2_500;
+/// Differing ranges narrowed down at once (each holds at most two pages of
+/// [`FETCH_AT_MOST`] rows in memory).
+const NARROW_AT_ONCE: usize = 4;
 /// Differences shown per table in the text report.
 const SHOW: usize = 10;
 /// Differences kept per table (for re-checks and the JSON report); the
@@ -587,8 +590,17 @@ async fn verify_by_digests(
         v.source_checksum = fold(v.source_checksum, &p.source);
         v.target_checksum = fold(v.target_checksum, &p.target);
     }
-    for p in pieces.into_iter().filter(Piece::differs) {
-        stats.fetched += narrow_down(sides, v, p.range, p.source.rows).await?;
+    // Differing ranges are narrowed down a few at a time (a distant
+    // database then pays a round trip per step for several at once), and
+    // their differences recorded in key order.
+    use futures_util::StreamExt;
+    let mut narrowed = futures_util::stream::iter(pieces.into_iter().filter(Piece::differs))
+        .map(|p| narrow_down(sides, p.range, p.source.rows))
+        .buffered(NARROW_AT_ONCE);
+    while let Some(done) = narrowed.next().await {
+        let (part, fetched) = done?;
+        v.absorb(part);
+        stats.fetched += fetched;
     }
     v.digests = Some(stats);
     Ok(true)
@@ -597,13 +609,13 @@ async fn verify_by_digests(
 /// Splits a range whose digests differ into eight by its source rows, and
 /// those whose digests differ again, until a range has at most
 /// [`FETCH_AT_MOST`] source rows; those are compared row by row. Returns
-/// how many ranges were read row by row.
+/// their differences and how many ranges were read row by row.
 async fn narrow_down(
     sides: &Sides<'_>,
-    v: &mut TableVerdict,
     range: KeyRange,
     source_rows: u64,
-) -> Result<u64, Error> {
+) -> Result<(TableVerdict, u64), Error> {
+    let mut v = TableVerdict::default();
     let quiet = Pace {
         progress: &|_| {},
         max_rows_per_sec: None,
@@ -635,7 +647,7 @@ async fn narrow_down(
                 .rev(),
         );
     }
-    Ok(fetched)
+    Ok((v, fetched))
 }
 
 /// Streams both sides of `range` in key order and records every

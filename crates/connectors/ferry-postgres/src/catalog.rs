@@ -5,6 +5,7 @@ use std::sync::Arc;
 
 use ferry_core::{Column, Error, Result, TableName, TableRef, TableSchema, UserType};
 use tokio_postgres::Client;
+use tokio_postgres::types::Type;
 
 use crate::error::pg_error;
 use crate::types::{FIRST_USER_OID, Kind, PgType, TypeCache, column_type, ident};
@@ -130,6 +131,8 @@ pub(crate) async fn list_tables(client: &Client) -> Result<Vec<TableName>> {
 }
 
 /// Describes `schema.name`, or `None` when there is no such table.
+/// Its queries go out in one round trip each (`query_typed`): a catalog
+/// far away costs a round trip per query, not two.
 pub(crate) async fn describe(
     client: &Client,
     types: &mut TypeCache,
@@ -138,12 +141,12 @@ pub(crate) async fn describe(
 ) -> Result<Option<PgTable>> {
     let what = format!("reading the structure of {schema}.{name}");
     let Some(rel) = client
-        .query_opt(
+        .query_typed_opt(
             "SELECT c.oid, c.relreplident::text, obj_description(c.oid, 'pg_class'), c.relfilenode \
              FROM pg_catalog.pg_class c \
              JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace \
              WHERE n.nspname = $1 AND c.relname = $2 AND c.relkind IN ('r', 'p')",
-            &[&schema, &name],
+            &[(&schema, Type::TEXT), (&name, Type::TEXT)],
         )
         .await
         .map_err(|e| pg_error(e, &what))?
@@ -152,7 +155,7 @@ pub(crate) async fn describe(
     };
     let oid: u32 = rel.get(0);
     let cols = client
-        .query(
+        .query_typed(
             "SELECT a.attname::text, a.atttypid, a.atttypmod, a.attnotnull, \
                     format_type(a.atttypid, a.atttypmod), a.attgenerated::text, \
                     coalesce(CASE WHEN a.attcollation = 100 THEN \
@@ -165,7 +168,7 @@ pub(crate) async fn describe(
                     a.attnum, CASE WHEN a.atthasmissing THEN (a.attmissingval::text::text[])[1] END \
              FROM pg_catalog.pg_attribute a \
              WHERE a.attrelid = $1 AND a.attnum > 0 AND NOT a.attisdropped ORDER BY a.attnum",
-            &[&oid],
+            &[(&oid, Type::OID)],
         )
         .await
         .map_err(|e| pg_error(e, &what))?;
@@ -188,7 +191,7 @@ pub(crate) async fn describe(
         });
     }
     let idx = client
-        .query(
+        .query_typed(
             "SELECT i.indisprimary, i.indisreplident, \
                     ARRAY(SELECT a.attname::text FROM unnest(i.indkey::int2[]) WITH ORDINALITY k(n, o) \
                           JOIN pg_catalog.pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.n \
@@ -198,7 +201,7 @@ pub(crate) async fn describe(
              WHERE i.indrelid = $1 AND i.indisunique AND i.indisvalid \
                AND i.indpred IS NULL AND i.indexprs IS NULL \
              ORDER BY i.indisprimary DESC, i.indexrelid",
-            &[&oid],
+            &[(&oid, Type::OID)],
         )
         .await
         .map_err(|e| pg_error(e, &what))?;
