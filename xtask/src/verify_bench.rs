@@ -241,21 +241,12 @@ fn measure_cross_engine(
     probe.exec("VACUUM ANALYZE t")?;
     dst.checkpoint()?;
     sync_os()?;
-    let verify = |name: &str, method: &[&str]| {
-        let mut cmd = Command::new(ferry);
-        cmd.arg("verify")
-            .arg(&pipeline)
-            .args(method)
-            .args(["--format", "json", "--settle", "0"])
-            .env("FERRY_LOG", "warn")
-            .env("NO_COLOR", "1");
-        timed(cmd, name, work, timeout)
-    };
-    let by_rows = verify("e-rows", &["--method", "rows"])?;
+    let check = |name: &str, method: &[&str]| verify(ferry, &pipeline, method, name, work, timeout);
+    let by_rows = check("e-rows", &["--method", "rows"])?;
     by_rows.expect_code(0, "ferry verify --method rows, SQLite → PostgreSQL, equal")?;
     eprintln!("   rows: {:.2} s", by_rows.secs);
     let equal = digests(
-        verify("f-digests", &[])?,
+        check("f-digests", &[])?,
         0,
         "ferry verify, SQLite → PostgreSQL, equal",
     )?;
@@ -267,7 +258,7 @@ fn measure_cross_engine(
         list.join(", ")
     ))?;
     let what = format!("ferry verify, SQLite → PostgreSQL, {CHANGED} rows changed");
-    let different = digests(verify("g-digests", &[])?, 1, &what)?;
+    let different = digests(check("g-digests", &[])?, 1, &what)?;
     let found = difference_ids(&different.run.stdout);
     if found != ids {
         return Err(format!("{what} listed ids {found:?}, expected {ids:?}"));
@@ -279,6 +270,25 @@ fn measure_cross_engine(
         equal,
         different,
     })
+}
+
+/// `ferry verify <pipeline> <method> --format json --settle 0`, timed.
+fn verify(
+    ferry: &Path,
+    pipeline: &Path,
+    method: &[&str],
+    name: &str,
+    work: &Path,
+    timeout: Duration,
+) -> Res<Timed> {
+    let mut cmd = Command::new(ferry);
+    cmd.arg("verify")
+        .arg(pipeline)
+        .args(method)
+        .args(["--format", "json", "--settle", "0"])
+        .env("FERRY_LOG", "warn")
+        .env("NO_COLOR", "1");
+    timed(cmd, name, work, timeout)
 }
 
 /// Whether this pgcopydb has `compare data` (0.13 and later), or why not.
@@ -336,16 +346,7 @@ fn measure(
     );
     std::fs::write(&pipeline, text).ctx(|| format!("writing {}", pipeline.display()))?;
     let timeout = timeout_for(rows, Duration::from_micros(100));
-    let verify = |name: &str, method: &[&str]| {
-        let mut cmd = Command::new(ferry);
-        cmd.arg("verify")
-            .arg(&pipeline)
-            .args(method)
-            .args(["--format", "json", "--settle", "0"])
-            .env("FERRY_LOG", "warn")
-            .env("NO_COLOR", "1");
-        timed(cmd, name, work, timeout)
-    };
+    let check = |name: &str, method: &[&str]| verify(ferry, &pipeline, method, name, work, timeout);
     let show = |what: &str, r: &Timed| {
         eprintln!(
             "   {what}: {:.2} s ({} row pairs/s), peak RSS {}",
@@ -356,7 +357,7 @@ fn measure(
     };
 
     eprintln!("== (a) ferry verify --method rows");
-    let by_rows = verify("a-rows", &["--method", "rows"])?;
+    let by_rows = check("a-rows", &["--method", "rows"])?;
     by_rows.expect_code(0, "ferry verify --method rows on equal tables")?;
     show("rows", &by_rows);
 
@@ -380,7 +381,7 @@ fn measure(
     };
 
     eprintln!("== (c) ferry verify (--method auto: digests)");
-    let equal = digests(verify("c-digests", &[])?, 0, "ferry verify on equal tables")?;
+    let equal = digests(check("c-digests", &[])?, 0, "ferry verify on equal tables")?;
     show("digests, equal", &equal.run);
 
     let ids = changed_ids(rows);
@@ -394,7 +395,7 @@ fn measure(
         list.join(", ")
     ))?;
     let what = format!("ferry verify with {CHANGED} rows changed");
-    let different = digests(verify("d-digests", &[])?, 1, &what)?;
+    let different = digests(check("d-digests", &[])?, 1, &what)?;
     let found = difference_ids(&different.run.stdout);
     if found != ids {
         return Err(format!(
@@ -421,16 +422,8 @@ fn measure(
         proxy.port()
     );
     std::fs::write(&far_pipeline, text).ctx(|| format!("writing {}", far_pipeline.display()))?;
-    let far = |name: &str, method: &[&str]| {
-        let mut cmd = Command::new(ferry);
-        cmd.arg("verify")
-            .arg(&far_pipeline)
-            .args(method)
-            .args(["--format", "json", "--settle", "0"])
-            .env("FERRY_LOG", "warn")
-            .env("NO_COLOR", "1");
-        timed(cmd, name, work, timeout * 4)
-    };
+    let far =
+        |name: &str, method: &[&str]| verify(ferry, &far_pipeline, method, name, work, timeout * 4);
     let far_rows = far("c-far-rows", &["--method", "rows"])?;
     far_rows.expect_code(1, "ferry verify --method rows across the link")?;
     show("rows across the link", &far_rows);

@@ -576,15 +576,24 @@ fn postgres_verify_finds_every_kind_of_difference_and_nothing_else() {
         let out = ferry(&["verify", ps, "--format", "json", "--method", method]);
         let report = json(&out);
         assert_eq!(out.status.code(), Some(1), "{report:#}");
-        let v = report["tables"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|t| t["table"] == "public.v")
-            .unwrap();
+        let v = table_report(&report, "v");
         assert_eq!(v["method"], used, "{v:#}");
         check_injected(&report, v, &injected);
     }
+}
+
+/// The report of table `name` (`name` or `schema.name`) in a JSON report.
+fn table_report<'a>(report: &'a serde_json::Value, name: &str) -> &'a serde_json::Value {
+    report["tables"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| {
+            t["table"]
+                .as_str()
+                .is_some_and(|n| n == name || n.ends_with(&format!(".{name}")))
+        })
+        .unwrap_or_else(|| panic!("no table {name} in {report:#}"))
 }
 
 fn check_injected(report: &serde_json::Value, v: &serde_json::Value, injected: &[(i64, &str)]) {
@@ -794,12 +803,7 @@ fn injected_differences_are_found(
     let out = ferry(&["verify", ps, "--format", "json"]);
     let report = json(&out);
     assert_eq!(out.status.code(), Some(0), "{report:#}");
-    let v = report["tables"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|t| t["table"].as_str().is_some_and(|n| n.ends_with('v')))
-        .unwrap();
+    let v = table_report(&report, "v");
     assert_eq!(v["method"], method, "{v:#}");
     if method == "digests" {
         assert_eq!(
