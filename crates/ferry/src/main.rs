@@ -75,6 +75,11 @@ enum Command {
         /// every row.
         #[arg(long, value_enum, default_value = "auto")]
         method: verify::Method,
+        /// Cancel any one statement verify runs on a PostgreSQL database after this many
+        /// seconds (decimals allowed), so a compare never holds a busy server for long; it then
+        /// exits 2, naming the statement.
+        #[arg(long, value_name = "SECS")]
+        statement_timeout: Option<f64>,
     },
     /// Remove what ferry installed on the source for this pipeline (capture triggers, change table, slots).
     Teardown { pipeline: PathBuf },
@@ -161,6 +166,7 @@ async fn dispatch(command: Command) -> Result<u8, Error> {
             repair,
             max_rows_per_sec,
             method,
+            statement_timeout,
         } => {
             let opts = verify::Options {
                 format,
@@ -169,8 +175,12 @@ async fn dispatch(command: Command) -> Result<u8, Error> {
                 repair,
                 max_rows_per_sec,
                 method,
+                statement_timeout: statement_timeout
+                    .map(|s| std::time::Duration::from_secs_f64(s.max(0.001))),
             };
-            verify::run(&PipelineConfig::load(&pipeline)?, &opts).await
+            verify::run(&PipelineConfig::load(&pipeline)?, &opts)
+                .await
+                .map_err(|e| verify::explain_timeout(e, &opts))
         }
         Command::Teardown { pipeline } => {
             let cfg = PipelineConfig::load(&pipeline)?;

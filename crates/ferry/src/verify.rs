@@ -1211,6 +1211,55 @@ pub struct Options {
     /// Rows per second read from each side at most.
     pub max_rows_per_sec: Option<u64>,
     pub method: Method,
+    /// PostgreSQL's `statement_timeout` on every connection verify opens.
+    pub statement_timeout: Option<Duration>,
+}
+
+/// `e` with the way past it when it is a statement `--statement-timeout`
+/// cancelled.
+pub fn explain_timeout(e: Error, opts: &Options) -> Error {
+    match opts.statement_timeout {
+        Some(t) if e.to_string().contains("statement timeout") => e.with_fix(format!(
+            "a statement took longer than --statement-timeout {}; raise it, compare fewer \
+             tables at a time (--table), or run when the database is less busy (a lock held \
+             on the table counts toward the time too)",
+            t.as_secs_f64()
+        )),
+        _ => e,
+    }
+}
+
+/// `cfg` with `statement_timeout` set on the connections of its
+/// PostgreSQL endpoints (through the URL's `options`, which the server
+/// applies at connection start).
+fn with_statement_timeout(
+    cfg: &crate::config::PipelineConfig,
+    timeout: Option<Duration>,
+) -> Result<crate::config::PipelineConfig, Error> {
+    let mut cfg = cfg.clone();
+    let Some(timeout) = timeout else {
+        return Ok(cfg);
+    };
+    let ms = timeout.as_millis().max(1);
+    for (side, url) in [
+        ("source", &mut cfg.source.url),
+        ("target", &mut cfg.target.url),
+    ] {
+        if !(url.starts_with("postgres://") || url.starts_with("postgresql://")) {
+            continue;
+        }
+        if url.contains("options=") {
+            return Err(Error::fatal(format!(
+                "`--statement-timeout` sets the {side} URL's `options`, which it sets already"
+            ))
+            .with_fix(format!(
+                "add `-c statement_timeout={ms}` to the `options` of the {side} URL instead"
+            )));
+        }
+        let sep = if url.contains('?') { '&' } else { '?' };
+        url.push_str(&format!("{sep}options=-c%20statement_timeout%3D{ms}"));
+    }
+    Ok(cfg)
 }
 
 /// How tables with a key are compared.
@@ -1226,6 +1275,7 @@ pub enum Method {
 /// the caller).
 pub async fn run(cfg: &crate::config::PipelineConfig, opts: &Options) -> Result<u8, Error> {
     use crate::connectors;
+    let cfg = &with_statement_timeout(cfg, opts.statement_timeout)?;
     let mut source = connectors::open_source(cfg).await?;
     let source_reader = connectors::open_source_reader(cfg).await?;
     let target_reader = connectors::open_sink_reader(cfg).await?;

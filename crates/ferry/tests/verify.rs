@@ -1011,3 +1011,54 @@ fn over_a_distant_link_digests_move_a_fraction_of_the_bytes() {
         text(&out)
     );
 }
+
+/// `--statement-timeout` bounds every statement verify runs on a
+/// PostgreSQL database: with the target table locked by another session,
+/// verify exits 2 at once with the reason and the fix instead of waiting.
+#[test]
+fn a_statement_timeout_stops_verify_instead_of_waiting_on_a_lock() {
+    let pg = ferry_testkit::PostgresServer::start();
+    pg.create_database("src");
+    pg.create_database("dst");
+    let fill = "CREATE TABLE t (id int PRIMARY KEY, b text);
+                INSERT INTO t SELECT g, 'x' FROM generate_series(1, 100) g;";
+    pg.psql_in("src", fill);
+    pg.psql_in("dst", fill);
+    let d = Dir::new();
+    let p = d.pipeline_between(&pg.url_for("src"), &pg.url_for("dst"), "");
+    let ps = p.to_str().unwrap();
+    // Another session holds the target table.
+    let mut holder = std::process::Command::new("psql")
+        .args(["-X", "-q", &pg.url_for("dst"), "-c"])
+        .arg("BEGIN; LOCK TABLE t IN ACCESS EXCLUSIVE MODE; SELECT pg_sleep(120);")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    eventually_blocking("the lock held", Duration::from_secs(30), || {
+        let held = pg.psql_in(
+            "dst",
+            "SELECT count(*) FROM pg_locks WHERE relation = 't'::regclass \
+             AND mode = 'AccessExclusiveLock' AND granted",
+        );
+        (held == "1").then_some(())
+    });
+    let started = std::time::Instant::now();
+    let out = ferry(&["verify", ps, "--statement-timeout", "0.5"]);
+    // The server session outlives its killed client: end it there.
+    pg.psql_in(
+        "dst",
+        "SELECT pg_terminate_backend(pid) FROM pg_locks WHERE relation = 't'::regclass \
+         AND mode = 'AccessExclusiveLock'",
+    );
+    let _ = holder.kill();
+    let _ = holder.wait();
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    let said = text(&out);
+    assert!(said.contains("statement timeout"), "{said}");
+    assert!(said.contains("--statement-timeout 0.5"), "{said}");
+    assert!(started.elapsed() < Duration::from_secs(20), "{said}");
+    // Unlocked, the same compare finds the tables equal.
+    let out = ferry(&["verify", ps, "--statement-timeout", "30"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+}
