@@ -143,14 +143,38 @@ fn copied_pg_to_pg(
 
 #[test]
 fn verify_while_changes_flow_reports_only_real_differences() {
+    live_verify(None);
+}
+
+/// The same across engines, SQLite → PostgreSQL: compared by the
+/// canonical digests while the load runs.
+#[test]
+fn sqlite_to_postgres_verify_while_changes_flow_reports_only_real_differences() {
+    let pg = ferry_testkit::PostgresServer::start();
+    pg.create_database("dst");
+    live_verify(Some(&pg));
+}
+
+/// A pipeline from the SQLite source of [`source`] to a SQLite target (or
+/// to database `dst` of `pg`) under a concurrent write load: `ferry
+/// verify` finds the copies equal, then exactly the differences made on
+/// the target, by digests computed in each database.
+fn live_verify(pg: Option<&ferry_testkit::PostgresServer>) {
     let d = Dir::new();
     source(&d);
-    let p = d.pipeline("");
+    let p = match pg {
+        Some(pg) => d.pipeline_between(&d.source_url(), &pg.url_for("dst"), ""),
+        None => d.pipeline(""),
+    };
     let ps = p.to_str().unwrap();
     let log = d.path("ferry.log");
     let child = spawn_streaming(&p, &log);
+    let target_rows = || match pg {
+        Some(pg) => crate::kit::pg_number(pg, "dst", "SELECT count(*) FROM acct"),
+        None => count(&d.path("target.db"), "acct"),
+    };
     eventually_blocking("snapshot copied", Duration::from_secs(60), || {
-        (count(&d.path("target.db"), "acct") == ROWS).then_some(())
+        (target_rows() == ROWS).then_some(())
     });
     let writer = Writer::start(&d);
 
@@ -162,18 +186,28 @@ fn verify_while_changes_flow_reports_only_real_differences() {
         let report = json(&out);
         assert_eq!(out.status.code(), Some(0), "{report:#}\n{}", text(&out));
         assert_eq!(report["equal"], true);
+        assert_eq!(
+            table_report(&report, "acct")["method"],
+            "digests",
+            "{report:#}"
+        );
     }
 
     // Differences made on the target, in rows the writer does not touch:
     // each is found, nothing else is reported.
-    let tgt = open(&d.path("target.db"));
-    tgt.busy_timeout(Duration::from_secs(10)).unwrap();
-    tgt.execute_batch(
-        "UPDATE acct SET note = 'tampered' WHERE id = 7;
-         DELETE FROM acct WHERE id = 8;
-         INSERT INTO acct VALUES (99999999, 0, 'extra');",
-    )
-    .unwrap();
+    let tamper = "UPDATE acct SET note = 'tampered' WHERE id = 7;
+                  DELETE FROM acct WHERE id = 8;
+                  INSERT INTO acct VALUES (99999999, 0, 'extra');";
+    match pg {
+        Some(pg) => {
+            pg.psql_in("dst", tamper);
+        }
+        None => {
+            let tgt = open(&d.path("target.db"));
+            tgt.busy_timeout(Duration::from_secs(10)).unwrap();
+            tgt.execute_batch(tamper).unwrap();
+        }
+    }
     writer.wait_for(200);
     let out = ferry(&["verify", ps, "--format", "json"]);
     let report = json(&out);
@@ -185,7 +219,7 @@ fn verify_while_changes_flow_reports_only_real_differences() {
     ]
     .into();
     assert_eq!(differences(&report), want, "{report:#}");
-    let table = &report["tables"][0];
+    let table = table_report(&report, "acct");
     let field = &table["differences"]
         .as_array()
         .unwrap()
