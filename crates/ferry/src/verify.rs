@@ -209,9 +209,14 @@ impl<'a> Cursor<'a> {
         }
     }
 
-    /// A cursor over the rows of `range` only.
-    fn range(reader: &'a dyn TableReader, table: &'a TableRef, range: &KeyRange) -> Self {
-        let mut c = Cursor::new(reader, table, range.lower.clone(), CHUNK);
+    /// A cursor over the rows of `range` only, read `page` rows at a time.
+    fn range(
+        reader: &'a dyn TableReader,
+        table: &'a TableRef,
+        range: &KeyRange,
+        page: usize,
+    ) -> Self {
+        let mut c = Cursor::new(reader, table, range.lower.clone(), page);
         c.upto = range.upper.clone();
         c
     }
@@ -432,7 +437,7 @@ pub async fn verify_table(sides: &Sides<'_>, pace: &Pace<'_>) -> Result<TableVer
     if digestible(sides, &v)? && verify_by_digests(sides, &mut v, pace).await? {
         return Ok(v);
     }
-    compare_rows(sides, &mut v, &KeyRange::all(), pace).await?;
+    compare_rows(sides, &mut v, &KeyRange::all(), pace, CHUNK).await?;
     (pace.progress)(v.source_rows);
     Ok(v)
 }
@@ -627,7 +632,10 @@ async fn narrow_down(
     while let Some((range, rows)) = todo.pop() {
         if rows <= FETCH_AT_MOST {
             let mut part = TableVerdict::default();
-            compare_rows(sides, &mut part, &range, &quiet).await?;
+            // One page holds the source's rows of the range and tells
+            // where it ends (the target's extra rows take more pages).
+            let page = (rows as usize + 1).min(CHUNK);
+            compare_rows(sides, &mut part, &range, &quiet, page).await?;
             v.absorb(part);
             fetched += 1;
             continue;
@@ -657,10 +665,11 @@ async fn compare_rows(
     v: &mut TableVerdict,
     range: &KeyRange,
     pace: &Pace<'_>,
+    page: usize,
 ) -> Result<(), Error> {
     let table = sides.target_table;
-    let mut s = Cursor::range(sides.source, sides.source_table, range);
-    let mut t = Cursor::range(sides.target, table, range);
+    let mut s = Cursor::range(sides.source, sides.source_table, range, page);
+    let mut t = Cursor::range(sides.target, table, range, page);
     let mut a = next_source(&mut s, sides.transform, sides.source_table).await?;
     let mut b = t.next_raw().await?;
     let mut last: Option<Vec<Value>> = range.lower.clone();

@@ -1039,11 +1039,9 @@ fn over_a_distant_link_digests_move_a_fraction_of_the_bytes() {
     let out = ferry(&["verify", ps]);
     assert_eq!(out.status.code(), Some(2), "{}", text(&out));
     let at = format!("127.0.0.1:{}", link.port());
-    assert!(
-        text(&out).contains(&format!("cannot connect to PostgreSQL at {at}")),
-        "{}",
-        text(&out)
-    );
+    // Whichever connection meets the cut first, the error names the
+    // address it could not reach.
+    assert!(text(&out).contains(&at), "{}", text(&out));
 }
 
 /// `--statement-timeout` bounds every statement verify runs on a
