@@ -1,7 +1,12 @@
 //! Which source tables a pipeline replicates (include/exclude globs), and
-//! which of their columns nothing downstream reads.
+//! which of their columns nothing downstream reads, and the rows the
+//! pipeline's filters leave out (which a source may ask about a row it
+//! cannot wholly decode).
 
-use crate::schema::TableName;
+use std::sync::Arc;
+
+use crate::schema::{TableName, TableSchema};
+use crate::value::Value;
 
 /// Include/exclude patterns over table names (`*` any run, `?` one char).
 /// A pattern with a dot matches `namespace.name`; without, the bare name.
@@ -16,6 +21,18 @@ pub struct Selection {
     /// them). A source may leave such a value unread: one it cannot decode
     /// is then no error (see [`Selection::unread`]).
     pub unread_columns: Vec<String>,
+    /// The pipeline's row filters, for a source that meets a value it
+    /// cannot decode: when the filter leaves the row out whatever that value
+    /// is, the row is no error (see [`Selection::leaves_out`]).
+    pub row_filter: Option<Arc<dyn RowFilter>>,
+}
+
+/// The rows a pipeline's filters leave out, as a source sees them.
+pub trait RowFilter: Send + Sync + std::fmt::Debug {
+    /// Whether the filter of `table` leaves `row` out. Cells the source
+    /// could not decode are [`Value::Unchanged`]; a filter whose answer
+    /// depends on one keeps the row.
+    fn leaves_out(&self, table: &TableSchema, row: &[Value]) -> bool;
 }
 
 impl Selection {
@@ -44,6 +61,45 @@ impl Selection {
                 .is_some_and(|(t, c)| c == column && (t == table.name || t == table.to_string()))
         })
     }
+
+    /// Whether the pipeline's filter leaves out `row` of `table`, whose
+    /// undecodable cells are [`Value::Unchanged`].
+    pub fn leaves_out(&self, table: &TableSchema, row: &[Value]) -> bool {
+        self.row_filter
+            .as_ref()
+            .is_some_and(|f| f.leaves_out(table, row))
+    }
+}
+
+/// The way to skip one row from now on: a filter that leaves out its key
+/// (`names` the key columns, `key` their values), which the pipeline file
+/// then records; what a target holds of the row stays as it is. `None` for
+/// a key a filter cannot name (a type other than integers and text, a
+/// column name that needs quoting).
+pub fn skip_row_fix(table: &str, names: &[&str], key: &[Value]) -> Option<String> {
+    let parts = names
+        .iter()
+        .zip(key)
+        .map(|(name, v)| match v {
+            Value::Int(i) => Some(format!("{name} = {i}")),
+            Value::Text(s) => Some(format!("{name} = '{}'", s.replace('\'', "''"))),
+            _ => None,
+        })
+        .collect::<Option<Vec<_>>>()?;
+    if names
+        .iter()
+        .any(|n| !n.chars().all(|c| c.is_alphanumeric() || c == '_'))
+    {
+        return None;
+    }
+    let expr = format!("NOT ({})", parts.join(" AND "));
+    Some(format!(
+        "skip this row's changes from now on with `filter = {{ \"{table}\" = \"{}\" }}` \
+         under `[tables]` (the pipeline file records it; what the target holds of the row \
+         stays as it is; remove the filter and run `ferry resync` on the table to copy it \
+         again)",
+        expr.replace('"', "\\\"")
+    ))
 }
 
 /// Glob match with `*` and `?`.
@@ -89,6 +145,7 @@ mod tests {
             include: vec!["public.*".into()],
             exclude: vec!["*_log".into()],
             unread_columns: vec!["users.secret".into(), "other.t.c".into()],
+            row_filter: None,
         };
         let users = TableName::new(Some("public"), "users");
         assert!(s.unread(&users, "secret") && !s.unread(&users, "name"));
@@ -98,5 +155,18 @@ mod tests {
         assert!(!s.selects(&TableName::new(Some("public"), "audit_log")));
         assert!(!s.selects(&TableName::new(Some("other"), "users")));
         assert!(!Selection::default().selects(&TableName::bare("_ferry_changes")));
+    }
+
+    #[test]
+    fn a_refused_row_can_be_skipped_by_a_filter_on_its_key() {
+        let key = [Value::Int(7), Value::Text("it's".into())];
+        let skip = skip_row_fix("public.m", &["id", "k"], &key).unwrap();
+        assert!(
+            skip.contains(r#"filter = { "public.m" = "NOT (id = 7 AND k = 'it''s')" }"#),
+            "{skip}"
+        );
+        // What a filter cannot name is not offered.
+        assert_eq!(skip_row_fix("m", &["d"], &[Value::Date(1)]), None);
+        assert_eq!(skip_row_fix("m", &["a b"], &[Value::Int(1)]), None);
     }
 }

@@ -47,6 +47,26 @@ pub struct TransformSpec {
     pub ops: Ops,
 }
 
+impl TransformSpec {
+    /// The rule for source table `name`, written as `ns.name` or `name`.
+    fn rule(&self, name: &TableName) -> Option<&TableRule> {
+        self.tables
+            .get(&name.to_string())
+            .or_else(|| self.tables.get(&name.name))
+    }
+}
+
+/// A source asks about a row it cannot wholly decode: the row is left out
+/// when its filter says so whatever the undecoded cells hold (a filter
+/// reading one of them answers `None` and keeps the row).
+impl ferry_core::selection::RowFilter for TransformSpec {
+    fn leaves_out(&self, table: &TableSchema, row: &[Value]) -> bool {
+        self.rule(&table.name)
+            .and_then(|r| r.filter.as_ref())
+            .is_some_and(|f| f.eval(table, row) == Some(false))
+    }
+}
+
 struct Mapping {
     target: TableRef,
     /// Source column index of each target column.
@@ -69,12 +89,7 @@ impl Transform {
     }
 
     fn rule(&self, name: &TableName) -> TableRule {
-        self.spec
-            .tables
-            .get(&name.to_string())
-            .or_else(|| self.spec.tables.get(&name.name))
-            .cloned()
-            .unwrap_or_default()
+        self.spec.rule(name).cloned().unwrap_or_default()
     }
 
     fn mapping(&self, source: &TableRef) -> Result<Arc<Mapping>> {
@@ -369,6 +384,22 @@ mod tests {
         );
         let rows = t.rows(&src(), vec![row(1, "eu"), row(2, "us")]).unwrap();
         assert_eq!(rows.len(), 1);
+    }
+
+    #[test]
+    fn a_source_learns_which_rows_the_filter_leaves_out_whatever_an_undecoded_cell_holds() {
+        use ferry_core::selection::RowFilter;
+        let s = spec();
+        let t = src();
+        let undecoded = |region: Value| vec![Value::Int(1), Value::Unchanged, region];
+        // The filter reads region, not the undecoded secret.
+        assert!(s.leaves_out(&t, &undecoded(Value::Text("us".into()))));
+        assert!(!s.leaves_out(&t, &undecoded(Value::Text("eu".into()))));
+        // The filter reads the undecoded cell: the row is kept.
+        let on_region = vec![Value::Int(1), Value::Text("pw".into()), Value::Unchanged];
+        assert!(!s.leaves_out(&t, &on_region));
+        // A table without a filter keeps every row.
+        assert!(!TransformSpec::default().leaves_out(&t, &undecoded(Value::Null)));
     }
 
     #[test]

@@ -468,6 +468,7 @@ impl PipelineConfig {
                 include: raw.tables.include,
                 exclude: raw.tables.exclude,
                 unread_columns: unread_columns(&transform),
+                row_filter: Some(std::sync::Arc::new(transform.clone())),
             },
             transform,
             options,

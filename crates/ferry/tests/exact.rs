@@ -229,12 +229,6 @@ fn exit_code(child: &mut Child) -> i32 {
     status.code().unwrap_or(-1)
 }
 
-fn add_to_pipeline(p: &Path, toml: &str) {
-    let mut text = std::fs::read_to_string(p).unwrap();
-    text.push_str(toml);
-    std::fs::write(p, text).unwrap();
-}
-
 #[test]
 fn a_value_the_target_refuses_stops_naming_table_key_and_column() {
     let pg = PostgresServer::start();
@@ -312,7 +306,7 @@ fn a_value_the_target_refuses_stops_naming_table_key_and_column() {
         log.contains(&skip.replace('"', "\\\"")) || log.contains(skip),
         "{log}"
     );
-    add_to_pipeline(&p, &format!("[tables]\n{skip}\n"));
+    crate::kit::add_to_pipeline(&p, &format!("[tables]\n{skip}\n"));
     let run = spawn_run(&p, &d.path("run.log"));
     pg.psql_in("src", "UPDATE m SET w = w + 100 WHERE id IN (17, 18);");
     let skipped = || {

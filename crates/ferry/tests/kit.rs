@@ -286,3 +286,10 @@ pub fn pg_number(pg: &ferry_testkit::PostgresServer, db: &str, sql: &str) -> i64
         .and_then(|n| n.parse().ok())
         .unwrap_or(-1)
 }
+
+/// Appends `toml` to the pipeline file at `p`.
+pub fn add_to_pipeline(p: &Path, toml: &str) {
+    let mut text = std::fs::read_to_string(p).unwrap();
+    text.push_str(toml);
+    std::fs::write(p, text).unwrap();
+}

@@ -167,17 +167,58 @@ fn toward_postgresql_a_cell_that_does_not_fit_its_declared_type_is_a_data_error(
     let pg = ferry_testkit::PostgresServer::start();
     pg.create_database("dst");
     let d = Dir::new();
-    d.source()
-        .execute_batch(
-            "CREATE TABLE m (id INTEGER PRIMARY KEY, n INTEGER, b BLOB);
-             INSERT INTO m VALUES (1, 5, X'00'), (2, 'five', 7);",
-        )
-        .unwrap();
+    let src = d.source();
+    src.execute_batch(
+        "CREATE TABLE m (id INTEGER PRIMARY KEY, n INTEGER, b BLOB);
+         INSERT INTO m VALUES (1, 5, X'00'), (2, 'five', 7);",
+    )
+    .unwrap();
     let p = d.pipeline_between(&d.source_url(), &pg.url_for("dst"), "");
-    let (code, out) =
-        crate::kit::run_to_exit(&["run", p.to_str().unwrap()], Duration::from_secs(90));
-    assert_eq!(code, 2, "{out}");
-    for part in ["m.n", "(2)", "TEXT", "exclude_columns = [\"m.n\"]"] {
-        assert!(out.contains(part), "{part:?} not in:\n{out}");
-    }
+    let refused = |expect: &[&str]| {
+        let (code, out) =
+            crate::kit::run_to_exit(&["run", p.to_str().unwrap()], Duration::from_secs(90));
+        assert_eq!(code, 2, "{out}");
+        for part in expect {
+            assert!(out.contains(part), "{part:?} not in:\n{out}");
+        }
+    };
+    let skip = r#"filter = { "m" = "NOT (id = 2)" }"#;
+    refused(&["m.n", "(2)", "TEXT", "exclude_columns = [\"m.n\"]", skip]);
+
+    // With the filter the fix line offers, the row is skipped in the copy
+    // and in the stream (a warning records it); everything else arrives.
+    crate::kit::add_to_pipeline(&p, "[tables]\nfilter = { \"m\" = \"NOT (id = 2)\" }\n");
+    let log = d.path("run.log");
+    let run = spawn_run(&p, &log);
+    eventually_blocking("the stream", Duration::from_secs(60), || {
+        (crate::kit::streams_started(&log) == 1).then_some(())
+    });
+    src.execute_batch(
+        "UPDATE m SET n = 'six', b = 8 WHERE id = 2;
+         INSERT INTO m VALUES (3, 8, X'01');",
+    )
+    .unwrap();
+    eventually_blocking("every row but 2", Duration::from_secs(60), || {
+        let rows = pg
+            .try_psql_in(
+                "dst",
+                "SELECT string_agg(id || ':' || n, ',' ORDER BY id) FROM m",
+            )
+            .ok()?;
+        (rows == "1:5,3:8").then_some(())
+    });
+    assert!(terminate(run).success(), "{}", crate::kit::log_tail(&log));
+    assert!(
+        crate::kit::log_count(&log, "the row is skipped") >= 2,
+        "{}",
+        crate::kit::log_tail(&log)
+    );
+    // verify reads the source as the pipeline does: the same row is left out.
+    let v = ferry(&["verify", p.to_str().unwrap()]);
+    assert!(v.status.success(), "verify: {}", text(&v));
+
+    // A misfit in a row the filter keeps still stops the pipeline.
+    src.execute("INSERT INTO m VALUES (4, 'four', NULL)", [])
+        .unwrap();
+    refused(&["m.n", "(4)", r#"NOT (id = 4)"#]);
 }

@@ -237,7 +237,7 @@ pub(crate) async fn refused(
         exclude_entry(&t.display, col)
     );
     let names: Vec<&str> = t.key.iter().map(|&i| t.source_cols[i].as_str()).collect();
-    if let Some(skip) = skip_filter(&t.display, &names, &key) {
+    if let Some(skip) = ferry_core::selection::skip_row_fix(&t.display, &names, &key) {
         exclude.push_str(&format!("; or {skip}"));
     }
     Some(out.with_fix(match found.error.fix() {
@@ -248,37 +248,6 @@ pub(crate) async fn refused(
             "correct the value on the source, widen the target column to take it, or {exclude}"
         ),
     }))
-}
-
-/// The way to skip one row: a filter that leaves out its key, which the
-/// pipeline file then records (the target keeps what it has of the
-/// row); `None` for a key a filter cannot name
-/// (a type other than integers and text, a column name that needs
-/// quoting).
-fn skip_filter(table: &str, names: &[&str], key: &[Value]) -> Option<String> {
-    let parts = names
-        .iter()
-        .zip(key)
-        .map(|(name, v)| match v {
-            Value::Int(i) => Some(format!("{name} = {i}")),
-            Value::Text(s) => Some(format!("{name} = '{}'", s.replace('\'', "''"))),
-            _ => None,
-        })
-        .collect::<Option<Vec<_>>>()?;
-    if names
-        .iter()
-        .any(|n| !n.chars().all(|c| c.is_alphanumeric() || c == '_'))
-    {
-        return None;
-    }
-    let expr = format!("NOT ({})", parts.join(" AND "));
-    Some(format!(
-        "skip this row's changes from now on with `filter = {{ \"{table}\" = \"{}\" }}` \
-         under `[tables]` (the pipeline file records it; what the target holds of the row \
-         stays as it is; remove the filter and run `ferry resync` on the table to copy it \
-         again)",
-        expr.replace('"', "\\\"")
-    ))
 }
 
 fn abbreviated(v: &Value) -> String {
@@ -348,18 +317,5 @@ mod tests {
                 .starts_with("cannot read column id of public.m: "),
             "{e}"
         );
-    }
-
-    #[test]
-    fn a_refused_row_can_be_skipped_by_a_filter_on_its_key() {
-        let key = [Value::Int(7), Value::Text("it's".into())];
-        let skip = skip_filter("public.m", &["id", "k"], &key).unwrap();
-        assert!(
-            skip.contains(r#"filter = { "public.m" = "NOT (id = 7 AND k = 'it''s')" }"#),
-            "{skip}"
-        );
-        // What a filter cannot name is not offered.
-        assert_eq!(skip_filter("m", &["d"], &[Value::Date(1)]), None);
-        assert_eq!(skip_filter("m", &["a b"], &[Value::Int(1)]), None);
     }
 }

@@ -8,8 +8,7 @@ use rusqlite::{Connection, TransactionBehavior};
 
 use crate::capture::{self, ChangeRow, DisplacementUpdate};
 use crate::connection::db_error;
-use crate::reader::{Side, value_error};
-use crate::types::{display_raw, to_value};
+use crate::reader::Side;
 
 /// A captured table's columns no longer match what was copied. Raised when
 /// the schema version moves and the columns differ, and when a change row
@@ -70,8 +69,9 @@ pub(crate) fn follow_unique_indexes(
     }
 }
 
-/// Turns one change row into a [`Change`] of `table`.
-pub(crate) fn decode_change(table: &TableRef, row: &ChangeRow) -> Result<Change> {
+/// Turns one change row into a [`Change`] of `table`; `side` is the
+/// source's, with the pipeline's row filters.
+pub(crate) fn decode_change(table: &TableRef, row: &ChangeRow, side: &Side) -> Result<Change> {
     let image = |text: &Option<String>, which: &str| -> Result<Vec<Value>> {
         let text = text.as_deref().ok_or_else(|| {
             Error::fatal(format!(
@@ -97,24 +97,8 @@ pub(crate) fn decode_change(table: &TableRef, row: &ChangeRow) -> Result<Change>
                 ),
             ));
         }
-        let mut values = Vec::with_capacity(stored.len());
-        for (i, (col, raw)) in table.columns.iter().zip(&stored).enumerate() {
-            let raw = ValueRef::from(raw);
-            match to_value(&col.ty, raw) {
-                Ok(v) => values.push(v),
-                Err(why) => {
-                    let key: Vec<String> = table
-                        .key
-                        .iter()
-                        .map(|&k| display_raw((&stored[k]).into()))
-                        .collect();
-                    return Err(value_error(table, i, raw, &why, Side::Source)
-                        .with("key", format!("({})", key.join(", ")))
-                        .with("position", format!("seq {}", row.seq)));
-                }
-            }
-        }
-        Ok(values)
+        crate::reader::decode_row(table, |i| Ok(ValueRef::from(&stored[i])), side)
+            .map_err(|e| e.with("position", format!("seq {}", row.seq)))
     };
     let table_ref = TableRef::clone(table);
     Ok(match row.op.as_str() {

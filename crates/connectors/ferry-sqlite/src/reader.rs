@@ -2,7 +2,10 @@
 //! conversion, and the [`TableReader`](ferry_core::TableReader) queries the
 //! source and the sink share.
 
+use std::sync::Arc;
+
 use ferry_core::canonical::{CANONICAL_DIGEST, HashSum, row_hash};
+use ferry_core::selection::{RowFilter, Selection};
 use ferry_core::value::display_key;
 use ferry_core::{ColumnType, Error, KeyRange, RangeDigest, Result, TableRef, TableSchema, Value};
 use rusqlite::Connection;
@@ -44,11 +47,19 @@ pub(crate) fn params_tuple(first: usize, n: usize) -> String {
 
 /// Which database a reader reads: a value that does not fit its column is
 /// corrected where it is.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub(crate) enum Side {
-    Source,
+    /// The source, with the pipeline's row filters: a row they leave out
+    /// may hold values that do not fit.
+    Source(Option<Arc<dyn RowFilter>>),
     /// A target ferry writes (read back by `ferry verify`).
     Target,
+}
+
+impl Side {
+    pub(crate) fn source(selection: &Selection) -> Side {
+        Side::Source(selection.row_filter.clone())
+    }
 }
 
 /// Converts one result row (columns in schema order) to values, reporting
@@ -56,47 +67,91 @@ pub(crate) enum Side {
 pub(crate) fn convert_row(
     table: &TableSchema,
     row: &rusqlite::Row<'_>,
-    side: Side,
+    side: &Side,
+) -> Result<Vec<Value>> {
+    decode_row(
+        table,
+        |i| {
+            row.get_ref(i)
+                .map_err(|e| Error::fatal(format!("reading {}", table.name)).with_source(e))
+        },
+        side,
+    )
+}
+
+/// Decodes a stored row, `cell(i)` the value of column `i`. A value that
+/// does not fit its column's declared type is a data error naming table,
+/// column, key and value, with the fixes. On the source the pipeline's
+/// filter is asked first: a row it leaves out whatever that value is goes
+/// on with the value [`Value::Unchanged`] (the filter drops the row before
+/// any target sees it), and a warning records the row.
+pub(crate) fn decode_row<'r>(
+    table: &TableSchema,
+    cell: impl Fn(usize) -> Result<ValueRef<'r>>,
+    side: &Side,
 ) -> Result<Vec<Value>> {
     let mut out = Vec::with_capacity(table.columns.len());
+    let mut misfit = None;
     for (i, col) in table.columns.iter().enumerate() {
-        let raw = row
-            .get_ref(i)
-            .map_err(|e| Error::fatal(format!("reading {}", table.name)).with_source(e))?;
-        match to_value(&col.ty, raw) {
+        match to_value(&col.ty, cell(i)?) {
             Ok(v) => out.push(v),
             Err(why) => {
-                let key: Vec<String> = table
-                    .key
-                    .iter()
-                    .map(|&k| row.get_ref(k).map(display_raw).unwrap_or_default())
-                    .collect();
-                return Err(value_error(table, i, raw, &why, side)
-                    .with("key", format!("({})", key.join(", "))));
+                misfit.get_or_insert((i, why));
+                out.push(Value::Unchanged);
             }
         }
     }
-    Ok(out)
+    let Some((column, why)) = misfit else {
+        return Ok(out);
+    };
+    let key: Vec<String> = table
+        .key
+        .iter()
+        .map(|&k| cell(k).map(display_raw).unwrap_or_default())
+        .collect();
+    let key = format!("({})", key.join(", "));
+    if let Side::Source(Some(filter)) = side
+        && filter.leaves_out(table, &out)
+    {
+        tracing::warn!(
+            table = %table.name,
+            key,
+            column = table.columns[column].name,
+            "a value that does not fit its declared type, in a row the pipeline's filter \
+             leaves out: the row is skipped"
+        );
+        return Ok(out);
+    }
+    let values: Vec<Value> = table.key.iter().map(|&k| out[k].clone()).collect();
+    Err(value_error(table, column, cell(column)?, &why, side, &values).with("key", key))
 }
 
-/// A stored value that does not fit its column's declared type.
-pub(crate) fn value_error(
+/// A stored value that does not fit its column's declared type, in the row
+/// with key `key` (the key's values, [`Value::Unchanged`] where not known).
+fn value_error(
     table: &TableSchema,
     column: usize,
     raw: ValueRef<'_>,
     why: &str,
-    side: Side,
+    side: &Side,
+    key: &[Value],
 ) -> Error {
     let col = &table.columns[column];
     let (place, fix) = match side {
-        Side::Source => (
-            "",
-            format!(
+        Side::Source(_) => {
+            let mut fix = format!(
                 "correct the value at the source, or exclude the column \
                  (`exclude_columns = [\"{}.{}\"]`)",
                 table.name, col.name
-            ),
-        ),
+            );
+            let names = table.key_names();
+            if let Some(skip) =
+                ferry_core::selection::skip_row_fix(&table.name.to_string(), &names, key)
+            {
+                fix.push_str(&format!("; or {skip}"));
+            }
+            ("", fix)
+        }
         Side::Target => (
             "target ",
             format!(
@@ -178,12 +233,13 @@ pub(crate) async fn read_rows(
     table: &TableRef,
     after: Option<&[Value]>,
     limit: usize,
-    side: Side,
+    side: &Side,
 ) -> Result<Vec<Vec<Value>>> {
     let table = TableRef::clone(table);
     let after = after.map(<[Value]>::to_vec);
     let path = conn.path.clone();
-    conn.run(move |c| read_rows_in(c, &path, &table, after.as_deref(), limit, side))
+    let side = side.clone();
+    conn.run(move |c| read_rows_in(c, &path, &table, after.as_deref(), limit, &side))
         .await
 }
 
@@ -196,7 +252,7 @@ pub(crate) fn read_rows_in(
     table: &TableSchema,
     after: Option<&[Value]>,
     limit: usize,
-    side: Side,
+    side: &Side,
 ) -> Result<Vec<Vec<Value>>> {
     let n = table.key.len();
     let sql = if table.is_keyless() {
@@ -247,13 +303,14 @@ pub(crate) async fn scan_rows(
     conn: &Blocking<Connection>,
     table: &TableRef,
     on_rows: &mut (dyn FnMut(Vec<Vec<Value>>) -> Result<()> + Send),
-    side: Side,
+    side: &Side,
 ) -> Result<()> {
     const PAGE: i64 = 5_000;
     let mut after = i64::MIN;
     loop {
         let table = TableRef::clone(table);
         let path = conn.path.clone();
+        let side = side.clone();
         let (rows, last) = conn
             .run(move |c| {
                 let sql = format!(
@@ -270,7 +327,7 @@ pub(crate) async fn scan_rows(
                 let mut rows = stmt.query(rusqlite::params![after, PAGE]).map_err(fail)?;
                 let (mut out, mut last) = (Vec::new(), after);
                 while let Some(row) = rows.next().map_err(fail)? {
-                    out.push(convert_row(&table, row, side)?);
+                    out.push(convert_row(&table, row, &side)?);
                     last = row.get(table.columns.len()).map_err(fail)?;
                 }
                 Ok((out, last))
@@ -299,7 +356,7 @@ pub(crate) async fn digest_range(
     range: &KeyRange,
     limit: Option<u64>,
     digest: &str,
-    side: Side,
+    side: &Side,
 ) -> Result<Option<RangeDigest>> {
     let arrays = table
         .columns
@@ -311,7 +368,8 @@ pub(crate) async fn digest_range(
     let table = TableRef::clone(table);
     let range = range.clone();
     let path = conn.path.clone();
-    conn.run(move |c| digest_range_in(c, &path, &table, &range, limit, side))
+    let side = side.clone();
+    conn.run(move |c| digest_range_in(c, &path, &table, &range, limit, &side))
         .await
 }
 
@@ -321,7 +379,7 @@ fn digest_range_in(
     table: &TableSchema,
     range: &KeyRange,
     limit: Option<u64>,
-    side: Side,
+    side: &Side,
 ) -> Result<Option<RangeDigest>> {
     let n = table.key.len();
     let mut conds = Vec::new();

@@ -374,7 +374,14 @@ impl TableReader for SqliteSink {
         after: Option<&[Value]>,
         limit: usize,
     ) -> Result<Vec<Vec<Value>>> {
-        crate::reader::read_rows(&self.conn, table, after, limit, crate::reader::Side::Target).await
+        crate::reader::read_rows(
+            &self.conn,
+            table,
+            after,
+            limit,
+            &crate::reader::Side::Target,
+        )
+        .await
     }
 
     async fn scan_rows(
@@ -382,7 +389,7 @@ impl TableReader for SqliteSink {
         table: &TableRef,
         on_rows: &mut (dyn FnMut(Vec<Vec<Value>>) -> Result<()> + Send),
     ) -> Result<()> {
-        crate::reader::scan_rows(&self.conn, table, on_rows, crate::reader::Side::Target).await
+        crate::reader::scan_rows(&self.conn, table, on_rows, &crate::reader::Side::Target).await
     }
 
     fn row_digests(&self) -> Vec<&'static str> {
@@ -402,7 +409,7 @@ impl TableReader for SqliteSink {
             range,
             limit,
             digest,
-            crate::reader::Side::Target,
+            &crate::reader::Side::Target,
         )
         .await
     }

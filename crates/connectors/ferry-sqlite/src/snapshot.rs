@@ -36,12 +36,22 @@ pub(crate) async fn open(
     path: PathBuf,
     requests: Vec<SnapshotRequest>,
     max_chunk_rows: usize,
+    side: Side,
 ) -> Result<Box<dyn SnapshotReader>> {
     let (position_tx, position_rx) = oneshot::channel();
     let (tx, rx) = mpsc::channel(2);
     std::thread::Builder::new()
         .name("ferry-sqlite-snapshot".into())
-        .spawn(move || run(path, requests, max_chunk_rows.max(1), position_tx, tx))
+        .spawn(move || {
+            run(
+                path,
+                requests,
+                max_chunk_rows.max(1),
+                &side,
+                position_tx,
+                tx,
+            )
+        })
         .map_err(|e| Error::fatal("could not start the snapshot thread").with_source(e))?;
     let seq = position_rx
         .await
@@ -94,6 +104,7 @@ fn run(
     path: PathBuf,
     requests: Vec<SnapshotRequest>,
     max_rows: usize,
+    side: &Side,
     position_tx: oneshot::Sender<Result<i64>>,
     tx: mpsc::Sender<Message>,
 ) {
@@ -110,7 +121,7 @@ fn run(
         }
     };
     for request in &requests {
-        match copy_table(&conn, &path, request, max_rows, &tx) {
+        match copy_table(&conn, &path, request, max_rows, side, &tx) {
             Ok(true) => {}
             // The reader was dropped: the pipeline stopped.
             Ok(false) => return,
@@ -154,6 +165,7 @@ fn copy_table(
     path: &std::path::Path,
     request: &SnapshotRequest,
     max_rows: usize,
+    side: &Side,
     tx: &mpsc::Sender<Message>,
 ) -> Result<bool> {
     let table = &request.table;
@@ -234,7 +246,7 @@ fn copy_table(
                     return Ok(false);
                 }
             }
-            buf.push(convert_row(table, row, Side::Source)?);
+            buf.push(convert_row(table, row, side)?);
         }
         let range = KeyRange {
             lower,

@@ -196,6 +196,7 @@ impl SqliteSource {
         let by_name = Arc::clone(&stream.by_name);
         let path = self.cfg.path.clone();
         let pipeline = self.cfg.pipeline.clone();
+        let side = crate::reader::Side::source(&self.cfg.selection);
         // Tables whose misfit rows need no new re-copy: one runs, or the
         // structure marker that starts one is on its way.
         let recopying: std::collections::HashSet<String> = self
@@ -254,7 +255,7 @@ impl SqliteSource {
                         }
                         continue;
                     }
-                    changes.push(decode_change(table, row)?);
+                    changes.push(decode_change(table, row, &side)?);
                 }
                 Ok((changes, last, rows.len(), max_ts))
             })
@@ -467,6 +468,7 @@ impl SqliteSource {
         let (table, after) = self.recopies.front().cloned().expect("a re-copy runs");
         let limit = self.cfg.max_chunk_rows.max(1);
         let path = self.cfg.path.clone();
+        let side = crate::reader::Side::source(&self.cfg.selection);
         let t = table.clone();
         let a = after.clone();
         let (at, rows) = self
@@ -475,14 +477,7 @@ impl SqliteSource {
                 let err = |e| db_error(&path, "reading a re-copy chunk", e);
                 let tx = c.transaction().map_err(err)?;
                 let at = capture::extent(&tx).map_err(err)?.allocated;
-                let rows = crate::reader::read_rows_in(
-                    &tx,
-                    &path,
-                    &t,
-                    a.as_deref(),
-                    limit,
-                    crate::reader::Side::Source,
-                )?;
+                let rows = crate::reader::read_rows_in(&tx, &path, &t, a.as_deref(), limit, &side)?;
                 tx.commit().map_err(err)?;
                 Ok((at, rows))
             })
@@ -568,7 +563,13 @@ impl Source for SqliteSource {
         &mut self,
         requests: Vec<SnapshotRequest>,
     ) -> Result<Box<dyn SnapshotReader>> {
-        crate::snapshot::open(self.cfg.path.clone(), requests, self.cfg.max_chunk_rows).await
+        crate::snapshot::open(
+            self.cfg.path.clone(),
+            requests,
+            self.cfg.max_chunk_rows,
+            crate::reader::Side::source(&self.cfg.selection),
+        )
+        .await
     }
 
     /// Fails when the capture is not installed, a trigger is missing, or
@@ -926,7 +927,14 @@ impl TableReader for SqliteSource {
         after: Option<&[Value]>,
         limit: usize,
     ) -> Result<Vec<Vec<Value>>> {
-        crate::reader::read_rows(&self.conn, table, after, limit, crate::reader::Side::Source).await
+        crate::reader::read_rows(
+            &self.conn,
+            table,
+            after,
+            limit,
+            &crate::reader::Side::source(&self.cfg.selection),
+        )
+        .await
     }
 
     async fn scan_rows(
@@ -934,7 +942,13 @@ impl TableReader for SqliteSource {
         table: &TableRef,
         on_rows: &mut (dyn FnMut(Vec<Vec<Value>>) -> Result<()> + Send),
     ) -> Result<()> {
-        crate::reader::scan_rows(&self.conn, table, on_rows, crate::reader::Side::Source).await
+        crate::reader::scan_rows(
+            &self.conn,
+            table,
+            on_rows,
+            &crate::reader::Side::source(&self.cfg.selection),
+        )
+        .await
     }
 
     fn row_digests(&self) -> Vec<&'static str> {
@@ -954,7 +968,7 @@ impl TableReader for SqliteSource {
             range,
             limit,
             digest,
-            crate::reader::Side::Source,
+            &crate::reader::Side::source(&self.cfg.selection),
         )
         .await
     }
