@@ -74,6 +74,17 @@ pub trait TableReader: Send + Sync {
         )))
     }
 
+    /// Limits every later read, digest and scan of this reader to the rows
+    /// for which `condition` holds: an SQL boolean expression over the
+    /// table's columns in this database's dialect (`ferry verify --where`).
+    fn restrict(&mut self, condition: &str) -> Result<()> {
+        let _ = condition;
+        Err(
+            crate::Error::fatal("this database cannot limit a compare to the rows of a condition")
+                .with_fix("leave out --where"),
+        )
+    }
+
     /// The row digests [`digest_range`](Self::digest_range) can compute,
     /// preferred first: two readers giving the same name give equal
     /// digests for equal rows. An engine's own digest (equal only between
@@ -100,6 +111,24 @@ pub trait TableReader: Send + Sync {
     ) -> Result<Option<RangeDigest>> {
         let _ = (table, range, limit, digest);
         Ok(None)
+    }
+
+    /// The key of the row `rows` rows past `after` in key order (the first
+    /// row's when `rows` is 1), `None` when fewer rows follow `after`:
+    /// where `ferry verify --sample` cuts a table into key ranges. The
+    /// default reads those rows; a database that can skip through its
+    /// key's index reads only keys.
+    async fn key_after(
+        &self,
+        table: &TableRef,
+        after: Option<&[Value]>,
+        rows: u64,
+    ) -> Result<Option<Vec<Value>>> {
+        let got = self.read_rows(table, after, rows.max(1) as usize).await?;
+        Ok(match got.last() {
+            Some(row) if got.len() as u64 >= rows => Some(table.key_of(row)),
+            _ => None,
+        })
     }
 
     /// Up to `limit` full rows with key greater than `after` (all keys when `None`).

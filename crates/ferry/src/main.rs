@@ -80,6 +80,26 @@ enum Command {
         /// exits 2, naming the statement.
         #[arg(long, value_name = "SECS")]
         statement_timeout: Option<f64>,
+        /// Tables compared at once (each one's reads as gentle as ever: the
+        /// --max-rows-per-sec budget is shared).
+        #[arg(long, value_name = "N", default_value_t = 1)]
+        concurrency: usize,
+        /// Only rows whose key is greater than this one: one value per key column,
+        /// comma-separated (`1000`, `'eu',42`); tables without a key are compared whole.
+        #[arg(long, value_name = "KEY")]
+        after: Option<String>,
+        /// Only rows whose key is at most this one (same form as --after).
+        #[arg(long, value_name = "KEY")]
+        until: Option<String>,
+        /// Only rows for which this SQL condition holds, read so by both databases (write it
+        /// so that both engines understand it: `region = 'eu' AND id > 1000`).
+        #[arg(long = "where", value_name = "SQL")]
+        condition: Option<String>,
+        /// Compare only about this percentage of each table's key ranges (of 20,000 rows),
+        /// chosen at random each run; the cuts come from the key's index, so the rest is
+        /// not read.
+        #[arg(long, value_name = "PERCENT", value_parser = percent)]
+        sample: Option<f64>,
     },
     /// Remove what ferry installed on the source for this pipeline (capture triggers, change table, slots).
     Teardown { pipeline: PathBuf },
@@ -167,6 +187,11 @@ async fn dispatch(command: Command) -> Result<u8, Error> {
             max_rows_per_sec,
             method,
             statement_timeout,
+            concurrency,
+            after,
+            until,
+            condition,
+            sample,
         } => {
             let opts = verify::Options {
                 format,
@@ -177,6 +202,11 @@ async fn dispatch(command: Command) -> Result<u8, Error> {
                 method,
                 statement_timeout: statement_timeout
                     .map(|s| std::time::Duration::from_secs_f64(s.max(0.001))),
+                concurrency,
+                after,
+                until,
+                condition,
+                sample,
             };
             verify::run(&PipelineConfig::load(&pipeline)?, &opts)
                 .await
@@ -395,5 +425,13 @@ async fn different_databases(
             "make sure `source.url` and `target.url` name two different databases",
         ),
         Err(e) => ferry_core::CheckItem::from_error(NAME, &e),
+    }
+}
+
+/// A percentage above 0, up to 100.
+fn percent(s: &str) -> Result<f64, String> {
+    match s.trim_end_matches('%').parse::<f64>() {
+        Ok(p) if p > 0.0 && p <= 100.0 => Ok(p),
+        _ => Err(format!("{s:?} is not a percentage above 0, up to 100")),
     }
 }

@@ -78,11 +78,7 @@ pub async fn apply(sink: &dyn Sink, table: &TableRef, steps: &[Step]) -> Result<
 /// those still different.
 pub async fn recheck(sides: &Sides<'_>, v: &mut TableVerdict) -> Result<(), Error> {
     if sides.target_table.is_keyless() {
-        let pace = crate::verify::Pace {
-            progress: &|_| {},
-            max_rows_per_sec: None,
-            start: std::time::Instant::now(),
-        };
+        let pace = crate::verify::Pace::new(&|_| {}, None);
         let again = crate::verify::verify_table(sides, &pace).await?;
         v.differences = again.differences;
     } else {

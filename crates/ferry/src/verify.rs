@@ -313,6 +313,12 @@ pub struct Sides<'a> {
     pub same_engine: bool,
     /// Stream every row even where both databases can digest them.
     pub rows_only: bool,
+    /// The keys compared (`--after`, `--until`); a table without a key is
+    /// compared whole.
+    pub range: KeyRange,
+    /// Compare only this percentage of the key ranges, chosen at random
+    /// (`--sample`).
+    pub sample: Option<f64>,
 }
 
 /// Compares the source table (in target shape) with the target's
@@ -382,15 +388,54 @@ fn compare_structure(
     comparable
 }
 
-/// How fast a compare may read, and where it reports how far it got.
-pub struct Pace<'a> {
-    pub progress: &'a dyn Fn(u64),
-    /// Rows per second read from each side at most (`--max-rows-per-sec`).
-    pub max_rows_per_sec: Option<u64>,
-    pub start: Instant,
+/// The read budget of one `ferry verify` (`--max-rows-per-sec`), shared
+/// by every table compared at once.
+pub struct Throttle {
+    limit: u64,
+    start: Instant,
+    rows: std::sync::atomic::AtomicU64,
 }
 
-impl Pace<'_> {
+impl Throttle {
+    pub fn new(limit: u64) -> Self {
+        Throttle {
+            limit: limit.max(1),
+            start: Instant::now(),
+            rows: Default::default(),
+        }
+    }
+
+    /// Counts `rows` more read and, when reading faster than allowed,
+    /// waits until the pace is kept.
+    async fn take(&self, rows: u64) {
+        use std::sync::atomic::Ordering;
+        let total = self.rows.fetch_add(rows, Ordering::Relaxed) + rows;
+        let due = Duration::from_secs_f64(total as f64 / self.limit as f64);
+        if let Some(wait) = due.checked_sub(self.start.elapsed()) {
+            tokio::time::sleep(wait).await;
+        }
+    }
+}
+
+/// How fast a compare of one table may read, and where it reports how far
+/// it got.
+pub struct Pace<'a> {
+    pub progress: &'a dyn Fn(u64),
+    /// The budget shared with the other tables (`--max-rows-per-sec`).
+    pub throttle: Option<&'a Throttle>,
+    /// Rows of this table already counted against the budget.
+    pub counted: std::sync::atomic::AtomicU64,
+}
+
+impl<'a> Pace<'a> {
+    pub fn new(progress: &'a dyn Fn(u64), throttle: Option<&'a Throttle>) -> Self {
+        Pace {
+            progress,
+            throttle,
+            counted: Default::default(),
+        }
+    }
+
     /// Every [`PACE_EVERY`] rows: reports progress and, when reading
     /// faster than allowed, waits until the pace is kept.
     async fn tick(&self, rows: u64) {
@@ -399,14 +444,16 @@ impl Pace<'_> {
         }
     }
 
-    /// Reports `rows` and, when reading faster than allowed, waits until
-    /// the pace is kept.
+    /// Reports `rows` (read of this table so far) and, when reading faster
+    /// than allowed, waits until the pace is kept.
     async fn at(&self, rows: u64) {
         (self.progress)(rows);
-        if let Some(limit) = self.max_rows_per_sec.filter(|l| *l > 0) {
-            let due = Duration::from_secs_f64(rows as f64 / limit as f64);
-            if let Some(wait) = due.checked_sub(self.start.elapsed()) {
-                tokio::time::sleep(wait).await;
+        if let Some(throttle) = self.throttle {
+            let before = self
+                .counted
+                .fetch_max(rows, std::sync::atomic::Ordering::Relaxed);
+            if rows > before {
+                throttle.take(rows - before).await;
             }
         }
     }
@@ -431,15 +478,73 @@ pub async fn verify_table(sides: &Sides<'_>, pace: &Pace<'_>) -> Result<TableVer
         }
     }
     if sides.target_table.is_keyless() {
+        if sides.range != KeyRange::all() || sides.sample.is_some() {
+            v.notes
+                .push("compared whole: a table without a key has no key ranges".into());
+        }
         verify_keyless(sides, &mut v).await?;
         return Ok(v);
     }
-    if digestible(sides, &v)? && verify_by_digests(sides, &mut v, pace).await? {
-        return Ok(v);
+    let ranges = match sides.sample {
+        Some(percent) => sample_ranges(sides, percent, &mut v).await?,
+        None => vec![sides.range.clone()],
+    };
+    let by_digests = digestible(sides, &v)?;
+    for range in &ranges {
+        if by_digests && verify_by_digests(sides, &mut v, pace, range).await? {
+            continue;
+        }
+        compare_rows(sides, &mut v, range, pace, CHUNK).await?;
     }
-    compare_rows(sides, &mut v, &KeyRange::all(), pace, CHUNK).await?;
     (pace.progress)(v.source_rows);
     Ok(v)
+}
+
+/// The key ranges `--sample` compares: the table (within `sides.range`)
+/// cut every [`DIGEST_RANGE`] source rows where its key index says (keys
+/// only are read: [`TableReader::key_after`]), each range kept at random
+/// with a chance of `percent` in 100. The verdict notes how many.
+async fn sample_ranges(
+    sides: &Sides<'_>,
+    percent: f64,
+    v: &mut TableVerdict,
+) -> Result<Vec<KeyRange>, Error> {
+    let seed = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64);
+    let kept = |i: u64| {
+        let mut h = DefaultHasher::new();
+        (seed, i).hash(&mut h);
+        (h.finish() % 1_000_000) as f64 <= percent * 10_000.0
+    };
+    let (mut out, mut total) = (Vec::new(), 0u64);
+    let mut lower = sides.range.lower.clone();
+    loop {
+        let upper = sides
+            .source
+            .key_after(sides.source_table, lower.as_deref(), DIGEST_RANGE)
+            .await?
+            .filter(|k| sides.range.upper.as_ref().is_none_or(|u| k < u));
+        let last = upper.is_none();
+        let range = KeyRange {
+            lower: lower.clone(),
+            upper: upper.clone().or_else(|| sides.range.upper.clone()),
+        };
+        if kept(total) {
+            out.push(range);
+        }
+        total += 1;
+        if last {
+            break;
+        }
+        lower = upper;
+    }
+    v.notes.push(format!(
+        "sampled: {} of {total} key ranges of up to {DIGEST_RANGE} rows compared ({percent}% \
+         asked); rows outside them were not compared",
+        out.len()
+    ));
+    Ok(out)
 }
 
 /// The row digest both databases compute, the source's preference first
@@ -500,7 +605,7 @@ async fn digest_pieces(
     sides: &Sides<'_>,
     range: &KeyRange,
     step: u64,
-    pace: Option<&Pace<'_>>,
+    pace: Option<(&Pace<'_>, u64)>,
 ) -> Result<Option<Vec<Piece>>, Error> {
     use futures_util::StreamExt;
     let Some(digest) = shared_digest(sides) else {
@@ -541,8 +646,8 @@ async fn digest_pieces(
                 };
                 source_rows += source.rows;
                 target_rows += target.rows;
-                if let Some(pace) = pace {
-                    pace.at(source_rows.max(target_rows)).await;
+                if let Some((pace, base)) = pace {
+                    pace.at(base + source_rows.max(target_rows)).await;
                 }
                 pieces.push(Piece {
                     range: piece,
@@ -582,12 +687,13 @@ async fn verify_by_digests(
     sides: &Sides<'_>,
     v: &mut TableVerdict,
     pace: &Pace<'_>,
+    range: &KeyRange,
 ) -> Result<bool, Error> {
-    let Some(pieces) = digest_pieces(sides, &KeyRange::all(), DIGEST_RANGE, Some(pace)).await?
-    else {
+    let base = v.source_rows.max(v.target_rows);
+    let Some(pieces) = digest_pieces(sides, range, DIGEST_RANGE, Some((pace, base))).await? else {
         return Ok(false);
     };
-    let mut stats = DigestStats::default();
+    let mut stats = v.digests.unwrap_or_default();
     for p in &pieces {
         stats.ranges += 1;
         v.source_rows += p.source.rows;
@@ -621,11 +727,7 @@ async fn narrow_down(
     source_rows: u64,
 ) -> Result<(TableVerdict, u64), Error> {
     let mut v = TableVerdict::default();
-    let quiet = Pace {
-        progress: &|_| {},
-        max_rows_per_sec: None,
-        start: Instant::now(),
-    };
+    let quiet = Pace::new(&|_| {}, None);
     let mut fetched = 0;
     // Ranges still to look at, the next one last.
     let mut todo = vec![(range, source_rows)];
@@ -1222,6 +1324,115 @@ pub struct Options {
     pub method: Method,
     /// PostgreSQL's `statement_timeout` on every connection verify opens.
     pub statement_timeout: Option<Duration>,
+    /// Tables compared at once.
+    pub concurrency: usize,
+    /// Only keys greater than this one (`--after`, as text).
+    pub after: Option<String>,
+    /// Only keys up to this one, inclusive (`--until`, as text).
+    pub until: Option<String>,
+    /// Only rows for which this SQL condition holds, on both sides
+    /// (`--where`).
+    pub condition: Option<String>,
+    /// Compare only this percentage of each table's key ranges (`--sample`).
+    pub sample: Option<f64>,
+}
+
+/// A key given on the command line, as values of `table`'s key columns:
+/// one value per key column, separated by commas; a value in single
+/// quotes is text as written (`''` for a quote in it).
+fn parse_key(table: &TableRef, text: &str) -> Result<Vec<Value>, Error> {
+    let bad = |why: String| {
+        Error::fatal(format!("key {text:?} for table {}: {why}", table.name)).with_fix(format!(
+            "give one value per key column ({}), separated by commas; quote text with \\
+             single quotes when it holds a comma",
+            table.key_names().join(", ")
+        ))
+    };
+    if table.is_keyless() {
+        return Err(bad("the table has no key".into()));
+    }
+    let mut parts: Vec<(String, bool)> = Vec::new();
+    let mut chars = text.trim().chars().peekable();
+    loop {
+        while chars.peek().is_some_and(|c| c.is_whitespace()) {
+            chars.next();
+        }
+        let (mut part, mut quoted) = (String::new(), false);
+        if chars.peek() == Some(&'\'') {
+            quoted = true;
+            chars.next();
+            loop {
+                match chars.next() {
+                    Some('\'') if chars.peek() == Some(&'\'') => {
+                        chars.next();
+                        part.push('\'');
+                    }
+                    Some('\'') => break,
+                    Some(c) => part.push(c),
+                    None => return Err(bad("a quote is not closed".into())),
+                }
+            }
+            while chars.peek().is_some_and(|c| c.is_whitespace()) {
+                chars.next();
+            }
+        } else {
+            while let Some(c) = chars.peek().filter(|c| **c != ',') {
+                part.push(*c);
+                chars.next();
+            }
+            part = part.trim().to_owned();
+        }
+        parts.push((part, quoted));
+        match chars.next() {
+            Some(',') => continue,
+            None => break,
+            Some(c) => return Err(bad(format!("unexpected {c:?} after a quoted value"))),
+        }
+    }
+    if parts.len() != table.key.len() {
+        return Err(bad(format!(
+            "{} values for a key of {} columns",
+            parts.len(),
+            table.key.len()
+        )));
+    }
+    table
+        .key
+        .iter()
+        .zip(parts)
+        .map(|(&k, (part, quoted))| {
+            let col = &table.columns[k];
+            key_value(&col.ty, &part, quoted).ok_or_else(|| {
+                bad(format!(
+                    "{part:?} is not a value of key column {} ({})",
+                    col.name, col.source_type
+                ))
+            })
+        })
+        .collect()
+}
+
+/// `text` as a value of a key column of type `ty`.
+fn key_value(ty: &ferry_core::ColumnType, text: &str, quoted: bool) -> Option<Value> {
+    use ferry_core::ColumnType as T;
+    use ferry_core::time;
+    Some(match ty {
+        T::Int16 | T::Int32 | T::Int64 => Value::Int(text.parse().ok()?),
+        T::Text { .. } | T::Other { .. } => Value::Text(text.to_owned()),
+        T::Dynamic => match text.parse() {
+            Ok(i) if !quoted => Value::Int(i),
+            _ => Value::Text(text.to_owned()),
+        },
+        T::Uuid => Value::Uuid(time::parse_uuid(text)?),
+        T::Date => Value::Date(time::parse_date(text)?),
+        T::Timestamp => Value::Timestamp(time::parse_timestamp(text)?),
+        T::Decimal { .. } => {
+            text.parse::<f64>().ok()?;
+            Value::Decimal(ferry_core::value::normalize_decimal(text).into_owned())
+        }
+        T::Bool => Value::Bool(text.parse().ok()?),
+        _ => return None,
+    })
 }
 
 /// `e` with the way past it when it is a statement `--statement-timeout`
@@ -1233,6 +1444,18 @@ pub fn explain_timeout(e: Error, opts: &Options) -> Error {
              tables at a time (--table), or run when the database is less busy (a lock held \
              on the table counts toward the time too)",
             t.as_secs_f64()
+        )),
+        _ => e,
+    }
+}
+
+/// `e` with the way past it when `--where` may be why a database refused a
+/// read.
+fn explain_condition(e: Error, opts: &Options) -> Error {
+    match &opts.condition {
+        Some(c) if e.fix().is_none() => e.with_fix(format!(
+            "check the --where condition `{c}`: both databases evaluate it on every table \
+             compared, so it must fit each of them (limit the tables with --table)"
         )),
         _ => e,
     }
@@ -1286,8 +1509,12 @@ pub async fn run(cfg: &crate::config::PipelineConfig, opts: &Options) -> Result<
     use crate::connectors;
     let cfg = &with_statement_timeout(cfg, opts.statement_timeout)?;
     let mut source = connectors::open_source(cfg).await?;
-    let source_reader = connectors::open_source_reader(cfg).await?;
-    let target_reader = connectors::open_sink_reader(cfg).await?;
+    let mut source_reader = connectors::open_source_reader(cfg).await?;
+    let mut target_reader = connectors::open_sink_reader(cfg).await?;
+    if let Some(condition) = &opts.condition {
+        source_reader.restrict(condition)?;
+        target_reader.restrict(condition)?;
+    }
     let store = connectors::open_sink(cfg).await?;
     let transform = Transform::new(cfg.transform.clone());
     let mut runner = Runner { cfg, active: None };
@@ -1343,29 +1570,74 @@ pub async fn run(cfg: &crate::config::PipelineConfig, opts: &Options) -> Result<
         ))
         .with_fix("name tables as `ferry status` lists them (schema.table or table)"));
     }
-    let mut all_equal = true;
-    for table in &tables {
+    let throttle = opts.max_rows_per_sec.filter(|l| *l > 0).map(Throttle::new);
+    let bars = indicatif::MultiProgress::new();
+    let same_engine = connectors::same_engine(cfg);
+    let sides_of = |table: &TableRef| -> Result<(TableRef, KeyRange), Error> {
         let target = transform.target_table(table)?;
-        if !wanted(table, &target) {
-            continue;
-        }
+        let range = KeyRange {
+            lower: opts
+                .after
+                .as_deref()
+                .map(|k| parse_key(table, k))
+                .transpose()?,
+            upper: opts
+                .until
+                .as_deref()
+                .map(|k| parse_key(table, k))
+                .transpose()?,
+        };
+        Ok((target, range))
+    };
+    // Tables are compared `--concurrency` at a time; each is then settled,
+    // repaired and reported in the source's order.
+    let compares = tables
+        .iter()
+        .map(|table| Ok((table, sides_of(table)?)))
+        .filter(|t: &Result<_, Error>| t.as_ref().map_or(true, |(s, (t, _))| wanted(s, t)))
+        .map(|t| {
+            let (source_reader, target_reader) = (source_reader.as_ref(), target_reader.as_ref());
+            let (transform, throttle, bars) = (&transform, throttle.as_ref(), &bars);
+            async move {
+                let (table, (target, range)) = t?;
+                let sides = Sides {
+                    source: source_reader,
+                    target: target_reader,
+                    source_table: table,
+                    target_table: &target,
+                    transform,
+                    same_engine,
+                    rows_only: opts.method == Method::Rows,
+                    range: range.clone(),
+                    sample: opts.sample,
+                };
+                let estimate = source_reader.estimate_rows(table).await.ok();
+                let bar = bars.add(progress_bar(&target, estimate));
+                let progress = |n| bar.set_position(n);
+                let pace = Pace::new(&progress, throttle);
+                let v = verify_table(&sides, &pace)
+                    .await
+                    .map_err(|e| explain_condition(e, opts));
+                bar.finish_and_clear();
+                Ok::<_, Error>((table, target, range, v?))
+            }
+        });
+    use futures_util::StreamExt;
+    let mut compares = futures_util::stream::iter(compares).buffered(opts.concurrency.max(1));
+    let mut all_equal = true;
+    while let Some(compared) = compares.next().await {
+        let (table, target, range, mut v) = compared?;
         let sides = Sides {
             source: source_reader.as_ref(),
             target: target_reader.as_ref(),
             source_table: table,
             target_table: &target,
             transform: &transform,
-            same_engine: connectors::same_engine(cfg),
+            same_engine,
             rows_only: opts.method == Method::Rows,
+            range,
+            sample: opts.sample,
         };
-        let bar = progress_bar(&target, source_reader.estimate_rows(table).await.ok());
-        let pace = Pace {
-            progress: &|n| bar.set_position(n),
-            max_rows_per_sec: opts.max_rows_per_sec,
-            start: Instant::now(),
-        };
-        let mut v = verify_table(&sides, &pace).await?;
-        bar.finish_and_clear();
         settle(
             &sides,
             source.as_mut(),

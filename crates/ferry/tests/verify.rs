@@ -286,6 +286,36 @@ fn verify_reports_a_missing_table_and_stops_quietly_on_a_closed_pipe() {
     assert_eq!(out.status.code(), Some(1), "{}", text(&out));
     assert!(text(&out).contains("differs at key (5)"), "{}", text(&out));
     assert!(text(&out).contains("no `ferry run` of this pipeline is running"));
+    // Rows outside a key range or a condition are not compared; tables
+    // compared at once are reported in the source's order.
+    for args in [
+        &["--after", "5"][..],
+        &["--where", "id <> 5"],
+        &["--where", "n > 5", "--table", "acct"],
+    ] {
+        let out = ferry(&[&["verify", ps][..], args].concat());
+        assert_eq!(out.status.code(), Some(0), "{args:?}: {}", text(&out));
+    }
+    // The condition holds for every table compared: one it does not fit
+    // stops verify, saying so.
+    let out = ferry(&["verify", ps, "--where", "n > 5"]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    assert!(
+        text(&out).contains("no such column: n") && text(&out).contains("--table"),
+        "{}",
+        text(&out)
+    );
+    let out = ferry(&["verify", ps, "--sample", "100"]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(text(&out).contains("differs at key (5)"), "{}", text(&out));
+    let out = ferry(&["verify", ps, "--until", "5", "--concurrency", "2"]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    let report = text(&out);
+    assert!(report.contains("differs at key (5)"), "{report}");
+    assert!(
+        report.find("acct").unwrap() < report.find("other").unwrap(),
+        "{report}"
+    );
 
     // A table missing on the target is a difference, not an abort.
     tgt.execute_batch("DROP TABLE other").unwrap();
@@ -808,6 +838,58 @@ fn postgres_verify_by_digests_reads_only_the_ranges_that_differ() {
         text_out.contains("compared by digests computed in each database: 3 key ranges"),
         "{text_out}"
     );
+
+    // Gentle compares: a key range (after 10000, up to 30000 inclusive)
+    // and a condition both databases evaluate; by digests and by rows.
+    let only = |ids: &[i64]| -> BTreeSet<(String, i64)> {
+        want.iter()
+            .filter(|(_, id)| ids.contains(id))
+            .cloned()
+            .collect()
+    };
+    for method in ["auto", "rows"] {
+        let args = ["verify", ps, "--format", "json", "--method", method];
+        let ranged = json(&ferry(
+            &[&args[..], &["--after", "10000", "--until", "25000"]].concat(),
+        ));
+        assert_eq!(differences(&ranged), only(&[12345, 25000]), "{ranged:#}");
+        assert_eq!(table(&ranged)["source_rows"], 15_000, "{ranged:#}");
+        let odd = json(&ferry(&[&args[..], &["--where", "id % 2 = 1"]].concat()));
+        assert_eq!(differences(&odd), only(&[7, 12345, 49999]), "{odd:#}");
+        let both = ferry(&[&args[..], &["--where", "t <> 'row 7'", "--until", "12345"]].concat());
+        assert_eq!(differences(&json(&both)), only(&[12345]));
+    }
+    // A sample compares some of the three key ranges of 20,000 rows: what
+    // it reports is there, and all of them make the full compare.
+    let all = json(&ferry(&[
+        "verify", ps, "--format", "json", "--sample", "100",
+    ]));
+    assert_eq!(differences(&all), want, "{all:#}");
+    let notes = table(&all)["notes"].to_string();
+    assert!(notes.contains("sampled: 3 of 3 key ranges"), "{notes}");
+    let mut fewer = false;
+    for _ in 0..8 {
+        let some = json(&ferry(&[
+            "verify", ps, "--format", "json", "--sample", "50",
+        ]));
+        assert!(differences(&some).is_subset(&want), "{some:#}");
+        let rows = table(&some)["source_rows"].as_u64().unwrap();
+        assert!(rows <= 50_000 && rows % 10_000 == 0, "{some:#}");
+        fewer |= rows < 50_000;
+    }
+    assert!(fewer, "eight samples of 50 % compared every range");
+
+    // A key that is not one, a condition a database refuses: exit 2, named.
+    let out = ferry(&["verify", ps, "--after", "seven"]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    assert!(
+        text(&out).contains("\"seven\" is not a value of key column id"),
+        "{}",
+        text(&out)
+    );
+    let out = ferry(&["verify", ps, "--where", "nosuch > 1"]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    assert!(text(&out).contains("nosuch"), "{}", text(&out));
 }
 
 /// Copies a table `v` (ids 1 to 40, all alike) with the pipeline `p`

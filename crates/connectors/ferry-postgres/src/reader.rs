@@ -230,6 +230,9 @@ pub(crate) async fn count_rows(client: &Client, schema: &str, name: &str) -> Res
 /// while the caller asks for the page after the last row it got.
 pub(crate) struct KeyOrderReads {
     endpoint: Endpoint,
+    /// Only rows for which this SQL condition holds (`ferry verify
+    /// --where`).
+    condition: Option<String>,
     open: tokio::sync::Mutex<Option<SortedStream>>,
     /// The connection row digests are computed on, its text output fixed
     /// ([`DIGEST_SETTINGS`]); `None` inside when the server has no
@@ -358,11 +361,59 @@ impl KeyOrderReads {
     pub fn new(endpoint: Endpoint) -> Self {
         KeyOrderReads {
             endpoint,
+            condition: None,
             open: tokio::sync::Mutex::new(None),
             digests: tokio::sync::OnceCell::new(),
             plans: tokio::sync::Mutex::new(HashMap::new()),
             described: tokio::sync::Mutex::new(HashMap::new()),
         }
+    }
+
+    /// Limits every later read to rows for which `condition` holds.
+    pub fn restrict(&mut self, condition: &str) {
+        self.condition = Some(condition.to_owned());
+    }
+
+    /// What reads select from: the table, or only its rows that meet the
+    /// condition (a subquery the planner flattens, so the key's index
+    /// still serves key order).
+    fn relation(&self, pg: &PgTable) -> String {
+        match &self.condition {
+            None => pg.qualified(),
+            Some(c) => format!(
+                "(SELECT * FROM {} WHERE ({c})) AS {}",
+                pg.qualified(),
+                ident(&pg.name)
+            ),
+        }
+    }
+
+    /// Serves [`ferry_core::TableReader::scan_rows`]: every row of `table`,
+    /// unordered, a few thousand at a time.
+    pub(crate) async fn scan_rows(
+        &self,
+        client: &Client,
+        pg: &PgTable,
+        table: &TableRef,
+        on_rows: &mut (dyn FnMut(Vec<Vec<Value>>) -> Result<()> + Send),
+    ) -> Result<()> {
+        const BATCH: usize = 5_000;
+        let cols = read_columns(pg, table)?;
+        let kinds: Vec<Kind> = cols.iter().map(|c| c.kind.clone()).collect();
+        let sql = format!("SELECT {} FROM {}", column_list(&cols), self.relation(pg));
+        let mut batch = Vec::with_capacity(BATCH);
+        copy_out_rows(client, &sql, &kinds, |row| {
+            batch.push(row);
+            if batch.len() == BATCH {
+                on_rows(std::mem::replace(&mut batch, Vec::with_capacity(BATCH)))?;
+            }
+            Ok(())
+        })
+        .await?;
+        if !batch.is_empty() {
+            on_rows(batch)?;
+        }
+        Ok(())
     }
 
     /// `table`'s catalog entry: from `describe` the first time, then as
@@ -443,7 +494,7 @@ impl KeyOrderReads {
                     table.key.iter().map(|&i| cols[i].clone()).collect();
                 let plan = (!key_cols.is_empty() && indexed_order(&key_cols)).then(|| {
                     Arc::new(DigestPlan {
-                        from: pg.qualified(),
+                        from: self.relation(&pg),
                         canonical: canonical_row(&cols),
                         cols,
                         key_cols,
@@ -539,6 +590,56 @@ impl KeyOrderReads {
         Ok(Some(out))
     }
 
+    /// Serves [`ferry_core::TableReader::key_after`]: through the key's
+    /// index, reading keys only, when it orders as ferry does; else by
+    /// reading the rows.
+    pub async fn key_after(
+        &self,
+        client: &Client,
+        pg: &PgTable,
+        table: &TableRef,
+        after: Option<&[Value]>,
+        rows: u64,
+    ) -> Result<Option<Vec<Value>>> {
+        let cols = read_columns(pg, table)?;
+        let key_cols: Vec<ReadColumn> = table.key.iter().map(|&i| cols[i].clone()).collect();
+        if key_cols.is_empty() || !indexed_order(&key_cols) {
+            let got = self
+                .read_rows(client, pg, table, after, rows.max(1) as usize)
+                .await?;
+            return Ok(match got.last() {
+                Some(row) if got.len() as u64 >= rows => Some(table.key_of(row)),
+                _ => None,
+            });
+        }
+        let key_refs: Vec<&ReadColumn> = key_cols.iter().collect();
+        let range = KeyRange {
+            lower: after.map(<[Value]>::to_vec),
+            upper: None,
+        };
+        let mut sql = format!(
+            "SELECT {} FROM {}",
+            column_list(&key_cols),
+            self.relation(pg)
+        );
+        if let Some(p) = range_predicate(&key_refs, &range)? {
+            sql.push_str(&format!(" WHERE {p}"));
+        }
+        sql.push_str(&format!(
+            " ORDER BY {} OFFSET {} LIMIT 1",
+            order_by(&key_refs),
+            rows.max(1) - 1
+        ));
+        let kinds: Vec<Kind> = key_cols.iter().map(|c| c.kind.clone()).collect();
+        let mut key = None;
+        query_rows(client, &sql, &kinds, |r| {
+            key = Some(r);
+            Ok(())
+        })
+        .await?;
+        Ok(key)
+    }
+
     pub async fn read_rows(
         &self,
         client: &Client,
@@ -554,7 +655,7 @@ impl KeyOrderReads {
             lower: after.map(<[Value]>::to_vec),
             upper: None,
         };
-        let sql = select_range(&pg.qualified(), &cols, &key_cols, &after_range)?;
+        let sql = select_range(&self.relation(pg), &cols, &key_cols, &after_range)?;
         if indexed_order(&key_cols) {
             let mut rows = Vec::new();
             query_rows(client, &format!("{sql} LIMIT {limit}"), &kinds, |r| {
@@ -603,33 +704,6 @@ impl KeyOrderReads {
         s.last = rows.last().map(|r| table.key_of(r));
         Ok(rows)
     }
-}
-
-/// Serves [`ferry_core::TableReader::scan_rows`]: every row of `table`,
-/// unordered, a few thousand at a time.
-pub(crate) async fn scan_rows(
-    client: &Client,
-    pg: &PgTable,
-    table: &TableRef,
-    on_rows: &mut (dyn FnMut(Vec<Vec<Value>>) -> Result<()> + Send),
-) -> Result<()> {
-    const BATCH: usize = 5_000;
-    let cols = read_columns(pg, table)?;
-    let kinds: Vec<Kind> = cols.iter().map(|c| c.kind.clone()).collect();
-    let sql = format!("SELECT {} FROM {}", column_list(&cols), pg.qualified());
-    let mut batch = Vec::with_capacity(BATCH);
-    copy_out_rows(client, &sql, &kinds, |row| {
-        batch.push(row);
-        if batch.len() == BATCH {
-            on_rows(std::mem::replace(&mut batch, Vec::with_capacity(BATCH)))?;
-        }
-        Ok(())
-    })
-    .await?;
-    if !batch.is_empty() {
-        on_rows(batch)?;
-    }
-    Ok(())
 }
 
 /// `c1, c2, ...`: the quoted names of `cols`, a column of a type ferry

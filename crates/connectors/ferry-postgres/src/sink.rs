@@ -989,8 +989,25 @@ impl TableReader for PostgresSink {
             .await
     }
 
+    async fn key_after(
+        &self,
+        table: &TableRef,
+        after: Option<&[Value]>,
+        rows: u64,
+    ) -> Result<Option<Vec<Value>>> {
+        let pg = self.describe_for_reading(table).await?;
+        self.reads
+            .key_after(&self.admin, &pg, table, after, rows)
+            .await
+    }
+
     fn row_digests(&self) -> Vec<&'static str> {
         crate::reader::ROW_DIGESTS.to_vec()
+    }
+
+    fn restrict(&mut self, condition: &str) -> Result<()> {
+        self.reads.restrict(condition);
+        Ok(())
     }
 
     async fn digest_range(
@@ -1019,7 +1036,7 @@ impl TableReader for PostgresSink {
         let pg = self.describe(&table.name).await?.ok_or_else(|| {
             Error::fatal(format!("table {} does not exist on the target", table.name))
         })?;
-        crate::reader::scan_rows(&self.admin, &pg, table, on_rows).await
+        self.reads.scan_rows(&self.admin, &pg, table, on_rows).await
     }
 }
 

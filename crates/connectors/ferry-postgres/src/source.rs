@@ -862,8 +862,25 @@ impl TableReader for PostgresSource {
             .await
     }
 
+    async fn key_after(
+        &self,
+        table: &TableRef,
+        after: Option<&[Value]>,
+        rows: u64,
+    ) -> Result<Option<Vec<Value>>> {
+        let pg = self.describe_for_reading(table).await?;
+        self.reads
+            .key_after(&self.client, &pg, table, after, rows)
+            .await
+    }
+
     fn row_digests(&self) -> Vec<&'static str> {
         crate::reader::ROW_DIGESTS.to_vec()
+    }
+
+    fn restrict(&mut self, condition: &str) -> Result<()> {
+        self.reads.restrict(condition);
+        Ok(())
     }
 
     async fn digest_range(
@@ -890,7 +907,9 @@ impl TableReader for PostgresSource {
         on_rows: &mut (dyn FnMut(Vec<Vec<Value>>) -> Result<()> + Send),
     ) -> Result<()> {
         let pg = self.describe_for_reading(table).await?;
-        crate::reader::scan_rows(&self.client, &pg, table, on_rows).await
+        self.reads
+            .scan_rows(&self.client, &pg, table, on_rows)
+            .await
     }
 }
 

@@ -234,18 +234,40 @@ pub(crate) async fn read_rows(
     after: Option<&[Value]>,
     limit: usize,
     side: &Side,
+    condition: Option<&str>,
 ) -> Result<Vec<Vec<Value>>> {
     let table = TableRef::clone(table);
     let after = after.map(<[Value]>::to_vec);
     let path = conn.path.clone();
     let side = side.clone();
-    conn.run(move |c| read_rows_in(c, &path, &table, after.as_deref(), limit, &side))
-        .await
+    let condition = condition.map(str::to_owned);
+    conn.run(move |c| {
+        read_rows_in(
+            c,
+            &path,
+            &table,
+            after.as_deref(),
+            limit,
+            &side,
+            condition.as_deref(),
+        )
+    })
+    .await
+}
+
+/// `WHERE` and the conditions that hold (none: nothing).
+fn where_all(conds: &[String]) -> String {
+    if conds.is_empty() {
+        String::new()
+    } else {
+        format!("WHERE {}", conds.join(" AND "))
+    }
 }
 
 /// Up to `limit` rows of `table` with key after `after`, in key order, on
-/// `c` (inside whatever transaction it has open). A table without a key
-/// is read whole, in rowid order.
+/// `c` (inside whatever transaction it has open); only those for which
+/// `condition` holds, when given. A table without a key is read whole, in
+/// rowid order.
 pub(crate) fn read_rows_in(
     c: &Connection,
     path: &std::path::Path,
@@ -253,19 +275,22 @@ pub(crate) fn read_rows_in(
     after: Option<&[Value]>,
     limit: usize,
     side: &Side,
+    condition: Option<&str>,
 ) -> Result<Vec<Vec<Value>>> {
     let n = table.key.len();
+    let mut conds: Vec<String> = condition.map(|c| format!("({c})")).into_iter().collect();
     let sql = if table.is_keyless() {
         format!(
-            "SELECT {} FROM {} ORDER BY rowid",
+            "SELECT {} FROM {} {} ORDER BY rowid",
             column_list(table),
-            ident(&table.name.name)
+            ident(&table.name.name),
+            where_all(&conds)
         )
     } else {
-        let filter = match after {
-            Some(_) => format!("WHERE {} > {}", key_tuple(table), params_tuple(2, n)),
-            None => String::new(),
-        };
+        if after.is_some() {
+            conds.push(format!("{} > {}", key_tuple(table), params_tuple(2, n)));
+        }
+        let filter = where_all(&conds);
         format!(
             "SELECT {} FROM {} {filter} ORDER BY {} LIMIT ?1",
             column_list(table),
@@ -304,17 +329,20 @@ pub(crate) async fn scan_rows(
     table: &TableRef,
     on_rows: &mut (dyn FnMut(Vec<Vec<Value>>) -> Result<()> + Send),
     side: &Side,
+    condition: Option<&str>,
 ) -> Result<()> {
     const PAGE: i64 = 5_000;
+    let also = condition.map(|c| format!(" AND ({c})")).unwrap_or_default();
     let mut after = i64::MIN;
     loop {
         let table = TableRef::clone(table);
         let path = conn.path.clone();
         let side = side.clone();
+        let also = also.clone();
         let (rows, last) = conn
             .run(move |c| {
                 let sql = format!(
-                    "SELECT {}, rowid FROM {} WHERE rowid > ?1 ORDER BY rowid LIMIT ?2",
+                    "SELECT {}, rowid FROM {} WHERE rowid > ?1{also} ORDER BY rowid LIMIT ?2",
                     column_list(&table),
                     ident(&table.name.name)
                 );
@@ -357,6 +385,7 @@ pub(crate) async fn digest_range(
     limit: Option<u64>,
     digest: &str,
     side: &Side,
+    condition: Option<&str>,
 ) -> Result<Option<RangeDigest>> {
     let arrays = table
         .columns
@@ -369,7 +398,8 @@ pub(crate) async fn digest_range(
     let range = range.clone();
     let path = conn.path.clone();
     let side = side.clone();
-    conn.run(move |c| digest_range_in(c, &path, &table, &range, limit, &side))
+    let condition = condition.map(str::to_owned);
+    conn.run(move |c| digest_range_in(c, &path, &table, &range, limit, &side, condition.as_deref()))
         .await
 }
 
@@ -380,9 +410,10 @@ fn digest_range_in(
     range: &KeyRange,
     limit: Option<u64>,
     side: &Side,
+    condition: Option<&str>,
 ) -> Result<Option<RangeDigest>> {
     let n = table.key.len();
-    let mut conds = Vec::new();
+    let mut conds: Vec<String> = condition.map(|c| format!("({c})")).into_iter().collect();
     let mut bound: Vec<&Value> = Vec::new();
     if let Some(lower) = &range.lower {
         conds.push(format!("{} > {}", key_tuple(table), params_tuple(1, n)));
@@ -397,11 +428,7 @@ fn digest_range_in(
         ));
         bound.extend(upper);
     }
-    let filter = if conds.is_empty() {
-        String::new()
-    } else {
-        format!("WHERE {}", conds.join(" AND "))
-    };
+    let filter = where_all(&conds);
     let sql = format!(
         "SELECT {} FROM {} {filter} ORDER BY {}{}",
         column_list(table),

@@ -52,6 +52,8 @@ pub struct SqliteSink {
     /// The pipeline's lock file once [`Sink::fence`] locked it (see
     /// `fence.rs`); closing it releases the lock.
     fence: std::sync::Mutex<Option<std::fs::File>>,
+    /// `ferry verify --where`: reads see only rows for which it holds.
+    condition: Option<String>,
 }
 
 impl SqliteSink {
@@ -66,6 +68,7 @@ impl SqliteSink {
             conn: Blocking::new(conn, &cfg.path),
             cfg,
             fence: std::sync::Mutex::new(None),
+            condition: None,
         })
     }
 }
@@ -380,6 +383,7 @@ impl TableReader for SqliteSink {
             after,
             limit,
             &crate::reader::Side::Target,
+            self.condition.as_deref(),
         )
         .await
     }
@@ -389,11 +393,23 @@ impl TableReader for SqliteSink {
         table: &TableRef,
         on_rows: &mut (dyn FnMut(Vec<Vec<Value>>) -> Result<()> + Send),
     ) -> Result<()> {
-        crate::reader::scan_rows(&self.conn, table, on_rows, &crate::reader::Side::Target).await
+        crate::reader::scan_rows(
+            &self.conn,
+            table,
+            on_rows,
+            &crate::reader::Side::Target,
+            self.condition.as_deref(),
+        )
+        .await
     }
 
     fn row_digests(&self) -> Vec<&'static str> {
         vec![ferry_core::canonical::CANONICAL_DIGEST]
+    }
+
+    fn restrict(&mut self, condition: &str) -> Result<()> {
+        self.condition = Some(condition.to_owned());
+        Ok(())
     }
 
     async fn digest_range(
@@ -410,6 +426,7 @@ impl TableReader for SqliteSink {
             limit,
             digest,
             &crate::reader::Side::Target,
+            self.condition.as_deref(),
         )
         .await
     }

@@ -79,6 +79,8 @@ impl SqliteSourceConfig {
 pub struct SqliteSource {
     cfg: SqliteSourceConfig,
     conn: Blocking<Connection>,
+    /// `ferry verify --where`: reads see only rows for which it holds.
+    condition: Option<String>,
     /// The structure `tables()` reported, and the schema version it was read at.
     tables: Option<(Vec<TableRef>, i64)>,
     stream: Option<Stream>,
@@ -137,6 +139,7 @@ impl SqliteSource {
         Ok(SqliteSource {
             conn: Blocking::new(conn, &cfg.path),
             cfg,
+            condition: None,
             tables: None,
             stream: None,
             acks: Acks {
@@ -477,7 +480,8 @@ impl SqliteSource {
                 let err = |e| db_error(&path, "reading a re-copy chunk", e);
                 let tx = c.transaction().map_err(err)?;
                 let at = capture::extent(&tx).map_err(err)?.allocated;
-                let rows = crate::reader::read_rows_in(&tx, &path, &t, a.as_deref(), limit, &side)?;
+                let rows =
+                    crate::reader::read_rows_in(&tx, &path, &t, a.as_deref(), limit, &side, None)?;
                 tx.commit().map_err(err)?;
                 Ok((at, rows))
             })
@@ -933,6 +937,7 @@ impl TableReader for SqliteSource {
             after,
             limit,
             &crate::reader::Side::source(&self.cfg.selection),
+            self.condition.as_deref(),
         )
         .await
     }
@@ -947,12 +952,18 @@ impl TableReader for SqliteSource {
             table,
             on_rows,
             &crate::reader::Side::source(&self.cfg.selection),
+            self.condition.as_deref(),
         )
         .await
     }
 
     fn row_digests(&self) -> Vec<&'static str> {
         vec![ferry_core::canonical::CANONICAL_DIGEST]
+    }
+
+    fn restrict(&mut self, condition: &str) -> Result<()> {
+        self.condition = Some(condition.to_owned());
+        Ok(())
     }
 
     async fn digest_range(
@@ -969,6 +980,7 @@ impl TableReader for SqliteSource {
             limit,
             digest,
             &crate::reader::Side::source(&self.cfg.selection),
+            self.condition.as_deref(),
         )
         .await
     }
