@@ -10,6 +10,7 @@ pub mod checkpoint;
 pub mod codec;
 pub mod error;
 pub mod failpoint;
+pub mod piece;
 pub mod position;
 pub mod reader;
 pub mod repair;
