@@ -122,6 +122,7 @@ pub fn split_gap(gap: &KeyRange, splits: &[Vec<Value>]) -> Vec<KeyRange> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::checkpoint::tests::{k as i, r};
 
     fn t(s: &str) -> Value {
         Value::Text(s.into())
@@ -129,14 +130,6 @@ mod tests {
 
     fn k(s: &str) -> Option<Vec<Value>> {
         Some(vec![t(s)])
-    }
-
-    fn i(n: i64) -> Option<Vec<Value>> {
-        Some(vec![Value::Int(n)])
-    }
-
-    fn r(lower: Option<Vec<Value>>, upper: Option<Vec<Value>>) -> KeyRange {
-        KeyRange { lower, upper }
     }
 
     #[test]
