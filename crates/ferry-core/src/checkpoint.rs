@@ -400,7 +400,7 @@ impl Checkpoint {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::position::SqlitePosition;
 
@@ -514,11 +514,12 @@ mod tests {
         assert!(Checkpoint::from_records(&[r]).is_err());
     }
 
-    fn k(i: i64) -> Option<Vec<Value>> {
+    /// An integer key bound (also used by `piece`'s tests).
+    pub(crate) fn k(i: i64) -> Option<Vec<Value>> {
         Some(vec![Value::Int(i)])
     }
 
-    fn r(lower: Option<Vec<Value>>, upper: Option<Vec<Value>>) -> KeyRange {
+    pub(crate) fn r(lower: Option<Vec<Value>>, upper: Option<Vec<Value>>) -> KeyRange {
         KeyRange { lower, upper }
     }
 

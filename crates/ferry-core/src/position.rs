@@ -1,12 +1,32 @@
 //! Typed, ordered replication positions.
 //!
 //! Inside ferry a position is always typed: a PostgreSQL position is an
-//! `(commit_lsn, lsn)` pair, a MySQL one a binlog file and offset (with the
-//! GTID set when known), a SQLite one the sequence number of its change
+//! `(commit_lsn, lsn)` pair, a SQLite one the sequence number of its change
 //! table. Only at the checkpoint boundary does a position become text: a
 //! versioned envelope (`ferry.pos.v1 <kind> <payload>`) that
 //! [`Position::from_envelope`] decodes and rejects loudly when it does not
 //! know the version or kind, rather than resuming from a wrong place.
+//!
+//! # What a connector's position must be
+//!
+//! Each engine has one arm of [`Position`], holding a type of its own. The
+//! pipeline compares positions of one source only, and a checkpoint outlives
+//! the ferry that wrote it, so that type MUST have:
+//!
+//! * a total order consistent with equality (`Ord` and `Eq` agree:
+//!   `a.cmp(b) == Equal` exactly when `a == b`), in the order the source
+//!   commits: the pipeline keeps the newest position durable and resumes
+//!   after it, so an order that ties or inverts two different positions
+//!   repeats or skips changes. Parts that only look ordered as text (a
+//!   file name with a numeric suffix) are compared as what they mean;
+//! * a stable text form: a kind name of its own and a payload of
+//!   space-separated fields that parses back to an equal value. Checkpoints
+//!   keep it across upgrades, so once released a form never changes; another
+//!   form is another kind or another envelope version.
+//!
+//! Adding an engine's position is its type here, one arm of [`Position`]
+//! and one arm in each match below; which positions a resume excludes is
+//! the connector's own rule (in its `position.rs`).
 
 use std::cmp::Ordering;
 use std::fmt;
@@ -48,22 +68,6 @@ pub struct PgPosition {
     pub lsn: Lsn,
 }
 
-/// Position in a MySQL/MariaDB binlog.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub struct MySqlPosition {
-    pub file: String,
-    pub offset: u64,
-    /// GTID set (MySQL) or GTID position (MariaDB) after this event, if known.
-    pub gtid: Option<String>,
-}
-
-impl PartialOrd for MySqlPosition {
-    fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
-        // Binlog file names carry a zero-padded increasing suffix.
-        Some((self.file.as_str(), self.offset).cmp(&(other.file.as_str(), other.offset)))
-    }
-}
-
 /// Position in a SQLite source's change table.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct SqlitePosition {
@@ -76,16 +80,14 @@ pub struct SqlitePosition {
 pub enum Position {
     Sqlite(SqlitePosition),
     Postgres(PgPosition),
-    MySql(MySqlPosition),
 }
 
 impl PartialOrd for Position {
     /// Positions of different kinds do not compare.
     fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
         match (self, other) {
-            (Position::Sqlite(a), Position::Sqlite(b)) => a.partial_cmp(b),
-            (Position::Postgres(a), Position::Postgres(b)) => a.partial_cmp(b),
-            (Position::MySql(a), Position::MySql(b)) => a.partial_cmp(b),
+            (Position::Sqlite(a), Position::Sqlite(b)) => Some(a.cmp(b)),
+            (Position::Postgres(a), Position::Postgres(b)) => Some(a.cmp(b)),
             _ => None,
         }
     }
@@ -123,7 +125,6 @@ impl Position {
         match self {
             Position::Sqlite(_) => "sqlite",
             Position::Postgres(_) => "postgres",
-            Position::MySql(_) => "mysql",
         }
     }
 
@@ -132,14 +133,6 @@ impl Position {
         let payload = match self {
             Position::Sqlite(p) => p.seq.to_string(),
             Position::Postgres(p) => format!("{} {}", p.commit_lsn, p.lsn),
-            Position::MySql(p) => {
-                format!(
-                    "{} {} {}",
-                    p.file,
-                    p.offset,
-                    p.gtid.as_deref().unwrap_or("-")
-                )
-            }
         };
         format!("{ENVELOPE_PREFIX} {} {payload}", self.kind())
     }
@@ -170,14 +163,6 @@ impl Position {
                     lsn: lsn.parse().map_err(|_| malformed("postgres"))?,
                 })),
                 _ => Err(malformed("postgres")),
-            },
-            "mysql" => match rest.as_slice() {
-                [file, offset, gtid] => Ok(Position::MySql(MySqlPosition {
-                    file: (*file).to_owned(),
-                    offset: offset.parse().map_err(|_| malformed("mysql"))?,
-                    gtid: (*gtid != "-").then(|| (*gtid).to_owned()),
-                })),
-                _ => Err(malformed("mysql")),
             },
             other => Err(PositionError::UnknownKind {
                 kind: other.to_owned(),
@@ -213,7 +198,6 @@ impl fmt::Display for Position {
         match self {
             Position::Sqlite(p) => write!(f, "seq {}", p.seq),
             Position::Postgres(p) => write!(f, "lsn {}", p.commit_lsn),
-            Position::MySql(p) => write!(f, "{}:{}", p.file, p.offset),
         }
     }
 }
@@ -230,20 +214,24 @@ mod tests {
                 commit_lsn: Lsn(0x1_0000_00A0),
                 lsn: Lsn(7),
             }),
-            Position::MySql(MySqlPosition {
-                file: "binlog.000003".into(),
-                offset: 4,
-                gtid: None,
-            }),
-            Position::MySql(MySqlPosition {
-                file: "binlog.000003".into(),
-                offset: 4,
-                gtid: Some("0-1-17".into()),
-            }),
         ];
         for p in positions {
             assert_eq!(Position::from_envelope(&p.to_envelope()).unwrap(), p);
         }
+    }
+
+    /// Checkpoints written by earlier versions hold these very texts.
+    #[test]
+    fn text_forms_are_stable() {
+        let sqlite = Position::Sqlite(SqlitePosition { seq: 42 });
+        let postgres = Position::Postgres(PgPosition {
+            commit_lsn: Lsn(0x1_0000_00A0),
+            lsn: Lsn(0x1_0000_00C8),
+        });
+        assert_eq!(sqlite.to_envelope(), "ferry.pos.v1 sqlite 42");
+        assert_eq!(postgres.to_envelope(), "ferry.pos.v1 postgres 1/A0 1/C8");
+        assert_eq!(sqlite.to_string(), "seq 42");
+        assert_eq!(postgres.to_string(), "lsn 1/A0");
     }
 
     #[test]

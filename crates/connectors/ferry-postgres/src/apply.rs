@@ -6,7 +6,7 @@ use ferry_core::{Error, Value};
 use tokio_postgres::types::{Format, IsNull, ToSql, Type, to_sql_checked};
 
 use crate::binary;
-use crate::sink::Target;
+use crate::target::Target;
 use crate::types::Kind;
 
 /// Most rows in one multi-row statement.

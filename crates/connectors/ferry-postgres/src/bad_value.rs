@@ -15,7 +15,7 @@ use tokio_postgres::Client;
 use tokio_postgres::types::ToSql;
 
 use crate::apply::Param;
-use crate::sink::{Shared, Target};
+use crate::target::{Shared, Target};
 
 /// The `exclude_columns` entry that leaves `column` of `table` out.
 fn exclude_entry(table: &str, column: &str) -> String {

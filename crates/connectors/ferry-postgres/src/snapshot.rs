@@ -22,7 +22,7 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use ferry_core::{
     ChunkRows, EncodedRows, KeyRange, Position, Result, Selection, SnapshotChunk, SnapshotReader,
-    SnapshotRequest, TableRef, Value,
+    SnapshotRequest, TableRef, Value, piece,
 };
 use futures_util::StreamExt;
 use tokio::sync::mpsc;
@@ -239,11 +239,8 @@ async fn plan(
             )
             .await
             .map_err(|e| pg_error(e, "reading the key span"))?;
-        let (tmin, tmax): (Option<i64>, Option<i64>) = (all_span.get(0), all_span.get(1));
-        let span = (tmax.unwrap_or(0) as i128 - tmin.unwrap_or(0) as i128 + 1).max(1);
-        let rows = if est > 0.0 { est as i128 } else { span };
         let per_piece = piece_rows(chunk_rows, &req.encoding, est, pages);
-        let width = (span * per_piece as i128 / rows.max(1)).max(1);
+        let width = piece::int_key_width(all_span.get(0), all_span.get(1), est, per_piece);
         for gap in gaps {
             let mut sql = format!(
                 "SELECT min({k})::int8, max({k})::int8 FROM {}",
@@ -257,36 +254,16 @@ async fn plan(
                 .await
                 .map_err(|e| pg_error(e, "reading the key span"))?;
             let (min, max): (Option<i64>, Option<i64>) = (row.get(0), row.get(1));
-            let (Some(min), Some(max)) = (min, max) else {
-                ranges.push(gap);
-                continue;
-            };
-            let mut lower = gap.lower.clone();
-            let mut edge = min as i128 - 1 + width;
-            while edge < max as i128 {
-                let upper = Some(vec![Value::Int(edge as i64)]);
-                ranges.push(KeyRange {
-                    lower,
-                    upper: upper.clone(),
-                });
-                lower = upper;
-                edge += width;
-            }
-            ranges.push(KeyRange {
-                lower,
-                upper: gap.upper.clone(),
-            });
+            ranges.extend(piece::int_key_pieces(&gap, min.zip(max), width));
         }
     } else {
         // Ferry orders text keys by bytes. When the key's index orders them
         // otherwise (a linguistic collation; enums and addresses compared
-        // as text), a piece cannot be read through the index: each is a
-        // full scan and a sort, so there are only as many as workers.
-        let indexed = indexed_order(&key_cols);
-        let max_pieces = if indexed { usize::MAX } else { workers };
+        // as text), a piece cannot be read through the index.
+        let max_pieces = piece::max_pieces(indexed_order(&key_cols), workers);
         let splits = sample_splits(client, req, pg, &key_cols, chunk_rows, max_pieces).await?;
         for gap in gaps {
-            ranges.extend(split_gap(&gap, &splits));
+            ranges.extend(piece::split_gap(&gap, &splits));
         }
     }
     let job = Arc::new(TableJob {
@@ -333,10 +310,9 @@ fn default_chunk_rows(encoding: &Option<String>) -> usize {
 /// Split points for a table whose key is not one integer column (text,
 /// uuid, numeric, timestamps, composite keys, ...), so its pieces copy in
 /// parallel like integer key ranges: the keys of a `TABLESAMPLE SYSTEM`
-/// sample inside the snapshot, sorted in ferry's key order (text by bytes)
-/// and taken at even intervals. Empty (read the table in key order
-/// instead) when the table is estimated to fit in a few chunks, or has
-/// never been analyzed (no estimate).
+/// sample inside the snapshot, placed by [`piece::sample_splits`]. Empty
+/// (read the table in key order instead) when the table is estimated to
+/// fit in a few chunks, or has never been analyzed (no estimate).
 async fn sample_splits(
     client: &Client,
     req: &SnapshotRequest,
@@ -346,17 +322,16 @@ async fn sample_splits(
     max_pieces: usize,
 ) -> Result<Vec<Vec<Value>>> {
     let (est, pages) = table_size(client, pg).await?;
-    let pieces = (est / piece_rows(chunk_rows, &req.encoding, est, pages) as f64)
-        .floor()
-        .min(max_pieces as f64);
-    if pieces < 3.0 || pages < 1.0 {
-        return Ok(Vec::new());
-    }
+    let per_piece = piece_rows(chunk_rows, &req.encoding, est, pages);
+    let pieces = match piece::sampled_pieces(est, per_piece, max_pieces) {
+        Some(pieces) if pages >= 1.0 => pieces,
+        _ => return Ok(Vec::new()),
+    };
     // About 20 sampled keys per piece, at most 100,000 keys, from at least
     // 8 pages per piece (`SYSTEM` samples whole pages: keys of one page
     // are often neighbours).
-    let want = (pieces * 20.0).min(100_000.0);
-    let percent = (want / est).max(pieces * 8.0 / pages) * 100.0;
+    let want = (pieces as f64 * 20.0).min(100_000.0);
+    let percent = (want / est).max(pieces as f64 * 8.0 / pages) * 100.0;
     let percent = percent.clamp(0.000_1, 100.0);
     let sql = format!(
         "SELECT {} FROM {} TABLESAMPLE SYSTEM ({percent}) REPEATABLE (0)",
@@ -370,17 +345,9 @@ async fn sample_splits(
         Ok(())
     })
     .await?;
-    keys.sort();
-    keys.dedup();
-    let per = keys.len() as f64 / pieces;
-    if per < 2.0 {
-        return Ok(Vec::new());
-    }
-    let mut splits: Vec<Vec<Value>> = (1..pieces as usize)
-        .filter_map(|i| keys.get((i as f64 * per) as usize).cloned())
-        .collect();
-    splits.dedup();
-    tracing::debug!(table = %req.table.name, pieces = splits.len() + 1, sampled = keys.len(),
+    let sampled = keys.len();
+    let splits = piece::sample_splits(keys, pieces);
+    tracing::debug!(table = %req.table.name, pieces = splits.len() + 1, sampled,
         "snapshot: key ranges from a sample");
     Ok(splits)
 }
@@ -427,29 +394,6 @@ async fn table_size(client: &Client, pg: &PgTable) -> Result<(f64, f64)> {
         .await
         .map_err(|e| pg_error(e, "estimating the table size"))?;
     Ok((row.get(0), row.get(1)))
-}
-
-/// `gap` cut at the split points strictly inside it: consecutive ranges
-/// that together cover exactly `gap`.
-fn split_gap(gap: &KeyRange, splits: &[Vec<Value>]) -> Vec<KeyRange> {
-    let mut out = Vec::new();
-    let mut lower = gap.lower.clone();
-    for point in splits {
-        let point = point.clone();
-        let above_lower = lower.as_ref().is_none_or(|l| &point > l);
-        let below_upper = gap.upper.as_ref().is_none_or(|u| &point < u);
-        if above_lower && below_upper {
-            out.push(KeyRange {
-                lower: lower.replace(point.clone()),
-                upper: Some(point),
-            });
-        }
-    }
-    out.push(KeyRange {
-        lower,
-        upper: gap.upper.clone(),
-    });
-    out
 }
 
 type ChunkSender = mpsc::Sender<Result<SnapshotChunk>>;
@@ -657,45 +601,6 @@ impl SnapshotReader for PgSnapshotReader {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn t(s: &str) -> Value {
-        Value::Text(s.into())
-    }
-
-    fn k(s: &str) -> Option<Vec<Value>> {
-        Some(vec![t(s)])
-    }
-
-    #[test]
-    fn a_gap_is_cut_only_at_split_points_inside_it() {
-        let splits = [vec![t("b")], vec![t("d")], vec![t("f")], vec![t("h")]];
-        let whole = KeyRange {
-            lower: None,
-            upper: None,
-        };
-        let got = split_gap(&whole, &splits);
-        assert_eq!(got.len(), 5);
-        assert_eq!(got[0].lower, None);
-        assert_eq!(got[0].upper, k("b"));
-        assert_eq!(got[4].lower, k("h"));
-        assert_eq!(got[4].upper, None);
-        // A gap left after a restart: (c, f]; "d" is inside, "f" is its end.
-        let gap = KeyRange {
-            lower: k("c"),
-            upper: k("f"),
-        };
-        let got = split_gap(&gap, &splits);
-        assert_eq!(
-            got.iter()
-                .map(|r| (r.lower.clone(), r.upper.clone()))
-                .collect::<Vec<_>>(),
-            vec![(k("c"), k("d")), (k("d"), k("f"))]
-        );
-        // Consecutive: each range starts where the previous one ended.
-        for w in got.windows(2) {
-            assert_eq!(w[0].upper, w[1].lower);
-        }
-    }
 
     #[test]
     fn block_ranges_cover_the_heap_and_stay_open_at_its_end() {

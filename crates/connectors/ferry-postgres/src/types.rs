@@ -301,7 +301,7 @@ pub(crate) fn type_ident(name: &TableName) -> String {
 
 /// The PostgreSQL type a sink creates for a ferry column: the source's
 /// enum or domain when it names one (created beforehand, see
-/// `sink::ensure_user_types`), else [`ddl_type`].
+/// `structure::ensure_user_types`), else [`ddl_type`].
 pub(crate) fn column_ddl_type(c: &Column) -> Result<String> {
     if let ColumnType::Other { type_name } = &c.ty {
         return Ok(type_name.clone());
@@ -401,7 +401,7 @@ pub(crate) fn ddl_type(ty: &ColumnType, source_type: &str) -> Result<String> {
         } if matches!(base_type(source_type).as_str(), "inet" | "cidr") => base_type(source_type),
         ColumnType::Text { .. } | ColumnType::Dynamic => "text".into(),
         // The source's own type (a PostgreSQL source: its named types are
-        // created beforehand, see `sink::ensure_user_types`).
+        // created beforehand, see `structure::ensure_user_types`).
         ColumnType::Other { type_name } => type_name.clone(),
         ColumnType::Bytes => "bytea".into(),
         ColumnType::Date => "date".into(),

@@ -29,12 +29,11 @@ use crate::apply::{
 };
 use crate::bad_value;
 use crate::catalog;
+use crate::checkpoint;
 use crate::copy;
 use crate::error::pg_error;
-use crate::sink::{
-    CHECKPOINT_TABLE, Shared, Target, add_key_sql, create_table_sql, ensure_user_types, map_target,
-    target_name,
-};
+use crate::structure::{add_key_sql, create_schema_sql, create_table_sql, ensure_user_types};
+use crate::target::{Shared, Target, map_target, target_name};
 use crate::types::{Kind, TypeCache, column_ddl_type, ident, writable};
 
 /// A row image and the columns of it a statement binds.
@@ -682,7 +681,7 @@ impl PostgresWriter {
             let columns: Vec<&ferry_core::Column> = table.columns.iter().collect();
             self.send_begin().await?;
             ensure_user_types(&self.client, &columns).await?;
-            let sql = match crate::sink::create_schema_sql(&self.client, &schema).await? {
+            let sql = match create_schema_sql(&self.client, &schema).await? {
                 Some(create) => format!("{create}; {}", create_table_sql(table, true)?),
                 None => create_table_sql(table, true)?,
             };
@@ -915,10 +914,6 @@ impl SinkWriter for PostgresWriter {
         self.restructured.clear();
         let pipeline = self.shared.pipeline.clone();
         let mut params: Vec<&(dyn ToSql + Sync)> = Vec::new();
-        let mut values = Vec::new();
-        for n in 0..records.len() {
-            values.push(format!("($1, ${}, ${}, now())", 2 * n + 2, 2 * n + 3));
-        }
         params.push(&pipeline);
         for r in records {
             params.push(&r.scope);
@@ -926,11 +921,7 @@ impl SinkWriter for PostgresWriter {
         }
         let typed: Vec<(&(dyn ToSql + Sync), Type)> =
             params.iter().map(|p| (*p, Type::TEXT)).collect();
-        let sql = format!(
-            "INSERT INTO {CHECKPOINT_TABLE} (pipeline, scope, value, updated_at) VALUES {} \
-             ON CONFLICT (pipeline, scope) DO UPDATE SET value = EXCLUDED.value, updated_at = now()",
-            values.join(", ")
-        );
+        let sql = checkpoint::upsert_sql(records.len());
         if records.is_empty() {
             if self.in_tx {
                 self.client
