@@ -1727,6 +1727,36 @@ mod tests {
     }
 
     #[test]
+    fn a_key_on_the_command_line_is_read_by_its_columns_types() {
+        let mut t = TableSchema::clone(&table());
+        t.key = vec![1, 0];
+        let t: TableRef = std::sync::Arc::new(t);
+        let text = |s: &str| Value::Text(s.into());
+        assert_eq!(
+            parse_key(&t, "eu, 42").unwrap(),
+            vec![text("eu"), Value::Int(42)]
+        );
+        assert_eq!(
+            parse_key(&t, "'a, b' ,7").unwrap(),
+            vec![text("a, b"), Value::Int(7)]
+        );
+        assert_eq!(
+            parse_key(&t, "'it''s',-1").unwrap(),
+            vec![text("it's"), Value::Int(-1)]
+        );
+        for (bad, why) in [
+            ("eu", "1 values for a key of 2 columns"),
+            ("eu,x", "\"x\" is not a value of key column id"),
+            ("'eu,1", "a quote is not closed"),
+            ("'eu' x,1", "unexpected 'x' after a quoted value"),
+        ] {
+            let e = parse_key(&t, bad).unwrap_err();
+            assert!(e.to_string().contains(why), "{bad}: {e}");
+            assert!(e.fix().unwrap().contains("(v, id)"), "{bad}: {e:?}");
+        }
+    }
+
+    #[test]
     fn values_of_another_kind_are_not_identical_even_when_equal() {
         let (int, float) = (Value::Int(3), Value::Float(3.0));
         assert_eq!(int, float);
