@@ -29,6 +29,15 @@ pub struct RangeDigest {
     pub last: Option<Vec<Value>>,
 }
 
+/// The key of row `n` (counted from 1) of `rows`, when there are that many:
+/// [`TableReader::key_after`] from rows read.
+pub fn key_of_nth(table: &TableRef, rows: &[Vec<Value>], n: u64) -> Option<Vec<Value>> {
+    match rows.last() {
+        Some(row) if rows.len() as u64 >= n => Some(table.key_of(row)),
+        _ => None,
+    }
+}
+
 /// Reads rows of a table in key order. Implemented by sources (reading the
 /// source tables) and sinks (reading the target tables).
 ///
@@ -125,10 +134,7 @@ pub trait TableReader: Send + Sync {
         rows: u64,
     ) -> Result<Option<Vec<Value>>> {
         let got = self.read_rows(table, after, rows.max(1) as usize).await?;
-        Ok(match got.last() {
-            Some(row) if got.len() as u64 >= rows => Some(table.key_of(row)),
-            _ => None,
-        })
+        Ok(key_of_nth(table, &got, rows))
     }
 
     /// Up to `limit` full rows with key greater than `after` (all keys when `None`).

@@ -607,10 +607,7 @@ impl KeyOrderReads {
             let got = self
                 .read_rows(client, pg, table, after, rows.max(1) as usize)
                 .await?;
-            return Ok(match got.last() {
-                Some(row) if got.len() as u64 >= rows => Some(table.key_of(row)),
-                _ => None,
-            });
+            return Ok(ferry_core::reader::key_of_nth(table, &got, rows));
         }
         let key_refs: Vec<&ReadColumn> = key_cols.iter().collect();
         let range = KeyRange {
