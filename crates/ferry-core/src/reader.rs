@@ -94,6 +94,13 @@ pub trait TableReader: Send + Sync {
         )
     }
 
+    /// Opens what digests need ahead of the first one (a connection of
+    /// their own), so that a distant database's set-up overlaps other
+    /// work. Nothing by default.
+    async fn prepare_digests(&self) -> Result<()> {
+        Ok(())
+    }
+
     /// The row digests [`digest_range`](Self::digest_range) can compute,
     /// preferred first: two readers giving the same name give equal
     /// digests for equal rows. An engine's own digest (equal only between

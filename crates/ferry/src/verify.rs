@@ -38,10 +38,11 @@ const CHUNK: usize = 5_000;
 const DIGEST_RANGE: u64 = 20_000;
 /// A range whose digests differ is read row by row once its source side
 /// has at most this many rows; a larger one is split in eight first.
-const FETCH_AT_MOST: u64 = 2_500;
+const FETCH_AT_MOST: u64 = 400;
 /// Differing ranges narrowed down at once (each holds at most two pages of
-/// [`FETCH_AT_MOST`] rows in memory).
-const NARROW_AT_ONCE: usize = 4;
+/// [`FETCH_AT_MOST`] rows in memory): enough that scattered differences
+/// over a distant link pay a few round trips in all, not a few each.
+const NARROW_AT_ONCE: usize = 16;
 /// Differences shown per table in the text report.
 const SHOW: usize = 10;
 /// Differences kept per table (for re-checks and the JSON report); the
@@ -594,13 +595,15 @@ impl Piece {
 }
 
 /// Cuts `range` into pieces of `step` source rows and digests each piece
-/// on both sides. The source's digests run one after the other (each
-/// piece starts where the previous one ended); the target digests each
-/// piece as soon as it is cut, all of them in flight together, so a
-/// distant target pays about one round trip, not one per piece. The last
-/// piece reaches the range's upper end, so target rows past the source's
-/// last key are in it. `None` when either database cannot digest this
-/// table. With `pace`, reports the rows digested.
+/// on both sides. The cuts come one after another from the source's key
+/// index ([`TableReader::key_after`], keys only); each piece is digested
+/// on both sides as soon as it is cut, all pieces in flight together
+/// (each database digests on a connection of its own, pipelined), so a
+/// distant database pays about one round trip, not one per piece, and the
+/// two databases digest at the same time. The last piece reaches the
+/// range's upper end, so target rows past the source's last key are in
+/// it. `None` when either database cannot digest this table. With `pace`
+/// (and the rows counted before), reports the rows digested.
 async fn digest_pieces(
     sides: &Sides<'_>,
     range: &KeyRange,
@@ -611,43 +614,42 @@ async fn digest_pieces(
     let Some(digest) = shared_digest(sides) else {
         return Ok(None);
     };
-    let digest_source = |lower: Option<Vec<Value>>| {
-        let rest = KeyRange {
-            lower,
-            upper: range.upper.clone(),
-        };
-        async move {
+    let cut_after = |lower: Option<Vec<Value>>| async move {
+        let cut = sides
+            .source
+            .key_after(sides.source_table, lower.as_deref(), step)
+            .await?;
+        // A cut at or past the range's end ends it there.
+        Ok::<_, Error>(cut.filter(|k| range.upper.as_ref().is_none_or(|u| k < u)))
+    };
+    let digest_both = |piece: KeyRange| async move {
+        let (source, target) = tokio::join!(
             sides
                 .source
-                .digest_range(sides.source_table, &rest, Some(step), digest)
-                .await
-        }
-    };
-    let digest_target = |piece: KeyRange, source: RangeDigest| async move {
-        let target = sides
-            .target
-            .digest_range(sides.target_table, &piece, None, digest)
-            .await;
+                .digest_range(sides.source_table, &piece, None, digest),
+            sides
+                .target
+                .digest_range(sides.target_table, &piece, None, digest)
+        );
         (piece, source, target)
     };
     let mut pieces = Vec::new();
     let mut in_flight = futures_util::stream::FuturesOrdered::new();
     let (mut source_rows, mut target_rows) = (0, 0);
-    let mut next_source = Some(Box::pin(digest_source(range.lower.clone())));
+    let mut next_cut = Some(Box::pin(cut_after(range.lower.clone())));
     let mut lower = range.lower.clone();
     loop {
         tokio::select! {
             done = in_flight.next(), if !in_flight.is_empty() => {
-                let done: Option<(KeyRange, RangeDigest, Result<Option<RangeDigest>, Error>)> =
-                    done;
+                let done: Option<(KeyRange, DigestResult, DigestResult)> = done;
                 let Some((piece, source, target)) = done else { continue };
-                let Some(target) = target? else {
+                let (Some(source), Some(target)) = (source?, target?) else {
                     return Ok(None);
                 };
                 source_rows += source.rows;
                 target_rows += target.rows;
-                if let Some((pace, base)) = pace {
-                    pace.at(base + source_rows.max(target_rows)).await;
+                if let Some((pace, before)) = pace {
+                    pace.at(before + source_rows.max(target_rows)).await;
                 }
                 pieces.push(Piece {
                     range: piece,
@@ -655,29 +657,23 @@ async fn digest_pieces(
                     target,
                 });
             }
-            source = async { next_source.as_mut().expect("guarded").await },
-                if next_source.is_some() =>
-            {
-                let Some(source) = source? else {
-                    return Ok(None);
-                };
-                let last = source.rows < step || source.last == range.upper;
+            cut = async { next_cut.as_mut().expect("guarded").await }, if next_cut.is_some() => {
+                let cut = cut?;
                 let piece = KeyRange {
                     lower: lower.clone(),
-                    upper: if last {
-                        range.upper.clone()
-                    } else {
-                        source.last.clone()
-                    },
+                    upper: cut.clone().or_else(|| range.upper.clone()),
                 };
-                lower = piece.upper.clone();
-                next_source = (!last).then(|| Box::pin(digest_source(piece.upper.clone())));
-                in_flight.push_back(digest_target(piece, source));
+                next_cut = cut.is_some().then(|| Box::pin(cut_after(cut.clone())));
+                lower = cut;
+                in_flight.push_back(digest_both(piece));
             }
             else => return Ok(Some(pieces)),
         }
     }
 }
+
+/// One side's digest of a piece.
+type DigestResult = Result<Option<RangeDigest>, Error>;
 
 /// Compares a table by digests of key ranges of [`DIGEST_RANGE`] source
 /// rows; a range whose digests differ is narrowed down
@@ -1508,14 +1504,19 @@ pub enum Method {
 pub async fn run(cfg: &crate::config::PipelineConfig, opts: &Options) -> Result<u8, Error> {
     use crate::connectors;
     let cfg = &with_statement_timeout(cfg, opts.statement_timeout)?;
-    let mut source = connectors::open_source(cfg).await?;
-    let mut source_reader = connectors::open_source_reader(cfg).await?;
-    let mut target_reader = connectors::open_sink_reader(cfg).await?;
+    // Opened together: a distant database's connection round trips overlap.
+    let (source, source_reader, target_reader, store) = tokio::join!(
+        connectors::open_source(cfg),
+        connectors::open_source_reader(cfg),
+        connectors::open_sink_reader(cfg),
+        connectors::open_sink(cfg)
+    );
+    let (mut source, mut source_reader, mut target_reader, store) =
+        (source?, source_reader?, target_reader?, store?);
     if let Some(condition) = &opts.condition {
         source_reader.restrict(condition)?;
         target_reader.restrict(condition)?;
     }
-    let store = connectors::open_sink(cfg).await?;
     let transform = Transform::new(cfg.transform.clone());
     let mut runner = Runner { cfg, active: None };
     if opts.repair == Some(Repair::Print) && opts.format == Format::Json {
@@ -1542,6 +1543,7 @@ pub async fn run(cfg: &crate::config::PipelineConfig, opts: &Options) -> Result<
         sql: opts.repair == Some(Repair::Print),
     };
     let tables = source.tables().await?;
+    let digests_wanted = opts.method != Method::Rows;
     let wanted = |s: &TableRef, t: &TableRef| {
         opts.tables.is_empty()
             || opts.tables.iter().any(|w| {
@@ -1611,13 +1613,29 @@ pub async fn run(cfg: &crate::config::PipelineConfig, opts: &Options) -> Result<
                     range: range.clone(),
                     sample: opts.sample,
                 };
-                let estimate = source_reader.estimate_rows(table).await.ok();
+                // An estimate only for a bar someone sees (it may cost a
+                // count where a database keeps no statistics).
+                let estimate = match show_progress() {
+                    true => source_reader.estimate_rows(table).await.ok(),
+                    false => None,
+                };
                 let bar = bars.add(progress_bar(&target, estimate));
                 let progress = |n| bar.set_position(n);
                 let pace = Pace::new(&progress, throttle);
-                let v = verify_table(&sides, &pace)
-                    .await
-                    .map_err(|e| explain_condition(e, opts));
+                // Each side's digest connection opens while the table's
+                // structure is read (a distant database's set-up round
+                // trips overlap); opened once, a failure shows at the
+                // first digest.
+                let prepare = async {
+                    if digests_wanted {
+                        let _ = tokio::join!(
+                            source_reader.prepare_digests(),
+                            target_reader.prepare_digests()
+                        );
+                    }
+                };
+                let ((), v) = tokio::join!(prepare, verify_table(&sides, &pace));
+                let v = v.map_err(|e| explain_condition(e, opts));
                 bar.finish_and_clear();
                 Ok::<_, Error>((table, target, range, v?))
             }
@@ -1678,10 +1696,15 @@ pub async fn run(cfg: &crate::config::PipelineConfig, opts: &Options) -> Result<
     Ok(if all_equal { 0 } else { 1 })
 }
 
+/// Whether progress bars are shown: stderr is a terminal.
+fn show_progress() -> bool {
+    use std::io::IsTerminal;
+    std::io::stderr().is_terminal()
+}
+
 /// Rows compared, rows/s and time left, on a terminal's stderr.
 fn progress_bar(table: &TableRef, estimate: Option<u64>) -> indicatif::ProgressBar {
-    use std::io::IsTerminal;
-    if !std::io::stderr().is_terminal() {
+    if !show_progress() {
         return indicatif::ProgressBar::hidden();
     }
     let bar = indicatif::ProgressBar::new(estimate.unwrap_or(0));

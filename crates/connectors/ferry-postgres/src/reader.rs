@@ -423,16 +423,36 @@ impl KeyOrderReads {
         table: &TableRef,
         describe: impl std::future::Future<Output = Result<PgTable>>,
     ) -> Result<PgTable> {
+        self.described_if_there(table, async { describe.await.map(Some) })
+            .await?
+            .ok_or_else(|| Error::fatal(format!("table {} is not there", table.name)))
+    }
+
+    /// As [`described`](Self::described), for a table that may not exist
+    /// (`None`, not remembered: it may be created meanwhile).
+    pub async fn described_if_there(
+        &self,
+        table: &TableRef,
+        describe: impl std::future::Future<Output = Result<Option<PgTable>>>,
+    ) -> Result<Option<PgTable>> {
         let key = (table.name.clone(), table.version);
         // Held while describing: reads of one table in flight together
         // wait for one description.
         let mut described = self.described.lock().await;
         if let Some(pg) = described.get(&key) {
-            return Ok(pg.clone());
+            return Ok(Some(pg.clone()));
         }
         let pg = describe.await?;
-        described.insert(key, pg.clone());
+        if let Some(pg) = &pg {
+            described.insert(key, pg.clone());
+        }
         Ok(pg)
+    }
+
+    /// Opens the connection row digests run on, ahead of the first digest
+    /// (a distant database's connection set-up then overlaps other work).
+    pub async fn prepare_digests(&self) -> Result<()> {
+        self.digest_client().await.map(|_| ())
     }
 
     async fn digest_client(&self) -> Result<Option<&DigestConnection>> {
@@ -440,20 +460,25 @@ impl KeyOrderReads {
             .digests
             .get_or_try_init(|| async {
                 let c = self.endpoint.connect().await?;
-                let version: String = c
-                    .query_one("SELECT current_setting('server_version_num')", &[])
-                    .await
+                // One round trip: the three go out together (a server
+                // before PostgreSQL 11 fails the probe and is told apart by
+                // its version).
+                let (version, settings, probe) = tokio::join!(
+                    c.query_typed_one("SELECT current_setting('server_version_num')", &[]),
+                    c.batch_execute(DIGEST_SETTINGS),
+                    c.query_typed_one(
+                        "SELECT hashtextextended($1, 0)",
+                        &[(&HASH_PROBE, tokio_postgres::types::Type::TEXT)]
+                    )
+                );
+                let version: String = version
                     .map_err(|e| pg_error(e, "reading the server version"))?
                     .get(0);
                 if version.parse::<u32>().unwrap_or(0) < 110_000 {
                     return Ok(None);
                 }
-                c.batch_execute(DIGEST_SETTINGS)
-                    .await
-                    .map_err(|e| pg_error(e, "preparing a connection for row digests"))?;
-                let probe: i64 = c
-                    .query_one("SELECT hashtextextended($1, 0)", &[&HASH_PROBE])
-                    .await
+                settings.map_err(|e| pg_error(e, "preparing a connection for row digests"))?;
+                let probe: i64 = probe
                     .map_err(|e| pg_error(e, "probing the server's hash function"))?
                     .get(0);
                 let canonical = probe == hash64(HASH_PROBE.as_bytes(), 0) as i64;

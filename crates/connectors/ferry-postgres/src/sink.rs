@@ -433,12 +433,12 @@ impl TableReader for PostgresSink {
     }
 
     async fn has_table(&self, table: &TableRef) -> Result<bool> {
-        Ok(self.describe(&table.name).await?.is_some())
+        Ok(self.describe_if_there(table).await?.is_some())
     }
 
     async fn declared_shape(&self, table: &TableRef) -> Result<Option<ferry_core::DeclaredShape>> {
         Ok(self
-            .describe(&table.name)
+            .describe_if_there(table)
             .await?
             .map(|pg| ferry_core::DeclaredShape {
                 columns: pg
@@ -486,6 +486,10 @@ impl TableReader for PostgresSink {
         Ok(())
     }
 
+    async fn prepare_digests(&self) -> Result<()> {
+        self.reads.prepare_digests().await
+    }
+
     async fn digest_range(
         &self,
         table: &TableRef,
@@ -520,11 +524,17 @@ impl PostgresSink {
     /// The catalog entry of a target table `ferry verify` reads, read once
     /// per structure version.
     async fn describe_for_reading(&self, table: &TableRef) -> Result<PgTable> {
-        let describe = async {
-            self.describe(&table.name).await?.ok_or_else(|| {
-                Error::fatal(format!("table {} does not exist on the target", table.name))
-            })
-        };
-        self.reads.described(table, describe).await
+        self.describe_if_there(table).await?.ok_or_else(|| {
+            Error::fatal(format!("table {} does not exist on the target", table.name))
+        })
+    }
+
+    /// `table`'s catalog entry on the target, read once per structure
+    /// version for every read verify makes (a distant target pays its
+    /// round trips once).
+    async fn describe_if_there(&self, table: &TableRef) -> Result<Option<PgTable>> {
+        self.reads
+            .described_if_there(table, self.describe(&table.name))
+            .await
     }
 }

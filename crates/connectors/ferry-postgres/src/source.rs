@@ -883,6 +883,10 @@ impl TableReader for PostgresSource {
         Ok(())
     }
 
+    async fn prepare_digests(&self) -> Result<()> {
+        self.reads.prepare_digests().await
+    }
+
     async fn digest_range(
         &self,
         table: &TableRef,

@@ -228,6 +228,66 @@ pub(crate) async fn declared_shape(
     .await
 }
 
+/// Serves [`ferry_core::TableReader::key_after`]: the key `rows` rows past
+/// `after`, through the key's index (keys only are read).
+pub(crate) async fn key_after(
+    conn: &Blocking<Connection>,
+    table: &TableRef,
+    after: Option<&[Value]>,
+    rows: u64,
+    condition: Option<&str>,
+) -> Result<Option<Vec<Value>>> {
+    let table = TableRef::clone(table);
+    let after = after.map(<[Value]>::to_vec);
+    let condition = condition.map(|c| format!("({c})"));
+    let path = conn.path.clone();
+    conn.run(move |c| {
+        let mut conds: Vec<String> = condition.into_iter().collect();
+        if after.is_some() {
+            conds.push(format!(
+                "{} > {}",
+                key_tuple(&table),
+                params_tuple(1, table.key.len())
+            ));
+        }
+        let sql = format!(
+            "SELECT {} FROM {} {} ORDER BY {} LIMIT 1 OFFSET {}",
+            key_order(&table),
+            ident(&table.name.name),
+            where_all(&conds),
+            key_order(&table),
+            rows.max(1) - 1
+        );
+        let fail = |e| {
+            db_error(&path, "reading keys", e)
+                .with("table", table.name.to_string())
+                .with("statement", sql.clone())
+        };
+        let mut stmt = c.prepare_cached(&sql).map_err(fail)?;
+        for (i, v) in after.iter().flatten().enumerate() {
+            stmt.raw_bind_parameter(i + 1, Param(v)).map_err(fail)?;
+        }
+        let mut found = stmt.raw_query();
+        let Some(row) = found.next().map_err(fail)? else {
+            return Ok(None);
+        };
+        table
+            .key
+            .iter()
+            .enumerate()
+            .map(|(i, &k)| {
+                let raw = row.get_ref(i).map_err(fail)?;
+                to_value(&table.columns[k].ty, raw).map_err(|why| {
+                    Error::data(format!("a key of {} {why}", table.name))
+                        .with("value", display_raw(raw))
+                })
+            })
+            .collect::<Result<Vec<_>>>()
+            .map(Some)
+    })
+    .await
+}
+
 pub(crate) async fn read_rows(
     conn: &Blocking<Connection>,
     table: &TableRef,

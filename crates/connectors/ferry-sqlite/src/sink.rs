@@ -412,6 +412,15 @@ impl TableReader for SqliteSink {
         Ok(())
     }
 
+    async fn key_after(
+        &self,
+        table: &TableRef,
+        after: Option<&[Value]>,
+        rows: u64,
+    ) -> Result<Option<Vec<Value>>> {
+        crate::reader::key_after(&self.conn, table, after, rows, self.condition.as_deref()).await
+    }
+
     async fn digest_range(
         &self,
         table: &TableRef,
