@@ -1,5 +1,6 @@
 //! The connector registry: the only place that knows every connector.
-//! One match arm per connector family.
+//! An engine is its URL scheme in [`kind`] and one arm in [`source_of`]
+//! and one in [`sink_of`].
 
 use std::sync::Arc;
 
@@ -96,7 +97,17 @@ async fn postgres_sink(cfg: &PipelineConfig) -> Result<ferry_postgres::PostgresS
     .await
 }
 
-pub async fn open_source(cfg: &PipelineConfig) -> Result<Box<dyn Source>> {
+/// A source connector: the change stream and the reads `ferry verify`
+/// makes, one value.
+pub trait SourceConnector: Source + TableReader {}
+impl<T: Source + TableReader> SourceConnector for T {}
+
+/// A target connector: the writes and the reads `ferry verify` makes.
+pub trait SinkConnector: Sink + TableReader {}
+impl<T: Sink + TableReader> SinkConnector for T {}
+
+/// The registry: one arm per engine that can be a source.
+async fn source_of(cfg: &PipelineConfig) -> Result<Box<dyn SourceConnector>> {
     match kind(&cfg.source.url) {
         Kind::Sqlite => Ok(Box::new(sqlite_source(cfg)?)),
         Kind::Postgres => Ok(Box::new(postgres_source(cfg).await?)),
@@ -104,26 +115,28 @@ pub async fn open_source(cfg: &PipelineConfig) -> Result<Box<dyn Source>> {
     }
 }
 
-pub async fn open_source_reader(cfg: &PipelineConfig) -> Result<Box<dyn TableReader>> {
-    match kind(&cfg.source.url) {
-        Kind::Sqlite => Ok(Box::new(sqlite_source(cfg)?)),
-        Kind::Postgres => Ok(Box::new(postgres_source(cfg).await?)),
-        Kind::MySql => Err(not_built(&cfg.source.url, "source")),
-    }
-}
-
-pub async fn open_sink(cfg: &PipelineConfig) -> Result<Arc<dyn Sink>> {
-    match kind(&cfg.target.url) {
-        Kind::Sqlite => Ok(Arc::new(sqlite_sink(cfg, &cfg.target)?)),
-        Kind::Postgres => Ok(Arc::new(postgres_sink(cfg).await?)),
-        Kind::MySql => Err(not_built(&cfg.target.url, "target")),
-    }
-}
-
-pub async fn open_sink_reader(cfg: &PipelineConfig) -> Result<Box<dyn TableReader>> {
+/// The registry: one arm per engine that can be a target.
+async fn sink_of(cfg: &PipelineConfig) -> Result<Box<dyn SinkConnector>> {
     match kind(&cfg.target.url) {
         Kind::Sqlite => Ok(Box::new(sqlite_sink(cfg, &cfg.target)?)),
         Kind::Postgres => Ok(Box::new(postgres_sink(cfg).await?)),
         Kind::MySql => Err(not_built(&cfg.target.url, "target")),
     }
+}
+
+pub async fn open_source(cfg: &PipelineConfig) -> Result<Box<dyn Source>> {
+    Ok(source_of(cfg).await?)
+}
+
+pub async fn open_source_reader(cfg: &PipelineConfig) -> Result<Box<dyn TableReader>> {
+    Ok(source_of(cfg).await?)
+}
+
+pub async fn open_sink(cfg: &PipelineConfig) -> Result<Arc<dyn Sink>> {
+    let sink: Box<dyn Sink> = sink_of(cfg).await?;
+    Ok(Arc::from(sink))
+}
+
+pub async fn open_sink_reader(cfg: &PipelineConfig) -> Result<Box<dyn TableReader>> {
+    Ok(sink_of(cfg).await?)
 }
