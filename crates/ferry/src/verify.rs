@@ -685,6 +685,18 @@ async fn verify_by_digests(
     pace: &Pace<'_>,
     range: &KeyRange,
 ) -> Result<bool, Error> {
+    // A source that cannot digest this table says so before any range is
+    // cut: cutting reads rows where no index orders the key as ferry does.
+    let Some(digest) = shared_digest(sides) else {
+        return Ok(false);
+    };
+    let probe = sides
+        .source
+        .digest_range(sides.source_table, range, Some(0), digest)
+        .await?;
+    if probe.is_none() {
+        return Ok(false);
+    }
     let base = v.source_rows.max(v.target_rows);
     let Some(pieces) = digest_pieces(sides, range, DIGEST_RANGE, Some((pace, base))).await? else {
         return Ok(false);

@@ -1176,3 +1176,37 @@ fn a_statement_timeout_stops_verify_instead_of_waiting_on_a_lock() {
     let out = ferry(&["verify", ps, "--statement-timeout", "30"]);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
 }
+
+#[test]
+fn a_key_no_index_orders_as_ferry_does_is_compared_by_rows_and_sampled_by_its_rows() {
+    let pg = ferry_testkit::PostgresServer::start();
+    pg.create_database("src");
+    pg.create_database("dst");
+    pg.psql_in(
+        "src",
+        "CREATE TABLE words (w text COLLATE \"en-x-icu\" PRIMARY KEY, n int);
+         INSERT INTO words SELECT 'w' || g, g FROM generate_series(1, 3000) g;",
+    );
+    let d = Dir::new();
+    let p = copied_pg_to_pg(&pg, &d, "SELECT count(*) FROM words", 3_000);
+    let ps = p.to_str().unwrap();
+    pg.psql_in("dst", "UPDATE words SET n = -1 WHERE w = 'w1234'");
+    // The key's index does not order it byte-wise: no digests, every row
+    // streamed, and a sample cuts its ranges from the rows in ferry's
+    // order.
+    for args in [&[][..], &["--sample", "100"]] {
+        let out = ferry(&[&["verify", ps, "--format", "json"][..], args].concat());
+        let report = json(&out);
+        assert_eq!(out.status.code(), Some(1), "{args:?}: {report:#}");
+        let t = &report["tables"][0];
+        assert_eq!(t["method"], "rows", "{t:#}");
+        assert_eq!(t["source_rows"], 3_000, "{t:#}");
+        let keys: Vec<&str> = t["differences"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|d| d["key"]["w"].as_str().unwrap())
+            .collect();
+        assert_eq!(keys, ["w1234"], "{t:#}");
+    }
+}
