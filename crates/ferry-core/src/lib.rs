@@ -32,7 +32,7 @@ pub use checkpoint::{
 pub use error::{
     Action, Error, ErrorClass, Level, MAX_BACKOFF, Result, RetryBudget, backoff, policy,
 };
-pub use position::{Lsn, PgPosition, Position, PositionError, SqlitePosition};
+pub use position::{Lsn, MySqlPosition, PgPosition, Position, PositionError, SqlitePosition};
 pub use reader::{DeclaredShape, RangeDigest, TableReader};
 pub use repair::{RepairSql, render_repair};
 pub use schema::{Alteration, Column, TableName, TableRef, TableSchema, UserType, UserTypeDef};

@@ -75,11 +75,52 @@ pub struct SqlitePosition {
     pub seq: i64,
 }
 
+/// Position in a MySQL/MariaDB binary log: the end of the last whole
+/// transaction delivered, as the binlog file and the offset in it.
+///
+/// Files are ordered by their numeric suffix (`binlog.000010` after
+/// `binlog.000009`, and after `binlog.999999` comes `binlog.1000000`),
+/// never as text.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct MySqlPosition {
+    /// The binlog file's name, e.g. `binlog.000003`.
+    pub file: String,
+    /// Offset in `file` just past the transaction's last event.
+    pub offset: u64,
+}
+
+impl MySqlPosition {
+    /// The file's numeric suffix (`binlog.000003` → 3).
+    pub fn file_index(&self) -> u64 {
+        self.file
+            .rsplit_once('.')
+            .and_then(|(_, n)| n.parse().ok())
+            .unwrap_or(0)
+    }
+}
+
+impl Ord for MySqlPosition {
+    fn cmp(&self, other: &Self) -> Ordering {
+        (self.file_index(), self.offset, &self.file).cmp(&(
+            other.file_index(),
+            other.offset,
+            &other.file,
+        ))
+    }
+}
+
+impl PartialOrd for MySqlPosition {
+    fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
 /// A position of any source kind.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum Position {
     Sqlite(SqlitePosition),
     Postgres(PgPosition),
+    MySql(MySqlPosition),
 }
 
 impl PartialOrd for Position {
@@ -88,6 +129,7 @@ impl PartialOrd for Position {
         match (self, other) {
             (Position::Sqlite(a), Position::Sqlite(b)) => Some(a.cmp(b)),
             (Position::Postgres(a), Position::Postgres(b)) => Some(a.cmp(b)),
+            (Position::MySql(a), Position::MySql(b)) => Some(a.cmp(b)),
             _ => None,
         }
     }
@@ -125,6 +167,7 @@ impl Position {
         match self {
             Position::Sqlite(_) => "sqlite",
             Position::Postgres(_) => "postgres",
+            Position::MySql(_) => "mysql",
         }
     }
 
@@ -133,6 +176,7 @@ impl Position {
         let payload = match self {
             Position::Sqlite(p) => p.seq.to_string(),
             Position::Postgres(p) => format!("{} {}", p.commit_lsn, p.lsn),
+            Position::MySql(p) => format!("{} {}", p.file, p.offset),
         };
         format!("{ENVELOPE_PREFIX} {} {payload}", self.kind())
     }
@@ -164,6 +208,13 @@ impl Position {
                 })),
                 _ => Err(malformed("postgres")),
             },
+            "mysql" => match rest.as_slice() {
+                [file, offset] if !file.is_empty() => Ok(Position::MySql(MySqlPosition {
+                    file: (*file).to_owned(),
+                    offset: offset.parse().map_err(|_| malformed("mysql"))?,
+                })),
+                _ => Err(malformed("mysql")),
+            },
             other => Err(PositionError::UnknownKind {
                 kind: other.to_owned(),
                 text: text.to_owned(),
@@ -177,6 +228,16 @@ impl Position {
             Position::Sqlite(p) => Ok(*p),
             other => Err(PositionError::WrongKind {
                 expected: "sqlite",
+                found: other.kind(),
+            }),
+        }
+    }
+
+    pub fn as_mysql(&self) -> Result<MySqlPosition, PositionError> {
+        match self {
+            Position::MySql(p) => Ok(p.clone()),
+            other => Err(PositionError::WrongKind {
+                expected: "mysql",
                 found: other.kind(),
             }),
         }
@@ -198,6 +259,7 @@ impl fmt::Display for Position {
         match self {
             Position::Sqlite(p) => write!(f, "seq {}", p.seq),
             Position::Postgres(p) => write!(f, "lsn {}", p.commit_lsn),
+            Position::MySql(p) => write!(f, "binlog {}:{}", p.file, p.offset),
         }
     }
 }
@@ -213,6 +275,10 @@ mod tests {
             Position::Postgres(PgPosition {
                 commit_lsn: Lsn(0x1_0000_00A0),
                 lsn: Lsn(7),
+            }),
+            Position::MySql(MySqlPosition {
+                file: "binlog.000003".into(),
+                offset: 1234,
             }),
         ];
         for p in positions {
@@ -232,6 +298,29 @@ mod tests {
         assert_eq!(postgres.to_envelope(), "ferry.pos.v1 postgres 1/A0 1/C8");
         assert_eq!(sqlite.to_string(), "seq 42");
         assert_eq!(postgres.to_string(), "lsn 1/A0");
+        let mysql = Position::MySql(MySqlPosition {
+            file: "binlog.000003".into(),
+            offset: 1234,
+        });
+        assert_eq!(mysql.to_envelope(), "ferry.pos.v1 mysql binlog.000003 1234");
+        assert_eq!(mysql.to_string(), "binlog binlog.000003:1234");
+    }
+
+    #[test]
+    fn binlog_files_order_by_their_number_not_their_text() {
+        let at = |file: &str, offset| MySqlPosition {
+            file: file.into(),
+            offset,
+        };
+        assert!(at("binlog.000009", 900) < at("binlog.000010", 4));
+        assert!(at("binlog.999999", 900) < at("binlog.1000000", 4));
+        assert!(at("binlog.000010", 4) < at("binlog.000010", 5));
+        assert_eq!(
+            at("binlog.000010", 4).cmp(&at("binlog.000010", 4)),
+            Ordering::Equal
+        );
+        // Ord agrees with Eq even for names with equal numbers.
+        assert_ne!(at("a.000001", 4).cmp(&at("b.1", 4)), Ordering::Equal);
     }
 
     #[test]

@@ -1,0 +1,15 @@
+//! MySQL/MariaDB connector for ferry.
+//!
+//! * [`MySqlSource`]: a consistent snapshot with the binlog position that
+//!   belongs to it, then change capture from the row-based binlog.
+//! * [`MySqlSink`]: structure copy, snapshot load, batched change apply,
+//!   and the checkpoint in the same transaction.
+//!
+//! Tested against MariaDB 10.11 (the protocol MySQL and MariaDB share, and
+//! MariaDB's own binlog events). No driver type appears in the public API:
+//! configuration is plain data, errors are [`ferry_core::Error`]s.
+
+mod connection;
+mod error;
+
+pub use connection::{Endpoint, quote_ident};

@@ -1,0 +1,1 @@
+//! Source tests against a real MariaDB.
