@@ -50,6 +50,7 @@ impl Endpoint {
             .conn_ttl(None)
             .stmt_cache_size(64)
             .wait_timeout(Some(28_800))
+            .setup(SESSION_SETUP.to_vec())
             .into();
         Ok(Endpoint { opts, database })
     }
@@ -142,11 +143,14 @@ pub fn quote_literal(text: &str) -> String {
     format!("'{}'", text.replace('\'', "''"))
 }
 
-/// The session settings every ferry connection runs with: UTC for
+/// The session settings every ferry connection runs with (set up on
+/// each new connection by [`Endpoint::connect`] and the reader's pool): UTC for
 /// TIMESTAMP values, strict values, standard string literals, utf8mb4.
-pub const SESSION_SETUP: &str = "SET time_zone = '+00:00', \
-     sql_mode = 'STRICT_ALL_TABLES,NO_BACKSLASH_ESCAPES,NO_AUTO_VALUE_ON_ZERO', \
-     NAMES utf8mb4 COLLATE utf8mb4_bin";
+pub const SESSION_SETUP: [&str; 2] = [
+    "SET NAMES utf8mb4 COLLATE utf8mb4_bin",
+    "SET time_zone = '+00:00', \
+     sql_mode = 'STRICT_ALL_TABLES,NO_BACKSLASH_ESCAPES,NO_AUTO_VALUE_ON_ZERO'",
+];
 
 #[cfg(test)]
 mod tests {

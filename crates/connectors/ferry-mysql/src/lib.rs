@@ -9,7 +9,12 @@
 //! MariaDB's own binlog events). No driver type appears in the public API:
 //! configuration is plain data, errors are [`ferry_core::Error`]s.
 
+mod catalog;
 mod connection;
 mod error;
+mod reader;
+mod sql;
+mod types;
 
 pub use connection::{Endpoint, quote_ident};
+pub use reader::MySqlReader;
