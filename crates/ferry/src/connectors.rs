@@ -62,6 +62,17 @@ async fn postgres_source(cfg: &PipelineConfig) -> Result<ferry_postgres::Postgre
     .await
 }
 
+async fn mysql_source(cfg: &PipelineConfig) -> Result<ferry_mysql::MySqlSource> {
+    ferry_mysql::MySqlSource::connect(ferry_mysql::MySqlSourceConfig {
+        url: cfg.source.url.clone(),
+        pipeline: cfg.name.clone(),
+        selection: cfg.selection.clone(),
+        snapshot_workers: cfg.options.workers.clamp(1, 4),
+        snapshot_chunk_rows: cfg.chunk_rows,
+    })
+    .await
+}
+
 fn sqlite_sink(cfg: &PipelineConfig, target: &Endpoint) -> Result<ferry_sqlite::SqliteSink> {
     // SQLite → SQLite: the tables the sink creates get the source's indexes.
     let indexes_from = match kind(&cfg.source.url) {
@@ -111,7 +122,7 @@ async fn source_of(cfg: &PipelineConfig) -> Result<Box<dyn SourceConnector>> {
     match kind(&cfg.source.url) {
         Kind::Sqlite => Ok(Box::new(sqlite_source(cfg)?)),
         Kind::Postgres => Ok(Box::new(postgres_source(cfg).await?)),
-        Kind::MySql => Err(not_built(&cfg.source.url, "source")),
+        Kind::MySql => Ok(Box::new(mysql_source(cfg).await?)),
     }
 }
 

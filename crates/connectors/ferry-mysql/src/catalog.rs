@@ -17,6 +17,11 @@ pub(crate) struct MyTable {
     pub table: TableRef,
     /// How to decode each column, aligned with `table.columns`.
     pub decode: Vec<Decode>,
+    /// Each column's place among all the table's columns (the selection
+    /// may leave some out; row events carry them all).
+    pub ordinals: Vec<usize>,
+    /// The names of all the table's columns, in order.
+    pub all_columns: Vec<String>,
 }
 
 type ColumnRow = (
@@ -90,9 +95,14 @@ pub(crate) async fn read_tables(
         let table_name = TableName::bare(&name);
         let mut cols = Vec::new();
         let mut decode = Vec::new();
-        for (_, column, data_type, column_type, nullable, precision, scale, max_len, charset) in
-            columns.iter().filter(|c| c.0 == name)
+        let mut ordinals = Vec::new();
+        let mut all_columns = Vec::new();
+        for (
+            ordinal,
+            (_, column, data_type, column_type, nullable, precision, scale, max_len, charset),
+        ) in columns.iter().filter(|c| c.0 == name).enumerate()
         {
+            all_columns.push(column.clone());
             let json = json_checks.iter().any(|(t, clause)| {
                 *t == name
                     && clause
@@ -132,6 +142,7 @@ pub(crate) async fn read_tables(
                 user_type: None,
             });
             decode.push(how);
+            ordinals.push(ordinal);
         }
         let key = choose_key(&name, &cols, &keys);
         tables.push(MyTable {
@@ -143,6 +154,8 @@ pub(crate) async fn read_tables(
                 key_deferrable: false,
             }),
             decode,
+            ordinals,
+            all_columns,
         });
     }
     Ok(tables)

@@ -167,3 +167,18 @@ mod tests {
         assert!(quote_ident("a`b") == "`a``b`");
     }
 }
+
+/// The identity of `database` on the server behind `conn`, equal for every
+/// way of reaching it (host name, port forwarding) and the same for the
+/// source and the target side, so a pipeline from a database into itself
+/// is refused: the server's host name and data directory, and the
+/// database.
+pub(crate) async fn identity(conn: &mut Conn, database: &str) -> Result<String> {
+    use mysql_async::prelude::Queryable;
+    let row: Option<(String, String)> = conn
+        .query_first("SELECT @@hostname, @@datadir")
+        .await
+        .map_err(|e| my_error(e, "reading the server's identity"))?;
+    let (host, datadir) = row.unwrap_or_default();
+    Ok(format!("mysql:{host}:{datadir}:{database}"))
+}

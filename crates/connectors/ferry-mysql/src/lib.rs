@@ -10,11 +10,17 @@
 //! configuration is plain data, errors are [`ferry_core::Error`]s.
 
 mod catalog;
+mod check;
 mod connection;
 mod error;
+mod position;
 mod reader;
+mod snapshot;
+mod source;
 mod sql;
+mod stream;
 mod types;
 
-pub use connection::{Endpoint, quote_ident};
+pub use connection::{Endpoint, quote_ident, quote_literal};
 pub use reader::MySqlReader;
+pub use source::{MySqlSource, MySqlSourceConfig};

@@ -99,7 +99,7 @@ mod tests {
 
     #[test]
     fn durations_keep_sign_and_hours() {
-        assert_eq!(format_duration(-3_019_199_500_000), "-838:59:59.500000");
+        assert_eq!(format_duration(-3_020_399_500_000), "-838:59:59.500000");
         assert_eq!(format_duration(1), "00:00:00.000001");
     }
 }

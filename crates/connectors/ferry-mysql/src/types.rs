@@ -398,7 +398,7 @@ mod tests {
             .unwrap(),
             Value::Time(-((838 * 3600 + 59 * 60 + 59) * 1_000_000 + 5))
         );
-        assert_eq!(parse_duration("-838:59:59.5"), Some(-(3_019_199_500_000)));
+        assert_eq!(parse_duration("-838:59:59.5"), Some(-(3_020_399_500_000)));
         assert_eq!(
             decode(
                 MyValue::Bytes(b"1700000000.250000".to_vec()),

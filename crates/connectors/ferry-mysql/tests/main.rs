@@ -1,1 +1,3 @@
+//! Tests of the MySQL/MariaDB connector against a real MariaDB server.
+
 mod source;
