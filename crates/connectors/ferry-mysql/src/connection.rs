@@ -152,6 +152,21 @@ pub const SESSION_SETUP: [&str; 2] = [
      sql_mode = 'STRICT_ALL_TABLES,NO_BACKSLASH_ESCAPES,NO_AUTO_VALUE_ON_ZERO'",
 ];
 
+/// The identity of `database` on the server behind `conn`, equal for every
+/// way of reaching it (host name, port forwarding) and the same for the
+/// source and the target side, so a pipeline from a database into itself
+/// is refused: the server's host name and data directory, and the
+/// database.
+pub(crate) async fn identity(conn: &mut Conn, database: &str) -> Result<String> {
+    use mysql_async::prelude::Queryable;
+    let row: Option<(String, String)> = conn
+        .query_first("SELECT @@hostname, @@datadir")
+        .await
+        .map_err(|e| my_error(e, "reading the server's identity"))?;
+    let (host, datadir) = row.unwrap_or_default();
+    Ok(format!("mysql:{host}:{datadir}:{database}"))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -166,19 +181,4 @@ mod tests {
         assert!(err.message().contains("names no database"), "{err:?}");
         assert!(quote_ident("a`b") == "`a``b`");
     }
-}
-
-/// The identity of `database` on the server behind `conn`, equal for every
-/// way of reaching it (host name, port forwarding) and the same for the
-/// source and the target side, so a pipeline from a database into itself
-/// is refused: the server's host name and data directory, and the
-/// database.
-pub(crate) async fn identity(conn: &mut Conn, database: &str) -> Result<String> {
-    use mysql_async::prelude::Queryable;
-    let row: Option<(String, String)> = conn
-        .query_first("SELECT @@hostname, @@datadir")
-        .await
-        .map_err(|e| my_error(e, "reading the server's identity"))?;
-    let (host, datadir) = row.unwrap_or_default();
-    Ok(format!("mysql:{host}:{datadir}:{database}"))
 }

@@ -134,17 +134,15 @@ impl BinlogReader {
                 Some(EventData::RotateEvent(rotate)) => {
                     self.rotate(rotate.name().into_owned(), rotate.position());
                 }
-                Some(EventData::HeartbeatEvent) => {
-                    if !self.in_transaction && end > 0 {
-                        let at = MySqlPosition {
-                            file: self.file.clone(),
-                            offset: end,
-                        };
-                        if at > self.position {
-                            self.position = at;
-                        }
-                        self.heartbeat(None);
+                Some(EventData::HeartbeatEvent) if !self.in_transaction && end > 0 => {
+                    let at = MySqlPosition {
+                        file: self.file.clone(),
+                        offset: end,
+                    };
+                    if at > self.position {
+                        self.position = at;
                     }
+                    self.heartbeat(None);
                 }
                 Some(EventData::QueryEvent(query)) => {
                     let sql = query.query().into_owned();
