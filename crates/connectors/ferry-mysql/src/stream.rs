@@ -33,7 +33,7 @@ use mysql_async::{BinlogStream, BinlogStreamRequest, Conn};
 use crate::catalog::{MyTable, read_tables};
 use crate::connection::Endpoint;
 use crate::error::my_error;
-use crate::types::{Origin, decode};
+use crate::types::{Origin, added_column_value, decode};
 
 /// How often an idle server sends a heartbeat.
 const HEARTBEAT: Duration = Duration::from_secs(1);
@@ -238,6 +238,7 @@ impl BinlogReader {
             if same_structure(&known.table, &fresh.table) && known.ordinals == fresh.ordinals {
                 continue;
             }
+            let filled = added_values(known, &fresh, &renamed)?;
             let mut fresh = fresh;
             fresh.table = std::sync::Arc::new(TableSchema {
                 version: known.table.version + 1,
@@ -247,7 +248,7 @@ impl BinlogReader {
                 table: TableRef::clone(&fresh.table),
                 alter: Alteration {
                     renamed: renamed.clone(),
-                    filled: Vec::new(),
+                    filled,
                 },
             });
             self.tables.insert(name, fresh);
@@ -487,6 +488,45 @@ fn renamed_columns(statement: &str) -> Vec<(String, String)> {
         i += 1;
     }
     renamed
+}
+
+/// What the rows that existed before a structure change hold in each
+/// column it added: constant defaults only. A default computed per row
+/// gives each old row its own value, which the stream does not carry:
+/// stop rather than let the target hold NULL where the source has values.
+fn added_values(
+    known: &MyTable,
+    fresh: &MyTable,
+    renamed: &[(String, String)],
+) -> Result<Vec<(String, Value)>> {
+    let mut filled = Vec::new();
+    for (i, column) in fresh.table.columns.iter().enumerate() {
+        let existed = known.table.column_index(&column.name).is_some()
+            || renamed.iter().any(|(_, new)| *new == column.name);
+        if existed {
+            continue;
+        }
+        let value = added_column_value(
+            fresh.defaults[i].as_deref(),
+            column.nullable,
+            &fresh.decode[i],
+        )
+        .map_err(|why| {
+            Error::fatal(format!(
+                "column {}.{} was added at the source and {why}: the rows that existed before \
+                     hold values the binlog does not carry",
+                fresh.table.name, column.name
+            ))
+            .with_fix(
+                "copy the table again: `ferry reset <pipeline.toml>` and run the pipeline \
+                     again (or add such columns with a constant default and fill them by UPDATE)",
+            )
+        })?;
+        if !matches!(value, Value::Null) {
+            filled.push((column.name.clone(), value));
+        }
+    }
+    Ok(filled)
 }
 
 fn same_structure(a: &TableSchema, b: &TableSchema) -> bool {
