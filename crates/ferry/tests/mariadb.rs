@@ -61,16 +61,14 @@ fn mariadb_to_sqlite_copies_streams_and_verifies_every_type() {
     // them, a delete, and a column added in the middle of the stream.
     db.sql_in(
         "shop",
-        &format!(
-            "INSERT INTO t SELECT id + 10, u64, u32, i8, u8, m, dec65, f, d, c, v, tx, b, bl, dt,
-                tm, dtm, ts, y, j, e, s, bt FROM t;
-             UPDATE t SET u64 = 9223372036854775808, v = '\u{e0}\u{e9}', tm = '-00:00:00.5',
-                e = 'medium', s = 'b', bt = b'11' WHERE id = 2;
-             DELETE FROM t WHERE id = 1;
-             ALTER TABLE t ADD COLUMN note varchar(10) DEFAULT 'x';
-             INSERT INTO t (id, note) VALUES (3, 'after');
-             UPDATE t SET note = 'changed' WHERE id = 12;"
-        ),
+        "INSERT INTO t SELECT id + 10, u64, u32, i8, u8, m, dec65, f, d, c, v, tx, b, bl, dt,
+            tm, dtm, ts, y, j, e, s, bt FROM t;
+         UPDATE t SET u64 = 9223372036854775808, v = '\u{e0}\u{e9}', tm = '-00:00:00.5',
+            e = 'medium', s = 'b', bt = b'11' WHERE id = 2;
+         DELETE FROM t WHERE id = 1;
+         ALTER TABLE t ADD COLUMN note varchar(10) DEFAULT 'x';
+         INSERT INTO t (id, note) VALUES (3, 'after');
+         UPDATE t SET note = 'changed' WHERE id = 12;",
     );
     eventually_blocking("the changes", Duration::from_secs(60), || {
         let rows = dump(&target, "t")?;
