@@ -11,6 +11,7 @@ mod fidelity;
 mod help;
 mod kit;
 mod mariadb;
+mod mariadb_crash;
 mod operations;
 mod outage;
 mod pg_to_sqlite;

@@ -6,7 +6,9 @@ use std::time::Duration;
 
 use ferry_testkit::{MariaDbServer, PostgresServer, eventually_blocking};
 
-use crate::kit::{Dir, dump, ferry, pg_number, run_to_exit, spawn_run, terminate, text};
+use crate::kit::{
+    Dir, dump, ferry, pg_number, run_to_exit, spawn_run, spawn_streaming, terminate, text,
+};
 
 /// A table with a column of each MySQL type family ferry carries.
 const TYPES_DDL: &str = "CREATE TABLE t (
@@ -218,4 +220,117 @@ fn bad_source_urls_get_clear_errors() {
             "{url}: {out}"
         );
     }
+}
+
+/// The binlog ferry needs is purged while ferry is stopped: refused with
+/// the reason; with `on_gap = "resync"` the tables are re-copied online and
+/// the target converges.
+#[test]
+fn a_purged_binlog_is_refused_then_resynced_online_with_on_gap() {
+    let db = MariaDbServer::start();
+    let url = db.create_database("shop");
+    db.sql_in(
+        "shop",
+        "CREATE TABLE orders (id int PRIMARY KEY, status varchar(10));
+         INSERT INTO orders SELECT seq, 'new' FROM seq_1_to_500;",
+    );
+    let d = Dir::new();
+    let target = d.path("target.db");
+    let sqlite = format!("sqlite:{}", target.display());
+    let p = d.pipeline_between(&url, &sqlite, "");
+    let run = spawn_streaming(&p, &d.path("run.log"));
+    db.sql_in("shop", "UPDATE orders SET status = 'paid' WHERE id <= 10");
+    eventually_blocking("the update", Duration::from_secs(60), || {
+        dump(&target, "orders")?
+            .iter()
+            .any(|r| r.contains("paid"))
+            .then_some(())
+    });
+    assert!(terminate(run).success());
+
+    // Writes while ferry is stopped, then the binlog holding them goes.
+    db.sql_in(
+        "shop",
+        "UPDATE orders SET status = 'lost' WHERE id BETWEEN 100 AND 120;
+         DELETE FROM orders WHERE id > 490;
+         FLUSH BINARY LOGS;",
+    );
+    let newest = db.sql("SHOW MASTER STATUS");
+    let newest = newest.split('\t').next().unwrap().to_owned();
+    // The server keeps a file a replica still reads: wait until it has
+    // seen ferry's binlog connection go.
+    eventually_blocking(
+        "ferry's binlog reader to go",
+        Duration::from_secs(30),
+        || {
+            let readers = db.sql(
+                "SELECT count(*) FROM information_schema.processlist \
+                 WHERE command LIKE 'Binlog Dump%'",
+            );
+            (readers == "0").then_some(())
+        },
+    );
+    // ... and until crash recovery no longer needs the older file.
+    eventually_blocking(
+        "the older binlogs to be purged",
+        Duration::from_secs(30),
+        || {
+            db.sql(&format!("PURGE BINARY LOGS TO '{newest}'"));
+            (db.sql("SHOW BINARY LOGS").lines().count() == 1).then_some(())
+        },
+    );
+    let (code, out) = run_to_exit(&["run", p.to_str().unwrap()], Duration::from_secs(60));
+    assert_eq!(code, 2, "{out}");
+    assert!(out.contains("purged") && out.contains("on_gap"), "{out}");
+    assert_eq!(
+        ferry(&["verify", p.to_str().unwrap()]).status.code(),
+        Some(1)
+    );
+
+    let text_now = std::fs::read_to_string(&p).unwrap();
+    std::fs::write(
+        &p,
+        text_now.replace(
+            "poll_interval = \"5ms\"",
+            "poll_interval = \"5ms\"\non_gap = \"resync\"",
+        ),
+    )
+    .unwrap();
+    let run = spawn_streaming(&p, &d.path("run.log"));
+    db.sql_in(
+        "shop",
+        "UPDATE orders SET status = 'after' WHERE id % 97 = 0",
+    );
+    eventually_blocking("the target converges", Duration::from_secs(60), || {
+        let v = ferry(&["verify", p.to_str().unwrap()]);
+        v.status.success().then_some(()).ok_or_else(|| text(&v))
+    });
+    assert!(terminate(run).success());
+}
+
+/// A user without REPLICATION SLAVE cannot read the binlog: refused before
+/// anything is copied, with the GRANT to run.
+#[test]
+fn a_user_without_replication_privileges_is_refused_with_the_grant() {
+    let db = MariaDbServer::start();
+    db.create_database("shop");
+    db.sql_in("shop", "CREATE TABLE t (id int PRIMARY KEY)");
+    db.sql(
+        "CREATE USER reader@'127.0.0.1' IDENTIFIED BY 'pw';
+         GRANT SELECT ON shop.* TO reader@'127.0.0.1';",
+    );
+    let url = format!("mysql://reader:pw@127.0.0.1:{}/shop", db.port());
+    let d = Dir::new();
+    let target = d.path("target.db");
+    let p = d.pipeline_between(&url, &format!("sqlite:{}", target.display()), "");
+    let (code, out) = run_to_exit(&["run", p.to_str().unwrap()], Duration::from_secs(60));
+    assert_eq!(code, 2, "{out}");
+    assert!(
+        out.contains("REPLICATION SLAVE") && out.contains("GRANT"),
+        "{out}"
+    );
+    assert!(
+        dump(&target, "t").is_none(),
+        "nothing is written to the target"
+    );
 }

@@ -33,6 +33,7 @@ use mysql_async::{BinlogStream, BinlogStreamRequest, Conn};
 use crate::catalog::{MyTable, read_tables};
 use crate::connection::Endpoint;
 use crate::error::my_error;
+use crate::recopy::{Chunk, Recopies};
 use crate::types::{Origin, added_column_value, decode};
 
 /// How often an idle server sends a heartbeat.
@@ -60,6 +61,9 @@ pub(crate) struct BinlogReader {
     sent_part: bool,
     /// Events decoded but not yet handed on.
     ready: std::collections::VecDeque<SourceEvent>,
+    /// Online re-copies, and the chunk read waiting for its position.
+    recopies: Recopies,
+    chunk: Option<Chunk>,
 }
 
 impl BinlogReader {
@@ -70,6 +74,7 @@ impl BinlogReader {
         from: MySqlPosition,
         tables: Vec<MyTable>,
         selection: Selection,
+        chunk_rows: Option<usize>,
     ) -> Result<BinlogReader> {
         let mut conn = endpoint.connect().await?;
         let doing = "starting the binlog stream";
@@ -102,12 +107,65 @@ impl BinlogReader {
             pending: Vec::new(),
             sent_part: false,
             ready: Default::default(),
+            recopies: Recopies::new(endpoint.clone(), chunk_rows),
+            chunk: None,
         })
+    }
+
+    /// Starts the online re-copy of `table` after key `after`.
+    pub(crate) fn recopy(&mut self, table: &TableRef, after: Option<Vec<Value>>) -> Result<()> {
+        let known = self.tables.get(&table.name.name).cloned().ok_or_else(|| {
+            Error::fatal(format!(
+                "table {} is not among the source's selected tables",
+                table.name
+            ))
+        })?;
+        self.recopies.start(known, after);
+        Ok(())
+    }
+
+    /// Reads the next re-copy chunk when none waits, and hands the waiting
+    /// one on once the stream stands at its position.
+    async fn recopy_step(&mut self) -> Result<()> {
+        if self.in_transaction {
+            return Ok(());
+        }
+        if self.chunk.is_none() && !self.recopies.is_empty() {
+            self.chunk = self.recopies.read().await?;
+        }
+        if self.chunk.as_ref().is_some_and(|c| c.at <= self.position) {
+            self.hand_on_chunk();
+        }
+        Ok(())
+    }
+
+    /// Hands the waiting chunk on, as a transaction at its position (or at
+    /// the stream's, when that is the same moment: nothing committed since).
+    fn hand_on_chunk(&mut self) {
+        let Some(chunk) = self.chunk.take() else {
+            return;
+        };
+        if chunk.at > self.position {
+            self.position = chunk.at;
+        }
+        self.ready.push_back(SourceEvent::Commit(Transaction {
+            position: Position::MySql(self.position.clone()),
+            commit_time_micros: None,
+            changes: vec![Change::RecopyRows {
+                table: chunk.table,
+                range: chunk.range,
+                rows: chunk.rows,
+            }],
+        }));
     }
 
     /// The next transaction, part of one, or heartbeat.
     pub(crate) async fn next(&mut self) -> Result<SourceEvent> {
         loop {
+            if let Some(event) = self.ready.pop_front() {
+                return Ok(event);
+            }
+            self.recopy_step().await?;
             if let Some(event) = self.ready.pop_front() {
                 return Ok(event);
             }
@@ -157,8 +215,12 @@ impl BinlogReader {
                             self.file
                         )));
                     };
-                    let changes = self.rows(&rows, tme, end)?;
-                    self.pending.extend(changes);
+                    match self.rows(&rows, tme, end)? {
+                        Rows::Changes(changes) => self.pending.extend(changes),
+                        Rows::Unfollowable(table, width) => {
+                            self.recopy_by_itself(&table, width, end)?
+                        }
+                    }
                     if self.pending.len() >= PART_CHANGES {
                         self.sent_part = true;
                         let position = Position::MySql(MySqlPosition {
@@ -251,6 +313,7 @@ impl BinlogReader {
                     filled,
                 },
             });
+            self.recopies.restructure(&fresh);
             self.tables.insert(name, fresh);
         }
         Ok(())
@@ -259,10 +322,15 @@ impl BinlogReader {
     /// The end of a transaction at `end`.
     fn commit(&mut self, end: u64, time: i64) {
         self.in_transaction = false;
-        self.position = MySqlPosition {
+        let end = MySqlPosition {
             file: self.file.clone(),
             offset: end,
         };
+        // A chunk read before this transaction committed goes first.
+        if self.chunk.as_ref().is_some_and(|c| c.at < end) {
+            self.hand_on_chunk();
+        }
+        self.position = end;
         if self.pending.is_empty() && !self.sent_part {
             self.heartbeat(Some(time));
             return;
@@ -283,34 +351,35 @@ impl BinlogReader {
     }
 
     /// The changes of one row event of a selected table.
-    fn rows(
-        &self,
-        rows: &RowsEventData<'_>,
-        tme: &TableMapEvent<'_>,
-        end: u64,
-    ) -> Result<Vec<Change>> {
+    fn rows(&self, rows: &RowsEventData<'_>, tme: &TableMapEvent<'_>, end: u64) -> Result<Rows> {
         if tme.database_name() != self.database.as_str() {
-            return Ok(Vec::new());
+            return Ok(Rows::Changes(Vec::new()));
         }
         let Some(known) = self.tables.get(tme.table_name().as_ref()) else {
-            return Ok(Vec::new());
+            return Ok(Rows::Changes(Vec::new()));
         };
         let table = &known.table;
+        // A re-copy from the table's start replaces every row with rows read
+        // after this event: the event need not even be decoded.
+        let recopy = self.recopies.job(&table.name.name).filter(|j| !j.started);
+        if recopy.is_some_and(|j| j.floor.is_none()) {
+            return Ok(Rows::Changes(Vec::new()));
+        }
         let width = tme.columns_count() as usize;
         if width != known.all_columns.len() {
-            return Err(Error::fatal(format!(
-                "row events for table {} at {}:{end} have {width} columns, but the table has {} \
-                 in the structure ferry holds: the structure changed in a way the stream could \
-                 not follow",
-                table.name,
-                self.file,
-                known.all_columns.len()
-            ))
-            .with_fix(format!(
-                "copy the table again: `ferry resync <pipeline.toml> {}` (or `ferry reset` and \
-                 run again)",
-                table.name
-            )));
+            if recopy.is_some() {
+                return Err(Error::fatal(format!(
+                    "row events for table {} at {}:{end} have {width} columns, but the table has \
+                     {} in the structure ferry holds, while its re-copy is under way",
+                    table.name,
+                    self.file,
+                    known.all_columns.len()
+                ))
+                .with_fix(
+                    "`ferry reset` the pipeline and run it again to copy the tables afresh",
+                ));
+            }
+            return Ok(Rows::Unfollowable(TableRef::clone(table), width));
         }
         let mut changes = Vec::new();
         for pair in rows.rows(tme) {
@@ -323,7 +392,7 @@ impl BinlogReader {
             let before = before.map(|r| self.image(known, r)).transpose()?;
             let after = after.map(|r| self.image(known, r)).transpose()?;
             let table = TableRef::clone(table);
-            changes.push(match (before, after) {
+            let change = match (before, after) {
                 (None, Some(row)) => Change::Insert { table, row },
                 (Some(before), Some(after)) => Change::Update {
                     table,
@@ -332,9 +401,36 @@ impl BinlogReader {
                 },
                 (Some(before), None) => Change::Delete { table, before },
                 (None, None) => continue,
-            });
+            };
+            // A re-copy continuing after a key replaces the rows above it.
+            if let Some(floor) = recopy.and_then(|j| j.floor.as_deref()) {
+                let above = |key: Option<Vec<Value>>| key.is_none_or(|k| k.as_slice() > floor);
+                if above(change.key()) && above(change.old_key()) {
+                    continue;
+                }
+            }
+            changes.push(change);
         }
-        Ok(changes)
+        Ok(Rows::Changes(changes))
+    }
+
+    /// A row event of `table` does not fit the structure the stream holds
+    /// (the binlog being read is older than a structure change it could
+    /// not follow): re-copy the table online from this transaction on.
+    fn recopy_by_itself(&mut self, table: &TableRef, width: usize, end: u64) -> Result<()> {
+        let reason = format!(
+            "row events at {}:{end} have {width} columns, the table's structure {}: it changed \
+             in a way the binlog alone cannot follow",
+            self.file,
+            table.columns.len()
+        );
+        tracing::warn!(table = %table.name, %reason, "re-copying the table online");
+        self.recopy(table, None)?;
+        self.pending.push(Change::RecopyStart {
+            table: TableRef::clone(table),
+            reason,
+        });
+        Ok(())
     }
 
     /// A row image as ferry values, aligned with the table's columns; a
@@ -380,6 +476,14 @@ impl BinlogReader {
             })
             .collect()
     }
+}
+
+/// What a row event holds for the pipeline.
+enum Rows {
+    Changes(Vec<Change>),
+    /// Its columns (this many) are not those of the structure the stream
+    /// holds for the table.
+    Unfollowable(TableRef, usize),
 }
 
 /// An error of the binlog stream, with the fix for a purged position.
