@@ -300,7 +300,10 @@ impl BinlogReader {
             if same_structure(&known.table, &fresh.table) && known.ordinals == fresh.ordinals {
                 continue;
             }
-            let filled = added_values(known, &fresh, &renamed)?;
+            let (filled, unfillable) = match added_values(known, &fresh, &renamed) {
+                Ok(filled) => (filled, None),
+                Err(why) => (Vec::new(), Some(why)),
+            };
             let mut fresh = fresh;
             fresh.table = std::sync::Arc::new(TableSchema {
                 version: known.table.version + 1,
@@ -314,7 +317,15 @@ impl BinlogReader {
                 },
             });
             self.recopies.restructure(&fresh);
+            let table = TableRef::clone(&fresh.table);
             self.tables.insert(name, fresh);
+            if let Some(reason) = unfillable {
+                // The old rows hold values the binlog does not carry: read
+                // them again, from a moment after this change.
+                tracing::warn!(table = %table.name, %reason, "re-copying the table online");
+                self.recopy(&table, None)?;
+                self.pending.push(Change::RecopyStart { table, reason });
+            }
         }
         Ok(())
     }
@@ -595,14 +606,14 @@ fn renamed_columns(statement: &str) -> Vec<(String, String)> {
 }
 
 /// What the rows that existed before a structure change hold in each
-/// column it added: constant defaults only. A default computed per row
-/// gives each old row its own value, which the stream does not carry:
-/// stop rather than let the target hold NULL where the source has values.
+/// column it added: constant defaults only. `Err` says why a column's
+/// old rows hold values no single default describes (a default computed
+/// per row): the table is then re-copied online.
 fn added_values(
     known: &MyTable,
     fresh: &MyTable,
     renamed: &[(String, String)],
-) -> Result<Vec<(String, Value)>> {
+) -> std::result::Result<Vec<(String, Value)>, String> {
     let mut filled = Vec::new();
     for (i, column) in fresh.table.columns.iter().enumerate() {
         let existed = known.table.column_index(&column.name).is_some()
@@ -615,17 +626,7 @@ fn added_values(
             column.nullable,
             &fresh.decode[i],
         )
-        .map_err(|why| {
-            Error::fatal(format!(
-                "column {}.{} was added at the source and {why}: the rows that existed before \
-                     hold values the binlog does not carry",
-                fresh.table.name, column.name
-            ))
-            .with_fix(
-                "copy the table again: `ferry reset <pipeline.toml>` and run the pipeline \
-                     again (or add such columns with a constant default and fill them by UPDATE)",
-            )
-        })?;
+        .map_err(|why| format!("column {} was added and {why}", column.name))?;
         if !matches!(value, Value::Null) {
             filled.push((column.name.clone(), value));
         }
