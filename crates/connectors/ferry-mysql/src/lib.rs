@@ -11,5 +11,7 @@
 
 mod connection;
 mod error;
+mod sink;
 
 pub use connection::{Endpoint, quote_ident};
+pub use sink::{MySqlSink, MySqlSinkConfig};

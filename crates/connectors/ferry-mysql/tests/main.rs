@@ -1,1 +1,2 @@
+mod sink;
 mod source;
