@@ -4,7 +4,7 @@
 
 use std::sync::Arc;
 
-use ferry_core::{Error, Result, Sink, Source, TableReader};
+use ferry_core::{Result, Sink, Source, TableReader};
 
 use crate::config::{Endpoint, PipelineConfig};
 
@@ -30,14 +30,6 @@ pub fn same_engine(cfg: &PipelineConfig) -> bool {
     std::mem::discriminant(&kind(&cfg.source.url)) == std::mem::discriminant(&kind(&cfg.target.url))
 }
 
-fn not_built(url: &str, what: &str) -> Error {
-    Error::fatal(format!(
-        "{} as a {what} is not built yet in this version of ferry",
-        crate::config::redact(url)
-    ))
-    .with_fix("use a sqlite: or postgres:// URL; see README.md for what each connector supports")
-}
-
 fn sqlite_source(cfg: &PipelineConfig) -> Result<ferry_sqlite::SqliteSource> {
     ferry_sqlite::SqliteSource::open(ferry_sqlite::SqliteSourceConfig {
         path: ferry_sqlite::path_from_url(&cfg.source.url)?,
@@ -53,6 +45,17 @@ fn sqlite_source(cfg: &PipelineConfig) -> Result<ferry_sqlite::SqliteSource> {
 
 async fn postgres_source(cfg: &PipelineConfig) -> Result<ferry_postgres::PostgresSource> {
     ferry_postgres::PostgresSource::connect(ferry_postgres::PostgresSourceConfig {
+        url: cfg.source.url.clone(),
+        pipeline: cfg.name.clone(),
+        selection: cfg.selection.clone(),
+        snapshot_workers: cfg.options.workers.clamp(1, 4),
+        snapshot_chunk_rows: cfg.chunk_rows,
+    })
+    .await
+}
+
+async fn mysql_source(cfg: &PipelineConfig) -> Result<ferry_mysql::MySqlSource> {
+    ferry_mysql::MySqlSource::connect(ferry_mysql::MySqlSourceConfig {
         url: cfg.source.url.clone(),
         pipeline: cfg.name.clone(),
         selection: cfg.selection.clone(),
@@ -97,6 +100,16 @@ async fn postgres_sink(cfg: &PipelineConfig) -> Result<ferry_postgres::PostgresS
     .await
 }
 
+async fn mysql_sink(cfg: &PipelineConfig) -> Result<ferry_mysql::MySqlSink> {
+    ferry_mysql::MySqlSink::connect(ferry_mysql::MySqlSinkConfig {
+        url: cfg.target.url.clone(),
+        pipeline: cfg.name.clone(),
+        // MySQL → MySQL: tables get the source's column types as declared.
+        same_engine: same_engine(cfg),
+    })
+    .await
+}
+
 /// A source connector: the change stream and the reads `ferry verify`
 /// makes, one value.
 pub trait SourceConnector: Source + TableReader {}
@@ -111,7 +124,7 @@ async fn source_of(cfg: &PipelineConfig) -> Result<Box<dyn SourceConnector>> {
     match kind(&cfg.source.url) {
         Kind::Sqlite => Ok(Box::new(sqlite_source(cfg)?)),
         Kind::Postgres => Ok(Box::new(postgres_source(cfg).await?)),
-        Kind::MySql => Err(not_built(&cfg.source.url, "source")),
+        Kind::MySql => Ok(Box::new(mysql_source(cfg).await?)),
     }
 }
 
@@ -120,7 +133,7 @@ async fn sink_of(cfg: &PipelineConfig) -> Result<Box<dyn SinkConnector>> {
     match kind(&cfg.target.url) {
         Kind::Sqlite => Ok(Box::new(sqlite_sink(cfg, &cfg.target)?)),
         Kind::Postgres => Ok(Box::new(postgres_sink(cfg).await?)),
-        Kind::MySql => Err(not_built(&cfg.target.url, "target")),
+        Kind::MySql => Ok(Box::new(mysql_sink(cfg).await?)),
     }
 }
 

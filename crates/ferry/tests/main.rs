@@ -10,6 +10,7 @@ mod fence;
 mod fidelity;
 mod help;
 mod kit;
+mod mariadb_target;
 mod operations;
 mod outage;
 mod pg_to_sqlite;

@@ -50,6 +50,7 @@ impl Endpoint {
             .conn_ttl(None)
             .stmt_cache_size(64)
             .wait_timeout(Some(28_800))
+            .setup(SESSION_SETUP.to_vec())
             .into();
         Ok(Endpoint { opts, database })
     }
@@ -142,11 +143,29 @@ pub fn quote_literal(text: &str) -> String {
     format!("'{}'", text.replace('\'', "''"))
 }
 
-/// The session settings every ferry connection runs with: UTC for
+/// The session settings every ferry connection runs with (set up on
+/// each new connection by [`Endpoint::connect`] and the reader's pool): UTC for
 /// TIMESTAMP values, strict values, standard string literals, utf8mb4.
-pub const SESSION_SETUP: &str = "SET time_zone = '+00:00', \
-     sql_mode = 'STRICT_ALL_TABLES,NO_BACKSLASH_ESCAPES,NO_AUTO_VALUE_ON_ZERO', \
-     NAMES utf8mb4 COLLATE utf8mb4_bin";
+pub const SESSION_SETUP: [&str; 2] = [
+    "SET NAMES utf8mb4 COLLATE utf8mb4_bin",
+    "SET time_zone = '+00:00', \
+     sql_mode = 'STRICT_ALL_TABLES,NO_BACKSLASH_ESCAPES,NO_AUTO_VALUE_ON_ZERO'",
+];
+
+/// The identity of `database` on the server behind `conn`, equal for every
+/// way of reaching it (host name, port forwarding) and the same for the
+/// source and the target side, so a pipeline from a database into itself
+/// is refused: the server's host name and data directory, and the
+/// database.
+pub(crate) async fn identity(conn: &mut Conn, database: &str) -> Result<String> {
+    use mysql_async::prelude::Queryable;
+    let row: Option<(String, String)> = conn
+        .query_first("SELECT @@hostname, @@datadir")
+        .await
+        .map_err(|e| my_error(e, "reading the server's identity"))?;
+    let (host, datadir) = row.unwrap_or_default();
+    Ok(format!("mysql:{host}:{datadir}:{database}"))
+}
 
 #[cfg(test)]
 mod tests {

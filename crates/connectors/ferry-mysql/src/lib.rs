@@ -9,9 +9,20 @@
 //! MariaDB's own binlog events). No driver type appears in the public API:
 //! configuration is plain data, errors are [`ferry_core::Error`]s.
 
+mod catalog;
+mod check;
 mod connection;
 mod error;
+mod position;
+mod reader;
 mod sink;
+mod snapshot;
+mod source;
+mod sql;
+mod stream;
+mod types;
 
-pub use connection::{Endpoint, quote_ident};
+pub use connection::{Endpoint, quote_ident, quote_literal};
+pub use reader::MySqlReader;
 pub use sink::{MySqlSink, MySqlSinkConfig};
+pub use source::{MySqlSource, MySqlSourceConfig};

@@ -3,10 +3,6 @@
 //! keeps open for its lifetime. A user lock belongs to its session, so a
 //! killed runner's lock goes as soon as the server notices the session is
 //! gone; a second runner waits [`PATIENCE`] for that before it is refused.
-//!
-//! Also the target's identity: the server (its host name and data
-//! directory, stable across restarts and the same however it is reached)
-//! and the database.
 
 use std::time::Duration;
 
@@ -57,17 +53,6 @@ pub(crate) async fn lock(conn: &mut Conn, name: &str) -> Result<Lock> {
         .await
         .map_err(|e| my_error(e, "looking for the holder of the pipeline's lock"))?;
     Ok(Lock::HeldBy(holder.flatten()))
-}
-
-/// `mysql://<host name><data directory>/<database>`: the same for every
-/// URL that reaches this database.
-pub(crate) async fn identity(conn: &mut Conn, database: &str) -> Result<String> {
-    let (host, datadir): (String, String) = conn
-        .query_first("SELECT @@hostname, @@datadir")
-        .await
-        .map_err(|e| my_error(e, "reading the server's identity"))?
-        .unwrap_or_default();
-    Ok(format!("mysql://{host}{datadir}/{database}"))
 }
 
 #[cfg(test)]

@@ -34,7 +34,7 @@ use ferry_core::{
 use mysql_async::Conn;
 use mysql_async::prelude::Queryable;
 
-use crate::connection::{Endpoint, SESSION_SETUP};
+use crate::connection::Endpoint;
 use crate::error::my_error;
 use structure::{Dialect, create_table_sql};
 use target::{Plan, TargetTable};
@@ -109,13 +109,10 @@ impl Shared {
     }
 }
 
-/// Opens a connection with ferry's session settings.
+/// Opens a connection with ferry's session settings (`SESSION_SETUP`,
+/// which the endpoint's options run on every new connection).
 async fn open(endpoint: &Endpoint) -> Result<Conn> {
-    let mut conn = endpoint.connect().await?;
-    conn.query_drop(SESSION_SETUP)
-        .await
-        .map_err(|e| my_error(e, "setting up the session"))?;
-    Ok(conn)
+    endpoint.connect().await
 }
 
 /// The MySQL/MariaDB sink. Each writer has its own connection.
@@ -276,7 +273,7 @@ impl Sink for MySqlSink {
 
     async fn identity(&self) -> Result<Option<String>> {
         let mut admin = self.admin.lock().await;
-        fence::identity(&mut admin, self.shared.endpoint.database())
+        crate::connection::identity(&mut admin, self.shared.endpoint.database())
             .await
             .map(Some)
     }

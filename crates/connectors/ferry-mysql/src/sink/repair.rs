@@ -15,7 +15,7 @@ use crate::connection::SESSION_SETUP;
 /// The script for `steps`, with each table's plan.
 pub(crate) fn render(steps: &[Step], plans: &HashMap<TableName, Arc<Plan>>) -> Result<String> {
     let body = ferry_core::render_repair(steps, &Dialect { plans })?;
-    Ok(format!("{SESSION_SETUP};\n{body}"))
+    Ok(format!("{};\n{body}", SESSION_SETUP.join(";\n")))
 }
 
 struct Dialect<'a> {
