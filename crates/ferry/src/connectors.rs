@@ -4,7 +4,7 @@
 
 use std::sync::Arc;
 
-use ferry_core::{Error, Result, Sink, Source, TableReader};
+use ferry_core::{Result, Sink, Source, TableReader};
 
 use crate::config::{Endpoint, PipelineConfig};
 
@@ -28,14 +28,6 @@ fn kind(url: &str) -> Kind {
 /// Source and target are databases of the same engine.
 pub fn same_engine(cfg: &PipelineConfig) -> bool {
     std::mem::discriminant(&kind(&cfg.source.url)) == std::mem::discriminant(&kind(&cfg.target.url))
-}
-
-fn not_built(url: &str, what: &str) -> Error {
-    Error::fatal(format!(
-        "{} as a {what} is not built yet in this version of ferry",
-        crate::config::redact(url)
-    ))
-    .with_fix("use a sqlite: or postgres:// URL; see README.md for what each connector supports")
 }
 
 fn sqlite_source(cfg: &PipelineConfig) -> Result<ferry_sqlite::SqliteSource> {
@@ -108,6 +100,16 @@ async fn postgres_sink(cfg: &PipelineConfig) -> Result<ferry_postgres::PostgresS
     .await
 }
 
+async fn mysql_sink(cfg: &PipelineConfig) -> Result<ferry_mysql::MySqlSink> {
+    ferry_mysql::MySqlSink::connect(ferry_mysql::MySqlSinkConfig {
+        url: cfg.target.url.clone(),
+        pipeline: cfg.name.clone(),
+        // MySQL → MySQL: tables get the source's column types as declared.
+        same_engine: same_engine(cfg),
+    })
+    .await
+}
+
 /// A source connector: the change stream and the reads `ferry verify`
 /// makes, one value.
 pub trait SourceConnector: Source + TableReader {}
@@ -131,7 +133,7 @@ async fn sink_of(cfg: &PipelineConfig) -> Result<Box<dyn SinkConnector>> {
     match kind(&cfg.target.url) {
         Kind::Sqlite => Ok(Box::new(sqlite_sink(cfg, &cfg.target)?)),
         Kind::Postgres => Ok(Box::new(postgres_sink(cfg).await?)),
-        Kind::MySql => Err(not_built(&cfg.target.url, "target")),
+        Kind::MySql => Ok(Box::new(mysql_sink(cfg).await?)),
     }
 }
 

@@ -229,24 +229,6 @@ fn unknown_consistency_mode_names_the_choices() {
 }
 
 #[test]
-fn mysql_target_is_refused_plainly_until_built() {
-    let d = Dir::new();
-    with_accounts(&d);
-    let p = d.path("p.toml");
-    std::fs::write(
-        &p,
-        format!(
-            "[source]\nurl = \"sqlite:{}\"\n[target]\nurl = \"mysql://root@127.0.0.1:1/x\"\n",
-            d.path("source.db").display()
-        ),
-    )
-    .unwrap();
-    let (code, t) = run(&p);
-    assert_eq!(code, 2);
-    assert!(t.contains("not built yet"), "{t}");
-}
-
-#[test]
 fn a_failing_statement_names_table_key_statement_and_database_error() {
     let d = Dir::new();
     d.source()

@@ -12,6 +12,7 @@ mod help;
 mod kit;
 mod mariadb;
 mod mariadb_crash;
+mod mariadb_target;
 mod operations;
 mod outage;
 mod pg_to_sqlite;

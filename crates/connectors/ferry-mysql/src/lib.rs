@@ -16,6 +16,7 @@ mod error;
 mod position;
 mod reader;
 mod recopy;
+mod sink;
 mod snapshot;
 mod source;
 mod sql;
@@ -24,4 +25,5 @@ mod types;
 
 pub use connection::{Endpoint, quote_ident, quote_literal};
 pub use reader::MySqlReader;
+pub use sink::{MySqlSink, MySqlSinkConfig};
 pub use source::{MySqlSource, MySqlSourceConfig};

@@ -1,3 +1,4 @@
 //! Tests of the MySQL/MariaDB connector against a real MariaDB server.
 
+mod sink;
 mod source;
