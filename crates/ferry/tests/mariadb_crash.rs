@@ -113,18 +113,50 @@ const COMPARE: [(&str, &str); 5] = [
     ),
 ];
 
-/// `Err` names the tables PostgreSQL does not hold as MariaDB does.
-fn caught_up(db: &MariaDbServer, pg: &PostgresServer) -> Result<(), Vec<&'static str>> {
+/// The database a crash test replicates into.
+enum Target {
+    Postgres(PostgresServer),
+    MariaDb(MariaDbServer),
+}
+
+impl Target {
+    fn url(&self) -> String {
+        match self {
+            Target::Postgres(pg) => pg.url_for("dst"),
+            Target::MariaDb(db) => db.url_for("dst"),
+        }
+    }
+
+    /// Rows `sql` returns in database `dst`, columns joined by `|`; empty
+    /// while it cannot be read.
+    fn rows(&self, sql: &str) -> Vec<String> {
+        match self {
+            Target::Postgres(pg) => pg_rows(pg, "dst", sql),
+            Target::MariaDb(db) => db
+                .try_sql_in("dst", sql)
+                .map(|s| s.lines().map(|r| r.replace('\t', "|")).collect())
+                .unwrap_or_default(),
+        }
+    }
+
+    fn number(&self, sql: &str) -> i64 {
+        self.rows(sql)
+            .first()
+            .and_then(|n| n.parse().ok())
+            .unwrap_or(-1)
+    }
+}
+
+/// `Err` names the tables the target does not hold as the source does.
+fn caught_up(db: &MariaDbServer, target: &Target) -> Result<(), Vec<&'static str>> {
     let differ: Vec<&str> = COMPARE
         .iter()
         .filter(|(_, sql)| {
-            let maria = maria_rows(db, sql);
-            let pg = pg_rows(pg, "dst", sql);
-            maria
+            let source: Vec<String> = maria_rows(db, sql)
                 .iter()
                 .map(|r| r.replace('\t', "|"))
-                .collect::<Vec<_>>()
-                != pg
+                .collect();
+            source != target.rows(sql)
         })
         .map(|(table, _)| *table)
         .collect();
@@ -137,21 +169,27 @@ fn caught_up(db: &MariaDbServer, pg: &PostgresServer) -> Result<(), Vec<&'static
 
 #[test]
 fn mariadb_to_postgresql_survives_kill_9_in_the_copy_and_the_stream() {
+    let pg = PostgresServer::start();
+    pg.create_database("dst");
+    kill_9_in_the_copy_and_the_stream(Target::Postgres(pg));
+}
+
+#[test]
+fn mariadb_to_mariadb_survives_kill_9_in_the_copy_and_the_stream() {
+    let db = MariaDbServer::start();
+    db.create_database("dst");
+    kill_9_in_the_copy_and_the_stream(Target::MariaDb(db));
+}
+
+fn kill_9_in_the_copy_and_the_stream(target: Target) {
     let db = Arc::new(MariaDbServer::start());
     let url = db.create_database("src");
     setup(&db);
-    let pg = PostgresServer::start();
-    pg.create_database("dst");
     let d = Dir::new();
-    let p = write_pipeline(&d, &url, &pg.url_for("dst"));
+    let p = write_pipeline(&d, &url, &target.url());
     let log = d.path("run.log");
-    let copied = || {
-        crate::kit::pg_number(
-            &pg,
-            "dst",
-            "SELECT (SELECT count(*) FROM items) + (SELECT count(*) FROM tags)",
-        )
-    };
+    let copied =
+        || target.number("SELECT (SELECT count(*) FROM items) + (SELECT count(*) FROM tags)");
     let writer = Writer::start(&db);
     // Kills during the copy: each right after it made progress.
     let mut mid_copy = 0;
@@ -165,11 +203,7 @@ fn mariadb_to_postgresql_survives_kill_9_in_the_copy_and_the_stream() {
     // change with a constant default lands among them.
     let newest = || maria_rows(&db, "SELECT coalesce(max(id), 0) FROM transfers");
     let balanced = || {
-        let rows = pg_rows(
-            &pg,
-            "dst",
-            "SELECT count(*) || '|' || sum(balance) FROM accounts",
-        );
+        let rows = target.rows("SELECT count(*), sum(balance) FROM accounts");
         if let Some(row) = rows.first() {
             assert_eq!(
                 *row,
@@ -203,7 +237,7 @@ fn mariadb_to_postgresql_survives_kill_9_in_the_copy_and_the_stream() {
     let child = spawn_run(&p, &log);
     eventually_blocking("the target catches up", Duration::from_secs(120), || {
         balanced();
-        caught_up(&db, &pg)
+        caught_up(&db, &target)
     });
     stop_and_verify(child, &log, &p);
     // The column was added while ferry was stopped: the table was altered
