@@ -416,3 +416,38 @@ fn mariadb_to_mariadb_keeps_every_type_and_verifies() {
         log()
     );
 }
+
+/// Generated columns (virtual and stored) are carried as the values the
+/// source computed, through the copy and the binlog.
+#[test]
+fn generated_columns_arrive_as_their_values() {
+    let db = MariaDbServer::start();
+    let url = db.create_database("shop");
+    db.sql_in(
+        "shop",
+        "CREATE TABLE g (id int PRIMARY KEY, price decimal(8,2),
+            doubled decimal(9,2) AS (price * 2) VIRTUAL,
+            label varchar(20) AS (concat('item-', id)) STORED);
+         INSERT INTO g (id, price) VALUES (1, 1.50), (2, 3.25);",
+    );
+    let d = Dir::new();
+    let target = d.path("target.db");
+    let p = d.pipeline_between(&url, &format!("sqlite:{}", target.display()), "");
+    let run = spawn_streaming(&p, &d.path("run.log"));
+    db.sql_in(
+        "shop",
+        "INSERT INTO g (id, price) VALUES (3, 10.00); UPDATE g SET price = 0.5 WHERE id = 1;",
+    );
+    eventually_blocking("the changes", Duration::from_secs(60), || {
+        let rows = dump(&target, "g")?;
+        (rows.len() == 3 && rows[0].contains("\"0.50\"")).then_some(rows)
+    });
+    let rows = dump(&target, "g").unwrap();
+    assert!(
+        rows[0].contains("1.00") && rows[0].contains("item-1"),
+        "{rows:?}"
+    );
+    let v = ferry(&["verify", p.to_str().unwrap()]);
+    assert!(v.status.success(), "verify: {}", text(&v));
+    assert!(terminate(run).success());
+}
