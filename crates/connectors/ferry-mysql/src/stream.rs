@@ -404,7 +404,10 @@ impl BinlogReader {
             let after = after.map(|r| self.image(known, r)).transpose()?;
             let table = TableRef::clone(table);
             let change = match (before, after) {
-                (None, Some(row)) => Change::Insert { table, row },
+                (None, Some(row)) => Change::Insert {
+                    row: with_defaults(known, row, end, &self.file)?,
+                    table,
+                },
                 (Some(before), Some(after)) => Change::Update {
                     table,
                     before: Some(before),
@@ -487,6 +490,31 @@ impl BinlogReader {
             })
             .collect()
     }
+}
+
+/// An inserted row with the columns a MINIMAL row image leaves out (those
+/// the insert left at their default) set to that default.
+fn with_defaults(known: &MyTable, mut row: Vec<Value>, end: u64, file: &str) -> Result<Vec<Value>> {
+    for (i, value) in row.iter_mut().enumerate() {
+        if !matches!(value, Value::Unchanged) {
+            continue;
+        }
+        let column = &known.table.columns[i];
+        *value = added_column_value(
+            known.defaults[i].as_deref(),
+            column.nullable,
+            &known.decode[i],
+        )
+        .map_err(|why| {
+            Error::fatal(format!(
+                "an insert into {} at {file}:{end} leaves column {} out of its row image, \
+                     and {why}",
+                known.table.name, column.name
+            ))
+            .with_fix("set binlog_row_image = FULL on the source")
+        })?;
+    }
+    Ok(row)
 }
 
 /// What a row event holds for the pipeline.
