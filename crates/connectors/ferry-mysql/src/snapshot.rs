@@ -14,10 +14,13 @@
 //! through a channel of two per reader, so memory stays bounded whatever
 //! the table size.
 
+use std::collections::VecDeque;
+use std::sync::Arc;
+
 use async_trait::async_trait;
 use ferry_core::{
-    ChunkRows, Error, KeyRange, MySqlPosition, Position, Result, SnapshotChunk, SnapshotReader,
-    SnapshotRequest, TableRef, Value,
+    ChunkRows, ColumnType, Error, KeyRange, MySqlPosition, Position, Result, SnapshotChunk,
+    SnapshotReader, SnapshotRequest, TableRef, Value,
 };
 use mysql_async::Conn;
 use mysql_async::prelude::Queryable;
@@ -28,6 +31,7 @@ use crate::connection::{Endpoint, quote_ident};
 use crate::error::my_error;
 use crate::reader::decode_row;
 use crate::sql::{column_list, key_compare, order_by_key};
+use ferry_core::piece;
 
 /// A chunk, one reader's end (`None`), or the error that stopped it.
 type Message = Result<Option<SnapshotChunk>>;
@@ -36,29 +40,49 @@ type Message = Result<Option<SnapshotChunk>>;
 /// before one reader copies everything.
 const ALIGN_ATTEMPTS: usize = 5;
 
+/// Rows a piece of a table keyed by one integer column should hold when
+/// several readers share the table.
+const PIECE_ROWS: usize = 200_000;
+
+/// One table being copied: its pieces still running, so that the last
+/// piece to end marks the table done.
+struct TableJob {
+    request: SnapshotRequest,
+    local: MyTable,
+    /// Pieces not yet ended; locked while a piece's last chunk is sent.
+    remaining: tokio::sync::Mutex<usize>,
+}
+
+/// A key range of one table, read by whichever reader is free.
+struct Piece {
+    job: Arc<TableJob>,
+    range: KeyRange,
+}
+
+type Pieces = Arc<std::sync::Mutex<VecDeque<Piece>>>;
+
 /// Opens the snapshot: `workers` connections at one position (or one
-/// connection), each copying a share of the tables.
+/// connection), each taking the next piece to copy: a table's range still
+/// to copy, cut by key when it is keyed by one integer column and several
+/// readers share the work.
 pub(crate) async fn open(
     endpoint: &Endpoint,
     requests: Vec<(SnapshotRequest, MyTable)>,
     workers: usize,
     chunk_rows: usize,
 ) -> Result<Box<dyn SnapshotReader>> {
-    let workers = workers.clamp(1, requests.len().max(1));
-    let (conns, position) = open_aligned(endpoint, workers).await?;
+    let (mut conns, position) = open_aligned(endpoint, workers.max(1)).await?;
+    let several = conns.len() > 1;
+    let pieces = plan(&mut conns[0], requests, several).await?;
     tracing::info!(file = %position.file, offset = position.offset, readers = conns.len(),
-        "mysql snapshot opened");
+        pieces = pieces.len(), "mysql snapshot opened");
     let (tx, rx) = mpsc::channel(2 * conns.len());
-    let mut shares: Vec<Vec<(SnapshotRequest, MyTable)>> =
-        conns.iter().map(|_| Vec::new()).collect();
-    for (i, request) in requests.into_iter().enumerate() {
-        shares[i % conns.len()].push(request);
-    }
     let readers = conns.len();
-    for (conn, share) in conns.into_iter().zip(shares) {
-        let tx = tx.clone();
+    let pieces: Pieces = Arc::new(std::sync::Mutex::new(pieces));
+    for conn in conns {
+        let (tx, pieces) = (tx.clone(), pieces.clone());
         tokio::spawn(async move {
-            let result = copy_share(conn, share, chunk_rows.max(1), &tx).await;
+            let result = copy_pieces(conn, &pieces, chunk_rows.max(1), &tx).await;
             let _ = tx.send(result.map(|()| None)).await;
         });
     }
@@ -68,6 +92,100 @@ pub(crate) async fn open(
         running: readers,
         failed: false,
     }))
+}
+
+/// The pieces of every table: its ranges still to copy, each cut every so
+/// many key values when `cut` and the table is keyed by one integer column.
+async fn plan(
+    conn: &mut Conn,
+    requests: Vec<(SnapshotRequest, MyTable)>,
+    cut: bool,
+) -> Result<VecDeque<Piece>> {
+    let mut pieces = VecDeque::new();
+    for (request, local) in requests {
+        let gaps = ferry_core::gaps(&request.skip);
+        let mut ranges = Vec::new();
+        let int_key = local.table.key.len() == 1
+            && matches!(
+                local.table.columns[local.table.key[0]].ty,
+                ColumnType::Int16 | ColumnType::Int32 | ColumnType::Int64
+            );
+        for gap in gaps {
+            if cut && int_key {
+                let (inside, est_rows) = key_span(conn, &local, &gap).await?;
+                let (min, max) = (inside.map(|s| s.0), inside.map(|s| s.1));
+                let width = piece::int_key_width(min, max, est_rows, PIECE_ROWS);
+                ranges.extend(piece::int_key_pieces(&gap, inside, width));
+            } else {
+                ranges.push(gap);
+            }
+        }
+        if ranges.is_empty() {
+            // Copied before but not marked done: a chunk that claims no key.
+            ranges.push(KeyRange {
+                lower: Some(Vec::new()),
+                upper: Some(Vec::new()),
+            });
+        }
+        let job = Arc::new(TableJob {
+            request,
+            local,
+            remaining: tokio::sync::Mutex::new(ranges.len()),
+        });
+        pieces.extend(ranges.into_iter().map(|range| Piece {
+            job: job.clone(),
+            range,
+        }));
+    }
+    Ok(pieces)
+}
+
+/// The smallest and largest key in `gap` (`None` when it holds none) and
+/// the table's estimated rows, read inside the snapshot.
+async fn key_span(
+    conn: &mut Conn,
+    local: &MyTable,
+    gap: &KeyRange,
+) -> Result<(Option<(i64, i64)>, f64)> {
+    let schema = &local.table;
+    let key = quote_ident(&schema.columns[schema.key[0]].name);
+    let mut params = Vec::new();
+    let mut conditions = Vec::new();
+    if let Some(lower) = &gap.lower {
+        conditions.push(key_compare(schema, lower, true, &mut params));
+    }
+    if let Some(upper) = &gap.upper {
+        conditions.push(key_compare(schema, upper, false, &mut params));
+    }
+    let filter = if conditions.is_empty() {
+        String::new()
+    } else {
+        format!("WHERE {}", conditions.join(" AND "))
+    };
+    let doing = format!("planning the copy of {}", schema.name);
+    let span: Option<(Option<i64>, Option<i64>)> = conn
+        .exec_first(
+            format!(
+                "SELECT MIN({key}), MAX({key}) FROM {} {filter}",
+                quote_ident(&schema.name.name)
+            ),
+            params,
+        )
+        .await
+        .map_err(|e| my_error(e, &doing))?;
+    let est: Option<Option<u64>> = conn
+        .exec_first(
+            "SELECT table_rows FROM information_schema.tables \
+             WHERE table_schema = DATABASE() AND table_name = ?",
+            (&schema.name.name,),
+        )
+        .await
+        .map_err(|e| my_error(e, &doing))?;
+    let inside = match span {
+        Some((Some(min), Some(max))) => Some((min, max)),
+        _ => None,
+    };
+    Ok((inside, est.flatten().unwrap_or(0) as f64))
 }
 
 /// `workers` connections inside snapshots at one binlog position.
@@ -101,15 +219,17 @@ async fn begin(conn: &mut Conn) -> Result<MySqlPosition> {
     crate::recopy::snapshot_position(conn).await
 }
 
-/// Copies the tables of one reader, in order.
-async fn copy_share(
+/// Copies pieces until none is left; then ends the snapshot transaction.
+async fn copy_pieces(
     mut conn: Conn,
-    share: Vec<(SnapshotRequest, MyTable)>,
+    pieces: &Pieces,
     chunk_rows: usize,
     tx: &mpsc::Sender<Message>,
 ) -> Result<()> {
-    for (request, table) in share {
-        if !copy_table(&mut conn, &request, &table, chunk_rows, tx).await? {
+    loop {
+        let next = pieces.lock().expect("pieces lock").pop_front();
+        let Some(piece) = next else { break };
+        if !copy_piece(&mut conn, &piece, chunk_rows, tx).await? {
             return Ok(());
         }
     }
@@ -117,42 +237,34 @@ async fn copy_share(
     Ok(())
 }
 
-/// Streams one table's rows outside `request.skip`. Returns `false` when
+/// Streams one piece's rows in key order, in chunks. Returns `false` when
 /// the pipeline stopped reading.
-async fn copy_table(
+async fn copy_piece(
     conn: &mut Conn,
-    request: &SnapshotRequest,
-    local: &MyTable,
+    piece: &Piece,
     chunk_rows: usize,
     tx: &mpsc::Sender<Message>,
 ) -> Result<bool> {
-    let table = &request.table;
-    let send = |rows: Vec<Vec<Value>>, range: KeyRange, table_done: bool| {
-        tx.send(Ok(Some(SnapshotChunk {
-            table: TableRef::clone(table),
-            rows: ChunkRows::Values(rows),
-            range,
-            table_done,
-        })))
+    let job = &piece.job;
+    let table = &job.request.table;
+    let chunk = |rows: Vec<Vec<Value>>, range: KeyRange, table_done: bool| SnapshotChunk {
+        table: TableRef::clone(table),
+        rows: ChunkRows::Values(rows),
+        range,
+        table_done,
     };
-    let gaps = ferry_core::gaps(&request.skip);
-    if gaps.is_empty() {
-        // Copied before but not marked done: a chunk that claims no key.
-        let empty = KeyRange {
-            lower: Some(Vec::new()),
-            upper: Some(Vec::new()),
-        };
-        return Ok(send(Vec::new(), empty, true).await.is_ok());
-    }
-    let schema = &local.table;
-    for (g, gap) in gaps.iter().enumerate() {
-        let last_gap = g + 1 == gaps.len();
+    let schema = &job.local.table;
+    let range = &piece.range;
+    let claims_nothing = range.lower.as_ref().is_some_and(Vec::is_empty);
+    let mut buf: Vec<Vec<Value>> = Vec::new();
+    let mut lower = range.lower.clone();
+    if !claims_nothing {
         let mut params = Vec::new();
         let mut conditions = Vec::new();
-        if let Some(lower) = &gap.lower {
+        if let Some(lower) = &range.lower {
             conditions.push(key_compare(schema, lower, true, &mut params));
         }
-        if let Some(upper) = &gap.upper {
+        if let Some(upper) = &range.upper {
             conditions.push(key_compare(schema, upper, false, &mut params));
         }
         let filter = if conditions.is_empty() {
@@ -176,33 +288,37 @@ async fn copy_table(
                 .with("statement", sql.clone())
         };
         let mut result = conn.exec_iter(sql.as_str(), params).await.map_err(fail)?;
-        let mut lower = gap.lower.clone();
-        let mut buf: Vec<Vec<Value>> = Vec::with_capacity(chunk_rows.min(4096));
+        buf.reserve(chunk_rows.min(4096));
         while let Some(row) = result.next().await.map_err(fail)? {
             // Flush a full buffer only once another row follows, so the last
-            // chunk of a gap is the one that closes it.
+            // chunk of the piece is the one that closes it.
             if buf.len() == chunk_rows {
                 let upper = table.key_of(&buf[buf.len() - 1]);
                 let range = KeyRange {
                     lower: lower.replace(upper.clone()),
                     upper: Some(upper),
                 };
-                if send(std::mem::take(&mut buf), range, false).await.is_err() {
+                if tx
+                    .send(Ok(Some(chunk(std::mem::take(&mut buf), range, false))))
+                    .await
+                    .is_err()
+                {
                     return Ok(false);
                 }
             }
-            buf.push(decode_row(schema, &local.decode, row)?);
-        }
-        drop(result);
-        let range = KeyRange {
-            lower,
-            upper: gap.upper.clone(),
-        };
-        if send(buf, range, last_gap).await.is_err() {
-            return Ok(false);
+            buf.push(decode_row(schema, &job.local.decode, row)?);
         }
     }
-    Ok(true)
+    let last = KeyRange {
+        lower,
+        upper: range.upper.clone(),
+    };
+    // The piece that ends last marks the table done; its chunk goes after
+    // every other piece's.
+    let mut remaining = job.remaining.lock().await;
+    *remaining -= 1;
+    let done = *remaining == 0;
+    Ok(tx.send(Ok(Some(chunk(buf, last, done)))).await.is_ok())
 }
 
 struct MySqlSnapshot {
