@@ -9,6 +9,10 @@
 //! the binary COPY pipe, `pg_dump | psql`, pgcopydb and native logical
 //! replication, on two clusters it starts itself.
 //!
+//! `cargo xtask bench mariadb [--rows N] [--changes N] [--keep]` measures
+//! ferry MariaDB → MariaDB and MariaDB → PostgreSQL against `mysqldump |
+//! mariadb`, mydumper/myloader and MariaDB's own replicas.
+//!
 //! `cargo xtask bench verify [--rows N] [--keep]` measures `ferry verify`
 //! between two PostgreSQL databases holding the same table: row by row,
 //! by in-database range digests (equal, and with 10 rows changed), beside
@@ -16,6 +20,7 @@
 
 mod data;
 mod machine;
+mod maria_bench;
 mod pg_bench;
 mod pg_client;
 mod pg_report;
@@ -44,7 +49,14 @@ impl<T, E: std::fmt::Display> Ctx<T> for Result<T, E> {
 const USAGE: &str = "\
 usage: cargo xtask bench sqlite [--rows N] [--changes N] [--runs N] [--keep]
        cargo xtask bench postgres [--rows N] [--changes N] [--clients N] [--live-secs N] [--keep]
+       cargo xtask bench mariadb [--rows N] [--changes N] [--keep]
        cargo xtask bench verify [--rows N] [--keep]
+
+bench mariadb (starts its own MariaDB and PostgreSQL servers; needs
+apt-get install -y mariadb-server mariadb-client mydumper):
+  --rows N       rows in the source table (default 5000000)
+  --changes N    single-row transactions in the CDC backlog (default 100000)
+  --keep         keep the work directory
 
 bench sqlite:
   --rows N       rows in the source table (default 1000000; 250k, 1M, 1_000_000 also work)
@@ -206,6 +218,29 @@ fn parse_bench_verify(args: &[String], command: String) -> Res<verify_bench::Ver
     Ok(opts)
 }
 
+fn parse_bench_mariadb(args: &[String], command: String) -> Res<maria_bench::MariaOpts> {
+    let mut opts = maria_bench::MariaOpts {
+        rows: 5_000_000,
+        changes: 100_000,
+        keep: false,
+        command,
+    };
+    each_flag(args, |flag, value| {
+        match flag {
+            "--rows" => opts.rows = parse_count(flag, &value()?)?,
+            "--changes" => opts.changes = parse_count(flag, &value()?)?,
+            "--keep" => opts.keep = true,
+            "-h" | "--help" => return Err(USAGE.to_owned()),
+            other => return Err(format!("unknown argument {other:?}\n{USAGE}")),
+        }
+        Ok(())
+    })?;
+    if opts.rows == 0 || opts.changes == 0 {
+        return Err("--rows and --changes must be at least 1".to_owned());
+    }
+    Ok(opts)
+}
+
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let command = format!("cargo xtask {}", args.join(" "));
@@ -222,6 +257,10 @@ fn main() -> ExitCode {
         ["bench", "postgres", rest @ ..] => {
             let rest: Vec<String> = rest.iter().map(|s| (*s).to_owned()).collect();
             parse_bench_postgres(&rest, command).and_then(|o| pg_bench::run(&o))
+        }
+        ["bench", "mariadb", rest @ ..] => {
+            let rest: Vec<String> = rest.iter().map(|s| (*s).to_owned()).collect();
+            parse_bench_mariadb(&rest, command).and_then(|o| maria_bench::run(&o))
         }
         ["bench", "verify", rest @ ..] => {
             let rest: Vec<String> = rest.iter().map(|s| (*s).to_owned()).collect();

@@ -135,10 +135,14 @@ fn push_ascii(out: &mut String, bytes: &[u8]) {
 /// The general formatter: any value, including the shapes the fixed-width
 /// path leaves to it.
 fn format_time_general(micros: i64) -> String {
+    // A negative time (a MySQL TIME is a signed duration) is its size
+    // with a sign: `-838:59:59`.
+    let sign = if micros < 0 { "-" } else { "" };
+    let micros = micros.unsigned_abs();
     let secs = micros / 1_000_000;
     let frac = micros % 1_000_000;
     let base = format!(
-        "{:02}:{:02}:{:02}",
+        "{sign}{:02}:{:02}:{:02}",
         secs / 3600,
         (secs / 60) % 60,
         secs % 60
@@ -249,6 +253,9 @@ fn parse_date_general(s: &str) -> Option<i32> {
 }
 
 fn parse_time_general(s: &str) -> Option<i64> {
+    if let Some(size) = s.trim().strip_prefix('-') {
+        return parse_time_general(size).map(|m| -m);
+    }
     let mut it = s.trim().splitn(3, ':');
     let h: i64 = it.next()?.parse().ok()?;
     let mi: i64 = it.next()?.parse().ok()?;
@@ -336,6 +343,18 @@ mod tests {
     use super::*;
 
     #[test]
+    fn negative_times_and_times_beyond_a_day_round_trip() {
+        for (micros, text) in [
+            (-3_020_399_000_000, "-838:59:59"),
+            (-500_000, "-00:00:00.500000"),
+            (3_020_399_999_999, "838:59:59.999999"),
+        ] {
+            assert_eq!(format_time(micros), text);
+            assert_eq!(parse_time(text), Some(micros));
+        }
+    }
+
+    #[test]
     fn days_round_trip() {
         for d in [-719_468i64, -1, 0, 1, 10_957, 19_000, 2_932_896] {
             let (y, m, dd) = civil_from_days(d);
@@ -400,10 +419,13 @@ mod tests {
         }
 
         pub fn format_time(micros: i64) -> String {
+            // A negative time is its size with a sign.
+            let sign = if micros < 0 { "-" } else { "" };
+            let micros = micros.unsigned_abs();
             let secs = micros / 1_000_000;
             let frac = micros % 1_000_000;
             let base = format!(
-                "{:02}:{:02}:{:02}",
+                "{sign}{:02}:{:02}:{:02}",
                 secs / 3600,
                 (secs / 60) % 60,
                 secs % 60
@@ -438,6 +460,9 @@ mod tests {
         }
 
         pub fn parse_time(s: &str) -> Option<i64> {
+            if let Some(size) = s.trim().strip_prefix('-') {
+                return parse_time(size).map(|m| -m);
+            }
             let mut it = s.trim().splitn(3, ':');
             let h: i64 = it.next()?.parse().ok()?;
             let mi: i64 = it.next()?.parse().ok()?;

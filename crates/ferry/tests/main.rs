@@ -10,6 +10,8 @@ mod fence;
 mod fidelity;
 mod help;
 mod kit;
+mod mariadb;
+mod mariadb_crash;
 mod mariadb_target;
 mod operations;
 mod outage;

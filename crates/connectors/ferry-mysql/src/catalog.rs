@@ -22,6 +22,9 @@ pub(crate) struct MyTable {
     pub ordinals: Vec<usize>,
     /// The names of all the table's columns, in order.
     pub all_columns: Vec<String>,
+    /// Each column's default as `information_schema` spells it, aligned
+    /// with `table.columns`.
+    pub defaults: Vec<Option<String>>,
 }
 
 type ColumnRow = (
@@ -33,6 +36,7 @@ type ColumnRow = (
     Option<u64>,
     Option<u64>,
     Option<u64>,
+    Option<String>,
     Option<String>,
 );
 
@@ -65,7 +69,8 @@ pub(crate) async fn read_tables(
     let columns: Vec<ColumnRow> = conn
         .exec(
             "SELECT table_name, column_name, data_type, column_type, is_nullable, \
-             numeric_precision, numeric_scale, character_maximum_length, character_set_name \
+             numeric_precision, numeric_scale, character_maximum_length, character_set_name, \
+             column_default \
              FROM information_schema.columns WHERE table_schema = ? \
              ORDER BY table_name, ordinal_position",
             (database,),
@@ -97,9 +102,21 @@ pub(crate) async fn read_tables(
         let mut decode = Vec::new();
         let mut ordinals = Vec::new();
         let mut all_columns = Vec::new();
+        let mut defaults = Vec::new();
         for (
             ordinal,
-            (_, column, data_type, column_type, nullable, precision, scale, max_len, charset),
+            (
+                _,
+                column,
+                data_type,
+                column_type,
+                nullable,
+                precision,
+                scale,
+                max_len,
+                charset,
+                default,
+            ),
         ) in columns.iter().filter(|c| c.0 == name).enumerate()
         {
             all_columns.push(column.clone());
@@ -143,6 +160,7 @@ pub(crate) async fn read_tables(
             });
             decode.push(how);
             ordinals.push(ordinal);
+            defaults.push(default.clone());
         }
         let key = choose_key(&name, &cols, &keys);
         tables.push(MyTable {
@@ -156,6 +174,7 @@ pub(crate) async fn read_tables(
             decode,
             ordinals,
             all_columns,
+            defaults,
         });
     }
     Ok(tables)

@@ -15,6 +15,7 @@ mod connection;
 mod error;
 mod position;
 mod reader;
+mod recopy;
 mod sink;
 mod snapshot;
 mod source;

@@ -98,29 +98,7 @@ async fn begin(conn: &mut Conn) -> Result<MySqlPosition> {
     conn.query_drop("START TRANSACTION WITH CONSISTENT SNAPSHOT, READ ONLY")
         .await
         .map_err(|e| my_error(e, doing))?;
-    let rows: Vec<(String, String)> = conn
-        .query("SHOW STATUS LIKE 'binlog_snapshot_%'")
-        .await
-        .map_err(|e| my_error(e, doing))?;
-    let get = |name: &str| {
-        rows.iter()
-            .find(|(n, _)| n.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v.clone())
-            .filter(|v| !v.is_empty())
-    };
-    match (get("Binlog_snapshot_file"), get("Binlog_snapshot_position")) {
-        (Some(file), Some(offset)) => Ok(MySqlPosition {
-            file,
-            offset: offset
-                .parse()
-                .map_err(|_| Error::fatal(format!("the server's snapshot position {offset:?}")))?,
-        }),
-        _ => Err(Error::fatal(
-            "the source reports no binlog position for a consistent snapshot: binary logging \
-             is off, or the server is not MariaDB (MySQL lacks Binlog_snapshot_position)",
-        )
-        .with_fix("start the server with log_bin and binlog_format=ROW")),
-    }
+    crate::recopy::snapshot_position(conn).await
 }
 
 /// Copies the tables of one reader, in order.

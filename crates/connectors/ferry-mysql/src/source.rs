@@ -199,6 +199,7 @@ impl Source for MySqlSource {
                 from,
                 tables,
                 self.cfg.selection.clone(),
+                self.cfg.snapshot_chunk_rows,
             )
             .await?,
         );
@@ -209,6 +210,13 @@ impl Source for MySqlSource {
         match self.stream.as_mut() {
             Some(stream) => stream.next().await,
             None => Err(Error::fatal("next() before start_stream()")),
+        }
+    }
+
+    async fn recopy(&mut self, table: &TableRef, after: Option<Vec<Value>>) -> Result<()> {
+        match self.stream.as_mut() {
+            Some(stream) => stream.recopy(table, after),
+            None => Err(Error::fatal("recopy() before start_stream()")),
         }
     }
 

@@ -33,7 +33,8 @@ use mysql_async::{BinlogStream, BinlogStreamRequest, Conn};
 use crate::catalog::{MyTable, read_tables};
 use crate::connection::Endpoint;
 use crate::error::my_error;
-use crate::types::{Origin, decode};
+use crate::recopy::{Chunk, Recopies};
+use crate::types::{Origin, added_column_value, decode};
 
 /// How often an idle server sends a heartbeat.
 const HEARTBEAT: Duration = Duration::from_secs(1);
@@ -60,6 +61,9 @@ pub(crate) struct BinlogReader {
     sent_part: bool,
     /// Events decoded but not yet handed on.
     ready: std::collections::VecDeque<SourceEvent>,
+    /// Online re-copies, and the chunk read waiting for its position.
+    recopies: Recopies,
+    chunk: Option<Chunk>,
 }
 
 impl BinlogReader {
@@ -70,6 +74,7 @@ impl BinlogReader {
         from: MySqlPosition,
         tables: Vec<MyTable>,
         selection: Selection,
+        chunk_rows: Option<usize>,
     ) -> Result<BinlogReader> {
         let mut conn = endpoint.connect().await?;
         let doing = "starting the binlog stream";
@@ -102,12 +107,65 @@ impl BinlogReader {
             pending: Vec::new(),
             sent_part: false,
             ready: Default::default(),
+            recopies: Recopies::new(endpoint.clone(), chunk_rows),
+            chunk: None,
         })
+    }
+
+    /// Starts the online re-copy of `table` after key `after`.
+    pub(crate) fn recopy(&mut self, table: &TableRef, after: Option<Vec<Value>>) -> Result<()> {
+        let known = self.tables.get(&table.name.name).cloned().ok_or_else(|| {
+            Error::fatal(format!(
+                "table {} is not among the source's selected tables",
+                table.name
+            ))
+        })?;
+        self.recopies.start(known, after);
+        Ok(())
+    }
+
+    /// Reads the next re-copy chunk when none waits, and hands the waiting
+    /// one on once the stream stands at its position.
+    async fn recopy_step(&mut self) -> Result<()> {
+        if self.in_transaction {
+            return Ok(());
+        }
+        if self.chunk.is_none() && !self.recopies.is_empty() {
+            self.chunk = self.recopies.read().await?;
+        }
+        if self.chunk.as_ref().is_some_and(|c| c.at <= self.position) {
+            self.hand_on_chunk();
+        }
+        Ok(())
+    }
+
+    /// Hands the waiting chunk on, as a transaction at its position (or at
+    /// the stream's, when that is the same moment: nothing committed since).
+    fn hand_on_chunk(&mut self) {
+        let Some(chunk) = self.chunk.take() else {
+            return;
+        };
+        if chunk.at > self.position {
+            self.position = chunk.at;
+        }
+        self.ready.push_back(SourceEvent::Commit(Transaction {
+            position: Position::MySql(self.position.clone()),
+            commit_time_micros: None,
+            changes: vec![Change::RecopyRows {
+                table: chunk.table,
+                range: chunk.range,
+                rows: chunk.rows,
+            }],
+        }));
     }
 
     /// The next transaction, part of one, or heartbeat.
     pub(crate) async fn next(&mut self) -> Result<SourceEvent> {
         loop {
+            if let Some(event) = self.ready.pop_front() {
+                return Ok(event);
+            }
+            self.recopy_step().await?;
             if let Some(event) = self.ready.pop_front() {
                 return Ok(event);
             }
@@ -157,8 +215,12 @@ impl BinlogReader {
                             self.file
                         )));
                     };
-                    let changes = self.rows(&rows, tme, end)?;
-                    self.pending.extend(changes);
+                    match self.rows(&rows, tme, end)? {
+                        Rows::Changes(changes) => self.pending.extend(changes),
+                        Rows::Unfollowable(table, width) => {
+                            self.recopy_by_itself(&table, width, end)?
+                        }
+                    }
                     if self.pending.len() >= PART_CHANGES {
                         self.sent_part = true;
                         let position = Position::MySql(MySqlPosition {
@@ -238,6 +300,10 @@ impl BinlogReader {
             if same_structure(&known.table, &fresh.table) && known.ordinals == fresh.ordinals {
                 continue;
             }
+            let (filled, unfillable) = match added_values(known, &fresh, &renamed) {
+                Ok(filled) => (filled, None),
+                Err(why) => (Vec::new(), Some(why)),
+            };
             let mut fresh = fresh;
             fresh.table = std::sync::Arc::new(TableSchema {
                 version: known.table.version + 1,
@@ -247,10 +313,19 @@ impl BinlogReader {
                 table: TableRef::clone(&fresh.table),
                 alter: Alteration {
                     renamed: renamed.clone(),
-                    filled: Vec::new(),
+                    filled,
                 },
             });
+            self.recopies.restructure(&fresh);
+            let table = TableRef::clone(&fresh.table);
             self.tables.insert(name, fresh);
+            if let Some(reason) = unfillable {
+                // The old rows hold values the binlog does not carry: read
+                // them again, from a moment after this change.
+                tracing::warn!(table = %table.name, %reason, "re-copying the table online");
+                self.recopy(&table, None)?;
+                self.pending.push(Change::RecopyStart { table, reason });
+            }
         }
         Ok(())
     }
@@ -258,10 +333,15 @@ impl BinlogReader {
     /// The end of a transaction at `end`.
     fn commit(&mut self, end: u64, time: i64) {
         self.in_transaction = false;
-        self.position = MySqlPosition {
+        let end = MySqlPosition {
             file: self.file.clone(),
             offset: end,
         };
+        // A chunk read before this transaction committed goes first.
+        if self.chunk.as_ref().is_some_and(|c| c.at < end) {
+            self.hand_on_chunk();
+        }
+        self.position = end;
         if self.pending.is_empty() && !self.sent_part {
             self.heartbeat(Some(time));
             return;
@@ -282,34 +362,35 @@ impl BinlogReader {
     }
 
     /// The changes of one row event of a selected table.
-    fn rows(
-        &self,
-        rows: &RowsEventData<'_>,
-        tme: &TableMapEvent<'_>,
-        end: u64,
-    ) -> Result<Vec<Change>> {
+    fn rows(&self, rows: &RowsEventData<'_>, tme: &TableMapEvent<'_>, end: u64) -> Result<Rows> {
         if tme.database_name() != self.database.as_str() {
-            return Ok(Vec::new());
+            return Ok(Rows::Changes(Vec::new()));
         }
         let Some(known) = self.tables.get(tme.table_name().as_ref()) else {
-            return Ok(Vec::new());
+            return Ok(Rows::Changes(Vec::new()));
         };
         let table = &known.table;
+        // A re-copy from the table's start replaces every row with rows read
+        // after this event: the event need not even be decoded.
+        let recopy = self.recopies.job(&table.name.name).filter(|j| !j.started);
+        if recopy.is_some_and(|j| j.floor.is_none()) {
+            return Ok(Rows::Changes(Vec::new()));
+        }
         let width = tme.columns_count() as usize;
         if width != known.all_columns.len() {
-            return Err(Error::fatal(format!(
-                "row events for table {} at {}:{end} have {width} columns, but the table has {} \
-                 in the structure ferry holds: the structure changed in a way the stream could \
-                 not follow",
-                table.name,
-                self.file,
-                known.all_columns.len()
-            ))
-            .with_fix(format!(
-                "copy the table again: `ferry resync <pipeline.toml> {}` (or `ferry reset` and \
-                 run again)",
-                table.name
-            )));
+            if recopy.is_some() {
+                return Err(Error::fatal(format!(
+                    "row events for table {} at {}:{end} have {width} columns, but the table has \
+                     {} in the structure ferry holds, while its re-copy is under way",
+                    table.name,
+                    self.file,
+                    known.all_columns.len()
+                ))
+                .with_fix(
+                    "`ferry reset` the pipeline and run it again to copy the tables afresh",
+                ));
+            }
+            return Ok(Rows::Unfollowable(TableRef::clone(table), width));
         }
         let mut changes = Vec::new();
         for pair in rows.rows(tme) {
@@ -322,7 +403,7 @@ impl BinlogReader {
             let before = before.map(|r| self.image(known, r)).transpose()?;
             let after = after.map(|r| self.image(known, r)).transpose()?;
             let table = TableRef::clone(table);
-            changes.push(match (before, after) {
+            let change = match (before, after) {
                 (None, Some(row)) => Change::Insert { table, row },
                 (Some(before), Some(after)) => Change::Update {
                     table,
@@ -331,9 +412,36 @@ impl BinlogReader {
                 },
                 (Some(before), None) => Change::Delete { table, before },
                 (None, None) => continue,
-            });
+            };
+            // A re-copy continuing after a key replaces the rows above it.
+            if let Some(floor) = recopy.and_then(|j| j.floor.as_deref()) {
+                let above = |key: Option<Vec<Value>>| key.is_none_or(|k| k.as_slice() > floor);
+                if above(change.key()) && above(change.old_key()) {
+                    continue;
+                }
+            }
+            changes.push(change);
         }
-        Ok(changes)
+        Ok(Rows::Changes(changes))
+    }
+
+    /// A row event of `table` does not fit the structure the stream holds
+    /// (the binlog being read is older than a structure change it could
+    /// not follow): re-copy the table online from this transaction on.
+    fn recopy_by_itself(&mut self, table: &TableRef, width: usize, end: u64) -> Result<()> {
+        let reason = format!(
+            "row events at {}:{end} have {width} columns, the table's structure {}: it changed \
+             in a way the binlog alone cannot follow",
+            self.file,
+            table.columns.len()
+        );
+        tracing::warn!(table = %table.name, %reason, "re-copying the table online");
+        self.recopy(table, None)?;
+        self.pending.push(Change::RecopyStart {
+            table: TableRef::clone(table),
+            reason,
+        });
+        Ok(())
     }
 
     /// A row image as ferry values, aligned with the table's columns; a
@@ -379,6 +487,14 @@ impl BinlogReader {
             })
             .collect()
     }
+}
+
+/// What a row event holds for the pipeline.
+enum Rows {
+    Changes(Vec<Change>),
+    /// Its columns (this many) are not those of the structure the stream
+    /// holds for the table.
+    Unfollowable(TableRef, usize),
 }
 
 /// An error of the binlog stream, with the fix for a purged position.
@@ -487,6 +603,35 @@ fn renamed_columns(statement: &str) -> Vec<(String, String)> {
         i += 1;
     }
     renamed
+}
+
+/// What the rows that existed before a structure change hold in each
+/// column it added: constant defaults only. `Err` says why a column's
+/// old rows hold values no single default describes (a default computed
+/// per row): the table is then re-copied online.
+fn added_values(
+    known: &MyTable,
+    fresh: &MyTable,
+    renamed: &[(String, String)],
+) -> std::result::Result<Vec<(String, Value)>, String> {
+    let mut filled = Vec::new();
+    for (i, column) in fresh.table.columns.iter().enumerate() {
+        let existed = known.table.column_index(&column.name).is_some()
+            || renamed.iter().any(|(_, new)| *new == column.name);
+        if existed {
+            continue;
+        }
+        let value = added_column_value(
+            fresh.defaults[i].as_deref(),
+            column.nullable,
+            &fresh.decode[i],
+        )
+        .map_err(|why| format!("column {} was added and {why}", column.name))?;
+        if !matches!(value, Value::Null) {
+            filled.push((column.name.clone(), value));
+        }
+    }
+    Ok(filled)
 }
 
 fn same_structure(a: &TableSchema, b: &TableSchema) -> bool {

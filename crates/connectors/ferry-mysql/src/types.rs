@@ -18,6 +18,9 @@ use mysql_async::Value as MyValue;
 #[derive(Debug, Clone, PartialEq)]
 pub(crate) enum Decode {
     Signed,
+    /// A signed MEDIUMINT, which row events may send as its unsigned
+    /// 24-bit pattern.
+    Int24,
     /// An unsigned integer of `bits` bits that a signed 64-bit integer
     /// holds; a row event sends it as signed unless told otherwise.
     Unsigned {
@@ -83,7 +86,8 @@ pub(crate) fn map_column(c: &ColumnInfo) -> Result<(ColumnType, Decode), String>
         "tinyint" => (ColumnType::Int16, unsigned_or(unsigned, 8)),
         "smallint" if unsigned => (ColumnType::Int32, Decode::Unsigned { bits: 16 }),
         "smallint" => (ColumnType::Int16, Decode::Signed),
-        "mediumint" => (ColumnType::Int32, unsigned_or(unsigned, 24)),
+        "mediumint" if unsigned => (ColumnType::Int32, Decode::Unsigned { bits: 24 }),
+        "mediumint" => (ColumnType::Int32, Decode::Int24),
         "int" | "integer" if unsigned => (ColumnType::Int64, Decode::Unsigned { bits: 32 }),
         "int" | "integer" => (ColumnType::Int32, Decode::Signed),
         "bigint" if unsigned => (
@@ -103,7 +107,10 @@ pub(crate) fn map_column(c: &ColumnInfo) -> Result<(ColumnType, Decode), String>
         ),
         "float" => (ColumnType::Float32, Decode::Float),
         "double" | "real" => (ColumnType::Float64, Decode::Double),
-        "char" => (text(c.max_len, true), text_decode()),
+        // MySQL drops a CHAR's trailing spaces when it is read (and in row
+        // events): its values are unpadded text, so another engine gets a
+        // varchar that holds them as they read, not a blank-padded char.
+        "char" => (text(c.max_len, false), text_decode()),
         "varchar" => (text(c.max_len, false), text_decode()),
         "tinytext" | "text" | "mediumtext" | "longtext" if c.json => {
             (ColumnType::Json, Decode::Json)
@@ -186,8 +193,9 @@ pub(crate) fn decode(value: MyValue, how: &Decode, origin: Origin) -> Result<Val
         return Ok(Value::Null);
     }
     Ok(match (how, value) {
-        (Decode::Signed | Decode::Year, M::Int(i)) => Value::Int(i),
-        (Decode::Signed | Decode::Year, M::UInt(u)) => Value::Int(u as i64),
+        (Decode::Int24, M::Int(i)) if i >= 1 << 23 => Value::Int(i - (1 << 24)),
+        (Decode::Signed | Decode::Year | Decode::Int24, M::Int(i)) => Value::Int(i),
+        (Decode::Signed | Decode::Int24 | Decode::Year, M::UInt(u)) => Value::Int(u as i64),
         (Decode::Unsigned { bits }, M::Int(i)) if i < 0 => Value::Int(i + (1i64 << bits)),
         (Decode::Unsigned { .. }, M::Int(i)) => Value::Int(i),
         (Decode::Unsigned { .. }, M::UInt(u)) => Value::Int(u as i64),
@@ -263,7 +271,7 @@ pub(crate) fn decode(value: MyValue, how: &Decode, origin: Origin) -> Result<Val
 fn from_text(text: String, how: &Decode, origin: Origin) -> Result<Value, String> {
     let bad = || format!("{text:?} is not a valid {how:?} value");
     Ok(match how {
-        Decode::Signed | Decode::Year | Decode::Unsigned { .. } => {
+        Decode::Signed | Decode::Int24 | Decode::Year | Decode::Unsigned { .. } => {
             Value::Int(text.trim().parse().map_err(|_| bad())?)
         }
         Decode::BigUnsigned | Decode::Decimal => Value::Decimal(text),
@@ -289,6 +297,58 @@ fn from_text(text: String, how: &Decode, origin: Origin) -> Result<Value, String
         Decode::Timestamp => Value::TimestampTz(time::parse_timestamp(&text).ok_or_else(bad)?),
         Decode::Time => Value::Time(parse_duration(&text).ok_or_else(bad)?),
         Decode::Bytes | Decode::Bit => Value::Bytes(text.into_bytes()),
+    })
+}
+
+/// The value rows that existed before a column was added hold in it: its
+/// constant default as `information_schema.columns.column_default` spells
+/// it (`'x'`, `5`, `NULL`), or for a NOT NULL column without one the
+/// implicit default. `Err` for a default computed per row
+/// (`current_timestamp()`, `uuid()`), which no single value describes.
+pub(crate) fn added_column_value(
+    default: Option<&str>,
+    nullable: bool,
+    how: &Decode,
+) -> Result<Value, String> {
+    let literal = match default {
+        None | Some("NULL") if nullable => return Ok(Value::Null),
+        None | Some("NULL") => return implicit_default(how),
+        Some(d) => d,
+    };
+    let text = if let Some(quoted) = literal
+        .strip_prefix('\'')
+        .and_then(|s| s.strip_suffix('\''))
+    {
+        quoted.replace("''", "'")
+    } else if literal.parse::<f64>().is_ok() {
+        literal.to_owned()
+    } else {
+        return Err(format!("its default {literal} is computed for each row"));
+    };
+    match how {
+        Decode::Bytes => Ok(Value::Bytes(text.into_bytes())),
+        Decode::Bit => Err(format!("its default {literal} is a bit value")),
+        how => from_text(text, how, Origin::Query),
+    }
+}
+
+/// What MySQL puts in a NOT NULL column added without a default.
+fn implicit_default(how: &Decode) -> Result<Value, String> {
+    Ok(match how {
+        Decode::Signed | Decode::Int24 | Decode::Unsigned { .. } | Decode::Year | Decode::Bit => {
+            Value::Int(0)
+        }
+        Decode::BigUnsigned | Decode::Decimal => Value::Decimal("0".into()),
+        Decode::Float | Decode::Double => Value::Float(0.0),
+        Decode::Text | Decode::Latin1 | Decode::Set(_) => Value::Text(String::new()),
+        Decode::Enum(labels) => Value::Text(labels.first().cloned().unwrap_or_default()),
+        Decode::Bytes => Value::Bytes(Vec::new()),
+        Decode::Time => Value::Time(0),
+        other => {
+            return Err(format!(
+                "a NOT NULL {other:?} column added without a default"
+            ));
+        }
     })
 }
 

@@ -61,6 +61,11 @@ pub(crate) fn decode(ty: &ColumnType, v: My) -> std::result::Result<Value, Strin
             Ok(i) => Value::Int(i),
             Err(_) => Value::Decimal(u.to_string()),
         },
+        // A BIT(n) column (a MySQL source's, created verbatim) reads as its
+        // bytes, most significant first.
+        (C::Int16 | C::Int32 | C::Int64, My::Bytes(b)) if b.len() <= 8 => {
+            Value::Int(b.iter().fold(0u64, |acc, x| (acc << 8) | u64::from(*x)) as i64)
+        }
         (C::Float32 | C::Float64 | C::Dynamic, My::Float(f)) => Value::Float(f64::from(f)),
         (C::Float32 | C::Float64 | C::Dynamic, My::Double(d)) => Value::Float(d),
         (C::Decimal { .. }, My::Bytes(b)) => Value::Decimal(utf8(b)?),
