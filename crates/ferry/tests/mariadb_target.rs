@@ -277,12 +277,21 @@ fn kill_9_during_the_copy_and_the_stream_loses_and_doubles_nothing() {
 
     let child = spawn_run(&p, &log);
     eventually_blocking("the target catches up", Duration::from_secs(120), || {
-        let differ: Vec<&str> = CRASH_SQL
+        let differ: Vec<String> = CRASH_SQL
             .iter()
-            .copied()
             .filter(|sql| sqlite_rows(&d, sql) != my_crash_rows(&db, sql))
+            .map(|sql| {
+                format!(
+                    "source {:?}, target {:?}",
+                    sqlite_rows(&d, sql).first(),
+                    my_crash_rows(&db, sql).first()
+                )
+            })
             .collect();
-        differ.is_empty().then_some(()).ok_or(differ)
+        differ
+            .is_empty()
+            .then_some(())
+            .ok_or_else(|| format!("{differ:?}\n{}", crate::kit::log_tail(&log)))
     });
     assert_eq!(
         count(&d.path("source.db"), "items"),

@@ -219,6 +219,14 @@ async fn every_type_is_written_and_read_back_exactly() {
     let (t, rows) = every_type();
     s.ensure_tables(std::slice::from_ref(&t)).await.unwrap();
     load(&s, &t, &rows[..1]).await.unwrap();
+    // The snapshot load went through LOAD DATA LOCAL INFILE.
+    let loads: i64 = db
+        .sql("SHOW GLOBAL STATUS LIKE 'Com_load'")
+        .split('\t')
+        .nth(1)
+        .and_then(|n| n.parse().ok())
+        .unwrap();
+    assert!(loads > 0, "no LOAD DATA ran");
     // The rest as upserts: the change path writes what the load does.
     let mut ops = TableOps::new(t.clone());
     ops.upserts = rows[1..].to_vec();
@@ -299,7 +307,7 @@ async fn refused(s: &MySqlSink, t: &TableRef, column: usize, value: Value) -> fe
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn values_the_target_cannot_hold_stop_with_table_key_and_column() {
-    let (_db, url) = server();
+    let (db, url) = server();
     let s = sink(&url, "bad").await;
     let t = table(
         "bad",
@@ -334,6 +342,23 @@ async fn values_the_target_cannot_hold_stop_with_table_key_and_column() {
     // Found by the server (strict mode), named by its row.
     refused(&s, &t, 3, Value::Text("abcd".into())).await;
     assert_eq!(s.count_rows(&t).await.unwrap(), 0, "nothing was written");
+    // A duplicate in a load is an error too (LOAD DATA LOCAL would skip it).
+    let one = vec![Value::Int(7), Value::Null, Value::Null, Value::Null];
+    let err = load(&s, &t, &[one.clone(), one]).await.unwrap_err();
+    assert_eq!(err.class(), ErrorClass::Data, "{}", err.report());
+    assert!(err.report().contains("Duplicate entry"), "{}", err.report());
+    assert_eq!(s.count_rows(&t).await.unwrap(), 0, "nothing was written");
+    // A server that refuses LOAD DATA LOCAL gets INSERTs, checked alike.
+    db.sql("SET GLOBAL local_infile = 0");
+    let ok = vec![
+        Value::Int(8),
+        Value::Float(0.5),
+        Value::Decimal("1.5".into()),
+        Value::Null,
+    ];
+    load(&s, &t, &[ok]).await.unwrap();
+    refused(&s, &t, 3, Value::Text("abcd".into())).await;
+    assert_eq!(s.count_rows(&t).await.unwrap(), 1);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -13,6 +13,7 @@ mod check;
 mod checkpoint;
 mod encode;
 mod fence;
+mod infile;
 mod read;
 mod repair;
 mod statements;
@@ -73,6 +74,9 @@ pub(crate) struct Shared {
     pub dialect: Dialect,
     /// Most bytes of one statement (see [`STATEMENT_BYTES`]).
     pub statement_bytes: usize,
+    /// Snapshot loads may use `LOAD DATA LOCAL INFILE` (until the server
+    /// refuses it: `local_infile` off).
+    pub infile: AtomicBool,
     plans: Mutex<HashMap<TableName, Arc<Plan>>>,
     /// Each table's columns in ferry's last structure of it: the columns
     /// a structure change drops.
@@ -158,6 +162,7 @@ impl MySqlSink {
                 endpoint,
                 pipeline: config.pipeline,
                 statement_bytes: statement_bytes.max(16 << 10),
+                infile: AtomicBool::new(true),
                 plans: Mutex::new(HashMap::new()),
                 columns: Mutex::new(HashMap::new()),
             }),

@@ -14,6 +14,7 @@
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 
 use async_trait::async_trait;
 use ferry_core::value::display_key;
@@ -21,11 +22,13 @@ use ferry_core::{
     CheckpointRecord, Error, ErrorClass, KeyRange, KeylessOp, Result, SinkWriter, Step, TableOps,
     TableRef, TableSchema, Value,
 };
+use futures_util::StreamExt;
 use mysql_async::Conn;
 use mysql_async::prelude::Queryable;
 
 use super::Shared;
 use super::checkpoint;
+use super::infile;
 use super::statements::{
     delete_one, delete_range, insert_head, on_duplicate, push_delete, push_rows, update_by_key,
     update_one,
@@ -154,6 +157,60 @@ impl MySqlWriter {
                     Some(row) => e.with("key", display_key(&t.key_of(row))),
                     None => e,
                 });
+            }
+            start = end;
+        }
+        Ok(())
+    }
+
+    /// Snapshot rows through `LOAD DATA LOCAL INFILE`, a piece of at most
+    /// `statement_bytes` at a time. A piece the server takes with warnings
+    /// or with fewer rows (bad values and duplicates are only warnings
+    /// with `LOCAL`, see `infile.rs`) is undone and written as `INSERT`s,
+    /// which fail on the bad row. A server that refuses `LOCAL` gets
+    /// `INSERT`s from then on.
+    async fn load_rows(&mut self, t: &TableSchema, rows: &[&Vec<Value>]) -> Result<()> {
+        if !self.shared.infile.load(Ordering::Relaxed) {
+            return self.insert_rows(t, rows, "").await;
+        }
+        let plan = self.plan(t).await?;
+        let sql = infile::load_sql(&plan);
+        let budget = self.shared.statement_bytes;
+        let failed = |e| my_error(e, &format!("loading rows into table {}", plan.display));
+        let mut start = 0;
+        while start < rows.len() {
+            let mut data = Vec::with_capacity(budget + budget / 8);
+            let end = infile::push_lines(&mut data, &plan, t, rows, start, budget)?;
+            self.conn
+                .query_drop("SAVEPOINT ferry_load")
+                .await
+                .map_err(failed)?;
+            let data = bytes::Bytes::from(data);
+            self.conn.set_infile_handler(async move {
+                Ok(futures_util::stream::once(async move { Ok(data) }).boxed())
+            });
+            match self.conn.query_drop(sql.as_str()).await {
+                Ok(()) => {
+                    let taken = self.conn.affected_rows() == (end - start) as u64
+                        && self.conn.get_warnings() == 0;
+                    if !taken {
+                        self.conn
+                            .query_drop("ROLLBACK TO SAVEPOINT ferry_load")
+                            .await
+                            .map_err(failed)?;
+                        self.insert_rows(t, &rows[start..end], "").await?;
+                    }
+                }
+                // MySQL 1148, 3948; MariaDB 4166: `local_infile` is off.
+                Err(mysql_async::Error::Server(e)) if matches!(e.code, 1148 | 3948 | 4166) => {
+                    tracing::info!(
+                        "the target refuses LOAD DATA LOCAL INFILE (local_infile is off): loading \
+                         with INSERTs, which is slower; SET GLOBAL local_infile = 1 to allow it"
+                    );
+                    self.shared.infile.store(false, Ordering::Relaxed);
+                    return self.insert_rows(t, &rows[start..], "").await;
+                }
+                Err(e) => return Err(failed(e).with("table", plan.display.clone())),
             }
             start = end;
         }
@@ -408,7 +465,7 @@ impl SinkWriter for MySqlWriter {
             self.keyless_written.insert(table.name.to_string());
         }
         let rows: Vec<&Vec<Value>> = rows.iter().collect();
-        self.insert_rows(table, &rows, "").await
+        self.load_rows(table, &rows).await
     }
 
     async fn clear_table(&mut self, table: &TableRef) -> Result<()> {
