@@ -19,6 +19,59 @@ use crate::error::pg_error;
 const PATIENCE: Duration = Duration::from_secs(5);
 const PAUSE: Duration = Duration::from_millis(100);
 
+/// The lock every writer of a pipeline holds shared while its session may
+/// write: the fence's session is not the writers', and a killed runner's
+/// sessions end one by one — a writer's `COMMIT` the server already read
+/// still commits after the fence's session has gone. A runner that takes
+/// the fence therefore waits to take this one exclusively (every earlier
+/// writer's last statement has ended) before it reads the checkpoint.
+fn writers_key(pipeline: &str) -> String {
+    format!("ferry_writers_{pipeline}")
+}
+
+/// How long an earlier runner's writer may take to end its last statement.
+const DRAIN: Duration = Duration::from_secs(60);
+
+/// Holds the pipeline's writer lock, shared, on a writer's session.
+pub(crate) async fn hold_writer_lock(client: &Client, pipeline: &str) -> Result<()> {
+    client
+        .query_one(
+            "SELECT pg_advisory_lock_shared(hashtext($1)::int8)",
+            &[&writers_key(pipeline)],
+        )
+        .await
+        .map_err(|e| pg_error(e, "taking a writer's lock on the target"))?;
+    Ok(())
+}
+
+/// Waits until no session holds the pipeline's writer lock.
+pub(crate) async fn drain_writers(client: &Client, pipeline: &str) -> Result<()> {
+    let key = writers_key(pipeline);
+    let deadline = tokio::time::Instant::now() + DRAIN;
+    loop {
+        let got: bool = client
+            .query_one("SELECT pg_try_advisory_lock(hashtext($1)::int8)", &[&key])
+            .await
+            .map_err(|e| pg_error(e, "waiting for an earlier runner's writers to end"))?
+            .get(0);
+        if got {
+            client
+                .query_one("SELECT pg_advisory_unlock(hashtext($1)::int8)", &[&key])
+                .await
+                .map_err(|e| pg_error(e, "releasing the writers' lock"))?;
+            return Ok(());
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return Err(ferry_core::Error::transient(format!(
+                "a writer session of an earlier run of pipeline {pipeline:?} is still open \
+                 after {} s",
+                DRAIN.as_secs()
+            )));
+        }
+        tokio::time::sleep(PAUSE).await;
+    }
+}
+
 /// How taking a lock ended.
 pub(crate) enum Lock {
     Taken,

@@ -325,6 +325,7 @@ impl Sink for PostgresSink {
         let key = format!("ferry_target_{}", self.shared.pipeline);
         match fence::lock(&client, &key, "the pipeline's lock on the target").await? {
             Lock::Taken => {
+                fence::drain_writers(&client, &self.shared.pipeline).await?;
                 *held = Some(client);
                 Ok(())
             }
@@ -418,6 +419,7 @@ impl Sink for PostgresSink {
     async fn writer(&self) -> Result<Box<dyn SinkWriter>> {
         self.ensure_checkpoint_table().await?;
         let client = self.shared.endpoint.connect().await?;
+        fence::hold_writer_lock(&client, &self.shared.pipeline).await?;
         Ok(Box::new(crate::writer::PostgresWriter::new(
             self.shared.clone(),
             client,

@@ -259,6 +259,12 @@ impl Sink for MySqlSink {
         let name = fence::lock_name(&self.shared.pipeline, self.shared.endpoint.database());
         match fence::lock(&mut conn, &name).await? {
             fence::Lock::Taken => {
+                fence::drain_writers(
+                    &mut conn,
+                    &self.shared.pipeline,
+                    self.shared.endpoint.database(),
+                )
+                .await?;
                 *held = Some(conn);
                 Ok(())
             }
@@ -349,6 +355,12 @@ impl Sink for MySqlSink {
     async fn writer(&self) -> Result<Box<dyn SinkWriter>> {
         self.ensure_checkpoint_table().await?;
         let mut conn = open(&self.shared.endpoint).await?;
+        fence::take_writer_slot(
+            &mut conn,
+            &self.shared.pipeline,
+            self.shared.endpoint.database(),
+        )
+        .await?;
         conn.query_drop(
             "SET SESSION autocommit = 0, SESSION lock_wait_timeout = 60; \
              SET SESSION TRANSACTION ISOLATION LEVEL READ COMMITTED",
