@@ -4,13 +4,15 @@
 //! SNAPSHOT` and reads `Binlog_snapshot_file`/`Binlog_snapshot_position`:
 //! MariaDB reports the binlog position that belongs to exactly that
 //! snapshot, without a global read lock, so streaming from it delivers
-//! exactly what the snapshot lacks. Several connections read tables in
-//! parallel only when their snapshots report one and the same position (no
+//! exactly what the snapshot lacks. Several connections read in parallel
+//! only when their snapshots report one and the same position (no
 //! transaction committed between them); otherwise one connection reads
 //! every table.
 //!
-//! Each table is read in key order, one query per range still to copy,
-//! its rows streamed and cut into chunks; chunks travel to the pipeline
+//! The work is a queue of pieces: each range of a table still to copy, cut
+//! every so many key values when the table is keyed by one integer column
+//! and several readers share the work (`ferry_core::piece`). A piece is
+//! read in key order by one query, its rows streamed and cut into chunks; chunks travel to the pipeline
 //! through a channel of two per reader, so memory stays bounded whatever
 //! the table size.
 
@@ -30,7 +32,7 @@ use crate::catalog::MyTable;
 use crate::connection::{Endpoint, quote_ident};
 use crate::error::my_error;
 use crate::reader::decode_row;
-use crate::sql::{column_list, key_compare, order_by_key};
+use crate::sql::{column_list, order_by_key, range_filter};
 use ferry_core::piece;
 
 /// A chunk, one reader's end (`None`), or the error that stopped it.
@@ -150,18 +152,7 @@ async fn key_span(
     let schema = &local.table;
     let key = quote_ident(&schema.columns[schema.key[0]].name);
     let mut params = Vec::new();
-    let mut conditions = Vec::new();
-    if let Some(lower) = &gap.lower {
-        conditions.push(key_compare(schema, lower, true, &mut params));
-    }
-    if let Some(upper) = &gap.upper {
-        conditions.push(key_compare(schema, upper, false, &mut params));
-    }
-    let filter = if conditions.is_empty() {
-        String::new()
-    } else {
-        format!("WHERE {}", conditions.join(" AND "))
-    };
+    let filter = range_filter(schema, gap, &mut params);
     let doing = format!("planning the copy of {}", schema.name);
     let span: Option<(Option<i64>, Option<i64>)> = conn
         .exec_first(
@@ -260,18 +251,7 @@ async fn copy_piece(
     let mut lower = range.lower.clone();
     if !claims_nothing {
         let mut params = Vec::new();
-        let mut conditions = Vec::new();
-        if let Some(lower) = &range.lower {
-            conditions.push(key_compare(schema, lower, true, &mut params));
-        }
-        if let Some(upper) = &range.upper {
-            conditions.push(key_compare(schema, upper, false, &mut params));
-        }
-        let filter = if conditions.is_empty() {
-            String::new()
-        } else {
-            format!("WHERE {}", conditions.join(" AND "))
-        };
+        let filter = range_filter(schema, range, &mut params);
         let order = if schema.is_keyless() {
             String::new()
         } else {

@@ -50,6 +50,27 @@ pub(crate) fn key_compare(
     format!("({})", ors.join(" OR "))
 }
 
+/// `WHERE` limiting rows to the keys of `range` (empty for the whole
+/// table), with its parameters appended to `params`.
+pub(crate) fn range_filter(
+    table: &TableSchema,
+    range: &ferry_core::KeyRange,
+    params: &mut Vec<MyValue>,
+) -> String {
+    let mut conditions = Vec::new();
+    if let Some(lower) = &range.lower {
+        conditions.push(key_compare(table, lower, true, params));
+    }
+    if let Some(upper) = &range.upper {
+        conditions.push(key_compare(table, upper, false, params));
+    }
+    if conditions.is_empty() {
+        String::new()
+    } else {
+        format!("WHERE {}", conditions.join(" AND "))
+    }
+}
+
 /// The table's columns, quoted, in order.
 pub(crate) fn column_list(table: &TableSchema) -> String {
     table
