@@ -223,7 +223,12 @@ async fn dispatch(command: Command) -> Result<u8, Error> {
                 .map_err(|e| verify::explain_timeout(e, &opts))
         }
         Command::Teardown { pipeline } => {
-            let cfg = PipelineConfig::load(&pipeline)?;
+            // A gateway node's slot outlives the node, too.
+            let cfg = PipelineConfig::load(&pipeline).or_else(|e| {
+                PipelineConfig::load_gateway(&pipeline)
+                    .map(|(cfg, _)| cfg)
+                    .map_err(|_| e)
+            })?;
             connectors::open_source(&cfg).await?.teardown().await?;
             println!(
                 "removed ferry's capture objects for pipeline {} from {}",

@@ -336,6 +336,20 @@ fn a_strong_read_on_an_idle_source_returns_in_bounded_time() {
             "a strong read on an idle source took {slowest:?}"
         );
     });
+    // The node's slot outlives it until `ferry teardown`.
+    drop(node);
+    let file = d.path("gw_idle.toml");
+    let slots = || {
+        pg.psql("SELECT count(*) FROM pg_replication_slots")
+            .trim()
+            .to_owned()
+    };
+    assert_eq!(slots(), "1");
+    ferry_testkit::eventually_blocking("ferry teardown", Duration::from_secs(30), || {
+        let out = ferry(&["teardown", file.to_str().unwrap()]);
+        out.status.success().then_some(()).ok_or(text(&out))
+    });
+    assert_eq!(slots(), "0");
 }
 
 /// A crashed source: strong reads get 503 naming the reason within a
