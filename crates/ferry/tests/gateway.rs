@@ -16,7 +16,7 @@ use serde_json::Value as Json;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
 
-use crate::kit::{Dir, FERRY, ferry, text};
+use crate::kit::{Dir, FERRY, ferry, open, text};
 
 /// One `ferry gateway` process.
 struct Node {
@@ -492,6 +492,70 @@ fn a_cut_stream_never_yields_a_stale_strong_read() {
             "no strong read was refused while the stream was cut"
         );
     });
+}
+
+/// A SQLite source: a strong read sees every write committed before it
+/// (the lookup reads the change table's end), an eventual read answers at
+/// once, a range read pages by key.
+#[test]
+fn a_sqlite_source_serves_strong_and_eventual_reads() {
+    let d = Dir::new();
+    let src = d.source();
+    src.execute_batch(
+        "CREATE TABLE kv (region TEXT NOT NULL, n INTEGER NOT NULL, v INTEGER NOT NULL,
+                          PRIMARY KEY (region, n));
+         INSERT INTO kv VALUES ('eu', 1, 0), ('eu', 2, 0), ('us', 1, 0);",
+    )
+    .unwrap();
+    let port = free_port();
+    let file = d.path("gw.toml");
+    std::fs::write(
+        &file,
+        format!(
+            "name = \"gw_sqlite\"\n[source]\nurl = \"{}\"\npoll_interval = \"5ms\"\n\
+             [gateway]\nlisten = \"127.0.0.1:{port}\"\n",
+            d.source_url()
+        ),
+    )
+    .unwrap();
+    let log = d.path("gw.log");
+    let out = std::fs::File::create(&log).unwrap();
+    let child = Command::new(FERRY)
+        .args(["gateway", file.to_str().unwrap()])
+        .stdin(Stdio::null())
+        .stdout(out.try_clone().unwrap())
+        .stderr(out)
+        .spawn()
+        .unwrap();
+    let node = Node { child, port, log };
+    runtime().block_on(async {
+        node.ready().await;
+        let mut http = Http::connect(port).await.unwrap();
+        let writer = open(&d.path("source.db"));
+        for n in 1..=50 {
+            writer
+                .execute("UPDATE kv SET v = ?1 WHERE region = 'eu' AND n = 2", [n])
+                .unwrap();
+            let (status, body) = http.get("/tables/kv/rows/'eu',2").await.unwrap();
+            assert_eq!(status, 200, "{body}\n{}", node.log());
+            assert_eq!(
+                body["row"]["v"], n,
+                "a strong read missed a committed write: {body}"
+            );
+            assert!(
+                body["position"].as_str().unwrap().starts_with("sqlite."),
+                "{body}"
+            );
+        }
+        let (status, body) = http
+            .get("/tables/kv/rows?from='eu',2&limit=1&consistency=eventual")
+            .await
+            .unwrap();
+        assert_eq!(status, 200, "{body}");
+        assert_eq!(body["rows"][0]["n"], 2, "{body}");
+        assert_eq!(body["next"], "'us',1", "{body}");
+    });
+    drop(src);
 }
 
 /// A bad `[gateway]` section is refused before anything connects.

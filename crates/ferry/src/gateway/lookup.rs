@@ -89,6 +89,41 @@ impl Probe for PgProbe {
     }
 }
 
+/// SQLite: the change table's end, read on a connection of the probe's
+/// own, off the async runtime. Nothing is written: an idle source's
+/// heartbeats (every second) carry the position the stream reached.
+pub struct SqliteProbe {
+    probe: Arc<ferry_sqlite::SqliteProbe>,
+    epoch: String,
+}
+
+impl SqliteProbe {
+    pub async fn open(url: &str) -> Result<SqliteProbe> {
+        let path = ferry_sqlite::path_from_url(url)?;
+        let probe = tokio::task::spawn_blocking(move || ferry_sqlite::SqliteProbe::open(&path))
+            .await
+            .map_err(|e| Error::fatal(format!("the SQLite probe task failed: {e}")))??;
+        Ok(SqliteProbe {
+            epoch: probe.epoch().to_owned(),
+            probe: Arc::new(probe),
+        })
+    }
+}
+
+#[async_trait]
+impl Probe for SqliteProbe {
+    fn epoch(&self) -> &str {
+        &self.epoch
+    }
+
+    async fn mark(&mut self) -> Result<Position> {
+        let probe = self.probe.clone();
+        tokio::task::spawn_blocking(move || probe.end())
+            .await
+            .map_err(|e| Error::fatal(format!("the SQLite probe task failed: {e}")))?
+    }
+}
+
 /// One finished lookup.
 #[derive(Debug, Clone)]
 pub struct Lookup {

@@ -34,7 +34,7 @@ use tokio::sync::watch;
 use crate::config::{PipelineConfig, humantime};
 use crate::connectors;
 pub use config::GatewayOptions;
-use lookup::{Lookup, Lookups, PgProbe, Probe};
+use lookup::{Lookup, Lookups, PgProbe, Probe, SqliteProbe};
 use replica::Replica;
 use sink::MemorySink;
 use token::{Point, Token};
@@ -322,11 +322,14 @@ async fn probe_of(cfg: &PipelineConfig) -> Result<Box<dyn Probe>> {
     if url.starts_with("postgres://") || url.starts_with("postgresql://") {
         return Ok(Box::new(PgProbe::connect(url).await?));
     }
+    if url.starts_with("sqlite:") {
+        return Ok(Box::new(SqliteProbe::open(url).await?));
+    }
     Err(Error::fatal(format!(
         "the read gateway does not serve a {} source yet",
         cfg.source.display_url()
     ))
-    .with_fix("use a postgres:// source (SQLite and MySQL sources come later)"))
+    .with_fix("use a postgres:// or sqlite: source (MySQL/MariaDB comes later)"))
 }
 
 /// `ferry gateway FILE`: serves until SIGINT/SIGTERM.
