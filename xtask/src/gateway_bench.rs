@@ -35,7 +35,7 @@ pub struct GwOpts {
 
 /// Reader threads, each with its own connections: enough that a slow
 /// read does not hold the schedule up at 4,000 reads/s.
-const READERS: usize = 16;
+const READERS: usize = 64;
 
 /// What one phase measures.
 #[derive(Clone, Copy, PartialEq)]
@@ -424,10 +424,10 @@ pub fn run(o: &GwOpts) -> Res<()> {
     let mut c = primary.connect("postgres")?;
     c.exec(&format!(
         "CREATE TABLE kv (k bigint PRIMARY KEY, v bigint NOT NULL, pad text NOT NULL);
-         INSERT INTO kv SELECT g, 0, repeat('x', 80) FROM generate_series(0, {}) g;
-         VACUUM ANALYZE kv;",
+         INSERT INTO kv SELECT g, 0, repeat('x', 80) FROM generate_series(0, {}) g;",
         o.rows - 1
     ))?;
+    c.exec("VACUUM ANALYZE kv")?;
     eprintln!("== streaming replica");
     let replica = start_replica(&pg_bin, &work.join("replica"), &primary)?;
     eprintln!("== two gateway nodes");
