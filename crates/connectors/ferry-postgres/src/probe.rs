@@ -18,7 +18,7 @@
 //! server are never compared with positions after it.
 
 use ferry_core::{Error, Lsn, PgPosition, Position, Result};
-use tokio_postgres::Client;
+use tokio_postgres::{Client, Statement};
 
 use crate::connection::Endpoint;
 use crate::error::pg_error;
@@ -30,6 +30,8 @@ const PROBE_PREFIX: &str = "ferry_gateway";
 /// One SQL connection that asks the source for its current position.
 pub struct PgProbe {
     client: Client,
+    /// Prepared once: each lookup is then one round trip, not two.
+    mark: Statement,
     epoch: String,
 }
 
@@ -56,8 +58,15 @@ impl PgProbe {
             .map_err(|e| pg_error(e, "reading the server's system identifier and timeline"))?;
         let system: String = row.get(0);
         let timeline: i64 = row.get(1);
+        let mark = client
+            .prepare(&format!(
+                "SELECT pg_logical_emit_message(true, '{PROBE_PREFIX}', '')::text"
+            ))
+            .await
+            .map_err(|e| pg_error(e, "preparing the position lookup"))?;
         Ok(PgProbe {
             client,
+            mark,
             epoch: format!("pg.{system}.{timeline}"),
         })
     }
@@ -79,10 +88,7 @@ impl PgProbe {
     pub async fn mark(&self) -> Result<Position> {
         let row = self
             .client
-            .query_one(
-                "SELECT pg_logical_emit_message(true, $1, '')::text",
-                &[&PROBE_PREFIX],
-            )
+            .query_one(&self.mark, &[])
             .await
             .map_err(|e| pg_error(e, "asking the source for its current position"))?;
         let lsn: Lsn = row
