@@ -225,6 +225,8 @@ fn start_replica(bin: &Path, dir: &Path, primary: &Cluster) -> Res<Replica> {
         "-R",
         "-X",
         "stream",
+        // A spread checkpoint can hold the copy for minutes.
+        "--checkpoint=fast",
         "-D",
     ])
     .arg(&data)
