@@ -13,12 +13,17 @@
 //! ferry MariaDB → MariaDB and MariaDB → PostgreSQL against `mysqldump |
 //! mariadb`, mydumper/myloader and MariaDB's own replicas.
 //!
+//! `cargo xtask bench gateway [--rows N] [--secs N] [--reads N] [--writes N]
+//! [--keep]` measures read latency of two `ferry gateway` nodes under a
+//! write load, beside direct primary reads and a waiting streaming replica.
+//!
 //! `cargo xtask bench verify [--rows N] [--keep]` measures `ferry verify`
 //! between two PostgreSQL databases holding the same table: row by row,
 //! by in-database range digests (equal, and with 10 rows changed), beside
 //! `pgcopydb compare data` and one in-database pass over the table.
 
 mod data;
+mod gateway_bench;
 mod machine;
 mod maria_bench;
 mod pg_bench;
@@ -51,6 +56,7 @@ usage: cargo xtask bench sqlite [--rows N] [--changes N] [--runs N] [--keep]
        cargo xtask bench postgres [--rows N] [--changes N] [--clients N] [--live-secs N] [--keep]
        cargo xtask bench mariadb [--rows N] [--changes N] [--keep]
        cargo xtask bench verify [--rows N] [--keep]
+       cargo xtask bench gateway [--rows N] [--secs N] [--reads N] [--writes N] [--keep]
 
 bench mariadb (starts its own MariaDB and PostgreSQL servers; needs
 apt-get install -y mariadb-server mariadb-client mydumper):
@@ -77,6 +83,14 @@ each; needs PostgreSQL; pgcopydb 0.13 or later for `compare data`, else that
 baseline is skipped):
   --rows N       rows in the table on each side (default 1000000, at least 10)
   --keep         keep the work directory (clusters, pipeline file, verify output)
+
+bench gateway (starts a primary, a streaming replica and two gateway nodes;
+needs PostgreSQL):
+  --rows N       rows in the table (default 100000)
+  --secs N       seconds per phase (default 20)
+  --reads N      point reads per second (default 4000; the waiting replica at most 1000)
+  --writes N     single-row UPDATEs per second through every phase (default 500)
+  --keep         keep the work directory (clusters, gateway files and logs)
 
 Builds ferry (`cargo build --release -p ferry` into $CARGO_TARGET_DIR, default
 ~/.cache/ferry-target), then prints a markdown report on stdout; progress goes
@@ -241,6 +255,33 @@ fn parse_bench_mariadb(args: &[String], command: String) -> Res<maria_bench::Mar
     Ok(opts)
 }
 
+fn parse_bench_gateway(args: &[String], command: String) -> Res<gateway_bench::GwOpts> {
+    let mut opts = gateway_bench::GwOpts {
+        rows: 100_000,
+        secs: 20,
+        reads: 4_000,
+        writes: 500,
+        keep: false,
+        command,
+    };
+    each_flag(args, |flag, value| {
+        match flag {
+            "--rows" => opts.rows = parse_count(flag, &value()?)?,
+            "--secs" => opts.secs = parse_count(flag, &value()?)?,
+            "--reads" => opts.reads = parse_count(flag, &value()?)?,
+            "--writes" => opts.writes = parse_count(flag, &value()?)?,
+            "--keep" => opts.keep = true,
+            "-h" | "--help" => return Err(USAGE.to_owned()),
+            other => return Err(format!("unknown argument {other:?}\n{USAGE}")),
+        }
+        Ok(())
+    })?;
+    if opts.rows == 0 || opts.secs == 0 || opts.reads == 0 || opts.writes == 0 {
+        return Err("--rows, --secs, --reads and --writes must be at least 1".into());
+    }
+    Ok(opts)
+}
+
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let command = format!("cargo xtask {}", args.join(" "));
@@ -265,6 +306,10 @@ fn main() -> ExitCode {
         ["bench", "verify", rest @ ..] => {
             let rest: Vec<String> = rest.iter().map(|s| (*s).to_owned()).collect();
             parse_bench_verify(&rest, command).and_then(|o| verify_bench::run(&o))
+        }
+        ["bench", "gateway", rest @ ..] => {
+            let rest: Vec<String> = rest.iter().map(|s| (*s).to_owned()).collect();
+            parse_bench_gateway(&rest, command).and_then(|o| gateway_bench::run(&o))
         }
         _ => Err(USAGE.to_owned()),
     };

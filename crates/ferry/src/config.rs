@@ -18,7 +18,11 @@ use serde::Deserialize;
 struct RawConfig {
     name: Option<String>,
     source: RawEndpoint,
-    target: RawEndpoint,
+    /// Required by every command but `ferry gateway`, which keeps the
+    /// tables in memory (checked in [`PipelineConfig::validate`]).
+    target: Option<RawEndpoint>,
+    /// `ferry gateway` only; validated by `crate::gateway::config`.
+    gateway: Option<toml::Table>,
     #[serde(default)]
     tables: RawTables,
     #[serde(default)]
@@ -29,7 +33,7 @@ struct RawConfig {
     snapshot: RawSnapshot,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawEndpoint {
     url: String,
@@ -319,15 +323,63 @@ impl PipelineConfig {
     }
 
     pub fn parse(path: &Path, text: &str) -> Result<PipelineConfig, Error> {
-        let raw: RawConfig = toml::from_str(text).map_err(|e| {
+        let raw = Self::parse_raw(path, text)?;
+        if raw.gateway.is_some() {
+            return Err(config_error(
+                path,
+                "this is a gateway file (it has a [gateway] section): run it with `ferry gateway`",
+            )
+            .with_fix("run `ferry gateway FILE`, or remove the [gateway] section"));
+        }
+        let Some(target) = &raw.target else {
+            return Err(
+                config_error(path, "the pipeline file has no [target] section")
+                    .with_fix("add [target] with `url = \"...\"` (the database to copy into)"),
+            );
+        };
+        let target = endpoint(path, "target", target.clone())?;
+        Self::validate(path, raw, target)
+    }
+
+    /// A `ferry gateway` file: a pipeline file whose `[target]` is the
+    /// gateway's memory, with a `[gateway]` section (returned as written,
+    /// for `crate::gateway::config` to validate).
+    pub fn load_gateway(path: &Path) -> Result<(PipelineConfig, toml::Table), Error> {
+        let text = std::fs::read_to_string(path).map_err(|e| {
+            Error::fatal(format!("cannot read gateway file {}: {e}", path.display()))
+                .with_fix("check the path and that the file is readable")
+        })?;
+        let mut raw = Self::parse_raw(path, &text)?;
+        if raw.target.is_some() {
+            return Err(config_error(
+                path,
+                "a gateway has no [target]: it holds the tables in its own memory",
+            )
+            .with_fix("remove the [target] section (or run the file with `ferry run`)"));
+        }
+        let Some(gateway) = raw.gateway.take() else {
+            return Err(
+                config_error(path, "the gateway file has no [gateway] section")
+                    .with_fix("add [gateway] with `listen = \"127.0.0.1:8080\"`"),
+            );
+        };
+        let target = Endpoint {
+            url: "memory:".into(),
+            poll_interval: Duration::from_millis(20),
+            on_gap: OnGap::Fail,
+        };
+        Ok((Self::validate(path, raw, target)?, gateway))
+    }
+
+    fn parse_raw(path: &Path, text: &str) -> Result<RawConfig, Error> {
+        toml::from_str(text).map_err(|e| {
             config_error(path, format!("invalid pipeline file: {e}")).with_fix(
                 "see the configuration reference in README.md (section \"Pipeline file\")",
             )
-        })?;
-        Self::validate(path, raw)
+        })
     }
 
-    fn validate(path: &Path, raw: RawConfig) -> Result<PipelineConfig, Error> {
+    fn validate(path: &Path, raw: RawConfig, target: Endpoint) -> Result<PipelineConfig, Error> {
         let name = raw.name.unwrap_or_else(|| {
             path.file_stem()
                 .map(|s| s.to_string_lossy().into_owned())
@@ -345,7 +397,6 @@ impl PipelineConfig {
             .with_fix("set `name = \"my_pipeline\"`"));
         }
         let source = endpoint(path, "source", raw.source)?;
-        let target = endpoint(path, "target", raw.target)?;
 
         let mut transform = TransformSpec::default();
         for col in &raw.tables.exclude_columns {

@@ -3,6 +3,7 @@
 
 mod config;
 mod connectors;
+mod gateway;
 mod repair;
 mod report;
 mod run;
@@ -101,6 +102,13 @@ enum Command {
         #[arg(long, value_name = "PERCENT", value_parser = percent)]
         sample: Option<f64>,
     },
+    /// Serve the file's tables over HTTP/JSON from memory, fed by the change stream: strong
+    /// reads (never older than the reader's own writes) and eventual reads (README, "Read
+    /// gateway"). Runs until stopped (SIGINT/SIGTERM).
+    Gateway { gateway: PathBuf },
+    /// Print the source's current position as a token for `min_position=` (run it after a
+    /// write commits).
+    Position { gateway: PathBuf },
     /// Remove what ferry installed on the source for this pipeline (capture triggers, change table, slots).
     Teardown { pipeline: PathBuf },
     /// Forget the pipeline's checkpoint on the target: the next run copies every table again.
@@ -176,6 +184,8 @@ async fn dispatch(command: Command) -> Result<u8, Error> {
             let code = run::run(cfg, metrics_addr).await?;
             Ok(code as u8)
         }
+        Command::Gateway { gateway } => Ok(gateway::run(&gateway).await? as u8),
+        Command::Position { gateway } => Ok(gateway::position(&gateway).await? as u8),
         Command::Status { pipeline } => status(&PipelineConfig::load(&pipeline)?).await,
         Command::Check { pipeline } => check(&PipelineConfig::load(&pipeline)?).await,
         Command::Verify {
@@ -213,7 +223,12 @@ async fn dispatch(command: Command) -> Result<u8, Error> {
                 .map_err(|e| verify::explain_timeout(e, &opts))
         }
         Command::Teardown { pipeline } => {
-            let cfg = PipelineConfig::load(&pipeline)?;
+            // A gateway node's slot outlives the node, too.
+            let cfg = PipelineConfig::load(&pipeline).or_else(|e| {
+                PipelineConfig::load_gateway(&pipeline)
+                    .map(|(cfg, _)| cfg)
+                    .map_err(|_| e)
+            })?;
             connectors::open_source(&cfg).await?.teardown().await?;
             println!(
                 "removed ferry's capture objects for pipeline {} from {}",

@@ -16,7 +16,7 @@ use crate::connectors;
 use crate::report::{RateTracker, StatusReport, prometheus};
 
 /// Sets the shutdown flag on the first SIGINT/SIGTERM; a second one exits at once.
-fn install_signals(tx: watch::Sender<bool>) {
+pub(crate) fn install_signals(tx: watch::Sender<bool>) {
     tokio::spawn(async move {
         use tokio::signal::unix::{SignalKind, signal};
         let (Ok(mut int), Ok(mut term)) = (

@@ -1348,10 +1348,10 @@ pub struct Options {
 /// A key given on the command line, as values of `table`'s key columns:
 /// one value per key column, separated by commas; a value in single
 /// quotes is text as written (`''` for a quote in it).
-fn parse_key(table: &TableRef, text: &str) -> Result<Vec<Value>, Error> {
+pub(crate) fn parse_key(table: &TableRef, text: &str) -> Result<Vec<Value>, Error> {
     let bad = |why: String| {
         Error::fatal(format!("key {text:?} for table {}: {why}", table.name)).with_fix(format!(
-            "give one value per key column ({}), separated by commas; quote text with \\
+            "give one value per key column ({}), separated by commas; quote text with \
              single quotes when it holds a comma",
             table.key_names().join(", ")
         ))

@@ -8,6 +8,7 @@ mod exact;
 mod failpoints;
 mod fence;
 mod fidelity;
+mod gateway;
 mod help;
 mod kit;
 mod mariadb;

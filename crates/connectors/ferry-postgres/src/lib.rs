@@ -24,6 +24,7 @@ mod names;
 mod numeric;
 mod pgoutput;
 mod position;
+mod probe;
 mod publication;
 mod reader;
 mod recopy;
@@ -41,5 +42,6 @@ mod writer;
 
 pub use checkpoint::CHECKPOINT_TABLE;
 pub use names::slot_name;
+pub use probe::PgProbe;
 pub use sink::{PostgresSink, PostgresSinkConfig};
 pub use source::{PostgresSource, PostgresSourceConfig};

@@ -30,6 +30,7 @@ mod check;
 mod connection;
 mod ddl;
 mod fence;
+mod probe;
 mod reader;
 mod schema;
 pub mod sink;
@@ -40,6 +41,7 @@ mod types;
 
 use std::path::PathBuf;
 
+pub use probe::SqliteProbe;
 pub use sink::{IndexSource, SqliteSink, SqliteSinkConfig};
 pub use source::{SqliteSource, SqliteSourceConfig};
 
