@@ -205,9 +205,10 @@ async fn admit(node: &Node, o: &ReadOptions) -> Result<Served, Reject> {
         return Err(refused(r.reason));
     }
     let past_token = o.min_position.as_ref().and_then(|t| node.past(t));
-    if past_token == Some(true) && node.strong_refusal().is_none() {
-        // Every write the token stands for is here: answered without
-        // asking the source (what `consistency` says).
+    // Every write the token stands for is here: answered without asking
+    // the source (what `consistency` says). An eventual read is answered
+    // so even while the stream is broken; a strong one needs it healthy.
+    if past_token == Some(true) && (!o.strong || node.strong_refusal().is_none()) {
         return Ok(Served {
             consistency: "min_position",
             fresh_as_of: fresh_as_of(node),
