@@ -11,8 +11,10 @@
 //! `consistency=strong` (the default: every transaction committed before
 //! the request is visible) or `eventual` (at once, as the replica is), and
 //! `min_position=<token>` (a node already past the token answers at once).
-//! Every answer carries the node's `position` token for these rows and
-//! `staleness_ms`. Strong reads the node cannot answer safely get 503 with
+//! Every answer carries the node's `position` token for these rows,
+//! `staleness_ms` and `consistency`: `strong`, `eventual`, or
+//! `min_position` (the node was past the token: answered without a
+//! lookup). Strong reads the node cannot answer safely get 503 with
 //! the reason; they are never answered from a replica that may be stale.
 
 use std::sync::Arc;
@@ -203,10 +205,13 @@ async fn admit(node: &Node, o: &ReadOptions) -> Result<Served, Reject> {
         return Err(refused(r.reason));
     }
     let past_token = o.min_position.as_ref().and_then(|t| node.past(t));
-    if past_token == Some(true) && node.strong_refusal().is_none() {
+    // Every write the token stands for is here: answered without asking
+    // the source (what `consistency` says). An eventual read is answered
+    // so even while the stream is broken; a strong one needs it healthy.
+    if past_token == Some(true) && (!o.strong || node.strong_refusal().is_none()) {
         return Ok(Served {
-            consistency: if o.strong { "strong" } else { "eventual" },
-            fresh_as_of: node.staleness().map(|d| Instant::now() - d),
+            consistency: "min_position",
+            fresh_as_of: fresh_as_of(node),
         });
     }
     // A token this node is not past yet (or of another history) needs
@@ -222,8 +227,12 @@ async fn admit(node: &Node, o: &ReadOptions) -> Result<Served, Reject> {
     }
     Ok(Served {
         consistency: "eventual",
-        fresh_as_of: node.staleness().map(|d| Instant::now() - d),
+        fresh_as_of: fresh_as_of(node),
     })
+}
+
+fn fresh_as_of(node: &Node) -> Option<Instant> {
+    node.staleness().and_then(|d| Instant::now().checked_sub(d))
 }
 
 fn ms(d: Duration) -> f64 {

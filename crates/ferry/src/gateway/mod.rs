@@ -215,6 +215,9 @@ impl Node {
 /// reaching its position.
 const NUDGE_AFTER: Duration = Duration::from_millis(20);
 
+/// Lookups remembered while not applied yet.
+const MAX_WAITING: usize = 1024;
+
 /// Follows lookups and the applied position, keeping [`Freshness`].
 async fn track_freshness(node: Arc<Node>) {
     let mut lookups = node.lookups.watch();
@@ -225,7 +228,15 @@ async fn track_freshness(node: Arc<Node>) {
                 if r.is_err() { return; }
                 let l = lookups.borrow_and_update().clone();
                 if let Some(Lookup { outcome: Ok(p), started, .. }) = l {
-                    node.freshness.lock().expect("freshness").waiting.push_back((p, started));
+                    let mut fresh = node.freshness.lock().expect("freshness");
+                    // Bounded while the stream stands still: the oldest
+                    // stays (it says how far behind the node is); a
+                    // dropped newer one only makes the staleness reported
+                    // larger than it is, never smaller.
+                    if fresh.waiting.len() >= MAX_WAITING {
+                        fresh.waiting.pop_back();
+                    }
+                    fresh.waiting.push_back((p, started));
                 }
             }
             r = applied.changed() => if r.is_err() { return; },
