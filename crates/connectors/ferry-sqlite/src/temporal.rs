@@ -5,40 +5,7 @@
 use ferry_core::time::{push_date, push_time, push_timestamp};
 use ferry_core::{ColumnType, Value};
 
-/// `P<months>M<days>DT<seconds>[.ffffff]S`, each part signed: an ISO 8601
-/// duration that keeps ferry's three interval fields apart.
-pub(crate) fn format_interval(months: i32, days: i32, micros: i64) -> String {
-    let sign = if micros < 0 { "-" } else { "" };
-    let abs = micros.unsigned_abs();
-    let (secs, frac) = (abs / 1_000_000, abs % 1_000_000);
-    if frac == 0 {
-        format!("P{months}M{days}DT{sign}{secs}S")
-    } else {
-        format!("P{months}M{days}DT{sign}{secs}.{frac:06}S")
-    }
-}
-
-pub(crate) fn parse_interval(s: &str) -> Option<Value> {
-    let rest = s.strip_prefix('P')?;
-    let (months, rest) = rest.split_once('M')?;
-    let (days, rest) = rest.split_once("DT")?;
-    let secs = rest.strip_suffix('S')?;
-    let (neg, secs) = match secs.strip_prefix('-') {
-        Some(s) => (true, s),
-        None => (false, secs),
-    };
-    let (whole, frac) = secs.split_once('.').unwrap_or((secs, "0"));
-    if frac.len() > 6 || !frac.bytes().all(|b| b.is_ascii_digit()) {
-        return None;
-    }
-    let frac: i64 = format!("{frac:0<6}").parse().ok()?;
-    let micros = whole.parse::<i64>().ok()?.checked_mul(1_000_000)? + frac;
-    Some(Value::Interval {
-        months: months.parse().ok()?,
-        days: days.parse().ok()?,
-        micros: if neg { -micros } else { micros },
-    })
-}
+pub(crate) use ferry_core::time::{format_interval, parse_interval};
 
 /// `YYYY-MM-DD HH:MM:SS.ffffff+00:00`: always six fraction digits and an
 /// explicit offset, so values of one column sort as text in time order.
