@@ -81,6 +81,10 @@ pub(crate) struct Dispatcher {
     pub(crate) acks: watch::Sender<Option<Position>>,
     pub(crate) last_checkpoint: Instant,
     pub(crate) last_applied: Option<Position>,
+    /// Newest position handed to a group (a transaction's, or a
+    /// heartbeat's once recorded): a heartbeat at or before it says
+    /// nothing new.
+    pub(crate) newest: Option<Position>,
     pub(crate) recopies: Recopies,
 }
 
@@ -262,9 +266,52 @@ impl Dispatcher {
                 part.merger.push(c);
             }
         }
+        self.newest = Some(position.clone());
         g.position = Some(position);
         g.commit_time = time.or(g.commit_time);
         Ok(())
+    }
+
+    /// A heartbeat that arrives while a group is open or in flight.
+    ///
+    /// Its position is recorded by the next group to commit, so it becomes
+    /// the applied position as soon as every transaction before it is
+    /// applied, not when the pipeline next falls idle (a consistent reader
+    /// waiting for a source marker then waits for one commit, not for a
+    /// quiet moment). Into a group still open it costs nothing: nothing
+    /// lies between that group's last transaction and the heartbeat, so
+    /// the group's position becomes the heartbeat's. With nothing open, an
+    /// empty group is opened to carry it, under the same rule as an idle
+    /// heartbeat (`idle_checkpoint`); it is dispatched like any group, once
+    /// a worker is free, and absorbs the transactions that follow meanwhile.
+    ///
+    /// Acks are unchanged: the position is acked once the group recording
+    /// it commits, and groups commit in source order. Eventual mode keeps
+    /// recording heartbeats only when idle: its groups commit out of order,
+    /// so a position-only group must wait until nothing else is in flight.
+    /// So does a large transaction being streamed (it ends with its own
+    /// commit position, which covers the heartbeat's).
+    pub(crate) fn heartbeat_while_busy(&mut self, position: Position, time: Option<i64>) {
+        if self.options.consistency == Consistency::Eventual || self.stream.is_some() {
+            return;
+        }
+        if self.newest.as_ref().is_some_and(|n| position <= *n) {
+            return;
+        }
+        match &mut self.open {
+            Some(g) => {
+                g.position = Some(position.clone());
+                g.commit_time = time.or(g.commit_time);
+            }
+            None if self.last_checkpoint.elapsed() >= self.options.idle_checkpoint => {
+                let mut g = OpenGroup::new();
+                g.position = Some(position.clone());
+                g.commit_time = time;
+                self.open = Some(g);
+            }
+            None => return,
+        }
+        self.newest = Some(position);
     }
 
     pub(crate) fn group_due(&self, g: &OpenGroup, queue_empty: bool) -> bool {
@@ -456,10 +503,11 @@ pub(crate) async fn handle_event(
                     d.next_seq,
                     JobInfo {
                         group_end: Some((tx.position.clone(), tx.commit_time_micros)),
-                        durable: Some(tx.position),
+                        durable: Some(tx.position.clone()),
                     },
                 );
                 Stats::add(&d.stats.txns_applied, 1);
+                d.newest = Some(tx.position);
                 return Ok(());
             }
             d.add_to_group(tx.position, tx.commit_time_micros, tx.changes)
@@ -534,13 +582,19 @@ pub(crate) async fn handle_event(
             // Compare with what the checkpoint holds (in eventual mode it
             // trails the applied position until an idle record).
             let newer = d.durable.as_ref().is_none_or(|a| position > *a);
-            if idle
-                && newer
+            if !idle {
+                d.heartbeat_while_busy(position, time_micros);
+                return Ok(());
+            }
+            if newer
                 && d.last_checkpoint.elapsed() >= d.options.idle_checkpoint
                 && !d.free.is_empty()
             {
                 // Record the idle source's position on the target so it can
                 // release its log, and a restart need not re-read it.
+                if d.newest.as_ref().is_none_or(|n| position > *n) {
+                    d.newest = Some(position.clone());
+                }
                 let mut g = OpenGroup::new();
                 g.position = Some(position);
                 g.commit_time = time_micros;

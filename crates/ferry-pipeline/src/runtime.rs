@@ -324,6 +324,7 @@ async fn stream(
         stream: None,
         acks: ack_tx,
         last_checkpoint: Instant::now(),
+        newest: from.clone(),
         last_applied: from,
         recopies,
         options,

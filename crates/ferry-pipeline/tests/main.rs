@@ -15,6 +15,8 @@ mod errors;
 mod eventual;
 #[path = "pipeline/fence.rs"]
 mod fence;
+#[path = "pipeline/heartbeat.rs"]
+mod heartbeat;
 #[path = "pipeline/recopy.rs"]
 mod recopy;
 #[path = "pipeline/restart.rs"]

@@ -27,7 +27,10 @@ use super::seq_position;
 ///   [`partial_after`](Self::partial_after) changes arrive as `Partial`s
 ///   plus a final `Commit`; [`group_max`](Self::group_max) groups
 ///   consecutive transactions like the SQLite source, ending a group at
-///   every snapshot boundary.
+///   every snapshot boundary. With
+///   [`empty_as_heartbeat`](Self::empty_as_heartbeat), a transaction
+///   without changes arrives as a `Heartbeat` at its position, as the
+///   PostgreSQL stream delivers a position marker's transaction.
 /// * `ack` records the position in the database ([`MemoryDb::acks`]) and
 ///   panics if it goes backwards or past what was delivered (the task
 ///   running the source then fails, and the pipeline with it).
@@ -44,6 +47,7 @@ pub struct MemorySource {
     partial_after: Option<usize>,
     heartbeat_after: Duration,
     group_max: usize,
+    empty_as_heartbeat: bool,
     /// Sequence number of the last transaction delivered (or to deliver
     /// after); `None` until `start_stream`.
     cursor: Option<i64>,
@@ -67,6 +71,7 @@ impl MemorySource {
             partial_after: None,
             heartbeat_after: Duration::from_millis(50),
             group_max: 1,
+            empty_as_heartbeat: false,
             cursor: None,
             boundaries: Vec::new(),
             pending: VecDeque::new(),
@@ -99,6 +104,14 @@ impl MemorySource {
     /// Idle time after which `next` returns a `Heartbeat`.
     pub fn heartbeat_after(mut self, idle: Duration) -> Self {
         self.heartbeat_after = idle;
+        self
+    }
+
+    /// Delivers a transaction without changes (`MemoryDb::commit(vec![])`)
+    /// as a `Heartbeat` at its position, as PostgreSQL's stream delivers
+    /// the empty transaction of a `pg_logical_emit_message` marker.
+    pub fn empty_as_heartbeat(mut self) -> Self {
+        self.empty_as_heartbeat = true;
         self
     }
 
@@ -155,6 +168,13 @@ impl MemorySource {
                     changes: std::mem::replace(&mut group, rest),
                 });
             }
+        }
+        if group.is_empty() && self.empty_as_heartbeat {
+            self.pending.push_back(SourceEvent::Heartbeat {
+                position,
+                time_micros: time,
+            });
+            return Ok(true);
         }
         self.pending.push_back(SourceEvent::Commit(Transaction {
             position,
