@@ -276,6 +276,8 @@ struct Phase {
     latencies: Vec<f64>,
     errors: u64,
     lookups_per_sec: Option<f64>,
+    /// The nodes' own account of the phase (strong reads).
+    counted: Option<Counters>,
 }
 
 fn pct(sorted: &[f64], q: f64) -> f64 {
@@ -296,7 +298,7 @@ fn phase(
     primary: u16,
     replica: u16,
 ) -> Res<Phase> {
-    let lookups_before = lookups(nodes)?;
+    let before = counters(nodes)?;
     let started = Instant::now() + Duration::from_millis(200);
     let total = rate * secs;
     let out = Arc::new(Mutex::new((Vec::with_capacity(total as usize), 0u64)));
@@ -375,27 +377,62 @@ fn phase(
             .map_err(|_| "a reader thread panicked".to_string())??;
     }
     let elapsed = started.elapsed().as_secs_f64();
-    let lookups_after = lookups(nodes)?;
+    let counted = counters(nodes)?.since(before);
     let (mut latencies, errors) = std::mem::take(&mut *out.lock().expect("results"));
     latencies.sort_by(f64::total_cmp);
-    let per_node = (lookups_after - lookups_before) / nodes.len() as f64 / elapsed;
+    let per_node = counted.lookups / nodes.len() as f64 / elapsed;
+    let gateway = matches!(kind, Kind::Strong | Kind::Eventual);
     Ok(Phase {
         kind,
         rate,
         latencies,
         errors,
-        lookups_per_sec: matches!(kind, Kind::Strong | Kind::Eventual).then_some(per_node),
+        lookups_per_sec: gateway.then_some(per_node),
+        counted: (kind == Kind::Strong).then_some(counted),
     })
 }
 
-/// Lookups the nodes made so far, in total.
-fn lookups(nodes: &[u16]) -> Res<f64> {
-    let mut n = 0.0;
+/// The nodes' counters (`/status`), summed over the nodes.
+#[derive(Debug, Default, Clone, Copy)]
+struct Counters {
+    lookups: f64,
+    /// Time in the probe's queries.
+    query_micros: f64,
+    /// Strong reads answered, and their waits: for a lookup that started
+    /// after the read arrived, then for the replica to apply it.
+    reads: f64,
+    lookup_micros: f64,
+    apply_micros: f64,
+    /// Waiting reads that asked for another lookup.
+    nudges: f64,
+}
+
+impl Counters {
+    fn since(self, before: Counters) -> Counters {
+        Counters {
+            lookups: self.lookups - before.lookups,
+            query_micros: self.query_micros - before.query_micros,
+            reads: self.reads - before.reads,
+            lookup_micros: self.lookup_micros - before.lookup_micros,
+            apply_micros: self.apply_micros - before.apply_micros,
+            nudges: self.nudges - before.nudges,
+        }
+    }
+}
+
+fn counters(nodes: &[u16]) -> Res<Counters> {
+    let mut c = Counters::default();
     for p in nodes {
         let (_, body) = Http::connect(*p)?.get("/status")?;
-        n += json_number(&body, "lookups").ok_or("no lookups in /status")?;
+        let n = |key: &str| json_number(&body, key).ok_or(format!("no {key} in /status"));
+        c.lookups += n("lookups")?;
+        c.query_micros += n("lookup_query_micros")?;
+        c.reads += n("reads")?;
+        c.lookup_micros += n("lookup_micros")?;
+        c.apply_micros += n("apply_micros")?;
+        c.nudges += n("nudges")?;
     }
-    Ok(n)
+    Ok(c)
 }
 
 /// Single-row UPDATEs at `rate` per second until `stop`.
@@ -504,6 +541,19 @@ pub fn run(o: &GwOpts) -> Res<()> {
             pct(l, 1.0),
             p.errors,
             p.lookups_per_sec.map_or("—".into(), |n| format!("{n:.0}"))
+        );
+    }
+    for c in phases.iter().filter_map(|p| p.counted) {
+        let avg = |micros: f64, n: f64| if n > 0.0 { micros / n / 1e3 } else { f64::NAN };
+        println!(
+            "\nWhere a strong read waits, as the nodes count it (averages): {:.2} ms for a lookup \
+             that started after it arrived, then {:.2} ms until the replica applied that \
+             position; a lookup's query took {:.2} ms; {} reads asked for another lookup after \
+             20 ms without progress.",
+            avg(c.lookup_micros, c.reads),
+            avg(c.apply_micros, c.reads),
+            avg(c.query_micros, c.lookups),
+            c.nudges
         );
     }
     println!(

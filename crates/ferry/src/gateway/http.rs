@@ -438,6 +438,7 @@ async fn rows(
 }
 
 async fn status(State(node): State<Arc<Node>>) -> Response {
+    use std::sync::atomic::Ordering::Relaxed;
     let strong = node.strong_refusal().map(|r| r.reason);
     let applied = node.replica.applied().position;
     let tables: Map<String, Json> = node.replica.read(|s| {
@@ -462,6 +463,13 @@ async fn status(State(node): State<Arc<Node>>) -> Response {
             "refused_because": strong,
             "staleness_ms": node.staleness().map(ms),
             "lookups": node.lookups.count(),
+            "lookup_query_micros": node.lookups.query_micros(),
+            "strong_wait": {
+                "reads": node.strong_wait.reads.load(Relaxed),
+                "lookup_micros": node.strong_wait.lookup_micros.load(Relaxed),
+                "apply_micros": node.strong_wait.apply_micros.load(Relaxed),
+                "nudges": node.strong_wait.nudges.load(Relaxed),
+            },
             "last_lookup_error": node.lookups.latest().and_then(|l| l.outcome.err()),
             "tables": tables,
         }),

@@ -136,6 +136,8 @@ pub struct Lookup {
 
 pub struct Lookups {
     started: AtomicU64,
+    /// Time spent in the probe's queries, summed (`/status`).
+    query_micros: AtomicU64,
     wanted: Notify,
     results: watch::Sender<Option<Lookup>>,
 }
@@ -149,6 +151,7 @@ impl Lookups {
     ) -> Arc<Lookups> {
         let lookups = Arc::new(Lookups {
             started: AtomicU64::new(0),
+            query_micros: AtomicU64::new(0),
             wanted: Notify::new(),
             results: watch::channel(None).0,
         });
@@ -159,6 +162,11 @@ impl Lookups {
     /// How many lookups started so far.
     pub fn count(&self) -> u64 {
         self.started.load(Ordering::SeqCst)
+    }
+
+    /// Microseconds spent in the probe's queries so far.
+    pub fn query_micros(&self) -> u64 {
+        self.query_micros.load(Ordering::Relaxed)
     }
 
     /// Asks for a lookup soon (a waiting read that suspects a lost marker).
@@ -195,6 +203,25 @@ impl Lookups {
     }
 }
 
+/// Waits until `deadline`, to within tens of microseconds.
+///
+/// Tokio's timer counts whole milliseconds and fires late when the
+/// runtime is busy: a `sleep` of the 0.6 ms left of a 1 ms `min_interval`
+/// ended 2–3 ms later under the benchmark's load, which made a lookup
+/// cycle three times `min_interval` and every strong read wait for it. The
+/// part under two milliseconds is slept on a blocking thread instead,
+/// which the kernel wakes on time.
+async fn sleep_until_precisely(deadline: Instant) {
+    let coarse = deadline.checked_sub(Duration::from_millis(2));
+    if let Some(coarse) = coarse.filter(|c| *c > Instant::now()) {
+        tokio::time::sleep_until(coarse.into()).await;
+    }
+    let left = deadline.saturating_duration_since(Instant::now());
+    if !left.is_zero() {
+        let _ = tokio::task::spawn_blocking(move || std::thread::sleep(left)).await;
+    }
+}
+
 /// Bounds one lookup: a source that does not answer is as good as down.
 const LOOKUP_TIMEOUT: Duration = Duration::from_secs(2);
 
@@ -211,17 +238,18 @@ async fn run(
             _ = tokio::time::sleep(idle_every) => {}
         }
         if let Some(last) = last {
-            let since = last.elapsed();
-            if since < min_interval {
-                tokio::time::sleep(min_interval - since).await;
-            }
+            sleep_until_precisely(last + min_interval).await;
         }
         let started = Instant::now();
         last = Some(started);
         // Numbered before the query runs: a reader that saw the old count
         // arrived before this query started (see the module docs).
         let seq = lookups.started.fetch_add(1, Ordering::SeqCst) + 1;
-        let outcome = match tokio::time::timeout(LOOKUP_TIMEOUT, probe.mark()).await {
+        let answer = tokio::time::timeout(LOOKUP_TIMEOUT, probe.mark()).await;
+        lookups
+            .query_micros
+            .fetch_add(started.elapsed().as_micros() as u64, Ordering::Relaxed);
+        let outcome = match answer {
             Ok(Ok(p)) => {
                 Point::of(&p).ok_or_else(|| "this source has no comparable position".into())
             }

@@ -23,7 +23,7 @@ mod token;
 
 use std::collections::VecDeque;
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -56,6 +56,28 @@ struct Freshness {
     waiting: VecDeque<(Point, Instant)>,
 }
 
+/// Where strong reads spend their time, summed since the node started
+/// (`/status` → `strong_wait`): waiting for a lookup that started after
+/// the read arrived, then for the replica to apply its position; and how
+/// often a waiting read had to ask for another lookup.
+#[derive(Debug, Default)]
+struct StrongWait {
+    reads: AtomicU64,
+    lookup_micros: AtomicU64,
+    apply_micros: AtomicU64,
+    nudges: AtomicU64,
+}
+
+impl StrongWait {
+    fn record(&self, lookup: Duration, apply: Duration) {
+        self.reads.fetch_add(1, Ordering::Relaxed);
+        self.lookup_micros
+            .fetch_add(lookup.as_micros() as u64, Ordering::Relaxed);
+        self.apply_micros
+            .fetch_add(apply.as_micros() as u64, Ordering::Relaxed);
+    }
+}
+
 /// What every request handler shares.
 pub struct Node {
     replica: Arc<Replica>,
@@ -68,6 +90,7 @@ pub struct Node {
     /// The replica reached a consistent position once: eventual reads are
     /// served from then on, whatever happens to the stream.
     loaded: AtomicBool,
+    strong_wait: StrongWait,
 }
 
 /// Why a read is not answered.
@@ -164,6 +187,7 @@ impl Node {
                 ),
             })?;
         let target = lookup.outcome.map_err(|reason| Refusal { reason })?;
+        let known = Instant::now();
         let mut applied = self.replica.watch();
         let mut stream = self.stream.subscribe();
         loop {
@@ -178,15 +202,21 @@ impl Node {
                 return Err(r);
             }
             if reached {
+                self.strong_wait
+                    .record(known.duration_since(arrived), known.elapsed());
                 return Ok(lookup.started);
             }
             tokio::select! {
                 _ = applied.changed() => {}
                 _ = stream.changed() => {}
-                // A marker that reached the pipeline while it was busy may
-                // be passed over (heartbeats are recorded only when idle):
-                // ask again, the next marker covers this one.
-                _ = tokio::time::sleep(NUDGE_AFTER) => self.lookups.nudge(),
+                // The pipeline records a marker as soon as everything
+                // before it is applied, busy or not; a marker can still be
+                // lost with a stream that breaks and resumes after it. Ask
+                // again then: the next marker covers this one.
+                _ = tokio::time::sleep(NUDGE_AFTER) => {
+                    self.strong_wait.nudges.fetch_add(1, Ordering::Relaxed);
+                    self.lookups.nudge();
+                }
                 _ = tokio::time::sleep_until(deadline) => {
                     return Err(Refusal {
                         reason: format!(
@@ -272,8 +302,10 @@ async fn supervise(
     options.consistency = Consistency::Transactional;
     // Every heartbeat (a lookup's marker among them) reaches the replica.
     options.idle_checkpoint = Duration::ZERO;
-    // In memory a commit costs microseconds: never hold a group back.
-    options.batch_time = options.batch_time.min(Duration::from_millis(1));
+    // In memory a commit costs microseconds: never hold a group back. A
+    // group is dispatched as soon as the worker is free; while it is busy,
+    // what arrives gathers in the next group (group commit, no timer).
+    options.batch_time = Duration::ZERO;
     let mut failures = 0u32;
     loop {
         node.stream.send_replace(StreamState::Running);
@@ -365,6 +397,7 @@ pub async fn run(path: &Path) -> Result<i32> {
         stream: watch::channel(StreamState::Running).0,
         freshness: Mutex::default(),
         loaded: AtomicBool::new(false),
+        strong_wait: StrongWait::default(),
     });
     tokio::spawn(track_freshness(node.clone()));
     let (tx, shutdown) = watch::channel(false);
