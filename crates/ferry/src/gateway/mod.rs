@@ -21,7 +21,7 @@ mod replica;
 mod sink;
 mod token;
 
-use std::collections::VecDeque;
+use std::collections::{BTreeMap, VecDeque};
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -29,7 +29,7 @@ use std::time::{Duration, Instant};
 
 use ferry_core::{Error, ErrorClass, Result};
 use ferry_pipeline::{Consistency, Outcome, Pipeline, Stats, TargetConsistency, Transform};
-use tokio::sync::watch;
+use tokio::sync::{Notify, watch};
 
 use crate::config::{PipelineConfig, humantime};
 use crate::connectors;
@@ -78,6 +78,54 @@ impl StrongWait {
     }
 }
 
+/// Strong reads waiting for the replica to apply a looked-up position, by
+/// that position: the readers of one lookup share one entry, and each is
+/// woken once, when the applied position covers it. Waking every waiting
+/// reader on every commit (a `watch` each) made the work per commit grow
+/// with the readers waiting, so a node that fell behind under load stayed
+/// behind for seconds.
+#[derive(Debug, Default)]
+struct Waiters {
+    by_point: Mutex<BTreeMap<Point, Arc<Notify>>>,
+}
+
+impl Waiters {
+    /// The notification for `target`, shared by every reader waiting for it.
+    fn register(&self, target: Point) -> Arc<Notify> {
+        let mut map = self.by_point.lock().unwrap_or_else(|e| e.into_inner());
+        map.entry(target).or_default().clone()
+    }
+
+    /// A reader stops waiting (answered or refused): the entry goes with
+    /// its last reader.
+    fn leave(&self, target: Point, notify: Arc<Notify>) {
+        let mut map = self.by_point.lock().unwrap_or_else(|e| e.into_inner());
+        // Counted under the lock: the map's reference and this one. The
+        // entry may be gone already (woken), or be a newer one for the
+        // same position.
+        if map.get(&target).is_some_and(|n| Arc::ptr_eq(n, &notify))
+            && Arc::strong_count(&notify) == 2
+        {
+            map.remove(&target);
+        }
+    }
+
+    /// Wakes the readers of every position `applied` covers.
+    fn applied(&self, applied: Point) {
+        let mut map = self.by_point.lock().unwrap_or_else(|e| e.into_inner());
+        let covered: Vec<Point> = map
+            .range(..=applied)
+            .map(|(p, _)| *p)
+            .filter(|p| applied.covers(p) == Some(true))
+            .collect();
+        for p in covered {
+            if let Some(n) = map.remove(&p) {
+                n.notify_waiters();
+            }
+        }
+    }
+}
+
 /// What every request handler shares.
 pub struct Node {
     replica: Arc<Replica>,
@@ -91,6 +139,7 @@ pub struct Node {
     /// served from then on, whatever happens to the stream.
     loaded: AtomicBool,
     strong_wait: StrongWait,
+    waiters: Waiters,
 }
 
 /// Why a read is not answered.
@@ -188,11 +237,36 @@ impl Node {
             })?;
         let target = lookup.outcome.map_err(|reason| Refusal { reason })?;
         let known = Instant::now();
-        let mut applied = self.replica.watch();
+        let notify = self.waiters.register(target);
+        let answer = self
+            .wait_applied(target, &notify, arrived, known, deadline)
+            .await
+            .map(|()| lookup.started);
+        self.waiters.leave(target, notify);
+        answer
+    }
+
+    /// Waits until the replica applied `target`: woken by
+    /// [`Waiters::applied`], by a change of the stream's state, or to ask
+    /// for another lookup.
+    async fn wait_applied(
+        &self,
+        target: Point,
+        notify: &Notify,
+        arrived: Instant,
+        known: Instant,
+        deadline: tokio::time::Instant,
+    ) -> std::result::Result<(), Refusal> {
         let mut stream = self.stream.subscribe();
         loop {
-            let reached = applied
-                .borrow_and_update()
+            // Enabled before looking, so a wake-up between the look and
+            // the wait is not lost.
+            let woken = notify.notified();
+            tokio::pin!(woken);
+            woken.as_mut().enable();
+            let reached = self
+                .replica
+                .applied()
                 .position
                 .as_ref()
                 .and_then(Point::of)
@@ -204,10 +278,10 @@ impl Node {
             if reached {
                 self.strong_wait
                     .record(known.duration_since(arrived), known.elapsed());
-                return Ok(lookup.started);
+                return Ok(());
             }
             tokio::select! {
-                _ = applied.changed() => {}
+                _ = &mut woken => {}
                 _ = stream.changed() => {}
                 // The pipeline records a marker as soon as everything
                 // before it is applied, busy or not; a marker can still be
@@ -276,6 +350,9 @@ async fn track_freshness(node: Arc<Node>) {
             .position
             .as_ref()
             .and_then(Point::of);
+        if let Some(at) = at {
+            node.waiters.applied(at);
+        }
         let mut fresh = node.freshness.lock().expect("freshness");
         while let Some((p, started)) = fresh.waiting.front().copied() {
             if at.and_then(|a| a.covers(&p)) != Some(true) {
@@ -398,6 +475,7 @@ pub async fn run(path: &Path) -> Result<i32> {
         freshness: Mutex::default(),
         loaded: AtomicBool::new(false),
         strong_wait: StrongWait::default(),
+        waiters: Waiters::default(),
     });
     tokio::spawn(track_freshness(node.clone()));
     let (tx, shutdown) = watch::channel(false);
@@ -432,4 +510,51 @@ pub async fn position(path: &Path) -> Result<i32> {
         }
     );
     Ok(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ferry_core::Lsn;
+    use futures_util::FutureExt;
+
+    #[test]
+    fn a_waiting_read_is_woken_once_its_position_is_applied_and_not_before() {
+        let w = Waiters::default();
+        let (a, b) = (Point::Lsn(Lsn(100)), Point::Lsn(Lsn(200)));
+        let na = w.register(a);
+        let nb = w.register(b);
+        assert!(
+            Arc::ptr_eq(&na, &w.register(a)),
+            "the readers of one lookup share one entry"
+        );
+        let mut wa = Box::pin(na.notified());
+        wa.as_mut().enable();
+        let mut wb = Box::pin(nb.notified());
+        wb.as_mut().enable();
+        w.applied(Point::Lsn(Lsn(150)));
+        assert!(wa.as_mut().now_or_never().is_some());
+        assert!(wb.as_mut().now_or_never().is_none());
+        w.applied(Point::Lsn(Lsn(200)));
+        assert!(wb.as_mut().now_or_never().is_some());
+        assert!(w.by_point.lock().unwrap().is_empty());
+    }
+
+    #[test]
+    fn the_last_reader_to_leave_takes_the_entry_and_only_its_own() {
+        let w = Waiters::default();
+        let p = Point::Lsn(Lsn(100));
+        let (r1, r2) = (w.register(p), w.register(p));
+        w.leave(p, r1);
+        assert_eq!(w.by_point.lock().unwrap().len(), 1);
+        w.leave(p, r2);
+        assert!(w.by_point.lock().unwrap().is_empty());
+        // Woken readers leave after a newer entry for the same position
+        // appeared: it stays for its reader.
+        let old = w.register(p);
+        w.applied(p);
+        let new = w.register(p);
+        w.leave(p, old);
+        assert!(Arc::ptr_eq(&w.register(p), &new));
+    }
 }
