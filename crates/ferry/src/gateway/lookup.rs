@@ -143,20 +143,63 @@ pub struct Lookups {
 }
 
 impl Lookups {
-    /// Starts the lookup task on `probe`.
-    pub fn spawn(
-        probe: Box<dyn Probe>,
+    /// Starts the lookup task on a thread of its own, with the probe that
+    /// `connect` opens there; returns the source's epoch.
+    ///
+    /// Its own thread and runtime, so that the lookup cycle (wait out
+    /// `min_interval`, send the query, read the answer, publish it) does
+    /// not queue behind HTTP handlers at each step: every strong read
+    /// waits for a whole cycle, so each wake-up saved there is saved on
+    /// every strong read.
+    pub async fn start<F, Fut>(
+        connect: F,
         min_interval: Duration,
         idle_every: Duration,
-    ) -> Arc<Lookups> {
+    ) -> Result<(Arc<Lookups>, String)>
+    where
+        F: FnOnce() -> Fut + Send + 'static,
+        Fut: std::future::Future<Output = Result<Box<dyn Probe>>>,
+    {
         let lookups = Arc::new(Lookups {
             started: AtomicU64::new(0),
             query_micros: AtomicU64::new(0),
             wanted: Notify::new(),
             results: watch::channel(None).0,
         });
-        tokio::spawn(run(lookups.clone(), probe, min_interval, idle_every));
-        lookups
+        let (ready_tx, ready) = tokio::sync::oneshot::channel();
+        let task = lookups.clone();
+        std::thread::Builder::new()
+            .name("ferry-lookups".into())
+            .spawn(move || {
+                let rt = match tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                {
+                    Ok(rt) => rt,
+                    Err(e) => {
+                        let _ = ready_tx.send(Err(Error::fatal(format!(
+                            "cannot start the position lookups' runtime: {e}"
+                        ))));
+                        return;
+                    }
+                };
+                rt.block_on(async move {
+                    let probe = match connect().await {
+                        Ok(p) => p,
+                        Err(e) => {
+                            let _ = ready_tx.send(Err(e));
+                            return;
+                        }
+                    };
+                    let _ = ready_tx.send(Ok(probe.epoch().to_owned()));
+                    run(task, probe, min_interval, idle_every).await;
+                });
+            })
+            .map_err(|e| Error::fatal(format!("cannot start the position lookups' thread: {e}")))?;
+        let epoch = ready
+            .await
+            .map_err(|_| Error::fatal("the position lookups' thread stopped while starting"))??;
+        Ok((lookups, epoch))
     }
 
     /// How many lookups started so far.
@@ -209,8 +252,9 @@ impl Lookups {
 /// runtime is busy: a `sleep` of the 0.6 ms left of a 1 ms `min_interval`
 /// ended 2–3 ms later under the benchmark's load, which made a lookup
 /// cycle three times `min_interval` and every strong read wait for it. The
-/// part under two milliseconds is slept on a blocking thread instead,
-/// which the kernel wakes on time.
+/// part under two milliseconds is slept by the thread itself, which the
+/// kernel wakes on time: the lookups' runtime runs nothing else but the
+/// probe's idle connection (see [`Lookups::start`]).
 async fn sleep_until_precisely(deadline: Instant) {
     let coarse = deadline.checked_sub(Duration::from_millis(2));
     if let Some(coarse) = coarse.filter(|c| *c > Instant::now()) {
@@ -218,7 +262,7 @@ async fn sleep_until_precisely(deadline: Instant) {
     }
     let left = deadline.saturating_duration_since(Instant::now());
     if !left.is_zero() {
-        let _ = tokio::task::spawn_blocking(move || std::thread::sleep(left)).await;
+        std::thread::sleep(left);
     }
 }
 

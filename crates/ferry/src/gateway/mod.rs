@@ -456,15 +456,19 @@ async fn probe_of(cfg: &PipelineConfig) -> Result<Box<dyn Probe>> {
 pub async fn run(path: &Path) -> Result<i32> {
     let (cfg, raw) = PipelineConfig::load_gateway(path)?;
     let options = GatewayOptions::from_table(path, raw)?;
-    let probe = probe_of(&cfg).await?;
-    let epoch = probe.epoch().to_owned();
+    let source = cfg.clone();
+    let (lookups, epoch) = Lookups::start(
+        move || async move { probe_of(&source).await },
+        options.min_interval,
+        options.max_lag / 2,
+    )
+    .await?;
     let listener = tokio::net::TcpListener::bind(options.listen)
         .await
         .map_err(|e| {
             Error::fatal(format!("cannot listen on {}: {e}", options.listen))
                 .with_fix("choose a free address for `gateway.listen`")
         })?;
-    let lookups = Lookups::spawn(probe, options.min_interval, options.max_lag / 2);
     let node = Arc::new(Node {
         replica: Replica::new(),
         stats: Arc::new(Stats::new()),
