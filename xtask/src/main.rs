@@ -20,7 +20,8 @@
 //! `cargo xtask bench verify [--rows N] [--keep]` measures `ferry verify`
 //! between two PostgreSQL databases holding the same table: row by row,
 //! by in-database range digests (equal, and with 10 rows changed), beside
-//! `pgcopydb compare data` and one in-database pass over the table.
+//! `pgcopydb compare data` and one in-database pass over the table; then
+//! across engines, SQLite → PostgreSQL and MariaDB → PostgreSQL.
 
 mod data;
 mod gateway_bench;
@@ -80,7 +81,7 @@ pgbench and pgcopydb: apt-get install -y postgresql pgcopydb):
 
 bench verify (starts its own source and target clusters, the same table in
 each; needs PostgreSQL; pgcopydb 0.13 or later for `compare data`, else that
-baseline is skipped):
+baseline is skipped; MariaDB for the MariaDB → PostgreSQL part, else skipped):
   --rows N       rows in the table on each side (default 1000000, at least 10)
   --keep         keep the work directory (clusters, pipeline file, verify output)
 

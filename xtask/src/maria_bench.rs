@@ -39,12 +39,12 @@ pub struct MariaOpts {
 }
 
 const PIPELINE: &str = "bench";
-const TABLE_DDL: &str = "CREATE TABLE t (id bigint PRIMARY KEY, a int, b varchar(64), \
+pub(crate) const TABLE_DDL: &str = "CREATE TABLE t (id bigint PRIMARY KEY, a int, b varchar(64), \
                          c datetime(6) NULL, d decimal(12,2)) ENGINE=InnoDB";
 
 /// The source rows: `b` 40–60 characters, one `c` in 20 NULL, `d` 0 to
 /// 99,999.99: about 100 bytes a row.
-fn fill_sql(rows: u64) -> String {
+pub(crate) fn fill_sql(rows: u64) -> String {
     format!(
         "INSERT INTO t SELECT seq, (seq * 2654435761) % 1000000000, \
            left(concat(md5(seq), md5(seq + 1)), 40 + seq % 21), \
@@ -77,7 +77,7 @@ struct Results {
     applies: Vec<Apply>,
 }
 
-fn mariadb_bin(name: &str) -> Res<()> {
+pub(crate) fn mariadb_bin(name: &str) -> Res<()> {
     Command::new(name)
         .arg("--version")
         .output()

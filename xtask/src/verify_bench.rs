@@ -6,10 +6,11 @@
 //! find, key by key, in about the time an equal table takes.
 //!
 //! Both tables come from the same deterministic `INSERT … SELECT`, so they
-//! are equal without a copy. Then the same across engines: a SQLite file
-//! copied into the target cluster by `ferry run`, verified row by row and
-//! by the canonical digests (SQLite in-process, PostgreSQL in SQL), equal
-//! and with rows changed. Progress goes to stderr, the report to stdout.
+//! are equal without a copy. Then the same across engines: a SQLite file,
+//! and a MariaDB table (when MariaDB is installed), each copied into the
+//! target cluster by `ferry run`, verified row by row and by the canonical
+//! digests (SQLite in-process, MariaDB and PostgreSQL in SQL), equal and
+//! with rows changed. Progress goes to stderr, the report to stdout.
 
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
@@ -189,10 +190,20 @@ struct Results {
     /// Seconds of one `count(*), sum(hashtextextended(t::text, 0))` pass.
     floor: f64,
     cross: CrossEngine,
+    /// MariaDB → PostgreSQL; `Err(why not)` without a MariaDB server.
+    maria: Result<CrossEngine, String>,
 }
 
-/// SQLite → PostgreSQL: the same compare across engines.
+/// SQLite → PostgreSQL or MariaDB → PostgreSQL: the same compare across
+/// engines.
 struct CrossEngine {
+    /// `SQLite → PostgreSQL`.
+    label: &'static str,
+    /// The letters of its three runs in the report.
+    letters: [char; 3],
+    /// Where its table came from and how it digests, for the report.
+    origin: &'static str,
+    digest: &'static str,
     /// `ferry run` until the copy was complete.
     copy_secs: f64,
     by_rows: Timed,
@@ -200,10 +211,20 @@ struct CrossEngine {
     different: Digests,
 }
 
-/// Copies a SQLite table of `rows` rows into database `lite` of `dst` with
-/// `ferry run`, then verifies it row by row and by digests, equal and with
-/// [`CHANGED`] rows changed on the target.
-fn measure_cross_engine(
+/// Where a cross-engine compare's table comes from.
+struct Across<'a> {
+    label: &'static str,
+    letters: [char; 3],
+    origin: &'static str,
+    digest: &'static str,
+    /// The source's URL, holding `t`.
+    url: &'a str,
+    /// The database of the target cluster it is copied into.
+    database: &'static str,
+}
+
+/// t in a SQLite file: the SQLite → PostgreSQL compare.
+fn measure_sqlite(
     rows: u64,
     ferry: &Path,
     work: &Path,
@@ -213,21 +234,75 @@ fn measure_cross_engine(
     eprintln!("== across engines: t in a SQLite file, copied by ferry run into dst.lite");
     let file = work.join("lite-source.db");
     crate::data::create_source(&file, rows, 42)?;
-    dst.create_database("lite")?;
-    let name = "verify_bench_lite";
+    let url = format!("sqlite:{}", file.display());
+    let across = Across {
+        label: "SQLite → PostgreSQL",
+        letters: ['e', 'f', 'g'],
+        origin: "generated into a SQLite file (the `bench sqlite` table)",
+        digest: "canonical digests: SQLite in-process, PostgreSQL in SQL",
+        url: &url,
+        database: "lite",
+    };
+    measure_cross_engine(rows, ferry, work, dst, timeout, &across)
+}
+
+/// t (the `bench mariadb` table) in a MariaDB server: the MariaDB →
+/// PostgreSQL compare, MariaDB digesting in SQL (MD5 of each row's
+/// canonical encoding) and PostgreSQL the same.
+fn measure_mariadb(
+    rows: u64,
+    ferry: &Path,
+    work: &Path,
+    dst: &Cluster,
+    timeout: Duration,
+) -> Res<CrossEngine> {
+    crate::maria_bench::mariadb_bin("mariadbd")?;
+    eprintln!("== across engines: t in MariaDB, copied by ferry run into dst.maria");
+    let src = ferry_testkit::MariaDbServer::start();
+    src.create_database("src");
+    src.try_sql_in("src", crate::maria_bench::TABLE_DDL)?;
+    src.try_sql_in("src", &crate::maria_bench::fill_sql(rows))?;
+    src.try_sql_in("src", "ANALYZE TABLE t")?;
+    let url = src.url_for("src");
+    let across = Across {
+        label: "MariaDB → PostgreSQL",
+        letters: ['h', 'i', 'j'],
+        origin: "generated into MariaDB (the `bench mariadb` table)",
+        digest: "canonical digests hashed with MD5: MariaDB and PostgreSQL in SQL",
+        url: &url,
+        database: "maria",
+    };
+    measure_cross_engine(rows, ferry, work, dst, timeout, &across)
+}
+
+/// Copies `across`'s table of `rows` rows into its database of `dst` with
+/// `ferry run`, then verifies it row by row and by digests, equal and with
+/// [`CHANGED`] rows changed on the target.
+fn measure_cross_engine(
+    rows: u64,
+    ferry: &Path,
+    work: &Path,
+    dst: &Cluster,
+    timeout: Duration,
+    across: &Across<'_>,
+) -> Res<CrossEngine> {
+    let (label, [e, f, g]) = (across.label, across.letters);
+    dst.create_database(across.database)?;
+    let name = format!("verify_bench_{}", across.database);
     let pipeline = work.join(format!("{name}.toml"));
     let text = format!(
-        "name = \"{name}\"\n[source]\nurl = \"sqlite:{}\"\n[target]\nurl = \"{}\"\n",
-        file.display(),
-        dst.url("lite")
+        "name = \"{name}\"\n[source]\nurl = \"{}\"\n[target]\nurl = \"{}\"\n",
+        across.url,
+        dst.url(across.database)
     );
     std::fs::write(&pipeline, text).ctx(|| format!("writing {}", pipeline.display()))?;
-    let mut probe = dst.connect("lite")?;
+    let mut probe = dst.connect(across.database)?;
     let copied = format!(
         "SELECT (SELECT count(*) FROM t) = {rows} AND EXISTS (SELECT 1 FROM pg_constraint \
            WHERE conrelid = to_regclass('public.t') AND contype = 'p')"
     );
-    let mut run = process::Ferry::start(ferry, &pipeline, &work.join("lite-run.log"))?;
+    let log = work.join(format!("{}-run.log", across.database));
+    let mut run = process::Ferry::start(ferry, &pipeline, &log)?;
     let done = run.wait_for("the copy of t into PostgreSQL", timeout, || {
         match probe.try_query(&copied)? {
             Ok(r) => Ok(r.first().and_then(|r| r[0].as_deref()) == Some("t")),
@@ -242,13 +317,13 @@ fn measure_cross_engine(
     dst.checkpoint()?;
     sync_os()?;
     let check = |name: &str, method: &[&str]| verify(ferry, &pipeline, method, name, work, timeout);
-    let by_rows = check("e-rows", &["--method", "rows"])?;
-    by_rows.expect_code(0, "ferry verify --method rows, SQLite → PostgreSQL, equal")?;
+    let by_rows = check(&format!("{e}-rows"), &["--method", "rows"])?;
+    by_rows.expect_code(0, &format!("ferry verify --method rows, {label}, equal"))?;
     eprintln!("   rows: {:.2} s", by_rows.secs);
     let equal = digests(
-        check("f-digests", &[])?,
+        check(&format!("{f}-digests"), &[])?,
         0,
-        "ferry verify, SQLite → PostgreSQL, equal",
+        &format!("ferry verify, {label}, equal"),
     )?;
     eprintln!("   digests, equal: {:.2} s", equal.run.secs);
     let ids = changed_ids(rows);
@@ -257,14 +332,18 @@ fn measure_cross_engine(
         "UPDATE t SET b = b || 'x' WHERE id IN ({})",
         list.join(", ")
     ))?;
-    let what = format!("ferry verify, SQLite → PostgreSQL, {CHANGED} rows changed");
-    let different = digests(check("g-digests", &[])?, 1, &what)?;
+    let what = format!("ferry verify, {label}, {CHANGED} rows changed");
+    let different = digests(check(&format!("{g}-digests"), &[])?, 1, &what)?;
     let found = difference_ids(&different.run.stdout);
     if found != ids {
         return Err(format!("{what} listed ids {found:?}, expected {ids:?}"));
     }
     eprintln!("   digests, different: {:.2} s", different.run.secs);
     Ok(CrossEngine {
+        label,
+        letters: across.letters,
+        origin: across.origin,
+        digest: across.digest,
         copy_secs,
         by_rows,
         equal,
@@ -452,7 +531,14 @@ fn measure(
     c.exec("SELECT count(*), sum(hashtextextended(t::text, 0)) FROM t")?;
     let floor = t.elapsed().as_secs_f64();
     eprintln!("   {floor:.2} s ({} rows/s)", rate(rows, floor));
-    let cross = measure_cross_engine(rows, ferry, work, dst, timeout)?;
+    let cross = measure_sqlite(rows, ferry, work, dst, timeout)?;
+    let maria = match measure_mariadb(rows, ferry, work, dst, timeout) {
+        Err(why) if why.contains("is not installed") => {
+            eprintln!("   {why}; skipped");
+            Err(why)
+        }
+        other => Ok(other?),
+    };
     Ok(Results {
         row_bytes,
         table_mib,
@@ -463,6 +549,7 @@ fn measure(
         far: (far_rows, far_digests),
         floor,
         cross,
+        maria,
     })
 }
 
@@ -528,53 +615,30 @@ impl Results {
             self.floor,
             rate(rows, self.floor)
         );
-        let x = &self.cross;
-        let cross = |t: &Timed| {
-            format!(
-                "{:.2} | {} | {:.2} | {}",
-                t.secs,
-                rate(rows, t.secs),
-                t.secs / x.by_rows.secs,
-                mib(t.rss_kib)
-            )
-        };
-        let _ = writeln!(
-            o,
-            "\nAcross engines, SQLite → PostgreSQL (the same {} rows generated into a SQLite \
-             file, copied by `ferry run` in {:.1} s):\n",
-            thousands(rows),
-            x.copy_secs
-        );
-        o.push_str("| method | seconds | row pairs/s | ratio to (e) | peak RSS |\n");
-        o.push_str("| --- | ---: | ---: | ---: | ---: |\n");
-        let _ = writeln!(
-            o,
-            "| (e) `ferry verify --method rows` | {} |\n\
-             | (f) **`ferry verify`** (canonical digests: SQLite in-process, PostgreSQL in SQL), \
-             tables equal ({} ranges, {} read row by row) | {} |\n\
-             | (g) **`ferry verify`**, {CHANGED} rows changed on the target ({} ranges, {} read \
-             row by row; all {CHANGED} keys listed) | {} |",
-            cross(&x.by_rows),
-            x.equal.ranges,
-            x.equal.read,
-            cross(&x.equal.run),
-            x.different.ranges,
-            x.different.read,
-            cross(&x.different.run),
-        );
+        o.push_str(&self.cross.markdown(rows));
+        match &self.maria {
+            Ok(m) => o.push_str(&m.markdown(rows)),
+            Err(why) => {
+                let _ = writeln!(o, "\nMariaDB → PostgreSQL: not measured ({why}).");
+            }
+        }
         let _ = writeln!(o, "\nTargets:\n");
         let _ = writeln!(
             o,
             "- (d) within {DIFFERENT_VS_EQUAL}× of (c): {d_vs_c:.2}× → {}",
             verdict(d_vs_c <= DIFFERENT_VS_EQUAL)
         );
-        let f_vs_e = x.equal.run.secs / x.by_rows.secs;
-        let _ = writeln!(
-            o,
-            "- across engines, (f) at least as fast as (e): {:.2}× faster → {}",
-            1.0 / f_vs_e,
-            verdict(f_vs_e <= 1.0)
-        );
+        for x in std::iter::once(&self.cross).chain(self.maria.as_ref().ok()) {
+            let [e, f, _] = x.letters;
+            let f_vs_e = x.equal.run.secs / x.by_rows.secs;
+            let _ = writeln!(
+                o,
+                "- across engines, {}, ({f}) at least as fast as ({e}): {:.2}× faster → {}",
+                x.label,
+                1.0 / f_vs_e,
+                verdict(f_vs_e <= 1.0)
+            );
+        }
         let (far_rows, far_digests) = &self.far;
         let far_ratio = far_rows.secs / far_digests.run.secs;
         let _ = writeln!(
@@ -602,6 +666,49 @@ impl Results {
         let _ = writeln!(o, "- pgcopydb {pgcopydb}");
         let _ = writeln!(o, "- ferry commit: {commit}");
         let _ = writeln!(o, "- command: `{}`", opts.command);
+        o
+    }
+}
+
+impl CrossEngine {
+    /// Its table in the report.
+    fn markdown(&self, rows: u64) -> String {
+        let [e, f, g] = self.letters;
+        let cells = |t: &Timed| {
+            format!(
+                "{:.2} | {} | {:.2} | {}",
+                t.secs,
+                rate(rows, t.secs),
+                t.secs / self.by_rows.secs,
+                mib(t.rss_kib)
+            )
+        };
+        let mut o = String::new();
+        let _ = writeln!(
+            o,
+            "\nAcross engines, {} (the same {} rows {}, copied by `ferry run` in {:.1} s):\n",
+            self.label,
+            thousands(rows),
+            self.origin,
+            self.copy_secs
+        );
+        let _ = writeln!(
+            o,
+            "| method | seconds | row pairs/s | ratio to ({e}) | peak RSS |\n\
+             | --- | ---: | ---: | ---: | ---: |\n\
+             | ({e}) `ferry verify --method rows` | {} |\n\
+             | ({f}) **`ferry verify`** ({}), tables equal ({} ranges, {} read row by row) | {} |\n\
+             | ({g}) **`ferry verify`**, {CHANGED} rows changed on the target ({} ranges, {} read \
+             row by row; all {CHANGED} keys listed) | {} |",
+            cells(&self.by_rows),
+            self.digest,
+            self.equal.ranges,
+            self.equal.read,
+            cells(&self.equal.run),
+            self.different.ranges,
+            self.different.read,
+            cells(&self.different.run),
+        );
         o
     }
 }

@@ -34,6 +34,14 @@
 //! `hashtextextended` computes it on a little-endian server, so a
 //! PostgreSQL reader digests in SQL and others in Rust. A range's digest
 //! sums the rows' hashes as signed 64-bit numbers.
+//!
+//! MariaDB has no lookup3, so the same encoding is also hashed with
+//! [`md5_63`] ([`CANONICAL_MD5_DIGEST`]): the first 64 bits of its MD5,
+//! big-endian, with the top bit cleared, which MariaDB
+//! (`CONV(LEFT(MD5(..), 16), 16, 10) & 0x7fff…`), PostgreSQL
+//! (`('x' || left(md5(..), 16))::bit(64)::bigint & 0x7fff…`) and Rust
+//! compute alike. MD5 costs more than lookup3 in PostgreSQL, so readers
+//! offer it last: it is for pairs where one side is MariaDB.
 
 use std::io::Write;
 
@@ -42,6 +50,37 @@ use crate::value::Value;
 
 /// The name readers give this digest ([`crate::TableReader::row_digests`]).
 pub const CANONICAL_DIGEST: &str = "canonical row encoding, 64-bit lookup3 hash, summed";
+
+/// The same encoding hashed with [`md5_63`], summed.
+pub const CANONICAL_MD5_DIGEST: &str = "canonical row encoding, md5's first 63 bits, summed";
+
+/// Whether `digest` gives equal values for equal rows whatever the engine
+/// (not only between tables of the same declared types of one engine).
+pub fn is_canonical(digest: &str) -> bool {
+    digest == CANONICAL_DIGEST || digest == CANONICAL_MD5_DIGEST
+}
+
+/// The hash `digest` (one of the canonical ones) gives a row's canonical
+/// encoding; `None` for another digest or a value without an encoding.
+pub fn row_hash_by(digest: &str, row: &[Value], buf: &mut Vec<u8>) -> Option<i64> {
+    match digest {
+        CANONICAL_DIGEST => row_hash(row, buf),
+        CANONICAL_MD5_DIGEST => {
+            encode_row(row, buf)?;
+            Some(md5_63(buf))
+        }
+        _ => None,
+    }
+}
+
+/// The first 64 bits of the MD5 of `bytes`, big-endian, top bit cleared:
+/// a number every engine's SQL reads the same from MD5's hex digits.
+pub fn md5_63(bytes: &[u8]) -> i64 {
+    use md5::Digest;
+    let d = md5::Md5::digest(bytes);
+    let first: [u8; 8] = d[..8].try_into().expect("md5 has 16 bytes");
+    (u64::from_be_bytes(first) & (i64::MAX as u64)) as i64
+}
 
 /// Appends the canonical encoding of `v`; `false` for a value without one
 /// (an array, or [`Value::Unchanged`]).
@@ -102,13 +141,20 @@ pub fn encode_value(v: &Value, out: &mut Vec<u8>) -> bool {
 /// signed number the way PostgreSQL's `bigint` holds it; `None` when a
 /// value has no encoding.
 pub fn row_hash(row: &[Value], buf: &mut Vec<u8>) -> Option<i64> {
+    encode_row(row, buf)?;
+    Some(hash64(buf, 0) as i64)
+}
+
+/// A row's canonical encoding into `buf` (cleared first); `None` when a
+/// value has none.
+fn encode_row(row: &[Value], buf: &mut Vec<u8>) -> Option<()> {
     buf.clear();
     for v in row {
         if !encode_value(v, buf) {
             return None;
         }
     }
-    Some(hash64(buf, 0) as i64)
+    Some(())
 }
 
 /// Bob Jenkins' lookup3 hash of `key` to 64 bits (the final `b` and `c`),
@@ -213,6 +259,25 @@ mod tests {
         let mut out = Vec::new();
         assert!(encode_value(&v, &mut out), "{v:?}");
         String::from_utf8(out).unwrap()
+    }
+
+    #[test]
+    fn md5_63_is_the_first_md5_bits_without_the_sign() {
+        // md5("abc") = 900150983cd24fb0 d6963f7d28e17f72
+        assert_eq!(md5_63(b"abc"), 0x1001_5098_3cd2_4fb0);
+        // md5("") = d41d8cd98f00b204 ...: the top bit goes.
+        assert_eq!(md5_63(b""), 0x541d_8cd9_8f00_b204);
+        let mut buf = Vec::new();
+        let row = [Value::Int(1), Value::Text("a".into())];
+        assert_eq!(
+            row_hash_by(CANONICAL_MD5_DIGEST, &row, &mut buf),
+            Some(md5_63(b"I1;S1:a"))
+        );
+        assert_eq!(
+            row_hash_by(CANONICAL_DIGEST, &row, &mut buf),
+            row_hash(&row, &mut Vec::new())
+        );
+        assert!(is_canonical(CANONICAL_MD5_DIGEST) && !is_canonical("postgresql: x"));
     }
 
     #[test]

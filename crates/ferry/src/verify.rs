@@ -24,7 +24,7 @@ use std::hash::{Hash, Hasher};
 use std::io::Write;
 use std::time::{Duration, Instant};
 
-use ferry_core::canonical::CANONICAL_DIGEST;
+use ferry_core::canonical::is_canonical;
 use ferry_core::{
     Checkpoint, CheckpointStore, DeclaredShape, Error, KeyRange, Position, RangeDigest, Source,
     TableReader, TableRef, Value, display_key,
@@ -568,7 +568,7 @@ fn digestible(sides: &Sides<'_>, v: &TableVerdict) -> Result<bool, Error> {
         return Ok(false);
     };
     Ok(!sides.rows_only
-        && (sides.same_engine || digest == CANONICAL_DIGEST)
+        && (sides.same_engine || is_canonical(digest))
         && v.structure.is_empty()
         && sides.transform.keeps_rows(sides.source_table)?)
 }

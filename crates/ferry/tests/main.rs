@@ -24,3 +24,4 @@ mod replace;
 mod shape;
 mod sqlite_exact;
 mod verify;
+mod verify_mariadb;

@@ -189,3 +189,53 @@ fn give_up_after_is_honoured() {
     );
     assert!(started.elapsed() >= Duration::from_secs(2), "{out}");
 }
+
+/// An operator stops the source PostgreSQL (`pg_ctl -m fast`) while ferry
+/// streams from it: a fast stop waits for each logical walsender until its
+/// client has confirmed everything sent, so ferry must confirm what its
+/// target holds at once, not only after its next change arrives (which,
+/// the server stopping, never does). Then ferry rides out the outage and
+/// continues when the server is back.
+#[test]
+fn a_fast_stop_of_the_source_is_not_held_up_by_ferry() {
+    let mut pg = PostgresServer::start();
+    pg.create_database("src");
+    pg.psql_in(
+        "src",
+        "CREATE TABLE t (id int PRIMARY KEY, v text); INSERT INTO t VALUES (1, 'one');",
+    );
+    let d = Dir::new();
+    let target = d.path("target.db");
+    let p = d.pipeline_between(
+        &pg.url_for("src"),
+        &format!("sqlite:{}", target.display()),
+        "",
+    );
+    let log = d.path("ferry.log");
+    let mut child = spawn_run(&p, &log);
+    eventually_blocking("ferry streams", Duration::from_secs(60), || {
+        (streams_started(&log) == 1).then_some(())
+    });
+    pg.psql_in("src", "INSERT INTO t VALUES (2, 'two');");
+    eventually_blocking("the change arrives", Duration::from_secs(60), || {
+        (count(&target, "t") == 2).then_some(())
+    });
+
+    // The server's wal_sender_timeout is 60 s: a stop held up by ferry
+    // takes that long.
+    let asked = Instant::now();
+    pg.stop();
+    let took = asked.elapsed();
+    assert!(
+        took < Duration::from_secs(20),
+        "pg_ctl stop -m fast took {took:?} with ferry attached\n{}",
+        crate::kit::log_tail(&log)
+    );
+    pg.restart();
+    pg.psql_in("src", "INSERT INTO t VALUES (3, 'three');");
+    eventually_blocking("ferry continues", Duration::from_secs(120), || {
+        (count(&target, "t") == 3).then_some(())
+    });
+    assert!(child.try_wait().unwrap().is_none(), "ferry stopped");
+    assert!(terminate(child).success());
+}

@@ -83,13 +83,13 @@ impl Writer {
     }
 }
 
-fn json(out: &std::process::Output) -> serde_json::Value {
+pub(crate) fn json(out: &std::process::Output) -> serde_json::Value {
     serde_json::from_slice(&out.stdout)
         .unwrap_or_else(|e| panic!("verify --format json: {e}\n{}", text(out)))
 }
 
 /// (kind, key id) of every difference in a JSON report.
-fn differences(report: &serde_json::Value) -> BTreeSet<(String, i64)> {
+pub(crate) fn differences(report: &serde_json::Value) -> BTreeSet<(String, i64)> {
     report["tables"]
         .as_array()
         .unwrap()

@@ -12,6 +12,7 @@
 mod catalog;
 mod check;
 mod connection;
+mod digest;
 mod error;
 mod position;
 mod reader;

@@ -6,13 +6,15 @@ use std::sync::Mutex;
 
 use async_trait::async_trait;
 use ferry_core::{
-    DeclaredShape, Error, Result, TableName, TableReader, TableRef, TableSchema, Value,
+    DeclaredShape, Error, KeyRange, RangeDigest, Result, TableName, TableReader, TableRef,
+    TableSchema, Value,
 };
 use mysql_async::prelude::Queryable;
 use mysql_async::{Pool, Row};
 
 use crate::catalog::{MyTable, read_tables};
 use crate::connection::{Endpoint, quote_ident};
+use crate::digest::{Canon, DigestPlan};
 use crate::error::my_error;
 use crate::sql::{column_list, key_compare, order_by_key};
 use crate::types::{Decode, Origin, decode};
@@ -96,6 +98,17 @@ impl MySqlReader {
         Ok((schema, decode))
     }
 
+    /// `table` as this database holds it, with each column's digest
+    /// encoding (`digest.rs`).
+    async fn digestible(
+        &self,
+        table: &TableRef,
+    ) -> Result<(TableSchema, Vec<Decode>, Vec<Option<Canon>>)> {
+        let (schema, decoders) = self.aligned(table).await?;
+        let canons = decoders.iter().map(Canon::of_decode).collect();
+        Ok((schema, decoders, canons))
+    }
+
     fn filter(&self, mut clauses: Vec<String>) -> String {
         clauses.extend(self.condition.iter().map(|c| format!("({c})")));
         if clauses.is_empty() {
@@ -172,6 +185,63 @@ impl TableReader for MySqlReader {
     fn restrict(&mut self, condition: &str) -> Result<()> {
         self.condition = Some(condition.to_owned());
         Ok(())
+    }
+
+    fn row_digests(&self) -> Vec<&'static str> {
+        crate::digest::ROW_DIGESTS.to_vec()
+    }
+
+    async fn digest_range(
+        &self,
+        table: &TableRef,
+        range: &KeyRange,
+        limit: Option<u64>,
+        digest: &str,
+    ) -> Result<Option<RangeDigest>> {
+        if !crate::digest::ROW_DIGESTS.contains(&digest) {
+            return Ok(None);
+        }
+        let (schema, decoders, canons) = self.digestible(table).await?;
+        let Some(plan) = DigestPlan::new(&schema.name.name, &schema, &canons) else {
+            return Ok(None);
+        };
+        let mut conn = self.conn().await?;
+        let decode_key = |i: usize, v| decode(v, &decoders[i], Origin::Query);
+        plan.digest(
+            &mut conn,
+            range,
+            limit,
+            self.condition.as_deref(),
+            &decode_key,
+        )
+        .await
+        .map(Some)
+    }
+
+    /// Through the key's index, keys only, when it orders as ferry does.
+    async fn key_after(
+        &self,
+        table: &TableRef,
+        after: Option<&[Value]>,
+        rows: u64,
+    ) -> Result<Option<Vec<Value>>> {
+        let (schema, decoders, canons) = self.digestible(table).await?;
+        if !crate::digest::key_in_ferry_order(&schema, &canons) {
+            let got = self.read_rows(table, after, rows.max(1) as usize).await?;
+            return Ok(ferry_core::reader::key_of_nth(table, &got, rows));
+        }
+        let mut conn = self.conn().await?;
+        let decode_key = |i: usize, v| decode(v, &decoders[i], Origin::Query);
+        crate::digest::key_after(
+            &mut conn,
+            &schema.name.name,
+            &schema,
+            after,
+            rows,
+            self.condition.as_deref(),
+            &decode_key,
+        )
+        .await
     }
 
     async fn scan_rows(

@@ -266,6 +266,29 @@ impl TableReader for MySqlSource {
         self.reader.restrict(condition)
     }
 
+    fn row_digests(&self) -> Vec<&'static str> {
+        self.reader.row_digests()
+    }
+
+    async fn digest_range(
+        &self,
+        table: &TableRef,
+        range: &ferry_core::KeyRange,
+        limit: Option<u64>,
+        digest: &str,
+    ) -> Result<Option<ferry_core::RangeDigest>> {
+        self.reader.digest_range(table, range, limit, digest).await
+    }
+
+    async fn key_after(
+        &self,
+        table: &TableRef,
+        after: Option<&[Value]>,
+        rows: u64,
+    ) -> Result<Option<Vec<Value>>> {
+        self.reader.key_after(table, after, rows).await
+    }
+
     async fn scan_rows(
         &self,
         table: &TableRef,

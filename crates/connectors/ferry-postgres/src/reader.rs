@@ -6,7 +6,7 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use ferry_core::canonical::{CANONICAL_DIGEST, hash64};
+use ferry_core::canonical::{CANONICAL_DIGEST, CANONICAL_MD5_DIGEST, hash64};
 use ferry_core::{Error, KeyRange, RangeDigest, Result, TableName, TableRef, Value};
 use futures_util::StreamExt;
 use tokio_postgres::{Client, CopyOutStream};
@@ -272,8 +272,9 @@ struct DigestConnection {
 /// connection fixes every setting that changes a value's text.
 pub(crate) const ROW_DIGEST: &str = "postgresql: sum of hashtextextended(row text)";
 
-/// Every digest a PostgreSQL reader offers, preferred first.
-pub(crate) const ROW_DIGESTS: [&str; 2] = [ROW_DIGEST, CANONICAL_DIGEST];
+/// Every digest a PostgreSQL reader offers, preferred first (MD5, slower
+/// here than lookup3, for a MariaDB on the other side).
+pub(crate) const ROW_DIGESTS: [&str; 3] = [ROW_DIGEST, CANONICAL_DIGEST, CANONICAL_MD5_DIGEST];
 
 /// Text whose hash tells whether the server hashes as ferry does.
 const HASH_PROBE: &str = "ferry: does this server hash like lookup3 on little-endian?";
@@ -550,6 +551,13 @@ impl KeyOrderReads {
             CANONICAL_DIGEST => match (&plan.canonical, conn.canonical) {
                 (Some(row), true) => format!("hashtextextended({row}, 0)"),
                 _ => return Ok(None),
+            },
+            // `ferry_core::canonical::md5_63`.
+            CANONICAL_MD5_DIGEST => match &plan.canonical {
+                Some(row) => format!(
+                    "(('x' || left(md5({row}), 16))::bit(64)::bigint & 9223372036854775807)"
+                ),
+                None => return Ok(None),
             },
             _ => return Ok(None),
         };

@@ -253,8 +253,14 @@ impl Stream {
             // ahead of the checkpoint is how a lost stretch of the log is
             // recognised (`Source::continuity`). The heartbeat below lets
             // the pipeline record this position and ack it.
+            //
+            // A keepalive that asks for a reply is one even at a position
+            // already sent on: a stopping server (`pg_ctl stop -m fast`)
+            // asks again and again until the slot is confirmed up to what
+            // it sent, and only an event hands the pipeline's pending ack
+            // back to `ack` (the stream is otherwise idle then).
             let pos = point(wal_end);
-            if self.emitted.as_ref().is_none_or(|e| &pos > e) {
+            if reply || self.emitted.as_ref().is_none_or(|e| &pos > e) {
                 self.emitted = Some(pos.clone());
                 self.ready.push_back(SourceEvent::Heartbeat {
                     position: pos,

@@ -4,7 +4,7 @@
 
 use std::sync::Arc;
 
-use ferry_core::canonical::{CANONICAL_DIGEST, HashSum, row_hash};
+use ferry_core::canonical::{CANONICAL_DIGEST, CANONICAL_MD5_DIGEST, HashSum, row_hash_by};
 use ferry_core::selection::{RowFilter, Selection};
 use ferry_core::value::display_key;
 use ferry_core::{ColumnType, Error, KeyRange, RangeDigest, Result, TableRef, TableSchema, Value};
@@ -432,12 +432,16 @@ pub(crate) async fn scan_rows(
     }
 }
 
-/// Serves [`ferry_core::TableReader::digest_range`] for
-/// [`CANONICAL_DIGEST`], the one digest a SQLite reader offers: the rows of
-/// `range` (the first `limit` in key order) are read in-process (SQLite is
-/// embedded: no row crosses a link) and each row's canonical encoding is
-/// hashed as a PostgreSQL server hashes it in SQL. `None` for a table
-/// without a key or with an array column (no canonical encoding).
+/// The digests a SQLite reader offers: the canonical ones, lookup3 first
+/// (PostgreSQL computes it fastest), MD5 for MariaDB.
+pub(crate) const ROW_DIGESTS: [&str; 2] = [CANONICAL_DIGEST, CANONICAL_MD5_DIGEST];
+
+/// Serves [`ferry_core::TableReader::digest_range`] for the
+/// [`ROW_DIGESTS`]: the rows of `range` (the first `limit` in key order)
+/// are read in-process (SQLite is embedded: no row crosses a link) and each
+/// row's canonical encoding is hashed as the other database hashes it in
+/// SQL. `None` for a table without a key or with an array column (no
+/// canonical encoding).
 pub(crate) async fn digest_range(
     conn: &Blocking<Connection>,
     table: &TableRef,
@@ -451,7 +455,10 @@ pub(crate) async fn digest_range(
         .columns
         .iter()
         .any(|c| matches!(c.ty, ColumnType::Array(_)));
-    if digest != CANONICAL_DIGEST || table.is_keyless() || arrays {
+    let Some(digest) = ROW_DIGESTS.into_iter().find(|d| *d == digest) else {
+        return Ok(None);
+    };
+    if table.is_keyless() || arrays {
         return Ok(None);
     }
     let table = TableRef::clone(table);
@@ -459,19 +466,36 @@ pub(crate) async fn digest_range(
     let path = conn.path.clone();
     let side = side.clone();
     let condition = condition.map(str::to_owned);
-    conn.run(move |c| digest_range_in(c, &path, &table, &range, limit, &side, condition.as_deref()))
+    let ask = DigestAsk {
+        range,
+        limit,
+        digest,
+    };
+    conn.run(move |c| digest_range_in(c, &path, &table, &ask, &side, condition.as_deref()))
         .await
+}
+
+/// One digest asked for: of which rows, by which hash.
+struct DigestAsk {
+    range: KeyRange,
+    limit: Option<u64>,
+    digest: &'static str,
 }
 
 fn digest_range_in(
     c: &Connection,
     path: &std::path::Path,
     table: &TableSchema,
-    range: &KeyRange,
-    limit: Option<u64>,
+    ask: &DigestAsk,
     side: &Side,
     condition: Option<&str>,
 ) -> Result<Option<RangeDigest>> {
+    let DigestAsk {
+        range,
+        limit,
+        digest,
+    } = ask;
+    let (limit, digest) = (*limit, *digest);
     let n = table.key.len();
     let mut conds: Vec<String> = condition.map(|c| format!("({c})")).into_iter().collect();
     let mut bound: Vec<&Value> = Vec::new();
@@ -510,7 +534,7 @@ fn digest_range_in(
     let mut last = None;
     while let Some(row) = rows.next().map_err(fail)? {
         let values = convert_row(table, row, side)?;
-        let Some(h) = row_hash(&values, &mut buf) else {
+        let Some(h) = row_hash_by(digest, &values, &mut buf) else {
             return Ok(None);
         };
         sum.add(h);

@@ -404,7 +404,7 @@ impl TableReader for SqliteSink {
     }
 
     fn row_digests(&self) -> Vec<&'static str> {
-        vec![ferry_core::canonical::CANONICAL_DIGEST]
+        crate::reader::ROW_DIGESTS.to_vec()
     }
 
     fn restrict(&mut self, condition: &str) -> Result<()> {

@@ -197,10 +197,15 @@ fn copy_table(
             conditions.push(format!("{} > {}", key_tuple(table), params_tuple(1, n)));
         }
         if gap.upper.is_some() {
+            // Numbered after the lower bound's only when there is one: the
+            // bounds are bound one after the other below, and a parameter
+            // left unbound is NULL (a gap read as empty, its keys then
+            // recorded as copied).
+            let first = if gap.lower.is_some() { n + 1 } else { 1 };
             conditions.push(format!(
                 "{} <= {}",
                 key_tuple(table),
-                params_tuple(n + 1, n)
+                params_tuple(first, n)
             ));
         }
         let filter = if conditions.is_empty() {

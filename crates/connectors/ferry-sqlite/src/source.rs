@@ -958,7 +958,7 @@ impl TableReader for SqliteSource {
     }
 
     fn row_digests(&self) -> Vec<&'static str> {
-        vec![ferry_core::canonical::CANONICAL_DIGEST]
+        crate::reader::ROW_DIGESTS.to_vec()
     }
 
     fn restrict(&mut self, condition: &str) -> Result<()> {

@@ -29,6 +29,46 @@ fn key(i: i64) -> Option<Vec<Value>> {
     Some(vec![Value::Int(i)])
 }
 
+/// A restart where a later piece committed before earlier ones: the copy
+/// skips a range in the middle, and the gap before it (no lower bound)
+/// is read whole. (It once bound its upper bound to the wrong parameter
+/// and read nothing, so its keys were recorded as copied without rows.)
+#[tokio::test]
+async fn a_range_skipped_in_the_middle_leaves_both_sides_copied() {
+    let db = seeded(25);
+    let mut cfg = db.config();
+    cfg.max_chunk_rows = 4;
+    let mut src = SqliteSource::open(cfg).unwrap();
+    let table = src.tables().await.unwrap().remove(0);
+    src.prepare().await.unwrap();
+    let mut reader = src
+        .snapshot(vec![SnapshotRequest {
+            table: table.clone(),
+            skip: vec![KeyRange {
+                lower: key(10),
+                upper: key(15),
+            }],
+            encoding: None,
+        }])
+        .await
+        .unwrap();
+    let mut got = Vec::new();
+    let mut keys = Vec::new();
+    while let Some(c) = reader.next_chunk().await.unwrap() {
+        if let ferry_core::ChunkRows::Values(rows) = &c.rows {
+            keys.extend(rows.iter().map(|r| r[0].clone()));
+        }
+        got.push((c.range, c.rows.len()));
+    }
+    let expected: Vec<Value> = (1..=10).chain(16..=25).map(Value::Int).collect();
+    assert_eq!(keys, expected, "chunks {got:?}");
+    assert_eq!(
+        got.first().map(|(r, _)| r.lower.clone()),
+        Some(None),
+        "the first gap starts at the lowest key"
+    );
+}
+
 #[tokio::test]
 async fn chunks_cover_the_table_in_key_ranges() {
     let db = seeded(25);

@@ -36,6 +36,7 @@ use mysql_async::Conn;
 use mysql_async::prelude::Queryable;
 
 use crate::connection::Endpoint;
+use crate::digest::Canon;
 use crate::error::my_error;
 use structure::{Dialect, create_table_sql};
 use target::{Plan, TargetTable};
@@ -66,6 +67,10 @@ impl std::fmt::Debug for MySqlSinkConfig {
             .finish_non_exhaustive()
     }
 }
+
+/// Each column's digest encoding (`digest.rs`), `None` for a column
+/// without one.
+type Canons = Vec<Option<Canon>>;
 
 /// What the sink and its writers share.
 pub(crate) struct Shared {
@@ -129,6 +134,9 @@ pub struct MySqlSink {
     checkpoint_ready: AtomicBool,
     /// `ferry verify --where`.
     condition: Option<String>,
+    /// Each verified table's columns' digest encodings, by table and
+    /// structure version (`digest_canons`): read once, not per range.
+    canons: Mutex<HashMap<(String, u32), Option<Canons>>>,
 }
 
 impl std::fmt::Debug for MySqlSink {
@@ -170,6 +178,7 @@ impl MySqlSink {
             fence: tokio::sync::Mutex::new(None),
             checkpoint_ready: AtomicBool::new(false),
             condition: None,
+            canons: Mutex::new(HashMap::new()),
         })
     }
 
@@ -189,6 +198,30 @@ impl MySqlSink {
             })?;
         self.checkpoint_ready.store(true, Ordering::Release);
         Ok(())
+    }
+
+    /// Each of `t`'s columns' digest encoding as the target table holds
+    /// it (`digest.rs`); `None` when the table is not here.
+    async fn digest_canons(&self, t: &TableRef) -> Result<Option<Canons>> {
+        let id = (t.name.name.clone(), t.version);
+        if let Some(known) = self.canons.lock().expect("canons lock").get(&id) {
+            return Ok(known.clone());
+        }
+        let canons = self.describe(&t.name.name).await?.map(|target| {
+            t.columns
+                .iter()
+                .map(|c| {
+                    target
+                        .column(&c.name)
+                        .and_then(|tc| Canon::of_target(&c.ty, &tc.data_type))
+                })
+                .collect()
+        });
+        self.canons
+            .lock()
+            .expect("canons lock")
+            .insert(id, canons.clone());
+        Ok(canons)
     }
 
     async fn describe(&self, name: &str) -> Result<Option<TargetTable>> {
@@ -402,6 +435,68 @@ impl TableReader for MySqlSink {
     fn restrict(&mut self, condition: &str) -> Result<()> {
         self.condition = Some(condition.to_owned());
         Ok(())
+    }
+
+    fn row_digests(&self) -> Vec<&'static str> {
+        crate::digest::ROW_DIGESTS.to_vec()
+    }
+
+    async fn digest_range(
+        &self,
+        table: &TableRef,
+        range: &ferry_core::KeyRange,
+        limit: Option<u64>,
+        digest: &str,
+    ) -> Result<Option<ferry_core::RangeDigest>> {
+        if !crate::digest::ROW_DIGESTS.contains(&digest) {
+            return Ok(None);
+        }
+        let Some(canons) = self.digest_canons(table).await? else {
+            return Ok(None);
+        };
+        let Some(plan) = crate::digest::DigestPlan::new(&table.name.name, table, &canons) else {
+            return Ok(None);
+        };
+        let decode_key = |i: usize, v| read::decode(&table.columns[i].ty, v);
+        let mut admin = self.admin.lock().await;
+        plan.digest(
+            &mut admin,
+            range,
+            limit,
+            self.condition.as_deref(),
+            &decode_key,
+        )
+        .await
+        .map(Some)
+    }
+
+    /// Through the key's index, keys only, when it orders as ferry does.
+    async fn key_after(
+        &self,
+        table: &TableRef,
+        after: Option<&[Value]>,
+        rows: u64,
+    ) -> Result<Option<Vec<Value>>> {
+        let in_order = self
+            .digest_canons(table)
+            .await?
+            .is_some_and(|canons| crate::digest::key_in_ferry_order(table, &canons));
+        if !in_order {
+            let got = self.read_rows(table, after, rows.max(1) as usize).await?;
+            return Ok(ferry_core::reader::key_of_nth(table, &got, rows));
+        }
+        let decode_key = |i: usize, v| read::decode(&table.columns[i].ty, v);
+        let mut admin = self.admin.lock().await;
+        crate::digest::key_after(
+            &mut admin,
+            &table.name.name,
+            table,
+            after,
+            rows,
+            self.condition.as_deref(),
+            &decode_key,
+        )
+        .await
     }
 
     async fn read_rows(
