@@ -239,6 +239,21 @@ impl Dispatcher {
         }
         g.rows += changes.iter().map(weight).sum::<usize>();
         g.txns += 1;
+        if self.options.active_active {
+            // One source transaction per target transaction (`full`), its
+            // commit time and origin on the target's commit.
+            let part = g.parts.entry(String::new()).or_default();
+            if !changes.is_empty() {
+                part.merger.stamp(position.clone(), time);
+            }
+            for c in changes {
+                part.ws.add(&c);
+                part.merger.push_checked(c);
+            }
+            g.position = Some(position);
+            g.commit_time = time.or(g.commit_time);
+            return Ok(());
+        }
         for c in changes {
             if !eventual {
                 let part = g.parts.entry(String::new()).or_default();
@@ -267,10 +282,14 @@ impl Dispatcher {
         Ok(())
     }
 
+    /// The open group takes no more transactions: it has `batch_rows`
+    /// changes, or (active-active) one transaction.
+    pub(crate) fn group_full(&self, g: &OpenGroup) -> bool {
+        g.rows >= self.options.batch_rows || (self.options.active_active && g.txns >= 1)
+    }
+
     pub(crate) fn group_due(&self, g: &OpenGroup, queue_empty: bool) -> bool {
-        g.rows >= self.options.batch_rows
-            || g.opened.elapsed() >= self.options.batch_time
-            || queue_empty
+        self.group_full(g) || g.opened.elapsed() >= self.options.batch_time || queue_empty
     }
 
     /// Sends the open group to free workers: one job per part. Waits for a
