@@ -355,6 +355,15 @@ async fn status(cfg: &PipelineConfig) -> Result<u8, Error> {
         };
         println!("  table {t}: {state}{recopy}");
     }
+    if let Some(active) = &cfg.active_active {
+        println!(
+            "  active-active: site {} -> site {}; conflicts logged on site {}: {}",
+            active.source_site,
+            active.target_site,
+            active.target_site,
+            conflicts_logged(cfg).await
+        );
+    }
     match std::fs::read_to_string(cfg.status_path())
         .ok()
         .and_then(|s| serde_json::from_str::<report::StatusReport>(&s).ok())
@@ -447,6 +456,29 @@ async fn check(cfg: &PipelineConfig) -> Result<u8, Error> {
         .count();
     println!("{} checks, {} failed", items.len(), failed);
     Ok(if failed > 0 { 1 } else { 0 })
+}
+
+/// Rows of the target's conflict log (every direction into that site), or
+/// why they cannot be counted.
+async fn conflicts_logged(cfg: &PipelineConfig) -> String {
+    let table = std::sync::Arc::new(ferry_core::TableSchema {
+        name: ferry_core::TableName::new(Some("public"), ferry_postgres::CONFLICTS_TABLE),
+        columns: Vec::new(),
+        key: Vec::new(),
+        version: 0,
+        key_deferrable: false,
+    });
+    let counted = async {
+        let reader = connectors::open_sink_reader(cfg).await?;
+        if !reader.has_table(&table).await? {
+            return Ok::<_, Error>(0);
+        }
+        reader.count_rows(&table).await
+    };
+    match counted.await {
+        Ok(n) => n.to_string(),
+        Err(e) => format!("unknown ({e})"),
+    }
 }
 
 /// The check item saying whether source and target are two databases.

@@ -502,6 +502,15 @@ fn run_mesh(n: usize) {
         }
     }
     assert!(conflicts_on_disjoint_keys(&sites).is_empty());
+    // `ferry status` of a direction counts the conflicts on its target.
+    let status = Command::new(FERRY)
+        .args(["status", file.to_str().unwrap(), "--from", "a", "--to", "b"])
+        .env("FERRY_LOG", "warn")
+        .output()
+        .unwrap();
+    let report = String::from_utf8_lossy(&status.stdout);
+    let want = format!("conflicts logged on site b: {}", sites[1].conflicts().len());
+    assert!(report.contains(&want), "want {want:?} in:\n{report}");
     for dir in dirs.iter_mut() {
         dir.stop();
     }
@@ -515,4 +524,69 @@ fn two_sites_converge_without_loops() {
 #[test]
 fn three_sites_converge_without_loops() {
     run_mesh(3);
+}
+
+/// A site without commit timestamps, written by a role that may not use
+/// replication origins: `ferry check` names both, with the fixes, and
+/// `ferry run` refuses before it installs anything on the source.
+#[test]
+fn refuses_a_site_without_commit_times_or_origin_rights() {
+    let d = Dir::new();
+    let a = Site::start("a");
+    let pg = PostgresServer::start();
+    pg.create_database(DB);
+    pg.psql_in(
+        DB,
+        "CREATE TABLE items (id int PRIMARY KEY, site text NOT NULL, n int NOT NULL, note text);
+         CREATE TABLE counters (id int PRIMARY KEY, site text NOT NULL, hits bigint NOT NULL);
+         CREATE TABLE hits (id int PRIMARY KEY, site text NOT NULL, hits bigint NOT NULL);
+         CREATE ROLE app LOGIN;
+         GRANT ALL ON ALL TABLES IN SCHEMA public TO app;
+         GRANT CREATE ON SCHEMA public TO app;",
+    );
+    let b = Site {
+        name: "b".into(),
+        pg,
+    };
+    let sites = [a, b];
+    let file = sites_file(&d, &sites, "");
+    // The sites file names b with the superuser: point it at `app`.
+    let text = std::fs::read_to_string(&file).unwrap();
+    let last = text.rfind("postgres://postgres@").unwrap();
+    let text = format!(
+        "{}postgres://app@{}",
+        &text[..last],
+        &text[last + "postgres://postgres@".len()..]
+    );
+    std::fs::write(&file, text).unwrap();
+    let f = file.to_str().unwrap();
+
+    let out = Command::new(FERRY)
+        .args(["check", f, "--from", "a", "--to", "b"])
+        .env("FERRY_LOG", "warn")
+        .output()
+        .unwrap();
+    let report = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{report}");
+    assert!(
+        report.contains("ALTER SYSTEM SET track_commit_timestamp = on")
+            && report.contains("GRANT EXECUTE ON FUNCTION pg_replication_origin_create(text)")
+            && report.contains("TO app"),
+        "{report}"
+    );
+
+    let (code, output) = crate::kit::run_to_exit(
+        &["run", f, "--from", "a", "--to", "b"],
+        Duration::from_secs(120),
+    );
+    assert_eq!(code, 2, "{output}");
+    assert!(
+        output.contains("track_commit_timestamp") && output.contains("fix:"),
+        "{output}"
+    );
+    assert_eq!(
+        sites[0].number("SELECT count(*) FROM pg_replication_slots"),
+        0,
+        "a slot was created on the source of a refused run"
+    );
 }

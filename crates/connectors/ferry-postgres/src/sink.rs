@@ -392,6 +392,11 @@ impl Sink for PostgresSink {
     /// every ferry pipeline on a database holds one advisory lock, so the
     /// second finds what the first created.
     async fn ensure_tables(&self, tables: &[TableRef]) -> Result<Vec<TableName>> {
+        if self.shared.active.is_some() {
+            // Refused before the source is prepared: nothing installed.
+            crate::origin::require(&self.admin, self.shared.endpoint.user()).await?;
+            crate::origin::ensure_conflicts_table(&self.admin).await?;
+        }
         let lock = |f: &str| format!("SELECT {f}(hashtext('{STRUCTURE_LOCK}')::int8)");
         self.admin
             .batch_execute(&lock("pg_advisory_lock"))
