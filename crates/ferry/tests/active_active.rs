@@ -4,8 +4,8 @@
 //! other site once and never come back (a change that looped would meet
 //! its own row again and show up in the conflict log), overlapping writes
 //! are conflicts resolved by the table's policy on every site alike, each
-//! logged, and a `kill -9` of a direction in the middle of a write load
-//! neither duplicates nor loops.
+//! logged, and a `kill -9` of a direction in the middle of a write load,
+//! or a crash of a site's server, neither duplicates nor loops.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -289,7 +289,7 @@ fn versions(site: &Site, table: &str) -> BTreeMap<i64, i64> {
 fn run_mesh(n: usize) {
     let d = Dir::new();
     let names = ["a", "b", "c"];
-    let sites: Vec<Site> = names[..n].iter().map(|s| Site::start(s)).collect();
+    let mut sites: Vec<Site> = names[..n].iter().map(|s| Site::start(s)).collect();
     // Site a holds the data at start; the others are empty.
     sites[0].sql(&format!(
         "INSERT INTO items SELECT g, 'a', 0, 'seed' FROM generate_series(1, {SEED}) g;
@@ -351,6 +351,10 @@ fn run_mesh(n: usize) {
         victim.kill9();
     });
     dirs[0].spawn(&file);
+    // A site's server crashes and comes back: the directions from and to
+    // it restart by themselves and resume from their checkpoints.
+    sites[n - 1].pg.crash();
+    sites[n - 1].pg.restart();
     std::thread::scope(|scope| {
         for (k, s) in sites.iter().enumerate() {
             scope.spawn(move || disjoint_writes(s, k as i64 + 1, 1));
