@@ -13,7 +13,7 @@
 
 use std::time::{Duration, Instant};
 
-use ferry_core::{CheckItem, CheckStatus, Error, Result, conflict};
+use ferry_core::{CheckItem, Error, Result, conflict};
 use tokio_postgres::Client;
 use tokio_postgres::error::SqlState;
 
@@ -35,59 +35,87 @@ fn privilege_fix(user: &str) -> String {
     format!("GRANT EXECUTE ON FUNCTION {FUNCTIONS} TO {user}; (or run the pipeline as a superuser)")
 }
 
+const RIGHTS_SQL: &str = "SELECT bool_and(has_function_privilege(f, 'EXECUTE')) FROM unnest(ARRAY[\
+     'pg_replication_origin_create(text)', \
+     'pg_replication_origin_session_setup(text)', \
+     'pg_replication_origin_xact_setup(pg_lsn, timestamp with time zone)', \
+     'pg_replication_origin_xact_reset()']) AS f";
+
+/// What an active-active target has: commit timestamps kept, and the
+/// rights to use replication origins.
+struct Facts {
+    commit_timestamps: bool,
+    origin_rights: bool,
+}
+
+async fn facts(client: &Client) -> Result<Facts> {
+    let ts: String = client
+        .query_one("SHOW track_commit_timestamp", &[])
+        .await
+        .map_err(|e| pg_error(e, "reading track_commit_timestamp"))?
+        .get(0);
+    let rights: Option<bool> = client
+        .query_one(RIGHTS_SQL, &[])
+        .await
+        .map_err(|e| pg_error(e, "checking the rights on replication origins"))?
+        .get(0);
+    Ok(Facts {
+        commit_timestamps: ts == "on",
+        origin_rights: rights == Some(true),
+    })
+}
+
+const TIMESTAMPS: &str = "active-active: track_commit_timestamp";
+const TIMESTAMPS_FIX: &str =
+    "ALTER SYSTEM SET track_commit_timestamp = on; then restart the server";
+const ORIGINS: &str = "active-active: replication origins";
+
 /// `track_commit_timestamp` is on, and the user may use replication
 /// origins: what an active-active target needs, as check items.
 pub(crate) async fn check(client: &Client, user: &str) -> Vec<CheckItem> {
-    let mut out = Vec::new();
-    match client.query_one("SHOW track_commit_timestamp", &[]).await {
-        Ok(row) if row.get::<_, String>(0) == "on" => out.push(CheckItem::ok(
-            "active-active: track_commit_timestamp",
-            "on (conflicts compare commit times)",
-        )),
-        Ok(_) => out.push(CheckItem::fail(
-            "active-active: track_commit_timestamp",
-            "off: conflicts cannot be detected by commit time",
-            "ALTER SYSTEM SET track_commit_timestamp = on; then restart the server",
-        )),
-        Err(e) => out.push(CheckItem::fail(
-            "active-active: track_commit_timestamp",
-            format!("cannot read it: {e}"),
-            "check the connection",
-        )),
+    match facts(client).await {
+        Ok(f) => vec![
+            if f.commit_timestamps {
+                CheckItem::ok(TIMESTAMPS, "on (conflicts compare commit times)")
+            } else {
+                CheckItem::fail(
+                    TIMESTAMPS,
+                    "off: conflicts cannot be detected by commit time",
+                    TIMESTAMPS_FIX,
+                )
+            },
+            if f.origin_rights {
+                CheckItem::ok(
+                    ORIGINS,
+                    format!("role {user} may use them (apply tags each change with its site)"),
+                )
+            } else {
+                CheckItem::fail(
+                    ORIGINS,
+                    format!("role {user} may not use replication origin functions"),
+                    privilege_fix(user),
+                )
+            },
+        ],
+        Err(e) => vec![CheckItem::from_error("active-active", &e)],
     }
-    let sql = "SELECT bool_and(has_function_privilege(f, 'EXECUTE')) FROM unnest(ARRAY[\
-               'pg_replication_origin_create(text)', \
-               'pg_replication_origin_session_setup(text)', \
-               'pg_replication_origin_xact_setup(pg_lsn, timestamp with time zone)', \
-               'pg_replication_origin_xact_reset()']) AS f";
-    match client.query_one(sql, &[]).await {
-        Ok(row) if row.get::<_, Option<bool>>(0) == Some(true) => out.push(CheckItem::ok(
-            "active-active: replication origins",
-            format!("role {user} may use them (apply tags each change with its site)"),
-        )),
-        Ok(_) => out.push(CheckItem::fail(
-            "active-active: replication origins",
-            format!("role {user} may not use replication origin functions"),
-            privilege_fix(user),
-        )),
-        Err(e) => out.push(CheckItem::fail(
-            "active-active: replication origins",
-            format!("cannot check the rights: {e}"),
-            "check the connection",
-        )),
-    }
-    out
 }
 
-/// Refuses a target that cannot run active-active apply, with the fix.
+/// Refuses a target that cannot run active-active apply, with the fix; a
+/// lost connection stays a transient error (the pipeline retries).
 pub(crate) async fn require(client: &Client, user: &str) -> Result<()> {
-    for item in check(client, user).await {
-        if item.status == CheckStatus::Fail {
-            return Err(
-                Error::fatal(format!("target: {}: {}", item.name, item.detail))
-                    .with_fix(item.fix.unwrap_or_default()),
-            );
-        }
+    let f = facts(client).await?;
+    if !f.commit_timestamps {
+        return Err(Error::fatal(format!(
+            "target: {TIMESTAMPS}: off: conflicts cannot be detected by commit time"
+        ))
+        .with_fix(TIMESTAMPS_FIX));
+    }
+    if !f.origin_rights {
+        return Err(Error::fatal(format!(
+            "target: {ORIGINS}: role {user} may not use replication origin functions"
+        ))
+        .with_fix(privilege_fix(user)));
     }
     Ok(())
 }

@@ -1006,12 +1006,20 @@ impl PostgresWriter {
         let typed: Vec<(&(dyn ToSql + Sync), Type)> =
             params.iter().map(|p| (*p, Type::TEXT)).collect();
         let sql = checkpoint::upsert_sql(records.len());
+        // Active-active: the origin's time and LSN are reset in the same
+        // round trip as the commit (off the commit order's critical path).
+        let commit_sql = if self.stamped {
+            "COMMIT; SELECT pg_replication_origin_xact_reset()"
+        } else {
+            "COMMIT"
+        };
         if records.is_empty() {
             if self.in_tx {
                 self.client
-                    .batch_execute("COMMIT")
+                    .batch_execute(commit_sql)
                     .await
                     .map_err(|e| pg_error(e, "COMMIT"))?;
+                self.stamped = false;
             }
             self.in_tx = false;
             self.begin_pending = false;
@@ -1030,12 +1038,14 @@ impl PostgresWriter {
         let (b, w, c) = tokio::join!(
             begin,
             self.client.execute_typed(&sql, &typed),
-            self.client.batch_execute("COMMIT")
+            self.client.batch_execute(commit_sql)
         );
         self.in_tx = false;
         b.map_err(|e| pg_error(e, "BEGIN"))?;
         w.map_err(|e| pg_error(e, "writing the checkpoint"))?;
         c.map_err(|e| pg_error(e, "COMMIT"))?;
+        // The reset went with the COMMIT (`end_stamp` has nothing to do).
+        self.stamped = false;
         Ok(())
     }
 
