@@ -594,3 +594,41 @@ fn refuses_a_site_without_commit_times_or_origin_rights() {
         "a slot was created on the source of a refused run"
     );
 }
+
+/// Policy `stop`: the direction that meets a conflict halts (exit 2),
+/// naming the table, the key, the kind and both rows, and applies
+/// nothing of the transaction.
+#[test]
+fn the_stop_policy_halts_with_both_rows() {
+    let d = Dir::new();
+    let sites: Vec<Site> = ["a", "b"].iter().map(|s| Site::start(s)).collect();
+    for s in &sites {
+        s.sql("INSERT INTO items VALUES (1, 'seed', 0, 'seed')");
+    }
+    let file = sites_file(&d, &sites, "[active_active]\npolicy = \"stop\"\n");
+    let mut dirs = directions(&d, &sites);
+    for dir in dirs.iter_mut() {
+        dir.spawn(&file);
+    }
+    for dir in dirs.iter_mut() {
+        dir.stop();
+    }
+    sites[0].sql("UPDATE items SET site = 'a', note = 'from a' WHERE id = 1");
+    sites[1].sql("UPDATE items SET site = 'b', note = 'from b' WHERE id = 1");
+    let (code, output) = crate::kit::run_to_exit(
+        &["run", file.to_str().unwrap(), "--from", "a", "--to", "b"],
+        Duration::from_secs(120),
+    );
+    assert_eq!(code, 2, "{output}");
+    assert!(
+        output.contains("conflict on public.items key (1): update_differs")
+            && output.contains("from a")
+            && output.contains("from b")
+            && output.contains("fix:"),
+        "{output}"
+    );
+    assert_eq!(
+        sites[1].sql("SELECT note FROM items WHERE id = 1"),
+        "from b"
+    );
+}

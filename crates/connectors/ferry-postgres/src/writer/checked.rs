@@ -355,6 +355,10 @@ fn row_json(table: &TableRef, row: &[Value]) -> String {
         match v {
             Value::Null => out.push_str("null"),
             Value::Unchanged => out.push_str("\"(unchanged)\""),
+            Value::Bool(b) => out.push_str(if *b { "true" } else { "false" }),
+            Value::Int(n) => out.push_str(&n.to_string()),
+            Value::Text(t) | Value::Decimal(t) => json_string(&mut out, t),
+            Value::Json(j) => out.push_str(j),
             v => json_string(&mut out, &v.to_string()),
         }
     }
