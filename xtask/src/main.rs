@@ -17,12 +17,17 @@
 //! [--keep]` measures read latency of two `ferry gateway` nodes under a
 //! write load, beside direct primary reads and a waiting streaming replica.
 //!
+//! `cargo xtask bench active-active [--sites 2,3] [--secs N] [--writers N]
+//! [--keep]` measures two and three PostgreSQL sites written at once,
+//! replicated by ferry both ways and by pglogical, beside one-way ferry.
+//!
 //! `cargo xtask bench verify [--rows N] [--keep]` measures `ferry verify`
 //! between two PostgreSQL databases holding the same table: row by row,
 //! by in-database range digests (equal, and with 10 rows changed), beside
 //! `pgcopydb compare data` and one in-database pass over the table; then
 //! across engines, SQLite → PostgreSQL and MariaDB → PostgreSQL.
 
+mod aa_bench;
 mod data;
 mod gateway_bench;
 mod machine;
@@ -58,6 +63,7 @@ usage: cargo xtask bench sqlite [--rows N] [--changes N] [--runs N] [--keep]
        cargo xtask bench mariadb [--rows N] [--changes N] [--keep]
        cargo xtask bench verify [--rows N] [--keep]
        cargo xtask bench gateway [--rows N] [--secs N] [--reads N] [--writes N] [--keep]
+       cargo xtask bench active-active [--sites 2,3] [--secs N] [--writers N] [--keep]
 
 bench mariadb (starts its own MariaDB and PostgreSQL servers; needs
 apt-get install -y mariadb-server mariadb-client mydumper):
@@ -256,6 +262,39 @@ fn parse_bench_mariadb(args: &[String], command: String) -> Res<maria_bench::Mar
     Ok(opts)
 }
 
+fn parse_bench_aa(args: &[String], command: String) -> Res<aa_bench::AaOpts> {
+    let mut opts = aa_bench::AaOpts {
+        sites: vec![2, 3],
+        secs: 20,
+        writers: 4,
+        keep: false,
+        command,
+    };
+    each_flag(args, |flag, value| {
+        match flag {
+            "--sites" => {
+                opts.sites = value()?
+                    .split(',')
+                    .map(|s| match s.trim().parse::<usize>() {
+                        Ok(n) if (2..=5).contains(&n) => Ok(n),
+                        _ => Err(format!("--sites takes numbers from 2 to 5, not {s:?}")),
+                    })
+                    .collect::<Res<Vec<usize>>>()?
+            }
+            "--secs" => opts.secs = parse_count(flag, &value()?)?,
+            "--writers" => opts.writers = parse_count(flag, &value()?)? as usize,
+            "--keep" => opts.keep = true,
+            "-h" | "--help" => return Err(USAGE.to_owned()),
+            other => return Err(format!("unknown argument {other:?}\n{USAGE}")),
+        }
+        Ok(())
+    })?;
+    if opts.secs == 0 || opts.writers == 0 {
+        return Err("--secs and --writers must be at least 1".into());
+    }
+    Ok(opts)
+}
+
 fn parse_bench_gateway(args: &[String], command: String) -> Res<gateway_bench::GwOpts> {
     let mut opts = gateway_bench::GwOpts {
         rows: 100_000,
@@ -311,6 +350,10 @@ fn main() -> ExitCode {
         ["bench", "gateway", rest @ ..] => {
             let rest: Vec<String> = rest.iter().map(|s| (*s).to_owned()).collect();
             parse_bench_gateway(&rest, command).and_then(|o| gateway_bench::run(&o))
+        }
+        ["bench", "active-active", rest @ ..] => {
+            let rest: Vec<String> = rest.iter().map(|s| (*s).to_owned()).collect();
+            parse_bench_aa(&rest, command).and_then(|o| aa_bench::run(&o))
         }
         _ => Err(USAGE.to_owned()),
     };

@@ -109,6 +109,8 @@ pub struct Cluster {
     pub name: String,
     pub dir: PathBuf,
     pub port: u16,
+    /// Settings after [`SETTINGS`] (`cargo xtask bench active-active`).
+    extra: Vec<String>,
     bin: PathBuf,
     as_postgres: bool,
     running: bool,
@@ -117,6 +119,11 @@ pub struct Cluster {
 impl Cluster {
     /// `initdb` + configuration + `pg_ctl start`, in `dir` (created).
     pub fn start(name: &str, dir: &Path, bin: &Path) -> Res<Cluster> {
+        Self::start_with(name, dir, bin, &[])
+    }
+
+    /// [`Cluster::start`] with `extra` lines appended to the settings.
+    pub fn start_with(name: &str, dir: &Path, bin: &Path, extra: &[&str]) -> Res<Cluster> {
         std::fs::create_dir_all(dir).ctx(|| format!("creating {}", dir.display()))?;
         let as_postgres = std::fs::metadata(dir)
             .ctx(|| format!("reading {}", dir.display()))?
@@ -140,6 +147,7 @@ impl Cluster {
             name: name.to_owned(),
             dir: dir.to_owned(),
             port: 0,
+            extra: extra.iter().map(|s| (*s).to_owned()).collect(),
             bin: bin.to_owned(),
             as_postgres,
             running: false,
@@ -253,7 +261,11 @@ impl Cluster {
             self.port,
             self.dir.display()
         ));
-        for line in SETTINGS {
+        for line in SETTINGS
+            .iter()
+            .copied()
+            .chain(self.extra.iter().map(String::as_str))
+        {
             text.push_str(line);
             text.push('\n');
         }

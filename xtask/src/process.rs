@@ -82,6 +82,11 @@ pub struct Ferry {
 
 impl Ferry {
     pub fn start(bin: &Path, pipeline: &Path, log: &Path) -> Res<Ferry> {
+        Self::start_args(bin, pipeline, &[], log)
+    }
+
+    /// `ferry run PIPELINE ARGS...` (`--from`, `--to` of a sites file).
+    pub fn start_args(bin: &Path, pipeline: &Path, args: &[&str], log: &Path) -> Res<Ferry> {
         let out = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -92,6 +97,7 @@ impl Ferry {
         let child = Command::new(bin)
             .arg("run")
             .arg(pipeline)
+            .args(args)
             .env("FERRY_LOG", "info")
             .env("NO_COLOR", "1")
             .stdin(Stdio::null())
@@ -104,6 +110,10 @@ impl Ferry {
             log: log.to_owned(),
             started,
         })
+    }
+
+    pub fn log_path(&self) -> &Path {
+        &self.log
     }
 
     pub fn pid(&self) -> u32 {
@@ -133,7 +143,7 @@ impl Ferry {
     }
 
     /// Errors when the process has exited (it must not, until stopped).
-    fn ensure_running(&mut self, waiting_for: &str) -> Res<()> {
+    pub fn ensure_running(&mut self, waiting_for: &str) -> Res<()> {
         match self.child.try_wait() {
             Ok(None) => Ok(()),
             Ok(Some(st)) => Err(format!(

@@ -1,6 +1,7 @@
 //! What the pipeline hands to a sink after hot-row merge.
 
 use crate::checkpoint::KeyRange;
+use crate::position::Position;
 use crate::schema::{Alteration, TableRef};
 use crate::value::Value;
 
@@ -84,9 +85,31 @@ pub enum Step {
         table: TableRef,
         ops: Vec<KeylessOp>,
     },
+    /// Active-active apply ([`crate::conflict`], ADR 0014): the source
+    /// transaction this batch applies (a batch then holds exactly one).
+    /// Comes first. The sink records the transaction's commit time and the
+    /// source site as those of its own commit, so conflict checks on every
+    /// site compare the same times, and changes it applies are never
+    /// captured back to their origin.
+    Stamp {
+        /// The source transaction's position (its commit LSN for a
+        /// PostgreSQL source).
+        position: Position,
+        /// Commit time at the source, microseconds since the Unix epoch.
+        commit_time_micros: Option<i64>,
+    },
+    /// Active-active apply: changes to a keyed table in source order, never
+    /// merged, each with the before-image the source sent, so the sink can
+    /// compare it with the row it holds and resolve a conflict by the
+    /// table's [`ConflictPolicy`](crate::conflict::ConflictPolicy).
+    Checked {
+        table: TableRef,
+        ops: Vec<KeylessOp>,
+    },
 }
 
-/// One change to a keyless table. A row is found by its whole before-image
+/// One change to a keyless table (or, in [`Step::Checked`], to a keyed
+/// table whose conflicts the sink checks). In a keyless table a row is found by its whole before-image
 /// (`NULL` matching `NULL`; columns that are [`Value::Unchanged`] match
 /// anything); of several identical rows, exactly one is changed.
 #[derive(Debug, Clone, PartialEq)]
@@ -107,7 +130,7 @@ impl Step {
         match self {
             Step::Rows(t) => t.iter().map(TableOps::len).sum(),
             Step::MoveKey { .. } => 1,
-            Step::Keyless { ops, .. } => ops.len(),
+            Step::Keyless { ops, .. } | Step::Checked { ops, .. } => ops.len(),
             Step::Replace { rows, .. } => rows.len(),
             _ => 0,
         }

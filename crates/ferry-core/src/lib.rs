@@ -8,6 +8,7 @@ pub mod change;
 pub mod check;
 pub mod checkpoint;
 pub mod codec;
+pub mod conflict;
 pub mod error;
 pub mod failpoint;
 pub mod piece;
@@ -29,6 +30,7 @@ pub use check::{CheckItem, CheckStatus};
 pub use checkpoint::{
     Checkpoint, CheckpointRecord, CopiedRange, KeyRange, RecopyProgress, TableProgress, gaps,
 };
+pub use conflict::{ActiveActive, ConflictPolicy};
 pub use error::{
     Action, Error, ErrorClass, Level, MAX_BACKOFF, Result, RetryBudget, backoff, policy,
 };

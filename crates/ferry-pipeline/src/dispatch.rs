@@ -243,6 +243,21 @@ impl Dispatcher {
         }
         g.rows += changes.iter().map(weight).sum::<usize>();
         g.txns += 1;
+        if self.options.active_active {
+            // One source transaction per target transaction (`full`), its
+            // commit time and origin on the target's commit.
+            let part = g.parts.entry(String::new()).or_default();
+            if !changes.is_empty() {
+                part.merger.stamp(position.clone(), time);
+            }
+            for c in changes {
+                part.ws.add(&c);
+                part.merger.push_checked(c);
+            }
+            g.position = Some(position);
+            g.commit_time = time.or(g.commit_time);
+            return Ok(());
+        }
         for c in changes {
             if !eventual {
                 let part = g.parts.entry(String::new()).or_default();
@@ -290,9 +305,14 @@ impl Dispatcher {
     /// recording heartbeats only when idle: its groups commit out of order,
     /// so a position-only group must wait until nothing else is in flight.
     /// So does a large transaction being streamed (it ends with its own
-    /// commit position, which covers the heartbeat's).
+    /// commit position, which covers the heartbeat's), and active-active,
+    /// whose groups are one source transaction each, stamped with its
+    /// commit time.
     pub(crate) fn heartbeat_while_busy(&mut self, position: Position, time: Option<i64>) {
-        if self.options.consistency == Consistency::Eventual || self.stream.is_some() {
+        if self.options.consistency == Consistency::Eventual
+            || self.stream.is_some()
+            || self.options.active_active
+        {
             return;
         }
         if self.newest.as_ref().is_some_and(|n| position <= *n) {
@@ -314,10 +334,14 @@ impl Dispatcher {
         self.newest = Some(position);
     }
 
+    /// The open group takes no more transactions: it has `batch_rows`
+    /// changes, or (active-active) one transaction.
+    pub(crate) fn group_full(&self, g: &OpenGroup) -> bool {
+        g.rows >= self.options.batch_rows || (self.options.active_active && g.txns >= 1)
+    }
+
     pub(crate) fn group_due(&self, g: &OpenGroup, queue_empty: bool) -> bool {
-        g.rows >= self.options.batch_rows
-            || g.opened.elapsed() >= self.options.batch_time
-            || queue_empty
+        self.group_full(g) || g.opened.elapsed() >= self.options.batch_time || queue_empty
     }
 
     /// Sends the open group to free workers: one job per part. Waits for a

@@ -181,6 +181,54 @@ impl Merger {
         self.steps.extend(keyless);
     }
 
+    /// Active-active apply: the source transaction the following changes
+    /// belong to (see [`Step::Stamp`]).
+    pub fn stamp(&mut self, position: ferry_core::Position, commit_time_micros: Option<i64>) {
+        self.steps.push(Step::Stamp {
+            position,
+            commit_time_micros,
+        });
+    }
+
+    /// Active-active apply: a row change to a keyed table goes to the sink
+    /// as it is, in order, with its before-image ([`Step::Checked`]); any
+    /// other change merges as [`Merger::push`] does.
+    pub fn push_checked(&mut self, change: Change) {
+        let keyed = change.table().is_some_and(|t| !t.is_keyless());
+        let (table, op) = match change {
+            Change::Insert { table, row } if keyed => (table, KeylessOp::Insert(row)),
+            Change::Update {
+                table,
+                before: Some(before),
+                after,
+            } if keyed => (table, KeylessOp::Update { before, after }),
+            Change::Update {
+                table,
+                before: None,
+                after,
+            } if keyed => {
+                // The key is the before-image when the source sent none.
+                let before = key_image(&table, &after);
+                (table, KeylessOp::Update { before, after })
+            }
+            Change::Delete { table, before } if keyed => (table, KeylessOp::Delete(before)),
+            other => return self.push(other),
+        };
+        self.changes_in += 1;
+        self.close_table(&table.name);
+        if let Some(Step::Checked { table: t, ops }) = self.steps.last_mut()
+            && t.name == table.name
+            && t.version == table.version
+        {
+            ops.push(op);
+            return;
+        }
+        self.steps.push(Step::Checked {
+            table,
+            ops: vec![op],
+        });
+    }
+
     /// Appends a change to a keyless table to its table's ordered list.
     fn push_keyless(&mut self, table: &TableRef, op: KeylessOp) {
         let i = match self.keyless.iter().position(|(t, _)| t.name == table.name) {
@@ -354,6 +402,15 @@ impl Merger {
         }
         self.steps
     }
+}
+
+/// A row image holding only `row`'s key columns (the others unchanged).
+fn key_image(table: &TableRef, row: &[Value]) -> Vec<Value> {
+    let mut image = vec![Value::Unchanged; row.len()];
+    for &i in &table.key {
+        image[i] = row[i].clone();
+    }
+    image
 }
 
 /// Merges a sequence of changes.

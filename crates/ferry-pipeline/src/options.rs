@@ -53,6 +53,11 @@ pub struct Options {
     /// While the source is idle, record its position on the target this often.
     pub idle_checkpoint: Duration,
     pub on_gap: OnGap,
+    /// Active-active apply (ADR 0014): every source transaction is its own
+    /// target transaction, led by a [`ferry_core::Step::Stamp`], and its
+    /// changes to keyed tables reach the sink unmerged
+    /// ([`ferry_core::Step::Checked`]) so that it can detect conflicts.
+    pub active_active: bool,
 }
 
 impl Options {
@@ -69,6 +74,7 @@ impl Options {
             give_up_after: Duration::from_secs(3600),
             idle_checkpoint: Duration::from_secs(5),
             on_gap: OnGap::Fail,
+            active_active: false,
         }
     }
 

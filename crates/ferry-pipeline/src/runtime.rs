@@ -365,10 +365,7 @@ async fn stream(
         {
             break Ok(());
         }
-        let full = d
-            .open
-            .as_ref()
-            .is_some_and(|g| g.rows >= d.options.batch_rows);
+        let full = d.open.as_ref().is_some_and(|g| d.group_full(g));
         let wait = match &d.open {
             Some(g) if !d.free.is_empty() => {
                 d.options.batch_time.saturating_sub(g.opened.elapsed())

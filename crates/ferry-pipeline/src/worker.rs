@@ -137,14 +137,16 @@ impl Worker {
                     let _ = self.writer.rollback().await;
                     let e = match failed {
                         GroupError::Commit(e)
-                            if steps.iter().any(|s| matches!(s, Step::Keyless { .. })) =>
+                            if steps.iter().any(|s| {
+                                matches!(s, Step::Keyless { .. } | Step::Checked { .. })
+                            }) =>
                         {
                             tracing::warn!(
                                 worker = self.id,
                                 group = seq,
-                                "the commit of changes to a table without a key failed and may \
-                                 have landed; resuming from the target's checkpoint instead of \
-                                 applying them again"
+                                "the commit of changes to a table without a key, or of changes \
+                                 checked for conflicts, failed and may have landed; resuming \
+                                 from the target's checkpoint instead of applying them again"
                             );
                             return Err(e);
                         }

@@ -4,6 +4,10 @@
 //! and column; validation (pure) checks values and cross-references and
 //! says what to write instead. Nothing here opens a connection.
 
+mod active;
+
+pub use active::{Direction, directions};
+
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -17,7 +21,12 @@ use serde::Deserialize;
 #[serde(deny_unknown_fields)]
 struct RawConfig {
     name: Option<String>,
-    source: RawEndpoint,
+    /// Required unless the file is a sites file (`sites`).
+    source: Option<RawEndpoint>,
+    /// A sites file (active-active): every site's database, by site name.
+    sites: Option<BTreeMap<String, RawEndpoint>>,
+    /// Active-active settings (ADR 0014), validated by `active`.
+    active_active: Option<active::RawActive>,
     /// Required by every command but `ferry gateway`, which keeps the
     /// tables in memory (checked in [`PipelineConfig::validate`]).
     target: Option<RawEndpoint>,
@@ -146,6 +155,8 @@ pub struct PipelineConfig {
     /// Valid but noteworthy settings (a key whose meaning changed), logged
     /// when the pipeline starts.
     pub warnings: Vec<String>,
+    /// This pipeline is one direction between active-active sites.
+    pub active_active: Option<ferry_core::ActiveActive>,
 }
 
 /// The excluded columns no filter of their table reads: a source need not
@@ -313,17 +324,36 @@ fn endpoint(path: &Path, field: &str, raw: RawEndpoint) -> Result<Endpoint, Erro
 }
 
 impl PipelineConfig {
-    /// Reads and validates a pipeline file.
-    pub fn load(path: &Path) -> Result<PipelineConfig, Error> {
+    /// Reads and validates a pipeline file, or one direction of a sites file.
+    pub fn load_for(path: &Path, direction: &Direction) -> Result<PipelineConfig, Error> {
         let text = std::fs::read_to_string(path).map_err(|e| {
             Error::fatal(format!("cannot read pipeline file {}: {e}", path.display()))
                 .with_fix("check the path and that the file is readable")
         })?;
-        Self::parse(path, &text)
+        Self::parse_for(path, &text, direction)
     }
 
+    /// The site names of a sites file (`None`: a plain pipeline file).
+    pub fn sites_of(path: &Path) -> Result<Option<Vec<String>>, Error> {
+        let text = std::fs::read_to_string(path).map_err(|e| {
+            Error::fatal(format!("cannot read pipeline file {}: {e}", path.display()))
+                .with_fix("check the path and that the file is readable")
+        })?;
+        let raw = Self::parse_raw(path, &text)?;
+        Ok(raw.sites.map(|s| s.into_keys().collect()))
+    }
+
+    #[cfg(test)]
     pub fn parse(path: &Path, text: &str) -> Result<PipelineConfig, Error> {
-        let raw = Self::parse_raw(path, text)?;
+        Self::parse_for(path, text, &Direction::default())
+    }
+
+    pub fn parse_for(
+        path: &Path,
+        text: &str,
+        direction: &Direction,
+    ) -> Result<PipelineConfig, Error> {
+        let mut raw = Self::parse_raw(path, text)?;
         if raw.gateway.is_some() {
             return Err(config_error(
                 path,
@@ -331,14 +361,52 @@ impl PipelineConfig {
             )
             .with_fix("run `ferry gateway FILE`, or remove the [gateway] section"));
         }
-        let Some(target) = &raw.target else {
+        let ends = active::ends(
+            path,
+            raw.source.take(),
+            raw.target.take(),
+            raw.sites.take(),
+            raw.active_active.take(),
+            direction,
+        )?;
+        let Some(target) = ends.target else {
             return Err(
                 config_error(path, "the pipeline file has no [target] section")
                     .with_fix("add [target] with `url = \"...\"` (the database to copy into)"),
             );
         };
-        let target = endpoint(path, "target", target.clone())?;
-        Self::validate(path, raw, target)
+        let target = endpoint(path, "target", target)?;
+        if let Some(name) = raw.name.as_mut() {
+            name.push_str(&ends.suffix);
+        } else if !ends.suffix.is_empty() {
+            let stem = path
+                .file_stem()
+                .map(|s| s.to_string_lossy().into_owned())
+                .unwrap_or_else(|| "pipeline".into());
+            raw.name = Some(format!("{stem}{}", ends.suffix));
+        }
+        let mut cfg = Self::validate(path, raw, ends.source, target)?;
+        if let Some(active) = ends.active {
+            let pg = |u: &str| u.starts_with("postgres://") || u.starts_with("postgresql://");
+            if !pg(&cfg.source.url) || !pg(&cfg.target.url) {
+                return Err(config_error(
+                    path,
+                    "active-active is built for PostgreSQL sites only so far",
+                )
+                .with_fix("use postgres:// URLs for every site, or remove [active_active]"));
+            }
+            if cfg.options.consistency == Consistency::Eventual {
+                return Err(config_error(
+                    path,
+                    "`apply.consistency = \"eventual\"` cannot run active-active: every source \
+                     transaction is applied as one target transaction with its commit time",
+                )
+                .with_fix("remove `apply.consistency` (active-active is transactional)"));
+            }
+            cfg.options.active_active = true;
+            cfg.active_active = Some(active);
+        }
+        Ok(cfg)
     }
 
     /// A `ferry gateway` file: a pipeline file whose `[target]` is the
@@ -350,6 +418,18 @@ impl PipelineConfig {
                 .with_fix("check the path and that the file is readable")
         })?;
         let mut raw = Self::parse_raw(path, &text)?;
+        if raw.sites.is_some() || raw.active_active.is_some() {
+            return Err(
+                config_error(path, "a gateway file has no [sites] or [active_active]")
+                    .with_fix("point the gateway at one site with [source]"),
+            );
+        }
+        let Some(source) = raw.source.take() else {
+            return Err(
+                config_error(path, "the gateway file has no [source] section")
+                    .with_fix("add [source] with `url = \"...\"` (the database to serve)"),
+            );
+        };
         if raw.target.is_some() {
             return Err(config_error(
                 path,
@@ -368,7 +448,7 @@ impl PipelineConfig {
             poll_interval: Duration::from_millis(20),
             on_gap: OnGap::Fail,
         };
-        Ok((Self::validate(path, raw, target)?, gateway))
+        Ok((Self::validate(path, raw, source, target)?, gateway))
     }
 
     fn parse_raw(path: &Path, text: &str) -> Result<RawConfig, Error> {
@@ -379,7 +459,12 @@ impl PipelineConfig {
         })
     }
 
-    fn validate(path: &Path, raw: RawConfig, target: Endpoint) -> Result<PipelineConfig, Error> {
+    fn validate(
+        path: &Path,
+        raw: RawConfig,
+        source: RawEndpoint,
+        target: Endpoint,
+    ) -> Result<PipelineConfig, Error> {
         let name = raw.name.unwrap_or_else(|| {
             path.file_stem()
                 .map(|s| s.to_string_lossy().into_owned())
@@ -396,7 +481,7 @@ impl PipelineConfig {
             )
             .with_fix("set `name = \"my_pipeline\"`"));
         }
-        let source = endpoint(path, "source", raw.source)?;
+        let source = endpoint(path, "source", source)?;
 
         let mut transform = TransformSpec::default();
         for col in &raw.tables.exclude_columns {
@@ -525,6 +610,7 @@ impl PipelineConfig {
             options,
             chunk_rows,
             warnings,
+            active_active: None,
         })
     }
 

@@ -44,14 +44,18 @@ fn sqlite_source(cfg: &PipelineConfig) -> Result<ferry_sqlite::SqliteSource> {
 }
 
 async fn postgres_source(cfg: &PipelineConfig) -> Result<ferry_postgres::PostgresSource> {
-    ferry_postgres::PostgresSource::connect(ferry_postgres::PostgresSourceConfig {
-        url: cfg.source.url.clone(),
-        pipeline: cfg.name.clone(),
-        selection: cfg.selection.clone(),
-        snapshot_workers: cfg.options.workers.clamp(1, 4),
-        snapshot_chunk_rows: cfg.chunk_rows,
-    })
-    .await
+    let mut source =
+        ferry_postgres::PostgresSource::connect(ferry_postgres::PostgresSourceConfig {
+            url: cfg.source.url.clone(),
+            pipeline: cfg.name.clone(),
+            selection: cfg.selection.clone(),
+            snapshot_workers: cfg.options.workers.clamp(1, 4),
+            snapshot_chunk_rows: cfg.chunk_rows,
+        })
+        .await?;
+    // Active-active: forward only this site's own writes (ADR 0014).
+    source.skip_ferry_origins(cfg.active_active.is_some());
+    Ok(source)
 }
 
 async fn mysql_source(cfg: &PipelineConfig) -> Result<ferry_mysql::MySqlSource> {
@@ -93,11 +97,15 @@ fn sqlite_sink(cfg: &PipelineConfig, target: &Endpoint) -> Result<ferry_sqlite::
 }
 
 async fn postgres_sink(cfg: &PipelineConfig) -> Result<ferry_postgres::PostgresSink> {
-    ferry_postgres::PostgresSink::connect(ferry_postgres::PostgresSinkConfig {
+    let mut sink = ferry_postgres::PostgresSink::connect(ferry_postgres::PostgresSinkConfig {
         url: cfg.target.url.clone(),
         pipeline: cfg.name.clone(),
     })
-    .await
+    .await?;
+    if let Some(active) = &cfg.active_active {
+        sink.set_active_active(active.clone())?;
+    }
+    Ok(sink)
 }
 
 async fn mysql_sink(cfg: &PipelineConfig) -> Result<ferry_mysql::MySqlSink> {

@@ -29,6 +29,12 @@ struct Cli {
     /// Log level: error, warn, info, debug, trace.
     #[arg(long, global = true, default_value = "info", env = "FERRY_LOG")]
     log: String,
+    /// Active-active sites file: the site this direction reads (README, "Active-active").
+    #[arg(long, global = true, value_name = "SITE")]
+    from: Option<String>,
+    /// Active-active sites file: the site this direction writes.
+    #[arg(long, global = true, value_name = "SITE")]
+    to: Option<String>,
     #[command(subcommand)]
     command: Command,
 }
@@ -168,26 +174,47 @@ fn main() -> ExitCode {
             )));
         }
     };
-    match runtime.block_on(dispatch(cli.command)) {
+    let direction = config::Direction::new(cli.from, cli.to);
+    match runtime.block_on(dispatch(cli.command, direction)) {
         Ok(code) => ExitCode::from(code),
         Err(e) => fail(&e),
     }
 }
 
-async fn dispatch(command: Command) -> Result<u8, Error> {
+async fn dispatch(command: Command, dir: config::Direction) -> Result<u8, Error> {
     match command {
         Command::Run {
             pipeline,
             metrics_addr,
         } => {
-            let cfg = PipelineConfig::load(&pipeline)?;
+            let cfg = PipelineConfig::load_for(&pipeline, &dir)?;
             let code = run::run(cfg, metrics_addr).await?;
             Ok(code as u8)
         }
         Command::Gateway { gateway } => Ok(gateway::run(&gateway).await? as u8),
         Command::Position { gateway } => Ok(gateway::position(&gateway).await? as u8),
-        Command::Status { pipeline } => status(&PipelineConfig::load(&pipeline)?).await,
-        Command::Check { pipeline } => check(&PipelineConfig::load(&pipeline)?).await,
+        Command::Status { pipeline } => status(&PipelineConfig::load_for(&pipeline, &dir)?).await,
+        Command::Check { pipeline } => match PipelineConfig::sites_of(&pipeline)? {
+            // A sites file without a direction: the topology, and every
+            // direction checked.
+            Some(sites) if dir.from.is_none() && dir.to.is_none() => {
+                let mut code = 0;
+                let all = config::directions(&sites);
+                println!(
+                    "sites: {}; {} directions (full mesh: each site forwards only its own writes)",
+                    sites.join(", "),
+                    all.len()
+                );
+                for (from, to) in all {
+                    let d = config::Direction::new(Some(from.clone()), Some(to.clone()));
+                    let cfg = PipelineConfig::load_for(&pipeline, &d)?;
+                    println!("\n== {from} -> {to} (pipeline {}) ==", cfg.name);
+                    code = code.max(check(&cfg).await?);
+                }
+                Ok(code)
+            }
+            _ => check(&PipelineConfig::load_for(&pipeline, &dir)?).await,
+        },
         Command::Verify {
             pipeline,
             format,
@@ -218,13 +245,13 @@ async fn dispatch(command: Command) -> Result<u8, Error> {
                 condition,
                 sample,
             };
-            verify::run(&PipelineConfig::load(&pipeline)?, &opts)
+            verify::run(&PipelineConfig::load_for(&pipeline, &dir)?, &opts)
                 .await
                 .map_err(|e| verify::explain_timeout(e, &opts))
         }
         Command::Teardown { pipeline } => {
             // A gateway node's slot outlives the node, too.
-            let cfg = PipelineConfig::load(&pipeline).or_else(|e| {
+            let cfg = PipelineConfig::load_for(&pipeline, &dir).or_else(|e| {
                 PipelineConfig::load_gateway(&pipeline)
                     .map(|(cfg, _)| cfg)
                     .map_err(|_| e)
@@ -241,12 +268,12 @@ async fn dispatch(command: Command) -> Result<u8, Error> {
             pipeline,
             tables,
             all,
-        } => resync(&PipelineConfig::load(&pipeline)?, &tables, all).await,
+        } => resync(&PipelineConfig::load_for(&pipeline, &dir)?, &tables, all).await,
         Command::SyncSequences { pipeline } => {
-            sync_sequences(&PipelineConfig::load(&pipeline)?).await
+            sync_sequences(&PipelineConfig::load_for(&pipeline, &dir)?).await
         }
         Command::Reset { pipeline } => {
-            let cfg = PipelineConfig::load(&pipeline)?;
+            let cfg = PipelineConfig::load_for(&pipeline, &dir)?;
             let sink = connectors::open_sink(&cfg).await?;
             // Not under a running pipeline: it would go on from where it is.
             sink.fence().await?;
@@ -327,6 +354,15 @@ async fn status(cfg: &PipelineConfig) -> Result<u8, Error> {
             (false, true) => "not copied (copied when next selected and run)",
         };
         println!("  table {t}: {state}{recopy}");
+    }
+    if let Some(active) = &cfg.active_active {
+        println!(
+            "  active-active: site {} -> site {}; conflicts logged on site {}: {}",
+            active.source_site,
+            active.target_site,
+            active.target_site,
+            conflicts_logged(cfg).await
+        );
     }
     match std::fs::read_to_string(cfg.status_path())
         .ok()
@@ -420,6 +456,29 @@ async fn check(cfg: &PipelineConfig) -> Result<u8, Error> {
         .count();
     println!("{} checks, {} failed", items.len(), failed);
     Ok(if failed > 0 { 1 } else { 0 })
+}
+
+/// Rows of the target's conflict log (every direction into that site), or
+/// why they cannot be counted.
+async fn conflicts_logged(cfg: &PipelineConfig) -> String {
+    let table = std::sync::Arc::new(ferry_core::TableSchema {
+        name: ferry_core::TableName::new(Some("public"), ferry_postgres::CONFLICTS_TABLE),
+        columns: Vec::new(),
+        key: Vec::new(),
+        version: 0,
+        key_deferrable: false,
+    });
+    let counted = async {
+        let reader = connectors::open_sink_reader(cfg).await?;
+        if !reader.has_table(&table).await? {
+            return Ok::<_, Error>(0);
+        }
+        reader.count_rows(&table).await
+    };
+    match counted.await {
+        Ok(n) => n.to_string(),
+        Err(e) => format!("unknown ({e})"),
+    }
 }
 
 /// The check item saying whether source and target are two databases.

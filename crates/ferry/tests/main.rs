@@ -1,6 +1,7 @@
 //! End-to-end tests of the real `ferry` binary on real SQLite files and
 //! real PostgreSQL servers, crash tests included.
 
+mod active_active;
 mod bad_input;
 mod crash;
 mod e2e;

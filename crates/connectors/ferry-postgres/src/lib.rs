@@ -22,6 +22,7 @@ mod error;
 mod fence;
 mod names;
 mod numeric;
+mod origin;
 mod pgoutput;
 mod position;
 mod probe;
@@ -42,6 +43,7 @@ mod writer;
 
 pub use checkpoint::CHECKPOINT_TABLE;
 pub use names::slot_name;
+pub use origin::CONFLICTS_TABLE;
 pub use probe::PgProbe;
 pub use sink::{PostgresSink, PostgresSinkConfig};
 pub use source::{PostgresSource, PostgresSourceConfig};

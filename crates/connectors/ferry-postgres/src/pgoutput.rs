@@ -71,7 +71,13 @@ pub(crate) enum PgOutput {
         prefix: String,
         content: Bytes,
     },
-    /// Origin, Type and anything newer that ferry does not need.
+    /// The replication origin of the transaction whose Begin came just
+    /// before: sent for transactions an apply session with an origin
+    /// wrote (ferry's active-active apply among them).
+    Origin {
+        name: String,
+    },
+    /// Type and anything newer that ferry does not need.
     Other,
 }
 
@@ -246,6 +252,14 @@ pub(crate) fn decode(mut b: Bytes) -> Result<PgOutput> {
                 content: b.split_to(n),
             }
         }
+        b'O' => {
+            // The origin's commit LSN, then its name.
+            need(&b, 8, "Origin")?;
+            let _lsn = b.get_u64();
+            PgOutput::Origin {
+                name: cstring(&mut b, "Origin")?,
+            }
+        }
         _ => PgOutput::Other,
     })
 }
@@ -254,6 +268,18 @@ pub(crate) fn decode(mut b: Bytes) -> Result<PgOutput> {
 mod tests {
     use super::*;
     use bytes::{BufMut, BytesMut};
+
+    #[test]
+    fn decodes_an_origin() {
+        let mut m = BytesMut::new();
+        m.put_u8(b'O');
+        m.put_u64(0x1234);
+        m.put_slice(b"ferry_eu_0\0");
+        match decode(m.freeze()).unwrap() {
+            PgOutput::Origin { name } => assert_eq!(name, "ferry_eu_0"),
+            other => panic!("{other:?}"),
+        }
+    }
 
     #[test]
     fn decodes_a_logical_message() {

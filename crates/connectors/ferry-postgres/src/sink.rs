@@ -88,12 +88,26 @@ impl PostgresSink {
                 pipeline: config.pipeline,
                 targets: Mutex::new(HashMap::new()),
                 shapes: Mutex::new(HashMap::new()),
+                active: None,
+                writers: Default::default(),
             }),
             admin,
             types: tokio::sync::Mutex::new(TypeCache::default()),
             fence: tokio::sync::Mutex::new(None),
             checkpoint_ready: std::sync::atomic::AtomicBool::new(false),
         })
+    }
+
+    /// Makes this sink one direction of an active-active setup (ADR 0014):
+    /// its writers apply under the replication origin of the source site,
+    /// with the source's commit times, and check each change for a
+    /// conflict by the table's policy. Call it right after `connect`.
+    pub fn set_active_active(&mut self, active: ferry_core::ActiveActive) -> Result<()> {
+        let shared = Arc::get_mut(&mut self.shared).ok_or_else(|| {
+            Error::fatal("set_active_active called after writers opened; this is a ferry bug")
+        })?;
+        shared.active = Some(active);
+        Ok(())
     }
 
     /// Creates the checkpoint table if the target lacks it.
@@ -348,7 +362,28 @@ impl Sink for PostgresSink {
     }
 
     async fn check(&self) -> Vec<CheckItem> {
-        crate::check::sink_checks(&self.admin, &self.shared.endpoint).await
+        let mut items = crate::check::sink_checks(&self.admin, &self.shared.endpoint).await;
+        if let Some(active) = &self.shared.active {
+            items.push(CheckItem::ok(
+                "active-active",
+                format!(
+                    "applies changes from site {} to site {} under replication origins {}; \
+                     conflicts go to {} (policy {} unless set per table); installs on the \
+                     target: the origins, the table {}",
+                    active.source_site,
+                    active.target_site,
+                    ferry_core::conflict::origin_name(&active.source_site, 0)
+                        .trim_end_matches('0')
+                        .to_owned()
+                        + "<n>",
+                    crate::origin::CONFLICTS_TABLE,
+                    active.default_policy.name(),
+                    crate::origin::CONFLICTS_TABLE,
+                ),
+            ));
+            items.extend(crate::origin::check(&self.admin, self.shared.endpoint.user()).await);
+        }
+        items
     }
 
     /// Pipelines starting at once on one target would race to create the
@@ -357,6 +392,11 @@ impl Sink for PostgresSink {
     /// every ferry pipeline on a database holds one advisory lock, so the
     /// second finds what the first created.
     async fn ensure_tables(&self, tables: &[TableRef]) -> Result<Vec<TableName>> {
+        if self.shared.active.is_some() {
+            // Refused before the source is prepared: nothing installed.
+            crate::origin::require(&self.admin, self.shared.endpoint.user()).await?;
+            crate::origin::ensure_conflicts_table(&self.admin).await?;
+        }
         let lock = |f: &str| format!("SELECT {f}(hashtext('{STRUCTURE_LOCK}')::int8)");
         self.admin
             .batch_execute(&lock("pg_advisory_lock"))
@@ -373,6 +413,10 @@ impl Sink for PostgresSink {
     /// built-in type: the same name as a PostgreSQL source of the same
     /// major version gives a table with the same column types.
     async fn row_encoding(&self, table: &TableRef) -> Result<Option<String>> {
+        if self.shared.active.is_some() {
+            // Active-active copies add missing rows only (`load_absent`).
+            return Ok(None);
+        }
         let map = self
             .shared
             .targets
@@ -420,6 +464,16 @@ impl Sink for PostgresSink {
         self.ensure_checkpoint_table().await?;
         let client = self.shared.endpoint.connect().await?;
         fence::hold_writer_lock(&client, &self.shared.pipeline).await?;
+        if let Some(active) = &self.shared.active {
+            let user = self.shared.endpoint.user();
+            crate::origin::require(&client, user).await?;
+            crate::origin::ensure_conflicts_table(&self.admin).await?;
+            let n = self
+                .shared
+                .writers
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            crate::origin::setup_session(&client, user, &active.source_site, n).await?;
+        }
         Ok(Box::new(crate::writer::PostgresWriter::new(
             self.shared.clone(),
             client,

@@ -95,6 +95,8 @@ pub struct PostgresSource {
     tables_checked: std::time::Instant,
     /// New tables that cannot be replicated, reported once.
     refused: std::collections::HashSet<TableName>,
+    /// Active-active: skip transactions ferry applied from another site.
+    skip_ferry_origins: bool,
 }
 
 /// How often a streaming source looks for new tables the selection matches.
@@ -143,7 +145,17 @@ impl PostgresSource {
             slot_created: None,
             tables_checked: std::time::Instant::now(),
             refused: Default::default(),
+            skip_ferry_origins: false,
         })
+    }
+
+    /// Active-active (ADR 0014): forward only the transactions written on
+    /// this database, skipping those whose replication origin is one of
+    /// ferry's apply sessions (`ferry_<site>_<n>`,
+    /// [`ferry_core::conflict::origin_name`]), so a change never returns
+    /// to the site it came from.
+    pub fn skip_ferry_origins(&mut self, on: bool) {
+        self.skip_ferry_origins = on;
     }
 
     /// How long the stream may be silent before ferry emits a heartbeat
@@ -671,7 +683,9 @@ impl Source for PostgresSource {
             tokio::time::sleep(Duration::from_millis(100)).await;
         };
         tracing::info!(slot = %slot, from = %start, "streaming changes");
-        self.stream = Some(Stream::new(conn, from, self.heartbeat, status_every, slot));
+        let mut stream = Stream::new(conn, from, self.heartbeat, status_every, slot);
+        stream.skip_ferry_origins = self.skip_ferry_origins;
+        self.stream = Some(stream);
         Ok(())
     }
 

@@ -67,6 +67,9 @@ struct Rel {
 struct OpenTxn {
     commit_lsn: Lsn,
     skip: bool,
+    /// Applied by ferry from another site (its origin is a ferry origin)
+    /// and skipped: only local writes are forwarded (ADR 0014).
+    foreign: bool,
     changes: Vec<Change>,
     bytes: usize,
     partial_sent: bool,
@@ -119,6 +122,10 @@ pub(crate) struct Stream {
     /// Tables whose re-copy a `ferry resync` marker started, for the
     /// source to run.
     pub(crate) started: Vec<TableRef>,
+    /// Skip transactions ferry applied from another site (active-active).
+    pub(crate) skip_ferry_origins: bool,
+    /// Transactions skipped for their ferry origin since the stream began.
+    pub(crate) skipped_foreign: u64,
 }
 
 /// Prefix of the logical message ending a re-copy chunk read.
@@ -174,6 +181,8 @@ impl Stream {
             prefix,
             pending_chunk: None,
             started: Vec::new(),
+            skip_ferry_origins: false,
+            skipped_foreign: 0,
         }
     }
 
@@ -284,6 +293,7 @@ impl Stream {
                 self.txn = Some(OpenTxn {
                     commit_lsn: final_lsn,
                     skip,
+                    foreign: false,
                     changes: Vec::new(),
                     bytes: 0,
                     partial_sent: false,
@@ -299,7 +309,19 @@ impl Stream {
                     .txn
                     .take()
                     .ok_or_else(|| Error::fatal("pgoutput Commit without Begin"))?;
-                if txn.skip {
+                if txn.skip && !txn.foreign {
+                    return Ok(());
+                }
+                if txn.foreign {
+                    // Not forwarded; its end still moves the position on.
+                    self.skipped_foreign += 1;
+                    let position = txn_position(commit_lsn, end_lsn);
+                    self.delivered = end_lsn;
+                    self.emitted = Some(position.clone());
+                    self.ready.push_back(SourceEvent::Heartbeat {
+                        position,
+                        time_micros: Some(unix_micros(commit_time)),
+                    });
                     return Ok(());
                 }
                 for marker in std::mem::take(&mut txn.markers) {
@@ -383,6 +405,16 @@ impl Stream {
                 };
                 if let (Some(m), Some(txn)) = (marker, self.txn.as_mut()) {
                     txn.markers.push(m);
+                }
+            }
+            PgOutput::Origin { name } => {
+                if self.skip_ferry_origins
+                    && ferry_core::conflict::is_ferry_origin(&name)
+                    && let Some(txn) = self.txn.as_mut()
+                    && !txn.skip
+                {
+                    txn.skip = true;
+                    txn.foreign = true;
                 }
             }
             PgOutput::Other => {}

@@ -121,6 +121,11 @@ pub(crate) struct Shared {
     /// The source's shape of each table beyond columns and key, for the
     /// tables this sink creates (`shape.rs`).
     pub shapes: Mutex<HashMap<TableName, TableShape>>,
+    /// Active-active apply (ADR 0014), when this pipeline is one direction
+    /// between sites.
+    pub active: Option<ferry_core::ActiveActive>,
+    /// Writers opened so far (each active-active writer has its own origin).
+    pub writers: std::sync::atomic::AtomicUsize,
 }
 
 impl Shared {

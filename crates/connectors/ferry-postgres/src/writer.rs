@@ -8,6 +8,8 @@
 //! checkpoint upsert with `COMMIT`, so a small transaction costs two round
 //! trips.
 
+mod checked;
+
 use std::collections::HashMap;
 use std::sync::Arc;
 
@@ -62,6 +64,11 @@ pub(crate) struct PostgresWriter {
     stage_names: HashMap<String, String>,
     /// Staging tables known to exist (a rollback may undo a creation).
     stages_ready: std::collections::HashSet<String>,
+    /// Active-active: the open transaction set the source's commit time
+    /// and LSN on the session (reset after it ends).
+    stamped: bool,
+    /// Active-active: the source commit time of the open transaction.
+    current_time: Option<i64>,
 }
 
 impl PostgresWriter {
@@ -76,6 +83,8 @@ impl PostgresWriter {
             restructured: Vec::new(),
             stage_names: HashMap::new(),
             stages_ready: Default::default(),
+            stamped: false,
+            current_time: None,
         }
     }
 
@@ -191,6 +200,36 @@ impl PostgresWriter {
                 pg_error(e, "applying changes")
                     .with("table", t.display.clone())
                     .with("statement", abbreviate(&merge))
+            })?;
+        Ok(())
+    }
+
+    /// Active-active snapshot rows: those whose key the target lacks,
+    /// through the staging table (the others stay as the site has them).
+    async fn load_absent(&mut self, t: &Target, rows: &[&Vec<Value>]) -> Result<()> {
+        let stage = self.stage(t).await?;
+        self.copy_rows(t, &stage, rows).await?;
+        let on: Vec<String> = t
+            .key
+            .iter()
+            .map(|&i| format!("x.{0} = s.{0}", t.cols[i]))
+            .collect();
+        let insert = format!(
+            "INSERT INTO {q} ({}){} SELECT {} FROM {stage} AS s \
+             WHERE NOT EXISTS (SELECT 1 FROM {q} AS x WHERE {})",
+            t.cols.join(", "),
+            crate::apply::overriding(t),
+            t.unstage_columns(),
+            on.join(" AND "),
+            q = t.qualified
+        );
+        self.client
+            .batch_execute(&format!("{insert}; TRUNCATE {stage}"))
+            .await
+            .map_err(|e| {
+                pg_error(e, "loading rows")
+                    .with("table", t.display.clone())
+                    .with("statement", abbreviate(&insert))
             })?;
         Ok(())
     }
@@ -833,6 +872,11 @@ impl SinkWriter for PostgresWriter {
                     row,
                 } => self.move_key(table, old_key, row).await?,
                 Step::Keyless { table, ops } => self.apply_keyless(table, ops).await?,
+                Step::Stamp {
+                    position,
+                    commit_time_micros,
+                } => self.stamp(position, *commit_time_micros).await?,
+                Step::Checked { table, ops } => self.apply_checked(table, ops).await?,
                 Step::Replace {
                     table,
                     range,
@@ -852,6 +896,12 @@ impl SinkWriter for PostgresWriter {
         self.send_begin().await?;
         if !self.loaded.iter().any(|l| l.name == table.name) {
             self.loaded.push(table.clone());
+        }
+        if self.shared.active.is_some() && !t.key_pending && !t.key.is_empty() {
+            // Active-active: the site may hold rows already (its own, or
+            // copies from another site): only the missing ones go in.
+            let rows: Vec<&Vec<Value>> = rows.iter().collect();
+            return self.load_absent(&t, &rows).await;
         }
         // Rows with an array binary COPY cannot carry go in by INSERT.
         let (by_text, rows): (Vec<&Vec<Value>>, Vec<&Vec<Value>>) =
@@ -903,12 +953,46 @@ impl SinkWriter for PostgresWriter {
 
     async fn clear_table(&mut self, table: &TableRef) -> Result<()> {
         let t = self.target(table).await?;
+        if self.shared.active.is_some() {
+            // Active-active: the table is this site's data too, never
+            // emptied by a copy from another site (ADR 0014).
+            tracing::info!(table = %t.display, "active-active: the copy adds missing rows only");
+            return Ok(());
+        }
         let sql = format!("TRUNCATE {}", t.qualified);
         self.exec(&sql, &[]).await?;
         Ok(())
     }
 
     async fn commit(&mut self, records: &[CheckpointRecord]) -> Result<()> {
+        let result = self.commit_inner(records).await;
+        let reset = self.end_stamp().await;
+        result.and(reset)
+    }
+
+    async fn rollback(&mut self) -> Result<()> {
+        let result = self.rollback_inner().await;
+        let reset = self.end_stamp().await;
+        result.and(reset)
+    }
+}
+
+impl PostgresWriter {
+    /// After a stamped transaction: the session's origin LSN and time
+    /// must not carry over to the next transaction (a snapshot chunk, an
+    /// idle checkpoint), which commits with its own time.
+    async fn end_stamp(&mut self) -> Result<()> {
+        self.current_time = None;
+        if std::mem::take(&mut self.stamped) {
+            self.client
+                .batch_execute("SELECT pg_replication_origin_xact_reset()")
+                .await
+                .map_err(|e| pg_error(e, "resetting the session's origin commit time"))?;
+        }
+        Ok(())
+    }
+
+    async fn commit_inner(&mut self, records: &[CheckpointRecord]) -> Result<()> {
         self.build_completed_keys(records).await?;
         self.loaded.clear();
         self.restructured.clear();
@@ -922,12 +1006,20 @@ impl SinkWriter for PostgresWriter {
         let typed: Vec<(&(dyn ToSql + Sync), Type)> =
             params.iter().map(|p| (*p, Type::TEXT)).collect();
         let sql = checkpoint::upsert_sql(records.len());
+        // Active-active: the origin's time and LSN are reset in the same
+        // round trip as the commit (off the commit order's critical path).
+        let commit_sql = if self.stamped {
+            "COMMIT; SELECT pg_replication_origin_xact_reset()"
+        } else {
+            "COMMIT"
+        };
         if records.is_empty() {
             if self.in_tx {
                 self.client
-                    .batch_execute("COMMIT")
+                    .batch_execute(commit_sql)
                     .await
                     .map_err(|e| pg_error(e, "COMMIT"))?;
+                self.stamped = false;
             }
             self.in_tx = false;
             self.begin_pending = false;
@@ -946,16 +1038,18 @@ impl SinkWriter for PostgresWriter {
         let (b, w, c) = tokio::join!(
             begin,
             self.client.execute_typed(&sql, &typed),
-            self.client.batch_execute("COMMIT")
+            self.client.batch_execute(commit_sql)
         );
         self.in_tx = false;
         b.map_err(|e| pg_error(e, "BEGIN"))?;
         w.map_err(|e| pg_error(e, "writing the checkpoint"))?;
         c.map_err(|e| pg_error(e, "COMMIT"))?;
+        // The reset went with the COMMIT (`end_stamp` has nothing to do).
+        self.stamped = false;
         Ok(())
     }
 
-    async fn rollback(&mut self) -> Result<()> {
+    async fn rollback_inner(&mut self) -> Result<()> {
         self.begin_pending = false;
         self.loaded.clear();
         self.stages_ready.clear();

@@ -35,6 +35,10 @@ pub enum StepSummary {
     MoveKey(String),
     /// A `Keyless` step: the table and its number of changes.
     Keyless(String, usize),
+    /// Active-active: changes checked for conflicts (table, count).
+    Checked(String, usize),
+    /// Active-active: the source transaction applied.
+    Stamp,
     /// A `Replace` step (online re-copy chunk): the table and its rows.
     Replace(String, usize),
 }
@@ -58,6 +62,8 @@ impl StepSummary {
             Step::Schema { table, .. } => StepSummary::Schema(table.name.to_string()),
             Step::MoveKey { table, .. } => StepSummary::MoveKey(table.name.to_string()),
             Step::Keyless { table, ops } => StepSummary::Keyless(table.name.to_string(), ops.len()),
+            Step::Checked { table, ops } => StepSummary::Checked(table.name.to_string(), ops.len()),
+            Step::Stamp { .. } => StepSummary::Stamp,
             Step::Replace { table, rows, .. } => {
                 StepSummary::Replace(table.name.to_string(), rows.len())
             }

@@ -205,8 +205,9 @@ impl State {
                 }
                 rows.into_iter().for_each(|r| t.put(r));
             }
-            // Refused before any step applies (`refuse_keyless`).
-            Step::Keyless { .. } => {}
+            // Refused before any step applies (`refuse_keyless`); a
+            // gateway pipeline never runs active-active.
+            Step::Keyless { .. } | Step::Checked { .. } | Step::Stamp { .. } => {}
         }
     }
 

@@ -446,6 +446,16 @@ impl SinkWriter for MySqlWriter {
                     row,
                 } => self.move_key(table, old_key, row).await?,
                 Step::Keyless { table, ops } => self.apply_keyless(table, ops).await?,
+                Step::Stamp { .. } => {}
+                Step::Checked { table, .. } => {
+                    return Err(Error::fatal(format!(
+                        "active-active apply into MySQL/MariaDB is not built yet (table {})",
+                        table.name
+                    ))
+                    .with_fix(
+                        "use a PostgreSQL database for every site, or remove [active_active]",
+                    ));
+                }
                 Step::Replace {
                     table,
                     range,

@@ -550,6 +550,8 @@ fn apply_step(
             row,
         } => move_key(c, path, table, old_key, row),
         Step::Keyless { table, ops } => apply_keyless(c, path, table, ops),
+        Step::Stamp { .. } => Ok(()),
+        Step::Checked { table, .. } => Err(not_active_active(&table.name)),
         Step::Replace {
             table,
             range,
@@ -557,6 +559,14 @@ fn apply_step(
             keep_others,
         } => replace(c, path, table, range, rows, *keep_others),
     }
+}
+
+/// Active-active apply (conflict checks) is built for PostgreSQL targets.
+fn not_active_active(table: &ferry_core::TableName) -> Error {
+    Error::fatal(format!(
+        "active-active apply into SQLite is not built yet (table {table})"
+    ))
+    .with_fix("use a PostgreSQL database for every site, or remove [active_active]")
 }
 
 /// An online re-copy chunk: deletes the rows of `range` (row-value

@@ -358,9 +358,10 @@ impl SinkWriter for MemWriter {
                     rows,
                     keep_others,
                 } => self.replace(table, range, rows, *keep_others).await?,
-                // Rows are held by key here; keyless tables are tested
-                // against real databases.
-                Step::Keyless { table, .. } => {
+                Step::Stamp { .. } => {}
+                // Rows are held by key here; keyless tables, and conflict
+                // checks, are tested against real databases.
+                Step::Keyless { table, .. } | Step::Checked { table, .. } => {
                     return Err(Error::fatal(format!(
                         "MemorySink: table {} has no key, which this double does not model",
                         table.name
