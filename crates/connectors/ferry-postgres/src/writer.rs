@@ -190,46 +190,53 @@ impl PostgresWriter {
 
     /// Large upsert batch: COPY into a staging table, one merge statement.
     async fn upsert_staged(&mut self, t: &Target, rows: &[&Vec<Value>]) -> Result<()> {
-        let stage = self.stage(t).await?;
-        self.copy_rows(t, &stage, rows).await?;
-        let merge = upsert_from(t, &format!("SELECT {} FROM {stage}", t.unstage_columns()));
-        self.client
-            .batch_execute(&format!("{merge}; TRUNCATE {stage}"))
-            .await
-            .map_err(|e| {
-                pg_error(e, "applying changes")
-                    .with("table", t.display.clone())
-                    .with("statement", abbreviate(&merge))
-            })?;
-        Ok(())
+        self.through_stage(t, rows, "applying changes", |stage| {
+            upsert_from(t, &format!("SELECT {} FROM {stage}", t.unstage_columns()))
+        })
+        .await
     }
 
     /// Active-active snapshot rows: those whose key the target lacks,
     /// through the staging table (the others stay as the site has them).
     async fn load_absent(&mut self, t: &Target, rows: &[&Vec<Value>]) -> Result<()> {
+        self.through_stage(t, rows, "loading rows", |stage| {
+            let on: Vec<String> = t
+                .key
+                .iter()
+                .map(|&i| format!("x.{0} = s.{0}", t.cols[i]))
+                .collect();
+            format!(
+                "INSERT INTO {q} ({}){} SELECT {} FROM {stage} AS s \
+                 WHERE NOT EXISTS (SELECT 1 FROM {q} AS x WHERE {})",
+                t.cols.join(", "),
+                crate::apply::overriding(t),
+                t.unstage_columns(),
+                on.join(" AND "),
+                q = t.qualified
+            )
+        })
+        .await
+    }
+
+    /// COPYs `rows` into `t`'s staging table, runs the statement `from`
+    /// makes of the stage's name, and empties the stage.
+    async fn through_stage(
+        &mut self,
+        t: &Target,
+        rows: &[&Vec<Value>],
+        doing: &str,
+        from: impl FnOnce(&str) -> String,
+    ) -> Result<()> {
         let stage = self.stage(t).await?;
         self.copy_rows(t, &stage, rows).await?;
-        let on: Vec<String> = t
-            .key
-            .iter()
-            .map(|&i| format!("x.{0} = s.{0}", t.cols[i]))
-            .collect();
-        let insert = format!(
-            "INSERT INTO {q} ({}){} SELECT {} FROM {stage} AS s \
-             WHERE NOT EXISTS (SELECT 1 FROM {q} AS x WHERE {})",
-            t.cols.join(", "),
-            crate::apply::overriding(t),
-            t.unstage_columns(),
-            on.join(" AND "),
-            q = t.qualified
-        );
+        let sql = from(&stage);
         self.client
-            .batch_execute(&format!("{insert}; TRUNCATE {stage}"))
+            .batch_execute(&format!("{sql}; TRUNCATE {stage}"))
             .await
             .map_err(|e| {
-                pg_error(e, "loading rows")
+                pg_error(e, doing)
                     .with("table", t.display.clone())
-                    .with("statement", abbreviate(&insert))
+                    .with("statement", abbreviate(&sql))
             })?;
         Ok(())
     }
